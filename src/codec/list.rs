@@ -1,0 +1,234 @@
+//! Lists that are either validated wire bytes or caller-owned typed items.
+//!
+//! Parsing never allocates: a parsed list keeps the validated wire bytes and decodes its items
+//! lazily while iterating. A list built for emission borrows a slice of typed items. Both forms
+//! compare equal when they hold the same items in the same order.
+
+use core::fmt;
+use core::net::Ipv6Addr;
+
+use super::error::{Error, ErrorKind, Result};
+use super::wire::read_u16;
+use super::{Ctx, Writer};
+
+/// An element of a [`List`]: how one item is parsed from and emitted to the wire.
+pub trait Item<'a>: Copy + PartialEq + fmt::Debug + Sized + 'a {
+    /// Parses one item from the start of `buf`, returning it and the octets it used.
+    #[doc(hidden)]
+    fn parse_item(buf: &'a [u8], ctx: Ctx) -> Result<(Self, usize)>;
+    /// The octets this item takes on the wire.
+    fn item_len(&self) -> usize;
+    /// Writes this item.
+    #[doc(hidden)]
+    fn emit_item(&self, w: &mut Writer<'_>) -> Result<()>;
+}
+
+#[derive(Clone, Copy)]
+enum Inner<'a, T> {
+    Wire(&'a [u8]),
+    Items(&'a [T]),
+}
+
+/// A list of items: validated wire bytes (from parsing) or a borrowed slice (for emitting).
+#[derive(Clone, Copy)]
+pub struct List<'a, T> {
+    inner: Inner<'a, T>,
+}
+
+/// A list of options: a message's options or the nested options of a container option.
+pub type Options<'a> = List<'a, super::DhcpOption<'a>>;
+/// A list of option codes (OPTION_ORO).
+pub type CodeList<'a> = List<'a, u16>;
+/// A list of IPv6 addresses (OPTION_LQ_CLIENT_LINK).
+pub type AddrList<'a> = List<'a, Ipv6Addr>;
+
+impl<'a, T: Item<'a>> List<'a, T> {
+    /// An empty list.
+    pub const EMPTY: Self = Self {
+        inner: Inner::Items(&[]),
+    };
+
+    /// Parses and validates a complete list: every item must parse and the items must fill
+    /// `buf` exactly.
+    pub fn parse(buf: &'a [u8]) -> Result<Self> {
+        Self::parse_ctx(buf, Ctx::VALIDATE)
+    }
+
+    pub(crate) fn parse_ctx(buf: &'a [u8], ctx: Ctx) -> Result<Self> {
+        if ctx.validate {
+            let mut rest = buf;
+            while !rest.is_empty() {
+                let (_, used) = T::parse_item(rest, ctx)?;
+                rest = rest
+                    .get(used..)
+                    .ok_or(Error::new(ErrorKind::TrailingBytes))?;
+            }
+        }
+        Ok(Self {
+            inner: Inner::Wire(buf),
+        })
+    }
+
+    /// A list for emission, borrowing typed items.
+    #[must_use]
+    pub const fn from_items(items: &'a [T]) -> Self {
+        Self {
+            inner: Inner::Items(items),
+        }
+    }
+
+    /// The wire bytes, when this list came from parsing.
+    #[must_use]
+    pub const fn wire_bytes(&self) -> Option<&'a [u8]> {
+        match self.inner {
+            Inner::Wire(b) => Some(b),
+            Inner::Items(_) => None,
+        }
+    }
+
+    /// Iterates the items.
+    #[must_use]
+    pub fn iter(&self) -> Iter<'a, T> {
+        Iter { inner: self.inner }
+    }
+
+    /// True when the list has no items.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        match self.inner {
+            Inner::Wire(b) => b.is_empty(),
+            Inner::Items(s) => s.is_empty(),
+        }
+    }
+
+    /// The number of items (walks a parsed list).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        match self.inner {
+            Inner::Wire(_) => self.iter().count(),
+            Inner::Items(s) => s.len(),
+        }
+    }
+
+    /// The first item that satisfies `pred`.
+    pub fn find(&self, pred: impl FnMut(&T) -> bool) -> Option<T> {
+        self.iter().find(pred)
+    }
+
+    /// The octets the list takes on the wire.
+    #[must_use]
+    pub fn buffer_len(&self) -> usize {
+        match self.inner {
+            Inner::Wire(b) => b.len(),
+            Inner::Items(s) => s.iter().fold(0usize, |n, i| n.saturating_add(i.item_len())),
+        }
+    }
+
+    pub(crate) fn emit(&self, w: &mut Writer<'_>) -> Result<()> {
+        match self.inner {
+            Inner::Wire(b) => w.put(b),
+            Inner::Items(s) => s.iter().try_for_each(|i| i.emit_item(w)),
+        }
+    }
+}
+
+impl<'a, T: Item<'a>> Default for List<'a, T> {
+    fn default() -> Self {
+        Self::EMPTY
+    }
+}
+
+impl<'a, T: Item<'a>> PartialEq for List<'a, T> {
+    fn eq(&self, other: &Self) -> bool {
+        if let (Inner::Wire(a), Inner::Wire(b)) = (self.inner, other.inner) {
+            if a == b {
+                return true;
+            }
+        }
+        self.iter().eq(other.iter())
+    }
+}
+
+impl<'a, T: Item<'a>> fmt::Debug for List<'a, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl<'a, T: Item<'a>> IntoIterator for List<'a, T> {
+    type Item = T;
+    type IntoIter = Iter<'a, T>;
+
+    fn into_iter(self) -> Iter<'a, T> {
+        self.iter()
+    }
+}
+
+/// Iterator over a [`List`].
+#[derive(Clone)]
+pub struct Iter<'a, T> {
+    inner: Inner<'a, T>,
+}
+
+impl<'a, T: Item<'a>> Iterator for Iter<'a, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        match &mut self.inner {
+            Inner::Items(s) => {
+                let (first, rest) = s.split_first()?;
+                *s = rest;
+                Some(*first)
+            }
+            Inner::Wire(b) => {
+                if b.is_empty() {
+                    return None;
+                }
+                // The bytes were validated when the list was parsed, so this cannot fail;
+                // should it, iteration simply ends.
+                match T::parse_item(b, Ctx::TRUSTED) {
+                    Ok((item, used)) => {
+                        *b = b.get(used..).unwrap_or(&[]);
+                        Some(item)
+                    }
+                    Err(_) => {
+                        *b = &[];
+                        None
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<'a> Item<'a> for u16 {
+    fn parse_item(buf: &'a [u8], _ctx: Ctx) -> Result<(Self, usize)> {
+        read_u16(buf, 0)
+            .map(|v| (v, 2))
+            .map_err(|_| Error::new(ErrorKind::BadLength))
+    }
+
+    fn item_len(&self) -> usize {
+        2
+    }
+
+    fn emit_item(&self, w: &mut Writer<'_>) -> Result<()> {
+        w.put_u16(*self)
+    }
+}
+
+impl<'a> Item<'a> for Ipv6Addr {
+    fn parse_item(buf: &'a [u8], _ctx: Ctx) -> Result<(Self, usize)> {
+        super::wire::read_addr(buf, 0)
+            .map(|a| (a, 16))
+            .map_err(|_| Error::new(ErrorKind::BadLength))
+    }
+
+    fn item_len(&self) -> usize {
+        16
+    }
+
+    fn emit_item(&self, w: &mut Writer<'_>) -> Result<()> {
+        w.put(&self.octets())
+    }
+}

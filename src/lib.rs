@@ -1,0 +1,13 @@
+//! lqd: a DHCPv6 leasequery front end.
+//!
+//! lqd serves UDP Leasequery (RFC 5007), Bulk Leasequery (RFC 5460, with the RFC 7653 time
+//! options) and Active Leasequery (RFC 7653) from one event-loop thread, over a mirror of a lease
+//! store's bindings and a persistent change journal.
+//!
+//! This crate is built layer by layer; see `shared/design/architecture.md` in the project's
+//! steering repository. The layers present today:
+//!
+//! - [`codec`]: the complete leasequery wire format, zero-copy and panic-free.
+#![deny(unsafe_code)]
+
+pub mod codec;
