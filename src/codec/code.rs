@@ -22,6 +22,7 @@ macro_rules! open_enum {
         }
 
         impl From<$ty> for $name {
+            #[inline]
             fn from(value: $ty) -> Self {
                 match value {
                     $( $value => Self::$variant, )+
@@ -31,6 +32,7 @@ macro_rules! open_enum {
         }
 
         impl From<$name> for $ty {
+            #[inline]
             fn from(value: $name) -> Self {
                 match value {
                     $( $name::$variant => $value, )+
@@ -42,6 +44,7 @@ macro_rules! open_enum {
         impl $name {
             /// The wire value.
             #[must_use]
+            #[inline]
             pub fn value(self) -> $ty {
                 self.into()
             }
@@ -92,6 +95,7 @@ open_enum! {
 impl MessageType {
     /// True for RELAY-FORW and RELAY-REPL, which use the 34-octet relay header.
     #[must_use]
+    #[inline]
     pub const fn is_relay(self) -> bool {
         matches!(self, Self::RelayForw | Self::RelayRepl)
     }

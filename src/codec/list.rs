@@ -8,14 +8,22 @@ use core::fmt;
 use core::net::Ipv6Addr;
 
 use super::error::{Error, ErrorKind, Result};
-use super::wire::read_u16;
 use super::{Ctx, Writer};
 
-/// An element of a [`List`]: how one item is parsed from and emitted to the wire.
+/// An element of a [`List`]: how one item is checked, decoded and emitted.
+///
+/// Checking and decoding are separate on purpose: a list is validated once, when its message is
+/// parsed, without building any item; iteration then decodes each item straight from bytes
+/// known to be valid.
 pub trait Item<'a>: Copy + PartialEq + fmt::Debug + Sized + 'a {
-    /// Parses one item from the start of `buf`, returning it and the octets it used.
+    /// Validates one item at the start of `buf` (and everything nested in it); returns the
+    /// bytes after it.
     #[doc(hidden)]
-    fn parse_item(buf: &'a [u8], ctx: Ctx) -> Result<(Self, usize)>;
+    fn check_item(buf: &'a [u8], ctx: Ctx) -> Result<&'a [u8]>;
+    /// Decodes one item from the start of bytes that [`check_item`](Self::check_item)
+    /// accepted; returns it and the bytes after it. `None` ends iteration.
+    #[doc(hidden)]
+    fn decode_item(buf: &'a [u8]) -> Option<(Self, &'a [u8])>;
     /// The octets this item takes on the wire.
     fn item_len(&self) -> usize;
     /// Writes this item.
@@ -51,22 +59,26 @@ impl<'a, T: Item<'a>> List<'a, T> {
     /// Parses and validates a complete list: every item must parse and the items must fill
     /// `buf` exactly.
     pub fn parse(buf: &'a [u8]) -> Result<Self> {
-        Self::parse_ctx(buf, Ctx::VALIDATE)
+        Self::check(buf, Ctx::TOP)?;
+        Ok(Self::trusted(buf))
     }
 
-    pub(crate) fn parse_ctx(buf: &'a [u8], ctx: Ctx) -> Result<Self> {
-        if ctx.validate {
-            let mut rest = buf;
-            while !rest.is_empty() {
-                let (_, used) = T::parse_item(rest, ctx)?;
-                rest = rest
-                    .get(used..)
-                    .ok_or(Error::new(ErrorKind::TrailingBytes))?;
-            }
+    /// Validates every item of a list held in `buf`.
+    #[inline]
+    pub(crate) fn check(buf: &'a [u8], ctx: Ctx) -> Result<()> {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            rest = T::check_item(rest, ctx)?;
         }
-        Ok(Self {
+        Ok(())
+    }
+
+    /// Wraps bytes that [`check`](Self::check) accepted.
+    #[inline]
+    pub(crate) const fn trusted(buf: &'a [u8]) -> Self {
+        Self {
             inner: Inner::Wire(buf),
-        })
+        }
     }
 
     /// A list for emission, borrowing typed items.
@@ -173,6 +185,7 @@ pub struct Iter<'a, T> {
 impl<'a, T: Item<'a>> Iterator for Iter<'a, T> {
     type Item = T;
 
+    #[inline]
     fn next(&mut self) -> Option<T> {
         match &mut self.inner {
             Inner::Items(s) => {
@@ -181,31 +194,31 @@ impl<'a, T: Item<'a>> Iterator for Iter<'a, T> {
                 Some(*first)
             }
             Inner::Wire(b) => {
-                if b.is_empty() {
-                    return None;
-                }
-                // The bytes were validated when the list was parsed, so this cannot fail;
+                // The bytes were validated when the list was parsed, so decoding cannot fail;
                 // should it, iteration simply ends.
-                match T::parse_item(b, Ctx::TRUSTED) {
-                    Ok((item, used)) => {
-                        *b = b.get(used..).unwrap_or(&[]);
-                        Some(item)
-                    }
-                    Err(_) => {
-                        *b = &[];
-                        None
-                    }
-                }
+                let Some((item, rest)) = T::decode_item(b) else {
+                    *b = &[];
+                    return None;
+                };
+                *b = rest;
+                Some(item)
             }
         }
     }
 }
 
 impl<'a> Item<'a> for u16 {
-    fn parse_item(buf: &'a [u8], _ctx: Ctx) -> Result<(Self, usize)> {
-        read_u16(buf, 0)
-            .map(|v| (v, 2))
-            .map_err(|_| Error::new(ErrorKind::BadLength))
+    #[inline]
+    fn check_item(buf: &'a [u8], _ctx: Ctx) -> Result<&'a [u8]> {
+        Self::decode_item(buf)
+            .map(|(_, rest)| rest)
+            .ok_or(Error::new(ErrorKind::BadLength))
+    }
+
+    #[inline]
+    fn decode_item(buf: &'a [u8]) -> Option<(Self, &'a [u8])> {
+        let (v, rest) = buf.split_first_chunk::<2>()?;
+        Some((Self::from_be_bytes(*v), rest))
     }
 
     fn item_len(&self) -> usize {
@@ -218,10 +231,17 @@ impl<'a> Item<'a> for u16 {
 }
 
 impl<'a> Item<'a> for Ipv6Addr {
-    fn parse_item(buf: &'a [u8], _ctx: Ctx) -> Result<(Self, usize)> {
-        super::wire::read_addr(buf, 0)
-            .map(|a| (a, 16))
-            .map_err(|_| Error::new(ErrorKind::BadLength))
+    #[inline]
+    fn check_item(buf: &'a [u8], _ctx: Ctx) -> Result<&'a [u8]> {
+        Self::decode_item(buf)
+            .map(|(_, rest)| rest)
+            .ok_or(Error::new(ErrorKind::BadLength))
+    }
+
+    #[inline]
+    fn decode_item(buf: &'a [u8]) -> Option<(Self, &'a [u8])> {
+        let (v, rest) = buf.split_first_chunk::<16>()?;
+        Some((Self::from(*v), rest))
     }
 
     fn item_len(&self) -> usize {
@@ -229,6 +249,6 @@ impl<'a> Item<'a> for Ipv6Addr {
     }
 
     fn emit_item(&self, w: &mut Writer<'_>) -> Result<()> {
-        w.put(&self.octets())
+        w.put_array(self.octets())
     }
 }

@@ -80,37 +80,51 @@ impl<'a> MessageRepr<'a> {
     /// Parses and validates a whole message: header, every option and everything nested.
     /// The options must fill the message exactly. Allocates nothing.
     pub fn parse(buf: &'a [u8]) -> Result<Self> {
-        Self::parse_ctx(buf, Ctx::VALIDATE)
+        Self::check(buf, Ctx::TOP)?;
+        Ok(Self::trusted(buf))
     }
 
-    pub(crate) fn parse_ctx(buf: &'a [u8], ctx: Ctx) -> Result<Self> {
-        let msg_type = MessageType::from(
-            buf.get(field::MSG_TYPE)
-                .copied()
-                .ok_or(Error::new(ErrorKind::TooShort))?,
-        );
-        let (header, rest) = if msg_type.is_relay() {
-            let rest = buf
-                .get(RELAY_HEADER_LEN..)
-                .ok_or(Error::new(ErrorKind::TooShort))?;
-            let header = Header::Relay {
-                msg_type,
-                hop_count: buf.get(field::HOP_COUNT).copied().unwrap_or(0),
-                link_address: read_addr(buf, field::LINK_ADDRESS.start)?,
-                peer_address: read_addr(buf, field::PEER_ADDRESS.start)?,
-            };
-            (header, rest)
+    /// Validates a whole message without building it.
+    pub(crate) fn check(buf: &'a [u8], ctx: Ctx) -> Result<()> {
+        let msg_type = buf
+            .get(field::MSG_TYPE)
+            .copied()
+            .ok_or(Error::new(ErrorKind::TooShort))?;
+        let header_len = if MessageType::from(msg_type).is_relay() {
+            RELAY_HEADER_LEN
         } else {
-            let rest = buf
-                .get(CLIENT_SERVER_HEADER_LEN..)
-                .ok_or(Error::new(ErrorKind::TooShort))?;
-            let xid = Xid::from_bytes(read_array(buf, field::XID.start)?);
-            (Header::ClientServer { msg_type, xid }, rest)
+            CLIENT_SERVER_HEADER_LEN
         };
-        Ok(Self {
-            header,
-            options: Options::parse_ctx(rest, ctx)?,
-        })
+        let options = buf
+            .get(header_len..)
+            .ok_or(Error::new(ErrorKind::TooShort))?;
+        Options::check(options, ctx)
+    }
+
+    /// Builds the repr of a message that [`check`](Self::check) accepted.
+    #[inline]
+    pub(crate) fn trusted(buf: &'a [u8]) -> Self {
+        let msg_type = MessageType::from(buf.get(field::MSG_TYPE).copied().unwrap_or(0));
+        if msg_type.is_relay() {
+            let addr = |at| read_addr(buf, at).unwrap_or(Ipv6Addr::UNSPECIFIED);
+            Self {
+                header: Header::Relay {
+                    msg_type,
+                    hop_count: buf.get(field::HOP_COUNT).copied().unwrap_or(0),
+                    link_address: addr(field::LINK_ADDRESS.start),
+                    peer_address: addr(field::PEER_ADDRESS.start),
+                },
+                options: Options::trusted(buf.get(RELAY_HEADER_LEN..).unwrap_or(&[])),
+            }
+        } else {
+            let xid = read_array(buf, field::XID.start)
+                .map(Xid::from_bytes)
+                .unwrap_or_default();
+            Self {
+                header: Header::ClientServer { msg_type, xid },
+                options: Options::trusted(buf.get(CLIENT_SERVER_HEADER_LEN..).unwrap_or(&[])),
+            }
+        }
     }
 
     /// `msg-type`.
@@ -195,16 +209,16 @@ pub struct Embedded<'a> {
 impl<'a> Embedded<'a> {
     /// Parses and validates an embedded message.
     pub fn parse(buf: &'a [u8]) -> Result<Self> {
-        Self::parse_ctx(buf, Ctx::VALIDATE)
+        MessageRepr::check(buf, Ctx::TOP)?;
+        Ok(Self::trusted(buf))
     }
 
-    pub(crate) fn parse_ctx(buf: &'a [u8], ctx: Ctx) -> Result<Self> {
-        if ctx.validate {
-            MessageRepr::parse_ctx(buf, ctx)?;
-        }
-        Ok(Self {
+    /// Wraps a message that [`MessageRepr::check`] accepted.
+    #[inline]
+    pub(crate) const fn trusted(buf: &'a [u8]) -> Self {
+        Self {
             inner: EmbeddedInner::Wire(buf),
-        })
+        }
     }
 
     /// An embedded message for emission.
@@ -218,7 +232,7 @@ impl<'a> Embedded<'a> {
     /// The message. Never fails for a parsed message, which was validated.
     pub fn message(&self) -> Result<MessageRepr<'a>> {
         match self.inner {
-            EmbeddedInner::Wire(b) => MessageRepr::parse_ctx(b, Ctx::TRUSTED),
+            EmbeddedInner::Wire(b) => Ok(MessageRepr::trusted(b)),
             EmbeddedInner::Repr(r) => Ok(*r),
         }
     }

@@ -69,30 +69,22 @@ pub use wire::{
 /// this bound also keeps hostile input from exhausting the stack.
 pub const MAX_DEPTH: u8 = 80;
 
-/// Parsing context: the nesting depth, and whether the bytes still need validating.
+/// Validation context: how deep the current list or message is nested.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
 pub struct Ctx {
     depth: u8,
-    validate: bool,
 }
 
 impl Ctx {
-    /// Untrusted input: check everything.
-    pub(crate) const VALIDATE: Self = Self {
-        depth: 0,
-        validate: true,
-    };
-    /// Bytes already validated by an enclosing parse: decode the top level only.
-    pub(crate) const TRUSTED: Self = Self {
-        depth: 0,
-        validate: false,
-    };
+    /// A message or list at the top.
+    pub(crate) const TOP: Self = Self { depth: 0 };
 
     /// One level deeper, or `TooDeep`.
+    #[inline]
     pub(crate) fn deeper(self) -> Result<Self> {
         match self.depth.checked_add(1) {
-            Some(depth) if depth <= MAX_DEPTH => Ok(Self { depth, ..self }),
+            Some(depth) if depth <= MAX_DEPTH => Ok(Self { depth }),
             _ => Err(Error::new(ErrorKind::TooDeep)),
         }
     }
@@ -116,6 +108,7 @@ impl<'b> Writer<'b> {
         self.pos
     }
 
+    #[inline]
     pub(crate) fn put(&mut self, bytes: &[u8]) -> Result<()> {
         let end = self
             .pos
@@ -130,23 +123,69 @@ impl<'b> Writer<'b> {
         Ok(())
     }
 
-    pub(crate) fn put_u16(&mut self, v: u16) -> Result<()> {
-        self.put(&v.to_be_bytes())
+    /// Writes a fixed-size array (a single store, where `put` would copy a slice).
+    #[inline]
+    pub(crate) fn put_array<const N: usize>(&mut self, bytes: [u8; N]) -> Result<()> {
+        let end = self
+            .pos
+            .checked_add(N)
+            .ok_or(Error::new(ErrorKind::BufferTooSmall))?;
+        let dst: &mut [u8; N] = self
+            .buf
+            .get_mut(self.pos..end)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(Error::new(ErrorKind::BufferTooSmall))?;
+        *dst = bytes;
+        self.pos = end;
+        Ok(())
     }
 
+    /// Reserves the next `N` octets for the caller to fill (one bounds check for a whole
+    /// fixed-size part).
+    #[inline]
+    pub(crate) fn take<const N: usize>(&mut self) -> Result<&mut [u8; N]> {
+        let start = self.pos;
+        let end = start
+            .checked_add(N)
+            .ok_or(Error::new(ErrorKind::BufferTooSmall))?;
+        let dst: &mut [u8; N] = self
+            .buf
+            .get_mut(start..end)
+            .and_then(|s| s.try_into().ok())
+            .ok_or(Error::new(ErrorKind::BufferTooSmall))?;
+        self.pos = end;
+        Ok(dst)
+    }
+
+    #[inline]
+    pub(crate) fn put_u16(&mut self, v: u16) -> Result<()> {
+        self.put_array(v.to_be_bytes())
+    }
+
+    #[inline]
     pub(crate) fn put_u32(&mut self, v: u32) -> Result<()> {
-        self.put(&v.to_be_bytes())
+        self.put_array(v.to_be_bytes())
+    }
+
+    /// Writes an option header whose body length is known.
+    #[inline]
+    pub(crate) fn option_header(&mut self, code: u16, len: usize) -> Result<()> {
+        let len = u16::try_from(len).map_err(|_| Error::in_option(ErrorKind::TooLong, code))?;
+        let [c0, c1] = code.to_be_bytes();
+        let [l0, l1] = len.to_be_bytes();
+        self.put_array([c0, c1, l0, l1])
     }
 
     /// Writes an option header with a placeholder length; returns where it starts.
+    #[inline]
     pub(crate) fn begin_option(&mut self, code: u16) -> Result<usize> {
         let at = self.pos;
-        self.put_u16(code)?;
-        self.put_u16(0)?;
+        self.option_header(code, 0)?;
         Ok(at)
     }
 
     /// Patches the length of the option begun at `at` to cover everything written since.
+    #[inline]
     pub(crate) fn end_option(&mut self, at: usize, code: u16) -> Result<()> {
         let body = self
             .pos

@@ -10,8 +10,8 @@ use super::code::{OptionCode, QueryType, ServerTime, Status};
 use super::duid::Duid;
 use super::error::{Error, ErrorKind, Result};
 use super::list::{AddrList, CodeList, Item, Options};
-use super::message::Embedded;
-use super::wire::{OPTION_HEADER_LEN, RawOption, read_addr, read_u16, read_u32};
+use super::message::{Embedded, MessageRepr};
+use super::wire::{OPTION_HEADER_LEN, RawOption, read_addr, read_u16, read_u32, split_option};
 use super::{Ctx, Writer};
 
 /// OPTION_IA_NA (3) and OPTION_IA_PD (25): an identity association.
@@ -162,7 +162,45 @@ pub enum DhcpOption<'a> {
     Unknown(RawOption<'a>),
 }
 
+/// The typed option codes, as `u16` for matching.
+mod code {
+    pub(super) const CLIENTID: u16 = 1;
+    pub(super) const SERVERID: u16 = 2;
+    pub(super) const IA_NA: u16 = 3;
+    pub(super) const IAADDR: u16 = 5;
+    pub(super) const ORO: u16 = 6;
+    pub(super) const RELAY_MSG: u16 = 9;
+    pub(super) const STATUS_CODE: u16 = 13;
+    pub(super) const INTERFACE_ID: u16 = 18;
+    pub(super) const IA_PD: u16 = 25;
+    pub(super) const IAPREFIX: u16 = 26;
+    pub(super) const REMOTE_ID: u16 = 37;
+    pub(super) const LQ_QUERY: u16 = 44;
+    pub(super) const CLIENT_DATA: u16 = 45;
+    pub(super) const CLT_TIME: u16 = 46;
+    pub(super) const LQ_RELAY_DATA: u16 = 47;
+    pub(super) const LQ_CLIENT_LINK: u16 = 48;
+    pub(super) const RELAY_ID: u16 = 53;
+    pub(super) const LQ_BASE_TIME: u16 = 100;
+    pub(super) const LQ_START_TIME: u16 = 101;
+    pub(super) const LQ_END_TIME: u16 = 102;
+}
+
+/// Fixed parts of the container options (digest §4).
+const IA_FIXED: usize = 12;
+const IAADDR_FIXED: usize = 24;
+const IAPREFIX_FIXED: usize = 25;
+const LQ_QUERY_FIXED: usize = 17;
+const LQ_RELAY_DATA_FIXED: usize = 16;
+
+/// Checks that a body holds at least its fixed part, and returns the rest.
+#[inline]
+fn after(data: &[u8], fixed: usize) -> Result<&[u8]> {
+    data.get(fixed..).ok_or(Error::new(ErrorKind::BadLength))
+}
+
 /// Checks that a fixed-size body has exactly `len` octets.
+#[inline]
 fn exact(data: &[u8], len: usize) -> Result<()> {
     if data.len() == len {
         Ok(())
@@ -171,123 +209,183 @@ fn exact(data: &[u8], len: usize) -> Result<()> {
     }
 }
 
-/// Checks that a body holds at least its fixed part, and returns the rest.
-fn after(data: &[u8], fixed: usize) -> Result<&[u8]> {
-    data.get(fixed..).ok_or(Error::new(ErrorKind::BadLength))
+/// Checks that a body's length is a whole number of `size`-octet items.
+#[inline]
+fn multiple_of(data: &[u8], size: usize) -> Result<()> {
+    if data.len().checked_rem(size) == Some(0) {
+        Ok(())
+    } else {
+        Err(Error::new(ErrorKind::BadLength))
+    }
 }
 
-/// A `u32` body of exactly four octets.
-fn u32_body(data: &[u8]) -> Result<u32> {
-    exact(data, 4)?;
-    read_u32(data, 0)
+// Readers for bodies that `check_body` accepted: the offsets are in range by construction, and
+// out-of-range reads (which cannot happen) give zero rather than a panic.
+#[inline]
+fn be32(d: &[u8], at: usize) -> u32 {
+    read_u32(d, at).unwrap_or(0)
+}
+
+#[inline]
+fn addr(d: &[u8], at: usize) -> Ipv6Addr {
+    read_addr(d, at).unwrap_or(Ipv6Addr::UNSPECIFIED)
+}
+
+/// The 16 octets of a fixed-size array starting at `at` (an address inside a fixed part).
+#[inline]
+fn sub16<const N: usize>(f: &[u8; N], at: usize) -> [u8; 16] {
+    let mut out = [0; 16];
+    if let Some(src) = f.get(at..).and_then(|s| s.get(..16)) {
+        out.copy_from_slice(src);
+    }
+    out
+}
+
+#[inline]
+fn tail(d: &[u8], at: usize) -> &[u8] {
+    d.get(at..).unwrap_or(&[])
+}
+
+/// Validates an option body for its code, everything nested included, without building it.
+fn check_body(code: u16, d: &[u8], ctx: Ctx) -> Result<()> {
+    match code {
+        code::IA_NA | code::IA_PD => Options::check(after(d, IA_FIXED)?, ctx.deeper()?),
+        code::IAADDR => Options::check(after(d, IAADDR_FIXED)?, ctx.deeper()?),
+        code::IAPREFIX => {
+            let rest = after(d, IAPREFIX_FIXED)?;
+            if d.get(8).is_some_and(|&len| len > 128) {
+                return Err(Error::new(ErrorKind::BadValue));
+            }
+            Options::check(rest, ctx.deeper()?)
+        }
+        code::ORO => multiple_of(d, 2),
+        code::RELAY_MSG => MessageRepr::check(d, ctx.deeper()?),
+        code::STATUS_CODE => after(d, 2).map(drop),
+        code::REMOTE_ID => after(d, 4).map(drop),
+        code::LQ_QUERY => Options::check(after(d, LQ_QUERY_FIXED)?, ctx.deeper()?),
+        code::CLIENT_DATA => Options::check(d, ctx.deeper()?),
+        code::CLT_TIME | code::LQ_BASE_TIME | code::LQ_START_TIME | code::LQ_END_TIME => {
+            exact(d, 4)
+        }
+        code::LQ_RELAY_DATA => MessageRepr::check(after(d, LQ_RELAY_DATA_FIXED)?, ctx.deeper()?),
+        code::LQ_CLIENT_LINK => multiple_of(d, 16),
+        _ => Ok(()),
+    }
 }
 
 impl<'a> DhcpOption<'a> {
     /// The option's code.
     #[must_use]
+    #[inline]
     pub fn code(&self) -> OptionCode {
+        OptionCode::from(self.code_value())
+    }
+
+    /// The option's code as a number.
+    #[must_use]
+    #[inline]
+    pub const fn code_value(&self) -> u16 {
         match self {
-            Self::ClientId(_) => OptionCode::ClientId,
-            Self::ServerId(_) => OptionCode::ServerId,
-            Self::IaNa(_) => OptionCode::IaNa,
-            Self::IaAddr(_) => OptionCode::IaAddr,
-            Self::Oro(_) => OptionCode::Oro,
-            Self::RelayMsg(_) => OptionCode::RelayMsg,
-            Self::StatusCode(_) => OptionCode::StatusCode,
-            Self::InterfaceId(_) => OptionCode::InterfaceId,
-            Self::IaPd(_) => OptionCode::IaPd,
-            Self::IaPrefix(_) => OptionCode::IaPrefix,
-            Self::RemoteId(_) => OptionCode::RemoteId,
-            Self::LqQuery(_) => OptionCode::LqQuery,
-            Self::ClientData(_) => OptionCode::ClientData,
-            Self::CltTime(_) => OptionCode::CltTime,
-            Self::LqRelayData(_) => OptionCode::LqRelayData,
-            Self::LqClientLink(_) => OptionCode::LqClientLink,
-            Self::RelayId(_) => OptionCode::RelayId,
-            Self::LqBaseTime(_) => OptionCode::LqBaseTime,
-            Self::LqStartTime(_) => OptionCode::LqStartTime,
-            Self::LqEndTime(_) => OptionCode::LqEndTime,
-            Self::Unknown(raw) => OptionCode::from(raw.code),
+            Self::ClientId(_) => code::CLIENTID,
+            Self::ServerId(_) => code::SERVERID,
+            Self::IaNa(_) => code::IA_NA,
+            Self::IaAddr(_) => code::IAADDR,
+            Self::Oro(_) => code::ORO,
+            Self::RelayMsg(_) => code::RELAY_MSG,
+            Self::StatusCode(_) => code::STATUS_CODE,
+            Self::InterfaceId(_) => code::INTERFACE_ID,
+            Self::IaPd(_) => code::IA_PD,
+            Self::IaPrefix(_) => code::IAPREFIX,
+            Self::RemoteId(_) => code::REMOTE_ID,
+            Self::LqQuery(_) => code::LQ_QUERY,
+            Self::ClientData(_) => code::CLIENT_DATA,
+            Self::CltTime(_) => code::CLT_TIME,
+            Self::LqRelayData(_) => code::LQ_RELAY_DATA,
+            Self::LqClientLink(_) => code::LQ_CLIENT_LINK,
+            Self::RelayId(_) => code::RELAY_ID,
+            Self::LqBaseTime(_) => code::LQ_BASE_TIME,
+            Self::LqStartTime(_) => code::LQ_START_TIME,
+            Self::LqEndTime(_) => code::LQ_END_TIME,
+            Self::Unknown(raw) => raw.code,
         }
+    }
+
+    /// Parses the option at the start of `buf`, validating its body and everything nested in
+    /// it; returns the option and the octets it takes.
+    pub fn parse(buf: &'a [u8]) -> Result<(Self, usize)> {
+        let rest = Self::check_item(buf, Ctx::TOP)?;
+        let (code, data, _) = split_option(buf)?;
+        Ok((
+            Self::from_checked(code, data),
+            buf.len().saturating_sub(rest.len()),
+        ))
     }
 
     /// Types a raw option, validating its body and everything nested in it.
     pub fn from_raw(raw: RawOption<'a>) -> Result<Self> {
-        Self::from_raw_ctx(raw, Ctx::VALIDATE)
+        check_body(raw.code, raw.data, Ctx::TOP).map_err(|e| e.within(raw.code))?;
+        Ok(Self::from_checked(raw.code, raw.data))
     }
 
-    pub(crate) fn from_raw_ctx(raw: RawOption<'a>, ctx: Ctx) -> Result<Self> {
-        let d = raw.data;
-        let opt = match OptionCode::from(raw.code) {
-            OptionCode::ClientId => Self::ClientId(Duid(d)),
-            OptionCode::ServerId => Self::ServerId(Duid(d)),
-            OptionCode::RelayId => Self::RelayId(Duid(d)),
-            OptionCode::IaNa => Self::IaNa(Ia::parse(d, ctx)?),
-            OptionCode::IaPd => Self::IaPd(Ia::parse(d, ctx)?),
-            OptionCode::IaAddr => {
-                let rest = after(d, 24)?;
-                Self::IaAddr(IaAddr {
-                    address: read_addr(d, 0)?,
-                    preferred_lifetime: read_u32(d, 16)?,
-                    valid_lifetime: read_u32(d, 20)?,
-                    options: Options::parse_ctx(rest, ctx.deeper()?)?,
-                })
-            }
-            OptionCode::IaPrefix => {
-                let rest = after(d, 25)?;
-                let prefix_len = d.get(8).copied().unwrap_or(0);
-                if prefix_len > 128 {
-                    return Err(Error::in_option(ErrorKind::BadValue, raw.code));
-                }
-                Self::IaPrefix(IaPrefix {
-                    preferred_lifetime: read_u32(d, 0)?,
-                    valid_lifetime: read_u32(d, 4)?,
-                    prefix_len,
-                    prefix: read_addr(d, 9)?,
-                    options: Options::parse_ctx(rest, ctx.deeper()?)?,
-                })
-            }
-            OptionCode::Oro => Self::Oro(CodeList::parse_ctx(d, ctx)?),
-            OptionCode::RelayMsg => Self::RelayMsg(Embedded::parse_ctx(d, ctx.deeper()?)?),
-            OptionCode::StatusCode => {
-                let message = after(d, 2)?;
-                Self::StatusCode(StatusCode {
-                    status: Status::from(read_u16(d, 0)?),
-                    message,
-                })
-            }
-            OptionCode::InterfaceId => Self::InterfaceId(d),
-            OptionCode::RemoteId => {
-                let remote_id = after(d, 4)?;
-                Self::RemoteId(RemoteId {
-                    enterprise_number: read_u32(d, 0)?,
-                    remote_id,
-                })
-            }
-            OptionCode::LqQuery => {
-                let rest = after(d, 17)?;
-                Self::LqQuery(LqQuery {
-                    query_type: QueryType::from(d.first().copied().unwrap_or(0)),
-                    link_address: read_addr(d, 1)?,
-                    options: Options::parse_ctx(rest, ctx.deeper()?)?,
-                })
-            }
-            OptionCode::ClientData => Self::ClientData(Options::parse_ctx(d, ctx.deeper()?)?),
-            OptionCode::CltTime => Self::CltTime(u32_body(d)?),
-            OptionCode::LqRelayData => {
-                let rest = after(d, 16)?;
-                Self::LqRelayData(LqRelayData {
-                    peer_address: read_addr(d, 0)?,
-                    relay_message: Embedded::parse_ctx(rest, ctx.deeper()?)?,
-                })
-            }
-            OptionCode::LqClientLink => Self::LqClientLink(AddrList::parse_ctx(d, ctx)?),
-            OptionCode::LqBaseTime => Self::LqBaseTime(ServerTime(u32_body(d)?)),
-            OptionCode::LqStartTime => Self::LqStartTime(ServerTime(u32_body(d)?)),
-            OptionCode::LqEndTime => Self::LqEndTime(ServerTime(u32_body(d)?)),
-            OptionCode::Unknown(_) => Self::Unknown(raw),
-        };
-        Ok(opt)
+    /// Types a body that `check_body` accepted.
+    #[inline]
+    fn from_checked(code: u16, d: &'a [u8]) -> Self {
+        match code {
+            code::CLIENTID => Self::ClientId(Duid(d)),
+            code::SERVERID => Self::ServerId(Duid(d)),
+            code::RELAY_ID => Self::RelayId(Duid(d)),
+            code::IA_NA => Self::IaNa(Ia::from_checked(d)),
+            code::IA_PD => Self::IaPd(Ia::from_checked(d)),
+            code::IAADDR => match d.split_first_chunk::<IAADDR_FIXED>() {
+                Some((f, rest)) => Self::IaAddr(IaAddr {
+                    address: Ipv6Addr::from(sub16(f, 0)),
+                    preferred_lifetime: u32::from_be_bytes([f[16], f[17], f[18], f[19]]),
+                    valid_lifetime: u32::from_be_bytes([f[20], f[21], f[22], f[23]]),
+                    options: Options::trusted(rest),
+                }),
+                None => Self::Unknown(RawOption { code, data: d }),
+            },
+            code::IAPREFIX => match d.split_first_chunk::<IAPREFIX_FIXED>() {
+                Some((f, rest)) => Self::IaPrefix(IaPrefix {
+                    preferred_lifetime: u32::from_be_bytes([f[0], f[1], f[2], f[3]]),
+                    valid_lifetime: u32::from_be_bytes([f[4], f[5], f[6], f[7]]),
+                    prefix_len: f[8],
+                    prefix: Ipv6Addr::from(sub16(f, 9)),
+                    options: Options::trusted(rest),
+                }),
+                None => Self::Unknown(RawOption { code, data: d }),
+            },
+            code::ORO => Self::Oro(CodeList::trusted(d)),
+            code::RELAY_MSG => Self::RelayMsg(Embedded::trusted(d)),
+            code::STATUS_CODE => Self::StatusCode(StatusCode {
+                status: Status::from(read_u16(d, 0).unwrap_or(0)),
+                message: tail(d, 2),
+            }),
+            code::INTERFACE_ID => Self::InterfaceId(d),
+            code::REMOTE_ID => Self::RemoteId(RemoteId {
+                enterprise_number: be32(d, 0),
+                remote_id: tail(d, 4),
+            }),
+            code::LQ_QUERY => match d.split_first_chunk::<LQ_QUERY_FIXED>() {
+                Some((f, rest)) => Self::LqQuery(LqQuery {
+                    query_type: QueryType::from(f[0]),
+                    link_address: Ipv6Addr::from(sub16(f, 1)),
+                    options: Options::trusted(rest),
+                }),
+                None => Self::Unknown(RawOption { code, data: d }),
+            },
+            code::CLIENT_DATA => Self::ClientData(Options::trusted(d)),
+            code::CLT_TIME => Self::CltTime(be32(d, 0)),
+            code::LQ_RELAY_DATA => Self::LqRelayData(LqRelayData {
+                peer_address: addr(d, 0),
+                relay_message: Embedded::trusted(tail(d, LQ_RELAY_DATA_FIXED)),
+            }),
+            code::LQ_CLIENT_LINK => Self::LqClientLink(AddrList::trusted(d)),
+            code::LQ_BASE_TIME => Self::LqBaseTime(ServerTime(be32(d, 0))),
+            code::LQ_START_TIME => Self::LqStartTime(ServerTime(be32(d, 0))),
+            code::LQ_END_TIME => Self::LqEndTime(ServerTime(be32(d, 0))),
+            _ => Self::Unknown(RawOption { code, data: d }),
+        }
     }
 
     /// The length of `option-data` when emitted.
@@ -295,18 +393,21 @@ impl<'a> DhcpOption<'a> {
     pub fn body_len(&self) -> usize {
         match self {
             Self::ClientId(d) | Self::ServerId(d) | Self::RelayId(d) => d.0.len(),
-            Self::IaNa(ia) | Self::IaPd(ia) => ia.options.buffer_len().saturating_add(12),
-            Self::IaAddr(a) => a.options.buffer_len().saturating_add(24),
-            Self::IaPrefix(p) => p.options.buffer_len().saturating_add(25),
+            Self::IaNa(ia) | Self::IaPd(ia) => ia.options.buffer_len().saturating_add(IA_FIXED),
+            Self::IaAddr(a) => a.options.buffer_len().saturating_add(IAADDR_FIXED),
+            Self::IaPrefix(p) => p.options.buffer_len().saturating_add(IAPREFIX_FIXED),
             Self::Oro(l) => l.buffer_len(),
             Self::RelayMsg(m) => m.buffer_len(),
             Self::StatusCode(s) => s.message.len().saturating_add(2),
             Self::InterfaceId(b) => b.len(),
             Self::RemoteId(r) => r.remote_id.len().saturating_add(4),
-            Self::LqQuery(q) => q.options.buffer_len().saturating_add(17),
+            Self::LqQuery(q) => q.options.buffer_len().saturating_add(LQ_QUERY_FIXED),
             Self::ClientData(l) => l.buffer_len(),
             Self::CltTime(_) | Self::LqBaseTime(_) | Self::LqStartTime(_) | Self::LqEndTime(_) => 4,
-            Self::LqRelayData(r) => r.relay_message.buffer_len().saturating_add(16),
+            Self::LqRelayData(r) => r
+                .relay_message
+                .buffer_len()
+                .saturating_add(LQ_RELAY_DATA_FIXED),
             Self::LqClientLink(l) => l.buffer_len(),
             Self::Unknown(raw) => raw.data.len(),
         }
@@ -325,95 +426,144 @@ impl<'a> DhcpOption<'a> {
         Ok(w.position())
     }
 
-    fn emit_body(&self, w: &mut Writer<'_>) -> Result<()> {
+    /// Writes header and body. Options of known size get their length up front; containers
+    /// get it patched once their body is written.
+    fn emit_to(&self, w: &mut Writer<'_>) -> Result<()> {
+        let c = self.code_value();
         match self {
-            Self::ClientId(d) | Self::ServerId(d) | Self::RelayId(d) => w.put(d.0),
+            Self::ClientId(d) | Self::ServerId(d) | Self::RelayId(d) => {
+                w.option_header(c, d.0.len())?;
+                w.put(d.0)
+            }
+            Self::InterfaceId(b) | Self::Unknown(RawOption { data: b, .. }) => {
+                w.option_header(c, b.len())?;
+                w.put(b)
+            }
+            Self::CltTime(v)
+            | Self::LqBaseTime(ServerTime(v))
+            | Self::LqStartTime(ServerTime(v))
+            | Self::LqEndTime(ServerTime(v)) => {
+                let [c0, c1] = c.to_be_bytes();
+                let [v0, v1, v2, v3] = v.to_be_bytes();
+                w.put_array([c0, c1, 0, 4, v0, v1, v2, v3])
+            }
+            Self::StatusCode(s) => {
+                w.option_header(c, s.message.len().saturating_add(2))?;
+                w.put_u16(s.status.value())?;
+                w.put(s.message)
+            }
+            Self::RemoteId(r) => {
+                w.option_header(c, r.remote_id.len().saturating_add(4))?;
+                w.put_u32(r.enterprise_number)?;
+                w.put(r.remote_id)
+            }
+            Self::Oro(l) => {
+                w.option_header(c, l.buffer_len())?;
+                l.emit(w)
+            }
+            Self::LqClientLink(l) => {
+                w.option_header(c, l.buffer_len())?;
+                l.emit(w)
+            }
             Self::IaNa(ia) | Self::IaPd(ia) => {
-                w.put_u32(ia.iaid)?;
-                w.put_u32(ia.t1)?;
-                w.put_u32(ia.t2)?;
-                ia.options.emit(w)
+                let at = w.position();
+                let f = w.take::<{ OPTION_HEADER_LEN + IA_FIXED }>()?;
+                f[0..2].copy_from_slice(&c.to_be_bytes());
+                f[4..8].copy_from_slice(&ia.iaid.to_be_bytes());
+                f[8..12].copy_from_slice(&ia.t1.to_be_bytes());
+                f[12..16].copy_from_slice(&ia.t2.to_be_bytes());
+                ia.options.emit(w)?;
+                w.end_option(at, c)
             }
             Self::IaAddr(a) => {
-                w.put(&a.address.octets())?;
-                w.put_u32(a.preferred_lifetime)?;
-                w.put_u32(a.valid_lifetime)?;
-                a.options.emit(w)
+                let at = w.position();
+                let f = w.take::<{ OPTION_HEADER_LEN + IAADDR_FIXED }>()?;
+                f[0..2].copy_from_slice(&c.to_be_bytes());
+                f[4..20].copy_from_slice(&a.address.octets());
+                f[20..24].copy_from_slice(&a.preferred_lifetime.to_be_bytes());
+                f[24..28].copy_from_slice(&a.valid_lifetime.to_be_bytes());
+                a.options.emit(w)?;
+                w.end_option(at, c)
             }
             Self::IaPrefix(p) => {
                 if p.prefix_len > 128 {
                     return Err(Error::new(ErrorKind::BadValue));
                 }
-                w.put_u32(p.preferred_lifetime)?;
-                w.put_u32(p.valid_lifetime)?;
-                w.put(&[p.prefix_len])?;
-                w.put(&p.prefix.octets())?;
-                p.options.emit(w)
-            }
-            Self::Oro(l) => l.emit(w),
-            Self::RelayMsg(m) => m.emit(w),
-            Self::StatusCode(s) => {
-                w.put_u16(s.status.value())?;
-                w.put(s.message)
-            }
-            Self::InterfaceId(b) => w.put(b),
-            Self::RemoteId(r) => {
-                w.put_u32(r.enterprise_number)?;
-                w.put(r.remote_id)
+                let at = w.position();
+                let f = w.take::<{ OPTION_HEADER_LEN + IAPREFIX_FIXED }>()?;
+                f[0..2].copy_from_slice(&c.to_be_bytes());
+                f[4..8].copy_from_slice(&p.preferred_lifetime.to_be_bytes());
+                f[8..12].copy_from_slice(&p.valid_lifetime.to_be_bytes());
+                f[12] = p.prefix_len;
+                f[13..29].copy_from_slice(&p.prefix.octets());
+                p.options.emit(w)?;
+                w.end_option(at, c)
             }
             Self::LqQuery(q) => {
-                w.put(&[q.query_type.value()])?;
-                w.put(&q.link_address.octets())?;
-                q.options.emit(w)
+                let at = w.position();
+                let f = w.take::<{ OPTION_HEADER_LEN + LQ_QUERY_FIXED }>()?;
+                f[0..2].copy_from_slice(&c.to_be_bytes());
+                f[4] = q.query_type.value();
+                f[5..21].copy_from_slice(&q.link_address.octets());
+                q.options.emit(w)?;
+                w.end_option(at, c)
             }
-            Self::ClientData(l) => l.emit(w),
-            Self::CltTime(v) => w.put_u32(*v),
-            Self::LqBaseTime(t) | Self::LqStartTime(t) | Self::LqEndTime(t) => w.put_u32(t.0),
+            Self::ClientData(l) => {
+                let at = w.begin_option(c)?;
+                l.emit(w)?;
+                w.end_option(at, c)
+            }
+            Self::RelayMsg(m) => {
+                let at = w.begin_option(c)?;
+                m.emit(w)?;
+                w.end_option(at, c)
+            }
             Self::LqRelayData(r) => {
-                w.put(&r.peer_address.octets())?;
-                r.relay_message.emit(w)
+                let at = w.begin_option(c)?;
+                w.put_array(r.peer_address.octets())?;
+                r.relay_message.emit(w)?;
+                w.end_option(at, c)
             }
-            Self::LqClientLink(l) => l.emit(w),
-            Self::Unknown(raw) => w.put(raw.data),
         }
     }
 }
 
 impl<'a> Ia<'a> {
-    fn parse(d: &'a [u8], ctx: Ctx) -> Result<Self> {
-        let rest = after(d, 12)?;
-        Ok(Self {
-            iaid: read_u32(d, 0)?,
-            t1: read_u32(d, 4)?,
-            t2: read_u32(d, 8)?,
-            options: Options::parse_ctx(rest, ctx.deeper()?)?,
-        })
+    #[inline]
+    fn from_checked(d: &'a [u8]) -> Self {
+        let (f, rest) = d
+            .split_first_chunk::<IA_FIXED>()
+            .unwrap_or((&[0; IA_FIXED], &[]));
+        Self {
+            iaid: u32::from_be_bytes([f[0], f[1], f[2], f[3]]),
+            t1: u32::from_be_bytes([f[4], f[5], f[6], f[7]]),
+            t2: u32::from_be_bytes([f[8], f[9], f[10], f[11]]),
+            options: Options::trusted(rest),
+        }
     }
 }
 
 impl<'a> Item<'a> for DhcpOption<'a> {
-    fn parse_item(buf: &'a [u8], ctx: Ctx) -> Result<(Self, usize)> {
-        let code = read_u16(buf, 0)?;
-        let len = read_u16(buf, 2).map_err(|e| e.within(code))?;
-        let end = OPTION_HEADER_LEN
-            .checked_add(usize::from(len))
-            .ok_or(Error::in_option(ErrorKind::Truncated, code))?;
-        let data = buf
-            .get(OPTION_HEADER_LEN..end)
-            .ok_or(Error::in_option(ErrorKind::Truncated, code))?;
-        let opt = Self::from_raw_ctx(RawOption { code, data }, ctx).map_err(|e| e.within(code))?;
-        Ok((opt, end))
+    #[inline]
+    fn check_item(buf: &'a [u8], ctx: Ctx) -> Result<&'a [u8]> {
+        let (code, data, rest) = split_option(buf)?;
+        check_body(code, data, ctx).map_err(|e| e.within(code))?;
+        Ok(rest)
+    }
+
+    #[inline]
+    fn decode_item(buf: &'a [u8]) -> Option<(Self, &'a [u8])> {
+        let (code, data, rest) = split_option(buf).ok()?;
+        Some((Self::from_checked(code, data), rest))
     }
 
     fn item_len(&self) -> usize {
         self.buffer_len()
     }
 
+    #[inline]
     fn emit_item(&self, w: &mut Writer<'_>) -> Result<()> {
-        let code = self.code().value();
-        let at = w.begin_option(code)?;
-        self.emit_body(w).map_err(|e| e.within(code))?;
-        w.end_option(at, code)
+        self.emit_to(w).map_err(|e| e.within(self.code_value()))
     }
 }
 

@@ -29,11 +29,7 @@ pub(crate) mod field {
     /// Options of a relay message.
     pub(crate) const RELAY_OPTIONS: usize = 34;
 
-    /// `option-code`.
-    pub(crate) const OPT_CODE: Range<usize> = 0..2;
-    /// `option-len`.
-    pub(crate) const OPT_LEN: Range<usize> = 2..4;
-    /// Start of `option-data`.
+    /// Start of `option-data`, after `option-code` (2 octets) and `option-len` (2 octets).
     pub(crate) const OPT_DATA: usize = 4;
 }
 
@@ -45,21 +41,25 @@ pub const RELAY_HEADER_LEN: usize = field::RELAY_OPTIONS;
 pub const OPTION_HEADER_LEN: usize = field::OPT_DATA;
 
 /// Reads a big-endian `u16` at `at`, or `Truncated`.
+#[inline]
 pub(crate) fn read_u16(buf: &[u8], at: usize) -> Result<u16> {
     read_array(buf, at).map(u16::from_be_bytes)
 }
 
 /// Reads a big-endian `u32` at `at`, or `Truncated`.
+#[inline]
 pub(crate) fn read_u32(buf: &[u8], at: usize) -> Result<u32> {
     read_array(buf, at).map(u32::from_be_bytes)
 }
 
 /// Reads an IPv6 address at `at`, or `Truncated`.
+#[inline]
 pub(crate) fn read_addr(buf: &[u8], at: usize) -> Result<Ipv6Addr> {
     read_array::<16>(buf, at).map(Ipv6Addr::from)
 }
 
 /// Reads `N` octets at `at`, or `Truncated`.
+#[inline]
 pub(crate) fn read_array<const N: usize>(buf: &[u8], at: usize) -> Result<[u8; N]> {
     let end = at.checked_add(N).ok_or(Error::new(ErrorKind::Truncated))?;
     buf.get(at..end)
@@ -227,22 +227,10 @@ impl<'a> Iterator for RawOptions<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        let buf = self.rest;
-        let parsed = (|| {
-            let code = read_u16(buf, field::OPT_CODE.start)?;
-            let len = read_u16(buf, field::OPT_LEN.start).map_err(|e| e.within(code))?;
-            let end = field::OPT_DATA
-                .checked_add(usize::from(len))
-                .ok_or(Error::in_option(ErrorKind::Truncated, code))?;
-            let data = buf
-                .get(field::OPT_DATA..end)
-                .ok_or(Error::in_option(ErrorKind::Truncated, code))?;
-            Ok((RawOption { code, data }, buf.get(end..).unwrap_or(&[])))
-        })();
-        match parsed {
-            Ok((opt, rest)) => {
+        match split_option(self.rest) {
+            Ok((code, data, rest)) => {
                 self.rest = rest;
-                Some(Ok(opt))
+                Some(Ok(RawOption { code, data }))
             }
             Err(e) => {
                 self.rest = &[];
@@ -250,6 +238,24 @@ impl<'a> Iterator for RawOptions<'a> {
             }
         }
     }
+}
+
+/// Splits the option at the start of `buf` into its code, its data (exactly `option-len`
+/// octets) and the bytes after it. A header cut short, or data running past the end of `buf`,
+/// is `Truncated` (naming the option when its code is complete).
+#[inline]
+pub(crate) fn split_option(buf: &[u8]) -> Result<(u16, &[u8], &[u8])> {
+    let Some((&[c0, c1, l0, l1], rest)) = buf.split_first_chunk::<OPTION_HEADER_LEN>() else {
+        return Err(match read_u16(buf, 0) {
+            Ok(code) => Error::in_option(ErrorKind::Truncated, code),
+            Err(e) => e,
+        });
+    };
+    let code = u16::from_be_bytes([c0, c1]);
+    let len = usize::from(u16::from_be_bytes([l0, l1]));
+    rest.split_at_checked(len)
+        .map(|(data, rest)| (code, data, rest))
+        .ok_or(Error::in_option(ErrorKind::Truncated, code))
 }
 
 #[cfg(test)]
