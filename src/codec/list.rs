@@ -21,9 +21,9 @@ pub trait Item<'a>: Copy + PartialEq + fmt::Debug + Sized + 'a {
     #[doc(hidden)]
     fn check_item(buf: &'a [u8], ctx: Ctx) -> Result<&'a [u8]>;
     /// Decodes one item from the start of bytes that [`check_item`](Self::check_item)
-    /// accepted; returns it and the bytes after it. `None` ends iteration.
+    /// accepted, and advances `buf` past it. `None` ends iteration.
     #[doc(hidden)]
-    fn decode_item(buf: &'a [u8]) -> Option<(Self, &'a [u8])>;
+    fn decode_item(buf: &mut &'a [u8]) -> Option<Self>;
     /// The octets this item takes on the wire.
     fn item_len(&self) -> usize;
     /// Writes this item.
@@ -127,6 +127,17 @@ impl<'a, T: Item<'a>> List<'a, T> {
         self.iter().find(pred)
     }
 
+    /// The octets the list takes on the wire, when known without walking typed items: a
+    /// parsed list, or an empty one.
+    #[inline]
+    pub(crate) const fn known_len(&self) -> Option<usize> {
+        match self.inner {
+            Inner::Wire(b) => Some(b.len()),
+            Inner::Items([]) => Some(0),
+            Inner::Items(_) => None,
+        }
+    }
+
     /// The octets the list takes on the wire.
     #[must_use]
     pub fn buffer_len(&self) -> usize {
@@ -136,6 +147,7 @@ impl<'a, T: Item<'a>> List<'a, T> {
         }
     }
 
+    #[inline]
     pub(crate) fn emit(&self, w: &mut Writer<'_>) -> Result<()> {
         match self.inner {
             Inner::Wire(b) => w.put(b),
@@ -196,12 +208,11 @@ impl<'a, T: Item<'a>> Iterator for Iter<'a, T> {
             Inner::Wire(b) => {
                 // The bytes were validated when the list was parsed, so decoding cannot fail;
                 // should it, iteration simply ends.
-                let Some((item, rest)) = T::decode_item(b) else {
+                let item = T::decode_item(b);
+                if item.is_none() {
                     *b = &[];
-                    return None;
-                };
-                *b = rest;
-                Some(item)
+                }
+                item
             }
         }
     }
@@ -210,15 +221,16 @@ impl<'a, T: Item<'a>> Iterator for Iter<'a, T> {
 impl<'a> Item<'a> for u16 {
     #[inline]
     fn check_item(buf: &'a [u8], _ctx: Ctx) -> Result<&'a [u8]> {
-        Self::decode_item(buf)
+        buf.split_first_chunk::<2>()
             .map(|(_, rest)| rest)
             .ok_or(Error::new(ErrorKind::BadLength))
     }
 
     #[inline]
-    fn decode_item(buf: &'a [u8]) -> Option<(Self, &'a [u8])> {
+    fn decode_item(buf: &mut &'a [u8]) -> Option<Self> {
         let (v, rest) = buf.split_first_chunk::<2>()?;
-        Some((Self::from_be_bytes(*v), rest))
+        *buf = rest;
+        Some(Self::from_be_bytes(*v))
     }
 
     fn item_len(&self) -> usize {
@@ -233,15 +245,16 @@ impl<'a> Item<'a> for u16 {
 impl<'a> Item<'a> for Ipv6Addr {
     #[inline]
     fn check_item(buf: &'a [u8], _ctx: Ctx) -> Result<&'a [u8]> {
-        Self::decode_item(buf)
+        buf.split_first_chunk::<16>()
             .map(|(_, rest)| rest)
             .ok_or(Error::new(ErrorKind::BadLength))
     }
 
     #[inline]
-    fn decode_item(buf: &'a [u8]) -> Option<(Self, &'a [u8])> {
+    fn decode_item(buf: &mut &'a [u8]) -> Option<Self> {
         let (v, rest) = buf.split_first_chunk::<16>()?;
-        Some((Self::from(*v), rest))
+        *buf = rest;
+        Some(Self::from(*v))
     }
 
     fn item_len(&self) -> usize {

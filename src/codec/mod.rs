@@ -176,33 +176,34 @@ impl<'b> Writer<'b> {
         self.put_array([c0, c1, l0, l1])
     }
 
-    /// Writes an option header with a placeholder length; returns where it starts.
+    /// Writes a whole option whose body is `data`.
     #[inline]
-    pub(crate) fn begin_option(&mut self, code: u16) -> Result<usize> {
-        let at = self.pos;
-        self.option_header(code, 0)?;
-        Ok(at)
+    pub(crate) fn option_with(&mut self, code: u16, data: &[u8]) -> Result<()> {
+        self.option_header(code, data.len())?;
+        self.put(data)
+    }
+
+    /// Writes a whole option whose body is one `u32` (CLT_TIME, the LQ time options).
+    #[inline]
+    pub(crate) fn option_u32(&mut self, code: u16, v: u32) -> Result<()> {
+        let [c0, c1] = code.to_be_bytes();
+        let [v0, v1, v2, v3] = v.to_be_bytes();
+        self.put_array([c0, c1, 0, 4, v0, v1, v2, v3])
     }
 
     /// Patches the length of the option begun at `at` to cover everything written since.
     #[inline]
     pub(crate) fn end_option(&mut self, at: usize, code: u16) -> Result<()> {
-        let body = self
-            .pos
-            .checked_sub(at)
-            .and_then(|n| n.checked_sub(OPTION_HEADER_LEN))
-            .ok_or(Error::in_option(ErrorKind::BufferTooSmall, code))?;
+        // `at` is where `begin_option` wrote 4 octets, so `pos >= at + 4`; should that ever not
+        // hold, the wrapped value fails the u16 conversion below.
+        let body = self.pos.wrapping_sub(at).wrapping_sub(OPTION_HEADER_LEN);
         let len = u16::try_from(body).map_err(|_| Error::in_option(ErrorKind::TooLong, code))?;
-        let len_at = at
-            .checked_add(2)
+        let header = self
+            .buf
+            .get_mut(at..)
+            .and_then(<[u8]>::first_chunk_mut::<OPTION_HEADER_LEN>)
             .ok_or(Error::new(ErrorKind::BufferTooSmall))?;
-        let len_end = len_at
-            .checked_add(2)
-            .ok_or(Error::new(ErrorKind::BufferTooSmall))?;
-        self.buf
-            .get_mut(len_at..len_end)
-            .ok_or(Error::new(ErrorKind::BufferTooSmall))?
-            .copy_from_slice(&len.to_be_bytes());
+        header[2..4].copy_from_slice(&len.to_be_bytes());
         Ok(())
     }
 }

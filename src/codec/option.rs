@@ -247,6 +247,7 @@ fn tail(d: &[u8], at: usize) -> &[u8] {
 }
 
 /// Validates an option body for its code, everything nested included, without building it.
+#[inline]
 fn check_body(code: u16, d: &[u8], ctx: Ctx) -> Result<()> {
     match code {
         code::IA_NA | code::IA_PD => Options::check(after(d, IA_FIXED)?, ctx.deeper()?),
@@ -426,106 +427,138 @@ impl<'a> DhcpOption<'a> {
         Ok(w.position())
     }
 
-    /// Writes header and body. Options of known size get their length up front; containers
-    /// get it patched once their body is written.
+    /// Writes header and body. Leaf options are written here, inline in the list loop;
+    /// containers go to [`emit_container`](Self::emit_container).
+    #[inline]
     fn emit_to(&self, w: &mut Writer<'_>) -> Result<()> {
-        let c = self.code_value();
         match self {
-            Self::ClientId(d) | Self::ServerId(d) | Self::RelayId(d) => {
-                w.option_header(c, d.0.len())?;
-                w.put(d.0)
-            }
-            Self::InterfaceId(b) | Self::Unknown(RawOption { data: b, .. }) => {
-                w.option_header(c, b.len())?;
-                w.put(b)
-            }
-            Self::CltTime(v)
-            | Self::LqBaseTime(ServerTime(v))
-            | Self::LqStartTime(ServerTime(v))
-            | Self::LqEndTime(ServerTime(v)) => {
-                let [c0, c1] = c.to_be_bytes();
-                let [v0, v1, v2, v3] = v.to_be_bytes();
-                w.put_array([c0, c1, 0, 4, v0, v1, v2, v3])
-            }
+            Self::ClientId(d) => w.option_with(code::CLIENTID, d.0),
+            Self::ServerId(d) => w.option_with(code::SERVERID, d.0),
+            Self::RelayId(d) => w.option_with(code::RELAY_ID, d.0),
+            Self::InterfaceId(b) => w.option_with(code::INTERFACE_ID, b),
+            Self::Unknown(raw) => w.option_with(raw.code, raw.data),
+            Self::CltTime(v) => w.option_u32(code::CLT_TIME, *v),
+            Self::LqBaseTime(t) => w.option_u32(code::LQ_BASE_TIME, t.0),
+            Self::LqStartTime(t) => w.option_u32(code::LQ_START_TIME, t.0),
+            Self::LqEndTime(t) => w.option_u32(code::LQ_END_TIME, t.0),
+            _ => self.emit_container(w),
+        }
+    }
+
+    /// Writes an option with a fixed part and nested content. The length goes in up front
+    /// when the nested content's size is known without walking it (wire bytes, or no items),
+    /// else it is patched once the body is written.
+    #[inline(never)]
+    fn emit_container(&self, w: &mut Writer<'_>) -> Result<()> {
+        let c = self.code_value();
+        let at = w.position();
+        // A body too long for `option-len` counts as unknown, so `end_option` reports it.
+        let known = |fixed: usize, nested: Option<usize>| {
+            nested
+                .map(|n| n.saturating_add(fixed))
+                .filter(|&n| n <= usize::from(u16::MAX))
+        };
+        match self {
             Self::StatusCode(s) => {
                 w.option_header(c, s.message.len().saturating_add(2))?;
                 w.put_u16(s.status.value())?;
-                w.put(s.message)
+                return w.put(s.message);
             }
             Self::RemoteId(r) => {
                 w.option_header(c, r.remote_id.len().saturating_add(4))?;
                 w.put_u32(r.enterprise_number)?;
-                w.put(r.remote_id)
+                return w.put(r.remote_id);
             }
             Self::Oro(l) => {
                 w.option_header(c, l.buffer_len())?;
-                l.emit(w)
+                return l.emit(w);
             }
             Self::LqClientLink(l) => {
                 w.option_header(c, l.buffer_len())?;
-                l.emit(w)
+                return l.emit(w);
             }
             Self::IaNa(ia) | Self::IaPd(ia) => {
-                let at = w.position();
+                let body = known(IA_FIXED, ia.options.known_len());
                 let f = w.take::<{ OPTION_HEADER_LEN + IA_FIXED }>()?;
-                f[0..2].copy_from_slice(&c.to_be_bytes());
+                f[0..4].copy_from_slice(&header(c, body));
                 f[4..8].copy_from_slice(&ia.iaid.to_be_bytes());
                 f[8..12].copy_from_slice(&ia.t1.to_be_bytes());
                 f[12..16].copy_from_slice(&ia.t2.to_be_bytes());
                 ia.options.emit(w)?;
-                w.end_option(at, c)
+                if body.is_some() {
+                    return Ok(());
+                }
             }
             Self::IaAddr(a) => {
-                let at = w.position();
+                let body = known(IAADDR_FIXED, a.options.known_len());
                 let f = w.take::<{ OPTION_HEADER_LEN + IAADDR_FIXED }>()?;
-                f[0..2].copy_from_slice(&c.to_be_bytes());
+                f[0..4].copy_from_slice(&header(c, body));
                 f[4..20].copy_from_slice(&a.address.octets());
                 f[20..24].copy_from_slice(&a.preferred_lifetime.to_be_bytes());
                 f[24..28].copy_from_slice(&a.valid_lifetime.to_be_bytes());
                 a.options.emit(w)?;
-                w.end_option(at, c)
+                if body.is_some() {
+                    return Ok(());
+                }
             }
             Self::IaPrefix(p) => {
                 if p.prefix_len > 128 {
                     return Err(Error::new(ErrorKind::BadValue));
                 }
-                let at = w.position();
+                let body = known(IAPREFIX_FIXED, p.options.known_len());
                 let f = w.take::<{ OPTION_HEADER_LEN + IAPREFIX_FIXED }>()?;
-                f[0..2].copy_from_slice(&c.to_be_bytes());
+                f[0..4].copy_from_slice(&header(c, body));
                 f[4..8].copy_from_slice(&p.preferred_lifetime.to_be_bytes());
                 f[8..12].copy_from_slice(&p.valid_lifetime.to_be_bytes());
                 f[12] = p.prefix_len;
                 f[13..29].copy_from_slice(&p.prefix.octets());
                 p.options.emit(w)?;
-                w.end_option(at, c)
+                if body.is_some() {
+                    return Ok(());
+                }
             }
             Self::LqQuery(q) => {
-                let at = w.position();
                 let f = w.take::<{ OPTION_HEADER_LEN + LQ_QUERY_FIXED }>()?;
-                f[0..2].copy_from_slice(&c.to_be_bytes());
+                f[0..4].copy_from_slice(&header(c, None));
                 f[4] = q.query_type.value();
                 f[5..21].copy_from_slice(&q.link_address.octets());
                 q.options.emit(w)?;
-                w.end_option(at, c)
             }
             Self::ClientData(l) => {
-                let at = w.begin_option(c)?;
+                w.option_header(c, 0)?;
                 l.emit(w)?;
-                w.end_option(at, c)
             }
             Self::RelayMsg(m) => {
-                let at = w.begin_option(c)?;
+                w.option_header(c, 0)?;
                 m.emit(w)?;
-                w.end_option(at, c)
             }
             Self::LqRelayData(r) => {
-                let at = w.begin_option(c)?;
+                w.option_header(c, 0)?;
                 w.put_array(r.peer_address.octets())?;
                 r.relay_message.emit(w)?;
-                w.end_option(at, c)
             }
+            Self::ClientId(_)
+            | Self::ServerId(_)
+            | Self::RelayId(_)
+            | Self::InterfaceId(_)
+            | Self::Unknown(_)
+            | Self::CltTime(_)
+            | Self::LqBaseTime(_)
+            | Self::LqStartTime(_)
+            | Self::LqEndTime(_) => return self.emit_to(w),
         }
+        w.end_option(at, c)
     }
+}
+
+/// An option header; a body length that is not known yet (or over 65535, which
+/// `end_option` then reports) is written as 0 and patched later.
+#[inline]
+fn header(code: u16, body: Option<usize>) -> [u8; OPTION_HEADER_LEN] {
+    let len = body.and_then(|n| u16::try_from(n).ok()).unwrap_or(0);
+    let [c0, c1] = code.to_be_bytes();
+    let [l0, l1] = len.to_be_bytes();
+    [c0, c1, l0, l1]
 }
 
 impl<'a> Ia<'a> {
@@ -552,9 +585,10 @@ impl<'a> Item<'a> for DhcpOption<'a> {
     }
 
     #[inline]
-    fn decode_item(buf: &'a [u8]) -> Option<(Self, &'a [u8])> {
+    fn decode_item(buf: &mut &'a [u8]) -> Option<Self> {
         let (code, data, rest) = split_option(buf).ok()?;
-        Some((Self::from_checked(code, data), rest))
+        *buf = rest;
+        Some(Self::from_checked(code, data))
     }
 
     fn item_len(&self) -> usize {

@@ -651,6 +651,26 @@ fn emit_rejects_overlong_and_mismatched() {
         repr.emit(&mut [0; 64]).unwrap_err().kind(),
         ErrorKind::BadValue
     );
+    // A parsed (wire) list whose size is known up front still may not overflow its container.
+    let mut many = Vec::new();
+    while many.len() < 65_520 {
+        many.extend_from_slice(&h("ff00 0000"));
+    }
+    let parsed = Options::parse(&many).unwrap();
+    let opts = [DhcpOption::IaAddr(IaAddr {
+        address: Ipv6Addr::UNSPECIFIED,
+        preferred_lifetime: 0,
+        valid_lifetime: 0,
+        options: parsed,
+    })];
+    let repr = MessageRepr::new(
+        MessageType::LeasequeryData,
+        Xid::new(1),
+        Options::from_items(&opts),
+    );
+    let mut buf = vec![0; repr.buffer_len()];
+    let err = repr.emit(&mut buf).unwrap_err();
+    assert_eq!((err.kind(), err.option()), (ErrorKind::TooLong, Some(5)));
     // A frame cannot hold more than 65535 octets.
     assert_eq!(frame_header(65_536).unwrap_err().kind(), ErrorKind::TooLong);
     assert_eq!(frame_header(65_535).unwrap(), [0xff, 0xff]);
