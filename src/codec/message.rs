@@ -85,7 +85,15 @@ impl<'a> MessageRepr<'a> {
     }
 
     /// Validates a whole message without building it.
+    #[inline]
     pub(crate) fn check(buf: &'a [u8], ctx: Ctx) -> Result<()> {
+        Options::check(Self::options_part(buf)?, ctx)
+    }
+
+    /// The option bytes after the header, whose length the message type decides; `TooShort`
+    /// when the header is incomplete.
+    #[inline]
+    pub(crate) fn options_part(buf: &[u8]) -> Result<&[u8]> {
         let msg_type = buf
             .get(field::MSG_TYPE)
             .copied()
@@ -95,10 +103,7 @@ impl<'a> MessageRepr<'a> {
         } else {
             CLIENT_SERVER_HEADER_LEN
         };
-        let options = buf
-            .get(header_len..)
-            .ok_or(Error::new(ErrorKind::TooShort))?;
-        Options::check(options, ctx)
+        buf.get(header_len..).ok_or(Error::new(ErrorKind::TooShort))
     }
 
     /// Builds the repr of a message that [`check`](Self::check) accepted.

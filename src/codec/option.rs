@@ -246,31 +246,33 @@ fn tail(d: &[u8], at: usize) -> &[u8] {
     d.get(at..).unwrap_or(&[])
 }
 
-/// Validates an option body for its code, everything nested included, without building it.
+/// Checks an option body's own fields for its code, without building it and without
+/// descending: returns the option list nested in it (after the fixed part, or after the header
+/// of an embedded message), if any, for the caller to check one level deeper.
 #[inline]
-fn check_body(code: u16, d: &[u8], ctx: Ctx) -> Result<()> {
+fn check_fields(code: u16, d: &[u8]) -> Result<Option<&[u8]>> {
     match code {
-        code::IA_NA | code::IA_PD => Options::check(after(d, IA_FIXED)?, ctx.deeper()?),
-        code::IAADDR => Options::check(after(d, IAADDR_FIXED)?, ctx.deeper()?),
+        code::IA_NA | code::IA_PD => after(d, IA_FIXED).map(Some),
+        code::IAADDR => after(d, IAADDR_FIXED).map(Some),
         code::IAPREFIX => {
             let rest = after(d, IAPREFIX_FIXED)?;
             if d.get(8).is_some_and(|&len| len > 128) {
                 return Err(Error::new(ErrorKind::BadValue));
             }
-            Options::check(rest, ctx.deeper()?)
+            Ok(Some(rest))
         }
-        code::ORO => multiple_of(d, 2),
-        code::RELAY_MSG => MessageRepr::check(d, ctx.deeper()?),
-        code::STATUS_CODE => after(d, 2).map(drop),
-        code::REMOTE_ID => after(d, 4).map(drop),
-        code::LQ_QUERY => Options::check(after(d, LQ_QUERY_FIXED)?, ctx.deeper()?),
-        code::CLIENT_DATA => Options::check(d, ctx.deeper()?),
+        code::LQ_QUERY => after(d, LQ_QUERY_FIXED).map(Some),
+        code::CLIENT_DATA => Ok(Some(d)),
+        code::RELAY_MSG => MessageRepr::options_part(d).map(Some),
+        code::LQ_RELAY_DATA => MessageRepr::options_part(after(d, LQ_RELAY_DATA_FIXED)?).map(Some),
+        code::ORO => multiple_of(d, 2).map(|()| None),
+        code::LQ_CLIENT_LINK => multiple_of(d, 16).map(|()| None),
+        code::STATUS_CODE => after(d, 2).map(|_| None),
+        code::REMOTE_ID => after(d, 4).map(|_| None),
         code::CLT_TIME | code::LQ_BASE_TIME | code::LQ_START_TIME | code::LQ_END_TIME => {
-            exact(d, 4)
+            exact(d, 4).map(|()| None)
         }
-        code::LQ_RELAY_DATA => MessageRepr::check(after(d, LQ_RELAY_DATA_FIXED)?, ctx.deeper()?),
-        code::LQ_CLIENT_LINK => multiple_of(d, 16),
-        _ => Ok(()),
+        _ => Ok(None),
     }
 }
 
@@ -324,7 +326,12 @@ impl<'a> DhcpOption<'a> {
 
     /// Types a raw option, validating its body and everything nested in it.
     pub fn from_raw(raw: RawOption<'a>) -> Result<Self> {
-        check_body(raw.code, raw.data, Ctx::TOP).map_err(|e| e.within(raw.code))?;
+        if let Some(nested) = check_fields(raw.code, raw.data).map_err(|e| e.within(raw.code))? {
+            Ctx::TOP
+                .deeper()
+                .and_then(|inner| Options::check(nested, inner))
+                .map_err(|e| e.within(raw.code))?;
+        }
         Ok(Self::from_checked(raw.code, raw.data))
     }
 
@@ -580,7 +587,14 @@ impl<'a> Item<'a> for DhcpOption<'a> {
     #[inline]
     fn check_item(buf: &'a [u8], ctx: Ctx) -> Result<&'a [u8]> {
         let (code, data, rest) = split_option(buf)?;
-        check_body(code, data, ctx).map_err(|e| e.within(code))?;
+        match check_fields(code, data) {
+            Ok(Some(nested)) if !nested.is_empty() => ctx
+                .deeper()
+                .and_then(|inner| Options::check(nested, inner))
+                .map_err(|e| e.within(code))?,
+            Ok(_) => {}
+            Err(e) => return Err(e.within(code)),
+        }
         Ok(rest)
     }
 
