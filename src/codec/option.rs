@@ -584,7 +584,7 @@ impl<'a> Ia<'a> {
 }
 
 impl<'a> Item<'a> for DhcpOption<'a> {
-    #[inline]
+    #[inline(always)]
     fn check_item(buf: &'a [u8], ctx: Ctx) -> Result<&'a [u8]> {
         let (code, data, rest) = split_option(buf)?;
         match check_fields(code, data) {
