@@ -176,11 +176,26 @@ impl<'b> Writer<'b> {
         self.put_array([c0, c1, l0, l1])
     }
 
-    /// Writes a whole option whose body is `data`.
+    /// Writes a whole option whose body is `data` (one bounds check for header and body).
     #[inline]
     pub(crate) fn option_with(&mut self, code: u16, data: &[u8]) -> Result<()> {
-        self.option_header(code, data.len())?;
-        self.put(data)
+        let len = u16::try_from(data.len()).map_err(|_| Error::in_option(ErrorKind::TooLong, code))?;
+        let end = self
+            .pos
+            .checked_add(OPTION_HEADER_LEN)
+            .and_then(|n| n.checked_add(data.len()))
+            .ok_or(Error::new(ErrorKind::BufferTooSmall))?;
+        let dst = self
+            .buf
+            .get_mut(self.pos..end)
+            .ok_or(Error::new(ErrorKind::BufferTooSmall))?;
+        let (head, body) = dst.split_at_mut(OPTION_HEADER_LEN);
+        let [c0, c1] = code.to_be_bytes();
+        let [l0, l1] = len.to_be_bytes();
+        head.copy_from_slice(&[c0, c1, l0, l1]);
+        body.copy_from_slice(data);
+        self.pos = end;
+        Ok(())
     }
 
     /// Writes a whole option whose body is one `u32` (CLT_TIME, the LQ time options).

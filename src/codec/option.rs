@@ -448,6 +448,25 @@ impl<'a> DhcpOption<'a> {
             Self::LqBaseTime(t) => w.option_u32(code::LQ_BASE_TIME, t.0),
             Self::LqStartTime(t) => w.option_u32(code::LQ_START_TIME, t.0),
             Self::LqEndTime(t) => w.option_u32(code::LQ_END_TIME, t.0),
+            // The usual addresses and prefixes of a reply carry no sub-options: write them in
+            // one piece here.
+            Self::IaAddr(a) if a.options.is_empty() => {
+                let f = w.take::<{ OPTION_HEADER_LEN + IAADDR_FIXED }>()?;
+                f[0..4].copy_from_slice(&header(code::IAADDR, Some(IAADDR_FIXED)));
+                f[4..20].copy_from_slice(&a.address.octets());
+                f[20..24].copy_from_slice(&a.preferred_lifetime.to_be_bytes());
+                f[24..28].copy_from_slice(&a.valid_lifetime.to_be_bytes());
+                Ok(())
+            }
+            Self::IaPrefix(p) if p.options.is_empty() && p.prefix_len <= 128 => {
+                let f = w.take::<{ OPTION_HEADER_LEN + IAPREFIX_FIXED }>()?;
+                f[0..4].copy_from_slice(&header(code::IAPREFIX, Some(IAPREFIX_FIXED)));
+                f[4..8].copy_from_slice(&p.preferred_lifetime.to_be_bytes());
+                f[8..12].copy_from_slice(&p.valid_lifetime.to_be_bytes());
+                f[12] = p.prefix_len;
+                f[13..29].copy_from_slice(&p.prefix.octets());
+                Ok(())
+            }
             _ => self.emit_container(w),
         }
     }
