@@ -32,8 +32,9 @@
 //!   emits the repr it parsed (nested lists are checked wire bytes, copied), dhcproto encodes
 //!   the message it decoded (nested lists are opaque blobs, copied).
 //!
-//! One extra row helps read the parse figures: `parse_*/lqd_validate_only` is
-//! `MessageRepr::parse` alone (validation, without typing the options afterwards).
+//! Two extra rows help read the parse figures: `parse_*/lqd_validate_only` is
+//! `MessageRepr::parse` alone (validation, without typing the options afterwards), and
+//! `parse_*/lqd_iterate_only` adds iterating every option without reading its fields.
 //!
 //! Run with `cargo bench --bench codec`; each benchmark is short (1 s warm-up, 3 s measuring,
 //! 30 samples) so the whole run takes about a minute.
@@ -382,6 +383,21 @@ fn main() {
         g.throughput(Throughput::Elements(1));
         g.bench_function("lqd", |b| b.iter(|| parse_ours(black_box(bytes))));
         g.bench_function("dhcproto", |b| b.iter(|| parse_dp(black_box(bytes))));
+        // For the profile: parse, then iterate every option (into CLIENT_DATA) without reading
+        // any field, to separate the cost of decoding from the cost of the checksum walk.
+        g.bench_function("lqd_iterate_only", |b| {
+            b.iter(|| {
+                let msg = MessageRepr::parse(black_box(bytes)).expect("parse");
+                let mut n = 0usize;
+                for o in msg.options.iter() {
+                    n += 1;
+                    if let DhcpOption::ClientData(l) = o {
+                        n += l.iter().count();
+                    }
+                }
+                n
+            })
+        });
         // For the profile: our validation alone, without typing the options afterwards.
         g.bench_function("lqd_validate_only", |b| {
             b.iter(|| MessageRepr::parse(black_box(bytes)).map(|m| m.options.buffer_len()))
