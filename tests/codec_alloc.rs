@@ -16,25 +16,18 @@ use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Visits every option at every depth, returning how many it saw.
+/// Visits every option at every depth (and every item of ORO, LQ_CLIENT_LINK and status
+/// text), returning how many it saw.
 fn walk(opts: &Options<'_>) -> usize {
     let mut n = 0usize;
-    for o in opts.iter() {
-        n += 1;
-        n += match o {
-            DhcpOption::IaNa(ia) | DhcpOption::IaPd(ia) => walk(&ia.options),
-            DhcpOption::IaAddr(a) => walk(&a.options),
-            DhcpOption::IaPrefix(p) => walk(&p.options),
-            DhcpOption::LqQuery(q) => walk(&q.options),
-            DhcpOption::ClientData(l) => walk(&l),
+    opts.walk(&mut |_, o| {
+        n += 1 + match o {
             DhcpOption::Oro(l) => l.iter().count(),
             DhcpOption::LqClientLink(l) => l.iter().count(),
-            DhcpOption::RelayMsg(m) => m.message().map_or(0, |m| walk(&m.options)),
-            DhcpOption::LqRelayData(r) => r.relay_message.message().map_or(0, |m| walk(&m.options)),
             DhcpOption::StatusCode(s) => s.message.len(),
             _ => 0,
         };
-    }
+    });
     n
 }
 

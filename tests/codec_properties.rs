@@ -239,25 +239,16 @@ fn check_parsed_round_trip(data: &[u8]) {
     }
 }
 
+/// Visits every option at every depth, and every item of the ORO and LQ_CLIENT_LINK lists.
 fn walk(opts: &Options<'_>) -> usize {
     let mut n = 0;
-    for o in opts.iter() {
-        n += 1;
-        n += match o {
-            DhcpOption::IaNa(ia) | DhcpOption::IaPd(ia) => walk(&ia.options),
-            DhcpOption::IaAddr(a) => walk(&a.options),
-            DhcpOption::IaPrefix(p) => walk(&p.options),
-            DhcpOption::LqQuery(q) => walk(&q.options),
-            DhcpOption::ClientData(l) => walk(&l),
+    opts.walk(&mut |_, o| {
+        n += 1 + match o {
             DhcpOption::Oro(l) => l.iter().count(),
             DhcpOption::LqClientLink(l) => l.iter().count(),
-            DhcpOption::RelayMsg(m) => walk(&m.message().expect("validated").options),
-            DhcpOption::LqRelayData(r) => {
-                walk(&r.relay_message.message().expect("validated").options)
-            }
             _ => 0,
         };
-    }
+    });
     n
 }
 

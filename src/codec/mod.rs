@@ -179,7 +179,8 @@ impl<'b> Writer<'b> {
     /// Writes a whole option whose body is `data` (one bounds check for header and body).
     #[inline]
     pub(crate) fn option_with(&mut self, code: u16, data: &[u8]) -> Result<()> {
-        let len = u16::try_from(data.len()).map_err(|_| Error::in_option(ErrorKind::TooLong, code))?;
+        let len =
+            u16::try_from(data.len()).map_err(|_| Error::in_option(ErrorKind::TooLong, code))?;
         let end = self
             .pos
             .checked_add(OPTION_HEADER_LEN)

@@ -634,8 +634,42 @@ impl<'a> Item<'a> for DhcpOption<'a> {
     }
 }
 
+impl<'a> DhcpOption<'a> {
+    /// The option list nested in this option: the sub-options of IA_NA, IA_PD, IAADDR and
+    /// IAPREFIX, the query-options of LQ_QUERY, the client options of CLIENT_DATA, and the
+    /// options of the message carried by RELAY_MSG or LQ_RELAY_DATA.
+    #[must_use]
+    pub fn nested(&self) -> Option<Options<'a>> {
+        match self {
+            Self::IaNa(ia) | Self::IaPd(ia) => Some(ia.options),
+            Self::IaAddr(a) => Some(a.options),
+            Self::IaPrefix(p) => Some(p.options),
+            Self::LqQuery(q) => Some(q.options),
+            Self::ClientData(l) => Some(*l),
+            Self::RelayMsg(m) => m.message().ok().map(|m| m.options),
+            Self::LqRelayData(r) => r.relay_message.message().ok().map(|m| m.options),
+            _ => None,
+        }
+    }
+}
+
 /// Helpers to find the usual options in a list.
 impl<'a> Options<'a> {
+    /// Visits every option depth-first, each before what is nested in it (see
+    /// [`DhcpOption::nested`]), with its depth (0 for the options of this list).
+    pub fn walk(&self, f: &mut impl FnMut(usize, &DhcpOption<'a>)) {
+        self.walk_at(0, f);
+    }
+
+    fn walk_at(&self, depth: usize, f: &mut impl FnMut(usize, &DhcpOption<'a>)) {
+        for o in self.iter() {
+            f(depth, &o);
+            if let Some(nested) = o.nested() {
+                nested.walk_at(depth.saturating_add(1), f);
+            }
+        }
+    }
+
     /// The first option with this code.
     #[must_use]
     pub fn get(&self, code: OptionCode) -> Option<DhcpOption<'a>> {

@@ -812,3 +812,47 @@ fn builder_reports_invalid_nested_input() {
     };
     assert_eq!(inner.message().unwrap().xid(), Some(Xid::new(7)));
 }
+
+#[test]
+fn walk_visits_every_option_depth_first() {
+    let relay = MessageBuilder::relay(MessageType::RelayForw, 0, a("2001:db8::1"), a("fe80::1"))
+        .raw(18, b"eth0")
+        .remote_id(9, b"x")
+        .build()
+        .unwrap();
+    let msg = MessageBuilder::data(1)
+        .client_data(|c| {
+            c.client_id(&CLIENT_DUID)
+                .option(DhcpOption::IaAddr(IaAddr {
+                    address: a("2001:db8::5"),
+                    preferred_lifetime: 1,
+                    valid_lifetime: 2,
+                    options: Options::from_items(&[DhcpOption::StatusCode(StatusCode::new(
+                        Status::Success,
+                        "",
+                    ))]),
+                }))
+                .relay_data(a("2001:db8::1"), &relay)
+        })
+        .base_time(ServerTime(7))
+        .build()
+        .unwrap();
+    let repr = MessageRepr::parse(&msg).unwrap();
+    let mut seen = Vec::new();
+    repr.options
+        .walk(&mut |depth, o| seen.push((depth, o.code_value())));
+    assert_eq!(
+        seen,
+        vec![
+            (0, 45),
+            (1, 1),
+            (1, 5),
+            (2, 13),
+            (1, 47),
+            (2, 18),
+            (2, 37),
+            (0, 100)
+        ]
+    );
+    assert_eq!(DhcpOption::CltTime(1).nested(), None);
+}
