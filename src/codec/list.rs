@@ -16,6 +16,9 @@ use super::{Ctx, Writer};
 /// parsed, without building any item; iteration then decodes each item straight from bytes
 /// known to be valid.
 pub trait Item<'a>: Copy + PartialEq + fmt::Debug + Sized + 'a {
+    /// The octets every item takes, for items of one fixed size; 0 when items vary.
+    const FIXED_LEN: usize = 0;
+
     /// Validates one item at the start of `buf` (and everything nested in it); returns the
     /// bytes after it.
     #[doc(hidden)]
@@ -140,9 +143,11 @@ impl<'a, T: Item<'a>> List<'a, T> {
 
     /// The octets the list takes on the wire.
     #[must_use]
+    #[inline]
     pub fn buffer_len(&self) -> usize {
         match self.inner {
             Inner::Wire(b) => b.len(),
+            Inner::Items(s) if T::FIXED_LEN > 0 => s.len().saturating_mul(T::FIXED_LEN),
             Inner::Items(s) => s.iter().fold(0usize, |n, i| n.saturating_add(i.item_len())),
         }
     }
@@ -219,6 +224,8 @@ impl<'a, T: Item<'a>> Iterator for Iter<'a, T> {
 }
 
 impl<'a> Item<'a> for u16 {
+    const FIXED_LEN: usize = 2;
+
     #[inline]
     fn check_item(buf: &'a [u8], _ctx: Ctx) -> Result<&'a [u8]> {
         buf.split_first_chunk::<2>()
@@ -243,6 +250,8 @@ impl<'a> Item<'a> for u16 {
 }
 
 impl<'a> Item<'a> for Ipv6Addr {
+    const FIXED_LEN: usize = 16;
+
     #[inline]
     fn check_item(buf: &'a [u8], _ctx: Ctx) -> Result<&'a [u8]> {
         buf.split_first_chunk::<16>()

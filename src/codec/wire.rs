@@ -193,11 +193,12 @@ impl<T: AsRef<[u8]>> RelayMessage<T> {
 
 /// One option as it is on the wire: its code and exactly `option-len` octets of data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(C)]
 pub struct RawOption<'a> {
-    /// `option-code`.
-    pub code: u16,
     /// `option-data`, exactly `option-len` octets.
     pub data: &'a [u8],
+    /// `option-code`.
+    pub code: u16,
 }
 
 /// Iterator over an option list. Yields `Err` once for a truncated option, then stops.
