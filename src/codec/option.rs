@@ -260,7 +260,7 @@ fn tail(d: &[u8], at: usize) -> &[u8] {
 /// Checks an option body's own fields for its code, without building it and without
 /// descending: returns the option list nested in it (after the fixed part, or after the header
 /// of an embedded message), if any, for the caller to check one level deeper.
-#[inline]
+#[inline(always)]
 fn check_fields(code: u16, d: &[u8]) -> Result<Option<&[u8]>> {
     match code {
         code::IA_NA | code::IA_PD => after(d, IA_FIXED).map(Some),
