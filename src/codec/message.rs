@@ -177,8 +177,8 @@ impl<'a> MessageRepr<'a> {
                 if msg_type.is_relay() {
                     return Err(Error::new(ErrorKind::HeaderMismatch));
                 }
-                w.put(&[msg_type.value()])?;
-                w.put(&xid.to_bytes())?;
+                let [x0, x1, x2] = xid.to_bytes();
+                w.put_array([msg_type.value(), x0, x1, x2])?;
             }
             Header::Relay {
                 msg_type,
@@ -189,9 +189,9 @@ impl<'a> MessageRepr<'a> {
                 if !msg_type.is_relay() {
                     return Err(Error::new(ErrorKind::HeaderMismatch));
                 }
-                w.put(&[msg_type.value(), hop_count])?;
-                w.put(&link_address.octets())?;
-                w.put(&peer_address.octets())?;
+                w.put_array([msg_type.value(), hop_count])?;
+                w.put_array(link_address.octets())?;
+                w.put_array(peer_address.octets())?;
             }
         }
         self.options.emit(w)
