@@ -260,6 +260,8 @@ fn tail(d: &[u8], at: usize) -> &[u8] {
 /// Checks an option body's own fields for its code, without building it and without
 /// descending: returns the option list nested in it (after the fixed part, or after the header
 /// of an embedded message), if any, for the caller to check one level deeper.
+// Always inlined, like `check_item`: validation is then one loop per list, a third faster than
+// with a call per option (BENCHMARKS.md).
 #[inline(always)]
 fn check_fields(code: u16, d: &[u8]) -> Result<Option<&[u8]>> {
     match code {
