@@ -8,6 +8,8 @@
 //! steering repository. The layers present today:
 //!
 //! - [`codec`]: the complete leasequery wire format, zero-copy and panic-free.
+//! - [`store`]: the lease mirror, bindings and their query indexes.
 #![deny(unsafe_code)]
 
 pub mod codec;
+pub mod store;

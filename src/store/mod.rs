@@ -1,0 +1,10 @@
+//! The lease mirror: bindings and the indexes that answer every query type without a scan.
+
+mod index;
+pub mod model;
+
+pub use index::{Applied, BindingId, Outcome, Store};
+pub use model::{
+    Binding, BindingKey, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
+    prefix_contains,
+};
