@@ -9,7 +9,9 @@
 //!
 //! - [`codec`]: the complete leasequery wire format, zero-copy and panic-free.
 //! - [`store`]: the lease mirror, bindings and their query indexes.
+//! - [`feed`]: how lease changes reach lqd: [`feed::FeedHandle`] and the built-in sources.
 #![deny(unsafe_code)]
 
 pub mod codec;
+pub mod feed;
 pub mod store;

@@ -1,0 +1,230 @@
+//! The feed channel: bounds, wake-ups, budgets and disconnection.
+
+use std::net::Ipv6Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mio::{Events, Poll, Token, Waker};
+
+use super::*;
+use crate::codec::ServerTime;
+use crate::store::{Lease, LeaseKind, LeaseState};
+
+const FEED: Token = Token(7);
+
+/// A distinct change per `n`.
+fn change(n: u32) -> Change {
+    Change {
+        client_id: vec![0, 3, 0, 1, 2, 0, 0, 0, 0, n as u8].into_boxed_slice(),
+        link: Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1),
+        lease: Lease {
+            kind: LeaseKind::Address,
+            address: Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 0x1000 + n as u16),
+            prefix_len: 128,
+            iaid: n,
+            preferred_lifetime: 3600,
+            valid_lifetime: 7200,
+            cltt: ServerTime(n),
+            state: LeaseState::Active,
+        },
+        relay: None,
+    }
+}
+
+fn setup(capacity: usize) -> (Poll, FeedHandle, FeedReceiver) {
+    let poll = Poll::new().expect("mio::Poll");
+    let waker = Arc::new(Waker::new(poll.registry(), FEED).expect("mio::Waker"));
+    let (handle, receiver) = feed(capacity, waker);
+    (poll, handle, receiver)
+}
+
+/// Whether the waker's token fired within `timeout`.
+fn woken(poll: &mut Poll, timeout: Duration) -> bool {
+    let mut events = Events::with_capacity(8);
+    poll.poll(&mut events, Some(timeout)).expect("poll");
+    events.iter().any(|e| e.token() == FEED)
+}
+
+fn drain_all(receiver: &mut FeedReceiver, budget: usize) -> (Vec<Change>, Drained) {
+    let mut got = Vec::new();
+    let drained = receiver.drain(budget, |c| got.push(c));
+    (got, drained)
+}
+
+#[test]
+fn a_full_channel_gives_the_change_back() {
+    let (_poll, handle, mut receiver) = setup(2);
+    assert_eq!(handle.capacity(), 2);
+    handle.try_send(change(1)).expect("room for the first");
+    handle.try_send(change(2)).expect("room for the second");
+    assert_eq!(handle.len(), 2);
+    match handle.try_send(change(3)) {
+        Err(TrySendError::Full(c)) => assert_eq!(c, change(3)),
+        other => panic!("expected Full with the change back, got {other:?}"),
+    }
+    let (got, drained) = drain_all(&mut receiver, 10);
+    assert_eq!(got, vec![change(1), change(2)]);
+    assert_eq!(
+        drained,
+        Drained {
+            count: 2,
+            more: false,
+            disconnected: false
+        }
+    );
+    handle
+        .try_send(change(3))
+        .expect("room again after the drain");
+}
+
+#[test]
+fn zero_capacity_still_holds_one_change() {
+    let (_poll, handle, mut receiver) = setup(0);
+    assert_eq!(handle.capacity(), 1);
+    handle.try_send(change(1)).expect("one slot");
+    assert!(handle.try_send(change(2)).is_err_and(|e| e.is_full()));
+    let (got, _) = drain_all(&mut receiver, 4);
+    assert_eq!(got, vec![change(1)]);
+}
+
+#[test]
+fn a_send_from_another_thread_wakes_the_poll() {
+    let (mut poll, handle, mut receiver) = setup(16);
+    let sender = std::thread::spawn(move || handle.send(change(5)).is_ok());
+    assert!(woken(&mut poll, Duration::from_secs(10)), "no wake-up");
+    assert!(sender.join().expect("sender thread"), "feed closed");
+    let (got, drained) = drain_all(&mut receiver, 16);
+    assert_eq!(got, vec![change(5)]);
+    // The only handle went away with the thread.
+    assert!(drained.disconnected);
+}
+
+#[test]
+fn wake_ups_are_coalesced_until_the_next_drain() {
+    let (mut poll, handle, mut receiver) = setup(16);
+    handle.send(change(1)).expect("open");
+    assert!(
+        woken(&mut poll, Duration::from_secs(10)),
+        "first send wakes"
+    );
+    // Not drained yet: the loop already knows, so further sends do not wake it again.
+    handle.send(change(2)).expect("open");
+    handle.try_send(change(3)).expect("open");
+    assert!(
+        !woken(&mut poll, Duration::from_millis(100)),
+        "extra wake-up"
+    );
+    let (got, drained) = drain_all(&mut receiver, 16);
+    assert_eq!(got, vec![change(1), change(2), change(3)]);
+    assert!(!drained.more);
+    // After a drain, the next send wakes the loop again.
+    handle.try_send(change(4)).expect("open");
+    assert!(
+        woken(&mut poll, Duration::from_secs(10)),
+        "wake-up after drain"
+    );
+    assert_eq!(drain_all(&mut receiver, 16).0, vec![change(4)]);
+}
+
+#[test]
+fn drain_honours_the_budget_and_reports_more() {
+    let (_poll, handle, mut receiver) = setup(16);
+    for n in 0..10 {
+        handle.try_send(change(n)).expect("room");
+    }
+    let (none, d0) = drain_all(&mut receiver, 0);
+    assert!(none.is_empty());
+    assert_eq!((d0.count, d0.more), (0, true));
+    let mut all = Vec::new();
+    let mut rounds = Vec::new();
+    loop {
+        let (got, d) = drain_all(&mut receiver, 4);
+        assert_eq!(got.len(), d.count);
+        assert!(!d.disconnected);
+        all.extend(got);
+        rounds.push((d.count, d.more));
+        if !d.more {
+            break;
+        }
+    }
+    assert_eq!(rounds, vec![(4, true), (4, true), (2, false)]);
+    assert_eq!(all, (0..10).map(change).collect::<Vec<_>>());
+    // Exactly the budget left nothing behind: `more` is false.
+    for n in 0..4 {
+        handle.try_send(change(n)).expect("room");
+    }
+    let (_, d) = drain_all(&mut receiver, 4);
+    assert_eq!((d.count, d.more), (4, false));
+}
+
+#[test]
+fn dropping_every_handle_is_reported_after_the_last_change() {
+    let (_poll, handle, mut receiver) = setup(16);
+    let clone = handle.clone();
+    handle.send(change(1)).expect("open");
+    clone.send(change(2)).expect("open");
+    drop(handle);
+    let (got, d) = drain_all(&mut receiver, 16);
+    assert_eq!(got.len(), 2);
+    assert!(!d.disconnected, "a clone still holds the feed open");
+    clone.send(change(3)).expect("open");
+    drop(clone);
+    // Waiting changes come first; disconnection is reported once they are all taken.
+    let (got, d) = drain_all(&mut receiver, 1);
+    assert_eq!(got, vec![change(3)]);
+    assert_eq!(
+        d,
+        Drained {
+            count: 1,
+            more: false,
+            disconnected: false
+        }
+    );
+    let (got, d) = drain_all(&mut receiver, 16);
+    assert!(got.is_empty());
+    assert!(d.disconnected);
+}
+
+#[test]
+fn a_dropped_receiver_closes_the_feed() {
+    let (_poll, handle, receiver) = setup(4);
+    drop(receiver);
+    assert_eq!(handle.send(change(1)), Err(FeedClosed(change(1))));
+    match handle.try_send(change(2)) {
+        Err(TrySendError::Closed(c)) => assert_eq!(c, change(2)),
+        other => panic!("expected Closed, got {other:?}"),
+    }
+}
+
+#[test]
+fn blocking_sends_wait_for_the_loop_and_nothing_is_lost() {
+    // One slot: every send after the first waits for a drain, and every wake-up must come.
+    let (mut poll, handle, mut receiver) = setup(1);
+    let sender = std::thread::spawn(move || {
+        for n in 0..200 {
+            handle.send(change(n)).expect("open");
+        }
+    });
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        let (batch, d) = drain_all(&mut receiver, 8);
+        got.extend(batch);
+        // The sender may finish (and drop its handle) within the drain that takes the last.
+        assert!(
+            !d.disconnected || got.len() == 200,
+            "disconnected after {} changes",
+            got.len()
+        );
+        if !d.more && got.len() < 200 {
+            assert!(
+                woken(&mut poll, Duration::from_secs(10)),
+                "lost wake-up after {} changes",
+                got.len()
+            );
+        }
+    }
+    sender.join().expect("sender thread");
+    assert_eq!(got, (0..200).map(change).collect::<Vec<_>>());
+    let (rest, d) = drain_all(&mut receiver, 8);
+    assert!(rest.is_empty() && d.disconnected);
+}
