@@ -10,8 +10,10 @@
 //! - [`codec`]: the complete leasequery wire format, zero-copy and panic-free.
 //! - [`store`]: the lease mirror, bindings and their query indexes.
 //! - [`feed`]: how lease changes reach lqd: [`feed::FeedHandle`] and the built-in sources.
+//! - [`engine`]: the protocol engine, sans-IO (in progress: reading queries).
 #![deny(unsafe_code)]
 
 pub mod codec;
+pub mod engine;
 pub mod feed;
 pub mod store;
