@@ -1,6 +1,9 @@
 //! The protocol engine, sans-IO: everything lqd decides, with time passed in and no sockets.
 //!
 //! Built so far: [`query`], which reads a LEASEQUERY into a [`query::Query`] or the error
-//! reply it deserves.
+//! reply it deserves; [`reply`], which turns a binding into OPTION_CLIENT_DATA; [`udp`], which
+//! answers a UDP Leasequery datagram.
 
 pub mod query;
+pub mod reply;
+pub mod udp;

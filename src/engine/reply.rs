@@ -1,0 +1,138 @@
+//! Building OPTION_CLIENT_DATA from a binding (digest §4.11; decisions D5, D13, D17).
+//!
+//! Lifetimes are what remains at `now`, as RFC 5007 asks (valid lifetime minus the time since
+//! the client's last transaction, never below zero; infinity stays infinity), and
+//! OPTION_CLT_TIME is the time since that last transaction.
+
+use crate::codec::{
+    DhcpOption, Duid, Embedded, IaAddr, IaPrefix, LqRelayData, Options, ServerTime,
+};
+use crate::store::{Binding, Lease, LeaseKind};
+
+/// Lifetime `granted` at `cltt`, as it stands at `now`.
+#[must_use]
+pub fn remaining(granted: u32, cltt: ServerTime, now: ServerTime) -> u32 {
+    if granted == u32::MAX {
+        return u32::MAX;
+    }
+    granted.saturating_sub(now.0.saturating_sub(cltt.0))
+}
+
+/// One lease as OPTION_IAADDR or OPTION_IAPREFIX at `now`.
+#[must_use]
+pub fn lease_option(lease: &Lease, now: ServerTime) -> DhcpOption<'static> {
+    let preferred_lifetime = remaining(lease.preferred_lifetime, lease.cltt, now);
+    let valid_lifetime = remaining(lease.valid_lifetime, lease.cltt, now);
+    match lease.kind {
+        LeaseKind::Address => DhcpOption::IaAddr(IaAddr {
+            options: Options::EMPTY,
+            address: lease.address,
+            preferred_lifetime,
+            valid_lifetime,
+        }),
+        LeaseKind::Prefix => DhcpOption::IaPrefix(IaPrefix {
+            options: Options::EMPTY,
+            prefix: lease.address,
+            preferred_lifetime,
+            valid_lifetime,
+            prefix_len: lease.prefix_len,
+        }),
+    }
+}
+
+/// The options of one OPTION_CLIENT_DATA for `binding` at `now`, appended to `out`: the client's
+/// DUID, every lease (then `ended`, a lease the change being reported ended, at zero lifetimes),
+/// OPTION_CLT_TIME, and OPTION_LQ_RELAY_DATA when asked for and known. `out` is the caller's
+/// scratch, reused from reply to reply.
+pub fn client_data<'b>(
+    binding: &'b Binding,
+    ended: Option<&Lease>,
+    now: ServerTime,
+    with_relay_data: bool,
+    out: &mut Vec<DhcpOption<'b>>,
+) {
+    out.push(DhcpOption::ClientId(Duid(&binding.key.client_id)));
+    out.extend(binding.leases.iter().map(|l| lease_option(l, now)));
+    out.extend(ended.map(|l| lease_option(l, now)));
+    out.push(DhcpOption::CltTime(now.0.saturating_sub(binding.cltt().0)));
+    if with_relay_data {
+        if let Some(data) = relay_data(binding) {
+            out.push(data);
+        }
+    }
+}
+
+/// OPTION_LQ_RELAY_DATA for `binding`, when the relays sent one (never otherwise, §4.14).
+#[must_use]
+pub fn relay_data(binding: &Binding) -> Option<DhcpOption<'_>> {
+    let (peer, message) = binding.relay.relay_message.as_ref()?;
+    let relay_message = Embedded::parse(message).ok()?;
+    Some(DhcpOption::LqRelayData(LqRelayData {
+        relay_message,
+        peer_address: *peer,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BindingKey, LeaseState, RelayInfo};
+
+    #[test]
+    fn lifetimes_count_down_from_the_last_transaction() {
+        assert_eq!(remaining(7200, ServerTime(1000), ServerTime(1060)), 7140);
+        assert_eq!(remaining(7200, ServerTime(1000), ServerTime(9000)), 0);
+        assert_eq!(
+            remaining(u32::MAX, ServerTime(1000), ServerTime(9000)),
+            u32::MAX
+        );
+        // A clock that went back does not inflate a lifetime.
+        assert_eq!(remaining(7200, ServerTime(1000), ServerTime(900)), 7200);
+    }
+
+    #[test]
+    fn client_data_holds_every_lease_and_the_clt_time() {
+        let lease = Lease {
+            kind: LeaseKind::Address,
+            address: "2001:db8:1::100".parse().unwrap(),
+            prefix_len: 128,
+            iaid: 1,
+            preferred_lifetime: 3600,
+            valid_lifetime: 7200,
+            cltt: ServerTime(1000),
+            state: LeaseState::Active,
+        };
+        let pd = Lease {
+            kind: LeaseKind::Prefix,
+            address: "2001:db8:ff00::".parse().unwrap(),
+            prefix_len: 56,
+            cltt: ServerTime(1030),
+            ..lease
+        };
+        let binding = Binding {
+            key: BindingKey {
+                client_id: vec![0, 3, 0, 1, 7].into(),
+                link: "2001:db8:1::1".parse().unwrap(),
+            },
+            leases: vec![lease, pd],
+            relay: RelayInfo::default(),
+            last_change: ServerTime(1030),
+        };
+        let mut out = Vec::new();
+        client_data(&binding, None, ServerTime(1060), true, &mut out);
+        assert_eq!(out.len(), 4, "no relay data when none is known: {out:?}");
+        assert_eq!(out[0], DhcpOption::ClientId(Duid(&[0, 3, 0, 1, 7])));
+        let DhcpOption::IaAddr(a) = out[1] else {
+            panic!()
+        };
+        assert_eq!((a.preferred_lifetime, a.valid_lifetime), (3540, 7140));
+        let DhcpOption::IaPrefix(p) = out[2] else {
+            panic!()
+        };
+        assert_eq!(
+            (p.prefix_len, p.preferred_lifetime, p.valid_lifetime),
+            (56, 3570, 7170)
+        );
+        assert_eq!(out[3], DhcpOption::CltTime(30));
+    }
+}
