@@ -2,9 +2,11 @@
 //!
 //! Built so far: [`query`], which reads a LEASEQUERY into a [`query::Query`] or the error
 //! reply it deserves; [`reply`], which turns a binding into OPTION_CLIENT_DATA; [`udp`], which
-//! answers a UDP Leasequery datagram; [`bulk`], which streams a Bulk Leasequery's answer.
+//! answers a UDP Leasequery datagram; [`bulk`], which streams a Bulk Leasequery's answer;
+//! [`session`], one TCP connection's state.
 
 pub mod bulk;
 pub mod query;
 pub mod reply;
+pub mod session;
 pub mod udp;
