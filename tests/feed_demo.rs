@@ -370,24 +370,32 @@ fn the_demo_thread_sends_what_the_generator_makes_at_the_configured_rate() {
     let mut poll = Poll::new().unwrap();
     let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
     let (handle, mut rx) = feed(32, waker);
-    let config = DemoConfig {
+    let mut config = DemoConfig {
         clients: 300,
         changes_per_sec: 2_000,
-        limit: Some(400),
         ..DemoConfig::default()
     };
+    // The initial population goes at once; the 400 changes of churn after it are paced.
+    let mut probe = DemoSource::new(config.clone());
+    let mut initial = 0;
+    while !probe.initial_done() {
+        probe.next_change(START);
+        initial += 1;
+    }
+    let total = initial + 400;
+    config.limit = Some(total as u64);
     let started = Instant::now();
     let thread = spawn_demo(config.clone(), handle, || START).unwrap();
-    let got = wait_for_changes(&mut poll, &mut rx, 400);
+    let got = wait_for_changes(&mut poll, &mut rx, total);
     let elapsed = started.elapsed();
-    assert_eq!(thread.join().unwrap(), 400);
-    // The 400th change is due 399/2000 s after the first: pacing never runs ahead.
+    assert_eq!(thread.join().unwrap(), total as u64);
+    // The 400th paced change is due 399/2000 s after the first: pacing never runs ahead.
     assert!(
         elapsed >= Duration::from_millis(195),
-        "400 changes in {elapsed:?}"
+        "{total} changes in {elapsed:?}"
     );
     let mut source = DemoSource::new(config);
-    let expected: Vec<_> = (0..400).map(|_| source.next_change(START)).collect();
+    let expected: Vec<_> = (0..total).map(|_| source.next_change(START)).collect();
     assert_eq!(got, expected);
     assert!(
         rx.drain(64, |c| panic!("beyond the limit: {c:?}"))

@@ -599,9 +599,9 @@ pub fn system_time() -> ServerTime {
     ServerTime::from_unix(unix)
 }
 
-/// Runs a [`DemoSource`] for `config` on its own thread, sending its changes into `handle` at
-/// `config.changes_per_sec` (see [`Pacer`]), with `clock` giving the server time of each
-/// change (pass [`system_time`]).
+/// Runs a [`DemoSource`] for `config` on its own thread, sending its changes into `handle`:
+/// the initial population at once, then the churn at `config.changes_per_sec` (see [`Pacer`]),
+/// with `clock` giving the server time of each change (pass [`system_time`]).
 ///
 /// The thread stops when the feed closes (lqd's loop dropped its receiver) or after
 /// `config.limit` changes, and returns how many changes it sent. A full feed makes it wait:
@@ -621,10 +621,13 @@ where
             let rate = config.changes_per_sec;
             let limit = config.limit.unwrap_or(u64::MAX);
             let mut source = DemoSource::new(config);
-            let mut pacer = (rate > 0).then(|| Pacer::new(rate, Instant::now()));
+            // The initial population is the state the lease store already holds: it is
+            // loaded at once, and only the churn after it is paced.
+            let mut pacer: Option<Pacer> = None;
             let mut sent = 0u64;
             while sent < limit {
-                if let Some(pacer) = &mut pacer {
+                if rate > 0 && (pacer.is_some() || source.initial_done()) {
+                    let pacer = pacer.get_or_insert_with(|| Pacer::new(rate, Instant::now()));
                     while let Some(wait) = pacer.delay(Instant::now()) {
                         std::thread::sleep(wait);
                     }
