@@ -10,10 +10,11 @@
 //! - [`codec`]: the complete leasequery wire format, zero-copy and panic-free.
 //! - [`store`]: the lease mirror, bindings and their query indexes.
 //! - [`feed`]: how lease changes reach lqd: [`feed::FeedHandle`] and the built-in sources.
-//! - [`engine`]: the protocol engine, sans-IO (in progress: reading queries).
+//! - [`engine`]: the protocol engine, sans-IO: queries, UDP answers, Bulk answers, sessions.
 #![deny(unsafe_code)]
 
 pub mod codec;
+pub mod config;
 pub mod engine;
 pub mod feed;
 pub mod store;

@@ -1,0 +1,931 @@
+//! lqd's configuration: built-in defaults, a TOML file and command-line flags.
+//!
+//! Settings are layered: the defaults, then the file named by `--config`, then the flags, each
+//! layer replacing what the one before set. The defaults are the RFC values (digest §7) and the
+//! project decisions D4, D22 and D23, so lqd runs without any file. A file sets any subset of the
+//! keys; an unknown key is an error, never silently ignored. Durations are whole seconds.
+//!
+//! ```toml
+//! listen = ["[::]:5470", "0.0.0.0:5470"]
+//! source = "demo"
+//! state_dir = "/var/lib/lqd"
+//! max_connections_per_requestor = 10
+//! bulk_data_timeout = 300
+//!
+//! [[requestor]]
+//! prefix = "2001:db8:100::/48"            # every query type
+//!
+//! [[requestor]]
+//! prefix = "192.0.2.0/24"                 # also matches ::ffff:192.0.2.0/120
+//! query_types = ["address", "client-id"]
+//!
+//! [demo]
+//! clients = 50000
+//! ```
+//!
+//! The stable command-line contract that scripts rely on is `lqd --listen ADDR:PORT` (TCP and
+//! UDP), `--source demo` and `--config FILE`.
+
+use core::fmt;
+use std::error::Error;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use ipnet::{IpNet, Ipv6Net};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+
+use crate::codec::{Duid, QueryType};
+use crate::feed::DemoConfig;
+use crate::feed::demo::MAX_CLIENTS;
+
+/// The leasequery port for TCP and UDP (RFC 5007, RFC 5460).
+pub const DEFAULT_PORT: u16 = 547;
+/// BULK_LQ_DATA_TIMEOUT: how long a blocked Bulk connection is kept (digest §7, D4).
+pub const BULK_LQ_DATA_TIMEOUT: Duration = Duration::from_secs(300);
+/// BULK_LQ_MAX_CONNS: simultaneous connections per requestor address (digest §7, D4).
+pub const BULK_LQ_MAX_CONNS: usize = 10;
+/// ACTIVE_LQ_SEND_TIMEOUT: drop an Active connection whose sending is blocked this long.
+pub const ACTIVE_LQ_SEND_TIMEOUT: Duration = Duration::from_secs(120);
+/// ACTIVE_LQ_IDLE_TIMEOUT: send a keepalive after this long without sending anything.
+pub const ACTIVE_LQ_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The global connection limit, over all requestors (D4).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Queries running at once on one connection (D22).
+pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 4;
+/// Outbound bytes queued per connection above which lqd stops producing more (64 KiB).
+pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
+/// Frames handled per readiness event before lqd serves other connections.
+pub const DEFAULT_READ_BUDGET: usize = 64;
+/// File name, inside the state directory, of the generated server DUID.
+pub const DEFAULT_DUID_FILE: &str = "lqd-server-duid";
+
+/// lqd's complete configuration, every field with a default.
+///
+/// In TOML each field is a top-level key of the same name, except `requestors`, written as
+/// `[[requestor]]` tables, and `demo`, a `[demo]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `listen`: socket addresses served for both TCP (Bulk) and UDP; default `[::]:547`.
+    pub listen: Vec<SocketAddr>,
+    /// `source`: where lease changes come from; default `demo`.
+    pub source: SourceSpec,
+    /// `server_duid`: the server's DUID; when absent one is generated once and kept in
+    /// [`duid_path`](Self::duid_path).
+    pub server_duid: Option<ServerDuid>,
+    /// `duid_file`: where a generated server DUID is kept, relative to `state_dir` unless
+    /// absolute; default `lqd-server-duid`.
+    pub duid_file: PathBuf,
+    /// `state_dir`: directory for lqd's files; default `.`, so no root is needed.
+    pub state_dir: PathBuf,
+    /// `max_connections`: TCP connections open at once over all requestors; default 10000.
+    pub max_connections: usize,
+    /// `max_connections_per_requestor`: BULK_LQ_MAX_CONNS, per requestor address; default 10.
+    pub max_connections_per_requestor: usize,
+    /// `max_concurrent_queries`: queries running at once on one connection; default 4. The
+    /// connection is not read while at the limit (D22).
+    pub max_concurrent_queries: usize,
+    /// `bulk_data_timeout`: BULK_LQ_DATA_TIMEOUT in seconds; default 300.
+    #[serde(deserialize_with = "seconds")]
+    pub bulk_data_timeout: Duration,
+    /// `active_send_timeout`: ACTIVE_LQ_SEND_TIMEOUT in seconds; default 120.
+    #[serde(deserialize_with = "seconds")]
+    pub active_send_timeout: Duration,
+    /// `active_idle_timeout`: ACTIVE_LQ_IDLE_TIMEOUT in seconds; default 60.
+    #[serde(deserialize_with = "seconds")]
+    pub active_idle_timeout: Duration,
+    /// `[[requestor]]` tables: who may query, and which types (D23). Empty lets everyone ask
+    /// every type; see [`access`](Self::access).
+    #[serde(rename = "requestor")]
+    pub requestors: Vec<Requestor>,
+    /// `[demo]`: the demo source's population and churn.
+    pub demo: DemoSettings,
+    /// `high_water`: outbound bytes queued per connection before lqd stops producing more;
+    /// default 65536.
+    pub high_water: usize,
+    /// `read_budget`: frames read per readiness event; default 64.
+    pub read_budget: usize,
+    /// `log`: log filter in tracing's `EnvFilter` syntax (`info`, `lqd=debug,warn`); default
+    /// `info`.
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: vec![SocketAddr::new(
+                IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                DEFAULT_PORT,
+            )],
+            source: SourceSpec::Demo,
+            server_duid: None,
+            duid_file: PathBuf::from(DEFAULT_DUID_FILE),
+            state_dir: PathBuf::from("."),
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_requestor: BULK_LQ_MAX_CONNS,
+            max_concurrent_queries: DEFAULT_MAX_CONCURRENT_QUERIES,
+            bulk_data_timeout: BULK_LQ_DATA_TIMEOUT,
+            active_send_timeout: ACTIVE_LQ_SEND_TIMEOUT,
+            active_idle_timeout: ACTIVE_LQ_IDLE_TIMEOUT,
+            requestors: Vec::new(),
+            demo: DemoSettings::default(),
+            high_water: DEFAULT_HIGH_WATER,
+            read_budget: DEFAULT_READ_BUDGET,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+impl Config {
+    /// The configuration lqd runs with: defaults, then `cli.config` if given, then the flags.
+    pub fn load(cli: &Cli) -> Result<Self, ConfigError> {
+        let mut config = match &cli.config {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        config.apply(cli);
+        config.validate("command line")?;
+        Ok(config)
+    }
+
+    /// Reads and checks a TOML configuration file; errors name the file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+            path: path.to_owned(),
+            error,
+        })?;
+        Self::parse(&text, format!("config file {}", path.display()))
+    }
+
+    /// Parses and checks configuration text in TOML; errors name it `config`.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::parse(text, "config".to_owned())
+    }
+
+    fn parse(text: &str, origin: String) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            position: e.span().map(|span| line_column(text, span.start)),
+            message: one_line(e.message()),
+            origin: origin.clone(),
+        })?;
+        config.validate(&origin)?;
+        Ok(config)
+    }
+
+    /// Replaces the settings the flags give.
+    fn apply(&mut self, cli: &Cli) {
+        if !cli.listen.is_empty() {
+            self.listen.clone_from(&cli.listen);
+        }
+        let set = |field: &mut usize, flag: Option<usize>| *field = flag.unwrap_or(*field);
+        set(&mut self.max_connections, cli.max_connections);
+        set(
+            &mut self.max_connections_per_requestor,
+            cli.max_connections_per_requestor,
+        );
+        set(&mut self.max_concurrent_queries, cli.max_concurrent_queries);
+        if let Some(source) = &cli.source {
+            self.source = source.clone();
+        }
+        if let Some(duid) = &cli.server_duid {
+            self.server_duid = Some(duid.clone());
+        }
+        if let Some(dir) = &cli.state_dir {
+            self.state_dir.clone_from(dir);
+        }
+        if let Some(log) = &cli.log {
+            self.log.clone_from(log);
+        }
+    }
+
+    /// Rejects values lqd cannot run with; `origin` says where they came from.
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| {
+            Err(ConfigError::Invalid {
+                origin: origin.to_owned(),
+                message,
+            })
+        };
+        if self.listen.is_empty() {
+            return invalid("listen needs at least one address".to_owned());
+        }
+        let counts = [
+            ("max_connections", self.max_connections),
+            (
+                "max_connections_per_requestor",
+                self.max_connections_per_requestor,
+            ),
+            ("max_concurrent_queries", self.max_concurrent_queries),
+            ("high_water", self.high_water),
+            ("read_budget", self.read_budget),
+            ("demo.clients", self.demo.clients),
+            ("demo.links", usize::from(self.demo.links)),
+        ];
+        if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
+            return invalid(format!("{key} must be at least 1, not 0"));
+        }
+        let timeouts = [
+            ("bulk_data_timeout", self.bulk_data_timeout),
+            ("active_send_timeout", self.active_send_timeout),
+            ("active_idle_timeout", self.active_idle_timeout),
+        ];
+        if let Some((key, _)) = timeouts.iter().find(|(_, t)| t.is_zero()) {
+            return invalid(format!("{key} must be at least 1 second, not 0"));
+        }
+        if self.demo.clients > MAX_CLIENTS {
+            return invalid(format!(
+                "demo.clients is {}, above the demo source's limit of {MAX_CLIENTS}",
+                self.demo.clients
+            ));
+        }
+        for (key, path) in [
+            ("state_dir", &self.state_dir),
+            ("duid_file", &self.duid_file),
+        ] {
+            if path.as_os_str().is_empty() {
+                return invalid(format!("{key} must not be empty"));
+            }
+        }
+        if self.log.trim().is_empty() {
+            return invalid("log must not be empty (try \"info\")".to_owned());
+        }
+        for (i, a) in self.requestors.iter().enumerate() {
+            let net = mapped_net(a.prefix);
+            if let Some(b) = self.requestors[..i]
+                .iter()
+                .find(|b| mapped_net(b.prefix) == net)
+            {
+                return invalid(format!(
+                    "requestor prefix {} is listed twice (also as {})",
+                    a.prefix, b.prefix
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Settings that are accepted but unwise, one sentence each, for the log.
+    ///
+    /// The RFCs say values below their defaults SHOULD NOT be used; D4 accepts them with a
+    /// warning.
+    #[must_use]
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let timeouts = [
+            (
+                "bulk_data_timeout",
+                "BULK_LQ_DATA_TIMEOUT",
+                self.bulk_data_timeout,
+                BULK_LQ_DATA_TIMEOUT,
+            ),
+            (
+                "active_send_timeout",
+                "ACTIVE_LQ_SEND_TIMEOUT",
+                self.active_send_timeout,
+                ACTIVE_LQ_SEND_TIMEOUT,
+            ),
+            (
+                "active_idle_timeout",
+                "ACTIVE_LQ_IDLE_TIMEOUT",
+                self.active_idle_timeout,
+                ACTIVE_LQ_IDLE_TIMEOUT,
+            ),
+        ];
+        for (key, name, value, default) in timeouts {
+            if value < default {
+                out.push(format!(
+                    "{key} = {} s is below the RFC default {name} of {} s",
+                    value.as_secs(),
+                    default.as_secs()
+                ));
+            }
+        }
+        if self.max_connections_per_requestor < BULK_LQ_MAX_CONNS {
+            out.push(format!(
+                "max_connections_per_requestor = {} is below the RFC default BULK_LQ_MAX_CONNS of \
+                 {BULK_LQ_MAX_CONNS}",
+                self.max_connections_per_requestor
+            ));
+        }
+        if self.max_connections < self.max_connections_per_requestor {
+            out.push(format!(
+                "max_connections = {} is below max_connections_per_requestor = {}, so one \
+                 requestor can take every connection",
+                self.max_connections, self.max_connections_per_requestor
+            ));
+        }
+        for r in &self.requestors {
+            if r.prefix != r.prefix.trunc() {
+                out.push(format!(
+                    "requestor prefix {} has host bits set; it is used as {}",
+                    r.prefix,
+                    r.prefix.trunc()
+                ));
+            }
+        }
+        out
+    }
+
+    /// What a requestor at `addr` may do (D23).
+    ///
+    /// With no `[[requestor]]` tables everyone may ask every type. Otherwise the longest
+    /// matching prefix decides, and an address no prefix matches is [`Access::Denied`].
+    /// IPv4 prefixes match both IPv4 and IPv4-mapped IPv6 addresses (`::ffff:192.0.2.1`).
+    #[must_use]
+    pub fn access(&self, addr: IpAddr) -> Access {
+        if self.requestors.is_empty() {
+            return Access::Allowed(QueryTypes::ALL);
+        }
+        let addr = match addr {
+            IpAddr::V4(a) => a.to_ipv6_mapped(),
+            IpAddr::V6(a) => a,
+        };
+        self.requestors
+            .iter()
+            .map(|r| (mapped_net(r.prefix), r.query_types))
+            .filter(|(net, _)| net.contains(&addr))
+            .max_by_key(|(net, _)| net.prefix_len())
+            .map_or(Access::Denied, |(_, types)| {
+                if types.is_empty() {
+                    Access::Denied
+                } else {
+                    Access::Allowed(types)
+                }
+            })
+    }
+
+    /// Where the generated server DUID is kept: `duid_file` inside `state_dir`, unless
+    /// `duid_file` is absolute.
+    #[must_use]
+    pub fn duid_path(&self) -> PathBuf {
+        self.state_dir.join(&self.duid_file)
+    }
+}
+
+/// A prefix in IPv6 form, host bits cleared: IPv4 prefixes become IPv4-mapped ones.
+fn mapped_net(net: IpNet) -> Ipv6Net {
+    match net.trunc() {
+        IpNet::V6(n) => n,
+        IpNet::V4(n) => Ipv6Net::new(n.network().to_ipv6_mapped(), n.prefix_len() + 96)
+            .expect("an IPv4 prefix length plus 96 is at most 128"),
+    }
+}
+
+/// One-based line and column (in characters) of byte offset `at` in `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
+}
+
+/// Where lease changes come from: the `source` setting.
+///
+/// Written `demo`, `kea-csv:PATH`, `jsonl:PATH`, `jsonl:-` (standard input) or
+/// `jsonl:unix:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum SourceSpec {
+    /// `demo`: built-in generated churn, shaped by [`DemoSettings`].
+    #[default]
+    Demo,
+    /// `kea-csv:PATH`: a Kea memfile lease file (CSV), followed as it grows.
+    KeaCsv(PathBuf),
+    /// `jsonl:PATH`: one JSON change per line, from a file.
+    Jsonl(PathBuf),
+    /// `jsonl:-`: one JSON change per line, from standard input.
+    JsonlStdin,
+    /// `jsonl:unix:PATH`: one JSON change per line, from a Unix stream socket.
+    JsonlUnix(PathBuf),
+}
+
+impl FromStr for SourceSpec {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let path = |rest: &str, form: &str| {
+            if rest.is_empty() {
+                Err(InvalidValue(format!("source `{s}` needs a path: {form}")))
+            } else {
+                Ok(PathBuf::from(rest))
+            }
+        };
+        match s.split_once(':') {
+            None if s == "demo" => Ok(Self::Demo),
+            Some(("demo", _)) => Err(InvalidValue(format!(
+                "source `{s}`: demo takes no argument; set its [demo] table instead"
+            ))),
+            Some(("kea-csv", rest)) => path(rest, "kea-csv:PATH").map(Self::KeaCsv),
+            Some(("jsonl", "-")) => Ok(Self::JsonlStdin),
+            Some(("jsonl", "unix")) => Err(InvalidValue(format!(
+                "source `{s}` needs a socket path: jsonl:unix:PATH"
+            ))),
+            Some(("jsonl", rest)) => match rest.strip_prefix("unix:") {
+                Some(socket) => path(socket, "jsonl:unix:PATH").map(Self::JsonlUnix),
+                None => path(rest, "jsonl:PATH").map(Self::Jsonl),
+            },
+            _ => Err(InvalidValue(format!(
+                "unknown source `{s}`: expected demo, kea-csv:PATH, jsonl:PATH, jsonl:- \
+                 (standard input) or jsonl:unix:PATH"
+            ))),
+        }
+    }
+}
+
+impl TryFrom<String> for SourceSpec {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
+    }
+}
+
+/// The written form, which parses back to the same value.
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Demo => f.write_str("demo"),
+            Self::KeaCsv(p) => write!(f, "kea-csv:{}", p.display()),
+            Self::Jsonl(p) => write!(f, "jsonl:{}", p.display()),
+            Self::JsonlStdin => f.write_str("jsonl:-"),
+            Self::JsonlUnix(p) => write!(f, "jsonl:unix:{}", p.display()),
+        }
+    }
+}
+
+/// A configured server DUID: 3 to 130 octets (a two-octet type and up to 128 more, RFC 8415
+/// §11.1).
+///
+/// Written as hex, plain (`000100012a3b4c5d...`) or colon-separated (`00:01:00:01:...`), one or
+/// two digits per colon-separated octet.
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct ServerDuid(Vec<u8>);
+
+impl ServerDuid {
+    /// Checks the length of a DUID given as bytes.
+    pub fn new(bytes: Vec<u8>) -> Result<Self, InvalidValue> {
+        if (3..=130).contains(&bytes.len()) {
+            Ok(Self(bytes))
+        } else {
+            Err(InvalidValue(format!(
+                "a DUID is 3 to 130 octets (a 2-octet type and up to 128 more), not {}",
+                bytes.len()
+            )))
+        }
+    }
+
+    /// The DUID's octets, type first.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The DUID as the codec's view.
+    #[must_use]
+    pub fn as_duid(&self) -> Duid<'_> {
+        Duid(&self.0)
+    }
+}
+
+impl FromStr for ServerDuid {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        let bad = |why: String| InvalidValue(format!("bad server DUID `{s}`: {why}"));
+        let bytes = if s.contains(':') {
+            s.split(':')
+                .map(|octet| {
+                    let hex = (1..=2).contains(&octet.len())
+                        && octet.bytes().all(|b| b.is_ascii_hexdigit());
+                    u8::from_str_radix(octet, 16)
+                        .ok()
+                        .filter(|_| hex)
+                        .ok_or_else(|| bad(format!("`{octet}` is not a hex octet")))
+                })
+                .collect::<Result<Vec<u8>, _>>()?
+        } else {
+            hex::decode(s).map_err(|e| bad(e.to_string()))?
+        };
+        Self::new(bytes).map_err(|e| bad(e.0))
+    }
+}
+
+impl TryFrom<String> for ServerDuid {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
+    }
+}
+
+/// Colon-separated hex, as DHCP servers print DUIDs.
+impl fmt::Display for ServerDuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.as_duid().fmt(f)
+    }
+}
+
+impl fmt::Debug for ServerDuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ServerDuid({self})")
+    }
+}
+
+/// A value that does not parse, with a one-line reason naming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidValue(pub String);
+
+impl fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Error for InvalidValue {}
+
+/// One `[[requestor]]` table: a prefix requestors may connect from, and what they may ask.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requestor {
+    /// `prefix`: CIDR (`2001:db8::/32`, `192.0.2.0/24`, `::ffff:192.0.2.0/120`) or a single
+    /// address. IPv4 and IPv4-mapped prefixes are the same thing here.
+    #[serde(deserialize_with = "prefix")]
+    pub prefix: IpNet,
+    /// `query_types`: the types allowed (names or numbers 1–5); default all. An empty list
+    /// denies the prefix outright, which carves it out of a shorter allowed one.
+    #[serde(default = "all_types")]
+    pub query_types: QueryTypes,
+}
+
+fn all_types() -> QueryTypes {
+    QueryTypes::ALL
+}
+
+fn prefix<'de, D: Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
+    let s = String::deserialize(d)?;
+    let net = if s.contains('/') {
+        s.parse().ok()
+    } else {
+        s.parse::<IpAddr>().ok().map(IpNet::from)
+    };
+    net.ok_or_else(|| {
+        de::Error::custom(format!(
+            "bad requestor prefix `{s}`: expected a CIDR prefix such as 2001:db8::/32 or \
+             192.0.2.0/24, or an address"
+        ))
+    })
+}
+
+/// What [`Config::access`] decided for a requestor address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Not a permitted requestor: close its TCP connection before reading, drop its UDP
+    /// queries silently (D23).
+    Denied,
+    /// A permitted requestor, allowed these query types; others get NotAllowed.
+    Allowed(QueryTypes),
+}
+
+impl Access {
+    /// Whether the requestor may connect at all.
+    #[must_use]
+    pub const fn is_allowed(self) -> bool {
+        matches!(self, Self::Allowed(_))
+    }
+
+    /// Whether the requestor may ask a query of type `qt`.
+    #[must_use]
+    pub fn allows(self, qt: QueryType) -> bool {
+        matches!(self, Self::Allowed(types) if types.allows(qt))
+    }
+}
+
+/// The names of query types 1 to 5, as written in `query_types`.
+const TYPE_NAMES: [&str; 5] = [
+    "address",
+    "client-id",
+    "relay-id",
+    "link-address",
+    "remote-id",
+];
+
+/// A set of the five query types (RFC 5007 and RFC 5460).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct QueryTypes(u8);
+
+impl QueryTypes {
+    /// No query type.
+    pub const NONE: Self = Self(0);
+    /// All five query types.
+    pub const ALL: Self = Self(0b1_1111);
+
+    /// The bit of query type `value`, if it is one of the five.
+    const fn bit(value: u8) -> Option<u8> {
+        match value {
+            1..=5 => Some(1 << (value - 1)),
+            _ => None,
+        }
+    }
+
+    /// Whether `qt` is in the set. Unknown types never are: answer them UnknownQueryType
+    /// before asking.
+    #[must_use]
+    pub fn allows(self, qt: QueryType) -> bool {
+        Self::bit(qt.value()).is_some_and(|b| self.0 & b != 0)
+    }
+
+    /// The set with `qt` added; unknown types are not added.
+    #[must_use]
+    pub fn with(self, qt: QueryType) -> Self {
+        Self(self.0 | Self::bit(qt.value()).unwrap_or(0))
+    }
+
+    /// Whether the set is empty.
+    #[must_use]
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// The types in the set, by code.
+    pub fn iter(self) -> impl Iterator<Item = QueryType> {
+        (1..=5u8)
+            .map(QueryType::from)
+            .filter(move |&qt| self.allows(qt))
+    }
+}
+
+impl FromIterator<QueryType> for QueryTypes {
+    fn from_iter<I: IntoIterator<Item = QueryType>>(iter: I) -> Self {
+        iter.into_iter().fold(Self::NONE, Self::with)
+    }
+}
+
+/// The configuration names, comma-separated (`address, client-id`), or `none`.
+impl fmt::Display for QueryTypes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("none");
+        }
+        for (i, qt) in self.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(TYPE_NAMES[usize::from(qt.value() - 1)])?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for QueryTypes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "QueryTypes({self})")
+    }
+}
+
+impl<'de> Deserialize<'de> for QueryTypes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_seq(TypesVisitor)
+    }
+}
+
+struct TypesVisitor;
+
+const TYPE_EXPECTED: &str =
+    "address, client-id, relay-id, link-address, remote-id or a number from 1 to 5";
+
+impl<'de> Visitor<'de> for TypesVisitor {
+    type Value = QueryTypes;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a list of query types ({TYPE_EXPECTED})")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<QueryTypes, A::Error> {
+        let mut set = QueryTypes::NONE;
+        while let Some(TypeEntry(qt)) = seq.next_element()? {
+            set = set.with(qt);
+        }
+        Ok(set)
+    }
+}
+
+/// One element of `query_types`.
+struct TypeEntry(QueryType);
+
+impl<'de> Deserialize<'de> for TypeEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(EntryVisitor)
+    }
+}
+
+struct EntryVisitor;
+
+impl Visitor<'_> for EntryVisitor {
+    type Value = TypeEntry;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a query type ({TYPE_EXPECTED})")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<TypeEntry, E> {
+        let code = TYPE_NAMES.iter().position(|&name| name == s);
+        code.map(|i| TypeEntry(QueryType::from(i as u8 + 1)))
+            .ok_or_else(|| {
+                E::custom(format!(
+                    "unknown query type `{s}`: expected {TYPE_EXPECTED}"
+                ))
+            })
+    }
+
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<TypeEntry, E> {
+        match u8::try_from(n) {
+            Ok(code @ 1..=5) => Ok(TypeEntry(QueryType::from(code))),
+            _ => Err(E::custom(format!(
+                "unknown query type {n}: expected {TYPE_EXPECTED}"
+            ))),
+        }
+    }
+
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<TypeEntry, E> {
+        match u64::try_from(n) {
+            Ok(n) => self.visit_u64(n),
+            Err(_) => Err(E::custom(format!(
+                "unknown query type {n}: expected {TYPE_EXPECTED}"
+            ))),
+        }
+    }
+}
+
+/// The `[demo]` table: the demo source's population and churn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DemoSettings {
+    /// `clients`: clients in the population; default 10000.
+    pub clients: usize,
+    /// `links`: links they are spread over; default 16.
+    pub links: u16,
+    /// `changes_per_sec`: lease changes generated per second, 0 for as fast as lqd takes
+    /// them; default 100.
+    pub changes_per_sec: u32,
+    /// `seed`: the generator's seed, so runs repeat; default 1.
+    pub seed: u64,
+}
+
+impl Default for DemoSettings {
+    fn default() -> Self {
+        Self {
+            clients: 10_000,
+            links: 16,
+            changes_per_sec: 100,
+            seed: 1,
+        }
+    }
+}
+
+impl DemoSettings {
+    /// The demo source's configuration: these settings, the rest its defaults.
+    #[must_use]
+    pub fn demo_config(&self) -> DemoConfig {
+        DemoConfig {
+            clients: self.clients,
+            links: self.links,
+            changes_per_sec: self.changes_per_sec,
+            seed: self.seed,
+            ..DemoConfig::default()
+        }
+    }
+}
+
+/// Why the configuration could not be loaded; each displays as one line naming its origin.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        error: io::Error,
+    },
+    /// The file is not valid TOML, or a key is unknown or has a value of the wrong form.
+    Syntax {
+        /// Where the text came from (`config file lqd.toml`).
+        origin: String,
+        /// One-based line and column of the problem, when known.
+        position: Option<(usize, usize)>,
+        /// What is wrong, naming the key or value.
+        message: String,
+    },
+    /// Every value has the right form, but one cannot be used (a zero limit, say).
+    Invalid {
+        /// Where the value came from: the file, or `command line`.
+        origin: String,
+        /// What is wrong, naming the setting.
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Read { path, error } => {
+                write!(f, "cannot read config file {}: {error}", path.display())
+            }
+            Self::Syntax {
+                origin,
+                position: Some((line, column)),
+                message,
+            } => write!(f, "{origin}, line {line}, column {column}: {message}"),
+            Self::Syntax {
+                origin, message, ..
+            }
+            | Self::Invalid { origin, message } => {
+                write!(f, "{origin}: {message}")
+            }
+        }
+    }
+}
+
+impl Error for ConfigError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            Self::Read { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// lqd's command line. Each flag replaces the setting of the same name from `--config`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Parser)]
+#[command(
+    name = "lqd",
+    version,
+    about = "DHCPv6 leasequery server: UDP Leasequery (RFC 5007) and Bulk Leasequery \
+             (RFC 5460, RFC 7653) over a live mirror of a lease store",
+    long_about = "lqd is a DHCPv6 leasequery server. It answers from a live in-memory mirror \
+                  of a DHCP server's leases: UDP Leasequery (RFC 5007) and Bulk Leasequery over \
+                  TCP (RFC 5460, with the RFC 7653 time options). Settings come from built-in \
+                  defaults (the RFC values), then the --config file, then these flags.",
+    after_help = "Examples:\n  lqd --listen [::1]:5470 --source demo\n  \
+                  lqd --config /etc/lqd/lqd.toml --log lqd=debug"
+)]
+pub struct Cli {
+    /// TOML configuration file; these flags override its settings [default: none, built-in
+    /// defaults]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address and port to serve on, TCP and UDP; repeatable (default `[::]:547`).
+    #[arg(
+        long,
+        value_name = "ADDR:PORT",
+        help = "Address and port to serve on, TCP and UDP; repeat for several. Replaces the \
+                file's `listen` list [default: [::]:547]"
+    )]
+    pub listen: Vec<SocketAddr>,
+    /// Where lease changes come from: demo, kea-csv:PATH, jsonl:PATH, jsonl:- (stdin) or
+    /// jsonl:unix:PATH [default: demo]
+    #[arg(long, value_name = "SPEC")]
+    pub source: Option<SourceSpec>,
+    /// Server DUID in hex, plain or colon-separated [default: generated once and kept in
+    /// STATE_DIR/lqd-server-duid]
+    #[arg(long, value_name = "HEX")]
+    pub server_duid: Option<ServerDuid>,
+    /// Directory for lqd's files, such as the generated server DUID [default: .]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Log filter in tracing's EnvFilter syntax, e.g. "debug" or "lqd=debug,warn" [default:
+    /// info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log: Option<String>,
+    /// TCP connections open at once, over all requestors [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// TCP connections open at once from one requestor address, BULK_LQ_MAX_CONNS [default: 10]
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_requestor: Option<usize>,
+    /// Queries running at once on one connection [default: 4]
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_queries: Option<usize>,
+}
+
+impl crate::engine::session::Policy for QueryTypes {
+    fn allows(&self, query_type: QueryType) -> bool {
+        Self::allows(*self, query_type)
+    }
+}
