@@ -11,10 +11,12 @@
 //! - [`store`]: the lease mirror, bindings and their query indexes.
 //! - [`feed`]: how lease changes reach lqd: [`feed::FeedHandle`] and the built-in sources.
 //! - [`engine`]: the protocol engine, sans-IO: queries, UDP answers, Bulk answers, sessions.
+//! - [`server`]: the mio event loop that serves them.
 #![deny(unsafe_code)]
 
 pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod feed;
+pub mod server;
 pub mod store;

@@ -1,0 +1,93 @@
+//! `lqd`: the DHCPv6 leasequery front end. Argument parsing, configuration and start-up only;
+//! everything else lives in the library.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use clap::Parser;
+use lqd::config::{Cli, Config, SourceSpec};
+use lqd::feed::{feed, spawn_demo, system_time};
+use lqd::server::{Server, ServerConfig};
+use tracing::{error, info, warn};
+
+/// Changes the feed holds before a source has to wait for the loop.
+const FEED_CAPACITY: usize = 65_536;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lqd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("lqd: log level '{}': {e}", config.log);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    for w in config.warnings() {
+        warn!("{w}");
+    }
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Config) -> Result<(), String> {
+    let server_id = match &config.server_duid {
+        Some(d) => d.as_duid().as_bytes().to_vec(),
+        None => lqd::server::duid::load_or_create(&config.duid_path())
+            .map_err(|e| format!("server DUID file {}: {e}", config.duid_path().display()))?,
+    };
+    info!(duid = %lqd::codec::Duid(&server_id), "server DUID");
+    let source = config.source.clone();
+    let demo = config.demo.demo_config();
+    let server_cfg = ServerConfig {
+        listen: config.listen.clone(),
+        server_id,
+        max_connections: config.max_connections,
+        max_connections_per_requestor: config.max_connections_per_requestor,
+        max_concurrent_queries: config.max_concurrent_queries,
+        bulk_data_timeout: config.bulk_data_timeout,
+        high_water: config.high_water,
+        read_budget: config.read_budget,
+        feed_budget: 4096,
+        access: Box::new(config),
+    };
+    let mut server = Server::bind(server_cfg).map_err(|e| format!("cannot listen: {e}"))?;
+    let (handle, receiver) = feed(FEED_CAPACITY, server.waker());
+    server.set_feed(receiver);
+    match source {
+        SourceSpec::Demo => {
+            spawn_demo(demo, handle, system_time).map_err(|e| format!("demo source: {e}"))?;
+            info!("source: demo churn");
+        }
+        other => {
+            return Err(format!(
+                "source '{other}' is not available in this version; use --source demo"
+            ));
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| format!("signal handler: {e}"))?;
+    }
+    server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! The event loop: the only code that touches sockets (architecture, "Layers").
+//!
+//! One thread, one `mio::Poll`: TCP listeners, UDP sockets, the feed's waker and a slab of
+//! connections. Every socket is registered once for read and write, edge-triggered; the loop
+//! keeps each connection's last seen readiness and serves it within a budget per turn, so one
+//! busy requestor cannot starve the others (style habits 8–11). Protocol rules live in
+//! [`crate::engine`]; this module only moves bytes, counts connections and keeps time.
+
+mod conn;
+pub mod duid;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mio::net::{TcpListener, UdpSocket};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use tracing::{debug, info, warn};
+
+use crate::codec::ServerTime;
+use crate::config::QueryTypes;
+use crate::engine::udp::{UdpAnswer, answer};
+use crate::feed::FeedReceiver;
+use crate::store::Store;
+use conn::Conn;
+
+/// Who may connect, and what they may ask (decision D23).
+pub trait Access: Send {
+    /// The query types `peer` may run, or `None` when it may not connect at all.
+    fn policy(&self, peer: IpAddr) -> Option<QueryTypes>;
+}
+
+/// Everyone may ask everything.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OpenAccess;
+
+impl Access for OpenAccess {
+    fn policy(&self, _: IpAddr) -> Option<QueryTypes> {
+        Some(QueryTypes::ALL)
+    }
+}
+
+impl Access for crate::config::Config {
+    fn policy(&self, peer: IpAddr) -> Option<QueryTypes> {
+        match self.access(peer) {
+            crate::config::Access::Allowed(types) => Some(types),
+            crate::config::Access::Denied => None,
+        }
+    }
+}
+
+/// What the event loop needs to know.
+pub struct ServerConfig {
+    /// Addresses to serve TCP (Bulk) and UDP (RFC 5007) on.
+    pub listen: Vec<SocketAddr>,
+    /// This server's DUID (OPTION_SERVERID).
+    pub server_id: Vec<u8>,
+    /// Global connection limit (decision D4).
+    pub max_connections: usize,
+    /// Connections per requestor address (BULK_LQ_MAX_CONNS, decision D4).
+    pub max_connections_per_requestor: usize,
+    /// Queries running at once on one connection (decision D22).
+    pub max_concurrent_queries: usize,
+    /// A connection whose output makes no progress for this long is closed
+    /// (BULK_LQ_DATA_TIMEOUT).
+    pub bulk_data_timeout: Duration,
+    /// Outbound octets buffered per connection before the engine stops producing.
+    pub high_water: usize,
+    /// Reads (or datagrams) handled per socket per readiness event.
+    pub read_budget: usize,
+    /// Changes taken from the feed per loop turn.
+    pub feed_budget: usize,
+    /// Access control.
+    pub access: Box<dyn Access>,
+}
+
+const WAKER: Token = Token(0);
+const LISTENER_BASE: usize = 1;
+const FIRST_CONN: usize = 1 << 16;
+
+/// The current server time (seconds since 2000-01-01 UTC) from the realtime clock.
+#[must_use]
+pub fn server_time() -> ServerTime {
+    let unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    ServerTime::from_unix(unix)
+}
+
+/// A bound server, ready to run.
+pub struct Server {
+    poll: Poll,
+    cfg: ServerConfig,
+    tcp: Vec<TcpListener>,
+    udp: Vec<UdpSocket>,
+    conns: Slab<Conn>,
+    per_peer: HashMap<IpAddr, usize>,
+    store: Store,
+    feed: Option<FeedReceiver>,
+    waker: Arc<Waker>,
+}
+
+impl Server {
+    /// Binds every listen address (TCP and UDP) and registers the feed's waker.
+    pub fn bind(cfg: ServerConfig) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let mut tcp = Vec::new();
+        let mut udp = Vec::new();
+        for (i, addr) in cfg.listen.iter().enumerate() {
+            let mut l = TcpListener::bind(*addr)?;
+            let bound = l.local_addr()?;
+            poll.registry()
+                .register(&mut l, Token(LISTENER_BASE + 2 * i), Interest::READABLE)?;
+            // UDP on the port TCP got (which matters when asked for port 0).
+            let mut u = UdpSocket::bind(bound)?;
+            poll.registry().register(
+                &mut u,
+                Token(LISTENER_BASE + 2 * i + 1),
+                Interest::READABLE,
+            )?;
+            info!(tcp = %bound, udp = %u.local_addr()?, "listening");
+            tcp.push(l);
+            udp.push(u);
+        }
+        Ok(Self {
+            poll,
+            cfg,
+            tcp,
+            udp,
+            conns: Slab::new(),
+            per_peer: HashMap::new(),
+            store: Store::new(),
+            feed: None,
+            waker,
+        })
+    }
+
+    /// The waker a feed must use to wake this loop.
+    #[must_use]
+    pub fn waker(&self) -> Arc<Waker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// The addresses actually bound (TCP; UDP shares each port).
+    pub fn local_addrs(&self) -> io::Result<Vec<SocketAddr>> {
+        self.tcp.iter().map(TcpListener::local_addr).collect()
+    }
+
+    /// Attaches the receiving end of the lease feed.
+    pub fn set_feed(&mut self, feed: FeedReceiver) {
+        self.feed = Some(feed);
+    }
+
+    /// Runs until `stop` is set (by SIGTERM / SIGINT), then ends every running query with
+    /// QueryTerminated (decision D9) and closes.
+    pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        let mut pending: Vec<usize> = Vec::new();
+        let mut last_sweep = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            let timeout = if pending.is_empty() {
+                Duration::from_millis(250)
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = server_time();
+            for event in &events {
+                match event.token() {
+                    WAKER => self.drain_feed(now),
+                    Token(t) if (LISTENER_BASE..FIRST_CONN).contains(&t) => {
+                        let i = (t - LISTENER_BASE) / 2;
+                        if (t - LISTENER_BASE) % 2 == 0 {
+                            self.accept(i);
+                        } else {
+                            self.serve_udp(i, now);
+                        }
+                    }
+                    Token(t) => {
+                        let key = t - FIRST_CONN;
+                        if let Some(c) = self.conns.get_mut(key) {
+                            c.readable |= event.is_readable() || event.is_read_closed();
+                            c.writable |= event.is_writable();
+                            pending.push(key);
+                        }
+                    }
+                }
+            }
+            // Changes keep arriving while requestors are served: take a budget each turn.
+            self.drain_feed(now);
+            let keys = std::mem::take(&mut pending);
+            for key in keys {
+                if self.service(key, now) {
+                    pending.push(key);
+                }
+            }
+            pending.sort_unstable();
+            pending.dedup();
+            if last_sweep.elapsed() >= Duration::from_secs(1) {
+                last_sweep = Instant::now();
+                self.sweep_timeouts();
+            }
+        }
+        self.shutdown()
+    }
+
+    fn drain_feed(&mut self, now: ServerTime) {
+        let Some(feed) = self.feed.as_mut() else {
+            return;
+        };
+        let store = &mut self.store;
+        feed.drain(self.cfg.feed_budget, |change| {
+            store.apply(&change, now);
+        });
+    }
+
+    fn accept(&mut self, i: usize) {
+        loop {
+            let Some(listener) = self.tcp.get(i) else {
+                return;
+            };
+            let (stream, peer) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    return;
+                }
+            };
+            let ip = peer.ip();
+            let Some(policy) = self.cfg.access.policy(ip) else {
+                info!(%peer, "connection refused: requestor not allowed");
+                continue;
+            };
+            if self.conns.len() >= self.cfg.max_connections {
+                warn!(%peer, limit = self.cfg.max_connections, "connection refused: global limit");
+                continue;
+            }
+            let count = self.per_peer.entry(ip).or_insert(0);
+            if *count >= self.cfg.max_connections_per_requestor {
+                warn!(%peer, limit = self.cfg.max_connections_per_requestor, "connection refused: per-requestor limit");
+                continue;
+            }
+            *count += 1;
+            let entry = self.conns.vacant_entry();
+            let token = Token(FIRST_CONN + entry.key());
+            let mut conn = Conn::new(stream, peer, policy, self.cfg.max_concurrent_queries);
+            if let Err(e) = self.poll.registry().register(
+                &mut conn.stream,
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                warn!(%peer, error = %e, "cannot register connection");
+                self.release_peer(ip);
+                continue;
+            }
+            info!(%peer, "connection opened");
+            entry.insert(conn);
+        }
+    }
+
+    fn serve_udp(&mut self, i: usize, now: ServerTime) {
+        let mut buf = [0u8; 65_536];
+        let mut out = Vec::new();
+        for _ in 0..self.cfg.read_budget {
+            let Some(sock) = self.udp.get(i) else { return };
+            let (n, peer) = match sock.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    warn!(error = %e, "UDP receive failed");
+                    return;
+                }
+            };
+            if self.cfg.access.policy(peer.ip()).is_none() {
+                debug!(%peer, "UDP query dropped: requestor not allowed");
+                continue;
+            }
+            let datagram = buf.get(..n).unwrap_or(&[]);
+            match answer(&self.store, &self.cfg.server_id, datagram, now, &mut out) {
+                UdpAnswer::Reply => {
+                    if let Err(e) = sock.send_to(&out, peer) {
+                        warn!(%peer, error = %e, "UDP reply not sent");
+                    }
+                }
+                UdpAnswer::Drop(reason) => info!(%peer, reason, "UDP query dropped"),
+            }
+        }
+        // Budget spent with datagrams possibly left: edge-triggered readiness will not fire
+        // again for them, so come back on the next turn.
+        let _ = self.waker.wake();
+    }
+
+    /// Serves one connection; returns true when it has work left for the next turn.
+    fn service(&mut self, key: usize, now: ServerTime) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        match conn.service(&self.store, &self.cfg, now) {
+            Ok(more) => more,
+            Err(reason) => {
+                self.close(key, &reason);
+                false
+            }
+        }
+    }
+
+    fn close(&mut self, key: usize, reason: &str) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut conn = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        info!(peer = %conn.peer, reason, "connection closed");
+        self.release_peer(conn.peer.ip());
+    }
+
+    fn release_peer(&mut self, ip: IpAddr) {
+        if let Some(n) = self.per_peer.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_peer.remove(&ip);
+            }
+        }
+    }
+
+    fn sweep_timeouts(&mut self) {
+        let timeout = self.cfg.bulk_data_timeout;
+        let stale: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.stalled_for() >= timeout)
+            .map(|(k, _)| k)
+            .collect();
+        for key in stale {
+            self.close(key, "blocked longer than BULK_LQ_DATA_TIMEOUT");
+        }
+    }
+
+    fn shutdown(&mut self) -> io::Result<()> {
+        info!(connections = self.conns.len(), "shutting down");
+        let now = server_time();
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if let Some(conn) = self.conns.get_mut(key) {
+                conn.terminate(&self.cfg.server_id, now);
+            }
+            self.close(key, "server shutting down");
+        }
+        Ok(())
+    }
+}

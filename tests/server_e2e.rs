@@ -1,0 +1,303 @@
+//! A real `lqd` process on loopback, fed by its demo source: Bulk and UDP Leasequery answered,
+//! pipelined queries, a malformed frame closing only its own connection, the per-requestor
+//! limit, access control (D23) and a clean stop on SIGTERM.
+
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lqd::codec::{
+    BuildOptions, Decoded, DhcpOption, FrameDecoder, MessageBuilder, MessageRepr, MessageType,
+    OptionCode, QueryType, Status, Xid,
+};
+
+const REQUESTOR: [u8; 10] = [0, 3, 0, 1, 0, 0x11, 0x22, 0x33, 0x44, 0x55];
+
+struct Lqd {
+    child: Child,
+    addr: SocketAddr,
+    dir: PathBuf,
+}
+
+impl Lqd {
+    /// Starts lqd on a free loopback port with `extra` TOML appended to a small demo config.
+    fn start(name: &str, extra: &str) -> Self {
+        let port = {
+            let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let addr: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+        let dir = std::env::temp_dir().join(format!("lqd-e2e-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = dir.join("lqd.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = [\"{addr}\"]\nstate_dir = \"{}\"\n{extra}\n[demo]\nclients = 300\nlinks = 4\nchanges_per_sec = 1\nseed = 11\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_lqd"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(dir.join("lqd.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        let lqd = Self { child, addr, dir };
+        lqd.wait_ready();
+        lqd
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if self.log().contains("source: demo") {
+                // The initial population loads at once; give the loop a moment to take it.
+                std::thread::sleep(Duration::from_millis(300));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("lqd did not start:\n{}", self.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("lqd.log")).unwrap_or_default()
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s
+    }
+}
+
+impl Drop for Lqd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn link(k: u16) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, 0, k, 0, 0, 0, 1)
+}
+
+fn by_link(xid: u32, l: Ipv6Addr) -> Vec<u8> {
+    MessageBuilder::leasequery(xid)
+        .client_id(&REQUESTOR)
+        .lq_query(QueryType::ByLinkAddress, l, |q| q)
+        .build_frame()
+        .unwrap()
+}
+
+/// Reads messages until every xid in `xids` has ended (DONE, or a REPLY without client data).
+fn read_answers(s: &mut TcpStream, xids: &[u32]) -> Vec<Vec<u8>> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut open: Vec<u32> = xids.to_vec();
+    let mut dec = FrameDecoder::default();
+    let mut chunk = [0u8; 65536];
+    while !open.is_empty() {
+        let n = s.read(&mut chunk).expect("read");
+        assert!(n > 0, "connection closed with queries open: {open:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        let mut pos = 0;
+        while let Decoded::Frame { message, consumed } = dec.decode(&buf[pos..]).unwrap() {
+            let m = MessageRepr::parse(message).unwrap();
+            let xid = m.xid().unwrap().value();
+            let ended = m.msg_type() == MessageType::LeasequeryDone
+                || (m.msg_type() == MessageType::LeasequeryReply
+                    && m.options.get(OptionCode::ClientData).is_none());
+            if ended {
+                open.retain(|x| *x != xid);
+            }
+            out.push(message.to_vec());
+            pos += consumed;
+        }
+        buf.drain(..pos);
+    }
+    out
+}
+
+fn client_data_addresses(messages: &[Vec<u8>]) -> Vec<(Vec<u8>, Ipv6Addr)> {
+    let mut found = Vec::new();
+    for m in messages {
+        let r = MessageRepr::parse(m).unwrap();
+        if let Some(DhcpOption::ClientData(cd)) = r.options.get(OptionCode::ClientData) {
+            let id = cd.client_id().unwrap().as_bytes().to_vec();
+            for o in cd.iter() {
+                if let DhcpOption::IaAddr(a) = o {
+                    found.push((id.clone(), a.address));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn serves_bulk_and_udp_from_the_demo_source() {
+    let lqd = Lqd::start("serve", "");
+    let mut s = lqd.connect();
+    let mut total = 0;
+    let mut sample = None;
+    for k in 1..=4u16 {
+        s.write_all(&by_link(k as u32, link(k))).unwrap();
+        let msgs = read_answers(&mut s, &[k as u32]);
+        let first = MessageRepr::parse(&msgs[0]).unwrap();
+        assert_eq!(first.msg_type(), MessageType::LeasequeryReply);
+        assert!(first.options.get(OptionCode::ServerId).is_some());
+        let found = client_data_addresses(&msgs);
+        total += found.len();
+        sample = sample.or(found.first().cloned());
+    }
+    assert!(
+        total >= 100,
+        "the demo's 300 clients hold addresses: {total}"
+    );
+
+    // UDP: the address learned over TCP, asked by address.
+    let (client, address) = sample.unwrap();
+    let udp = UdpSocket::bind("[::1]:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let q = MessageBuilder::leasequery(0x55)
+        .client_id(&REQUESTOR)
+        .lq_query(QueryType::ByAddress, Ipv6Addr::UNSPECIFIED, |q| {
+            q.iaaddr(address, 0, 0)
+        })
+        .build()
+        .unwrap();
+    udp.send_to(&q, lqd.addr).unwrap();
+    let mut buf = [0u8; 65536];
+    let (n, _) = udp.recv_from(&mut buf).unwrap();
+    let r = MessageRepr::parse(&buf[..n]).unwrap();
+    assert_eq!(
+        (r.msg_type(), r.xid()),
+        (MessageType::LeasequeryReply, Some(Xid::new(0x55)))
+    );
+    let Some(DhcpOption::ClientData(cd)) = r.options.get(OptionCode::ClientData) else {
+        panic!("{r:?}")
+    };
+    assert_eq!(cd.client_id().unwrap().as_bytes(), &client[..]);
+
+    // Bulk-only types over UDP: NotAllowed (D11).
+    udp.send_to(&by_link(0x56, link(1))[2..], lqd.addr).unwrap();
+    let (n, _) = udp.recv_from(&mut buf).unwrap();
+    let r = MessageRepr::parse(&buf[..n]).unwrap();
+    assert_eq!(
+        r.options.status().map(|s| s.status),
+        Some(Status::NotAllowed)
+    );
+    assert!(lqd.log().contains("connection opened"));
+}
+
+#[test]
+fn pipelined_queries_and_a_bad_neighbour() {
+    let lqd = Lqd::start("pipeline", "");
+    // Three queries in one write: all answered.
+    let mut a = lqd.connect();
+    let mut burst = Vec::new();
+    for k in 1..=3u16 {
+        burst.extend_from_slice(&by_link(100 + k as u32, link(k)));
+    }
+    a.write_all(&burst).unwrap();
+    let msgs = read_answers(&mut a, &[101, 102, 103]);
+    for xid in [101u32, 102, 103] {
+        assert!(
+            msgs.iter()
+                .any(|m| MessageRepr::parse(m).unwrap().xid() == Some(Xid::new(xid)))
+        );
+    }
+    // A malformed frame closes that connection only.
+    let mut bad = lqd.connect();
+    bad.write_all(&[0, 2, 14, 0]).unwrap();
+    let mut one = [0u8; 1];
+    assert_eq!(
+        bad.read(&mut one).unwrap_or(0),
+        0,
+        "the bad connection is closed"
+    );
+    a.write_all(&by_link(104, link(4))).unwrap();
+    assert!(
+        !read_answers(&mut a, &[104]).is_empty(),
+        "the other connection still works"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lqd.log().contains("bad frame") {
+        assert!(
+            Instant::now() < deadline,
+            "no log line for the bad frame:\n{}",
+            lqd.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_per_requestor_limit_and_access_control() {
+    let lqd = Lqd::start("limits", "max_connections_per_requestor = 2");
+    let mut a = lqd.connect();
+    let mut b = lqd.connect();
+    let mut c = lqd.connect();
+    let mut one = [0u8; 1];
+    assert_eq!(
+        c.read(&mut one).unwrap_or(0),
+        0,
+        "a third connection from one requestor is closed"
+    );
+    for (s, xid) in [(&mut a, 1u32), (&mut b, 2)] {
+        s.write_all(&by_link(xid, link(1))).unwrap();
+        assert!(!read_answers(s, &[xid]).is_empty());
+    }
+    drop(lqd);
+
+    // Only 2001:db8::/32 may ask: loopback is refused at once, over TCP and UDP.
+    let lqd = Lqd::start("acl", "[[requestor]]\nprefix = \"2001:db8::/32\"");
+    let mut s = lqd.connect();
+    assert_eq!(s.read(&mut one).unwrap_or(0), 0);
+    let udp = UdpSocket::bind("[::1]:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    udp.send_to(&by_link(1, link(1))[2..], lqd.addr).unwrap();
+    let mut buf = [0u8; 1024];
+    assert!(
+        udp.recv_from(&mut buf).is_err(),
+        "no answer to a refused requestor"
+    );
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let mut lqd = Lqd::start("sigterm", "");
+    let _s = lqd.connect();
+    std::thread::sleep(Duration::from_millis(200));
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(lqd.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(exit) = lqd.child.try_wait().unwrap() {
+            assert!(exit.success(), "{exit:?}\n{}", lqd.log());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lqd did not stop:\n{}",
+            lqd.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(lqd.log().contains("shutting down"));
+}
