@@ -16,10 +16,9 @@
 use std::net::Ipv6Addr;
 
 use super::query::{Query, Selector};
-use super::reply::client_data;
+use super::reply::{client_data, push_frame};
 use crate::codec::{
     DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode,
-    encode_frame,
 };
 use crate::store::{Binding, BindingId, Store};
 
@@ -253,13 +252,8 @@ impl BulkAnswer {
         }
         top.extend_from_slice(body);
         let msg = MessageRepr::new(msg_type, q.xid, Options::from_items(&top));
-        let start = out.len();
-        out.resize(start.saturating_add(msg.buffer_len()).saturating_add(2), 0);
-        match out.get_mut(start..).map(|buf| encode_frame(&msg, buf)) {
-            Some(Ok(n)) => out.truncate(start.saturating_add(n)),
-            // A binding too large for one message (over 65535 octets) is left out rather than
-            // sent broken.
-            _ => out.truncate(start),
-        }
+        // A binding too large for one message (over 65535 octets) is left out rather than
+        // sent broken.
+        push_frame(&msg, out);
     }
 }

@@ -5,7 +5,8 @@
 //! OPTION_CLT_TIME is the time since that last transaction.
 
 use crate::codec::{
-    DhcpOption, Duid, Embedded, IaAddr, IaPrefix, LqRelayData, Options, ServerTime,
+    DhcpOption, Duid, Embedded, IaAddr, IaPrefix, LqRelayData, MessageRepr, Options, ServerTime,
+    StatusCode, encode_frame,
 };
 use crate::store::{Binding, Lease, LeaseKind};
 
@@ -71,6 +72,37 @@ pub fn relay_data(binding: &Binding) -> Option<DhcpOption<'_>> {
         relay_message,
         peer_address: *peer,
     }))
+}
+
+/// The options of a LEASEQUERY-REPLY refusing a query (D8, digest §8.1 step 12): Server-ID,
+/// the requestor's Client-ID, and the status.
+#[must_use]
+pub fn refusal_options<'a>(
+    server_id: &'a [u8],
+    requestor: Option<&'a [u8]>,
+    status: StatusCode<'a>,
+) -> Vec<DhcpOption<'a>> {
+    let mut top = vec![DhcpOption::ServerId(Duid(server_id))];
+    top.extend(requestor.map(|r| DhcpOption::ClientId(Duid(r))));
+    top.push(DhcpOption::StatusCode(status));
+    top
+}
+
+/// Appends `msg` to `out` as one TCP frame. A message too large for a frame (over 65535
+/// octets) is left out, `out` unchanged, and `false` returned.
+pub fn push_frame(msg: &MessageRepr<'_>, out: &mut Vec<u8>) -> bool {
+    let start = out.len();
+    out.resize(start.saturating_add(msg.buffer_len()).saturating_add(2), 0);
+    match out.get_mut(start..).map(|buf| encode_frame(msg, buf)) {
+        Some(Ok(n)) => {
+            out.truncate(start.saturating_add(n));
+            true
+        }
+        _ => {
+            out.truncate(start);
+            false
+        }
+    }
 }
 
 #[cfg(test)]

@@ -11,9 +11,10 @@ use std::fmt;
 
 use super::bulk::{BulkAnswer, Fill};
 use super::query::{Refusal, Transport, read_leasequery};
+use super::reply::{push_frame, refusal_options};
 use crate::codec::{
-    Decoded, DhcpOption, Duid, FrameDecoder, MessageRepr, MessageType, Options, QueryType,
-    ServerTime, Status, StatusCode, Xid, encode_frame,
+    Decoded, FrameDecoder, MessageRepr, MessageType, Options, QueryType, ServerTime, Status,
+    StatusCode, Xid,
 };
 use crate::store::Store;
 
@@ -278,16 +279,9 @@ fn reply_status(
     reason: &str,
     out: &mut Vec<u8>,
 ) {
-    let mut top = vec![DhcpOption::ServerId(Duid(server_id))];
-    if let Some(r) = requestor {
-        top.push(DhcpOption::ClientId(Duid(r)));
-    }
-    top.push(DhcpOption::StatusCode(StatusCode::new(status, reason)));
-    let msg = MessageRepr::new(MessageType::LeasequeryReply, xid, Options::from_items(&top));
-    let start = out.len();
-    out.resize(start.saturating_add(msg.buffer_len()).saturating_add(2), 0);
-    match out.get_mut(start..).map(|buf| encode_frame(&msg, buf)) {
-        Some(Ok(n)) => out.truncate(start.saturating_add(n)),
-        _ => out.truncate(start),
-    }
+    let top = refusal_options(server_id, requestor, StatusCode::new(status, reason));
+    push_frame(
+        &MessageRepr::new(MessageType::LeasequeryReply, xid, Options::from_items(&top)),
+        out,
+    );
 }

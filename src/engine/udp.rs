@@ -13,7 +13,7 @@
 use std::net::Ipv6Addr;
 
 use super::query::{Refusal, Selector, Transport, read_leasequery};
-use super::reply::{client_data, relay_data};
+use super::reply::{client_data, refusal_options, relay_data};
 use crate::codec::{
     AddrList, DhcpOption, Duid, Embedded, Header, MessageRepr, MessageType, Options, ServerTime,
     StatusCode,
@@ -144,11 +144,11 @@ pub fn answer(
             status,
             reason,
         }) => {
-            let mut top = vec![DhcpOption::ServerId(Duid(server_id))];
-            if let Some(r) = &requestor_id {
-                top.push(DhcpOption::ClientId(Duid(r)));
-            }
-            top.push(DhcpOption::StatusCode(StatusCode::new(status, reason)));
+            let top = refusal_options(
+                server_id,
+                requestor_id.as_deref(),
+                StatusCode::new(status, reason),
+            );
             emit(
                 &MessageRepr::new(MessageType::LeasequeryReply, xid, Options::from_items(&top)),
                 &layers,
