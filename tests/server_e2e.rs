@@ -301,3 +301,34 @@ fn sigterm_stops_cleanly() {
     }
     assert!(lqd.log().contains("shutting down"));
 }
+
+#[test]
+fn a_udp_burst_beyond_the_read_budget_is_all_answered() {
+    // read_budget 8: the loop must come back for datagrams left after its budget, since
+    // edge-triggered readiness will not report them again.
+    let lqd = Lqd::start("udpburst", "read_budget = 8");
+    let udp = UdpSocket::bind("[::1]:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for xid in 0..100u32 {
+        let q = MessageBuilder::leasequery(xid)
+            .client_id(&REQUESTOR)
+            .lq_query(QueryType::ByAddress, Ipv6Addr::UNSPECIFIED, |q| {
+                q.iaaddr(Ipv6Addr::new(0x2001, 0xdb8, 9, 9, 0, 0, 0, 1), 0, 0)
+            })
+            .build()
+            .unwrap();
+        udp.send_to(&q, lqd.addr).unwrap();
+    }
+    let mut buf = [0u8; 2048];
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 100 {
+        let (n, _) = udp.recv_from(&mut buf).expect("every query answered");
+        seen.insert(
+            MessageRepr::parse(&buf[..n])
+                .unwrap()
+                .xid()
+                .unwrap()
+                .value(),
+        );
+    }
+}

@@ -109,7 +109,9 @@ impl Conn {
         // Output left and the socket still writable (the fill stopped at high water), or
         // queries waiting while the session can take more: come back next turn.
         more |= self.writable && (self.out_pos < self.outbuf.len() || self.session.running() > 0);
-        more |= self.readable && self.session.wants_read() && !self.inbuf.is_empty();
+        // Readiness not used up while the session could take more (for instance a query
+        // finished this turn and freed a slot): edge-triggered, it will not be reported again.
+        more |= self.readable && self.session.wants_read();
         Ok(more)
     }
 

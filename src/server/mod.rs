@@ -161,6 +161,7 @@ impl Server {
     pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut pending: Vec<usize> = Vec::new();
+        let mut udp_pending: Vec<usize> = Vec::new();
         let mut last_sweep = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let timeout = if pending.is_empty() {
@@ -183,7 +184,7 @@ impl Server {
                         if (t - LISTENER_BASE) % 2 == 0 {
                             self.accept(i);
                         } else {
-                            self.serve_udp(i, now);
+                            udp_pending.push(i);
                         }
                     }
                     Token(t) => {
@@ -198,6 +199,14 @@ impl Server {
             }
             // Changes keep arriving while requestors are served: take a budget each turn.
             self.drain_feed(now);
+            udp_pending.sort_unstable();
+            udp_pending.dedup();
+            let sockets = std::mem::take(&mut udp_pending);
+            for i in sockets {
+                if self.serve_udp(i, now) {
+                    udp_pending.push(i);
+                }
+            }
             let keys = std::mem::take(&mut pending);
             for key in keys {
                 if self.service(key, now) {
@@ -269,17 +278,21 @@ impl Server {
         }
     }
 
-    fn serve_udp(&mut self, i: usize, now: ServerTime) {
+    /// Answers datagrams on UDP socket `i` up to the budget; true when the budget ran out
+    /// before the socket was empty.
+    fn serve_udp(&mut self, i: usize, now: ServerTime) -> bool {
         let mut buf = [0u8; 65_536];
         let mut out = Vec::new();
         for _ in 0..self.cfg.read_budget {
-            let Some(sock) = self.udp.get(i) else { return };
+            let Some(sock) = self.udp.get(i) else {
+                return false;
+            };
             let (n, peer) = match sock.recv_from(&mut buf) {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     warn!(error = %e, "UDP receive failed");
-                    return;
+                    return false;
                 }
             };
             if self.cfg.access.policy(peer.ip()).is_none() {
@@ -297,8 +310,8 @@ impl Server {
             }
         }
         // Budget spent with datagrams possibly left: edge-triggered readiness will not fire
-        // again for them, so come back on the next turn.
-        let _ = self.waker.wake();
+        // again for them, so the caller comes back on the next turn.
+        true
     }
 
     /// Serves one connection; returns true when it has work left for the next turn.
