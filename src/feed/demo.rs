@@ -633,10 +633,14 @@ where
                     }
                     pacer.sent();
                 }
+                let initial = !source.initial_done();
                 if handle.send(source.next_change(clock())).is_err() {
                     break;
                 }
                 sent = sent.saturating_add(1);
+                if initial && source.initial_done() {
+                    tracing::info!(changes = sent, "demo: initial population sent");
+                }
             }
             sent
         })
