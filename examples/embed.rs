@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lqd::codec::{BuildOptions, DhcpOption, MessageBuilder, MessageRepr, OptionCode, QueryType};
-use lqd::feed::feed;
-use lqd::server::{OpenAccess, Server, ServerConfig, server_time};
+use lqd::feed::{feed, system_time};
+use lqd::server::{OpenAccess, Server, ServerConfig};
 use lqd::store::{Change, Lease, LeaseKind, LeaseState};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -48,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             iaid: 1,
             preferred_lifetime: 3600,
             valid_lifetime: 7200,
-            cltt: server_time(),
+            cltt: system_time(),
             state: LeaseState::Active,
         },
         relay: None,

@@ -14,7 +14,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, UdpSocket};
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use crate::codec::ServerTime;
 use crate::config::QueryTypes;
 use crate::engine::udp::{UdpAnswer, answer};
-use crate::feed::FeedReceiver;
+use crate::feed::{FeedReceiver, system_time as server_time};
 use crate::store::Store;
 use conn::Conn;
 
@@ -81,15 +81,6 @@ pub struct ServerConfig {
 const WAKER: Token = Token(0);
 const LISTENER_BASE: usize = 1;
 const FIRST_CONN: usize = 1 << 16;
-
-/// The current server time (seconds since 2000-01-01 UTC) from the realtime clock.
-#[must_use]
-pub fn server_time() -> ServerTime {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    ServerTime::from_unix(unix)
-}
 
 /// A bound server, ready to run.
 pub struct Server {
