@@ -435,3 +435,32 @@ fn a_slow_requestor_holds_up_nobody_and_a_large_answer_streams_in_bounded_memory
     );
     drop(slow);
 }
+
+#[test]
+fn a_requestor_stuck_half_way_through_a_query_is_closed_after_the_data_timeout() {
+    let lqd = Lqd::start("timeout", "bulk_data_timeout = 1");
+    let mut stuck = lqd.connect();
+    let query = by_link(1, link(1));
+    stuck.write_all(&query[..5]).unwrap();
+    let started = Instant::now();
+    let mut one = [0u8; 1];
+    let n = stuck.read(&mut one).unwrap_or(0);
+    assert_eq!(n, 0, "closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+    // A requestor that keeps talking is answered; an idle one is closed the same way.
+    let mut busy = lqd.connect();
+    busy.write_all(&by_link(2, link(1))).unwrap();
+    assert!(!read_answers(&mut busy, &[2]).is_empty());
+    let started = Instant::now();
+    assert_eq!(
+        busy.read(&mut one).unwrap_or(0),
+        0,
+        "idle connection closed"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert!(lqd.log().contains("BULK_LQ_DATA_TIMEOUT"));
+}

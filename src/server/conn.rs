@@ -28,6 +28,8 @@ pub(super) struct Conn {
     read_closed: bool,
     /// When the output last moved, or when there was last nothing to send.
     progress: Instant,
+    /// When a byte was last read or written.
+    activity: Instant,
 }
 
 impl Conn {
@@ -49,13 +51,18 @@ impl Conn {
             writable: false,
             read_closed: false,
             progress: Instant::now(),
+            activity: Instant::now(),
         }
     }
 
-    /// How long output has been waiting without moving (zero when nothing waits).
-    pub(super) fn stalled_for(&self) -> Duration {
+    /// How long the connection has been blocked (BULK_LQ_DATA_TIMEOUT): output waiting without
+    /// moving, or, with no query running, nothing read or written (a requestor gone quiet,
+    /// possibly half-way through sending a query).
+    pub(super) fn blocked_for(&self) -> Duration {
         if self.out_pos < self.outbuf.len() {
             self.progress.elapsed()
+        } else if self.session.running() == 0 {
+            self.activity.elapsed()
         } else {
             Duration::ZERO
         }
@@ -125,7 +132,10 @@ impl Conn {
                     self.readable = false;
                     return Ok(false);
                 }
-                Ok(n) => self.inbuf.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
+                Ok(n) => {
+                    self.inbuf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
+                    self.activity = Instant::now();
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
                     return Ok(false);
@@ -151,6 +161,7 @@ impl Conn {
                 Ok(n) => {
                     self.out_pos += n;
                     self.progress = Instant::now();
+                    self.activity = self.progress;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.writable = false;

@@ -65,8 +65,8 @@ pub struct ServerConfig {
     pub max_connections_per_requestor: usize,
     /// Queries running at once on one connection (decision D22).
     pub max_concurrent_queries: usize,
-    /// A connection whose output makes no progress for this long is closed
-    /// (BULK_LQ_DATA_TIMEOUT).
+    /// A connection blocked this long is closed (BULK_LQ_DATA_TIMEOUT): its output not moving,
+    /// or, with no query running, nothing read or written.
     pub bulk_data_timeout: Duration,
     /// Outbound octets buffered per connection before the engine stops producing.
     pub high_water: usize,
@@ -343,7 +343,7 @@ impl Server {
         let stale: Vec<usize> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.stalled_for() >= timeout)
+            .filter(|(_, c)| c.blocked_for() >= timeout)
             .map(|(k, _)| k)
             .collect();
         for key in stale {
