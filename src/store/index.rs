@@ -66,7 +66,9 @@ pub struct Outcome {
 #[derive(Debug, Default)]
 pub struct Store {
     bindings: Slab<Binding>,
-    by_key: BTreeMap<BindingKey, BindingId>,
+    /// Client DUID → its bindings, one per link, ordered by link. Looked up by `&[u8]`, so
+    /// finding a binding allocates nothing.
+    clients: HashMap<Box<[u8]>, Vec<(Ipv6Addr, BindingId)>>,
     addresses: HashMap<Ipv6Addr, BindingId>,
     /// Delegated prefixes, one map per prefix length: masked prefix → binding.
     prefixes: BTreeMap<u8, HashMap<u128, BindingId>>,
@@ -135,12 +137,8 @@ impl Store {
     }
 
     fn upsert(&mut self, change: &Change, now: ServerTime) -> Outcome {
-        let key = BindingKey {
-            client_id: change.client_id.clone(),
-            link: change.link,
-        };
         let lease = change.lease;
-        let existing = self.by_key.get(&key).copied();
+        let existing = self.by_client_link(&change.client_id, change.link);
 
         // An address or prefix held by another binding moves to this one.
         let displaced = match self.holder(&lease) {
@@ -152,13 +150,18 @@ impl Store {
 
         let Some(id) = existing else {
             let binding = Binding {
-                key: key.clone(),
+                key: BindingKey {
+                    client_id: change.client_id.clone(),
+                    link: change.link,
+                },
                 leases: vec![lease],
                 relay: change.relay.clone().unwrap_or_default(),
                 last_change: now,
             };
             let id = BindingId(self.bindings.insert(binding));
-            self.by_key.insert(key, id);
+            let links = self.clients.entry(change.client_id.clone()).or_default();
+            let at = links.partition_point(|(l, _)| *l < change.link);
+            links.insert(at, (change.link, id));
             self.index_binding(id);
             self.index_lease(id, &lease);
             return Outcome {
@@ -215,11 +218,7 @@ impl Store {
     }
 
     fn end(&mut self, change: &Change, now: ServerTime) -> Applied {
-        let key = BindingKey {
-            client_id: change.client_id.clone(),
-            link: change.link,
-        };
-        match self.by_key.get(&key).copied() {
+        match self.by_client_link(&change.client_id, change.link) {
             Some(id) => self
                 .remove_lease(id, change.lease.slot(), change.lease.state, now)
                 .unwrap_or(Applied::Unchanged),
@@ -246,7 +245,12 @@ impl Store {
             self.by_link.remove(&(link, id));
             self.by_change.remove(&(changed, id));
             let mut gone = self.bindings.remove(id.0);
-            self.by_key.remove(&gone.key);
+            if let Some(links) = self.clients.get_mut(&gone.key.client_id) {
+                links.retain(|(_, i)| *i != id);
+                if links.is_empty() {
+                    self.clients.remove(&gone.key.client_id);
+                }
+            }
             gone.leases[0] = ended;
             gone.last_change = now;
             return Some(Applied::Removed(gone));
@@ -371,23 +375,19 @@ impl Store {
     /// QUERY_BY_CLIENTID on one link.
     #[must_use]
     pub fn by_client_link(&self, client_id: &[u8], link: Ipv6Addr) -> Option<BindingId> {
-        let key = BindingKey {
-            client_id: client_id.into(),
-            link,
-        };
-        self.by_key.get(&key).copied()
+        self.clients
+            .get(client_id)?
+            .iter()
+            .find(|(l, _)| *l == link)
+            .map(|(_, id)| *id)
     }
 
     /// QUERY_BY_CLIENTID on every link: the client's bindings, ordered by link.
     pub fn by_client<'s>(&'s self, client_id: &[u8]) -> impl Iterator<Item = BindingId> + 's {
-        let from = BindingKey {
-            client_id: client_id.into(),
-            link: Ipv6Addr::UNSPECIFIED,
-        };
-        let client: Box<[u8]> = client_id.into();
-        self.by_key
-            .range(from..)
-            .take_while(move |(k, _)| k.client_id == client)
+        self.clients
+            .get(client_id)
+            .into_iter()
+            .flatten()
             .map(|(_, id)| *id)
     }
 
