@@ -11,7 +11,7 @@ use super::duid::Duid;
 use super::error::{Error, Result};
 use super::frame::frame_header;
 use super::list::{CodeList, Options};
-use super::message::{Embedded, Header};
+use super::message::{Embedded, Header, MessageRepr};
 use super::option::{DhcpOption, IaAddr, IaPrefix, LqQuery, LqRelayData, RemoteId, StatusCode};
 use super::wire::RawOption;
 
@@ -240,23 +240,26 @@ pub struct MessageBuilder {
 }
 
 impl MessageBuilder {
+    /// Starts a message with `header`, written (and checked against its message type) the way
+    /// `MessageRepr::emit` writes it.
+    fn with_header(header: Header) -> Self {
+        let mut buf = Vec::with_capacity(128);
+        let err = MessageRepr {
+            header,
+            options: Options::EMPTY,
+        }
+        .emit_to_vec(&mut buf)
+        .err();
+        Self { buf, err }
+    }
+
     /// A client/server message of any type.
     #[must_use]
     pub fn new(msg_type: MessageType, xid: u32) -> Self {
-        let mut b = Self {
-            buf: Vec::with_capacity(128),
-            err: None,
-        };
-        let header = Header::ClientServer {
+        Self::with_header(Header::ClientServer {
             msg_type,
             xid: Xid::new(xid),
-        };
-        if msg_type.is_relay() {
-            b.err = Some(Error::new(super::error::ErrorKind::HeaderMismatch));
-        }
-        b.buf.push(header.msg_type().value());
-        b.buf.extend_from_slice(&Xid::new(xid).to_bytes());
-        b
+        })
     }
 
     /// A relay message (RELAY-FORW or RELAY-REPL).
@@ -267,17 +270,12 @@ impl MessageBuilder {
         link_address: Ipv6Addr,
         peer_address: Ipv6Addr,
     ) -> Self {
-        let mut b = Self {
-            buf: Vec::with_capacity(128),
-            err: None,
-        };
-        if !msg_type.is_relay() {
-            b.err = Some(Error::new(super::error::ErrorKind::HeaderMismatch));
-        }
-        b.buf.extend_from_slice(&[msg_type.value(), hop_count]);
-        b.buf.extend_from_slice(&link_address.octets());
-        b.buf.extend_from_slice(&peer_address.octets());
-        b
+        Self::with_header(Header::Relay {
+            msg_type,
+            hop_count,
+            link_address,
+            peer_address,
+        })
     }
 
     /// LEASEQUERY (14).
