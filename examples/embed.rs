@@ -14,7 +14,7 @@ use std::time::Duration;
 use lqd::codec::{BuildOptions, DhcpOption, MessageBuilder, MessageRepr, OptionCode, QueryType};
 use lqd::feed::{feed, system_time};
 use lqd::server::{OpenAccess, Server, ServerConfig};
-use lqd::store::{Change, Lease, LeaseKind, LeaseState};
+use lqd::store::{Change, Lease, LeaseKind, LeaseState, LinkMap};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // lqd's side: bind, connect the feed, run the loop on its own thread.
@@ -29,6 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         read_budget: 64,
         feed_budget: 4096,
         access: Box::new(OpenAccess),
+        links: LinkMap::default(),
     })?;
     let addr = server.local_addrs()?[0];
     let (leases, receiver) = feed(4096, server.waker());

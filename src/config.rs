@@ -19,6 +19,11 @@
 //! prefix = "192.0.2.0/24"                 # also matches ::ffff:192.0.2.0/120
 //! query_types = ["address", "client-id"]
 //!
+//! [[link]]                                # the relay's link-address names the link (D16)
+//! address = "2001:db8:0:1::1"
+//! prefixes = ["2001:db8:0:1::/64"]        # any address inside names it too
+//! pd_pools = ["3fff:0:100::/40"]          # managed space: not NotConfigured
+//!
 //! [demo]
 //! clients = 50000
 //! ```
@@ -41,7 +46,9 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 
 use crate::codec::{Duid, QueryType};
 use crate::feed::DemoConfig;
+use crate::feed::demo::DemoSource;
 use crate::feed::demo::MAX_CLIENTS;
+use crate::store::{LinkDef, LinkMap};
 
 /// The leasequery port for TCP and UDP (RFC 5007, RFC 5460).
 pub const DEFAULT_PORT: u16 = 547;
@@ -103,6 +110,12 @@ pub struct Config {
     /// every type; see [`access`](Self::access).
     #[serde(rename = "requestor")]
     pub requestors: Vec<Requestor>,
+    /// `[[link]]` tables: the links served, each with `address` (its link-address),
+    /// `prefixes` and `pd_pools` (D16). Queries naming a link or an address outside them get
+    /// NotConfigured. Empty: the demo source's own links with `--source demo`, otherwise no
+    /// configured links (links are taken as the source names them; nothing is NotConfigured).
+    #[serde(rename = "link")]
+    pub links: Vec<LinkDef>,
     /// `[demo]`: the demo source's population and churn.
     pub demo: DemoSettings,
     /// `high_water`: outbound bytes queued per connection before lqd stops producing more;
@@ -133,6 +146,7 @@ impl Default for Config {
             active_send_timeout: ACTIVE_LQ_SEND_TIMEOUT,
             active_idle_timeout: ACTIVE_LQ_IDLE_TIMEOUT,
             requestors: Vec::new(),
+            links: Vec::new(),
             demo: DemoSettings::default(),
             high_water: DEFAULT_HIGH_WATER,
             read_budget: DEFAULT_READ_BUDGET,
@@ -266,7 +280,23 @@ impl Config {
                 ));
             }
         }
+        if let Err(e) = LinkMap::new(&self.links) {
+            return invalid(e.to_string());
+        }
         Ok(())
+    }
+
+    /// The links lqd serves (D16): the `[[link]]` tables, or the demo source's links when none
+    /// are configured and the source is the demo.
+    pub fn link_map(&self) -> Result<LinkMap, ConfigError> {
+        let defs = match (&self.source, self.links.is_empty()) {
+            (SourceSpec::Demo, true) => DemoSource::link_defs(&self.demo.demo_config()),
+            _ => self.links.clone(),
+        };
+        LinkMap::new(&defs).map_err(|e| ConfigError::Invalid {
+            origin: "config".to_owned(),
+            message: e.to_string(),
+        })
     }
 
     /// Settings that are accepted but unwise, one sentence each, for the log.

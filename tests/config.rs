@@ -10,6 +10,7 @@ use lqd::codec::QueryType;
 use lqd::config::{
     Access, Cli, Config, ConfigError, DemoSettings, QueryTypes, Requestor, ServerDuid, SourceSpec,
 };
+use lqd::store::LinkDef;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -114,6 +115,14 @@ query_types = ["address", "client-id", 4]
 prefix = "192.0.2.7"
 query_types = []
 
+[[link]]
+address = "2001:db8:0:1::1"
+prefixes = ["2001:db8:0:1::/64", "2001:db8:100::/48"]
+pd_pools = ["3fff:100::/40"]
+
+[[link]]
+address = "2001:db8:0:2::1"
+
 [demo]
 clients = 1000
 links = 4
@@ -156,6 +165,21 @@ fn a_full_file_gives_every_setting() {
             Requestor {
                 prefix: "192.0.2.7/32".parse().unwrap(),
                 query_types: QueryTypes::NONE,
+            },
+        ],
+        links: vec![
+            LinkDef {
+                address: "2001:db8:0:1::1".parse().unwrap(),
+                prefixes: vec![
+                    "2001:db8:0:1::/64".parse().unwrap(),
+                    "2001:db8:100::/48".parse().unwrap(),
+                ],
+                pd_pools: vec!["3fff:100::/40".parse().unwrap()],
+            },
+            LinkDef {
+                address: "2001:db8:0:2::1".parse().unwrap(),
+                prefixes: vec![],
+                pd_pools: vec![],
             },
         ],
         demo: DemoSettings {
@@ -373,6 +397,50 @@ fn bad_prefixes_are_rejected() {
         m,
         "config: requestor prefix ::ffff:10.0.0.0/104 is listed twice (also as 10.0.0.0/8)"
     );
+}
+
+/// D16: `[[link]]` tables name the links served; the demo source brings its own.
+#[test]
+fn links_come_from_link_tables_or_the_demo() {
+    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    let demo = Config::from_toml("[demo]\nlinks = 3\n")
+        .unwrap()
+        .link_map()
+        .unwrap();
+    assert_eq!(demo.len(), 3);
+    assert_eq!(
+        demo.link_of(a("2001:db8:0:3::77")),
+        Some(a("2001:db8:0:3::1"))
+    );
+    assert!(demo.manages(a("3fff:0:0:100::1")));
+    assert!(!demo.manages(a("2001:db8:0:4::1")));
+
+    let c = Config::from_toml(FULL).unwrap();
+    let m = c.link_map().unwrap();
+    assert_eq!(m.len(), 2);
+    assert_eq!(
+        m.link_of(a("2001:db8:100:5::1")),
+        Some(a("2001:db8:0:1::1"))
+    );
+    assert_eq!(m.link_of(a("2001:db8:0:2::1")), Some(a("2001:db8:0:2::1")));
+    assert_eq!(m.link_of(a("2001:db8:0:3::1")), None);
+
+    let m = rejected("[[link]]\naddress = \"2001:db8::1\"\n[[link]]\naddress = \"2001:db8::1\"\n");
+    assert_eq!(m, "config: link 2001:db8::1 is configured twice");
+    let m = rejected(
+        "[[link]]\naddress = \"2001:db8::1\"\nprefixes = [\"2001:db8::/64\"]\n\
+         [[link]]\naddress = \"2001:db8::2\"\nprefixes = [\"2001:db8::/64\"]\n",
+    );
+    assert_eq!(
+        m,
+        "config: prefix 2001:db8::/64 is on two links, 2001:db8::1 and 2001:db8::2"
+    );
+    let m = rejected("[[link]]\naddress = \"2001:db8::1\"\nprefixes = [\"2001:db8::/129\"]\n");
+    assert!(m.starts_with("config, line 3"), "{m}");
+    let m = rejected("[[link]]\nprefixes = [\"2001:db8::/64\"]\n");
+    assert!(m.contains("missing field `address`"), "{m}");
+    let m = rejected("[[link]]\naddress = \"2001:db8::1\"\nsubnet = 1\n");
+    assert!(m.contains("unknown field `subnet`"), "{m}");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use lqd::codec::{
     ServerTime, Status, Xid,
 };
 use lqd::engine::session::{AllowAll, CloseReason, Event, Policy, Session};
-use lqd::store::{Change, Lease, LeaseKind, LeaseState, Store};
+use lqd::store::{Change, Lease, LeaseKind, LeaseState, LinkDef, LinkMap, Store};
 
 const SERVER: [u8; 6] = [0, 3, 0, 1, 0xca, 0xfe];
 const REQUESTOR: [u8; 6] = [0, 3, 0, 1, 0xbe, 0xef];
@@ -76,7 +76,7 @@ fn drive(
     let mut wire = Vec::new();
     for _ in 0..10_000 {
         if session.wants_read() {
-            let n = session.handle_bytes(input, &SERVER, &AllowAll, &mut wire, events)?;
+            let n = session.handle_bytes(input, store, &SERVER, &AllowAll, &mut wire, events)?;
             input = &input[n..];
         }
         session.fill(store, &SERVER, ServerTime(2000), &mut wire, usize::MAX);
@@ -119,13 +119,13 @@ fn at_the_query_limit_the_connection_is_not_read_d22() {
     let mut out = Vec::new();
     let mut events = Vec::new();
     let n = session
-        .handle_bytes(&input, &SERVER, &AllowAll, &mut out, &mut events)
+        .handle_bytes(&input, &s, &SERVER, &AllowAll, &mut out, &mut events)
         .unwrap();
     assert_eq!(n, 4 * query(1).len(), "exactly four frames consumed");
     assert!(!session.wants_read());
     assert_eq!(
         session
-            .handle_bytes(&input[n..], &SERVER, &AllowAll, &mut out, &mut events)
+            .handle_bytes(&input[n..], &s, &SERVER, &AllowAll, &mut out, &mut events)
             .unwrap(),
         0
     );
@@ -133,7 +133,7 @@ fn at_the_query_limit_the_connection_is_not_read_d22() {
     session.fill(&s, &SERVER, ServerTime(2000), &mut out, 1 << 20);
     assert!(session.wants_read());
     let m = session
-        .handle_bytes(&input[n..], &SERVER, &AllowAll, &mut out, &mut events)
+        .handle_bytes(&input[n..], &s, &SERVER, &AllowAll, &mut out, &mut events)
         .unwrap();
     assert_eq!(m, 2 * query(1).len());
 }
@@ -145,14 +145,21 @@ fn a_partial_frame_waits_for_the_rest() {
     let (mut out, mut events) = (Vec::new(), Vec::new());
     assert_eq!(
         session
-            .handle_bytes(&q[..5], &SERVER, &AllowAll, &mut out, &mut events)
+            .handle_bytes(
+                &q[..5],
+                &Store::new(),
+                &SERVER,
+                &AllowAll,
+                &mut out,
+                &mut events
+            )
             .unwrap(),
         0
     );
     assert_eq!(session.running(), 0);
     assert_eq!(
         session
-            .handle_bytes(&q, &SERVER, &AllowAll, &mut out, &mut events)
+            .handle_bytes(&q, &Store::new(), &SERVER, &AllowAll, &mut out, &mut events)
             .unwrap(),
         q.len()
     );
@@ -211,7 +218,7 @@ fn refusals_keep_the_connection_open_d8() {
     let mut session = Session::new(4);
     let (mut out, mut events) = (Vec::new(), Vec::new());
     session
-        .handle_bytes(&query(3), &SERVER, &NoLink, &mut out, &mut events)
+        .handle_bytes(&query(3), &s, &SERVER, &NoLink, &mut out, &mut events)
         .unwrap();
     assert_eq!(
         messages(&out),
@@ -248,7 +255,14 @@ fn violations_close_the_connection_d24() {
         let mut session = Session::new(4);
         let (mut out, mut events) = (Vec::new(), Vec::new());
         let err = session
-            .handle_bytes(&input, &SERVER, &AllowAll, &mut out, &mut events)
+            .handle_bytes(
+                &input,
+                &Store::new(),
+                &SERVER,
+                &AllowAll,
+                &mut out,
+                &mut events,
+            )
             .unwrap_err();
         assert!(check(&err), "{err}");
         assert!(!err.to_string().is_empty());
@@ -265,7 +279,14 @@ fn starttls_is_refused_in_plain_mode_and_active_is_not_supported() {
     let mut session = Session::new(4);
     let (mut out, mut events) = (Vec::new(), Vec::new());
     session
-        .handle_bytes(&input, &SERVER, &AllowAll, &mut out, &mut events)
+        .handle_bytes(
+            &input,
+            &Store::new(),
+            &SERVER,
+            &AllowAll,
+            &mut out,
+            &mut events,
+        )
         .unwrap();
     assert_eq!(
         messages(&out),
@@ -288,7 +309,14 @@ fn starttls_is_refused_in_plain_mode_and_active_is_not_supported() {
     let mut session = Session::new(4);
     let mut out = Vec::new();
     let err = session
-        .handle_bytes(&active, &SERVER, &AllowAll, &mut out, &mut events)
+        .handle_bytes(
+            &active,
+            &Store::new(),
+            &SERVER,
+            &AllowAll,
+            &mut out,
+            &mut events,
+        )
         .unwrap_err();
     assert_eq!(err, CloseReason::ActiveRefused);
     assert_eq!(
@@ -307,7 +335,7 @@ fn shutdown_terminates_running_answers_d9() {
     let mut session = Session::new(4);
     let (mut out, mut events) = (Vec::new(), Vec::new());
     session
-        .handle_bytes(&query(4), &SERVER, &AllowAll, &mut out, &mut events)
+        .handle_bytes(&query(4), &s, &SERVER, &AllowAll, &mut out, &mut events)
         .unwrap();
     session.fill(&s, &SERVER, ServerTime(2000), &mut out, 1);
     session.terminate_all(&SERVER, ServerTime(2001), &mut out);
@@ -321,4 +349,61 @@ fn shutdown_terminates_running_answers_d9() {
         )
     );
     assert_eq!(session.running(), 0);
+}
+
+/// D16: with configured links, a Bulk query may name a link by any address inside its prefix;
+/// a link-address outside every configured link is refused with NotConfigured (D8) and the
+/// connection stays open for the next query.
+#[test]
+fn a_link_is_named_by_any_address_on_it_and_an_unknown_one_is_not_configured_d16() {
+    let links = LinkMap::new(&[LinkDef {
+        address: link(),
+        prefixes: vec!["2001:db8:1::/64".parse().unwrap()],
+        pd_pools: vec![],
+    }])
+    .unwrap();
+    let mut s = Store::with_links(links);
+    for (_, b) in store(5).iter() {
+        s.apply(
+            &Change {
+                client_id: b.key.client_id.clone(),
+                link: "2001:db8:1::fe".parse().unwrap(),
+                lease: b.leases[0],
+                relay: None,
+            },
+            ServerTime(1000),
+        );
+    }
+    let ask = |xid: u32, l: &str| {
+        MessageBuilder::leasequery(xid)
+            .client_id(&REQUESTOR)
+            .lq_query(QueryType::ByLinkAddress, l.parse().unwrap(), |q| q)
+            .build_frame()
+            .unwrap()
+    };
+    let mut input = ask(1, "2001:db8:9::1");
+    input.extend_from_slice(&ask(2, "2001:db8:1::42"));
+    let mut session = Session::new(4);
+    let mut events = Vec::new();
+    let wire = drive(&mut session, &s, &input, &mut events).unwrap();
+    let msgs = messages(&wire);
+    assert_eq!(
+        msgs[0],
+        (
+            MessageType::LeasequeryReply,
+            Xid::new(1),
+            Some(Status::NotConfigured)
+        )
+    );
+    let two: Vec<_> = msgs.iter().filter(|m| m.1 == Xid::new(2)).collect();
+    assert_eq!(two.len(), 6, "REPLY + 4 DATA + DONE: {msgs:?}");
+    assert_eq!(two[5].2, Some(Status::Success));
+    assert_eq!(
+        events,
+        vec![Event::Refused {
+            xid: Xid::new(1),
+            status: Status::NotConfigured,
+            reason: "the link-address is not a configured link",
+        }]
+    );
 }

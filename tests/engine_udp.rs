@@ -8,7 +8,7 @@ use lqd::codec::{
     QueryType, ServerTime, Status, Xid,
 };
 use lqd::engine::udp::{UdpAnswer, answer};
-use lqd::store::{Change, Lease, LeaseKind, LeaseState, RelayInfo, Store};
+use lqd::store::{Change, Lease, LeaseKind, LeaseState, LinkDef, LinkMap, RelayInfo, Store};
 
 const SERVER: [u8; 14] = [0, 1, 0, 1, 0x2f, 0x07, 0x7a, 0, 0, 0, 0, 0, 0xca, 0xfe];
 const REQUESTOR: [u8; 10] = [0, 3, 0, 1, 0, 0x11, 0x22, 0x33, 0x44, 0x55];
@@ -369,4 +369,102 @@ fn a_relayed_query_is_answered_through_the_same_relays() {
         (MessageType::LeasequeryReply, Some(Xid::new(0x77)))
     );
     assert!(reply.options.get(OptionCode::ClientData).is_some());
+}
+
+/// The same bindings, with configured links; the changes name link 1 by another address on it.
+fn store_with_links() -> Store {
+    let links = LinkMap::new(&[
+        LinkDef {
+            address: a("2001:db8:1::1"),
+            prefixes: vec!["2001:db8:1::/64".parse().unwrap()],
+            pd_pools: vec!["2001:db8:ff00::/40".parse().unwrap()],
+        },
+        LinkDef {
+            address: a("2001:db8:2::1"),
+            prefixes: vec!["2001:db8:2::/64".parse().unwrap()],
+            pd_pools: vec![],
+        },
+    ])
+    .unwrap();
+    let mut s = Store::with_links(links);
+    for (_, b) in store().iter() {
+        for l in &b.leases {
+            let link = if b.key.link == a("2001:db8:1::1") {
+                a("2001:db8:1::5")
+            } else {
+                b.key.link
+            };
+            s.apply(
+                &Change {
+                    client_id: b.key.client_id.clone(),
+                    link,
+                    lease: *l,
+                    relay: None,
+                },
+                ServerTime(10_000),
+            );
+        }
+    }
+    s
+}
+
+fn status_of(out: &[u8]) -> Option<Status> {
+    reply_of(out).options.status().map(|s| s.status)
+}
+
+/// D16 and digest §8.1 item 7: an address or link outside the configured links is
+/// NotConfigured; any address on a link names it.
+#[test]
+fn configured_links_map_addresses_and_refuse_the_unknown_with_not_configured_d16() {
+    let s = store_with_links();
+    assert!(s.has_link(a("2001:db8:1::1")) && !s.has_link(a("2001:db8:1::5")));
+    let by_address = |addr: &str| {
+        MessageBuilder::leasequery(7)
+            .client_id(&REQUESTOR)
+            .lq_query(QueryType::ByAddress, Ipv6Addr::UNSPECIFIED, |q| {
+                q.iaaddr(a(addr), 0, 0)
+            })
+            .build()
+            .unwrap()
+    };
+    let (_, out) = ask(&s, &by_address("2001:db8:1::100"));
+    assert!(reply_of(&out).options.get(OptionCode::ClientData).is_some());
+    // Managed space without a binding: an empty reply, not an error.
+    let (_, out) = ask(&s, &by_address("2001:db8:1::999"));
+    assert!(reply_of(&out).options.get(OptionCode::ClientData).is_none());
+    assert_eq!(status_of(&out), None);
+    let (_, out) = ask(&s, &by_address("2001:db8:ff42::1"));
+    assert_eq!(status_of(&out), None);
+    let (_, out) = ask(&s, &by_address("2001:db8:3::1"));
+    assert_eq!(status_of(&out), Some(Status::NotConfigured));
+    assert!(reply_of(&out).options.get(OptionCode::ClientData).is_none());
+
+    let by_client = |link: &str| {
+        MessageBuilder::leasequery(8)
+            .client_id(&REQUESTOR)
+            .lq_query(QueryType::ByClientId, a(link), |q| q.client_id(&client(2)))
+            .build()
+            .unwrap()
+    };
+    // Any address inside link 2's prefix names link 2.
+    let (_, out) = ask(&s, &by_client("2001:db8:2::abcd"));
+    let r = reply_of(&out);
+    let Some(DhcpOption::ClientData(cd)) = r.options.get(OptionCode::ClientData) else {
+        panic!("{r:?}")
+    };
+    assert!(
+        cd.iter()
+            .any(|o| matches!(o, DhcpOption::IaAddr(x) if x.address == a("2001:db8:2::200")))
+    );
+    let (_, out) = ask(&s, &by_client("2001:db8:1::77"));
+    let r = reply_of(&out);
+    let Some(DhcpOption::ClientData(cd)) = r.options.get(OptionCode::ClientData) else {
+        panic!("{r:?}")
+    };
+    assert!(
+        cd.iter()
+            .any(|o| matches!(o, DhcpOption::IaAddr(x) if x.address == a("2001:db8:1::200")))
+    );
+    let (_, out) = ask(&s, &by_client("2001:db8:9::1"));
+    assert_eq!(status_of(&out), Some(Status::NotConfigured));
 }

@@ -56,6 +56,8 @@ fn run(config: Config) -> Result<(), String> {
     info!(duid = %lqd::codec::Duid(&server_id), "server DUID");
     let source = config.source.clone();
     let demo = config.demo.demo_config();
+    let links = config.link_map().map_err(|e| e.to_string())?;
+    info!(links = links.len(), "links configured");
     let server_cfg = ServerConfig {
         listen: config.listen.clone(),
         server_id,
@@ -67,6 +69,7 @@ fn run(config: Config) -> Result<(), String> {
         read_budget: config.read_budget,
         feed_budget: 4096,
         access: Box::new(config),
+        links,
     };
     let mut server = Server::bind(server_cfg).map_err(|e| format!("cannot listen: {e}"))?;
     let (handle, receiver) = feed(FEED_CAPACITY, server.waker());

@@ -10,14 +10,16 @@
 //! - START_TIME and END_TIME (RFC 7653) bound the last-change time of the bindings returned
 //!   (D20); END before START is MalformedQuery;
 //! - base-time is asked for by code 100 in the top-level ORO or the query's ORO (D18); relay
-//!   data by code 47 in either (D17).
+//!   data by code 47 in either (D17);
+//! - with configured links, a link-address names the link whose prefix holds it, and a link or
+//!   address outside them is NotConfigured ([`resolve_links`], D16, digest §8.1 item 7).
 
 use std::net::Ipv6Addr;
 
 use crate::codec::{
     DhcpOption, MessageRepr, MessageType, OptionCode, Options, QueryType, ServerTime, Status, Xid,
 };
-use crate::store::RemoteIdKey;
+use crate::store::{RemoteIdKey, Store};
 
 /// How the query arrived: it decides which query types are allowed (D11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,6 +227,49 @@ pub fn read_leasequery(msg: &MessageRepr<'_>, transport: Transport) -> Result<Qu
         want_base_time: asks(OptionCode::LqBaseTime),
         want_relay_data: asks(OptionCode::LqRelayData),
     })
+}
+
+/// Names the query's link by its canonical address and refuses, with NotConfigured, a link or
+/// address outside the configured links (D16, digest §8.1 item 7).
+///
+/// Without configured links every link is taken as named. Otherwise a link-address is a
+/// configured link's address or any address inside its prefixes; a link the store has bindings
+/// on is accepted too (the source is the authority on where its clients are). An address asked
+/// about must lie in managed space unless the store holds it anyway.
+pub fn resolve_links(mut query: Query, store: &Store) -> Result<Query, Refusal> {
+    let map = store.link_map();
+    if map.is_empty() {
+        return Ok(query);
+    }
+    let refuse = |query: Query, reason| Refusal {
+        xid: query.xid,
+        requestor_id: query.requestor_id,
+        status: Status::NotConfigured,
+        reason,
+    };
+    let resolve = |l: Ipv6Addr| map.link_of(l).or_else(|| store.has_link(l).then_some(l));
+    let named = match &mut query.selector {
+        Selector::Address { address, .. }
+            if !map.manages(*address) && store.by_address(*address).is_none() =>
+        {
+            return Err(refuse(
+                query,
+                "the address is not in any configured link or pool",
+            ));
+        }
+        Selector::Address { link, .. }
+        | Selector::ClientId { link, .. }
+        | Selector::RelayId { link, .. }
+        | Selector::RemoteId { link, .. } => link.as_mut(),
+        Selector::LinkAddress(l) => Some(l),
+    };
+    if let Some(l) = named {
+        match resolve(*l) {
+            Some(canonical) => *l = canonical,
+            None => return Err(refuse(query, "the link-address is not a configured link")),
+        }
+    }
+    Ok(query)
 }
 
 fn find_address(opts: &Options<'_>) -> Option<Ipv6Addr> {

@@ -10,7 +10,7 @@
 use std::fmt;
 
 use super::bulk::{BulkAnswer, Fill};
-use super::query::{Refusal, Transport, read_leasequery};
+use super::query::{Refusal, Transport, read_leasequery, resolve_links};
 use super::reply::{push_frame, refusal_options};
 use crate::codec::{
     Decoded, FrameDecoder, MessageRepr, MessageType, Options, QueryType, ServerTime, Status,
@@ -117,6 +117,7 @@ impl Session {
     pub fn handle_bytes(
         &mut self,
         buf: &[u8],
+        store: &Store,
         server_id: &[u8],
         policy: &dyn Policy,
         out: &mut Vec<u8>,
@@ -132,7 +133,7 @@ impl Session {
                     consumed: n,
                 } => {
                     consumed += n;
-                    self.handle_message(message, server_id, policy, out, events)?;
+                    self.handle_message(message, store, server_id, policy, out, events)?;
                 }
             }
         }
@@ -142,6 +143,7 @@ impl Session {
     fn handle_message(
         &mut self,
         bytes: &[u8],
+        store: &Store,
         server_id: &[u8],
         policy: &dyn Policy,
         out: &mut Vec<u8>,
@@ -182,23 +184,24 @@ impl Session {
             }
             other => return Err(CloseReason::UnexpectedMessage(other)),
         }
-        let query = match read_leasequery(&msg, Transport::Tcp) {
-            Ok(q) => q,
-            Err(Refusal {
-                xid,
-                requestor_id,
-                status,
-                reason,
-            }) => {
-                reply_status(xid, requestor_id.as_deref(), server_id, status, reason, out);
-                events.push(Event::Refused {
+        let query =
+            match read_leasequery(&msg, Transport::Tcp).and_then(|q| resolve_links(q, store)) {
+                Ok(q) => q,
+                Err(Refusal {
                     xid,
+                    requestor_id,
                     status,
                     reason,
-                });
-                return Ok(());
-            }
-        };
+                }) => {
+                    reply_status(xid, requestor_id.as_deref(), server_id, status, reason, out);
+                    events.push(Event::Refused {
+                        xid,
+                        status,
+                        reason,
+                    });
+                    return Ok(());
+                }
+            };
         let query_type = msg
             .options
             .lq_query()

@@ -3,7 +3,8 @@
 //! - Discarded silently: anything that is not a LEASEQUERY (directly or inside RELAY-FORW), a
 //!   LEASEQUERY without OPTION_CLIENTID or OPTION_LQ_QUERY, or one naming another server.
 //! - Refused with a status in a LEASEQUERY-REPLY: what [`read_leasequery`] refuses, including
-//!   the Bulk-only query types (NotAllowed, D11).
+//!   the Bulk-only query types (NotAllowed, D11), and what [`resolve_links`] finds outside the
+//!   configured links (NotConfigured, D16).
 //! - Answered: one OPTION_CLIENT_DATA for the binding found, OPTION_LQ_CLIENT_LINK when a client
 //!   asked about by DUID alone is on several links, or no client data when nothing matches.
 //!   OPTION_LQ_RELAY_DATA, when asked for, goes at the top level of the reply (D17).
@@ -12,7 +13,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::query::{Refusal, Selector, Transport, read_leasequery};
+use super::query::{Refusal, Selector, Transport, read_leasequery, resolve_links};
 use super::reply::{client_data, refusal_options, relay_data};
 use crate::codec::{
     AddrList, DhcpOption, Duid, Embedded, Header, MessageRepr, MessageType, Options, ServerTime,
@@ -95,7 +96,7 @@ pub fn answer(
         return UdpAnswer::Drop("LEASEQUERY without OPTION_LQ_QUERY");
     }
 
-    let reply = match read_leasequery(&msg, Transport::Udp) {
+    let reply = match read_leasequery(&msg, Transport::Udp).and_then(|q| resolve_links(q, store)) {
         Ok(query) => {
             let found = find(store, &query.selector);
             let mut top = vec![DhcpOption::ServerId(Duid(server_id))];

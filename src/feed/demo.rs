@@ -47,7 +47,8 @@ use rand::{Rng, SeedableRng};
 use super::FeedHandle;
 use super::pace::Pacer;
 use crate::codec::ServerTime;
-use crate::store::{Change, Lease, LeaseKind, LeaseState, RelayInfo};
+use crate::store::{Change, Lease, LeaseKind, LeaseState, LinkDef, RelayInfo};
+use ipnet::Ipv6Net;
 
 mod net;
 
@@ -221,6 +222,22 @@ impl DemoSource {
     #[must_use]
     pub fn initial_done(&self) -> bool {
         self.initialised == self.clients.len() && self.pending.is_empty()
+    }
+
+    /// The links the demo population lives on, as lqd's configuration would describe them
+    /// (D16): link `k`'s address and /64, and the delegated-prefix pool `3fff::/20`.
+    #[must_use]
+    pub fn link_defs(config: &DemoConfig) -> Vec<LinkDef> {
+        let pool = Ipv6Net::new(Ipv6Addr::new(0x3fff, 0, 0, 0, 0, 0, 0, 0), 20).ok();
+        (1..=config.links)
+            .map(|k| LinkDef {
+                address: Self::link_address(k),
+                prefixes: Ipv6Net::new(Ipv6Addr::new(0x2001, 0xdb8, 0, k, 0, 0, 0, 0), 64)
+                    .into_iter()
+                    .collect(),
+                pd_pools: pool.into_iter().collect(),
+            })
+            .collect()
     }
 
     /// The link address of link `k` (1-based), as the changes report it.

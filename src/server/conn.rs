@@ -82,6 +82,7 @@ impl Conn {
             let mut events = Vec::new();
             let consumed = self.session.handle_bytes(
                 &self.inbuf,
+                store,
                 &cfg.server_id,
                 &self.policy,
                 &mut self.outbuf,

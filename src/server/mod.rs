@@ -25,7 +25,7 @@ use crate::codec::ServerTime;
 use crate::config::QueryTypes;
 use crate::engine::udp::{UdpAnswer, answer};
 use crate::feed::{FeedReceiver, system_time as server_time};
-use crate::store::Store;
+use crate::store::{LinkMap, Store};
 use conn::Conn;
 
 /// Who may connect, and what they may ask (decision D23).
@@ -76,6 +76,9 @@ pub struct ServerConfig {
     pub feed_budget: usize,
     /// Access control.
     pub access: Box<dyn Access>,
+    /// The links served (D16); empty takes links as the source names them. The server's
+    /// store keeps them (this field is left empty).
+    pub links: LinkMap,
 }
 
 const WAKER: Token = Token(0);
@@ -97,7 +100,8 @@ pub struct Server {
 
 impl Server {
     /// Binds every listen address (TCP and UDP) and registers the feed's waker.
-    pub fn bind(cfg: ServerConfig) -> io::Result<Self> {
+    pub fn bind(mut cfg: ServerConfig) -> io::Result<Self> {
+        let store = Store::with_links(std::mem::take(&mut cfg.links));
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut tcp = Vec::new();
@@ -125,7 +129,7 @@ impl Server {
             udp,
             conns: Slab::new(),
             per_peer: HashMap::new(),
-            store: Store::new(),
+            store,
             feed: None,
             waker,
         })

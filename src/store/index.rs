@@ -16,6 +16,7 @@ use std::ops::Bound;
 
 use slab::Slab;
 
+use super::links::LinkMap;
 use super::model::{
     Binding, BindingKey, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
 };
@@ -77,6 +78,8 @@ pub struct Store {
     by_remote_id: BTreeSet<(RemoteIdKey, BindingId)>,
     by_change: BTreeSet<(ServerTime, BindingId)>,
     expiries: BTreeSet<(ServerTime, BindingId, LeaseKind, Ipv6Addr, u8)>,
+    /// The configured links (D16): changes are filed under their canonical link address.
+    link_map: LinkMap,
 }
 
 /// The zero-lifetime copy of an ended lease that D5 reports.
@@ -99,6 +102,30 @@ impl Store {
     #[must_use]
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store filing changes under the links of `link_map` (D16).
+    #[must_use]
+    pub fn with_links(link_map: LinkMap) -> Self {
+        Self {
+            link_map,
+            ..Self::default()
+        }
+    }
+
+    /// The configured links.
+    #[must_use]
+    pub fn link_map(&self) -> &LinkMap {
+        &self.link_map
+    }
+
+    /// True when some binding is on `link`.
+    #[must_use]
+    pub fn has_link(&self, link: Ipv6Addr) -> bool {
+        self.by_link
+            .range((link, BindingId(0))..)
+            .next()
+            .is_some_and(|(l, _)| *l == link)
     }
 
     /// The number of bindings.
@@ -124,8 +151,22 @@ impl Store {
         self.bindings.iter().map(|(i, b)| (BindingId(i), b))
     }
 
-    /// Applies one change at server time `now` (the binding's last-change time).
+    /// Applies one change at server time `now` (the binding's last-change time). A change
+    /// whose link is inside a configured link's prefix is filed under that link (D16).
     pub fn apply(&mut self, change: &Change, now: ServerTime) -> Outcome {
+        match self.link_map.link_of(change.link) {
+            Some(link) if link != change.link => {
+                let canonical = Change {
+                    link,
+                    ..change.clone()
+                };
+                self.apply_on_link(&canonical, now)
+            }
+            _ => self.apply_on_link(change, now),
+        }
+    }
+
+    fn apply_on_link(&mut self, change: &Change, now: ServerTime) -> Outcome {
         if change.lease.state.is_active() {
             self.upsert(change, now)
         } else {

@@ -1,9 +1,11 @@
 //! The lease mirror: bindings and the indexes that answer every query type without a scan.
 
 mod index;
+mod links;
 pub mod model;
 
 pub use index::{Applied, BindingId, Outcome, Store};
+pub use links::{LinkDef, LinkMap, LinkMapError};
 pub use model::{
     Binding, BindingKey, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
     prefix_contains,
