@@ -33,6 +33,11 @@ impl Lqd {
 
     /// The same with the `[demo]` table's contents given.
     fn start_with_demo(name: &str, extra: &str, demo: &str) -> Self {
+        Self::start_limited(name, extra, demo, None)
+    }
+
+    /// The same, run with an open-file limit (soft and hard) of `fd_limit` when given.
+    fn start_limited(name: &str, extra: &str, demo: &str, fd_limit: Option<u32>) -> Self {
         let port = {
             let l = std::net::TcpListener::bind("[::1]:0").unwrap();
             l.local_addr().unwrap().port()
@@ -50,7 +55,17 @@ impl Lqd {
             ),
         )
         .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_lqd"))
+        let mut command = match fd_limit {
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_lqd"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_lqd")),
+        };
+        let child = command
             .arg("--config")
             .arg(&config)
             .stdout(Stdio::null())
@@ -463,4 +478,56 @@ fn a_requestor_stuck_half_way_through_a_query_is_closed_after_the_data_timeout()
     );
     assert!(started.elapsed() >= Duration::from_millis(900));
     assert!(lqd.log().contains("BULK_LQ_DATA_TIMEOUT"));
+}
+
+/// With too few descriptors for its connections, lqd says so at start, leaves the surplus
+/// connections in the listen backlog, and accepts them as soon as others close: none is lost.
+#[test]
+fn out_of_descriptors_the_backlog_waits_and_is_served_when_others_close() {
+    let lqd = Lqd::start_limited(
+        "fds",
+        "max_connections = 1000\nmax_connections_per_requestor = 1000\n",
+        "clients = 50\nlinks = 2\nchanges_per_sec = 1\nseed = 3\n",
+        Some(24),
+    );
+    assert!(
+        lqd.log()
+            .contains("the open-file hard limit is below max_connections"),
+        "{}",
+        lqd.log()
+    );
+    let mut conns: Vec<TcpStream> = (0..30).map(|_| lqd.connect()).collect();
+    for (i, s) in conns.iter_mut().enumerate() {
+        s.write_all(&by_link(i as u32 + 1, link(1))).unwrap();
+    }
+    // Those lqd could accept answer; the others wait.
+    let mut answered = Vec::new();
+    let mut waiting = Vec::new();
+    for (i, mut s) in conns.drain(..).enumerate() {
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut b = [0u8; 1];
+        match s.read(&mut b) {
+            Ok(1) => answered.push(s),
+            _ => waiting.push((i, s)),
+        }
+    }
+    assert!(
+        !answered.is_empty() && !waiting.is_empty(),
+        "answered {}, waiting {}",
+        answered.len(),
+        waiting.len()
+    );
+    assert!(lqd.log().contains("accept failed"), "{}", lqd.log());
+    drop(answered);
+    for (i, mut s) in waiting {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let got = read_answers(&mut s, &[i as u32 + 1]);
+        assert!(got.len() >= 2, "connection {i}: {} messages", got.len());
+    }
+    assert!(
+        lqd.log().contains("accepting connections again"),
+        "{}",
+        lqd.log()
+    );
 }

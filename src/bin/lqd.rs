@@ -56,6 +56,7 @@ fn run(config: Config) -> Result<(), String> {
     info!(duid = %lqd::codec::Duid(&server_id), "server DUID");
     let source = config.source.clone();
     let demo = config.demo.demo_config();
+    raise_fd_limit(config.max_connections);
     let links = config.link_map().map_err(|e| e.to_string())?;
     info!(links = links.len(), "links configured");
     let server_cfg = ServerConfig {
@@ -93,4 +94,32 @@ fn run(config: Config) -> Result<(), String> {
     server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
     info!("stopped");
     Ok(())
+}
+
+/// Descriptors lqd needs besides its connections: listeners, the poll, the journal, logs.
+const FD_HEADROOM: u64 = 64;
+
+/// Raises the open-file limit (RLIMIT_NOFILE) to what `max_connections` needs, as far as the
+/// hard limit allows, and says so when that is not enough.
+fn raise_fd_limit(max_connections: usize) {
+    let wanted = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(FD_HEADROOM);
+    match rlimit::Resource::NOFILE.get() {
+        Ok((soft, hard)) if soft < wanted => {
+            let new = wanted.min(hard);
+            match rlimit::Resource::NOFILE.set(new, hard) {
+                Ok(()) if new < wanted => warn!(
+                    limit = new,
+                    max_connections,
+                    "the open-file hard limit is below max_connections; connections beyond it \
+                     are refused"
+                ),
+                Ok(()) => info!(from = soft, to = new, "raised the open-file limit"),
+                Err(e) => warn!(limit = soft, "cannot raise the open-file limit: {e}"),
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!("cannot read the open-file limit: {e}"),
+    }
 }

@@ -84,6 +84,8 @@ pub struct ServerConfig {
 const WAKER: Token = Token(0);
 const LISTENER_BASE: usize = 1;
 const FIRST_CONN: usize = 1 << 16;
+/// How often a listener whose accept failed is tried again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 /// A bound server, ready to run.
 pub struct Server {
@@ -93,6 +95,9 @@ pub struct Server {
     udp: Vec<UdpSocket>,
     conns: Slab<Conn>,
     per_peer: HashMap<IpAddr, usize>,
+    /// Listeners whose accept failed (out of descriptors, say): connections wait in their
+    /// backlog, and no new readiness is reported for them, so they are retried.
+    accept_retry: Vec<usize>,
     store: Store,
     feed: Option<FeedReceiver>,
     waker: Arc<Waker>,
@@ -129,6 +134,7 @@ impl Server {
             udp,
             conns: Slab::new(),
             per_peer: HashMap::new(),
+            accept_retry: Vec::new(),
             store,
             feed: None,
             waker,
@@ -158,11 +164,14 @@ impl Server {
         let mut pending: Vec<usize> = Vec::new();
         let mut udp_pending: Vec<usize> = Vec::new();
         let mut last_sweep = Instant::now();
+        let mut last_retry = Instant::now();
         while !stop.load(Ordering::Relaxed) {
-            let timeout = if pending.is_empty() {
-                Duration::from_millis(250)
-            } else {
+            let timeout = if !pending.is_empty() {
                 Duration::ZERO
+            } else if !self.accept_retry.is_empty() {
+                ACCEPT_RETRY
+            } else {
+                Duration::from_millis(250)
             };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -210,6 +219,15 @@ impl Server {
             }
             pending.sort_unstable();
             pending.dedup();
+            if !self.accept_retry.is_empty() && last_retry.elapsed() >= ACCEPT_RETRY {
+                last_retry = Instant::now();
+                for i in std::mem::take(&mut self.accept_retry) {
+                    self.accept(i);
+                }
+                if self.accept_retry.is_empty() {
+                    info!("accepting connections again");
+                }
+            }
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 last_sweep = Instant::now();
                 self.sweep_timeouts();
@@ -237,7 +255,10 @@ impl Server {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    warn!(error = %e, "accept failed");
+                    if !self.accept_retry.contains(&i) {
+                        warn!(error = %e, "accept failed; retrying every {ACCEPT_RETRY:?}");
+                        self.accept_retry.push(i);
+                    }
                     return;
                 }
             };
