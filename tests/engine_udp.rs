@@ -7,6 +7,7 @@ use lqd::codec::{
     BuildOptions, DhcpOption, Header, MessageBuilder, MessageRepr, MessageType, OptionCode,
     QueryType, ServerTime, Status, Xid,
 };
+use lqd::engine::session::AllowAll;
 use lqd::engine::udp::{UdpAnswer, answer};
 use lqd::store::{Change, Lease, LeaseKind, LeaseState, LinkDef, LinkMap, RelayInfo, Store};
 
@@ -81,7 +82,7 @@ fn store() -> Store {
 
 fn ask(store: &Store, query: &[u8]) -> (UdpAnswer, Vec<u8>) {
     let mut out = Vec::new();
-    let verdict = answer(store, &SERVER, query, NOW, &mut out);
+    let verdict = answer(store, &SERVER, &AllowAll, query, NOW, &mut out);
     (verdict, out)
 }
 
@@ -236,7 +237,10 @@ fn bulk_only_types_get_not_allowed_d11() {
             .build()
             .unwrap();
         let (verdict, out) = ask(&store(), &q);
-        assert_eq!(verdict, UdpAnswer::Reply);
+        assert_eq!(
+            verdict,
+            UdpAnswer::Refused(Status::NotAllowed, "Bulk Leasequery query type over UDP")
+        );
         let r = reply_of(&out);
         assert_eq!(
             r.options.status().map(|s| s.status),
@@ -467,4 +471,48 @@ fn configured_links_map_addresses_and_refuse_the_unknown_with_not_configured_d16
     );
     let (_, out) = ask(&s, &by_client("2001:db8:9::1"));
     assert_eq!(status_of(&out), Some(Status::NotConfigured));
+}
+
+/// D23: a requestor allowed only some query types gets NotAllowed for the others over UDP too.
+#[test]
+fn per_requestor_query_types_apply_over_udp_d23() {
+    struct AddressOnly;
+    impl lqd::engine::session::Policy for AddressOnly {
+        fn allows(&self, t: QueryType) -> bool {
+            t == QueryType::ByAddress
+        }
+    }
+    let s = store();
+    let by_client = MessageBuilder::leasequery(3)
+        .client_id(&REQUESTOR)
+        .lq_query(QueryType::ByClientId, Ipv6Addr::UNSPECIFIED, |q| {
+            q.client_id(&client(1))
+        })
+        .build()
+        .unwrap();
+    let mut out = Vec::new();
+    let verdict = answer(&s, &SERVER, &AddressOnly, &by_client, NOW, &mut out);
+    assert_eq!(
+        verdict,
+        UdpAnswer::Refused(
+            Status::NotAllowed,
+            "query type not allowed for this requestor"
+        )
+    );
+    let r = reply_of(&out);
+    assert_eq!(
+        r.options.status().map(|s| s.status),
+        Some(Status::NotAllowed)
+    );
+    assert!(r.options.get(OptionCode::ClientData).is_none());
+    let by_address = MessageBuilder::leasequery(4)
+        .client_id(&REQUESTOR)
+        .lq_query(QueryType::ByAddress, Ipv6Addr::UNSPECIFIED, |q| {
+            q.iaaddr(a("2001:db8:1::100"), 0, 0)
+        })
+        .build()
+        .unwrap();
+    let verdict = answer(&s, &SERVER, &AddressOnly, &by_address, NOW, &mut out);
+    assert_eq!(verdict, UdpAnswer::Reply);
+    assert!(reply_of(&out).options.get(OptionCode::ClientData).is_some());
 }

@@ -1,172 +1,23 @@
 //! A real `lqd` process on loopback, fed by its demo source: Bulk and UDP Leasequery answered,
 //! pipelined queries, a malformed frame closing only its own connection, the per-requestor
-//! limit, access control (D23) and a clean stop on SIGTERM.
+//! limit, access control (D23), a clean stop on SIGTERM, a slow requestor, BULK_LQ_DATA_TIMEOUT
+//! and running out of descriptors.
+
+#[path = "common/lqd.rs"]
+mod common;
 
 use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{Ipv6Addr, TcpStream, UdpSocket};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use lqd::codec::{
-    BuildOptions, Decoded, DhcpOption, FrameDecoder, MessageBuilder, MessageRepr, MessageType,
-    OptionCode, QueryType, Status, Xid,
+use common::{
+    Lqd, REQUESTOR, by_link, client_data_addresses, link, read_answers, read_whole_answer, rss_kib,
 };
-
-const REQUESTOR: [u8; 10] = [0, 3, 0, 1, 0, 0x11, 0x22, 0x33, 0x44, 0x55];
-
-struct Lqd {
-    child: Child,
-    addr: SocketAddr,
-    dir: PathBuf,
-}
-
-impl Lqd {
-    /// Starts lqd on a free loopback port with `extra` TOML appended to a small demo config.
-    fn start(name: &str, extra: &str) -> Self {
-        Self::start_with_demo(
-            name,
-            extra,
-            "clients = 300\nlinks = 4\nchanges_per_sec = 1\nseed = 11\n",
-        )
-    }
-
-    /// The same with the `[demo]` table's contents given.
-    fn start_with_demo(name: &str, extra: &str, demo: &str) -> Self {
-        Self::start_limited(name, extra, demo, None)
-    }
-
-    /// The same, run with an open-file limit (soft and hard) of `fd_limit` when given.
-    fn start_limited(name: &str, extra: &str, demo: &str, fd_limit: Option<u32>) -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("[::1]:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let addr: SocketAddr = format!("[::1]:{port}").parse().unwrap();
-        let dir = std::env::temp_dir().join(format!("lqd-e2e-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = dir.join("lqd.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "listen = [\"{addr}\"]\nstate_dir = \"{}\"\n{extra}\n[demo]\n{demo}",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let mut command = match fd_limit {
-            Some(n) => {
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
-                    .arg(env!("CARGO_BIN_EXE_lqd"));
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_lqd")),
-        };
-        let child = command
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("lqd.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap();
-        let lqd = Self { child, addr, dir };
-        lqd.wait_ready();
-        lqd
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if self.log().contains("source: demo") {
-                // The initial population loads at once; give the loop a moment to take it.
-                std::thread::sleep(Duration::from_millis(300));
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("lqd did not start:\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("lqd.log")).unwrap_or_default()
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s
-    }
-}
-
-impl Drop for Lqd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn link(k: u16) -> Ipv6Addr {
-    Ipv6Addr::new(0x2001, 0xdb8, 0, k, 0, 0, 0, 1)
-}
-
-fn by_link(xid: u32, l: Ipv6Addr) -> Vec<u8> {
-    MessageBuilder::leasequery(xid)
-        .client_id(&REQUESTOR)
-        .lq_query(QueryType::ByLinkAddress, l, |q| q)
-        .build_frame()
-        .unwrap()
-}
-
-/// Reads messages until every xid in `xids` has ended (DONE, or a REPLY without client data).
-fn read_answers(s: &mut TcpStream, xids: &[u32]) -> Vec<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    let mut open: Vec<u32> = xids.to_vec();
-    let mut dec = FrameDecoder::default();
-    let mut chunk = [0u8; 65536];
-    while !open.is_empty() {
-        let n = s.read(&mut chunk).expect("read");
-        assert!(n > 0, "connection closed with queries open: {open:?}");
-        buf.extend_from_slice(&chunk[..n]);
-        let mut pos = 0;
-        while let Decoded::Frame { message, consumed } = dec.decode(&buf[pos..]).unwrap() {
-            let m = MessageRepr::parse(message).unwrap();
-            let xid = m.xid().unwrap().value();
-            let ended = m.msg_type() == MessageType::LeasequeryDone
-                || (m.msg_type() == MessageType::LeasequeryReply
-                    && m.options.get(OptionCode::ClientData).is_none());
-            if ended {
-                open.retain(|x| *x != xid);
-            }
-            out.push(message.to_vec());
-            pos += consumed;
-        }
-        buf.drain(..pos);
-    }
-    out
-}
-
-fn client_data_addresses(messages: &[Vec<u8>]) -> Vec<(Vec<u8>, Ipv6Addr)> {
-    let mut found = Vec::new();
-    for m in messages {
-        let r = MessageRepr::parse(m).unwrap();
-        if let Some(DhcpOption::ClientData(cd)) = r.options.get(OptionCode::ClientData) {
-            let id = cd.client_id().unwrap().as_bytes().to_vec();
-            for o in cd.iter() {
-                if let DhcpOption::IaAddr(a) = o {
-                    found.push((id.clone(), a.address));
-                }
-            }
-        }
-    }
-    found
-}
+use lqd::codec::{
+    BuildOptions, DhcpOption, MessageBuilder, MessageRepr, MessageType, OptionCode, QueryType,
+    Status, Xid,
+};
 
 #[test]
 fn serves_bulk_and_udp_from_the_demo_source() {
@@ -354,41 +205,6 @@ fn a_udp_burst_beyond_the_read_budget_is_all_answered() {
                 .unwrap()
                 .value(),
         );
-    }
-}
-
-/// lqd's resident memory, from /proc.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Reads one by-link answer to its end, sampling lqd's RSS; returns (bindings, peak RSS).
-fn read_whole_answer(s: &mut TcpStream, pid: u32) -> (usize, u64) {
-    let mut peak = rss_kib(pid);
-    let mut dec = FrameDecoder::default();
-    let (mut pending, mut chunk, mut bindings) = (Vec::new(), [0u8; 65536], 0usize);
-    loop {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0);
-        pending.extend_from_slice(&chunk[..n]);
-        let mut pos = 0;
-        while let Decoded::Frame { message, consumed } = dec.decode(&pending[pos..]).unwrap() {
-            pos += consumed;
-            match message[0] {
-                15 | 17 => bindings += 1,
-                16 => return (bindings, peak.max(rss_kib(pid))),
-                _ => {}
-            }
-            if bindings % 10_000 == 0 {
-                peak = peak.max(rss_kib(pid));
-            }
-        }
-        pending.drain(..pos);
     }
 }
 

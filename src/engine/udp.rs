@@ -13,11 +13,12 @@
 
 use std::net::Ipv6Addr;
 
-use super::query::{Refusal, Selector, Transport, read_leasequery, resolve_links};
+use super::query::{Query, Refusal, Selector, Transport, read_leasequery, resolve_links};
 use super::reply::{client_data, refusal_options, relay_data};
+use super::session::Policy;
 use crate::codec::{
-    AddrList, DhcpOption, Duid, Embedded, Header, MessageRepr, MessageType, Options, ServerTime,
-    StatusCode,
+    AddrList, DhcpOption, Duid, Embedded, Header, MessageRepr, MessageType, Options, QueryType,
+    ServerTime, Status, StatusCode,
 };
 use crate::store::{BindingId, Store};
 
@@ -26,6 +27,9 @@ use crate::store::{BindingId, Store};
 pub enum UdpAnswer {
     /// Send the reply now in the output buffer back to the query's source.
     Reply,
+    /// Send the refusal now in the output buffer back to the query's source; the status and
+    /// the reason are for the log line.
+    Refused(Status, &'static str),
     /// Send nothing; the reason is for the log line.
     Drop(&'static str),
 }
@@ -43,6 +47,7 @@ struct Layer<'a> {
 pub fn answer(
     store: &Store,
     server_id: &[u8],
+    policy: &dyn Policy,
     datagram: &[u8],
     now: ServerTime,
     out: &mut Vec<u8>,
@@ -96,7 +101,15 @@ pub fn answer(
         return UdpAnswer::Drop("LEASEQUERY without OPTION_LQ_QUERY");
     }
 
-    let reply = match read_leasequery(&msg, Transport::Udp).and_then(|q| resolve_links(q, store)) {
+    let query_type = msg
+        .options
+        .lq_query()
+        .map_or(QueryType::Unknown(0), |q| q.query_type);
+    let query = read_leasequery(&msg, Transport::Udp)
+        .and_then(|q| allowed(q, query_type, policy))
+        .and_then(|q| resolve_links(q, store));
+    let mut refused = None;
+    let reply = match query {
         Ok(query) => {
             let found = find(store, &query.selector);
             let mut top = vec![DhcpOption::ServerId(Duid(server_id))];
@@ -145,6 +158,7 @@ pub fn answer(
             status,
             reason,
         }) => {
+            refused = Some((status, reason));
             let top = refusal_options(
                 server_id,
                 requestor_id.as_deref(),
@@ -158,11 +172,27 @@ pub fn answer(
         }
     };
     match reply {
-        Ok(()) => UdpAnswer::Reply,
+        Ok(()) => refused.map_or(UdpAnswer::Reply, |(status, reason)| {
+            UdpAnswer::Refused(status, reason)
+        }),
         Err(_) => {
             out.clear();
             UdpAnswer::Drop("reply does not fit in a DHCPv6 message")
         }
+    }
+}
+
+/// Refuses with NotAllowed a query type this requestor may not ask (D23).
+fn allowed(query: Query, query_type: QueryType, policy: &dyn Policy) -> Result<Query, Refusal> {
+    if policy.allows(query_type) {
+        Ok(query)
+    } else {
+        Err(Refusal {
+            xid: query.xid,
+            requestor_id: query.requestor_id,
+            status: Status::NotAllowed,
+            reason: "query type not allowed for this requestor",
+        })
     }
 }
 

@@ -311,13 +311,24 @@ impl Server {
                     return false;
                 }
             };
-            if self.cfg.access.policy(peer.ip()).is_none() {
+            let Some(policy) = self.cfg.access.policy(peer.ip()) else {
                 debug!(%peer, "UDP query dropped: requestor not allowed");
                 continue;
-            }
+            };
             let datagram = buf.get(..n).unwrap_or(&[]);
-            match answer(&self.store, &self.cfg.server_id, datagram, now, &mut out) {
-                UdpAnswer::Reply => {
+            let verdict = answer(
+                &self.store,
+                &self.cfg.server_id,
+                &policy,
+                datagram,
+                now,
+                &mut out,
+            );
+            if let UdpAnswer::Refused(status, reason) = verdict {
+                info!(%peer, %status, reason, "UDP query refused");
+            }
+            match verdict {
+                UdpAnswer::Reply | UdpAnswer::Refused(..) => {
                     if let Err(e) = sock.send_to(&out, peer) {
                         warn!(%peer, error = %e, "UDP reply not sent");
                     }
