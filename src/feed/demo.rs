@@ -642,6 +642,7 @@ where
             // loaded at once, and only the churn after it is paced.
             let mut pacer: Option<Pacer> = None;
             let mut sent = 0u64;
+            let mut announced = false;
             while sent < limit {
                 if rate > 0 && (pacer.is_some() || source.initial_done()) {
                     let pacer = pacer.get_or_insert_with(|| Pacer::new(rate, Instant::now()));
@@ -650,12 +651,12 @@ where
                     }
                     pacer.sent();
                 }
-                let initial = !source.initial_done();
                 if handle.send(source.next_change(clock())).is_err() {
                     break;
                 }
                 sent = sent.saturating_add(1);
-                if initial && source.initial_done() {
+                if !announced && source.initial_done() {
+                    announced = true;
                     tracing::info!(changes = sent, "demo: initial population sent");
                 }
             }

@@ -186,6 +186,24 @@ pub(crate) fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Reads one by-link answer to its end, sampling lqd's RSS; returns (bindings, peak RSS).
+/// Waits until lqd's RSS has not moved for a second: the feed it was loading is applied.
+pub(crate) fn wait_settled(pid: u32, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut last = rss_kib(pid);
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = rss_kib(pid);
+        if now == last {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RSS still moving: {last} -> {now} KiB"
+        );
+        last = now;
+    }
+}
+
 pub(crate) fn read_whole_answer(s: &mut TcpStream, pid: u32) -> (usize, u64) {
     let mut peak = rss_kib(pid);
     let mut dec = FrameDecoder::default();
