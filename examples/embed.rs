@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         bulk_data_timeout: Duration::from_secs(300),
         high_water: 64 * 1024,
         read_budget: 64,
+        udp_receive_buffer: 4 << 20,
         feed_budget: 4096,
         access: Box::new(OpenAccess),
         links: LinkMap::default(),

@@ -68,6 +68,8 @@ pub const DEFAULT_MAX_CONCURRENT_QUERIES: usize = 4;
 pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 /// Frames handled per readiness event before lqd serves other connections.
 pub const DEFAULT_READ_BUDGET: usize = 64;
+/// The UDP sockets' receive buffer (4 MiB): about 4,000 queries in flight.
+pub const DEFAULT_UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
 /// File name, inside the state directory, of the generated server DUID.
 pub const DEFAULT_DUID_FILE: &str = "lqd-server-duid";
 
@@ -123,6 +125,10 @@ pub struct Config {
     pub high_water: usize,
     /// `read_budget`: frames read per readiness event; default 64.
     pub read_budget: usize,
+    /// `udp_receive_buffer`: the UDP sockets' receive buffer (SO_RCVBUF) in octets, so a burst
+    /// of queries waits in the kernel instead of being dropped; default 4 MiB (Linux caps it at
+    /// `net.core.rmem_max`).
+    pub udp_receive_buffer: usize,
     /// `log`: log filter in tracing's `EnvFilter` syntax (`info`, `lqd=debug,warn`); default
     /// `info`.
     pub log: String,
@@ -150,6 +156,7 @@ impl Default for Config {
             demo: DemoSettings::default(),
             high_water: DEFAULT_HIGH_WATER,
             read_budget: DEFAULT_READ_BUDGET,
+            udp_receive_buffer: DEFAULT_UDP_RECEIVE_BUFFER,
             log: "info".to_owned(),
         }
     }
@@ -237,6 +244,7 @@ impl Config {
             ("max_concurrent_queries", self.max_concurrent_queries),
             ("high_water", self.high_water),
             ("read_budget", self.read_budget),
+            ("udp_receive_buffer", self.udp_receive_buffer),
             ("demo.clients", self.demo.clients),
             ("demo.links", usize::from(self.demo.links)),
         ];

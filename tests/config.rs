@@ -76,6 +76,7 @@ fn defaults_are_the_rfc_and_decision_values() {
     );
     assert_eq!(c.high_water, 64 * 1024);
     assert_eq!(c.read_budget, 64);
+    assert_eq!(c.udp_receive_buffer, 4 * 1024 * 1024);
     assert_eq!(c.log, "info");
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
 
@@ -102,6 +103,7 @@ active_send_timeout = 240
 active_idle_timeout = 90
 high_water = 131072
 read_budget = 32
+udp_receive_buffer = 1048576
 log = "lqd=debug,warn"
 
 [[requestor]]
@@ -190,6 +192,7 @@ fn a_full_file_gives_every_setting() {
         },
         high_water: 131_072,
         read_budget: 32,
+        udp_receive_buffer: 1 << 20,
         log: "lqd=debug,warn".into(),
     };
     assert_eq!(c, expected);

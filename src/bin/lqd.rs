@@ -68,6 +68,7 @@ fn run(config: Config) -> Result<(), String> {
         bulk_data_timeout: config.bulk_data_timeout,
         high_water: config.high_water,
         read_budget: config.read_budget,
+        udp_receive_buffer: config.udp_receive_buffer,
         feed_budget: 4096,
         access: Box::new(config),
         links,

@@ -72,6 +72,8 @@ pub struct ServerConfig {
     pub high_water: usize,
     /// Reads (or datagrams) handled per socket per readiness event.
     pub read_budget: usize,
+    /// SO_RCVBUF of the UDP sockets, in octets.
+    pub udp_receive_buffer: usize,
     /// Changes taken from the feed per loop turn.
     pub feed_budget: usize,
     /// Access control.
@@ -117,7 +119,7 @@ impl Server {
             poll.registry()
                 .register(&mut l, Token(LISTENER_BASE + 2 * i), Interest::READABLE)?;
             // UDP on the port TCP got (which matters when asked for port 0).
-            let mut u = UdpSocket::bind(bound)?;
+            let mut u = bind_udp(bound, cfg.udp_receive_buffer)?;
             poll.registry().register(
                 &mut u,
                 Token(LISTENER_BASE + 2 * i + 1),
@@ -165,8 +167,9 @@ impl Server {
         let mut udp_pending: Vec<usize> = Vec::new();
         let mut last_sweep = Instant::now();
         let mut last_retry = Instant::now();
+        let mut feed_more = false;
         while !stop.load(Ordering::Relaxed) {
-            let timeout = if !pending.is_empty() {
+            let timeout = if !pending.is_empty() || !udp_pending.is_empty() || feed_more {
                 Duration::ZERO
             } else if !self.accept_retry.is_empty() {
                 ACCEPT_RETRY
@@ -182,7 +185,8 @@ impl Server {
             let now = server_time();
             for event in &events {
                 match event.token() {
-                    WAKER => self.drain_feed(now),
+                    // The feed is drained below, every turn.
+                    WAKER => {}
                     Token(t) if (LISTENER_BASE..FIRST_CONN).contains(&t) => {
                         let i = (t - LISTENER_BASE) / 2;
                         if (t - LISTENER_BASE) % 2 == 0 {
@@ -202,7 +206,7 @@ impl Server {
                 }
             }
             // Changes keep arriving while requestors are served: take a budget each turn.
-            self.drain_feed(now);
+            feed_more = self.drain_feed(now);
             udp_pending.sort_unstable();
             udp_pending.dedup();
             let sockets = std::mem::take(&mut udp_pending);
@@ -236,14 +240,17 @@ impl Server {
         self.shutdown()
     }
 
-    fn drain_feed(&mut self, now: ServerTime) {
+    /// Applies a budget of waiting changes; true when more are waiting (no wake-up will come
+    /// for them, so the loop must not sleep).
+    fn drain_feed(&mut self, now: ServerTime) -> bool {
         let Some(feed) = self.feed.as_mut() else {
-            return;
+            return false;
         };
         let store = &mut self.store;
         feed.drain(self.cfg.feed_budget, |change| {
             store.apply(&change, now);
-        });
+        })
+        .more
     }
 
     fn accept(&mut self, i: usize) {
@@ -399,4 +406,30 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// A non-blocking UDP socket on `addr` with a receive buffer of `buffer` octets, or as much as
+/// the kernel allows (said in the log when that is less).
+fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    socket.set_nonblocking(true)?;
+    if let Err(e) = socket.set_recv_buffer_size(buffer) {
+        warn!(%addr, error = %e, "cannot set the UDP receive buffer");
+    }
+    // Linux reports twice the usable size it granted.
+    let granted = socket.recv_buffer_size().unwrap_or(0) / 2;
+    if granted < buffer {
+        warn!(
+            %addr,
+            requested = buffer,
+            granted,
+            "UDP receive buffer capped by the kernel (raise net.core.rmem_max)"
+        );
+    }
+    socket.bind(&addr.into())?;
+    Ok(UdpSocket::from_std(socket.into()))
 }

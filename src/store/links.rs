@@ -170,8 +170,8 @@ mod tests {
     fn managed_space_is_the_prefixes_and_the_pools() {
         let m = two_links();
         assert!(m.manages(a("2001:db8:0:1::abcd")));
-        assert!(m.manages(a("3fff:1ff:ffff::1")));
-        assert!(!m.manages(a("3fff:200::1")));
+        assert!(m.manages(a("3fff:100:ff:ffff::1")));
+        assert!(!m.manages(a("3fff:101::1")));
         assert!(!m.manages(a("2001:db8:0:3::1")));
         let empty = LinkMap::default();
         assert!(empty.is_empty() && !empty.manages(a("2001:db8::1")));

@@ -1,0 +1,310 @@
+//! The lqd process under load: started with a demo population on one link, watched through
+//! its log and /proc, killed and cleaned up on drop.
+
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lqd::codec::{BuildOptions, DhcpOption, MessageBuilder, MessageRepr, OptionCode, QueryType};
+use lqd::config::DemoSettings;
+
+use crate::Common;
+use crate::population::{ChurnClock, Population};
+
+/// The requestor's DUID (a DUID-LL) in every query loadgen sends.
+pub(crate) const REQUESTOR: [u8; 10] = [0, 3, 0, 1, 0x02, 0x4c, 0x47, 0, 0, 0x01];
+
+/// The log line the demo source writes once its initial population is in the feed.
+const POPULATION_SENT: &str = "demo: initial population sent";
+
+/// `/proc/PID/stat` times are in clock ticks of `USER_HZ`, which Linux fixes at 100 for user
+/// space on every architecture it supports.
+const USER_HZ: f64 = 100.0;
+
+/// A running lqd.
+pub(crate) struct Lqd {
+    child: Child,
+    /// Where it listens, TCP and UDP.
+    pub(crate) addr: SocketAddr,
+    dir: PathBuf,
+    keep: bool,
+}
+
+/// Memory and CPU of a process, from /proc.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProcStats {
+    /// VmRSS, KiB.
+    pub(crate) rss_kib: u64,
+    /// VmHWM (peak RSS since start or since the last [`reset_peak`](Lqd::reset_peak)), KiB.
+    pub(crate) hwm_kib: u64,
+    /// utime + stime, seconds.
+    pub(crate) cpu_secs: f64,
+}
+
+/// What it took lqd to hold the whole population.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ready {
+    /// From spawn until the last initial binding was answered.
+    pub(crate) load: Duration,
+    /// Bounds the churn lqd has applied since.
+    pub(crate) churn: ChurnClock,
+    /// lqd's memory and CPU at that point (VmHWM is the peak while loading).
+    pub(crate) stats: ProcStats,
+}
+
+impl Lqd {
+    /// Regenerates the demo population for `clients` clients, then starts lqd with it on a
+    /// free port of `[::1]` and waits until lqd holds all of it. `extra` is appended to the
+    /// top level of the config file.
+    pub(crate) fn start(
+        common: &Common,
+        clients: usize,
+        extra: &str,
+    ) -> Result<(Self, Population, Ready), String> {
+        let settings = DemoSettings {
+            clients,
+            links: 1,
+            changes_per_sec: common.churn,
+            seed: common.seed,
+        };
+        let t = Instant::now();
+        let population = Population::generate(&settings)?;
+        eprintln!(
+            "loadgen: demo population regenerated: {} clients, {} leases, in {:.1} s",
+            population.clients(),
+            population.leases(),
+            t.elapsed().as_secs_f64()
+        );
+        let mut lqd = Self::spawn(common, &settings, extra)?;
+        let ready = lqd.wait_ready(&population, common.churn)?;
+        eprintln!(
+            "loadgen: lqd (pid {}) holds all {} bindings after {:.2} s; RSS {:.1} MiB, peak {:.1} MiB",
+            lqd.pid(),
+            population.clients(),
+            ready.load.as_secs_f64(),
+            crate::report::mib(ready.stats.rss_kib),
+            crate::report::mib(ready.stats.hwm_kib),
+        );
+        Ok((lqd, population, ready))
+    }
+
+    fn spawn(common: &Common, demo: &DemoSettings, extra: &str) -> Result<Self, String> {
+        if !common.lqd.is_file() {
+            return Err(format!(
+                "no lqd binary at {} (build it with `cargo build --release --bin lqd`, or pass --lqd)",
+                common.lqd.display()
+            ));
+        }
+        let port = std::net::TcpListener::bind("[::1]:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free port on [::1]: {e}"))?
+            .port();
+        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let dir = std::env::temp_dir().join(format!("loadgen-lqd-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let config = dir.join("lqd.toml");
+        let text = format!(
+            "listen = [\"{addr}\"]\nstate_dir = \"{}\"\nlog = \"info\"\n{extra}\n\
+             [demo]\nclients = {}\nlinks = {}\nchanges_per_sec = {}\nseed = {}\n",
+            dir.display(),
+            demo.clients,
+            demo.links,
+            demo.changes_per_sec,
+            demo.seed,
+        );
+        std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
+        let log = std::fs::File::create(dir.join("lqd.log"))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        let child = Command::new(&common.lqd)
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", common.lqd.display()))?;
+        Ok(Self {
+            child,
+            addr,
+            dir,
+            keep: common.keep_state,
+        })
+    }
+
+    /// Waits until lqd holds the whole initial population.
+    ///
+    /// The demo source sends client after client, then logs [`POPULATION_SENT`] and starts
+    /// its churn; lqd applies the feed in order. So once the address of the population's last
+    /// initial change is answered (over UDP) with its client, every initial binding is in the
+    /// store: exactly one per client, since the population has no duplicate DUID or address
+    /// (`Population::generate` checks). The churn origin is bounded by the last look at the
+    /// log that did not see the line yet.
+    fn wait_ready(&mut self, population: &Population, rate: u32) -> Result<Ready, String> {
+        let spawned = Instant::now();
+        // The demo loads about a million changes in a few seconds; allow a slow machine.
+        let limit = Duration::from_secs(60) + Duration::from_micros(population.leases() * 100);
+        let mut before_line = spawned;
+        loop {
+            self.check_alive()?;
+            let seen = Instant::now();
+            if self.log().contains(POPULATION_SENT) {
+                break;
+            }
+            before_line = seen;
+            if spawned.elapsed() > limit {
+                return Err(format!(
+                    "lqd did not send its demo population within {limit:?}; log:\n{}",
+                    self.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let churn = ChurnClock::new(before_line, rate);
+        let (client, address) = population.last_initial();
+        let sock = UdpSocket::bind("[::1]:0").map_err(|e| format!("UDP socket: {e}"))?;
+        sock.connect(self.addr)
+            .and_then(|()| sock.set_read_timeout(Some(Duration::from_millis(200))))
+            .map_err(|e| format!("UDP socket: {e}"))?;
+        let query = MessageBuilder::leasequery(0x00ab_cdef)
+            .client_id(&REQUESTOR)
+            .lq_query(QueryType::ByAddress, Ipv6Addr::UNSPECIFIED, |q| {
+                q.iaaddr(address, 0, 0)
+            })
+            .build()
+            .map_err(|e| format!("building a query: {e}"))?;
+        let mut buf = vec![0u8; 65_536];
+        let asked = Instant::now();
+        loop {
+            self.check_alive()?;
+            if asked.elapsed() > Duration::from_secs(60) {
+                return Err(format!(
+                    "lqd never answered for the population's last address {address}: was it \
+                     built from the same source tree as loadgen? log:\n{}",
+                    self.log_tail()
+                ));
+            }
+            sock.send(&query)
+                .map_err(|e| format!("UDP query to {}: {e}", self.addr))?;
+            let Ok(n) = sock.recv(&mut buf) else {
+                continue;
+            };
+            let holds = buf
+                .get(..n)
+                .and_then(|m| MessageRepr::parse(m).ok())
+                .and_then(|m| match m.options.get(OptionCode::ClientData) {
+                    Some(DhcpOption::ClientData(cd)) => {
+                        cd.client_id().map(|d| d.as_bytes() == client)
+                    }
+                    _ => None,
+                })
+                .unwrap_or(false);
+            if holds {
+                return Ok(Ready {
+                    load: spawned.elapsed(),
+                    churn,
+                    stats: self.stats()?,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// lqd's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// An error, with the log's end, if lqd has exited.
+    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!("lqd exited ({status}); log:\n{}", self.log_tail())),
+            Err(e) => Err(format!("lqd: {e}")),
+        }
+    }
+
+    /// Everything lqd logged so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("lqd.log")).unwrap_or_default()
+    }
+
+    /// The last lines of the log, for error messages.
+    pub(crate) fn log_tail(&self) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines
+            .get(lines.len().saturating_sub(20)..)
+            .unwrap_or_default()
+            .join("\n")
+    }
+
+    /// Counts log lines containing `needle`.
+    pub(crate) fn log_count(&self, needle: &str) -> usize {
+        self.log().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    /// lqd's memory and CPU now.
+    pub(crate) fn stats(&self) -> Result<ProcStats, String> {
+        let pid = self.pid();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
+        };
+        Ok(ProcStats {
+            rss_kib: field("VmRSS:")?,
+            hwm_kib: field("VmHWM:")?,
+            cpu_secs: cpu_secs(&format!("/proc/{pid}/stat"))?,
+        })
+    }
+
+    /// Resets VmHWM to the current RSS (`echo 5 > /proc/PID/clear_refs`), so the next
+    /// [`stats`](Self::stats) reports the peak since now; false when the kernel refused.
+    pub(crate) fn reset_peak(&self) -> bool {
+        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
+    }
+}
+
+impl Drop for Lqd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.keep {
+            eprintln!("loadgen: lqd's state kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// utime + stime of the process whose `stat` file is at `path`, seconds.
+fn cpu_secs(path: &str) -> Result<f64, String> {
+    let stat = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    // The command name, in parentheses, may hold spaces: count fields after its end.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| format!("{path}: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); the state (field 3) is the first after the name.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| format!("{path}: bad field {}", i + 3))
+    };
+    Ok((ticks(11)? + ticks(12)?) as f64 / USER_HZ)
+}
+
+/// loadgen's own CPU time (all its threads), seconds.
+pub(crate) fn own_cpu_secs() -> f64 {
+    cpu_secs("/proc/self/stat").unwrap_or(0.0)
+}
