@@ -1,6 +1,7 @@
 //! The lease mirror: bindings and the indexes that answer every query type without a scan.
 
 mod index;
+pub mod journal;
 mod links;
 pub mod model;
 

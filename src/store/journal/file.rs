@@ -1,0 +1,330 @@
+//! The journal in a file: lqd's own journal file, locked against other processes and mapped
+//! into memory. The map is the project's only `unsafe`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fs4::{FileExt, TryLockError};
+use memmap2::MmapMut;
+
+use super::layout::{self, HEADER_LEN};
+use super::{Journal, JournalError, Recovered};
+use crate::codec::ServerTime;
+
+/// When appended records are forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// Leave it to the kernel's writeback: the records survive a crash of the process
+    /// (`kill -9` included, the page cache outlives it), not a power loss.
+    Os,
+    /// Force the written range to disk at most this often, from [`JournalFile::tick`]: a power
+    /// loss costs at most the records of the last interval.
+    Interval(Duration),
+    /// Force each record to disk before [`JournalFile::append`] returns.
+    Always,
+}
+
+/// The journal in a memory-mapped file.
+///
+/// The file holds the byte layout described in the [module documentation](super), and its
+/// size never changes after creation. It is created on first open: its blocks reserved with
+/// `fallocate` (so a full disk is an error here, not a `SIGBUS` on a later append), formatted and
+/// flushed under a temporary name, then linked into place, so the configured path never holds a
+/// half-made journal. The file is locked (`flock`, exclusive) for as long as the value lives: a
+/// second lqd on the same file is refused.
+///
+/// The header's tail runs ahead of the oldest record in memory, so that the header is written
+/// once per that many octets of evictions rather than at every append: by 1/256 of the ring
+/// with [`FlushPolicy::Os`], by 1/64 with the others, where each such write is also flushed
+/// synchronously before anything behind it is overwritten (so a power loss never leaves the
+/// header's tail on an overwritten record). After a crash, recovery starts at the header's tail,
+/// so the oldest records within that distance are lost; a clean close (drop, or
+/// [`flush`](Self::flush)) makes the header's tail exact first, and loses nothing.
+#[derive(Debug)]
+pub struct JournalFile {
+    journal: Journal<MmapMut>,
+    /// Held for its `flock`: the lock lasts until this is dropped (after the map).
+    _lock: File,
+    path: PathBuf,
+    policy: FlushPolicy,
+    last_flush: Instant,
+    /// The head's ring offset at the last flush.
+    dirty_from: usize,
+    /// Octets the head moved since the last flush (wrap gaps included).
+    dirty_bytes: u64,
+}
+
+fn io_err(what: &str, path: &Path, source: io::Error) -> JournalError {
+    JournalError::Io {
+        what: format!("{what} {}", path.display()),
+        source,
+    }
+}
+
+impl JournalFile {
+    /// Opens the journal file at `path`, `size` octets in all, creating and formatting it when
+    /// absent.
+    ///
+    /// A file of another size is an error naming both sizes: its history is never destroyed to
+    /// fit the configuration. (That also covers a file cut short by something outside lqd:
+    /// lqd never changes the size of its file.) A file another process has locked is
+    /// [`JournalError::Locked`].
+    pub fn open(
+        path: &Path,
+        size: u64,
+        policy: FlushPolicy,
+    ) -> Result<(Self, Recovered), JournalError> {
+        let min = (HEADER_LEN as u64).saturating_add(layout::MIN_RING_LEN as u64);
+        if usize::try_from(size)
+            .ok()
+            .and_then(layout::ring_len_for)
+            .is_none()
+        {
+            return Err(JournalError::TooSmall { len: size, min });
+        }
+        match OpenOptions::new().read(true).write(true).open(path) {
+            Ok(file) => Self::open_existing(path, file, size, policy),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Self::create(path, size, policy),
+            Err(e) => Err(io_err("open of", path, e)),
+        }
+    }
+
+    fn open_existing(
+        path: &Path,
+        file: File,
+        size: u64,
+        policy: FlushPolicy,
+    ) -> Result<(Self, Recovered), JournalError> {
+        lock(&file, path)?;
+        let actual = file
+            .metadata()
+            .map_err(|e| io_err("stat of", path, e))?
+            .len();
+        if actual != size {
+            return Err(JournalError::SizeMismatch {
+                path: path.to_owned(),
+                file: actual,
+                configured: size,
+            });
+        }
+        let (journal, recovered) = Journal::open(map(&file, path)?)?;
+        let mut jf = Self::new(journal, file, path, policy);
+        if policy != FlushPolicy::Os {
+            jf.flush().map_err(|e| io_err("flush of", path, e))?;
+        }
+        Ok((jf, recovered))
+    }
+
+    fn create(
+        path: &Path,
+        size: u64,
+        policy: FlushPolicy,
+    ) -> Result<(Self, Recovered), JournalError> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".new");
+        let tmp = PathBuf::from(tmp);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&tmp)
+            .map_err(|e| io_err("creation of", &tmp, e))?;
+        lock(&file, &tmp)?;
+        allocate(&mut file, size).map_err(|e| io_err("allocation of", &tmp, e))?;
+        let journal = Journal::format_inner(map(&file, &tmp)?, true)?;
+        journal
+            .buffer()
+            .flush()
+            .map_err(|e| io_err("flush of", &tmp, e))?;
+        match fs::hard_link(&tmp, path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Another process made it meanwhile: open theirs (its lock decides).
+                drop(journal);
+                drop(file);
+                let _ = fs::remove_file(&tmp);
+                return Self::open(path, size, policy);
+            }
+            Err(e) => return Err(io_err("link into place of", &tmp, e)),
+        }
+        fs::remove_file(&tmp).map_err(|e| io_err("removal of", &tmp, e))?;
+        sync_dir(path).map_err(|e| io_err("sync of the directory of", path, e))?;
+        let recovered = Recovered {
+            records: 0,
+            first_seq: None,
+            next_seq: 0,
+            discarded: None,
+        };
+        Ok((Self::new(journal, file, path, policy), recovered))
+    }
+
+    fn new(mut journal: Journal<MmapMut>, file: File, path: &Path, policy: FlushPolicy) -> Self {
+        // The header's tail runs ahead of the oldest record by this much, so the header is
+        // written (and, with a flushing policy, flushed) once per that many octets of
+        // evictions rather than at every append.
+        let ahead = match policy {
+            FlushPolicy::Os => journal.capacity() / 256,
+            FlushPolicy::Interval(_) | FlushPolicy::Always => journal.capacity() / 64,
+        };
+        journal.set_reserve(ahead);
+        Self {
+            dirty_from: journal.head_offset(),
+            journal,
+            _lock: file,
+            path: path.to_owned(),
+            policy,
+            last_flush: Instant::now(),
+            dirty_bytes: 0,
+        }
+    }
+
+    /// The journal, to read: cursors, `seek_time`, its counts.
+    #[must_use]
+    pub fn journal(&self) -> &Journal<MmapMut> {
+        &self.journal
+    }
+
+    /// The file's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends a record (see [`Journal::append`]) and applies the flush policy.
+    pub fn append(&mut self, time: ServerTime, payload: &[u8]) -> Result<u64, JournalError> {
+        let before = self.journal.head_offset();
+        let sync_header = self.policy != FlushPolicy::Os;
+        let seq = self.journal.append_with(time, payload, |map| {
+            if sync_header {
+                map.flush_range(0, HEADER_LEN)
+            } else {
+                Ok(())
+            }
+        })?;
+        let after = self.journal.head_offset();
+        let moved = if after > before {
+            after.saturating_sub(before)
+        } else {
+            self.journal
+                .capacity()
+                .saturating_sub(before)
+                .saturating_add(after)
+        };
+        self.dirty_bytes = self.dirty_bytes.saturating_add(moved as u64);
+        if self.policy == FlushPolicy::Always {
+            self.flush_dirty()
+                .map_err(|e| io_err("flush of", &self.path, e))?;
+        }
+        Ok(seq)
+    }
+
+    /// For [`FlushPolicy::Interval`]: flushes what was written since the last flush when the
+    /// interval has passed. Call it from the event loop's timer.
+    pub fn tick(&mut self, now: Instant) -> Result<(), JournalError> {
+        if let FlushPolicy::Interval(every) = self.policy {
+            if self.dirty_bytes > 0 && now.saturating_duration_since(self.last_flush) >= every {
+                self.flush_dirty()
+                    .map_err(|e| io_err("flush of", &self.path, e))?;
+                self.last_flush = now;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the header up to date and forces the whole journal to disk now (`msync`),
+    /// whatever the policy.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.journal.sync_header();
+        self.journal.buffer().flush()
+    }
+
+    /// Forces the ring range written since the last flush, then the header, to disk.
+    fn flush_dirty(&mut self) -> io::Result<()> {
+        self.journal.write_head_hint();
+        let map = self.journal.buffer();
+        let n = self.journal.capacity();
+        let head = self.journal.head_offset();
+        let from = self.dirty_from;
+        if self.dirty_bytes >= n as u64 {
+            map.flush_range(HEADER_LEN, n)?;
+        } else if self.dirty_bytes > 0 {
+            if head > from {
+                map.flush_range(HEADER_LEN.saturating_add(from), head.saturating_sub(from))?;
+            } else {
+                map.flush_range(HEADER_LEN.saturating_add(from), n.saturating_sub(from))?;
+                if head > 0 {
+                    map.flush_range(HEADER_LEN, head)?;
+                }
+            }
+        }
+        map.flush_range(0, HEADER_LEN)?;
+        self.dirty_from = head;
+        self.dirty_bytes = 0;
+        Ok(())
+    }
+}
+
+impl Drop for JournalFile {
+    /// A clean close: the header made exact (no oldest record is lost to the run-ahead), and
+    /// with a flushing policy, what is left flushed.
+    fn drop(&mut self) {
+        if self.policy == FlushPolicy::Os {
+            self.journal.sync_header();
+        } else {
+            let _ = self.flush_dirty();
+        }
+    }
+}
+
+fn lock(file: &File, path: &Path) -> Result<(), JournalError> {
+    // fs4's flock, not std's `File::try_lock`: that one needs Rust 1.89, the crate's MSRV is 1.85.
+    match FileExt::try_lock(file) {
+        Ok(()) => Ok(()),
+        Err(TryLockError::WouldBlock) => Err(JournalError::Locked {
+            path: path.to_owned(),
+        }),
+        Err(TryLockError::Error(e)) => Err(io_err("lock of", path, e)),
+    }
+}
+
+/// Gives the file `size` octets of zeros, on disk blocks reserved now (`fallocate`, or zeros
+/// written where the file system has no `fallocate`).
+fn allocate(file: &mut File, size: u64) -> io::Result<()> {
+    file.set_len(0)?;
+    match FileExt::allocate(file, size) {
+        Ok(()) if file.metadata()?.len() == size => return file.sync_all(),
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {}
+        Err(e) => return Err(e),
+    }
+    file.set_len(0)?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        let n = usize::try_from(left).map_or(zeros.len(), |l| l.min(zeros.len()));
+        file.write_all(zeros.get(..n).unwrap_or_default())?;
+        left = left.saturating_sub(n as u64);
+    }
+    file.sync_all()
+}
+
+fn sync_dir(path: &Path) -> io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+#[allow(unsafe_code)]
+fn map(file: &File, path: &Path) -> Result<MmapMut, JournalError> {
+    // SAFETY: a file mapping is sound as long as nothing else changes the file or its size while
+    // it is mapped. This file is lqd's own (its configured journal path), lqd never truncates
+    // it once mapped, and the caller holds an exclusive `flock` on it, taken before the map, so
+    // another lqd cannot map it. A process that ignores the lock and writes the file anyway
+    // would be undefined behaviour for this one: the journal validates lengths and CRCs on open,
+    // but cannot guard against the bytes changing under a live reference.
+    unsafe { MmapMut::map_mut(file) }.map_err(|e| io_err("map of", path, e))
+}

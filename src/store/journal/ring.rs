@@ -1,0 +1,715 @@
+//! The ring: appends, eviction, cursors, `seek_time`, recovery. Works over any byte buffer.
+
+use std::collections::VecDeque;
+use std::io;
+
+use super::layout::{
+    self, ALIGN, Entry, HEADER_LEN, MAGIC, RawRecord, Slot, VERSION, WRAP_LEN, field,
+};
+use super::{Cursor, JournalError, Overrun, Record, Recovered, TooOld};
+use crate::codec::ServerTime;
+
+/// One index entry per this many sequence numbers (the ones divisible by it).
+pub(super) const INDEX_EVERY: u64 = 64;
+
+/// A sparse index entry: where record `seq` (implied by its place in the index) starts, and its
+/// time.
+#[derive(Debug, Clone, Copy)]
+struct IndexEntry {
+    off: usize,
+    time: ServerTime,
+}
+
+/// A tail position: the oldest record from some point of view, and the newest time dropped
+/// before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Mark {
+    off: usize,
+    seq: u64,
+    evicted: Option<ServerTime>,
+}
+
+/// The change journal: a fixed-size ring of records in a byte buffer. See the
+/// [module documentation](super) for the byte layout, crash behaviour and `seek_time`'s rule.
+pub struct Journal<B> {
+    buf: B,
+    ring_len: usize,
+    max_payload: usize,
+    /// Where the next record (or the wrap marker before it) goes; always `< ring_len`.
+    head: usize,
+    next_seq: u64,
+    /// The oldest record in memory (it may start with a wrap marker); `seq == next_seq` when
+    /// the ring is empty, and then `off == head`.
+    tail: Mark,
+    /// The tail the header holds: at or after `tail`. Overwrites never reach it, so after a
+    /// crash recovery starts on an intact record. It runs `reserve` octets ahead of `tail`
+    /// when each header move costs a synchronous flush.
+    durable: Mark,
+    reserve: usize,
+    newest: Option<ServerTime>,
+    generation: u64,
+    index: VecDeque<IndexEntry>,
+    /// The sequence number of `index[0]`.
+    index_base: u64,
+}
+
+impl<B> std::fmt::Debug for Journal<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("ring_len", &self.ring_len)
+            .field("head", &self.head)
+            .field("next_seq", &self.next_seq)
+            .field("tail", &self.tail)
+            .field("durable", &self.durable)
+            .field("index_entries", &self.index.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
+    /// Formats `buf` as an empty journal: a fresh header, and a ring cleared of old records.
+    ///
+    /// The ring is what follows the [`HEADER_LEN`](super::HEADER_LEN)-octet header, rounded
+    /// down to a multiple of 8. Non-zero blocks of the ring are zeroed so no record of an older
+    /// journal in the same buffer can ever be read back as new.
+    pub fn format(buf: B) -> Result<Self, JournalError> {
+        Self::format_inner(buf, false)
+    }
+
+    pub(super) fn format_inner(mut buf: B, zeroed: bool) -> Result<Self, JournalError> {
+        let ring_len = check_len(buf.as_ref().len())?;
+        let b = buf.as_mut();
+        if !layout::write_fixed(b, ring_len) {
+            return Err(JournalError::TooSmall {
+                len: b.len() as u64,
+                min: min_len(),
+            });
+        }
+        if !zeroed {
+            if let Some(ring) = b.get_mut(HEADER_LEN..) {
+                layout::scrub(ring);
+            }
+        }
+        let start = Mark {
+            off: 0,
+            seq: 0,
+            evicted: None,
+        };
+        let mut j = Self::new(buf, ring_len, start, 0);
+        j.write_header();
+        Ok(j)
+    }
+
+    /// Opens a journal formatted before: checks the header, then recovers the records.
+    ///
+    /// Recovery walks forward from the header's tail and keeps each record while its length
+    /// fits, its CRC32C matches and its sequence number is the previous one plus one; the first
+    /// record that fails ends the journal (the header's head is only compared against, never
+    /// trusted). The ring past the end is then cleared (non-zero blocks only) so records left
+    /// there by an earlier lap or a lost write cannot be picked up by a later recovery.
+    pub fn open(buf: B) -> Result<(Self, Recovered), JournalError> {
+        let b = buf.as_ref();
+        let ring_len = check_len(b.len())?;
+        if b.get(field::MAGIC) != Some(&MAGIC[..]) {
+            return Err(JournalError::BadHeader("no journal magic".into()));
+        }
+        let version = layout::get_u32(b, field::VERSION).unwrap_or(0);
+        if version != VERSION {
+            return Err(JournalError::WrongVersion {
+                found: version,
+                supported: VERSION,
+            });
+        }
+        if layout::get_u32(b, field::HEADER_LEN) != Some(HEADER_LEN as u32) {
+            return Err(JournalError::BadHeader("header length is not 4096".into()));
+        }
+        let header_ring = layout::get_u64(b, field::RING_LEN).unwrap_or(0);
+        if header_ring != ring_len as u64 {
+            return Err(JournalError::GeometryMismatch {
+                header: header_ring,
+                buffer: ring_len as u64,
+            });
+        }
+        let slot = match (Slot::read(b, 0), Slot::read(b, 1)) {
+            (Some(a), Some(c)) => {
+                if a.generation >= c.generation {
+                    a
+                } else {
+                    c
+                }
+            }
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => {
+                return Err(JournalError::BadHeader(
+                    "both header slots fail their CRC".into(),
+                ));
+            }
+        };
+        let in_ring = |off: u64| {
+            usize::try_from(off)
+                .ok()
+                .filter(|&o| o < ring_len && o % ALIGN == 0)
+        };
+        let (Some(tail_off), Some(_)) = (in_ring(slot.tail_off), in_ring(slot.head_off)) else {
+            return Err(JournalError::BadHeader(format!(
+                "tail offset {} or head offset {} outside the {ring_len}-octet ring",
+                slot.tail_off, slot.head_off
+            )));
+        };
+        if slot.tail_seq > slot.head_seq {
+            return Err(JournalError::BadHeader(format!(
+                "tail seq {} after head seq {}",
+                slot.tail_seq, slot.head_seq
+            )));
+        }
+        let start = Mark {
+            off: tail_off,
+            seq: slot.tail_seq,
+            evicted: slot.evicted,
+        };
+        let mut j = Self::new(buf, ring_len, start, slot.generation.wrapping_add(1));
+        let mut discarded = j.recover();
+        if discarded.is_none() && slot.head_seq > j.next_seq {
+            discarded = Some(format!(
+                "the header counts records up to seq {} but they end at seq {}: {} lost",
+                slot.head_seq.saturating_sub(1),
+                j.next_seq.saturating_sub(1),
+                slot.head_seq.saturating_sub(j.next_seq)
+            ));
+        }
+        j.scrub_free();
+        j.write_header();
+        let rec = Recovered {
+            records: j.len(),
+            first_seq: j.first_seq(),
+            next_seq: j.next_seq,
+            discarded,
+        };
+        Ok((j, rec))
+    }
+
+    fn new(buf: B, ring_len: usize, start: Mark, generation: u64) -> Self {
+        Self {
+            buf,
+            ring_len,
+            max_payload: layout::max_payload(ring_len),
+            head: start.off,
+            next_seq: start.seq,
+            tail: start,
+            durable: start,
+            reserve: 0,
+            newest: None,
+            generation,
+            index: VecDeque::new(),
+            index_base: 0,
+        }
+    }
+
+    /// Walks the records from the tail; sets `head`, `next_seq`, `newest` and the index.
+    /// Returns why it stopped when that was not a clean end.
+    fn recover(&mut self) -> Option<String> {
+        let max_payload = self.max_payload;
+        let ring_len = self.ring_len;
+        let mut off = self.tail.off;
+        let mut seq = self.tail.seq;
+        let mut min_time = self.tail.evicted.unwrap_or_default();
+        let mut used = 0usize;
+        let mut index = VecDeque::new();
+        let mut newest = None;
+        let ring = self.ring();
+        let why = loop {
+            let (at, dead) = match layout::entry_at(ring, off, max_payload) {
+                Entry::Wrap if off == 0 => {
+                    break Some(format!("wrap marker at offset {HEADER_LEN}"));
+                }
+                Entry::Wrap => (0, ring_len.saturating_sub(off)),
+                _ => (off, 0),
+            };
+            let Entry::Record(raw) = layout::entry_at(ring, at, max_payload) else {
+                break None;
+            };
+            // A record of another lap, or octets never written (all zero: `seq` may be 0).
+            if raw.seq != seq || (raw.len == 0 && raw.crc == 0 && raw.time.0 == 0) {
+                break None;
+            }
+            let pos = HEADER_LEN.saturating_add(at);
+            if raw.covered.is_none() {
+                break Some(format!(
+                    "torn record seq {seq} at offset {pos} (length {} does not fit)",
+                    raw.len
+                ));
+            }
+            if !raw.crc_ok() {
+                break Some(format!(
+                    "torn record seq {seq} at offset {pos} (CRC mismatch)"
+                ));
+            }
+            if raw.time < min_time {
+                break Some(format!(
+                    "record seq {seq} at offset {pos} goes back in time"
+                ));
+            }
+            let Some(u) = used.checked_add(dead).and_then(|u| u.checked_add(raw.size)) else {
+                break None;
+            };
+            if u > ring_len {
+                break Some(format!(
+                    "record seq {seq} at offset {pos} overlaps the oldest"
+                ));
+            }
+            used = u;
+            if seq % INDEX_EVERY == 0 {
+                index.push_back(IndexEntry {
+                    off: at,
+                    time: raw.time,
+                });
+            }
+            min_time = raw.time;
+            newest = Some(raw.time);
+            seq = seq.saturating_add(1);
+            off = at.saturating_add(raw.size);
+            if off >= ring_len {
+                off = 0;
+            }
+        };
+        self.head = off;
+        self.next_seq = seq;
+        self.newest = newest;
+        if self.tail.seq == seq {
+            self.tail.off = off;
+            self.durable = self.tail;
+        }
+        self.index_base = self
+            .tail
+            .seq
+            .div_ceil(INDEX_EVERY)
+            .saturating_mul(INDEX_EVERY);
+        self.index = index;
+        why
+    }
+
+    /// Clears the free part of the ring, from the head up to the oldest record.
+    fn scrub_free(&mut self) {
+        let (head, tail, n) = (self.head, self.tail.off, self.ring_len);
+        let empty = self.is_empty();
+        let ring = self.ring_mut();
+        if !empty && head == tail {
+            return;
+        }
+        if head < tail {
+            if let Some(r) = ring.get_mut(head..tail) {
+                layout::scrub(r);
+            }
+        } else {
+            if let Some(r) = ring.get_mut(head..n) {
+                layout::scrub(r);
+            }
+            if let Some(r) = ring.get_mut(..tail) {
+                layout::scrub(r);
+            }
+        }
+    }
+
+    /// Appends a record; returns its sequence number.
+    ///
+    /// `time` is raised to the newest record's time if it is earlier, so time order and
+    /// sequence order agree. The oldest records are evicted to make room.
+    pub fn append(&mut self, time: ServerTime, payload: &[u8]) -> Result<u64, JournalError> {
+        self.append_with(time, payload, |_| Ok(()))
+    }
+
+    /// [`append`](Self::append), calling `barrier` after the header's tail moved and before any
+    /// record behind the old tail is overwritten (the file backing makes it durable there).
+    pub(super) fn append_with(
+        &mut self,
+        time: ServerTime,
+        payload: &[u8],
+        barrier: impl FnOnce(&B) -> io::Result<()>,
+    ) -> Result<u64, JournalError> {
+        let too_large = JournalError::RecordTooLarge {
+            len: payload.len(),
+            max: self.max_payload,
+        };
+        if payload.len() > self.max_payload {
+            return Err(too_large);
+        }
+        let Some(size) = layout::record_size(payload.len()) else {
+            return Err(too_large);
+        };
+        let floor = self.newest.or(self.tail.evicted).unwrap_or_default();
+        let time = time.max(floor);
+        let n = self.ring_len;
+        let room = n.saturating_sub(self.head);
+        let (wrap, at) = if size <= room {
+            (false, self.head)
+        } else {
+            (true, 0)
+        };
+        // The octets this append overwrites, counted forward from the head.
+        let span = if wrap {
+            room.saturating_add(size)
+        } else {
+            size
+        };
+
+        if self.durable.seq < self.next_seq && span > self.free_before(self.durable.off) {
+            let want = span.saturating_add(self.reserve);
+            let mut d = self.durable;
+            while d.seq < self.next_seq && want > self.free_before(d.off) {
+                match self.step(d.off) {
+                    Some((next, t)) => {
+                        d = Mark {
+                            off: next,
+                            seq: d.seq.saturating_add(1),
+                            evicted: Some(t),
+                        }
+                    }
+                    None => {
+                        d = Mark {
+                            off: self.head,
+                            seq: self.next_seq,
+                            evicted: d.evicted,
+                        };
+                    }
+                }
+            }
+            self.durable = d;
+            self.write_header();
+            barrier(&self.buf).map_err(|e| JournalError::Io {
+                what: "flush of the header before an eviction".into(),
+                source: e,
+            })?;
+        }
+        while !self.is_empty() && span > self.free_before(self.tail.off) {
+            self.evict_one();
+        }
+
+        let seq = self.next_seq;
+        let head = self.head;
+        let ring = self.ring_mut();
+        if wrap {
+            let marker = ring.get_mut(head..head.saturating_add(WRAP_LEN));
+            let _ = marker.is_some_and(layout::write_wrap);
+        }
+        let written = ring
+            .get_mut(at..at.saturating_add(size))
+            .is_some_and(|dst| layout::write_record(dst, seq, time, payload));
+        if !written {
+            // Unreachable while the invariants hold (size <= n / 2 + 27, at + size <= n).
+            return Err(too_large);
+        }
+        if self.is_empty() && wrap {
+            self.tail.off = at;
+            self.durable.off = at;
+        }
+        self.head = at.saturating_add(size);
+        if self.head >= n {
+            self.head = 0;
+        }
+        self.next_seq = seq.saturating_add(1);
+        self.newest = Some(time);
+        if seq % INDEX_EVERY == 0 {
+            if self.index.is_empty() {
+                self.index_base = seq;
+            }
+            self.index.push_back(IndexEntry { off: at, time });
+        }
+        Ok(seq)
+    }
+
+    /// Drops the oldest record from memory (the header's tail is already past it).
+    fn evict_one(&mut self) {
+        let seq = self.tail.seq;
+        match self.step(self.tail.off) {
+            Some((next, t)) => {
+                self.tail = Mark {
+                    off: next,
+                    seq: seq.saturating_add(1),
+                    evicted: Some(t),
+                };
+            }
+            None => {
+                // Unreachable while the invariants hold: give up the whole ring, not a panic.
+                self.tail = Mark {
+                    off: self.head,
+                    seq: self.next_seq,
+                    evicted: self.newest,
+                };
+                self.durable = self.tail;
+                self.index.clear();
+                return;
+            }
+        }
+        if seq == self.index_base && !self.index.is_empty() {
+            self.index.pop_front();
+            self.index_base = self.index_base.saturating_add(INDEX_EVERY);
+        }
+    }
+
+    fn write_header(&mut self) {
+        let slot = Slot {
+            generation: self.generation,
+            tail_off: self.durable.off as u64,
+            tail_seq: self.durable.seq,
+            head_off: self.head as u64,
+            head_seq: self.next_seq,
+            evicted: self.durable.evicted,
+        };
+        self.generation = self.generation.wrapping_add(1);
+        if let Some(h) = self.buf.as_mut().get_mut(..HEADER_LEN) {
+            slot.write(h);
+        }
+    }
+
+    /// How many free octets lie from the head forward to `off` (a live record's start).
+    fn free_before(&self, off: usize) -> usize {
+        if off > self.head {
+            off.saturating_sub(self.head)
+        } else if off < self.head {
+            self.ring_len.saturating_sub(self.head).saturating_add(off)
+        } else {
+            0
+        }
+    }
+
+    fn ring(&self) -> &[u8] {
+        self.buf.as_ref().get(HEADER_LEN..).unwrap_or_default()
+    }
+
+    fn ring_mut(&mut self) -> &mut [u8] {
+        self.buf.as_mut().get_mut(HEADER_LEN..).unwrap_or_default()
+    }
+
+    /// The record at `off`, past a wrap marker: its real offset and header.
+    fn resolve(&self, off: usize) -> Option<(usize, RawRecord<'_>)> {
+        let ring = self.ring();
+        let at = match layout::entry_at(ring, off, self.max_payload) {
+            Entry::Wrap if off != 0 => 0,
+            Entry::Record(_) => off,
+            _ => return None,
+        };
+        match layout::entry_at(ring, at, self.max_payload) {
+            Entry::Record(r) if r.covered.is_some() => Some((at, r)),
+            _ => None,
+        }
+    }
+
+    /// Past the record at `off`: where the next one starts, and this one's time.
+    fn step(&self, off: usize) -> Option<(usize, ServerTime)> {
+        let (at, r) = self.resolve(off)?;
+        let next = at.checked_add(r.size)?;
+        Some((if next >= self.ring_len { 0 } else { next }, r.time))
+    }
+
+    /// The sequence number of the oldest record still in the ring.
+    #[must_use]
+    pub fn first_seq(&self) -> Option<u64> {
+        (!self.is_empty()).then_some(self.tail.seq)
+    }
+
+    /// The sequence number the next append gets.
+    #[must_use]
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The oldest record's time.
+    #[must_use]
+    pub fn oldest_time(&self) -> Option<ServerTime> {
+        if self.is_empty() {
+            return None;
+        }
+        self.resolve(self.tail.off).map(|(_, r)| r.time)
+    }
+
+    /// The newest record's time.
+    #[must_use]
+    pub fn newest_time(&self) -> Option<ServerTime> {
+        if self.is_empty() { None } else { self.newest }
+    }
+
+    /// The time of the newest record ever evicted (or dropped before a restart): catch-up can
+    /// reach back to any time after it, and to none at or before it.
+    #[must_use]
+    pub fn evicted_time(&self) -> Option<ServerTime> {
+        self.tail.evicted
+    }
+
+    /// How many records the ring holds.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.next_seq.saturating_sub(self.tail.seq)
+    }
+
+    /// Whether the ring holds no record.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.tail.seq >= self.next_seq
+    }
+
+    /// The ring's size in octets (the buffer less the header).
+    #[must_use]
+    pub fn capacity(&self) -> usize {
+        self.ring_len
+    }
+
+    /// The largest payload [`append`](Self::append) accepts: a quarter of the ring, at most
+    /// 64 KiB.
+    #[must_use]
+    pub fn max_payload(&self) -> usize {
+        self.max_payload
+    }
+
+    /// Octets the records occupy, with their padding and wrap gaps.
+    #[must_use]
+    pub fn used_bytes(&self) -> usize {
+        if self.is_empty() {
+            0
+        } else {
+            self.ring_len
+                .saturating_sub(self.free_before(self.tail.off))
+        }
+    }
+
+    /// A cursor that reads only the records appended from now on.
+    #[must_use]
+    pub fn head(&self) -> Cursor {
+        Cursor {
+            seq: self.next_seq,
+            off: self.head,
+        }
+    }
+
+    /// A cursor at the oldest record.
+    #[must_use]
+    pub fn tail(&self) -> Cursor {
+        Cursor {
+            seq: self.tail.seq,
+            off: self.tail.off,
+        }
+    }
+
+    /// A cursor at the first record whose time is at or after `t` (the head when there is none).
+    ///
+    /// `Err(TooOld)` when an evicted record had a time at or after `t`: the journal no longer
+    /// holds every change since `t`. Before any eviction the journal holds everything since it
+    /// was formatted, so no `t` is too old.
+    pub fn seek_time(&self, t: ServerTime) -> Result<Cursor, TooOld> {
+        if let Some(evicted) = self.tail.evicted.filter(|&e| t <= e) {
+            return Err(TooOld { evicted });
+        }
+        match (self.oldest_time(), self.newest_time()) {
+            (Some(oldest), Some(newest)) if t <= newest => {
+                if t <= oldest {
+                    return Ok(self.tail());
+                }
+                // The index's last entry before `t`, or the tail: the answer is less than
+                // INDEX_EVERY records further on.
+                let i = self.index.partition_point(|e| e.time < t);
+                let mut c = match i
+                    .checked_sub(1)
+                    .and_then(|k| self.index.get(k).map(|e| (k, e)))
+                {
+                    Some((k, e)) => Cursor {
+                        seq: self
+                            .index_base
+                            .saturating_add((k as u64).saturating_mul(INDEX_EVERY)),
+                        off: e.off,
+                    },
+                    None => self.tail(),
+                };
+                loop {
+                    let before = c;
+                    match self.read(&mut c) {
+                        Ok(Some(r)) if r.time >= t => return Ok(before),
+                        Ok(Some(_)) => {}
+                        Ok(None) | Err(_) => return Ok(self.head()),
+                    }
+                }
+            }
+            _ => Ok(self.head()),
+        }
+    }
+
+    /// Reads the record at `cursor` and moves it to the next one; `Ok(None)` at the head.
+    ///
+    /// `Err(Overrun)` when the ring has evicted the cursor's record since it was made (or the
+    /// cursor is not from this journal): the reader missed records, and can go on from
+    /// [`head`](Self::head) or [`tail`](Self::tail).
+    pub fn read(&self, cursor: &mut Cursor) -> Result<Option<Record<'_>>, Overrun> {
+        if cursor.seq == self.next_seq {
+            return Ok(None);
+        }
+        if cursor.seq < self.tail.seq || cursor.seq > self.next_seq {
+            return Err(Overrun);
+        }
+        // The oldest record may sit behind a wrap marker that is no longer protected, so it is
+        // found from the tail rather than from the cursor's offset.
+        let off = if cursor.seq == self.tail.seq {
+            self.tail.off
+        } else {
+            cursor.off
+        };
+        let (at, r) = self
+            .resolve(off)
+            .filter(|(_, r)| r.seq == cursor.seq)
+            .ok_or(Overrun)?;
+        let next = at.saturating_add(r.size);
+        cursor.off = if next >= self.ring_len { 0 } else { next };
+        cursor.seq = cursor.seq.saturating_add(1);
+        Ok(Some(Record {
+            seq: r.seq,
+            time: r.time,
+            payload: r.payload(),
+        }))
+    }
+
+    /// The buffer, for the file backing's flushes.
+    pub(super) fn buffer(&self) -> &B {
+        &self.buf
+    }
+
+    /// The head's ring offset (for the file backing's dirty range).
+    pub(super) fn head_offset(&self) -> usize {
+        self.head
+    }
+
+    /// Lets the header's tail run `bytes` ahead of the oldest record, so a synchronous header
+    /// flush is needed only once per `bytes` of evictions.
+    pub(super) fn set_reserve(&mut self, bytes: usize) {
+        self.reserve = bytes;
+    }
+
+    /// Brings the header up to date: the exact tail and the head.
+    ///
+    /// Appends write the header only when they move its tail (before overwriting anything), so
+    /// its head is otherwise left behind; that is safe (recovery treats the head as a hint), and
+    /// this makes the header exact again, for a clean shutdown or before a flush.
+    pub fn sync_header(&mut self) {
+        self.durable = self.tail;
+        self.write_header();
+    }
+
+    /// Writes the header as it stands (its tail unchanged), with the current head: before a
+    /// flush, so the flushed header's head is recent.
+    pub(super) fn write_head_hint(&mut self) {
+        self.write_header();
+    }
+
+    /// Gives the buffer back, its header brought up to date (to reopen it, or to inspect it).
+    pub fn into_inner(mut self) -> B {
+        self.sync_header();
+        self.buf
+    }
+}
+
+fn min_len() -> u64 {
+    (HEADER_LEN as u64).saturating_add(layout::MIN_RING_LEN as u64)
+}
+
+fn check_len(len: usize) -> Result<usize, JournalError> {
+    layout::ring_len_for(len).ok_or(JournalError::TooSmall {
+        len: len as u64,
+        min: min_len(),
+    })
+}
