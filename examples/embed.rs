@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use lqd::codec::{BuildOptions, DhcpOption, MessageBuilder, MessageRepr, OptionCode, QueryType};
+use lqd::engine::session::ActiveSettings;
 use lqd::feed::{feed, system_time};
-use lqd::server::{OpenAccess, Server, ServerConfig};
+use lqd::server::{JournalSettings, OpenAccess, Server, ServerConfig};
+use lqd::store::journal::FlushPolicy;
 use lqd::store::{Change, Lease, LeaseKind, LeaseState, LinkMap};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,9 +30,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         high_water: 64 * 1024,
         read_budget: 64,
         udp_receive_buffer: 4 << 20,
+        tcp_send_buffer: 256 << 10,
         feed_budget: 4096,
         access: Box::new(OpenAccess),
         links: LinkMap::default(),
+        active: ActiveSettings::default(),
+        active_send_timeout: Duration::from_secs(120),
+        journal: JournalSettings {
+            path: std::env::temp_dir().join(format!("lqd-embed-{}.journal", std::process::id())),
+            size: 4 << 20,
+            flush: FlushPolicy::Os,
+        },
     })?;
     let addr = server.local_addrs()?[0];
     let (leases, receiver) = feed(4096, server.waker());

@@ -48,6 +48,7 @@ use crate::codec::{Duid, QueryType};
 use crate::feed::DemoConfig;
 use crate::feed::demo::DemoSource;
 use crate::feed::demo::MAX_CLIENTS;
+use crate::store::journal::FlushPolicy;
 use crate::store::{LinkDef, LinkMap};
 
 /// The leasequery port for TCP and UDP (RFC 5007, RFC 5460).
@@ -70,6 +71,14 @@ pub const DEFAULT_HIGH_WATER: usize = 64 * 1024;
 pub const DEFAULT_READ_BUDGET: usize = 64;
 /// The UDP sockets' receive buffer (4 MiB): about 4,000 queries in flight.
 pub const DEFAULT_UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+/// Each TCP connection's send buffer (256 KiB).
+pub const DEFAULT_TCP_SEND_BUFFER: usize = 256 * 1024;
+/// File name of the change journal, inside the state directory.
+pub const DEFAULT_JOURNAL_FILE: &str = "lqd-journal";
+/// The change journal's size (128 MiB).
+pub const DEFAULT_JOURNAL_SIZE: u64 = 128 * 1024 * 1024;
+/// The smallest journal lqd accepts (1 MiB).
+pub const MIN_JOURNAL_SIZE: u64 = 1024 * 1024;
 /// File name, inside the state directory, of the generated server DUID.
 pub const DEFAULT_DUID_FILE: &str = "lqd-server-duid";
 
@@ -108,6 +117,22 @@ pub struct Config {
     /// `active_idle_timeout`: ACTIVE_LQ_IDLE_TIMEOUT in seconds; default 60.
     #[serde(deserialize_with = "seconds")]
     pub active_idle_timeout: Duration,
+    /// `active`: serve ACTIVELEASEQUERY; default true. Off: NotSupported (D10).
+    pub active: bool,
+    /// `catch_up`: honour OPTION_LQ_START_TIME in ACTIVELEASEQUERY; default true. Off:
+    /// NotSupported (D10).
+    pub catch_up: bool,
+    /// `journal_file`: the change journal, relative to `state_dir` unless absolute; default
+    /// `lqd-journal`.
+    pub journal_file: PathBuf,
+    /// `journal_size`: the journal's size in octets, fixed when the file is created; default
+    /// 128 MiB (about 700,000 changes of a relayed client with an address and a prefix).
+    pub journal_size: u64,
+    /// `journal_flush`: when journal records are forced to disk: `"os"` (the kernel decides;
+    /// survives a crash of lqd, not of the machine), `"always"` (each change), or an interval
+    /// such as `"100ms"` or `"1s"` (a power loss costs at most that much). Default `"os"`.
+    #[serde(deserialize_with = "flush_policy")]
+    pub journal_flush: FlushPolicy,
     /// `[[requestor]]` tables: who may query, and which types (D23). Empty lets everyone ask
     /// every type; see [`access`](Self::access).
     #[serde(rename = "requestor")]
@@ -129,6 +154,11 @@ pub struct Config {
     /// of queries waits in the kernel instead of being dropped; default 4 MiB (Linux caps it at
     /// `net.core.rmem_max`).
     pub udp_receive_buffer: usize,
+    /// `tcp_send_buffer`: each connection's kernel send buffer (SO_SNDBUF) in octets; default
+    /// 256 KiB; 0 leaves it to the kernel's autotuning (up to `net.ipv4.tcp_wmem`). It bounds
+    /// the kernel memory a connection holds and how much already-superseded state an Active
+    /// requestor that stopped reading still gets once it reads again.
+    pub tcp_send_buffer: usize,
     /// `log`: log filter in tracing's `EnvFilter` syntax (`info`, `lqd=debug,warn`); default
     /// `info`.
     pub log: String,
@@ -151,12 +181,18 @@ impl Default for Config {
             bulk_data_timeout: BULK_LQ_DATA_TIMEOUT,
             active_send_timeout: ACTIVE_LQ_SEND_TIMEOUT,
             active_idle_timeout: ACTIVE_LQ_IDLE_TIMEOUT,
+            active: true,
+            catch_up: true,
+            journal_file: PathBuf::from(DEFAULT_JOURNAL_FILE),
+            journal_size: DEFAULT_JOURNAL_SIZE,
+            journal_flush: FlushPolicy::Os,
             requestors: Vec::new(),
             links: Vec::new(),
             demo: DemoSettings::default(),
             high_water: DEFAULT_HIGH_WATER,
             read_budget: DEFAULT_READ_BUDGET,
             udp_receive_buffer: DEFAULT_UDP_RECEIVE_BUFFER,
+            tcp_send_buffer: DEFAULT_TCP_SEND_BUFFER,
             log: "info".to_owned(),
         }
     }
@@ -268,6 +304,7 @@ impl Config {
         for (key, path) in [
             ("state_dir", &self.state_dir),
             ("duid_file", &self.duid_file),
+            ("journal_file", &self.journal_file),
         ] {
             if path.as_os_str().is_empty() {
                 return invalid(format!("{key} must not be empty"));
@@ -287,6 +324,12 @@ impl Config {
                     a.prefix, b.prefix
                 ));
             }
+        }
+        if self.journal_size < MIN_JOURNAL_SIZE {
+            return invalid(format!(
+                "journal_size is {}, below the minimum of {MIN_JOURNAL_SIZE} octets",
+                self.journal_size
+            ));
         }
         if let Err(e) = LinkMap::new(&self.links) {
             return invalid(e.to_string());
@@ -403,6 +446,12 @@ impl Config {
     pub fn duid_path(&self) -> PathBuf {
         self.state_dir.join(&self.duid_file)
     }
+
+    /// Where the change journal is: `journal_file` inside `state_dir`, unless absolute.
+    #[must_use]
+    pub fn journal_path(&self) -> PathBuf {
+        self.state_dir.join(&self.journal_file)
+    }
 }
 
 /// A prefix in IPv6 form, host bits cleared: IPv4 prefixes become IPv4-mapped ones.
@@ -430,6 +479,32 @@ fn one_line(message: &str) -> String {
 
 fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_secs)
+}
+
+fn flush_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FlushPolicy, D::Error> {
+    let s = String::deserialize(d)?;
+    let interval = |digits: &str, unit: fn(u64) -> Duration| {
+        digits.parse::<u64>().ok().filter(|n| *n > 0).map(unit)
+    };
+    let policy = match s.as_str() {
+        "os" => Some(FlushPolicy::Os),
+        "always" => Some(FlushPolicy::Always),
+        other => other
+            .strip_suffix("ms")
+            .and_then(|n| interval(n, Duration::from_millis))
+            .or_else(|| {
+                other
+                    .strip_suffix('s')
+                    .and_then(|n| interval(n, Duration::from_secs))
+            })
+            .map(FlushPolicy::Interval),
+    };
+    policy.ok_or_else(|| {
+        de::Error::custom(format!(
+            "bad journal_flush `{s}`: expected \"os\", \"always\" or an interval such as \
+             \"100ms\" or \"1s\""
+        ))
+    })
 }
 
 /// Where lease changes come from: the `source` setting.
@@ -823,6 +898,9 @@ pub struct DemoSettings {
     pub changes_per_sec: u32,
     /// `seed`: the generator's seed, so runs repeat; default 1.
     pub seed: u64,
+    /// `churn_limit`: stop after this many changes following the initial population; default
+    /// none (churn forever). For tests and benchmarks that need the bindings to settle.
+    pub churn_limit: Option<u64>,
 }
 
 impl Default for DemoSettings {
@@ -832,6 +910,7 @@ impl Default for DemoSettings {
             links: 16,
             changes_per_sec: 100,
             seed: 1,
+            churn_limit: None,
         }
     }
 }
@@ -845,6 +924,7 @@ impl DemoSettings {
             links: self.links,
             changes_per_sec: self.changes_per_sec,
             seed: self.seed,
+            churn_limit: self.churn_limit,
             ..DemoConfig::default()
         }
     }

@@ -11,6 +11,7 @@ use lqd::config::{
     Access, Cli, Config, ConfigError, DemoSettings, QueryTypes, Requestor, ServerDuid, SourceSpec,
 };
 use lqd::store::LinkDef;
+use lqd::store::journal::FlushPolicy;
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -71,12 +72,17 @@ fn defaults_are_the_rfc_and_decision_values() {
             clients: 10_000,
             links: 16,
             changes_per_sec: 100,
-            seed: 1
+            seed: 1,
+            churn_limit: None,
         }
     );
     assert_eq!(c.high_water, 64 * 1024);
     assert_eq!(c.read_budget, 64);
     assert_eq!(c.udp_receive_buffer, 4 * 1024 * 1024);
+    assert!(c.active && c.catch_up);
+    assert_eq!(c.journal_path(), PathBuf::from("./lqd-journal"));
+    assert_eq!(c.journal_size, 128 << 20);
+    assert_eq!(c.journal_flush, FlushPolicy::Os);
     assert_eq!(c.log, "info");
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
 
@@ -101,9 +107,15 @@ max_concurrent_queries = 8
 bulk_data_timeout = 600
 active_send_timeout = 240
 active_idle_timeout = 90
+active = true
+catch_up = false
+journal_file = "/var/lib/lqd/changes"
+journal_size = 536870912
+journal_flush = "250ms"
 high_water = 131072
 read_budget = 32
 udp_receive_buffer = 1048576
+tcp_send_buffer = 65536
 log = "lqd=debug,warn"
 
 [[requestor]]
@@ -130,6 +142,7 @@ clients = 1000
 links = 4
 changes_per_sec = 0
 seed = 42
+churn_limit = 5000
 "#;
 
 #[test]
@@ -149,6 +162,11 @@ fn a_full_file_gives_every_setting() {
         bulk_data_timeout: Duration::from_secs(600),
         active_send_timeout: Duration::from_secs(240),
         active_idle_timeout: Duration::from_secs(90),
+        active: true,
+        catch_up: false,
+        journal_file: "/var/lib/lqd/changes".into(),
+        journal_size: 512 << 20,
+        journal_flush: FlushPolicy::Interval(Duration::from_millis(250)),
         requestors: vec![
             Requestor {
                 prefix: "2001:db8::/32".parse().unwrap(),
@@ -189,10 +207,12 @@ fn a_full_file_gives_every_setting() {
             links: 4,
             changes_per_sec: 0,
             seed: 42,
+            churn_limit: Some(5000),
         },
         high_water: 131_072,
         read_budget: 32,
         udp_receive_buffer: 1 << 20,
+        tcp_send_buffer: 65536,
         log: "lqd=debug,warn".into(),
     };
     assert_eq!(c, expected);
@@ -399,6 +419,28 @@ fn bad_prefixes_are_rejected() {
     assert_eq!(
         m,
         "config: requestor prefix ::ffff:10.0.0.0/104 is listed twice (also as 10.0.0.0/8)"
+    );
+}
+
+#[test]
+fn journal_flush_policies() {
+    for (text, want) in [
+        ("os", FlushPolicy::Os),
+        ("always", FlushPolicy::Always),
+        ("100ms", FlushPolicy::Interval(Duration::from_millis(100))),
+        ("2s", FlushPolicy::Interval(Duration::from_secs(2))),
+    ] {
+        let c = Config::from_toml(&format!("journal_flush = {text:?}\n")).unwrap();
+        assert_eq!(c.journal_flush, want, "{text}");
+    }
+    for bad in ["", "never", "0ms", "ms", "1h", "-1s"] {
+        let m = rejected(&format!("journal_flush = {bad:?}\n"));
+        assert!(m.contains(&format!("bad journal_flush `{bad}`")), "{m}");
+    }
+    let m = rejected("journal_size = 4096\n");
+    assert_eq!(
+        m,
+        "config: journal_size is 4096, below the minimum of 1048576 octets"
     );
 }
 

@@ -7,8 +7,28 @@ use lqd::codec::{
     BuildOptions, Decoded, FrameDecoder, MessageBuilder, MessageRepr, MessageType, QueryType,
     ServerTime, Status, Xid,
 };
+use lqd::engine::active::EncodeCache;
+use lqd::engine::session::{ActiveSettings, Ctx};
 use lqd::engine::session::{AllowAll, CloseReason, Event, Policy, Session};
-use lqd::store::{Change, Lease, LeaseKind, LeaseState, LinkDef, LinkMap, Store};
+use lqd::store::journal::Journal;
+use lqd::store::{Change, History, Lease, LeaseKind, LeaseState, LinkDef, LinkMap, Store};
+
+type Hist = History<Journal<Vec<u8>>>;
+
+/// `store` with an empty journal beside it.
+fn history(store: Store) -> Hist {
+    History::open(store, Journal::format(vec![0; 1 << 20]).unwrap()).0
+}
+
+fn ctx(h: &Hist) -> Ctx<'_, Journal<Vec<u8>>> {
+    Ctx {
+        history: h,
+        server_id: &SERVER,
+        now: ServerTime(2000),
+        mono: std::time::Instant::now(),
+        active: ActiveSettings::default(),
+    }
+}
 
 const SERVER: [u8; 6] = [0, 3, 0, 1, 0xca, 0xfe];
 const REQUESTOR: [u8; 6] = [0, 3, 0, 1, 0xbe, 0xef];
@@ -17,7 +37,11 @@ fn link() -> Ipv6Addr {
     "2001:db8:1::1".parse().unwrap()
 }
 
-fn store(n: u16) -> Store {
+fn store(n: u16) -> Hist {
+    history(plain_store(n))
+}
+
+fn plain_store(n: u16) -> Store {
     let mut s = Store::new();
     for i in 0..n {
         let c = Change {
@@ -69,17 +93,17 @@ fn messages(wire: &[u8]) -> Vec<(MessageType, Xid, Option<Status>)> {
 /// is done; returns everything written.
 fn drive(
     session: &mut Session,
-    store: &Store,
+    store: &Hist,
     mut input: &[u8],
     events: &mut Vec<Event>,
 ) -> Result<Vec<u8>, CloseReason> {
     let mut wire = Vec::new();
     for _ in 0..10_000 {
         if session.wants_read() {
-            let n = session.handle_bytes(input, store, &SERVER, &AllowAll, &mut wire, events)?;
+            let n = session.handle_bytes(input, &ctx(store), &AllowAll, &mut wire, events)?;
             input = &input[n..];
         }
-        session.fill(store, &SERVER, ServerTime(2000), &mut wire, usize::MAX);
+        session.fill(&ctx(store), &mut EncodeCache::new(), &mut wire, usize::MAX);
         if session.running() == 0 && input.is_empty() {
             return Ok(wire);
         }
@@ -119,21 +143,21 @@ fn at_the_query_limit_the_connection_is_not_read_d22() {
     let mut out = Vec::new();
     let mut events = Vec::new();
     let n = session
-        .handle_bytes(&input, &s, &SERVER, &AllowAll, &mut out, &mut events)
+        .handle_bytes(&input, &ctx(&s), &AllowAll, &mut out, &mut events)
         .unwrap();
     assert_eq!(n, 4 * query(1).len(), "exactly four frames consumed");
     assert!(!session.wants_read());
     assert_eq!(
         session
-            .handle_bytes(&input[n..], &s, &SERVER, &AllowAll, &mut out, &mut events)
+            .handle_bytes(&input[n..], &ctx(&s), &AllowAll, &mut out, &mut events)
             .unwrap(),
         0
     );
     // Once answers finish, the rest is read.
-    session.fill(&s, &SERVER, ServerTime(2000), &mut out, 1 << 20);
+    session.fill(&ctx(&s), &mut EncodeCache::new(), &mut out, 1 << 20);
     assert!(session.wants_read());
     let m = session
-        .handle_bytes(&input[n..], &s, &SERVER, &AllowAll, &mut out, &mut events)
+        .handle_bytes(&input[n..], &ctx(&s), &AllowAll, &mut out, &mut events)
         .unwrap();
     assert_eq!(m, 2 * query(1).len());
 }
@@ -147,8 +171,7 @@ fn a_partial_frame_waits_for_the_rest() {
         session
             .handle_bytes(
                 &q[..5],
-                &Store::new(),
-                &SERVER,
+                &ctx(&history(Store::new())),
                 &AllowAll,
                 &mut out,
                 &mut events
@@ -159,7 +182,13 @@ fn a_partial_frame_waits_for_the_rest() {
     assert_eq!(session.running(), 0);
     assert_eq!(
         session
-            .handle_bytes(&q, &Store::new(), &SERVER, &AllowAll, &mut out, &mut events)
+            .handle_bytes(
+                &q,
+                &ctx(&history(Store::new())),
+                &AllowAll,
+                &mut out,
+                &mut events
+            )
             .unwrap(),
         q.len()
     );
@@ -218,7 +247,7 @@ fn refusals_keep_the_connection_open_d8() {
     let mut session = Session::new(4);
     let (mut out, mut events) = (Vec::new(), Vec::new());
     session
-        .handle_bytes(&query(3), &s, &SERVER, &NoLink, &mut out, &mut events)
+        .handle_bytes(&query(3), &ctx(&s), &NoLink, &mut out, &mut events)
         .unwrap();
     assert_eq!(
         messages(&out),
@@ -257,8 +286,7 @@ fn violations_close_the_connection_d24() {
         let err = session
             .handle_bytes(
                 &input,
-                &Store::new(),
-                &SERVER,
+                &ctx(&history(Store::new())),
                 &AllowAll,
                 &mut out,
                 &mut events,
@@ -281,8 +309,7 @@ fn starttls_is_refused_in_plain_mode_and_active_is_not_supported() {
     session
         .handle_bytes(
             &input,
-            &Store::new(),
-            &SERVER,
+            &ctx(&history(Store::new())),
             &AllowAll,
             &mut out,
             &mut events,
@@ -306,19 +333,21 @@ fn starttls_is_refused_in_plain_mode_and_active_is_not_supported() {
         .client_id(&REQUESTOR)
         .build_frame()
         .unwrap();
+    // D10: with Active Leasequery switched off, NotSupported and close.
     let mut session = Session::new(4);
     let mut out = Vec::new();
+    let h = history(Store::new());
+    let off = Ctx {
+        active: ActiveSettings {
+            enabled: false,
+            ..ActiveSettings::default()
+        },
+        ..ctx(&h)
+    };
     let err = session
-        .handle_bytes(
-            &active,
-            &Store::new(),
-            &SERVER,
-            &AllowAll,
-            &mut out,
-            &mut events,
-        )
+        .handle_bytes(&active, &off, &AllowAll, &mut out, &mut events)
         .unwrap_err();
-    assert_eq!(err, CloseReason::ActiveRefused);
+    assert_eq!(err, CloseReason::ActiveRefused(Status::NotSupported));
     assert_eq!(
         messages(&out),
         vec![(
@@ -335,9 +364,9 @@ fn shutdown_terminates_running_answers_d9() {
     let mut session = Session::new(4);
     let (mut out, mut events) = (Vec::new(), Vec::new());
     session
-        .handle_bytes(&query(4), &s, &SERVER, &AllowAll, &mut out, &mut events)
+        .handle_bytes(&query(4), &ctx(&s), &AllowAll, &mut out, &mut events)
         .unwrap();
-    session.fill(&s, &SERVER, ServerTime(2000), &mut out, 1);
+    session.fill(&ctx(&s), &mut EncodeCache::new(), &mut out, 1);
     session.terminate_all(&SERVER, ServerTime(2001), &mut out);
     let msgs = messages(&out);
     assert_eq!(
@@ -363,7 +392,7 @@ fn a_link_is_named_by_any_address_on_it_and_an_unknown_one_is_not_configured_d16
     }])
     .unwrap();
     let mut s = Store::with_links(links);
-    for (_, b) in store(5).iter() {
+    for (_, b) in plain_store(5).iter() {
         s.apply(
             &Change {
                 client_id: b.key.client_id.clone(),
@@ -385,7 +414,7 @@ fn a_link_is_named_by_any_address_on_it_and_an_unknown_one_is_not_configured_d16
     input.extend_from_slice(&ask(2, "2001:db8:1::42"));
     let mut session = Session::new(4);
     let mut events = Vec::new();
-    let wire = drive(&mut session, &s, &input, &mut events).unwrap();
+    let wire = drive(&mut session, &history(s), &input, &mut events).unwrap();
     let msgs = messages(&wire);
     assert_eq!(
         msgs[0],

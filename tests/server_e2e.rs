@@ -390,14 +390,25 @@ fn out_of_descriptors_the_backlog_waits_and_is_served_when_others_close() {
     );
     assert!(lqd.log().contains("accept failed"), "{}", lqd.log());
     drop(answered);
+    let mut served = Vec::new();
     for (i, mut s) in waiting {
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let got = read_answers(&mut s, &[i as u32 + 1]);
         assert!(got.len() >= 2, "connection {i}: {} messages", got.len());
+        served.push(s);
     }
-    assert!(
-        lqd.log().contains("accepting connections again"),
-        "{}",
+    // At the limit Linux refuses accept with EMFILE even when nobody waits: lqd retries
+    // quietly, and says it is accepting again once descriptors are free.
+    drop(served);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lqd.log().contains("accepting connections again") {
+        assert!(Instant::now() < deadline, "{}", lqd.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        lqd.log().matches("accept failed").count(),
+        1,
+        "one warning per stall:\n{}",
         lqd.log()
     );
 }

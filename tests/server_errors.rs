@@ -1,7 +1,8 @@
 //! Every error path against a real `lqd` process on loopback: each refusal status over TCP and
 //! UDP with the connection kept (D8), the framing violations that close only their own
 //! connection with a log line naming the peer (D24), STARTTLS without TLS (D25), a duplicate
-//! xid (D21), ACTIVELEASEQUERY where Active is not served (D10), the silent UDP drops (digest
+//! xid (D21), ACTIVELEASEQUERY with END_TIME (D7) or where Active or its catch-up is switched
+//! off (D10), the silent UDP drops (digest
 //! §8.1) and per-requestor query types (D23) over both transports.
 
 #[path = "common/lqd.rs"]
@@ -292,14 +293,17 @@ fn bad_frames_close_only_their_own_connection_d24() {
             "{what}: no close line naming the peer:\n{log}"
         );
     }
+    // D7: an ACTIVELEASEQUERY with END_TIME gets MalformedQuery, then the connection closes.
     let mut s = lqd.connect();
     let active = MessageBuilder::active_leasequery(9)
         .client_id(&REQUESTOR)
+        .end_time(ServerTime(1))
         .build_frame()
         .unwrap();
     s.write_all(&active).unwrap();
-    assert_eq!(refusal(&read_one(&mut s), 9), Status::NotSupported);
+    assert_eq!(refusal(&read_one(&mut s), 9), Status::MalformedQuery);
     assert!(closed(&mut s));
+    wait_for_log(&lqd, "ACTIVELEASEQUERY refused with MalformedQuery");
     // The first connection never noticed.
     good.write_all(&by_link(1, link(1))).unwrap();
     assert!(read_answers(&mut good, &[1]).len() >= 3);
@@ -309,6 +313,36 @@ fn udp_ask(u: &UdpSocket, lqd: &Lqd, message: &[u8]) -> Option<Vec<u8>> {
     u.send_to(message, lqd.addr).unwrap();
     let mut buf = [0u8; 65536];
     u.recv_from(&mut buf).ok().map(|(n, _)| buf[..n].to_vec())
+}
+
+/// D10: where configuration switches Active Leasequery or its catch-up off, NotSupported and
+/// close.
+#[test]
+fn switched_off_active_and_catch_up_get_not_supported_d10() {
+    for (name, config, request) in [
+        (
+            "noactive",
+            "active = false",
+            MessageBuilder::active_leasequery(1).client_id(&REQUESTOR),
+        ),
+        (
+            "nocatchup",
+            "catch_up = false",
+            MessageBuilder::active_leasequery(1)
+                .client_id(&REQUESTOR)
+                .start_time(ServerTime(1000)),
+        ),
+    ] {
+        let lqd = Lqd::start(name, config);
+        let mut s = lqd.connect();
+        s.write_all(&request.build_frame().unwrap()).unwrap();
+        assert_eq!(
+            refusal(&read_one(&mut s), 1),
+            Status::NotSupported,
+            "{name}"
+        );
+        assert!(closed(&mut s), "{name}");
+    }
 }
 
 /// Digest §8.1: what is dropped in silence, and each refusal over UDP, logged.

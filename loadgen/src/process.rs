@@ -67,6 +67,7 @@ impl Lqd {
             links: 1,
             changes_per_sec: common.churn,
             seed: common.seed,
+            churn_limit: None,
         };
         let t = Instant::now();
         let population = Population::generate(&settings)?;

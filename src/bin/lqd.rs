@@ -7,8 +7,9 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
 use lqd::config::{Cli, Config, SourceSpec};
+use lqd::engine::session::ActiveSettings;
 use lqd::feed::{feed, spawn_demo, system_time};
-use lqd::server::{Server, ServerConfig};
+use lqd::server::{JournalSettings, Server, ServerConfig};
 use tracing::{error, info, warn};
 
 /// Changes the feed holds before a source has to wait for the loop.
@@ -59,6 +60,17 @@ fn run(config: Config) -> Result<(), String> {
     raise_fd_limit(config.max_connections);
     let links = config.link_map().map_err(|e| e.to_string())?;
     info!(links = links.len(), "links configured");
+    let active = ActiveSettings {
+        enabled: config.active,
+        catch_up: config.catch_up,
+        idle_timeout: config.active_idle_timeout,
+    };
+    let active_send_timeout = config.active_send_timeout;
+    let journal = JournalSettings {
+        path: config.journal_path(),
+        size: config.journal_size,
+        flush: config.journal_flush,
+    };
     let server_cfg = ServerConfig {
         listen: config.listen.clone(),
         server_id,
@@ -69,9 +81,13 @@ fn run(config: Config) -> Result<(), String> {
         high_water: config.high_water,
         read_budget: config.read_budget,
         udp_receive_buffer: config.udp_receive_buffer,
+        tcp_send_buffer: config.tcp_send_buffer,
         feed_budget: 4096,
         access: Box::new(config),
         links,
+        active,
+        active_send_timeout,
+        journal,
     };
     let mut server = Server::bind(server_cfg).map_err(|e| format!("cannot listen: {e}"))?;
     let (handle, receiver) = feed(FEED_CAPACITY, server.waker());

@@ -5,6 +5,7 @@
 //! answers a UDP Leasequery datagram; [`bulk`], which streams a Bulk Leasequery's answer;
 //! [`session`], one TCP connection's state.
 
+pub mod active;
 pub mod bulk;
 pub mod query;
 pub mod reply;

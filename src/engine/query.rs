@@ -19,7 +19,7 @@ use std::net::Ipv6Addr;
 use crate::codec::{
     DhcpOption, MessageRepr, MessageType, OptionCode, Options, QueryType, ServerTime, Status, Xid,
 };
-use crate::store::{RemoteIdKey, Store};
+use crate::store::{Binding, RemoteIdKey, Store};
 
 /// How the query arrived: it decides which query types are allowed (D11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +63,114 @@ pub enum Selector {
         /// Only this link, when named.
         link: Option<Ipv6Addr>,
     },
+}
+
+impl Selector {
+    /// True when `binding` is one this selector asks for: the filter of an Active query
+    /// (digest §10.4 item 10), the same rules as the Bulk query types.
+    #[must_use]
+    pub fn matches(&self, binding: &Binding) -> bool {
+        let on = |link: &Option<Ipv6Addr>| link.is_none_or(|l| l == binding.key.link);
+        match self {
+            Self::Address { address, link } => {
+                on(link) && binding.leases.iter().any(|l| l.covers(*address))
+            }
+            Self::ClientId { client_id, link } => on(link) && binding.key.client_id == *client_id,
+            Self::RelayId { relay_id, link } => {
+                on(link) && binding.relay.relay_ids.iter().any(|r| r == relay_id)
+            }
+            Self::LinkAddress(l) => binding.key.link == *l,
+            Self::RemoteId { remote_id, link } => {
+                on(link) && binding.relay.remote_ids.iter().any(|r| r == remote_id)
+            }
+        }
+    }
+}
+
+/// An ACTIVELEASEQUERY lqd will serve (digest §10.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveRequest {
+    /// The requestor's transaction id, in every message of the stream.
+    pub xid: Xid,
+    /// The requestor's own DUID, echoed in the LEASEQUERY-REPLY.
+    pub requestor_id: Option<Box<[u8]>>,
+    /// Only changes to bindings this selects; `None` (no OPTION_LQ_QUERY) for every change.
+    pub filter: Option<Selector>,
+    /// The query type of the filter, for the requestor's policy (D23).
+    pub query_type: Option<QueryType>,
+    /// Catch up from this time (OPTION_LQ_START_TIME).
+    pub start: Option<ServerTime>,
+    /// Put OPTION_LQ_BASE_TIME in every message (D18).
+    pub want_base_time: bool,
+    /// Put OPTION_LQ_RELAY_DATA in each OPTION_CLIENT_DATA (D17).
+    pub want_relay_data: bool,
+}
+
+/// Reads a parsed ACTIVELEASEQUERY (message type 22). OPTION_LQ_QUERY is optional (without it
+/// every change is sent); when present it is read by the LEASEQUERY rules. OPTION_LQ_END_TIME is
+/// MalformedQuery (D7).
+pub fn read_active(msg: &MessageRepr<'_>) -> Result<ActiveRequest, Refusal> {
+    let xid = msg.xid().unwrap_or_default();
+    let requestor_id = msg
+        .options
+        .client_id()
+        .map(|d| Box::<[u8]>::from(d.as_bytes()));
+    let refuse = |status, reason| Refusal {
+        xid,
+        requestor_id: requestor_id.clone(),
+        status,
+        reason,
+    };
+    if msg.msg_type() != MessageType::ActiveLeasequery {
+        return Err(refuse(Status::MalformedQuery, "not an ACTIVELEASEQUERY"));
+    }
+    let mut queries = 0usize;
+    let mut start = None;
+    for o in msg.options.iter() {
+        match o {
+            DhcpOption::LqQuery(_) => queries = queries.saturating_add(1),
+            DhcpOption::LqStartTime(t) => start = Some(t),
+            DhcpOption::LqEndTime(_) => {
+                return Err(refuse(
+                    Status::MalformedQuery,
+                    "OPTION_LQ_END_TIME in an ACTIVELEASEQUERY",
+                ));
+            }
+            _ => {}
+        }
+    }
+    let asks = |code| {
+        msg.options.requests(code)
+            || msg
+                .options
+                .lq_query()
+                .is_some_and(|q| q.options.requests(code))
+    };
+    let (filter, query_type) = match queries {
+        0 => (None, None),
+        1 => {
+            let q = read_leasequery_options(msg, Transport::Tcp)?;
+            (
+                Some(q.selector),
+                msg.options.lq_query().map(|q| q.query_type),
+            )
+        }
+        _ => {
+            return Err(refuse(
+                Status::MalformedQuery,
+                "more than one OPTION_LQ_QUERY",
+            ));
+        }
+    };
+    Ok(ActiveRequest {
+        xid,
+        requestor_id,
+        filter,
+        query_type,
+        start,
+        want_base_time: asks(OptionCode::LqBaseTime),
+        want_relay_data: asks(OptionCode::LqRelayData),
+    })
 }
 
 /// A query lqd will answer.
@@ -113,7 +221,23 @@ pub fn read_leasequery(msg: &MessageRepr<'_>, transport: Transport) -> Result<Qu
     if msg.msg_type() != MessageType::Leasequery {
         return Err(refuse(Status::MalformedQuery, "not a LEASEQUERY"));
     }
+    read_leasequery_options(msg, transport)
+}
 
+/// The options of a LEASEQUERY (or of an ACTIVELEASEQUERY holding OPTION_LQ_QUERY), whatever
+/// the message type.
+fn read_leasequery_options(msg: &MessageRepr<'_>, transport: Transport) -> Result<Query, Refusal> {
+    let xid = msg.xid().unwrap_or_default();
+    let requestor_id = msg
+        .options
+        .client_id()
+        .map(|d| Box::<[u8]>::from(d.as_bytes()));
+    let refuse = |status, reason| Refusal {
+        xid,
+        requestor_id: requestor_id.clone(),
+        status,
+        reason,
+    };
     let mut lq = None;
     let (mut start, mut end) = (None, None);
     for o in msg.options.iter() {
@@ -237,25 +361,47 @@ pub fn read_leasequery(msg: &MessageRepr<'_>, transport: Transport) -> Result<Qu
 /// on is accepted too (the source is the authority on where its clients are). An address asked
 /// about must lie in managed space unless the store holds it anyway.
 pub fn resolve_links(mut query: Query, store: &Store) -> Result<Query, Refusal> {
+    match resolve_selector(&mut query.selector, store) {
+        Ok(()) => Ok(query),
+        Err(reason) => Err(Refusal {
+            xid: query.xid,
+            requestor_id: query.requestor_id,
+            status: Status::NotConfigured,
+            reason,
+        }),
+    }
+}
+
+/// [`resolve_links`] for an Active query's filter.
+pub fn resolve_active_links(
+    mut request: ActiveRequest,
+    store: &Store,
+) -> Result<ActiveRequest, Refusal> {
+    let Some(filter) = request.filter.as_mut() else {
+        return Ok(request);
+    };
+    match resolve_selector(filter, store) {
+        Ok(()) => Ok(request),
+        Err(reason) => Err(Refusal {
+            xid: request.xid,
+            requestor_id: request.requestor_id,
+            status: Status::NotConfigured,
+            reason,
+        }),
+    }
+}
+
+/// Names the selector's link by its canonical address; the reason for NotConfigured otherwise.
+fn resolve_selector(selector: &mut Selector, store: &Store) -> Result<(), &'static str> {
     let map = store.link_map();
     if map.is_empty() {
-        return Ok(query);
+        return Ok(());
     }
-    let refuse = |query: Query, reason| Refusal {
-        xid: query.xid,
-        requestor_id: query.requestor_id,
-        status: Status::NotConfigured,
-        reason,
-    };
-    let resolve = |l: Ipv6Addr| map.link_of(l).or_else(|| store.has_link(l).then_some(l));
-    let named = match &mut query.selector {
+    let named = match selector {
         Selector::Address { address, .. }
             if !map.manages(*address) && store.by_address(*address).is_none() =>
         {
-            return Err(refuse(
-                query,
-                "the address is not in any configured link or pool",
-            ));
+            return Err("the address is not in any configured link or pool");
         }
         Selector::Address { link, .. }
         | Selector::ClientId { link, .. }
@@ -264,12 +410,12 @@ pub fn resolve_links(mut query: Query, store: &Store) -> Result<Query, Refusal> 
         Selector::LinkAddress(l) => Some(l),
     };
     if let Some(l) = named {
-        match resolve(*l) {
+        match map.link_of(*l).or_else(|| store.has_link(*l).then_some(*l)) {
             Some(canonical) => *l = canonical,
-            None => return Err(refuse(query, "the link-address is not a configured link")),
+            None => return Err("the link-address is not a configured link"),
         }
     }
-    Ok(query)
+    Ok(())
 }
 
 fn find_address(opts: &Options<'_>) -> Option<Ipv6Addr> {

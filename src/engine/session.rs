@@ -9,14 +9,20 @@
 
 use std::fmt;
 
+use std::time::{Duration, Instant};
+
+use super::active::{ActiveQuery, EncodeCache};
 use super::bulk::{BulkAnswer, Fill};
-use super::query::{Refusal, Transport, read_leasequery, resolve_links};
+use super::query::{
+    ActiveRequest, Refusal, Transport, read_active, read_leasequery, resolve_active_links,
+    resolve_links,
+};
 use super::reply::{push_frame, refusal_options};
 use crate::codec::{
     Decoded, FrameDecoder, MessageRepr, MessageType, Options, QueryType, ServerTime, Status,
     StatusCode, Xid,
 };
-use crate::store::Store;
+use crate::store::{History, Log};
 
 /// Why a session must be closed. Every variant names the reason for the log line (D24).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,8 +33,8 @@ pub enum CloseReason {
     BadMessage(crate::codec::Error),
     /// A message type a requestor may not send on a Bulk connection.
     UnexpectedMessage(MessageType),
-    /// An ACTIVELEASEQUERY, refused (this server does not serve Active Leasequery yet, D10).
-    ActiveRefused,
+    /// An ACTIVELEASEQUERY refused with this status (D8: then close; D10 when Active is off).
+    ActiveRefused(Status),
 }
 
 impl fmt::Display for CloseReason {
@@ -37,7 +43,7 @@ impl fmt::Display for CloseReason {
             Self::BadFrame(e) => write!(f, "bad frame: {e}"),
             Self::BadMessage(e) => write!(f, "unparsable message: {e}"),
             Self::UnexpectedMessage(t) => write!(f, "{t} is not a requestor's message"),
-            Self::ActiveRefused => f.write_str("ACTIVELEASEQUERY refused with NotSupported"),
+            Self::ActiveRefused(s) => write!(f, "ACTIVELEASEQUERY refused with {s}"),
         }
     }
 }
@@ -74,6 +80,49 @@ pub enum Event {
     DuplicateXid(Xid),
     /// A STARTTLS was answered with TLSConnectionRefused (D25).
     StartTlsRefused,
+    /// An Active query started.
+    ActiveStarted {
+        /// Its xid.
+        xid: Xid,
+        /// True when it asked for a catch-up the journal covers.
+        catching_up: bool,
+    },
+}
+
+/// What Active Leasequery service is offered (D10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveSettings {
+    /// ACTIVELEASEQUERY is served; otherwise NotSupported.
+    pub enabled: bool,
+    /// OPTION_LQ_START_TIME is honoured; otherwise NotSupported.
+    pub catch_up: bool,
+    /// ACTIVE_LQ_IDLE_TIMEOUT: a keepalive after this long without sending (D2).
+    pub idle_timeout: Duration,
+}
+
+impl Default for ActiveSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            catch_up: true,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a session works with on one turn of the loop.
+#[derive(Debug)]
+pub struct Ctx<'a, L: Log> {
+    /// The bindings and the journal.
+    pub history: &'a History<L>,
+    /// This server's DUID.
+    pub server_id: &'a [u8],
+    /// The server time (OPTION_LQ_BASE_TIME, lifetimes).
+    pub now: ServerTime,
+    /// The monotonic time (keepalives).
+    pub mono: Instant,
+    /// The Active service offered.
+    pub active: ActiveSettings,
 }
 
 /// One connection's protocol state.
@@ -81,6 +130,7 @@ pub enum Event {
 pub struct Session {
     decoder: FrameDecoder,
     answers: Vec<BulkAnswer>,
+    active: Vec<ActiveQuery>,
     next: usize,
     max_concurrent: usize,
     received_any: bool,
@@ -93,6 +143,7 @@ impl Session {
         Self {
             decoder: FrameDecoder::default(),
             answers: Vec::new(),
+            active: Vec::new(),
             next: 0,
             max_concurrent: max_concurrent.max(1),
             received_any: false,
@@ -102,23 +153,40 @@ impl Session {
     /// True while the session can take another query: the server reads the socket only then.
     #[must_use]
     pub fn wants_read(&self) -> bool {
-        self.answers.len() < self.max_concurrent
+        self.running() < self.max_concurrent
     }
 
-    /// The number of answers in progress.
+    /// The number of queries in progress, Bulk and Active.
     #[must_use]
     pub fn running(&self) -> usize {
+        self.answers.len().saturating_add(self.active.len())
+    }
+
+    /// The number of Bulk answers in progress (each has more to send until it finishes).
+    #[must_use]
+    pub fn bulk_running(&self) -> usize {
         self.answers.len()
+    }
+
+    /// True while an Active query runs on this connection (it never finishes by itself).
+    #[must_use]
+    pub fn has_active(&self) -> bool {
+        !self.active.is_empty()
+    }
+
+    /// The Active queries running.
+    #[must_use]
+    pub fn active_queries(&self) -> &[ActiveQuery] {
+        &self.active
     }
 
     /// Consumes whole frames from `buf` while the session can take queries; returns the octets
     /// consumed (the caller keeps the rest). Refusals and other immediate replies go to `out`,
     /// log-worthy events to `events`. An error means: close the connection.
-    pub fn handle_bytes(
+    pub fn handle_bytes<L: Log>(
         &mut self,
         buf: &[u8],
-        store: &Store,
-        server_id: &[u8],
+        ctx: &Ctx<'_, L>,
         policy: &dyn Policy,
         out: &mut Vec<u8>,
         events: &mut Vec<Event>,
@@ -133,22 +201,23 @@ impl Session {
                     consumed: n,
                 } => {
                     consumed += n;
-                    self.handle_message(message, store, server_id, policy, out, events)?;
+                    self.handle_message(message, ctx, policy, out, events)?;
                 }
             }
         }
         Ok(consumed)
     }
 
-    fn handle_message(
+    fn handle_message<L: Log>(
         &mut self,
         bytes: &[u8],
-        store: &Store,
-        server_id: &[u8],
+        ctx: &Ctx<'_, L>,
         policy: &dyn Policy,
         out: &mut Vec<u8>,
         events: &mut Vec<Event>,
     ) -> Result<(), CloseReason> {
+        let server_id = ctx.server_id;
+        let store = ctx.history.store();
         let msg = MessageRepr::parse(bytes).map_err(CloseReason::BadMessage)?;
         let first = !self.received_any;
         self.received_any = true;
@@ -170,17 +239,7 @@ impl Session {
                 return Ok(());
             }
             MessageType::ActiveLeasequery => {
-                let xid = msg.xid().unwrap_or_default();
-                let requestor = msg.options.client_id().map(|d| d.as_bytes());
-                reply_status(
-                    xid,
-                    requestor,
-                    server_id,
-                    Status::NotSupported,
-                    "Active Leasequery is not served",
-                    out,
-                );
-                return Err(CloseReason::ActiveRefused);
+                return self.start_active(&msg, ctx, policy, out, events);
             }
             other => return Err(CloseReason::UnexpectedMessage(other)),
         }
@@ -231,16 +290,84 @@ impl Session {
         Ok(())
     }
 
-    /// Appends the running answers' messages to `out`, round-robin, until it holds
-    /// `high_water` octets or nothing is left to send. Finished answers are dropped.
-    pub fn fill(
+    /// Starts an Active query (digest §10.4), or refuses it with a LEASEQUERY-REPLY and asks
+    /// for the connection to close (D8, D10).
+    fn start_active<L: Log>(
         &mut self,
-        store: &Store,
-        server_id: &[u8],
-        now: ServerTime,
+        msg: &MessageRepr<'_>,
+        ctx: &Ctx<'_, L>,
+        policy: &dyn Policy,
+        out: &mut Vec<u8>,
+        events: &mut Vec<Event>,
+    ) -> Result<(), CloseReason> {
+        let checked = read_active(msg)
+            .and_then(|r| allowed_active(r, policy, ctx.active))
+            .and_then(|r| resolve_active_links(r, ctx.history.store()));
+        let request = match checked {
+            Ok(r) => r,
+            Err(Refusal {
+                xid,
+                requestor_id,
+                status,
+                reason,
+            }) => {
+                reply_status(
+                    xid,
+                    requestor_id.as_deref(),
+                    ctx.server_id,
+                    status,
+                    reason,
+                    out,
+                );
+                events.push(Event::Refused {
+                    xid,
+                    status,
+                    reason,
+                });
+                return Err(CloseReason::ActiveRefused(status));
+            }
+        };
+        let running = |x| {
+            self.answers.iter().any(|a| a.query().xid == x)
+                || self.active.iter().any(|a| a.xid() == x)
+        };
+        if running(request.xid) {
+            events.push(Event::DuplicateXid(request.xid));
+            return Ok(());
+        }
+        let query = ActiveQuery::start(request, ctx.history, ctx.server_id, ctx.now, ctx.mono, out);
+        events.push(Event::ActiveStarted {
+            xid: query.xid(),
+            catching_up: query.catching_up(),
+        });
+        self.active.push(query);
+        Ok(())
+    }
+
+    /// Appends the running queries' messages to `out` until it holds `high_water` octets or
+    /// nothing is left to send: Active streams first (they are live), then the Bulk answers
+    /// round-robin. Finished Bulk answers are dropped. True when an Active query has records
+    /// left to read.
+    pub fn fill<L: Log>(
+        &mut self,
+        ctx: &Ctx<'_, L>,
+        cache: &mut EncodeCache,
         out: &mut Vec<u8>,
         high_water: usize,
-    ) {
+    ) -> bool {
+        let mut more = false;
+        for q in &mut self.active {
+            more |= q.fill(
+                ctx.history,
+                cache,
+                ctx.now,
+                ctx.mono,
+                ctx.active.idle_timeout,
+                out,
+                high_water,
+            );
+        }
+        let (store, server_id, now) = (ctx.history.store(), ctx.server_id, ctx.now);
         while out.len() < high_water && !self.answers.is_empty() {
             if self.next >= self.answers.len() {
                 self.next = 0;
@@ -256,6 +383,7 @@ impl Session {
                 self.next += 1;
             }
         }
+        more
     }
 
     /// Ends every running answer with LEASEQUERY-DONE QueryTerminated (D9), for shutdown.
@@ -270,6 +398,10 @@ impl Session {
             );
         }
         self.answers.clear();
+        for query in &self.active {
+            query.terminate(Status::QueryTerminated, "server shutting down", now, out);
+        }
+        self.active.clear();
     }
 }
 
@@ -287,4 +419,55 @@ fn reply_status(
         &MessageRepr::new(MessageType::LeasequeryReply, xid, Options::from_items(&top)),
         out,
     );
+}
+
+/// Refuses an Active query the configuration or the requestor's policy does not allow: Active
+/// or catch-up switched off (NotSupported, D10), a filter type not allowed, or no filter for a
+/// requestor not allowed every type (it would see every binding) (NotAllowed, D23).
+fn allowed_active(
+    request: ActiveRequest,
+    policy: &dyn Policy,
+    settings: ActiveSettings,
+) -> Result<ActiveRequest, Refusal> {
+    let refuse = |request: ActiveRequest, status, reason| Refusal {
+        xid: request.xid,
+        requestor_id: request.requestor_id,
+        status,
+        reason,
+    };
+    if !settings.enabled {
+        return Err(refuse(
+            request,
+            Status::NotSupported,
+            "Active Leasequery is not served",
+        ));
+    }
+    if request.start.is_some() && !settings.catch_up {
+        return Err(refuse(
+            request,
+            Status::NotSupported,
+            "catch-up (OPTION_LQ_START_TIME) is not served",
+        ));
+    }
+    let allowed = match request.query_type {
+        Some(t) => policy.allows(t),
+        None => [
+            QueryType::ByAddress,
+            QueryType::ByClientId,
+            QueryType::ByRelayId,
+            QueryType::ByLinkAddress,
+            QueryType::ByRemoteId,
+        ]
+        .into_iter()
+        .all(|t| policy.allows(t)),
+    };
+    if allowed {
+        Ok(request)
+    } else {
+        Err(refuse(
+            request,
+            Status::NotAllowed,
+            "query type not allowed for this requestor",
+        ))
+    }
 }

@@ -113,6 +113,9 @@ pub struct DemoConfig {
     pub mix: ChurnMix,
     /// Stop [`spawn_demo`] after this many changes; `None` runs until the feed closes.
     pub limit: Option<u64>,
+    /// Stop [`spawn_demo`] after this many changes following the initial population; `None`
+    /// churns on.
+    pub churn_limit: Option<u64>,
 }
 
 impl Default for DemoConfig {
@@ -130,6 +133,7 @@ impl Default for DemoConfig {
             pd_prefix_len: 56,
             mix: ChurnMix::default(),
             limit: None,
+            churn_limit: None,
         }
     }
 }
@@ -637,6 +641,8 @@ where
         .spawn(move || {
             let rate = config.changes_per_sec;
             let limit = config.limit.unwrap_or(u64::MAX);
+            let churn_limit = config.churn_limit.unwrap_or(u64::MAX);
+            let mut churned = 0u64;
             let mut source = DemoSource::new(config);
             // The initial population is the state the lease store already holds: it is
             // loaded at once, and only the churn after it is paced.
@@ -644,6 +650,10 @@ where
             let mut sent = 0u64;
             let mut announced = false;
             while sent < limit {
+                if announced && churned >= churn_limit {
+                    tracing::info!(changes = churned, "demo: churn limit reached");
+                    break;
+                }
                 if rate > 0 && (pacer.is_some() || source.initial_done()) {
                     let pacer = pacer.get_or_insert_with(|| Pacer::new(rate, Instant::now()));
                     while let Some(wait) = pacer.delay(Instant::now()) {
@@ -655,6 +665,9 @@ where
                     break;
                 }
                 sent = sent.saturating_add(1);
+                if announced {
+                    churned = churned.saturating_add(1);
+                }
                 if !announced && source.initial_done() {
                     announced = true;
                     tracing::info!(changes = sent, "demo: initial population sent");

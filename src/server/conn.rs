@@ -10,8 +10,12 @@ use tracing::info;
 use super::ServerConfig;
 use crate::codec::ServerTime;
 use crate::config::QueryTypes;
-use crate::engine::session::{Event, Session};
-use crate::store::Store;
+use crate::engine::active::EncodeCache;
+use crate::engine::session::{Ctx, Event, Session};
+use crate::store::Log;
+
+/// Capacity an emptied input buffer may keep; more is given back.
+const KEEP_CAPACITY: usize = 8 * 1024;
 
 /// A connection and what the loop knows about it.
 pub(super) struct Conn {
@@ -61,6 +65,9 @@ impl Conn {
     pub(super) fn blocked_for(&self) -> Duration {
         if self.out_pos < self.outbuf.len() {
             self.progress.elapsed()
+        } else if self.session.has_active() {
+            // An Active stream is quiet when nothing changes: that is not being blocked.
+            Duration::ZERO
         } else if self.session.running() == 0 {
             self.activity.elapsed()
         } else {
@@ -70,11 +77,11 @@ impl Conn {
 
     /// Reads, runs the session, writes. `Ok(true)` when work is left for the next turn (the
     /// budget ran out with readiness unused); `Err(reason)` when the connection must close.
-    pub(super) fn service(
+    pub(super) fn service<L: Log>(
         &mut self,
-        store: &Store,
+        ctx: &Ctx<'_, L>,
+        cache: &mut EncodeCache,
         cfg: &ServerConfig,
-        now: ServerTime,
     ) -> Result<bool, String> {
         let mut more = false;
         if self.readable && self.session.wants_read() {
@@ -82,8 +89,7 @@ impl Conn {
             let mut events = Vec::new();
             let consumed = self.session.handle_bytes(
                 &self.inbuf,
-                store,
-                &cfg.server_id,
+                ctx,
                 &self.policy,
                 &mut self.outbuf,
                 &mut events,
@@ -94,6 +100,9 @@ impl Conn {
             match consumed {
                 Ok(n) => {
                     self.inbuf.drain(..n.min(self.inbuf.len()));
+                    if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_CAPACITY {
+                        self.inbuf = Vec::new();
+                    }
                 }
                 Err(reason) => {
                     // Say what we can (a refusal may be queued), then close.
@@ -104,8 +113,14 @@ impl Conn {
         }
         if self.outbuf.len() - self.out_pos < cfg.high_water {
             self.compact();
-            self.session
-                .fill(store, &cfg.server_id, now, &mut self.outbuf, cfg.high_water);
+            if self.outbuf.capacity() == 0 && self.session.bulk_running() > 0 {
+                // One allocation for the whole fill rather than a growth in steps.
+                self.outbuf.reserve(cfg.high_water.saturating_add(4096));
+            }
+            more |= self
+                .session
+                .fill(ctx, cache, &mut self.outbuf, cfg.high_water)
+                && self.writable;
         }
         if self.writable {
             self.write().map_err(|e| format!("write failed: {e}"))?;
@@ -116,7 +131,8 @@ impl Conn {
         }
         // Output left and the socket still writable (the fill stopped at high water), or
         // queries waiting while the session can take more: come back next turn.
-        more |= self.writable && (self.out_pos < self.outbuf.len() || self.session.running() > 0);
+        more |=
+            self.writable && (self.out_pos < self.outbuf.len() || self.session.bulk_running() > 0);
         // Readiness not used up while the session could take more (for instance a query
         // finished this turn and freed a slot): edge-triggered, it will not be reported again.
         more |= self.readable && self.session.wants_read();
@@ -173,6 +189,13 @@ impl Conn {
             }
         }
         self.progress = Instant::now();
+        self.out_pos = 0;
+        self.outbuf.clear();
+        // An Active stream between changes, or an idle connection, holds no buffer: thousands
+        // of them cost little memory. A Bulk answer in progress keeps its buffer.
+        if self.session.bulk_running() == 0 {
+            self.outbuf = Vec::new();
+        }
         Ok(())
     }
 
@@ -181,6 +204,11 @@ impl Conn {
             self.outbuf.drain(..self.out_pos.min(self.outbuf.len()));
             self.out_pos = 0;
         }
+    }
+
+    /// True while an Active query runs on this connection.
+    pub(super) fn has_active(&self) -> bool {
+        self.session.has_active()
     }
 
     /// Ends running queries with QueryTerminated and tries to send that before closing.
@@ -202,5 +230,8 @@ fn log_event(peer: SocketAddr, e: &Event) {
         }
         Event::DuplicateXid(xid) => info!(%peer, %xid, "query dropped: its xid is already running"),
         Event::StartTlsRefused => info!(%peer, "STARTTLS refused: TLS is not configured"),
+        Event::ActiveStarted { xid, catching_up } => {
+            info!(%peer, %xid, catching_up, "Active query started");
+        }
     }
 }

@@ -23,9 +23,12 @@ use tracing::{debug, info, warn};
 
 use crate::codec::ServerTime;
 use crate::config::QueryTypes;
+use crate::engine::active::EncodeCache;
+use crate::engine::session::{ActiveSettings, Ctx};
 use crate::engine::udp::{UdpAnswer, answer};
 use crate::feed::{FeedReceiver, system_time as server_time};
-use crate::store::{LinkMap, Store};
+use crate::store::journal::{FlushPolicy, JournalFile};
+use crate::store::{History, LinkMap, Store};
 use conn::Conn;
 
 /// Who may connect, and what they may ask (decision D23).
@@ -74,6 +77,8 @@ pub struct ServerConfig {
     pub read_budget: usize,
     /// SO_RCVBUF of the UDP sockets, in octets.
     pub udp_receive_buffer: usize,
+    /// SO_SNDBUF of each TCP connection, in octets; 0 for the kernel's autotuning.
+    pub tcp_send_buffer: usize,
     /// Changes taken from the feed per loop turn.
     pub feed_budget: usize,
     /// Access control.
@@ -81,6 +86,24 @@ pub struct ServerConfig {
     /// The links served (D16); empty takes links as the source names them. The server's
     /// store keeps them (this field is left empty).
     pub links: LinkMap,
+    /// Active Leasequery service (D10) and ACTIVE_LQ_IDLE_TIMEOUT.
+    pub active: ActiveSettings,
+    /// ACTIVE_LQ_SEND_TIMEOUT: an Active connection whose output has not moved this long is
+    /// closed.
+    pub active_send_timeout: Duration,
+    /// The change journal's file.
+    pub journal: JournalSettings,
+}
+
+/// Where the change journal lives and how it is flushed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalSettings {
+    /// The file (created when absent).
+    pub path: std::path::PathBuf,
+    /// Its size in octets: how much history catch-up can reach.
+    pub size: u64,
+    /// When written records are forced to disk.
+    pub flush: FlushPolicy,
 }
 
 const WAKER: Token = Token(0);
@@ -100,7 +123,12 @@ pub struct Server {
     /// Listeners whose accept failed (out of descriptors, say): connections wait in their
     /// backlog, and no new readiness is reported for them, so they are retried.
     accept_retry: Vec<usize>,
-    store: Store,
+    /// An accept failure was logged and the listeners have not drained since: at the
+    /// descriptor limit Linux answers EMFILE even with an empty backlog, so retries go on
+    /// quietly until an accept ends in WouldBlock.
+    accept_stalled: bool,
+    history: History<JournalFile>,
+    cache: EncodeCache,
     feed: Option<FeedReceiver>,
     waker: Arc<Waker>,
 }
@@ -109,6 +137,20 @@ impl Server {
     /// Binds every listen address (TCP and UDP) and registers the feed's waker.
     pub fn bind(mut cfg: ServerConfig) -> io::Result<Self> {
         let store = Store::with_links(std::mem::take(&mut cfg.links));
+        let j = &cfg.journal;
+        let (file, recovered) = JournalFile::open(&j.path, j.size, j.flush)
+            .map_err(|e| io::Error::other(format!("journal {}: {e}", j.path.display())))?;
+        if let Some(why) = &recovered.discarded {
+            warn!(journal = %j.path.display(), "journal recovery stopped early: {why}");
+        }
+        let (history, restored) = History::open(store, file);
+        info!(
+            journal = %j.path.display(),
+            records = restored.records,
+            unreadable = restored.unreadable,
+            bindings = restored.bindings,
+            "journal opened"
+        );
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut tcp = Vec::new();
@@ -137,7 +179,9 @@ impl Server {
             conns: Slab::new(),
             per_peer: HashMap::new(),
             accept_retry: Vec::new(),
-            store,
+            accept_stalled: false,
+            history,
+            cache: EncodeCache::new(),
             feed: None,
             waker,
         })
@@ -206,7 +250,11 @@ impl Server {
                 }
             }
             // Changes keep arriving while requestors are served: take a budget each turn.
+            let before = self.history.journal().next_seq();
             feed_more = self.drain_feed(now);
+            if self.history.journal().next_seq() != before {
+                self.wake_active(&mut pending);
+            }
             udp_pending.sort_unstable();
             udp_pending.dedup();
             let sockets = std::mem::take(&mut udp_pending);
@@ -228,13 +276,17 @@ impl Server {
                 for i in std::mem::take(&mut self.accept_retry) {
                     self.accept(i);
                 }
-                if self.accept_retry.is_empty() {
+                if self.accept_retry.is_empty() && self.accept_stalled {
+                    self.accept_stalled = false;
                     info!("accepting connections again");
                 }
             }
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 last_sweep = Instant::now();
                 self.sweep_timeouts();
+                self.housekeeping(now);
+                // Keepalives and the changes housekeeping journaled.
+                self.wake_active(&mut pending);
             }
         }
         self.shutdown()
@@ -246,11 +298,45 @@ impl Server {
         let Some(feed) = self.feed.as_mut() else {
             return false;
         };
-        let store = &mut self.store;
-        feed.drain(self.cfg.feed_budget, |change| {
-            store.apply(&change, now);
-        })
-        .more
+        let history = &mut self.history;
+        let mut failed = 0usize;
+        let mut last_error = None;
+        let drained = feed.drain(self.cfg.feed_budget, |change| {
+            if let Err(e) = history.apply(&change, now) {
+                failed = failed.saturating_add(1);
+                last_error = Some(e);
+            }
+        });
+        if let Some(e) = last_error {
+            warn!(changes = failed, "changes applied but not journaled: {e}");
+        }
+        drained.more
+    }
+
+    /// Marks every connection with an Active query for service this turn.
+    fn wake_active(&self, pending: &mut Vec<usize>) {
+        pending.extend(
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.has_active())
+                .map(|(k, _)| k),
+        );
+        pending.sort_unstable();
+        pending.dedup();
+    }
+
+    /// Once a second: expiries nobody reported (D6), tombstones the ring has passed, and the
+    /// journal's flush policy.
+    fn housekeeping(&mut self, now: ServerTime) {
+        match self.history.expire(now) {
+            Ok(0) => {}
+            Ok(n) => debug!(leases = n, "expired"),
+            Err(e) => warn!("expiries applied but not journaled: {e}"),
+        }
+        self.history.prune();
+        if let Err(e) = self.history.log_mut().tick(Instant::now()) {
+            warn!("journal flush failed: {e}");
+        }
     }
 
     fn accept(&mut self, i: usize) {
@@ -262,8 +348,11 @@ impl Server {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
-                    if !self.accept_retry.contains(&i) {
+                    if !self.accept_stalled {
                         warn!(error = %e, "accept failed; retrying every {ACCEPT_RETRY:?}");
+                        self.accept_stalled = true;
+                    }
+                    if !self.accept_retry.contains(&i) {
                         self.accept_retry.push(i);
                     }
                     return;
@@ -284,6 +373,13 @@ impl Server {
                 continue;
             }
             *count += 1;
+            if self.cfg.tcp_send_buffer > 0 {
+                if let Err(e) =
+                    socket2::SockRef::from(&stream).set_send_buffer_size(self.cfg.tcp_send_buffer)
+                {
+                    debug!(%peer, error = %e, "cannot set the send buffer");
+                }
+            }
             let entry = self.conns.vacant_entry();
             let token = Token(FIRST_CONN + entry.key());
             let mut conn = Conn::new(stream, peer, policy, self.cfg.max_concurrent_queries);
@@ -324,7 +420,7 @@ impl Server {
             };
             let datagram = buf.get(..n).unwrap_or(&[]);
             let verdict = answer(
-                &self.store,
+                self.history.store(),
                 &self.cfg.server_id,
                 &policy,
                 datagram,
@@ -353,7 +449,14 @@ impl Server {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
-        match conn.service(&self.store, &self.cfg, now) {
+        let ctx = Ctx {
+            history: &self.history,
+            server_id: &self.cfg.server_id,
+            now,
+            mono: Instant::now(),
+            active: self.cfg.active,
+        };
+        match conn.service(&ctx, &mut self.cache, &self.cfg) {
             Ok(more) => more,
             Err(reason) => {
                 self.close(key, &reason);
@@ -382,15 +485,22 @@ impl Server {
     }
 
     fn sweep_timeouts(&mut self) {
-        let timeout = self.cfg.bulk_data_timeout;
-        let stale: Vec<usize> = self
+        let (bulk, active) = (self.cfg.bulk_data_timeout, self.cfg.active_send_timeout);
+        let stale: Vec<(usize, &'static str)> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.blocked_for() >= timeout)
-            .map(|(k, _)| k)
+            .filter_map(|(k, c)| {
+                if c.has_active() {
+                    (c.blocked_for() >= active)
+                        .then_some((k, "blocked longer than ACTIVE_LQ_SEND_TIMEOUT"))
+                } else {
+                    (c.blocked_for() >= bulk)
+                        .then_some((k, "blocked longer than BULK_LQ_DATA_TIMEOUT"))
+                }
+            })
             .collect();
-        for key in stale {
-            self.close(key, "blocked longer than BULK_LQ_DATA_TIMEOUT");
+        for (key, reason) in stale {
+            self.close(key, reason);
         }
     }
 
@@ -403,6 +513,9 @@ impl Server {
                 conn.terminate(&self.cfg.server_id, now);
             }
             self.close(key, "server shutting down");
+        }
+        if let Err(e) = self.history.log_mut().flush() {
+            warn!("journal flush at shutdown failed: {e}");
         }
         Ok(())
     }

@@ -1,10 +1,13 @@
 //! The lease mirror: bindings and the indexes that answer every query type without a scan.
 
+mod history;
 mod index;
 pub mod journal;
 mod links;
 pub mod model;
+pub mod record;
 
+pub use history::{History, Log, Restored};
 pub use index::{Applied, BindingId, Outcome, Store};
 pub use links::{LinkDef, LinkMap, LinkMapError};
 pub use model::{

@@ -54,10 +54,16 @@ impl Lqd {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let config = dir.join("lqd.toml");
+        // A small journal unless the test sizes it: creating one writes it out in full.
+        let journal = if extra.contains("journal_size") {
+            ""
+        } else {
+            "journal_size = 8388608\n"
+        };
         std::fs::write(
             &config,
             format!(
-                "listen = [\"{addr}\"]\nstate_dir = \"{}\"\n{extra}\n[demo]\n{demo}",
+                "listen = [\"{addr}\"]\nstate_dir = \"{}\"\n{journal}{extra}\n[demo]\n{demo}",
                 dir.display()
             ),
         )
@@ -84,6 +90,24 @@ impl Lqd {
         let lqd = Self { child, addr, dir };
         lqd.wait_ready();
         lqd
+    }
+
+    /// Kills lqd with SIGKILL and starts it again on the same configuration and state
+    /// directory (its journal included); the old log is kept as `lqd.log.1`.
+    pub(crate) fn kill9_and_restart(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        std::fs::rename(self.dir.join("lqd.log"), self.dir.join("lqd.log.1")).unwrap();
+        self.child = Command::new(env!("CARGO_BIN_EXE_lqd"))
+            .arg("--config")
+            .arg(self.dir.join("lqd.toml"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(self.dir.join("lqd.log")).unwrap(),
+            ))
+            .spawn()
+            .unwrap();
+        self.wait_ready();
     }
 
     pub(crate) fn wait_ready(&self) {
@@ -177,12 +201,34 @@ pub(crate) fn client_data_addresses(messages: &[Vec<u8>]) -> Vec<(Vec<u8>, Ipv6A
 
 /// lqd's resident memory, from /proc.
 pub(crate) fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// lqd's anonymous resident memory (its heap, not the mapped journal file), from /proc.
+pub(crate) fn rss_anon_kib(pid: u32) -> u64 {
+    status_kib(pid, "RssAnon:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
+}
+
+/// Waits up to `secs` seconds for a log line containing `needle`.
+pub(crate) fn wait_for_log(lqd: &Lqd, needle: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !lqd.log().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "no log line containing {needle:?}:\n{}",
+            lqd.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Reads one by-link answer to its end, sampling lqd's RSS; returns (bindings, peak RSS).

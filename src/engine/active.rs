@@ -1,0 +1,347 @@
+//! Active Leasequery (RFC 7653): one query's live stream, a cursor into the change journal.
+//!
+//! The sequence (digest §10.2; decisions D2, D7, D18, D19): a LEASEQUERY-REPLY at once
+//! (Success, or DataMissing with base-time when the journal does not reach back to
+//! START_TIME), then a LEASEQUERY-DATA per binding change, each holding the binding's current
+//! OPTION_CLIENT_DATA (D5 for an ended lease), and after a catch-up a LEASEQUERY-DATA with
+//! CatchUpComplete. When nothing has been sent for ACTIVE_LQ_IDLE_TIMEOUT, a LEASEQUERY-DATA
+//! with only OPTION_LQ_BASE_TIME (D2). A cursor the ring overran gets a LEASEQUERY-DATA with
+//! DataMissing and continues from the head (D19). Shutdown ends it with LEASEQUERY-DONE
+//! QueryTerminated (D9).
+//!
+//! No queue per query: the cursor stops while the connection's buffer is full, and a record
+//! whose binding has a newer record further on is skipped when the cursor reaches it
+//! ([`History::is_latest`]), so a requestor that fell behind receives each changed binding once,
+//! in its current state (architecture, core idea 3). A record's message is built once for every
+//! query that sends the same variant in the same second ([`EncodeCache`]); each query copies it
+//! and patches in its own xid (core idea 4).
+
+use std::time::{Duration, Instant};
+
+use super::query::{ActiveRequest, Selector};
+use super::reply::{client_data, push_frame};
+use crate::codec::{
+    DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode, Xid,
+};
+use crate::store::journal::Cursor;
+use crate::store::{Binding, History, Log, record};
+
+/// Records a query examines per fill before it lets other connections have the loop.
+const SCAN_BUDGET: usize = 4096;
+
+/// Slots in the [`EncodeCache`]: records near the head, shared by every query reading them.
+const CACHE_SLOTS: usize = 256;
+
+/// Offset of the xid in a framed message: 2 octets of length, 1 of message type.
+const XID_AT: usize = 3;
+
+/// A record's decoded binding and its messages, built once per second for all queries.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    now: ServerTime,
+    /// `None` when the payload could not be read (never sent).
+    binding: Option<Binding>,
+    /// Framed LEASEQUERY-DATA with xid 0, by variant: base-time × relay data.
+    frames: [Option<Vec<u8>>; 4],
+}
+
+/// Decoded records and their encoded messages, for the queries at or near the journal's head.
+#[derive(Debug)]
+pub struct EncodeCache {
+    slots: Vec<Option<Entry>>,
+    /// Messages built (misses), for the benchmark and the tests.
+    built: u64,
+}
+
+impl Default for EncodeCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EncodeCache {
+    /// An empty cache.
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            slots: (0..CACHE_SLOTS).map(|_| None).collect(),
+            built: 0,
+        }
+    }
+
+    /// How many messages were built rather than copied.
+    #[must_use]
+    pub const fn built(&self) -> u64 {
+        self.built
+    }
+
+    /// The entry for record `seq`, decoded afresh unless it already holds this record at this
+    /// second (`None` only if the slot table were empty, which it never is).
+    fn entry(&mut self, seq: u64, payload: &[u8], now: ServerTime) -> Option<&mut Entry> {
+        let i = usize::try_from(seq % CACHE_SLOTS as u64).unwrap_or(0);
+        let slot = self.slots.get_mut(i)?;
+        if !slot.as_ref().is_some_and(|e| e.seq == seq && e.now == now) {
+            *slot = Some(Entry {
+                seq,
+                now,
+                binding: record::decode(payload).ok(),
+                frames: [None, None, None, None],
+            });
+        }
+        slot.as_mut()
+    }
+}
+
+/// One Active query in progress on a connection.
+#[derive(Debug, Clone)]
+pub struct ActiveQuery {
+    xid: Xid,
+    filter: Option<Selector>,
+    want_base_time: bool,
+    want_relay_data: bool,
+    cursor: Cursor,
+    /// The catch-up is complete when the cursor reaches this sequence number.
+    catch_up_until: Option<u64>,
+    last_sent: Instant,
+    sent: u64,
+}
+
+impl ActiveQuery {
+    /// Starts `request` at `now`: writes its LEASEQUERY-REPLY to `out` and places the cursor,
+    /// at START_TIME for a catch-up or at the head.
+    pub fn start<L: Log>(
+        request: ActiveRequest,
+        history: &History<L>,
+        server_id: &[u8],
+        now: ServerTime,
+        mono: Instant,
+        out: &mut Vec<u8>,
+    ) -> Self {
+        let journal = history.journal();
+        let (cursor, catch_up_until, status) = match request.start {
+            None => (journal.head(), None, StatusCode::new(Status::Success, "")),
+            Some(t) => match journal.seek_time(t) {
+                Ok(c) => (
+                    c,
+                    Some(journal.next_seq()),
+                    StatusCode::new(Status::Success, "catching up"),
+                ),
+                Err(_) => (
+                    journal.head(),
+                    None,
+                    StatusCode::new(
+                        Status::DataMissing,
+                        "the journal does not reach back to START_TIME",
+                    ),
+                ),
+            },
+        };
+        let data_missing = status.status == Status::DataMissing;
+        let mut top = vec![DhcpOption::ServerId(Duid(server_id))];
+        if let Some(r) = &request.requestor_id {
+            top.push(DhcpOption::ClientId(Duid(r)));
+        }
+        top.push(DhcpOption::StatusCode(status));
+        // D19: DataMissing carries base-time = now, asked for or not.
+        if request.want_base_time || data_missing {
+            top.push(DhcpOption::LqBaseTime(now));
+        }
+        push_frame(
+            &MessageRepr::new(
+                MessageType::LeasequeryReply,
+                request.xid,
+                Options::from_items(&top),
+            ),
+            out,
+        );
+        Self {
+            xid: request.xid,
+            filter: request.filter,
+            want_base_time: request.want_base_time,
+            want_relay_data: request.want_relay_data,
+            cursor,
+            catch_up_until,
+            last_sent: mono,
+            sent: 0,
+        }
+    }
+
+    /// The query's xid.
+    #[must_use]
+    pub const fn xid(&self) -> Xid {
+        self.xid
+    }
+
+    /// Bindings sent so far.
+    #[must_use]
+    pub const fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// True while a catch-up is in progress.
+    #[must_use]
+    pub const fn catching_up(&self) -> bool {
+        self.catch_up_until.is_some()
+    }
+
+    /// Appends this query's messages to `out` until it holds `high_water` octets or the cursor
+    /// reaches the head, then a keepalive if nothing was sent for `idle_timeout` (D2). True
+    /// when records are left to read (call again once the buffer drains).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fill<L: Log>(
+        &mut self,
+        history: &History<L>,
+        cache: &mut EncodeCache,
+        now: ServerTime,
+        mono: Instant,
+        idle_timeout: Duration,
+        out: &mut Vec<u8>,
+        high_water: usize,
+    ) -> bool {
+        let journal = history.journal();
+        let before = out.len();
+        let mut scanned = 0usize;
+        let mut built = 0u64;
+        let mut more = false;
+        while out.len() < high_water {
+            if self
+                .catch_up_until
+                .is_some_and(|until| self.cursor.seq() >= until)
+            {
+                self.catch_up_until = None;
+                self.status_data(Status::CatchUpComplete, "catch-up complete", now, out);
+                continue;
+            }
+            if scanned >= SCAN_BUDGET {
+                more = true;
+                break;
+            }
+            let record = match journal.read(&mut self.cursor) {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(_) => {
+                    // D19: the ring overran this cursor; say so and go on from the head.
+                    self.cursor = journal.head();
+                    self.catch_up_until = None;
+                    self.status_data(
+                        Status::DataMissing,
+                        "changes were lost while this requestor fell behind",
+                        now,
+                        out,
+                    );
+                    continue;
+                }
+            };
+            scanned = scanned.saturating_add(1);
+            if !history.is_latest(record.seq, record.payload) {
+                continue;
+            }
+            let Some(entry) = cache.entry(record.seq, record.payload, now) else {
+                continue;
+            };
+            let Some(binding) = &entry.binding else {
+                continue;
+            };
+            if self.filter.as_ref().is_some_and(|f| !f.matches(binding)) {
+                continue;
+            }
+            let variant = usize::from(self.want_base_time) | usize::from(self.want_relay_data) << 1;
+            let Some(frame_slot) = entry.frames.get_mut(variant) else {
+                continue;
+            };
+            if frame_slot.is_none() {
+                let mut frame = Vec::new();
+                let mut inner = Vec::new();
+                client_data(binding, None, now, self.want_relay_data, &mut inner);
+                let mut top = Vec::with_capacity(2);
+                if self.want_base_time {
+                    top.push(DhcpOption::LqBaseTime(now));
+                }
+                top.push(DhcpOption::ClientData(Options::from_items(&inner)));
+                push_frame(
+                    &MessageRepr::new(
+                        MessageType::LeasequeryData,
+                        Xid::new(0),
+                        Options::from_items(&top),
+                    ),
+                    &mut frame,
+                );
+                *frame_slot = Some(frame);
+                built = built.saturating_add(1);
+            }
+            if let Some(frame) = frame_slot {
+                let at = out.len();
+                out.extend_from_slice(frame);
+                if let Some(x) =
+                    out.get_mut(at.saturating_add(XID_AT)..at.saturating_add(XID_AT + 3))
+                {
+                    x.copy_from_slice(&self.xid.to_bytes());
+                }
+                self.sent = self.sent.saturating_add(1);
+            }
+        }
+        cache.built = cache.built.saturating_add(built);
+        if out.len() >= high_water && journal.next_seq() > self.cursor.seq() {
+            more = true;
+        }
+        if out.len() > before {
+            self.last_sent = mono;
+        } else if !more && mono.saturating_duration_since(self.last_sent) >= idle_timeout {
+            self.keepalive(now, out);
+            self.last_sent = mono;
+        }
+        more
+    }
+
+    /// When the next keepalive is due, if nothing is sent before.
+    #[must_use]
+    pub fn keepalive_due(&self, idle_timeout: Duration) -> Instant {
+        self.last_sent + idle_timeout
+    }
+
+    /// D2: a LEASEQUERY-DATA with only OPTION_LQ_BASE_TIME.
+    fn keepalive(&self, now: ServerTime, out: &mut Vec<u8>) {
+        let top = [DhcpOption::LqBaseTime(now)];
+        push_frame(
+            &MessageRepr::new(
+                MessageType::LeasequeryData,
+                self.xid,
+                Options::from_items(&top),
+            ),
+            out,
+        );
+    }
+
+    /// A LEASEQUERY-DATA carrying a status and base-time (CatchUpComplete, DataMissing).
+    fn status_data(&self, status: Status, message: &str, now: ServerTime, out: &mut Vec<u8>) {
+        let top = [
+            DhcpOption::StatusCode(StatusCode::new(status, message)),
+            DhcpOption::LqBaseTime(now),
+        ];
+        push_frame(
+            &MessageRepr::new(
+                MessageType::LeasequeryData,
+                self.xid,
+                Options::from_items(&top),
+            ),
+            out,
+        );
+    }
+
+    /// Ends the query with LEASEQUERY-DONE carrying `status` (D9), base-time when asked for.
+    pub fn terminate(&self, status: Status, message: &str, now: ServerTime, out: &mut Vec<u8>) {
+        let mut top = vec![DhcpOption::StatusCode(StatusCode::new(status, message))];
+        if self.want_base_time {
+            top.push(DhcpOption::LqBaseTime(now));
+        }
+        push_frame(
+            &MessageRepr::new(
+                MessageType::LeasequeryDone,
+                self.xid,
+                Options::from_items(&top),
+            ),
+            out,
+        );
+    }
+}
