@@ -170,6 +170,11 @@ impl<L: Log> History<L> {
         }
     }
 
+    /// The store and the log, the history given up.
+    pub fn into_parts(self) -> (Store, L) {
+        (self.store, self.log)
+    }
+
     /// The bindings as they are now.
     #[must_use]
     pub fn store(&self) -> &Store {

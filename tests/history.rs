@@ -1,0 +1,102 @@
+//! The store and its journal together (architecture, core idea 2): every change that alters a
+//! binding is one record; the mirror is rebuilt from the journal at start, and a source
+//! re-sending what the journal already holds writes nothing new.
+
+use std::collections::BTreeMap;
+
+use lqd::codec::ServerTime;
+use lqd::feed::{DemoConfig, DemoSource};
+use lqd::store::journal::Journal;
+use lqd::store::{Binding, BindingKey, Change, History, LeaseState, Store};
+
+type Hist = History<Journal<Vec<u8>>>;
+
+fn snapshot(store: &Store) -> BTreeMap<BindingKey, Binding> {
+    store
+        .iter()
+        .map(|(_, b)| (b.key.clone(), b.clone()))
+        .collect()
+}
+
+/// What a lease store holds for these bindings: one change per lease, as a source re-sends it.
+fn resend(store: &Store) -> Vec<Change> {
+    store
+        .iter()
+        .flat_map(|(_, b)| {
+            b.leases.iter().map(|l| Change {
+                client_id: b.key.client_id.clone(),
+                link: b.key.link,
+                lease: *l,
+                relay: Some(b.relay.clone()),
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn the_mirror_is_rebuilt_from_the_journal_and_a_resend_is_not_a_change() {
+    let mut h: Hist = History::open(Store::new(), Journal::format(vec![0; 16 << 20]).unwrap()).0;
+    let mut demo = DemoSource::new(DemoConfig {
+        clients: 2_000,
+        links: 4,
+        seed: 3,
+        ..DemoConfig::default()
+    });
+    let t0 = 800_000_000u32;
+    let mut written = 0usize;
+    for k in 0..20_000u32 {
+        let now = ServerTime(t0 + k / 10);
+        written += h.apply(&demo.next_change(now), now).unwrap();
+    }
+    assert_eq!(
+        h.journal().len(),
+        written as u64,
+        "one record per altered binding"
+    );
+    let before = snapshot(h.store());
+    let records = h.journal().len();
+
+    let (_, journal) = h.into_parts();
+    let (journal, recovered) = Journal::open(journal.into_inner()).unwrap();
+    assert_eq!(recovered.records, records);
+    let (mut h, restored) = History::open(Store::new(), journal);
+    assert_eq!(restored.records, records);
+    assert_eq!(restored.unreadable, 0);
+    assert_eq!(snapshot(h.store()), before, "the mirror as it was");
+
+    let now = ServerTime(t0 + 3000);
+    for c in resend(h.store()) {
+        assert_eq!(h.apply(&c, now).unwrap(), 0, "unchanged: {c:?}");
+    }
+    assert_eq!(h.journal().len(), records);
+    // A real change after the restart is journaled as usual.
+    let mut c = resend(h.store()).remove(0);
+    c.lease.state = LeaseState::Released;
+    assert_eq!(h.apply(&c, now).unwrap(), 1);
+    assert_eq!(h.journal().len(), records + 1);
+}
+
+#[test]
+fn an_address_moving_to_another_client_journals_both_bindings() {
+    let mut h: Hist = History::open(Store::new(), Journal::format(vec![0; 1 << 20]).unwrap()).0;
+    let mut demo = DemoSource::new(DemoConfig {
+        clients: 10,
+        links: 1,
+        ..DemoConfig::default()
+    });
+    let now = ServerTime(800_000_000);
+    let first = demo.next_change(now);
+    h.apply(&first, now).unwrap();
+    let mut thief = first.clone();
+    thief.client_id = vec![0, 3, 0, 1, 1, 2, 3, 4, 5, 6].into();
+    let n = h.journal().len();
+    assert_eq!(h.apply(&thief, now).unwrap(), 2, "the loser and the winner");
+    assert_eq!(h.journal().len(), n + 2);
+    // The loser's record is its final state: it is the newest record of an ended binding.
+    let mut cursor = h.journal().tail();
+    let mut latest = Vec::new();
+    while let Ok(Some(r)) = h.journal().read(&mut cursor) {
+        latest.push(h.is_latest(r.seq, r.payload));
+    }
+    assert_eq!(latest, vec![false, true, true]);
+}
