@@ -3,7 +3,8 @@
 //! START_TIME older than the journal gets DataMissing, a requestor that stops reading costs
 //! lqd no memory and gets each binding's current state once it reads again while another
 //! requestor keeps up, the journal survives `kill -9`, ACTIVE_LQ_SEND_TIMEOUT closes a
-//! requestor that never reads, and tshark decodes a captured stream.
+//! requestor that never reads, SIGTERM ends a stream with QueryTerminated, and tshark decodes a
+//! captured stream.
 
 #[path = "common/lqd.rs"]
 mod common;
@@ -554,4 +555,36 @@ fn tshark_decodes_a_captured_active_stream() {
             "no {what} decoded: {all}"
         );
     }
+}
+
+/// SIGTERM ends a running Active query with LEASEQUERY-DONE QueryTerminated, its last message
+/// (D9), and lqd stops cleanly.
+#[test]
+fn sigterm_ends_active_queries_with_query_terminated_d9() {
+    let mut lqd = Lqd::start("activeterm", "");
+    let mut r = Requestor::connect(lqd.addr, None);
+    assert_eq!(
+        r.next(Duration::from_secs(5)).unwrap().kind,
+        MessageType::LeasequeryReply
+    );
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(lqd.child.id().to_string())
+        .status()
+        .unwrap();
+    let last = loop {
+        let m = r
+            .next(Duration::from_secs(5))
+            .expect("DONE before the close");
+        if m.kind != MessageType::LeasequeryData {
+            break m;
+        }
+    };
+    assert_eq!(
+        (last.kind, last.status),
+        (MessageType::LeasequeryDone, Some(Status::QueryTerminated))
+    );
+    assert!(last.base_time.is_some(), "asked for, so in every message");
+    let exit = lqd.child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", lqd.log());
 }
