@@ -100,35 +100,9 @@ impl Setup {
         }
     }
 
-    /// A turn whose every session's output is decoded: each must hold `BATCH` messages.
-    fn check(&mut self) {
-        self.round += 1;
-        for i in 0..BATCH {
-            let c = change(self.round * BATCH + i, self.round, self.now);
-            self.h.apply(&c, self.now).unwrap();
-        }
-        let ctx = Ctx {
-            history: &self.h,
-            server_id: &SERVER,
-            now: self.now,
-            mono: Instant::now(),
-            active: ActiveSettings::default(),
-        };
-        for s in &mut self.sessions {
-            self.out.clear();
-            s.fill(&ctx, &mut self.cache, &mut self.out, 1 << 20);
-            let mut dec = FrameDecoder::default();
-            let (mut rest, mut n) = (&self.out[..], 0);
-            while let Ok(Decoded::Frame { consumed, .. }) = dec.decode(rest) {
-                rest = &rest[consumed..];
-                n += 1;
-            }
-            assert_eq!(n, BATCH, "every session gets every change");
-        }
-    }
-
-    /// One loop turn: a batch of changes, then every session filled; octets produced.
-    fn turn(&mut self) -> usize {
+    /// One loop turn: a batch of changes, then every session filled; `each` sees every
+    /// session's output. Octets produced.
+    fn turn_with(&mut self, mut each: impl FnMut(&[u8])) -> usize {
         self.round += 1;
         for i in 0..BATCH {
             let c = change(self.round * BATCH + i, self.round, self.now);
@@ -145,9 +119,27 @@ impl Setup {
         for s in &mut self.sessions {
             self.out.clear();
             s.fill(&ctx, &mut self.cache, &mut self.out, 1 << 20);
+            each(&self.out);
             total += self.out.len();
         }
         total
+    }
+
+    fn turn(&mut self) -> usize {
+        self.turn_with(|_| {})
+    }
+
+    /// A turn whose every session's output is decoded: each must hold `BATCH` messages.
+    fn check(&mut self) {
+        self.turn_with(|out| {
+            let mut dec = FrameDecoder::default();
+            let (mut rest, mut n) = (out, 0);
+            while let Ok(Decoded::Frame { consumed, .. }) = dec.decode(rest) {
+                rest = &rest[consumed..];
+                n += 1;
+            }
+            assert_eq!(n, BATCH, "every session gets every change");
+        });
     }
 }
 

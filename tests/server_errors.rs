@@ -10,9 +10,9 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, TcpStream, UdpSocket};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Lqd, REQUESTOR, by_link, link, read_answers};
+use common::{Lqd, REQUESTOR, by_link, link, read_answers, wait_for_log};
 use lqd::codec::{
     BuildOptions, Decoded, FrameDecoder, MessageBuilder, MessageRepr, MessageType, OptionCode,
     QueryType, ServerTime, Status, Xid,
@@ -62,18 +62,6 @@ fn closed(s: &mut TcpStream) -> bool {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
             Err(_) => return false,
         }
-    }
-}
-
-fn wait_for_log(lqd: &Lqd, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !lqd.log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "no log line containing {needle:?}:\n{}",
-            lqd.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -242,8 +230,8 @@ fn starttls_and_a_duplicate_xid_d21_d25() {
         })
         .count();
     assert_eq!(done5, 1);
-    wait_for_log(&lqd, "query dropped: its xid is already running");
-    wait_for_log(&lqd, "STARTTLS refused");
+    wait_for_log(&lqd, "query dropped: its xid is already running", 5);
+    wait_for_log(&lqd, "STARTTLS refused", 5);
 }
 
 /// D24: framing violations and messages a requestor may not send close that connection only,
@@ -284,7 +272,7 @@ fn bad_frames_close_only_their_own_connection_d24() {
         let port = s.local_addr().unwrap().port();
         s.write_all(bytes).unwrap();
         assert!(closed(&mut s), "{what}: still open");
-        wait_for_log(&lqd, reason);
+        wait_for_log(&lqd, reason, 5);
         let log = lqd.log();
         assert!(
             log.lines().any(|l| l.contains("connection closed")
@@ -303,7 +291,7 @@ fn bad_frames_close_only_their_own_connection_d24() {
     s.write_all(&active).unwrap();
     assert_eq!(refusal(&read_one(&mut s), 9), Status::MalformedQuery);
     assert!(closed(&mut s));
-    wait_for_log(&lqd, "ACTIVELEASEQUERY refused with MalformedQuery");
+    wait_for_log(&lqd, "ACTIVELEASEQUERY refused with MalformedQuery", 5);
     // The first connection never noticed.
     good.write_all(&by_link(1, link(1))).unwrap();
     assert!(read_answers(&mut good, &[1]).len() >= 3);

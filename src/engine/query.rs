@@ -110,17 +110,7 @@ pub struct ActiveRequest {
 /// every change is sent); when present it is read by the LEASEQUERY rules. OPTION_LQ_END_TIME is
 /// MalformedQuery (D7).
 pub fn read_active(msg: &MessageRepr<'_>) -> Result<ActiveRequest, Refusal> {
-    let xid = msg.xid().unwrap_or_default();
-    let requestor_id = msg
-        .options
-        .client_id()
-        .map(|d| Box::<[u8]>::from(d.as_bytes()));
-    let refuse = |status, reason| Refusal {
-        xid,
-        requestor_id: requestor_id.clone(),
-        status,
-        reason,
-    };
+    let refuse = |status, reason| Refusal::of(msg, status, reason);
     if msg.msg_type() != MessageType::ActiveLeasequery {
         return Err(refuse(Status::MalformedQuery, "not an ACTIVELEASEQUERY"));
     }
@@ -162,6 +152,7 @@ pub fn read_active(msg: &MessageRepr<'_>) -> Result<ActiveRequest, Refusal> {
             ));
         }
     };
+    let (xid, requestor_id) = echoed(msg);
     Ok(ActiveRequest {
         xid,
         requestor_id,
@@ -205,21 +196,34 @@ pub struct Refusal {
     pub reason: &'static str,
 }
 
+impl Refusal {
+    /// A refusal of `msg`: its xid and the requestor's DUID, echoed.
+    #[must_use]
+    pub fn of(msg: &MessageRepr<'_>, status: Status, reason: &'static str) -> Self {
+        let (xid, requestor_id) = echoed(msg);
+        Self {
+            xid,
+            requestor_id,
+            status,
+            reason,
+        }
+    }
+}
+
+/// What every answer to `msg` echoes: its xid and the requestor's DUID.
+fn echoed(msg: &MessageRepr<'_>) -> (Xid, Option<Box<[u8]>>) {
+    (
+        msg.xid().unwrap_or_default(),
+        msg.options
+            .client_id()
+            .map(|d| Box::<[u8]>::from(d.as_bytes())),
+    )
+}
+
 /// Reads a parsed LEASEQUERY (message type 14) that arrived over `transport`.
 pub fn read_leasequery(msg: &MessageRepr<'_>, transport: Transport) -> Result<Query, Refusal> {
-    let xid = msg.xid().unwrap_or_default();
-    let requestor_id = msg
-        .options
-        .client_id()
-        .map(|d| Box::<[u8]>::from(d.as_bytes()));
-    let refuse = |status, reason| Refusal {
-        xid,
-        requestor_id: requestor_id.clone(),
-        status,
-        reason,
-    };
     if msg.msg_type() != MessageType::Leasequery {
-        return Err(refuse(Status::MalformedQuery, "not a LEASEQUERY"));
+        return Err(Refusal::of(msg, Status::MalformedQuery, "not a LEASEQUERY"));
     }
     read_leasequery_options(msg, transport)
 }
@@ -227,17 +231,8 @@ pub fn read_leasequery(msg: &MessageRepr<'_>, transport: Transport) -> Result<Qu
 /// The options of a LEASEQUERY (or of an ACTIVELEASEQUERY holding OPTION_LQ_QUERY), whatever
 /// the message type.
 fn read_leasequery_options(msg: &MessageRepr<'_>, transport: Transport) -> Result<Query, Refusal> {
-    let xid = msg.xid().unwrap_or_default();
-    let requestor_id = msg
-        .options
-        .client_id()
-        .map(|d| Box::<[u8]>::from(d.as_bytes()));
-    let refuse = |status, reason| Refusal {
-        xid,
-        requestor_id: requestor_id.clone(),
-        status,
-        reason,
-    };
+    let (xid, requestor_id) = echoed(msg);
+    let refuse = |status, reason| Refusal::of(msg, status, reason);
     let mut lq = None;
     let (mut start, mut end) = (None, None);
     for o in msg.options.iter() {
