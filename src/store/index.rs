@@ -202,6 +202,8 @@ impl Store {
             let id = BindingId(self.bindings.insert(binding));
             let links = self.clients.entry(change.client_id.clone()).or_default();
             let at = links.partition_point(|(l, _)| *l < change.link);
+            // Most clients are on one link: grow by one, not to Vec's minimum of four.
+            links.reserve_exact(1);
             links.insert(at, (change.link, id));
             self.index_binding(id);
             self.index_lease(id, &lease);
@@ -241,7 +243,11 @@ impl Store {
         let binding = &mut self.bindings[id.0];
         match binding.leases.iter_mut().find(|l| l.slot() == lease.slot()) {
             Some(slot) => *slot = lease,
-            None => binding.leases.push(lease),
+            None => {
+                // A binding holds one or two leases: exact growth keeps it small.
+                binding.leases.reserve_exact(1);
+                binding.leases.push(lease);
+            }
         }
         if let Some(relay) = &change.relay {
             binding.relay = relay.clone();
