@@ -13,8 +13,12 @@
 //! whose binding has a newer record further on is skipped when the cursor reaches it
 //! ([`History::is_latest`]), so a requestor that fell behind receives each changed binding once,
 //! in its current state (architecture, core idea 3). A record's message is built once for every
-//! query that sends the same variant in the same second ([`EncodeCache`]); each query copies it
-//! and patches in its own xid (core idea 4).
+//! query that sends the same variant with the same base-time ([`EncodeCache`]); each query
+//! copies it and patches in its own xid (core idea 4).
+//!
+//! Base-time is the time the message is built, except while older changes still wait behind
+//! the cursor: then it is the time of the next of them, so a requestor that saves it and
+//! reconnects with it as START_TIME misses nothing (a refinement of D18 for a lagging stream).
 
 use std::time::{Duration, Instant};
 
@@ -23,7 +27,7 @@ use super::reply::{client_data, push_frame};
 use crate::codec::{
     DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode, Xid,
 };
-use crate::store::journal::Cursor;
+use crate::store::journal::{Cursor, Journal};
 use crate::store::{Binding, History, Log, record};
 
 /// Records a query examines per fill before it lets other connections have the loop.
@@ -35,11 +39,12 @@ const CACHE_SLOTS: usize = 256;
 /// Offset of the xid in a framed message: 2 octets of length, 1 of message type.
 const XID_AT: usize = 3;
 
-/// A record's decoded binding and its messages, built once per second for all queries.
+/// A record's decoded binding and its messages, built once per base-time for all queries.
 #[derive(Debug)]
 struct Entry {
     seq: u64,
-    now: ServerTime,
+    /// The base-time the frames carry.
+    stamp: ServerTime,
     /// `None` when the payload could not be read (never sent).
     binding: Option<Binding>,
     /// Framed LEASEQUERY-DATA with xid 0, by variant: base-time × relay data.
@@ -85,14 +90,17 @@ impl EncodeCache {
 
     /// The entry for record `seq`, decoded afresh unless it already holds this record at this
     /// second (`None` only if the slot table were empty, which it never is).
-    fn entry(&mut self, seq: u64, payload: &[u8], now: ServerTime) -> Option<&mut Entry> {
+    fn entry(&mut self, seq: u64, payload: &[u8], stamp: ServerTime) -> Option<&mut Entry> {
         let n = u64::try_from(self.slots.len()).unwrap_or(1).max(1);
         let i = usize::try_from(seq % n).unwrap_or(0);
         let slot = self.slots.get_mut(i)?;
-        if !slot.as_ref().is_some_and(|e| e.seq == seq && e.now == now) {
+        if !slot
+            .as_ref()
+            .is_some_and(|e| e.seq == seq && e.stamp == stamp)
+        {
             *slot = Some(Entry {
                 seq,
-                now,
+                stamp,
                 binding: record::decode(payload).ok(),
                 frames: [None, None, None, None],
             });
@@ -218,7 +226,8 @@ impl ActiveQuery {
                 .is_some_and(|until| self.cursor.seq() >= until)
             {
                 self.catch_up_until = None;
-                self.status_data(Status::CatchUpComplete, "catch-up complete", now, out);
+                let stamp = self.stamp(journal, now);
+                self.status_data(Status::CatchUpComplete, "catch-up complete", stamp, out);
                 continue;
             }
             if scanned >= SCAN_BUDGET {
@@ -245,7 +254,9 @@ impl ActiveQuery {
             if !history.is_latest(record.seq, record.payload) {
                 continue;
             }
-            let Some(entry) = cache.entry(record.seq, record.payload, now) else {
+            let (seq, payload) = (record.seq, record.payload);
+            let stamp = self.stamp(journal, now);
+            let Some(entry) = cache.entry(seq, payload, stamp) else {
                 continue;
             };
             let Some(binding) = &entry.binding else {
@@ -261,10 +272,10 @@ impl ActiveQuery {
             if frame_slot.is_none() {
                 let mut frame = Vec::new();
                 let mut inner = Vec::new();
-                client_data(binding, None, now, self.want_relay_data, &mut inner);
+                client_data(binding, None, stamp, self.want_relay_data, &mut inner);
                 let mut top = Vec::with_capacity(2);
                 if self.want_base_time {
-                    top.push(DhcpOption::LqBaseTime(now));
+                    top.push(DhcpOption::LqBaseTime(stamp));
                 }
                 top.push(DhcpOption::ClientData(Options::from_items(&inner)));
                 push_frame(
@@ -300,6 +311,23 @@ impl ActiveQuery {
             self.last_sent = mono;
         }
         more
+    }
+
+    /// The base-time of a message sent now: `now` when nothing is left behind the cursor, else
+    /// the time of the next record still to send. A requestor saves the base-time it last saw
+    /// and reconnects with it as START_TIME (digest §10.5 step 8); stamping a message with
+    /// `now` while older changes still wait behind it would make that catch-up skip them. The
+    /// message's lifetimes and CLT_TIME are relative to the same stamp, so they stay true.
+    fn stamp<B: AsRef<[u8]> + AsMut<[u8]>>(
+        &self,
+        journal: &Journal<B>,
+        now: ServerTime,
+    ) -> ServerTime {
+        let mut peek = self.cursor;
+        match journal.read(&mut peek) {
+            Ok(Some(next)) => next.time.min(now),
+            _ => now,
+        }
     }
 
     /// When the next keepalive is due, if nothing is sent before.
