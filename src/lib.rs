@@ -8,15 +8,19 @@
 //! steering repository. The layers present today:
 //!
 //! - [`codec`]: the complete leasequery wire format, zero-copy and panic-free.
-//! - [`store`]: the lease mirror, bindings and their query indexes.
+//! - [`store`]: the lease mirror, bindings and their query indexes, and the change journal.
 //! - [`feed`]: how lease changes reach lqd: [`feed::FeedHandle`] and the built-in sources.
-//! - [`engine`]: the protocol engine, sans-IO: queries, UDP answers, Bulk answers, sessions.
+//! - [`engine`]: the protocol engine, sans-IO: queries, UDP answers, Bulk answers, Active
+//!   streams, sessions.
 //! - [`server`]: the mio event loop that serves them.
+//! - [`requestor`]: the other side, used by `lq`: UDP, Bulk and Active Leasequery clients and a
+//!   replica kept in sync; it depends on the codec only.
 #![deny(unsafe_code)]
 
 pub mod codec;
 pub mod config;
 pub mod engine;
 pub mod feed;
+pub mod requestor;
 pub mod server;
 pub mod store;
