@@ -124,6 +124,10 @@ struct QueryArgs {
     /// The query's link-address (default ::, every link).
     #[arg(long, value_name = "A")]
     link: Option<Ipv6Addr>,
+    /// Send from this UDP port (default: an ephemeral one). Some servers, dhcpkit's among
+    /// them, answer a direct query on the DHCPv6 client port 546 whatever its source port.
+    #[arg(long, value_name = "PORT", default_value_t = 0)]
+    source_port: u16,
 }
 
 #[derive(Debug, Args)]
@@ -582,7 +586,7 @@ fn query(a: &QueryArgs) -> Result<ExitCode, Error> {
         },
         (None, None) => return Err(Error::Invalid("give --address or --client-id".into())),
     };
-    let mut r = UdpRequestor::new(a.common.server, &duid(&a.common))?;
+    let mut r = UdpRequestor::from_port(a.common.server, &duid(&a.common), a.source_port)?;
     let answer = r.query(&q)?;
     let mut p = Printer::new(a.common.json);
     for c in &answer.clients {

@@ -90,10 +90,16 @@ pub struct UdpRequestor {
 impl UdpRequestor {
     /// A requestor whose DUID is `requestor`, on an ephemeral port, asking `server`.
     pub fn new(server: SocketAddr, requestor: &[u8]) -> Result<Self> {
-        let local = if server.is_ipv6() {
-            "[::]:0"
+        Self::from_port(server, requestor, 0)
+    }
+
+    /// The same, sending from UDP port `port` (0: an ephemeral port). Some servers answer a
+    /// direct query on the DHCPv6 client port 546 whatever port it came from.
+    pub fn from_port(server: SocketAddr, requestor: &[u8], port: u16) -> Result<Self> {
+        let local: SocketAddr = if server.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, port).into()
         } else {
-            "0.0.0.0:0"
+            (std::net::Ipv4Addr::UNSPECIFIED, port).into()
         };
         let socket = UdpSocket::bind(local).map_err(Error::io("bind"))?;
         // Connected: the kernel drops datagrams from anyone but the server.

@@ -681,29 +681,6 @@ impl DhcpkitServer {
             .collect()
     }
 
-    /// Makes the kernel give every socket bound to port 0 in the requestor namespace port 546,
-    /// the DHCPv6 client port (for UDP requestors that bind an ephemeral port: dhcpkit sends
-    /// every reply to a non-relayed message to port 546 of its source, whatever its source
-    /// port). Only for a requestor namespace that then runs UDP requestors: every TCP connect
-    /// would get port 546 too.
-    pub(crate) fn ephemeral_port_546(&self) {
-        let r = &self.requestor_ns;
-        for setting in [
-            "net.ipv4.ip_unprivileged_port_start=0",
-            "net.ipv4.ip_local_port_range=546 546",
-        ] {
-            let out = Command::new("ip")
-                .args(["netns", "exec", r, "sysctl", "-w", setting])
-                .output()
-                .unwrap_or_else(|e| panic!("cannot run sysctl: {e}"));
-            assert!(
-                out.status.success(),
-                "sysctl -w {setting} in {r} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-
     /// Runs dhcpkit's CLI for one query, over TCP (Bulk) or UDP, and reads its replies.
     pub(crate) fn cli(&self, key: &Key, link: Ipv6Addr, tcp: bool) -> Vec<CliReply> {
         let mut command = cli_command();
