@@ -26,14 +26,18 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "common/peers.rs"]
+mod peers;
 
 use lqd::codec::{
     BuildOptions, Decoded, DhcpOption, FrameDecoder, MessageBuilder, MessageRepr, MessageType,
     OptionCode, QueryType, Status,
 };
+use peers::{cli_command, ip, is_root, peer_python, quiet, repo};
 
 const REQUESTOR: [u8; 10] = [0, 3, 0, 1, 0x02, 0, 0, 0, 0x5c, 0x11];
 const LINKS: u16 = 4;
@@ -46,68 +50,6 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 /// A relay-id and a remote-id no relay uses.
 const NO_RELAY: [u8; 8] = [0, 2, 0, 0, 0x7e, 0xd9, 0xde, 0xad];
 const NO_REMOTE: &[u8] = b"nobody";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Python that has dhcpkit: `$LQD_PEER_PYTHON`, else the venv `.ci/setup` makes.
-fn peer_python() -> PathBuf {
-    let python = std::env::var_os("LQD_PEER_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv-peers/bin/python"));
-    assert!(
-        python.exists(),
-        "dhcpkit venv not found: run .ci/setup (looked for {})",
-        python.display()
-    );
-    python
-}
-
-/// dhcpkit's CLI: the console script beside the Python, else its module run with `-m`.
-fn cli_command() -> Vec<String> {
-    let python = peer_python();
-    let script = python.with_file_name("ipv6-dhcp-test-leasequery");
-    if script.exists() {
-        vec![script.display().to_string()]
-    } else {
-        vec![
-            python.display().to_string(),
-            "-m".into(),
-            "dhcpkit.ipv6.client.test_leasequery".into(),
-        ]
-    }
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `ip` (iproute2 is needed): {e}"));
-    assert!(
-        out.status.success(),
-        "`ip {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn ip_quiet(args: &[&str]) {
-    let _ = Command::new("ip")
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
 
 /// What a query asks for.
 #[derive(Debug, Clone)]
@@ -754,9 +696,9 @@ impl Lab {
     }
 
     fn remove_network(&self) {
-        ip_quiet(&["netns", "del", &self.server_ns]);
-        ip_quiet(&["netns", "del", &self.requestor_ns]);
-        ip_quiet(&["link", "del", &self.host_if]);
+        quiet("ip", &["netns", "del", &self.server_ns]);
+        quiet("ip", &["netns", "del", &self.requestor_ns]);
+        quiet("ip", &["link", "del", &self.host_if]);
     }
 
     /// lqd's answer over TCP, read with our codec.

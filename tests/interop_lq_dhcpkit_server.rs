@@ -39,6 +39,8 @@
 
 #[path = "common/dhcpkit_server.rs"]
 mod dhcpkit;
+#[path = "common/peers.rs"]
+mod peers;
 
 use std::collections::BTreeMap;
 use std::net::Ipv6Addr;

@@ -35,9 +35,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::net::Ipv6Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+use super::peers::{cli_command, ip, is_root, peer_python, quiet, repo};
 
 /// The server's interface, in the server namespace.
 pub(crate) const SERVER_IF: &str = "srv0";
@@ -51,68 +53,6 @@ pub(crate) const ADDRESS_LIFETIMES: (u32, u32) = (3600, 7200);
 pub(crate) const PREFIX_LIFETIMES: (u32, u32) = (10800, 14400);
 /// How long any peer command may take before it is killed and the test fails.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(15);
-
-pub(crate) fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Python that has dhcpkit: `$LQD_PEER_PYTHON`, else the venv `.ci/setup` makes.
-pub(crate) fn peer_python() -> PathBuf {
-    let python = std::env::var_os("LQD_PEER_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv-peers/bin/python"));
-    assert!(
-        python.exists(),
-        "dhcpkit venv not found: run .ci/setup (looked for {})",
-        python.display()
-    );
-    python
-}
-
-/// dhcpkit's requestor CLI: the console script beside the Python, else its module.
-fn cli_command() -> Vec<String> {
-    let python = peer_python();
-    let script = python.with_file_name("ipv6-dhcp-test-leasequery");
-    if script.exists() {
-        vec![script.display().to_string()]
-    } else {
-        vec![
-            python.display().to_string(),
-            "-m".into(),
-            "dhcpkit.ipv6.client.test_leasequery".into(),
-        ]
-    }
-}
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        == Some("0")
-}
-
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `ip` (iproute2 is needed): {e}"));
-    assert!(
-        out.status.success(),
-        "`ip {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn quiet(program: &str, args: &[&str]) {
-    let _ = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-}
 
 /// A client the server hands leases to, on one link.
 #[derive(Debug, Clone)]

@@ -1,0 +1,73 @@
+//! What the dhcpkit peer tests share: where the dhcpkit venv is, how to run its requestor CLI,
+//! and the `ip` and privilege helpers for their network namespaces.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The repository (for `tests/peers/` and the venv).
+pub(crate) fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python that has dhcpkit: `$LQD_PEER_PYTHON`, else the venv `.ci/setup` makes.
+pub(crate) fn peer_python() -> PathBuf {
+    let python = std::env::var_os("LQD_PEER_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv-peers/bin/python"));
+    assert!(
+        python.exists(),
+        "dhcpkit venv not found: run .ci/setup (looked for {})",
+        python.display()
+    );
+    python
+}
+
+/// dhcpkit's requestor CLI: the console script beside the Python, else its module run with
+/// `-m`.
+pub(crate) fn cli_command() -> Vec<String> {
+    let python = peer_python();
+    let script = python.with_file_name("ipv6-dhcp-test-leasequery");
+    if script.exists() {
+        vec![script.display().to_string()]
+    } else {
+        vec![
+            python.display().to_string(),
+            "-m".into(),
+            "dhcpkit.ipv6.client.test_leasequery".into(),
+        ]
+    }
+}
+
+/// True when this process runs as root (namespaces need it).
+pub(crate) fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        == Some("0")
+}
+
+/// Runs `ip ARGS`, failing the test with its error output when it fails.
+pub(crate) fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip` (iproute2 is needed): {e}"));
+    assert!(
+        out.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a command for its effect only (cleanup), whatever becomes of it.
+pub(crate) fn quiet(program: &str, args: &[&str]) {
+    let _ = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
