@@ -16,9 +16,13 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::Ipv6Addr;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+
+use peers::{peer_python, repo};
+
+#[path = "common/peers.rs"]
+mod peers;
 
 use lqd::codec::{
     BuildOptions, CodeList, DhcpOption, Duid, DuidKind, Header, IaAddr, IaPrefix, LqQuery,
@@ -60,23 +64,6 @@ const BUILT: [&str; 11] = [
     "done",
     "relay_forw_lq",
 ];
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The Python that has dhcpkit: `$LQD_PEER_PYTHON`, else the venv `.ci/setup` makes.
-fn peer_python() -> PathBuf {
-    let python = std::env::var_os("LQD_PEER_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join(".venv-peers/bin/python"));
-    assert!(
-        python.exists(),
-        "dhcpkit venv not found: run .ci/setup (looked for {})",
-        python.display()
-    );
-    python
-}
 
 /// Runs the peer script in `mode`, feeding it `input`, and returns its stdout lines.
 fn run_peer(mode: &str, input: &str) -> Vec<String> {
