@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use clap::Parser;
 use lqd::config::{Cli, Config, SourceSpec};
 use lqd::engine::session::ActiveSettings;
-use lqd::feed::{feed, spawn_demo, system_time};
+use lqd::feed::{JsonlInput, feed, spawn_demo, spawn_jsonl, system_time};
 use lqd::server::{JournalSettings, Server, ServerConfig};
 use tracing::{error, info, warn};
 
@@ -49,6 +49,8 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| format!("state directory {}: {e}", config.state_dir.display()))?;
     let server_id = match &config.server_duid {
         Some(d) => d.as_duid().as_bytes().to_vec(),
         None => lqd::server::duid::load_or_create(&config.duid_path())
@@ -97,9 +99,19 @@ fn run(config: Config) -> Result<(), String> {
             spawn_demo(demo, handle, system_time).map_err(|e| format!("demo source: {e}"))?;
             info!("source: demo churn");
         }
+        SourceSpec::Jsonl(_) | SourceSpec::JsonlStdin | SourceSpec::JsonlUnix(_) => {
+            let input = match source {
+                SourceSpec::Jsonl(path) => JsonlInput::File(path),
+                SourceSpec::JsonlUnix(path) => JsonlInput::Unix(path),
+                _ => JsonlInput::Stdin,
+            };
+            let name = input.to_string();
+            spawn_jsonl(input, handle).map_err(|e| format!("source {name}: {e}"))?;
+            info!("source: {name}");
+        }
         other => {
             return Err(format!(
-                "source '{other}' is not available in this version; use --source demo"
+                "source '{other}' is not available in this version; use --source demo or jsonl:PATH|jsonl:-|jsonl:unix:PATH"
             ));
         }
     }

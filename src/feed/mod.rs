@@ -82,6 +82,7 @@
 //! back to the feed (after serving its sockets) without waiting for another wake-up.
 
 pub mod demo;
+pub mod jsonl;
 mod pace;
 
 use std::fmt;
@@ -93,6 +94,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::store::Change;
 
 pub use demo::{ChurnMix, DemoConfig, DemoSource, spawn_demo, system_time};
+pub use jsonl::{JsonlInput, spawn_jsonl};
 pub use pace::Pacer;
 
 /// Creates a feed: a channel holding at most `capacity` changes (at least one), whose sends

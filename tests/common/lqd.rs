@@ -273,3 +273,40 @@ pub(crate) fn read_whole_answer(s: &mut TcpStream, pid: u32) -> (usize, u64) {
         pending.drain(..pos);
     }
 }
+
+/// Starts lqd on a free loopback port with `args` on its command line (such as
+/// `--source jsonl:-`) and `extra` TOML in its config (such as `source = "jsonl:PATH"`), its
+/// standard input piped (take it from `child.stdin`); waits for a log line containing `ready`.
+pub(crate) fn start_with_source(name: &str, args: &[&str], extra: &str, ready: &str) -> Lqd {
+    let port = {
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let dir = std::env::temp_dir().join(format!("lqd-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("lqd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = [\"{addr}\"]\nstate_dir = \"{}\"\njournal_size = 8388608\n{extra}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_lqd"))
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("lqd.log")).unwrap(),
+        ))
+        .spawn()
+        .unwrap();
+    let lqd = Lqd { child, addr, dir };
+    wait_for_log(&lqd, ready, 20);
+    lqd
+}
