@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use clap::Parser;
 use lqd::config::{Cli, Config, SourceSpec};
 use lqd::engine::session::ActiveSettings;
-use lqd::feed::{JsonlInput, feed, spawn_demo, spawn_jsonl, system_time};
+use lqd::feed::{JsonlInput, feed, spawn_demo, spawn_jsonl, spawn_kea_csv, system_time};
 use lqd::server::{JournalSettings, Server, ServerConfig};
 use tracing::{error, info, warn};
 
@@ -109,10 +109,10 @@ fn run(config: Config) -> Result<(), String> {
             spawn_jsonl(input, handle).map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
-        other => {
-            return Err(format!(
-                "source '{other}' is not available in this version; use --source demo or jsonl:PATH|jsonl:-|jsonl:unix:PATH"
-            ));
+        SourceSpec::KeaCsv(path) => {
+            let name = format!("kea-csv:{}", path.display());
+            spawn_kea_csv(path, handle).map_err(|e| format!("source {name}: {e}"))?;
+            info!("source: {name}");
         }
     }
     let stop = Arc::new(AtomicBool::new(false));

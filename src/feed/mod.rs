@@ -83,6 +83,7 @@
 
 pub mod demo;
 pub mod jsonl;
+pub mod kea;
 mod pace;
 
 use std::fmt;
@@ -95,6 +96,7 @@ use crate::store::Change;
 
 pub use demo::{ChurnMix, DemoConfig, DemoSource, spawn_demo, system_time};
 pub use jsonl::{JsonlInput, spawn_jsonl};
+pub use kea::{spawn_kea_csv, spawn_kea_csv_with};
 pub use pace::Pacer;
 
 /// Creates a feed: a channel holding at most `capacity` changes (at least one), whose sends

@@ -1,0 +1,811 @@
+//! The `kea-csv` source: parsing Kea's lease6 CSV (2.2 and later headers), mapping rows to
+//! changes, Kea's own configuration, and following a lease file through a whole lease file
+//! cleanup (LFC) cycle done by a simulated Kea; and a real lqd fed by a Kea lease file.
+
+#[path = "common/lqd.rs"]
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Lqd, by_link, client_data_addresses, read_answers, start_with_source, wait_for_log};
+use lqd::codec::ServerTime;
+use lqd::feed::kea::{
+    Applied, KeaHeader, KeaMapper, parse_kea_config, parse_row, relays_from_user_context,
+    strip_comments, unescape,
+};
+use lqd::feed::{FeedReceiver, feed, spawn_kea_csv_with};
+use lqd::store::{Change, LeaseKind, LeaseState, RemoteIdKey};
+use mio::{Poll, Token, Waker};
+
+const HEADER_22: &str = "address,duid,valid_lifetime,expire,subnet_id,pref_lifetime,lease_type,\
+iaid,prefix_len,fqdn_fwd,fqdn_rev,hostname,hwaddr,state,user_context,hwtype,hwaddr_source";
+const HEADER_26: &str = "address,duid,valid_lifetime,expire,subnet_id,pref_lifetime,lease_type,\
+iaid,prefix_len,fqdn_fwd,fqdn_rev,hostname,hwaddr,state,user_context,hwtype,hwaddr_source,pool_id";
+
+const DUID_A: &str = "00:03:00:01:02:00:00:00:00:01";
+const DUID_B: &str = "00:01:00:01:2a:3b:4c:5d:00:11:22:33:44:55";
+
+fn a(s: &str) -> Ipv6Addr {
+    s.parse().unwrap()
+}
+
+fn duid(s: &str) -> Vec<u8> {
+    s.split(':')
+        .map(|o| u8::from_str_radix(o, 16).unwrap())
+        .collect()
+}
+
+/// A 2.2-format row.
+#[allow(clippy::too_many_arguments)]
+fn row(
+    addr: &str,
+    duid: &str,
+    valid: u32,
+    expire: u64,
+    subnet: u32,
+    lease_type: u8,
+    iaid: u32,
+    plen: u8,
+    state: u8,
+    ctx: &str,
+) -> String {
+    let pref = valid / 2;
+    format!(
+        "{addr},{duid},{valid},{expire},{subnet},{pref},{lease_type},{iaid},{plen},0,0,,,{state},{ctx},0,0"
+    )
+}
+
+fn mapper() -> KeaMapper {
+    KeaMapper::new(HashMap::from([
+        (1, a("2001:db8:1::")),
+        (2, a("2001:db8:2::")),
+    ]))
+}
+
+fn change(m: &mut KeaMapper, h: &KeaHeader, line: &str) -> Change {
+    match m.apply(&parse_row(h, line).unwrap()) {
+        Applied::Change(c) => c,
+        other => panic!("{line}: {other:?}"),
+    }
+}
+
+#[test]
+fn a_22_header_and_a_later_header_with_extra_columns_both_parse() {
+    let h22 = KeaHeader::parse(HEADER_22).unwrap();
+    assert_eq!(h22.columns(), 17);
+    let h26 = KeaHeader::parse(HEADER_26).unwrap();
+    assert_eq!(h26.columns(), 18);
+    // Columns in another order are found by name.
+    let shuffled = KeaHeader::parse(
+        "duid,address,expire,valid_lifetime,subnet_id,pref_lifetime,lease_type,iaid,prefix_len",
+    )
+    .unwrap();
+    let r = parse_row(
+        &shuffled,
+        &format!("{DUID_A},2001:db8:1::5,1700003600,3600,1,1800,0,7,128"),
+    )
+    .unwrap();
+    assert_eq!(r.address, a("2001:db8:1::5"));
+    assert_eq!(r.valid_lifetime, 3600);
+    assert_eq!(r.expire, 1_700_003_600);
+    assert!(KeaHeader::parse("address,duid,expire").is_err());
+
+    let line22 = row(
+        "2001:db8:1::5",
+        DUID_A,
+        3600,
+        1_700_003_600,
+        1,
+        0,
+        7,
+        128,
+        0,
+        "",
+    );
+    let line26 = format!("{line22},3");
+    let mut m = mapper();
+    let c = change(&mut m, &h22, &line22);
+    let mut m2 = mapper();
+    let c2 = change(&mut m2, &h26, &line26);
+    assert_eq!(c, c2);
+    assert_eq!(&*c.client_id, duid(DUID_A).as_slice());
+    assert_eq!(c.link, a("2001:db8:1::"));
+    assert_eq!(c.lease.kind, LeaseKind::Address);
+    assert_eq!(c.lease.prefix_len, 128);
+    assert_eq!(c.lease.iaid, 7);
+    assert_eq!(c.lease.valid_lifetime, 3600);
+    assert_eq!(c.lease.preferred_lifetime, 1800);
+    assert_eq!(c.lease.cltt, ServerTime::from_unix(1_700_000_000));
+    assert_eq!(c.lease.state, LeaseState::Active);
+    assert_eq!(c.relay, None);
+}
+
+#[test]
+fn pd_rows_states_releases_and_deletes() {
+    let h = KeaHeader::parse(HEADER_22).unwrap();
+    let mut m = mapper();
+    let pd = change(
+        &mut m,
+        &h,
+        &row(
+            "2001:db8:ff00::",
+            DUID_B,
+            7200,
+            1_700_007_200,
+            2,
+            2,
+            4_000_000_000,
+            56,
+            0,
+            "",
+        ),
+    );
+    assert_eq!(pd.lease.kind, LeaseKind::Prefix);
+    assert_eq!(pd.lease.prefix_len, 56);
+    assert_eq!(pd.lease.iaid, 4_000_000_000);
+    assert_eq!(pd.link, a("2001:db8:2::"));
+    // Expired-reclaimed: a copy of the last row with state 2.
+    let exp = change(
+        &mut m,
+        &h,
+        &row(
+            "2001:db8:ff00::",
+            DUID_B,
+            7200,
+            1_700_007_200,
+            2,
+            2,
+            4_000_000_000,
+            56,
+            2,
+            "",
+        ),
+    );
+    assert_eq!(exp.lease.state, LeaseState::Expired);
+    // Released: state 0, the DUID kept, lifetimes 0.
+    let na = row(
+        "2001:db8:1::9",
+        DUID_A,
+        3600,
+        1_700_003_600,
+        1,
+        0,
+        1,
+        128,
+        0,
+        "",
+    );
+    assert_eq!(change(&mut m, &h, &na).lease.state, LeaseState::Active);
+    let rel = change(
+        &mut m,
+        &h,
+        &row(
+            "2001:db8:1::9",
+            DUID_A,
+            0,
+            1_700_000_100,
+            1,
+            0,
+            1,
+            128,
+            0,
+            "",
+        ),
+    );
+    assert_eq!(rel.lease.state, LeaseState::Released);
+    assert_eq!(rel.lease.valid_lifetime, 0);
+    assert_eq!(&*rel.client_id, duid(DUID_A).as_slice());
+    // A delete of an expired lease: lifetime 0, state 2.
+    let del = change(
+        &mut m,
+        &h,
+        &row(
+            "2001:db8:ff00::",
+            DUID_B,
+            0,
+            1_700_007_200,
+            2,
+            2,
+            4_000_000_000,
+            56,
+            2,
+            "",
+        ),
+    );
+    assert_eq!(del.lease.state, LeaseState::Deleted);
+    // IA_TA is not reported.
+    let ta = row(
+        "2001:db8:1::77",
+        DUID_A,
+        3600,
+        1_700_003_600,
+        1,
+        1,
+        1,
+        128,
+        0,
+        "",
+    );
+    assert!(matches!(
+        m.apply(&parse_row(&h, &ta).unwrap()),
+        Applied::Ignored(_)
+    ));
+}
+
+#[test]
+fn a_declined_address_is_reported_for_the_client_that_last_held_it() {
+    let h = KeaHeader::parse(HEADER_22).unwrap();
+    let mut m = mapper();
+    change(
+        &mut m,
+        &h,
+        &row(
+            "2001:db8:1::42",
+            DUID_A,
+            3600,
+            1_700_003_600,
+            1,
+            0,
+            3,
+            128,
+            0,
+            "",
+        ),
+    );
+    let dec = change(
+        &mut m,
+        &h,
+        &row(
+            "2001:db8:1::42",
+            "00",
+            86400,
+            1_700_090_000,
+            1,
+            0,
+            0,
+            128,
+            1,
+            "",
+        ),
+    );
+    assert_eq!(dec.lease.state, LeaseState::Declined);
+    assert_eq!(&*dec.client_id, duid(DUID_A).as_slice());
+    assert_eq!(dec.link, a("2001:db8:1::"));
+    assert_eq!(dec.lease.iaid, 3);
+    assert_eq!(dec.lease.valid_lifetime, 86400);
+    // End of probation: deleted, for the same binding.
+    let del = change(
+        &mut m,
+        &h,
+        &row(
+            "2001:db8:1::42",
+            "00",
+            0,
+            1_700_090_000,
+            1,
+            0,
+            0,
+            128,
+            1,
+            "",
+        ),
+    );
+    assert_eq!(del.lease.state, LeaseState::Deleted);
+    assert_eq!(&*del.client_id, duid(DUID_A).as_slice());
+    // A declined address nobody was known to hold says nothing.
+    let orphan = row(
+        "2001:db8:1::43",
+        "00",
+        86400,
+        1_700_090_000,
+        1,
+        0,
+        0,
+        128,
+        1,
+        "",
+    );
+    assert!(matches!(
+        m.apply(&parse_row(&h, &orphan).unwrap()),
+        Applied::Ignored(_)
+    ));
+}
+
+/// Kea's user_context with two relays, outer first, commas escaped as Kea writes them.
+fn user_context() -> String {
+    // Outer relay: relay-id (53) 00:02:00:00:00:09:0a:0b. Inner relay (closest to the client):
+    // remote-id (37) enterprise 9 "juniper-1", interface-id (18) "eth0".
+    let outer = "0035000800020000".to_owned() + "00090a0b";
+    let inner = "0025000d00000009".to_owned()
+        + &hex::encode("juniper-1")
+        + "00120004"
+        + &hex::encode("eth0");
+    let ctx = format!(
+        r#"{{ "ISC": {{ "relays": [ {{ "hop": 1, "link": "2001:db8:99::1", "options": "0x{outer}", "peer": "fe80::1" }}, {{ "hop": 0, "link": "2001:db8:5::1", "options": "0x{inner}", "peer": "fe80::2" }} ] }} }}"#
+    );
+    ctx.replace(',', "&#x2c")
+}
+
+#[test]
+fn relay_ids_remote_ids_and_the_link_come_from_user_context() {
+    let ctx = user_context();
+    assert!(!ctx.contains(','));
+    let h = KeaHeader::parse(HEADER_22).unwrap();
+    let line = row(
+        "2001:db8:5::7",
+        DUID_A,
+        3600,
+        1_700_003_600,
+        1,
+        0,
+        1,
+        128,
+        0,
+        &ctx,
+    );
+    let r = parse_row(&h, &line).unwrap();
+    assert!(r.user_context.contains(", "));
+    let mut m = mapper();
+    let c = change(&mut m, &h, &line);
+    // The relay closest to the client is the last one: its link-address, not the subnet's.
+    assert_eq!(c.link, a("2001:db8:5::1"));
+    let relay = c.relay.expect("relay info");
+    assert_eq!(
+        relay.relay_ids,
+        vec![vec![0, 2, 0, 0, 0, 9, 0xa, 0xb].into_boxed_slice()]
+    );
+    assert_eq!(
+        relay.remote_ids,
+        vec![RemoteIdKey {
+            enterprise_number: 9,
+            remote_id: b"juniper-1".to_vec().into_boxed_slice()
+        }]
+    );
+    assert_eq!(relay.relay_message, None);
+    // A release written without the relays stays in the same binding.
+    let rel = change(
+        &mut m,
+        &h,
+        &row(
+            "2001:db8:5::7",
+            DUID_A,
+            0,
+            1_700_000_100,
+            1,
+            0,
+            1,
+            128,
+            0,
+            "",
+        ),
+    );
+    assert_eq!(rel.link, a("2001:db8:5::1"));
+    assert_eq!(rel.lease.state, LeaseState::Released);
+    // A lightweight relay's :: link-address is passed over for the next relay out.
+    let ldra = r#"{"ISC":{"relays":[{"hop":1,"link":"2001:db8:7::1","peer":"fe80::1","options":"0x"},{"hop":0,"link":"::","peer":"fe80::2","options":"0x"}]}}"#;
+    assert_eq!(
+        relays_from_user_context(ldra).unwrap().link,
+        Some(a("2001:db8:7::1"))
+    );
+    assert_eq!(relays_from_user_context(""), None);
+    assert_eq!(relays_from_user_context(r#"{"foo":1}"#), None);
+    assert_eq!(unescape("a&#x2cb&#x2Cc"), "a,b,c");
+}
+
+#[test]
+fn bad_rows_are_errors() {
+    let h = KeaHeader::parse(HEADER_22).unwrap();
+    let good = row(
+        "2001:db8:1::5",
+        DUID_A,
+        3600,
+        1_700_003_600,
+        1,
+        0,
+        7,
+        128,
+        0,
+        "",
+    );
+    assert!(parse_row(&h, &good).is_ok());
+    for bad in [
+        good.replace("2001:db8:1::5", "2001:db8:1::zz"),
+        good.replace(DUID_A, "00:0g"),
+        good.replace(",3600,", ",-1,"),
+        good.replace(",1700003600,", ",soon,"),
+        row(
+            "2001:db8:1::5",
+            DUID_A,
+            3600,
+            1_700_003_600,
+            1,
+            3,
+            7,
+            128,
+            0,
+            "",
+        ),
+        row(
+            "2001:db8:1::5",
+            DUID_A,
+            3600,
+            1_700_003_600,
+            1,
+            0,
+            7,
+            128,
+            9,
+            "",
+        ),
+        row("2001:db8::", DUID_A, 3600, 1_700_003_600, 1, 2, 7, 0, 0, ""),
+        "2001:db8:1::5,00:01,3600".to_owned(),
+        String::new(),
+    ] {
+        assert!(parse_row(&h, &bad).is_err(), "{bad:?} parsed");
+    }
+}
+
+#[test]
+fn the_subnets_of_kea_s_configuration_map_to_their_prefixes() {
+    let conf = r#"
+// Kea's own configuration, with comments of all three kinds.
+{
+  "Dhcp6": {
+    # a hash comment with "quotes"
+    "lease-database": { "type": "memfile", "name": "/var/lib/kea/leases6.csv" /* inline */ },
+    "subnet6": [
+      { "id": 1, "subnet": "2001:db8:1::/64", "comment": "has // and # inside a string" },
+      { "id": 7, "subnet": "2001:db8:7:8::/64" }
+    ],
+    "shared-networks": [ { "name": "x", "subnet6": [ { "id": 9, "subnet": "2001:db8:9::/48" } ] } ]
+  }
+}
+"#;
+    assert!(strip_comments(conf).contains("has // and # inside a string"));
+    let map = parse_kea_config(conf).unwrap();
+    assert_eq!(map.len(), 3);
+    assert_eq!(map[&1], a("2001:db8:1::"));
+    assert_eq!(map[&7], a("2001:db8:7:8::"));
+    assert_eq!(map[&9], a("2001:db8:9::"));
+    assert!(parse_kea_config("{}").is_err());
+    // A subnet id nothing names: ::ID.
+    let h = KeaHeader::parse(HEADER_22).unwrap();
+    let mut m = KeaMapper::new(map);
+    let c = change(
+        &mut m,
+        &h,
+        &row(
+            "2001:db8:1::5",
+            DUID_A,
+            3600,
+            1_700_003_600,
+            300,
+            0,
+            7,
+            128,
+            0,
+            "",
+        ),
+    );
+    assert_eq!(c.link, a("::12c"));
+}
+
+#[test]
+fn a_row_read_again_is_not_sent_again() {
+    let h = KeaHeader::parse(HEADER_22).unwrap();
+    let mut m = mapper();
+    let r1 = row(
+        "2001:db8:1::5",
+        DUID_A,
+        3600,
+        1_700_003_600,
+        1,
+        0,
+        7,
+        128,
+        0,
+        "",
+    );
+    let r2 = row(
+        "2001:db8:1::5",
+        DUID_A,
+        3600,
+        1_700_007_200,
+        1,
+        0,
+        7,
+        128,
+        0,
+        "",
+    );
+    change(&mut m, &h, &r1);
+    change(&mut m, &h, &r2);
+    for r in [&r1, &r2] {
+        assert_eq!(m.apply(&parse_row(&h, r).unwrap()), Applied::Duplicate);
+    }
+}
+
+// ---- following a simulated Kea ----
+
+struct Feed {
+    _poll: Poll,
+    rx: FeedReceiver,
+    got: Vec<Change>,
+}
+
+fn start(path: &Path) -> Feed {
+    let poll = Poll::new().unwrap();
+    let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
+    let (handle, rx) = feed(1024, waker);
+    spawn_kea_csv_with(
+        path.to_owned(),
+        HashMap::from([(1, a("2001:db8:1::"))]),
+        handle,
+    )
+    .unwrap();
+    Feed {
+        _poll: poll,
+        rx,
+        got: Vec::new(),
+    }
+}
+
+impl Feed {
+    /// Waits until `n` changes in all have arrived, then a little more to catch extras.
+    fn wait_for(&mut self, n: usize) -> &[Change] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.got.len() < n && Instant::now() < deadline {
+            self.rx.drain(usize::MAX, |c| self.got.push(c));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(350));
+        self.rx.drain(usize::MAX, |c| self.got.push(c));
+        assert_eq!(
+            self.got.len(),
+            n,
+            "expected {n} changes, got {:#?}",
+            self.got
+        );
+        &self.got
+    }
+}
+
+fn append(path: &Path, lines: &[String]) {
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+}
+
+fn suffixed(path: &Path, s: &str) -> PathBuf {
+    PathBuf::from(format!("{}{s}", path.display()))
+}
+
+/// Row `k` of the test: lease `k % 5` renewed (a different expire each time).
+fn nth(k: u64) -> String {
+    let addr = format!("2001:db8:1::{:x}", 0x100 + k % 5);
+    row(&addr, DUID_A, 3600, 1_700_000_000 + k, 1, 0, 1, 128, 0, "")
+}
+
+fn expires(changes: &[Change]) -> Vec<u32> {
+    changes
+        .iter()
+        .map(|c| c.lease.cltt.0 + c.lease.valid_lifetime)
+        .collect()
+}
+
+fn want(ks: std::ops::Range<u64>) -> Vec<u32> {
+    ks.map(|k| ServerTime::from_unix(1_700_000_000 + k).0)
+        .collect()
+}
+
+#[test]
+fn following_through_a_whole_lfc_cycle_loses_and_repeats_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kea-leases6.csv");
+    append(&path, &[HEADER_22.to_owned()]);
+    append(&path, &(0..10).map(nth).collect::<Vec<_>>());
+    let mut feed = start(&path);
+    assert_eq!(expires(feed.wait_for(10)), want(0..10));
+
+    // Kea appends, with a partial last line written in two steps and a bad row.
+    append(&path, &(10..15).map(nth).collect::<Vec<_>>());
+    {
+        let line = nth(15);
+        let (x, y) = line.split_at(20);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(x.as_bytes()).unwrap();
+        f.flush().unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+        writeln!(f, "{y}").unwrap();
+        writeln!(f, "this,is,not,a,lease").unwrap();
+    }
+    assert_eq!(expires(feed.wait_for(16)), want(0..16));
+
+    // LFC step 1: Kea renames the file to .1 and starts a new one with the header; a few rows
+    // still went to the old file just before (Kea closes it first).
+    append(&path, &(16..18).map(nth).collect::<Vec<_>>());
+    fs::rename(&path, suffixed(&path, ".1")).unwrap();
+    append(&path, &[HEADER_22.to_owned()]);
+    append(&path, &(18..21).map(nth).collect::<Vec<_>>());
+    assert_eq!(expires(feed.wait_for(21)), want(0..21));
+
+    // Step 2: kea-lfc writes .output from .2 (none yet) and .1: the last row of each lease.
+    let compacted: Vec<String> = std::iter::once(HEADER_22.to_owned())
+        .chain((13..18).map(nth))
+        .collect();
+    append(&suffixed(&path, ".output"), &compacted);
+    append(&path, &[nth(21)]);
+    // Step 3: .output → .completed; step 4: delete .1; step 5: .completed → .2.
+    fs::rename(suffixed(&path, ".output"), suffixed(&path, ".completed")).unwrap();
+    append(&path, &[nth(22)]);
+    fs::remove_file(suffixed(&path, ".1")).unwrap();
+    append(&path, &[nth(23)]);
+    fs::rename(suffixed(&path, ".completed"), suffixed(&path, ".2")).unwrap();
+    append(&path, &(24..26).map(nth).collect::<Vec<_>>());
+    assert_eq!(expires(feed.wait_for(26)), want(0..26));
+
+    // A second cycle: the main file again goes to .1 (and is deleted at once).
+    fs::rename(&path, suffixed(&path, ".1")).unwrap();
+    append(&path, &[HEADER_22.to_owned(), nth(26)]);
+    fs::remove_file(suffixed(&path, ".1")).unwrap();
+    append(&path, &[nth(27)]);
+    assert_eq!(expires(feed.wait_for(28)), want(0..28));
+}
+
+#[test]
+fn at_start_the_files_kea_loads_are_read_in_kea_s_order() {
+    // Mid-cleanup: .2 (older), .1 (newer), the current file; and a stale .completed absent.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leases6.csv");
+    let two: Vec<String> = std::iter::once(HEADER_22.to_owned())
+        .chain((0..5).map(nth))
+        .collect();
+    append(&suffixed(&path, ".2"), &two);
+    let one: Vec<String> = std::iter::once(HEADER_26.to_owned())
+        .chain((5..8).map(|k| format!("{},0", nth(k))))
+        .collect();
+    append(&suffixed(&path, ".1"), &one);
+    append(&path, &[HEADER_22.to_owned(), nth(8), nth(9)]);
+    let mut feed = start(&path);
+    assert_eq!(expires(feed.wait_for(10)), want(0..10));
+
+    // With a .completed present, .2 and .1 are ignored: .completed already holds them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leases6.csv");
+    append(&suffixed(&path, ".2"), &[HEADER_22.to_owned(), nth(0)]);
+    append(&suffixed(&path, ".1"), &[HEADER_22.to_owned(), nth(1)]);
+    append(
+        &suffixed(&path, ".completed"),
+        &[HEADER_22.to_owned(), nth(2), nth(3)],
+    );
+    append(&path, &[HEADER_22.to_owned(), nth(4)]);
+    let mut feed = start(&path);
+    assert_eq!(expires(feed.wait_for(3)), want(2..5));
+}
+
+#[test]
+fn a_rewritten_lease_file_sends_only_what_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leases6.csv");
+    append(&path, &[HEADER_22.to_owned()]);
+    append(&path, &(0..10).map(nth).collect::<Vec<_>>());
+    let mut feed = start(&path);
+    feed.wait_for(10);
+    // Kea rewrites the file (a new file renamed over it) with the last row of every lease,
+    // plus one new row.
+    let tmp = dir.path().join("new.csv");
+    append(
+        &tmp,
+        &std::iter::once(HEADER_26.to_owned())
+            .chain((5..11).map(|k| format!("{},0", nth(k))))
+            .collect::<Vec<_>>(),
+    );
+    fs::rename(&tmp, &path).unwrap();
+    let got = feed.wait_for(11);
+    assert_eq!(expires(&got[10..]), want(10..11));
+}
+
+// ---- a real lqd ----
+
+const LINK: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 7, 0, 0, 0, 1);
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Client `n` holds 2001:db8:0:7::`n`, relayed from `LINK` (Kea's extended info); `valid` 0
+/// releases it.
+fn client(n: u16, valid: u32) -> String {
+    let ctx = format!(
+        r#"{{"ISC":{{"relays":[{{"hop":0,"link":"{LINK}","peer":"fe80::1","options":"0x00350004000200aa"}}]}}}}"#
+    )
+    .replace(',', "&#x2c");
+    row(
+        &format!("2001:db8:0:7::{n:x}"),
+        &format!("00:03:00:01:02:00:00:00:00:{n:02x}"),
+        valid,
+        now_unix() + u64::from(valid),
+        1,
+        0,
+        1,
+        128,
+        0,
+        &ctx,
+    )
+}
+
+fn addresses(lqd: &Lqd) -> BTreeSet<Ipv6Addr> {
+    let mut s = lqd.connect();
+    s.write_all(&by_link(1, LINK)).unwrap();
+    let answers = read_answers(&mut s, &[1]);
+    client_data_addresses(&answers)
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect()
+}
+
+fn wait_for_addresses(lqd: &Lqd, ns: &[u16]) {
+    let wanted: BTreeSet<Ipv6Addr> = ns
+        .iter()
+        .map(|&n| Ipv6Addr::new(0x2001, 0xdb8, 0, 7, 0, 0, 0, n))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = addresses(lqd);
+        if got == wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wanted {wanted:?}, lqd has {got:?}\n{}",
+            lqd.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_real_lqd_follows_a_kea_lease_file_through_a_cleanup() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("kea-leases6.csv");
+    append(
+        &path,
+        &[
+            HEADER_22.to_owned(),
+            client(1, 7200),
+            "2001:db8:0:7::99,not-a-duid,7200,1,1,1,0,1,128,0,0,,,0,,0,0".to_owned(),
+            client(2, 7200),
+            client(3, 7200),
+        ],
+    );
+    let source = format!("kea-csv:{}", path.display());
+    let lqd = start_with_source(
+        "kea-csv",
+        &["--source", &source],
+        "",
+        &format!("source: {source}"),
+    );
+    wait_for_addresses(&lqd, &[1, 2, 3]);
+    wait_for_log(&lqd, "line 3 skipped", 5);
+
+    // LFC: renamed to .1 with a release just before, a new file with a new client.
+    append(&path, &[client(1, 0)]);
+    fs::rename(&path, suffixed(&path, ".1")).unwrap();
+    append(&path, &[HEADER_22.to_owned(), client(4, 7200)]);
+    wait_for_addresses(&lqd, &[2, 3, 4]);
+    wait_for_log(&lqd, "the lease file was replaced", 5);
+}
