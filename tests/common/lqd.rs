@@ -45,14 +45,7 @@ impl Lqd {
         demo: &str,
         fd_limit: Option<u32>,
     ) -> Self {
-        let port = {
-            let l = std::net::TcpListener::bind("[::1]:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
-        let addr: SocketAddr = format!("[::1]:{port}").parse().unwrap();
-        let dir = std::env::temp_dir().join(format!("lqd-e2e-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let (addr, dir) = fresh(name);
         let config = dir.join("lqd.toml");
         // A small journal unless the test sizes it: creating one writes it out in full.
         let journal = if extra.contains("journal_size") {
@@ -274,10 +267,8 @@ pub(crate) fn read_whole_answer(s: &mut TcpStream, pid: u32) -> (usize, u64) {
     }
 }
 
-/// Starts lqd on a free loopback port with `args` on its command line (such as
-/// `--source jsonl:-`) and `extra` TOML in its config (such as `source = "jsonl:PATH"`), its
-/// standard input piped (take it from `child.stdin`); waits for a log line containing `ready`.
-pub(crate) fn start_with_source(name: &str, args: &[&str], extra: &str, ready: &str) -> Lqd {
+/// A free loopback port and an empty state directory for the test `name`.
+fn fresh(name: &str) -> (SocketAddr, PathBuf) {
     let port = {
         let l = std::net::TcpListener::bind("[::1]:0").unwrap();
         l.local_addr().unwrap().port()
@@ -286,6 +277,14 @@ pub(crate) fn start_with_source(name: &str, args: &[&str], extra: &str, ready: &
     let dir = std::env::temp_dir().join(format!("lqd-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    (addr, dir)
+}
+
+/// Starts lqd on a free loopback port with `args` on its command line (such as
+/// `--source jsonl:-`) and `extra` TOML in its config (such as `source = "jsonl:PATH"`), its
+/// standard input piped (take it from `child.stdin`); waits for a log line containing `ready`.
+pub(crate) fn start_with_source(name: &str, args: &[&str], extra: &str, ready: &str) -> Lqd {
+    let (addr, dir) = fresh(name);
     let config = dir.join("lqd.toml");
     std::fs::write(
         &config,
