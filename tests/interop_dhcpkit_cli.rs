@@ -37,7 +37,9 @@ use lqd::codec::{
     BuildOptions, Decoded, DhcpOption, FrameDecoder, MessageBuilder, MessageRepr, MessageType,
     OptionCode, QueryType, Status,
 };
-use peers::{cli_command, ip, is_root, peer_python, quiet, repo};
+use peers::{
+    between, cli_command, cli_duid, cli_reply_blocks, ip, is_root, peer_python, quiet, repo,
+};
 
 const REQUESTOR: [u8; 10] = [0, 3, 0, 1, 0x02, 0, 0, 0, 0x5c, 0x11];
 const LINKS: u16 = 4;
@@ -130,23 +132,6 @@ impl Query {
             }
             _ => panic!("dhcpkit_query.py sends queries by relay-id and remote-id only"),
         }
-    }
-}
-
-/// A DUID in the CLI's `parse_duid` syntax.
-fn cli_duid(d: &[u8]) -> String {
-    let u16_at = |i: usize| u16::from_be_bytes([d[i], d[i + 1]]);
-    let u32_at = |i: usize| u32::from_be_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
-    match u16_at(0) {
-        1 => format!(
-            "linklayer-time:{}:{}:{}",
-            u16_at(2),
-            u32_at(4),
-            hex::encode(&d[8..])
-        ),
-        2 => format!("enterprise:{}:0x{}", u32_at(2), hex::encode(&d[6..])),
-        3 => format!("linklayer:{}:{}", u16_at(2), hex::encode(&d[4..])),
-        t => panic!("the CLI cannot write a DUID of type {t}"),
     }
 }
 
@@ -382,16 +367,6 @@ fn calls<'t>(text: &'t str, name: &str) -> Vec<&'t str> {
     found
 }
 
-/// The text between `start` and the next `end` after it.
-fn between<'t>(text: &'t str, start: &str, end: &str) -> &'t str {
-    let from = text
-        .find(start)
-        .unwrap_or_else(|| panic!("no {start} in {text}"))
-        + start.len();
-    let len = text[from..].find(end).unwrap();
-    &text[from..from + len]
-}
-
 fn parse_prefix(s: &str) -> (Ipv6Addr, u8) {
     let (p, l) = s.split_once('/').unwrap();
     (p.parse().unwrap(), l.parse().unwrap())
@@ -438,28 +413,7 @@ fn cli_message(lines: &[&str]) -> CliView {
 
 /// The messages in the CLI's log, in the order it received them.
 fn cli_messages(log: &str) -> Vec<CliView> {
-    let mut blocks: Vec<Vec<&str>> = Vec::new();
-    let mut in_reply = false;
-    for line in log.lines() {
-        if line.contains("MainProcess: [") {
-            in_reply = line.contains("] Received from ");
-            if in_reply {
-                blocks.push(Vec::new());
-            }
-        } else if in_reply {
-            blocks.last_mut().unwrap().push(line);
-        }
-    }
-    let received = log
-        .lines()
-        .find_map(|l| {
-            l.strip_suffix(" responses received")
-                .or_else(|| l.strip_suffix(" response received"))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or_else(|| panic!("the CLI did not say how many replies it got:\n{log}"));
-    assert_eq!(received, blocks.len(), "{log}");
+    let blocks = cli_reply_blocks(log);
     blocks.iter().map(|b| cli_message(b)).collect()
 }
 

@@ -39,7 +39,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::peers::{cli_command, ip, is_root, peer_python, quiet, repo};
+use super::peers::{
+    between, cli_command, cli_duid, cli_reply_blocks, ip, is_root, peer_python, quiet, repo,
+};
 
 /// The server's interface, in the server namespace.
 pub(crate) const SERVER_IF: &str = "srv0";
@@ -690,23 +692,6 @@ impl DhcpkitServer {
     }
 }
 
-/// A DUID in the CLI's `parse_duid` syntax.
-pub(crate) fn cli_duid(d: &[u8]) -> String {
-    let u16_at = |i: usize| u16::from_be_bytes([d[i], d[i + 1]]);
-    let u32_at = |i: usize| u32::from_be_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
-    match u16_at(0) {
-        1 => format!(
-            "linklayer-time:{}:{}:{}",
-            u16_at(2),
-            u32_at(4),
-            hex::encode(&d[8..])
-        ),
-        2 => format!("enterprise:{}:0x{}", u32_at(2), hex::encode(&d[6..])),
-        3 => format!("linklayer:{}:{}", u16_at(2), hex::encode(&d[4..])),
-        t => panic!("the CLI cannot write a DUID of type {t}"),
-    }
-}
-
 /// Reads a Python bytes literal (`b'…'` or `b"…"`) at the start of `s`: its value and length.
 fn py_bytes(s: &str) -> (Vec<u8>, usize) {
     let b = s.as_bytes();
@@ -813,13 +798,6 @@ fn number_after(s: &str, name: &str) -> u32 {
         .unwrap_or_else(|_| panic!("no number after {name} in {s}"))
 }
 
-/// The text between the first `start` in `s` and the next `end`.
-fn between<'t>(s: &'t str, start: &str, end: &str) -> &'t str {
-    let from = s.find(start).unwrap_or_else(|| panic!("no {start} in {s}")) + start.len();
-    let len = s[from..].find(end).unwrap();
-    &s[from..from + len]
-}
-
 /// Reads the one-line repr of an OPTION_CLIENT_DATA.
 fn cli_client_data(line: &str) -> Binding {
     let mut b = Binding {
@@ -854,28 +832,7 @@ fn cli_client_data(line: &str) -> Binding {
 
 /// The messages in the CLI's log, in the order it received them.
 pub(crate) fn cli_replies(log: &str) -> Vec<CliReply> {
-    let mut blocks: Vec<Vec<&str>> = Vec::new();
-    let mut in_reply = false;
-    for line in log.lines() {
-        if line.contains("MainProcess: [") {
-            in_reply = line.contains("] Received from ");
-            if in_reply {
-                blocks.push(Vec::new());
-            }
-        } else if in_reply {
-            blocks.last_mut().unwrap().push(line);
-        }
-    }
-    let received = log
-        .lines()
-        .find_map(|l| {
-            l.strip_suffix(" responses received")
-                .or_else(|| l.strip_suffix(" response received"))
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse::<usize>().ok())
-        .unwrap_or_else(|| panic!("the CLI did not say how many replies it got:\n{log}"));
-    assert_eq!(received, blocks.len(), "{log}");
+    let blocks = cli_reply_blocks(log);
     blocks
         .iter()
         .map(|lines| {

@@ -71,3 +71,55 @@ pub(crate) fn quiet(program: &str, args: &[&str]) {
         .stderr(Stdio::null())
         .status();
 }
+
+/// A DUID in the CLI's `parse_duid` syntax, as it takes one on its command line.
+pub(crate) fn cli_duid(d: &[u8]) -> String {
+    let u16_at = |i: usize| u16::from_be_bytes([d[i], d[i + 1]]);
+    let u32_at = |i: usize| u32::from_be_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
+    match u16_at(0) {
+        1 => format!(
+            "linklayer-time:{}:{}:{}",
+            u16_at(2),
+            u32_at(4),
+            hex::encode(&d[8..])
+        ),
+        2 => format!("enterprise:{}:0x{}", u32_at(2), hex::encode(&d[6..])),
+        3 => format!("linklayer:{}:{}", u16_at(2), hex::encode(&d[4..])),
+        t => panic!("the CLI cannot write a DUID of type {t}"),
+    }
+}
+
+/// The text of `s` between the first `start` and the next `end`.
+pub(crate) fn between<'t>(s: &'t str, start: &str, end: &str) -> &'t str {
+    let from = s.find(start).unwrap_or_else(|| panic!("no {start} in {s}")) + start.len();
+    let len = s[from..].find(end).unwrap();
+    &s[from..from + len]
+}
+
+/// The replies in the CLI's log, each as its lines, in the order it received them; checked
+/// against the count the CLI prints at the end.
+pub(crate) fn cli_reply_blocks(log: &str) -> Vec<Vec<&str>> {
+    let mut blocks: Vec<Vec<&str>> = Vec::new();
+    let mut in_reply = false;
+    for line in log.lines() {
+        if line.contains("MainProcess: [") {
+            in_reply = line.contains("] Received from ");
+            if in_reply {
+                blocks.push(Vec::new());
+            }
+        } else if in_reply {
+            blocks.last_mut().unwrap().push(line);
+        }
+    }
+    let received = log
+        .lines()
+        .find_map(|l| {
+            l.strip_suffix(" responses received")
+                .or_else(|| l.strip_suffix(" response received"))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or_else(|| panic!("the CLI did not say how many replies it got:\n{log}"));
+    assert_eq!(received, blocks.len(), "{log}");
+    blocks
+}
