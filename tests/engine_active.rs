@@ -640,3 +640,27 @@ fn hours_of_churn_rebuild_the_bindings_exactly() {
     // Keepalives never went out: something changed every second.
     assert!(sim.h.tombstones() < 10_000);
 }
+
+/// D21: a Bulk query reusing the xid of an Active query running on the connection is dropped,
+/// the Active query untouched.
+#[test]
+fn a_bulk_query_with_a_running_active_xid_is_dropped_d21() {
+    let mut sim = Sim::new(1 << 20);
+    let mut s = Session::new(4);
+    sim.send(&mut s, &active(8).build_frame().unwrap()).unwrap();
+    let bulk = MessageBuilder::leasequery(8)
+        .client_id(&REQUESTOR)
+        .lq_query(QueryType::ByLinkAddress, link(1), |q| q)
+        .build_frame()
+        .unwrap();
+    let mut out = Vec::new();
+    let mut events = Vec::new();
+    let ctx = sim.ctx();
+    s.handle_bytes(&bulk, &ctx, &AllowAll, &mut out, &mut events)
+        .unwrap();
+    assert_eq!(events, vec![Event::DuplicateXid(Xid::new(8))]);
+    assert!(out.is_empty());
+    assert_eq!((s.running(), s.bulk_running()), (1, 0));
+    sim.apply(&change(1, LeaseState::Active, sim.now));
+    assert_eq!(clients(&sim.drain(&mut s)), vec![client(1).to_vec()]);
+}

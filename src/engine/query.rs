@@ -16,6 +16,7 @@
 
 use std::net::Ipv6Addr;
 
+use super::session::Policy;
 use crate::codec::{
     DhcpOption, MessageRepr, MessageType, OptionCode, Options, QueryType, ServerTime, Status, Xid,
 };
@@ -346,6 +347,20 @@ fn read_leasequery_options(msg: &MessageRepr<'_>, transport: Transport) -> Resul
         want_base_time: asks(OptionCode::LqBaseTime),
         want_relay_data: asks(OptionCode::LqRelayData),
     })
+}
+
+/// Refuses with NotAllowed a query type this requestor may not ask (D23).
+pub fn allowed(query: Query, query_type: QueryType, policy: &dyn Policy) -> Result<Query, Refusal> {
+    if policy.allows(query_type) {
+        Ok(query)
+    } else {
+        Err(Refusal {
+            xid: query.xid,
+            requestor_id: query.requestor_id,
+            status: Status::NotAllowed,
+            reason: "query type not allowed for this requestor",
+        })
+    }
 }
 
 /// Names the query's link by its canonical address and refuses, with NotConfigured, a link or

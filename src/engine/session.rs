@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::active::{ActiveQuery, EncodeCache};
 use super::bulk::{BulkAnswer, Fill};
 use super::query::{
-    ActiveRequest, Refusal, Transport, read_active, read_leasequery, resolve_active_links,
+    ActiveRequest, Refusal, Transport, allowed, read_active, read_leasequery, resolve_active_links,
     resolve_links,
 };
 use super::reply::{push_frame, refusal_options};
@@ -243,51 +243,42 @@ impl Session {
             }
             other => return Err(CloseReason::UnexpectedMessage(other)),
         }
-        let query =
-            match read_leasequery(&msg, Transport::Tcp).and_then(|q| resolve_links(q, store)) {
-                Ok(q) => q,
-                Err(Refusal {
-                    xid,
-                    requestor_id,
-                    status,
-                    reason,
-                }) => {
-                    reply_status(xid, requestor_id.as_deref(), server_id, status, reason, out);
-                    events.push(Event::Refused {
-                        xid,
-                        status,
-                        reason,
-                    });
-                    return Ok(());
-                }
-            };
         let query_type = msg
             .options
             .lq_query()
             .map_or(QueryType::Unknown(0), |q| q.query_type);
-        if !policy.allows(query_type) {
-            let reason = "query type not allowed for this requestor";
-            reply_status(
-                query.xid,
-                query.requestor_id.as_deref(),
-                server_id,
-                Status::NotAllowed,
+        let checked = read_leasequery(&msg, Transport::Tcp)
+            .and_then(|q| resolve_links(q, store))
+            .and_then(|q| allowed(q, query_type, policy));
+        let query = match checked {
+            Ok(q) => q,
+            Err(Refusal {
+                xid,
+                requestor_id,
+                status,
                 reason,
-                out,
-            );
-            events.push(Event::Refused {
-                xid: query.xid,
-                status: Status::NotAllowed,
-                reason,
-            });
-            return Ok(());
-        }
-        if self.answers.iter().any(|a| a.query().xid == query.xid) {
+            }) => {
+                reply_status(xid, requestor_id.as_deref(), server_id, status, reason, out);
+                events.push(Event::Refused {
+                    xid,
+                    status,
+                    reason,
+                });
+                return Ok(());
+            }
+        };
+        if self.is_running(query.xid) {
             events.push(Event::DuplicateXid(query.xid));
             return Ok(());
         }
         self.answers.push(BulkAnswer::new(query));
         Ok(())
+    }
+
+    /// True when a query with this xid runs on this connection, Bulk or Active (D21).
+    fn is_running(&self, xid: Xid) -> bool {
+        self.answers.iter().any(|a| a.query().xid == xid)
+            || self.active.iter().any(|a| a.xid() == xid)
     }
 
     /// Starts an Active query (digest §10.4), or refuses it with a LEASEQUERY-REPLY and asks
@@ -327,11 +318,7 @@ impl Session {
                 return Err(CloseReason::ActiveRefused(status));
             }
         };
-        let running = |x| {
-            self.answers.iter().any(|a| a.query().xid == x)
-                || self.active.iter().any(|a| a.xid() == x)
-        };
-        if running(request.xid) {
+        if self.is_running(request.xid) {
             events.push(Event::DuplicateXid(request.xid));
             return Ok(());
         }

@@ -13,7 +13,7 @@
 
 use std::net::Ipv6Addr;
 
-use super::query::{Query, Refusal, Selector, Transport, read_leasequery, resolve_links};
+use super::query::{Refusal, Selector, Transport, allowed, read_leasequery, resolve_links};
 use super::reply::{client_data, refusal_options, relay_data};
 use super::session::Policy;
 use crate::codec::{
@@ -179,20 +179,6 @@ pub fn answer(
             out.clear();
             UdpAnswer::Drop("reply does not fit in a DHCPv6 message")
         }
-    }
-}
-
-/// Refuses with NotAllowed a query type this requestor may not ask (D23).
-fn allowed(query: Query, query_type: QueryType, policy: &dyn Policy) -> Result<Query, Refusal> {
-    if policy.allows(query_type) {
-        Ok(query)
-    } else {
-        Err(Refusal {
-            xid: query.xid,
-            requestor_id: query.requestor_id,
-            status: Status::NotAllowed,
-            reason: "query type not allowed for this requestor",
-        })
     }
 }
 
