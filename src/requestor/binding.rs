@@ -5,7 +5,7 @@ use std::net::Ipv6Addr;
 use std::time::SystemTime;
 
 use super::time::TimeBase;
-use crate::codec::{DhcpOption, MessageRepr, Options};
+use crate::codec::{DhcpOption, MessageRepr, Options, ServerTime};
 
 /// An address (IA_NA) or a delegated prefix (IA_PD).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -29,6 +29,11 @@ pub struct Lease {
     pub preferred_until: Option<SystemTime>,
     /// Local time the valid lifetime ends.
     pub valid_until: Option<SystemTime>,
+    /// The server's time the (preferred, valid) lifetimes end: base-time plus lifetime, when
+    /// the message had a base-time and the lifetimes are finite. Exact, unlike the local end
+    /// times (which carry the arrival's jitter): the same lease sent again compares equal, and
+    /// a renewal, even one second later, differs.
+    pub server_ends: Option<(ServerTime, ServerTime)>,
 }
 
 impl Lease {
@@ -78,6 +83,7 @@ impl ClientData {
                         prefix_len: 128,
                         preferred_until: time.lifetime_end(a.preferred_lifetime),
                         valid_until: time.lifetime_end(a.valid_lifetime),
+                        server_ends: time.server_ends(a.preferred_lifetime, a.valid_lifetime),
                     },
                     a.valid_lifetime,
                 ),
@@ -88,6 +94,7 @@ impl ClientData {
                         prefix_len: p.prefix_len,
                         preferred_until: time.lifetime_end(p.preferred_lifetime),
                         valid_until: time.lifetime_end(p.valid_lifetime),
+                        server_ends: time.server_ends(p.preferred_lifetime, p.valid_lifetime),
                     },
                     p.valid_lifetime,
                 ),

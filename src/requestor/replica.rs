@@ -46,9 +46,13 @@ pub struct Client {
 }
 
 impl Client {
-    /// True when `other` holds the same leases with end times within two seconds of these
-    /// (lifetimes are whole seconds counted from a base-time that is itself whole seconds,
-    /// so a re-sent binding's end times move a little: that is not a change).
+    /// True when `other` holds the same leases ending at the same times.
+    ///
+    /// With the server's end times on both sides (messages with a base-time), they are
+    /// compared exactly: a re-sent lease is the same, and any renewal is a change, however
+    /// soon. Otherwise the local end times are compared within two seconds: a lifetime is
+    /// counted from the message's arrival, so the same lease sent again ends a little later
+    /// locally, and that is not a change.
     fn same_as(&self, other: &Self) -> bool {
         fn close(a: Option<SystemTime>, b: Option<SystemTime>) -> bool {
             match (a, b) {
@@ -60,8 +64,13 @@ impl Client {
         self.leases.len() == other.leases.len()
             && self.leases.iter().zip(&other.leases).all(|(a, b)| {
                 a.key() == b.key()
-                    && close(a.valid_until, b.valid_until)
-                    && close(a.preferred_until, b.preferred_until)
+                    && match (a.server_ends, b.server_ends) {
+                        (Some(x), Some(y)) => x == y,
+                        _ => {
+                            close(a.valid_until, b.valid_until)
+                                && close(a.preferred_until, b.preferred_until)
+                        }
+                    }
             })
     }
 
@@ -354,6 +363,10 @@ struct FileLease {
     prefix_len: u8,
     preferred_until_ms: Option<i64>,
     valid_until_ms: Option<i64>,
+    /// The server's end times (preferred, valid), in its seconds since 2000; absent in files
+    /// of earlier versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    server_ends: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -374,6 +387,7 @@ impl FileLease {
             prefix_len: l.prefix_len,
             preferred_until_ms: l.preferred_until.map(unix_ms),
             valid_until_ms: l.valid_until.map(unix_ms),
+            server_ends: l.server_ends.map(|(p, v)| (p.0, v.0)),
         }
     }
 
@@ -387,6 +401,9 @@ impl FileLease {
             prefix_len: self.prefix_len,
             preferred_until: self.preferred_until_ms.map(from_unix_ms),
             valid_until: self.valid_until_ms.map(from_unix_ms),
+            server_ends: self
+                .server_ends
+                .map(|(p, v)| (ServerTime(p), ServerTime(v))),
         }
     }
 }
@@ -413,6 +430,7 @@ mod tests {
                 prefix_len: 128,
                 preferred_until: time.lifetime_end(valid / 2),
                 valid_until: time.lifetime_end(*valid),
+                server_ends: time.server_ends(valid / 2, *valid),
             };
             if *valid == 0 {
                 d.ended.push(l);
@@ -492,5 +510,44 @@ mod tests {
         std::fs::write(&path, "{").unwrap();
         let e = Replica::load(&path, "s", "").unwrap_err().to_string();
         assert!(e.starts_with("state file "), "{e}");
+    }
+
+    /// One address lease, as a message with base-time `base` arriving `late_ms` after it.
+    fn sent(base: u32, late_ms: u64, valid: u32) -> ClientData {
+        let time = TimeBase {
+            base_time: Some(ServerTime(base)),
+            received: std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(ServerTime(base).to_unix() * 1000 + late_ms),
+        };
+        let mut d = data(1, &[]);
+        d.time = time;
+        d.leases.push(Lease {
+            kind: LeaseKind::Address,
+            address: "2001:db8::1".parse().unwrap(),
+            prefix_len: 128,
+            preferred_until: time.lifetime_end(valid - 1800),
+            valid_until: time.lifetime_end(valid),
+            server_ends: time.server_ends(valid - 1800, valid),
+        });
+        d
+    }
+
+    #[test]
+    fn a_renewal_one_second_later_is_a_change_and_a_resend_is_not() {
+        let mut r = Replica::new();
+        assert!(matches!(
+            r.apply(&sent(1000, 10, 3600)),
+            Some(Change::Added { .. })
+        ));
+        // The same lease sent again 1.9 s later (lifetimes counted from the later base-time,
+        // arriving with other jitter): no change, though its local end moved.
+        assert_eq!(r.apply(&sent(1001, 900, 3599)), None);
+        assert_eq!(r.apply(&sent(1002, 0, 3598)), None);
+        // Renewed one second after the first: a change, and the replica takes the new end.
+        let renewed = sent(1001, 10, 3600);
+        assert!(matches!(r.apply(&renewed), Some(Change::Updated { .. })));
+        let held = &r.clients()[&vec![0, 3, 0, 1, 1]].leases[0];
+        assert_eq!(held.server_ends, Some((ServerTime(2801), ServerTime(4601))));
+        assert_eq!(held.valid_until, renewed.leases[0].valid_until);
     }
 }

@@ -82,6 +82,19 @@ impl TimeBase {
         (secs != u32::MAX).then(|| add_secs(self.received, secs))
     }
 
+    /// The server times at which lifetimes of `preferred` and `valid` seconds end: the
+    /// base-time plus each. `None` without a base-time, or when either is infinite.
+    #[must_use]
+    pub fn server_ends(&self, preferred: u32, valid: u32) -> Option<(ServerTime, ServerTime)> {
+        let b = self.base_time?;
+        (preferred != u32::MAX && valid != u32::MAX).then(|| {
+            (
+                ServerTime(b.0.saturating_add(preferred)),
+                ServerTime(b.0.saturating_add(valid)),
+            )
+        })
+    }
+
     /// The local time `secs` seconds before arrival (OPTION_CLT_TIME).
     #[must_use]
     pub fn seconds_ago(&self, secs: u32) -> SystemTime {
