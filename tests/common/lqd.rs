@@ -131,7 +131,12 @@ impl Drop for Lqd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // A failed test keeps lqd's log and state for the post-mortem.
+        if std::thread::panicking() {
+            eprintln!("lqd's directory kept: {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
@@ -284,6 +289,17 @@ fn fresh(name: &str) -> (SocketAddr, PathBuf) {
 /// `--source jsonl:-`) and `extra` TOML in its config (such as `source = "jsonl:PATH"`), its
 /// standard input piped (take it from `child.stdin`); waits for a log line containing `ready`.
 pub(crate) fn start_with_source(name: &str, args: &[&str], extra: &str, ready: &str) -> Lqd {
+    start_with_source_env(name, args, extra, ready, &[])
+}
+
+/// The same with `env` set in lqd's environment (such as `LQD_KEA_CONFIG`).
+pub(crate) fn start_with_source_env(
+    name: &str,
+    args: &[&str],
+    extra: &str,
+    ready: &str,
+    env: &[(&str, &str)],
+) -> Lqd {
     let (addr, dir) = fresh(name);
     let config = dir.join("lqd.toml");
     std::fs::write(
@@ -298,6 +314,7 @@ pub(crate) fn start_with_source(name: &str, args: &[&str], extra: &str, ready: &
         .arg("--config")
         .arg(&config)
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::from(
