@@ -518,6 +518,38 @@ fn a_followed_file_bad_lines_appends_truncation_and_replacement() {
     // And the new file is followed too.
     append(&path, &format!("{}\n", lease(8, "active")));
     wait_for_addresses(&lqd, &[3, 4, 5, 6, 7, 8]);
+
+    // Truncated and written again, longer than what was read, at once (well within one
+    // check): its size alone looks like an append; its first octets show the rewrite.
+    let skipped = lqd.log().matches(" skipped: ").count();
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n{}\n{}\n{}\n{}\n",
+            lease(3, "released"),
+            lease(9, "active"),
+            lease(10, "active"),
+            lease(7, "active"),
+            lease(8, "active"),
+        ),
+    )
+    .unwrap();
+    wait_for_addresses(&lqd, &[4, 5, 6, 7, 8, 9, 10]);
+    // (The check may also fall between the truncation and the write: then it is a truncation.)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !lqd.log().contains("the file was rewritten in place")
+        && lqd.log().matches("the file was truncated").count() < 2
+    {
+        assert!(Instant::now() < deadline, "{}", lqd.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // No line was read from the middle of one.
+    assert_eq!(
+        lqd.log().matches(" skipped: ").count(),
+        skipped,
+        "{}",
+        lqd.log()
+    );
 }
 
 #[test]

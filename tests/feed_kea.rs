@@ -10,7 +10,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use common::{Lqd, by_link, client_data_addresses, read_answers, start_with_source, wait_for_log};
@@ -531,7 +531,206 @@ fn a_row_read_again_is_not_sent_again() {
     }
 }
 
+#[test]
+fn deleted_leases_leave_nothing_behind_in_the_mapper() {
+    // A long churn of distinct leases, each granted, renewed, then ended as Kea ends leases:
+    // released, declined then deleted after probation, or reclaimed then flushed. The mapper
+    // never holds more than the one lease alive at a time.
+    let h = KeaHeader::parse(HEADER_22).unwrap();
+    let mut m = mapper();
+    let mut most = 0;
+    for n in 0..6_000u32 {
+        let addr = format!("2001:db8:1::{:x}:{:x}", n >> 16, n & 0xffff);
+        let client = format!(
+            "00:03:00:01:02:00:00:{:02x}:{:02x}:{:02x}",
+            (n >> 16) & 0xff,
+            (n >> 8) & 0xff,
+            n & 0xff
+        );
+        let t = 1_700_000_000 + u64::from(n);
+        let r = |duid: &str, valid: u32, expire: u64, state: u8| {
+            row(&addr, duid, valid, expire, 1, 0, 7, 128, state, "")
+        };
+        change(&mut m, &h, &r(&client, 3600, t + 3600, 0));
+        change(&mut m, &h, &r(&client, 3600, t + 7200, 0));
+        most = most.max(m.remembered());
+        let ends = match n % 3 {
+            0 => vec![(r(&client, 0, t + 3700, 0), LeaseState::Released)],
+            1 => vec![
+                (r("00", 86400, t + 90_000, 1), LeaseState::Declined),
+                (r("00", 0, t + 90_000, 1), LeaseState::Deleted),
+            ],
+            _ => vec![
+                (r(&client, 3600, t + 7200, 2), LeaseState::Expired),
+                (r(&client, 0, t + 7200, 2), LeaseState::Deleted),
+            ],
+        };
+        for (line, state) in ends {
+            let c = change(&mut m, &h, &line);
+            assert_eq!(c.lease.state, state, "{line}");
+            // The declined address and its deletion are the last holder's.
+            assert_eq!(&*c.client_id, duid(&client).as_slice(), "{line}");
+            assert_eq!((c.link, c.lease.iaid), (a("2001:db8:1::"), 7), "{line}");
+        }
+    }
+    assert_eq!(most, 1);
+    assert_eq!(m.remembered(), 0);
+    // A deleted address given to a new client is that client's, from its own row.
+    let c = change(
+        &mut m,
+        &h,
+        &row(
+            "2001:db8:1::0:1",
+            DUID_B,
+            3600,
+            1_800_000_000,
+            2,
+            0,
+            9,
+            128,
+            0,
+            "",
+        ),
+    );
+    assert_eq!(&*c.client_id, duid(DUID_B).as_slice());
+    assert_eq!((c.link, c.lease.iaid), (a("2001:db8:2::"), 9));
+    assert_eq!(m.remembered(), 1);
+}
+
+#[test]
+fn kea_2_7_released_and_registered_states_map_and_unknown_states_are_errors() {
+    let h = KeaHeader::parse(HEADER_26).unwrap();
+    let mut m = mapper();
+    let r = |addr: &str, duid: &str, valid: u32, expire: u64, iaid: u32, state: u8| {
+        format!(
+            "{},0",
+            row(addr, duid, valid, expire, 1, 0, iaid, 128, state, "")
+        )
+    };
+    let granted = change(
+        &mut m,
+        &h,
+        &r("2001:db8:1::50", DUID_A, 3600, 1_700_003_600, 5, 0),
+    );
+    assert_eq!(granted.lease.state, LeaseState::Active);
+    // Released and kept for lease affinity (Kea 2.7.1 and later): lifetimes 0, state 3.
+    let released = change(
+        &mut m,
+        &h,
+        &r("2001:db8:1::50", DUID_A, 0, 1_700_000_500, 5, 3),
+    );
+    assert_eq!(released.lease.state, LeaseState::Released);
+    assert_eq!(&*released.client_id, duid(DUID_A).as_slice());
+    assert_eq!((released.link, released.lease.iaid), (a("2001:db8:1::"), 5));
+    // Then reclaimed and flushed: deleted (the lease had already ended).
+    let flushed = change(
+        &mut m,
+        &h,
+        &r("2001:db8:1::50", DUID_A, 0, 1_700_000_500, 5, 2),
+    );
+    assert_eq!(flushed.lease.state, LeaseState::Deleted);
+    // Registered by the client with ADDR-REG-INFORM (RFC 9686, Kea 2.7.7 and later): IAID 0,
+    // the client's own lifetimes; an active binding.
+    let registered = change(
+        &mut m,
+        &h,
+        &r("2001:db8:1::aa:bb", DUID_B, 7200, 1_700_007_200, 0, 4),
+    );
+    assert_eq!(registered.lease.state, LeaseState::Active);
+    assert_eq!(registered.lease.kind, LeaseKind::Address);
+    assert_eq!(&*registered.client_id, duid(DUID_B).as_slice());
+    assert_eq!(
+        (registered.lease.iaid, registered.lease.valid_lifetime),
+        (0, 7200)
+    );
+    // The registration gone: deleted.
+    let gone = change(
+        &mut m,
+        &h,
+        &r("2001:db8:1::aa:bb", DUID_B, 0, 1_700_000_100, 0, 4),
+    );
+    assert_eq!(gone.lease.state, LeaseState::Deleted);
+    // A state no Kea wrote yet: the row is an error naming it, never a panic.
+    for state in [5u8, 9, 255] {
+        let e = parse_row(
+            &h,
+            &r("2001:db8:1::51", DUID_A, 3600, 1_700_003_600, 5, state),
+        )
+        .unwrap_err();
+        assert!(
+            e.0.contains(&format!("state {state}: not a state lqd knows")),
+            "{e}"
+        );
+    }
+    let e = parse_row(
+        &h,
+        &r("2001:db8:1::51", DUID_A, 3600, 1_700_003_600, 5, 0)
+            .replace(",0,,,0,", ",0,,,4294967296,"),
+    )
+    .unwrap_err();
+    assert!(e.0.contains("state is \"4294967296\""), "{e}");
+}
+
 // ---- following a simulated Kea ----
+
+/// What the sources of this test binary logged, debug level and up.
+static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Sends the log of this process to `LOGS` (once; other tests may have done it).
+fn capture_logs() {
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let writer = Arc::clone(&logs);
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .with_writer(move || LogWriter(Arc::clone(&writer)))
+            .try_init();
+        logs
+    });
+}
+
+/// Waits up to 5 s for a log line naming `path` that contains `needle`; every line naming
+/// `path` so far.
+fn wait_logged(path: &Path, needle: &str) -> Vec<String> {
+    let name = path.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = LOGS
+            .get()
+            .map(|l| String::from_utf8_lossy(&l.lock().unwrap()).into_owned())
+            .unwrap_or_default();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains(&name))
+            .map(str::to_owned)
+            .collect();
+        if lines.iter().any(|l| l.contains(needle)) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line with {needle:?}: {lines:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 struct Feed {
     _poll: Poll,
@@ -540,9 +739,16 @@ struct Feed {
 }
 
 fn start(path: &Path) -> Feed {
+    start_with_capacity(path, 1024)
+}
+
+/// A source on a feed of `capacity` changes: with a small one, the source waits in its sends
+/// until the test drains, so the test knows where it is.
+fn start_with_capacity(path: &Path, capacity: usize) -> Feed {
+    capture_logs();
     let poll = Poll::new().unwrap();
     let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
-    let (handle, rx) = feed(1024, waker);
+    let (handle, rx) = feed(capacity, waker);
     spawn_kea_csv_with(
         path.to_owned(),
         HashMap::from([(1, a("2001:db8:1::"))]),
@@ -557,6 +763,21 @@ fn start(path: &Path) -> Feed {
 }
 
 impl Feed {
+    /// Waits until `n` more changes have arrived, taking no more than that.
+    fn take(&mut self, n: usize) {
+        let want = self.got.len() + n;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.got.len() < want {
+            assert!(
+                Instant::now() < deadline,
+                "{} changes of {want}",
+                self.got.len()
+            );
+            self.rx.drain(want - self.got.len(), |c| self.got.push(c));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// Waits until `n` changes in all have arrived, then a little more to catch extras.
     fn wait_for(&mut self, n: usize) -> &[Change] {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -692,6 +913,77 @@ fn at_start_the_files_kea_loads_are_read_in_kea_s_order() {
     append(&path, &[HEADER_22.to_owned(), nth(4)]);
     let mut feed = start(&path);
     assert_eq!(expires(feed.wait_for(3)), want(2..5));
+}
+
+/// The header, then `rows`.
+fn header_and(rows: impl Iterator<Item = String>) -> Vec<String> {
+    std::iter::once(HEADER_22.to_owned()).chain(rows).collect()
+}
+
+#[test]
+fn an_lfc_finishing_between_reading_2_and_1_at_start_loses_nothing() {
+    // Mid-cleanup at start: .2 (the last cleanup's output), .1 (the file Kea moved aside,
+    // which kea-lfc is compacting now), and the current file.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leases6.csv");
+    append(&suffixed(&path, ".2"), &header_and((0..5).map(nth)));
+    append(&suffixed(&path, ".1"), &header_and((5..8).map(nth)));
+    append(&path, &header_and((8..10).map(nth)));
+    // A feed of one change: once the first change of .2 has come, the source is held in .2's
+    // sends until the test drains more.
+    let mut feed = start_with_capacity(&path, 1);
+    feed.take(1);
+    // kea-lfc finishes now: .output (the last row of each lease of .2 and .1) becomes
+    // .completed, .1 is deleted, .completed becomes .2. Rows 5 to 7 are only in the new .2.
+    append(&suffixed(&path, ".output"), &header_and((3..8).map(nth)));
+    fs::rename(suffixed(&path, ".output"), suffixed(&path, ".completed")).unwrap();
+    fs::remove_file(suffixed(&path, ".1")).unwrap();
+    fs::rename(suffixed(&path, ".completed"), suffixed(&path, ".2")).unwrap();
+    // Nothing is lost, and the rows of the new .2 already sent are not sent again.
+    assert_eq!(expires(feed.wait_for(10)), want(0..10));
+    let log = wait_logged(&path, "reading them again");
+    assert!(
+        log.iter().any(|l| l.contains("leases6.csv.2 (6 lines)")),
+        "{log:#?}"
+    );
+}
+
+#[test]
+fn a_repeated_header_row_is_not_a_bad_row_and_an_unknown_state_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("leases6.csv");
+    let unknown = row(
+        "2001:db8:1::77",
+        DUID_A,
+        3600,
+        1_700_003_600,
+        1,
+        0,
+        1,
+        128,
+        0,
+        "",
+    )
+    .replace(",0,,,0,", ",0,,,7,");
+    append(
+        &path,
+        &[
+            HEADER_22.to_owned(),
+            nth(0),
+            // Written again mid-file, the same and (after an upgrade) with more columns.
+            HEADER_22.to_owned(),
+            nth(1),
+            HEADER_26.to_owned(),
+            format!("{},0", nth(2)),
+            format!("{unknown},0"),
+            format!("{},0", nth(3)),
+        ],
+    );
+    let mut feed = start(&path);
+    assert_eq!(expires(feed.wait_for(4)), want(0..4));
+    let log = wait_logged(&path, "line 7 skipped: state 7: not a state lqd knows");
+    let skipped: Vec<&String> = log.iter().filter(|l| l.contains("skipped")).collect();
+    assert_eq!(skipped.len(), 1, "{log:#?}");
 }
 
 #[test]

@@ -47,12 +47,14 @@
 //! # Inputs
 //!
 //! - `jsonl:PATH`: the file is read from its beginning, then followed as it grows (checked
-//!   every 100 ms). A last line without its newline yet is left until the rest arrives. When the
-//!   file is replaced (a different inode at `PATH`) or truncated (shorter than what was read),
-//!   it is read again from the beginning of the new content, with line numbers from 1 again, and
-//!   the log says so. A file that does not exist yet is waited for. A truncation followed by
-//!   growth past the old size within one poll interval is not noticed: replace files by
-//!   renaming a new one over them instead.
+//!   every 100 ms; [`super::follow`] has the details). A last line without its newline yet is
+//!   left until the rest arrives. When the file is replaced (a different inode at `PATH`: the
+//!   old file is read to its end first), truncated (shorter than what was read) or rewritten in
+//!   place (the first or last 4 KiB read changed, as when it is truncated and grows past its
+//!   old size between two checks), it is read again from the beginning of the new content, with
+//!   line numbers from 1 again, and the log says so. A file that does not exist yet is waited
+//!   for. A rewrite that keeps both of those 4 KiB windows as they were is not noticed: replace
+//!   files by renaming a new one over them instead.
 //! - `jsonl:-`: standard input is read to its end; a last line without a newline is taken.
 //!   Then the source ends, and the log says so (lqd keeps serving what it has).
 //! - `jsonl:unix:PATH`: lqd listens on a UNIX stream socket at `PATH`. A socket file left
@@ -66,28 +68,24 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
 use std::net::Ipv6Addr;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::ops::ControlFlow;
+use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use serde_json::{Map, Value};
 
 use super::FeedHandle;
+use super::follow::{Event, Follower};
 use crate::codec::ServerTime;
 use crate::store::{Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey};
 
-/// The longest line taken, in octets (without its newline); longer lines are skipped.
-pub const MAX_LINE: usize = 1 << 20;
-
-/// How often a followed file is checked for new data, replacement and truncation.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+pub use super::follow::{LineError, LineSplitter, MAX_LINE, NumberedLine, POLL_INTERVAL};
 
 /// The longest DUID (RFC 8415 §11.1: a 2-octet type and at most 128 octets).
 const MAX_DUID: usize = 130;
@@ -121,18 +119,6 @@ pub struct ParsedLine {
     /// Unknown fields, in the order found; those inside `relay` as `relay.NAME`.
     pub unknown_fields: Vec<String>,
 }
-
-/// Why a line was skipped: one sentence naming the field and the problem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LineError(pub String);
-
-impl fmt::Display for LineError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for LineError {}
 
 fn err<T>(message: impl Into<String>) -> Result<T, LineError> {
     Err(LineError(message.into()))
@@ -565,93 +551,6 @@ const fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     era * 146_097 + doe - 719_468
 }
 
-/// Splits a byte stream into numbered lines, across reads; what a source feeds its reads to.
-#[derive(Debug, Default)]
-pub struct LineSplitter {
-    buf: Vec<u8>,
-    line: u64,
-    /// The current line went past [`MAX_LINE`]: drop its octets up to the next newline.
-    overlong: bool,
-}
-
-/// One line out of a [`LineSplitter`]: its number (from 1) and text, or why it is unreadable.
-pub type NumberedLine<'a> = (u64, Result<&'a str, LineError>);
-
-impl LineSplitter {
-    /// A splitter at line 1.
-    #[must_use]
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Lines started so far (complete or not).
-    #[must_use]
-    pub const fn lines(&self) -> u64 {
-        self.line
-    }
-
-    /// Takes `data`, handing every line it completes to `f`. A part line stays until its
-    /// newline arrives (or [`finish`](Self::finish)).
-    pub fn push(&mut self, data: &[u8], mut f: impl FnMut(NumberedLine<'_>)) {
-        let mut rest = data;
-        while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
-            let (head, tail) = rest.split_at(nl);
-            rest = tail.get(1..).unwrap_or_default();
-            if self.overlong {
-                self.overlong = false;
-                self.buf.clear();
-                continue;
-            }
-            if self.buf.len().saturating_add(head.len()) > MAX_LINE {
-                self.line += 1;
-                self.buf.clear();
-                f((self.line, err(format!("longer than {MAX_LINE} octets"))));
-                continue;
-            }
-            self.buf.extend_from_slice(head);
-            self.emit(&mut f);
-        }
-        if self.overlong {
-            return;
-        }
-        if self.buf.len().saturating_add(rest.len()) > MAX_LINE {
-            self.line += 1;
-            self.buf.clear();
-            self.overlong = true;
-            f((self.line, err(format!("longer than {MAX_LINE} octets"))));
-            return;
-        }
-        self.buf.extend_from_slice(rest);
-    }
-
-    /// The end of the stream: a last line without a newline is handed to `f`.
-    pub fn finish(&mut self, mut f: impl FnMut(NumberedLine<'_>)) {
-        if !self.overlong && !self.buf.is_empty() {
-            self.emit(&mut f);
-        }
-        self.buf.clear();
-        self.overlong = false;
-    }
-
-    /// Starts again at line 1, dropping a part line (a file replaced or truncated).
-    pub fn reset(&mut self) {
-        *self = Self::default();
-    }
-
-    fn emit(&mut self, f: &mut impl FnMut(NumberedLine<'_>)) {
-        self.line += 1;
-        let mut text = self.buf.as_slice();
-        if let Some(t) = text.strip_suffix(b"\r") {
-            text = t;
-        }
-        match std::str::from_utf8(text) {
-            Ok(s) => f((self.line, Ok(s))),
-            Err(e) => f((self.line, err(format!("not UTF-8: {e}")))),
-        }
-        self.buf.clear();
-    }
-}
-
 /// What a source (all its connections) shares: its name, counters and the unknown fields
 /// already logged.
 #[derive(Debug)]
@@ -794,117 +693,68 @@ fn read_stdin(sink: &Sink) -> u64 {
     sent
 }
 
-/// The identity of a file: device and inode.
-fn identity(m: &std::fs::Metadata) -> (u64, u64) {
-    (m.dev(), m.ino())
-}
-
+/// Follows the file at `path` (see [`super::follow`]) until the feed closes.
 fn follow_file(sink: &Sink, path: &Path) -> u64 {
     let what = sink.name.as_str();
-    let mut waiting_logged = false;
-    'reopen: loop {
-        let mut file = match File::open(path) {
-            Ok(f) => f,
-            Err(e) => {
-                if !waiting_logged {
-                    tracing::warn!(source = %what, "{what}: cannot open the file ({e}); waiting for it");
-                    waiting_logged = true;
+    let mut follower = Follower::new(path);
+    loop {
+        let flow = follower.poll(|event| match event {
+            Event::Line { number, line, .. } => {
+                if sink.line(what, (number, line)) {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
                 }
-                std::thread::sleep(POLL_INTERVAL);
-                continue;
             }
-        };
-        waiting_logged = false;
-        let mut id = match file.metadata() {
-            Ok(m) => identity(&m),
-            Err(e) => {
-                tracing::warn!(source = %what, "{what}: cannot stat the file: {e}");
-                std::thread::sleep(POLL_INTERVAL);
-                continue;
-            }
-        };
-        let mut splitter = LineSplitter::new();
-        let mut pos = 0u64;
-        let mut caught_up = false;
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            // Read everything there is now.
-            if !read_available(sink, &mut file, &mut splitter, &mut pos, &mut chunk) {
-                return sink.sent.load(Ordering::Relaxed);
-            }
-            if !caught_up {
-                caught_up = true;
+            Event::CaughtUp { lines } => {
                 tracing::info!(
                     source = %what,
-                    lines = splitter.lines(),
+                    lines,
                     changes = sink.sent.load(Ordering::Relaxed),
                     "{what}: read the file to its end; following it"
                 );
+                ControlFlow::Continue(())
             }
-            std::thread::sleep(POLL_INTERVAL);
-            // Replaced: another file at the path now. Read what the old one still has first
-            // (a writer may have appended before the rename), then switch.
-            if let Ok(m) = std::fs::metadata(path) {
-                if identity(&m) != id {
-                    if !read_available(sink, &mut file, &mut splitter, &mut pos, &mut chunk) {
-                        return sink.sent.load(Ordering::Relaxed);
-                    }
-                    tracing::info!(
-                        source = %what,
-                        "{what}: the file was replaced; reading the new one from its beginning"
-                    );
-                    continue 'reopen;
-                }
+            Event::Replaced { lines } => {
+                tracing::info!(
+                    source = %what,
+                    lines,
+                    "{what}: the file was replaced; reading the new one from its beginning"
+                );
+                ControlFlow::Continue(())
             }
-            // Truncated: shorter than what was read.
-            match file.metadata() {
-                Ok(m) if m.len() < pos => {
-                    tracing::info!(
-                        source = %what,
-                        size = m.len(),
-                        was = pos,
-                        "{what}: the file was truncated; reading it again from its beginning"
-                    );
-                    if let Err(e) = file.seek(SeekFrom::Start(0)) {
-                        tracing::warn!(source = %what, "{what}: cannot seek: {e}; reopening");
-                        continue 'reopen;
-                    }
-                    pos = 0;
-                    splitter.reset();
-                    if let Ok(m) = file.metadata() {
-                        id = identity(&m);
-                    }
-                }
-                _ => {}
+            Event::Truncated { size, was } => {
+                tracing::info!(
+                    source = %what,
+                    size,
+                    was,
+                    "{what}: the file was truncated; reading it again from its beginning"
+                );
+                ControlFlow::Continue(())
             }
-        }
-    }
-}
-
-/// Reads what `file` has now, through `splitter`; false once the feed has closed.
-fn read_available(
-    sink: &Sink,
-    file: &mut File,
-    splitter: &mut LineSplitter,
-    pos: &mut u64,
-    chunk: &mut [u8],
-) -> bool {
-    let what = sink.name.as_str();
-    loop {
-        match file.read(chunk) {
-            Ok(0) => return true,
-            Ok(n) => {
-                *pos = pos.saturating_add(n as u64);
-                if !sink.push(what, splitter, chunk.get(..n).unwrap_or_default()) {
-                    return false;
-                }
+            Event::Rewritten { size, was } => {
+                tracing::info!(
+                    source = %what,
+                    size,
+                    was,
+                    "{what}: the file was rewritten in place (the {was} octets read changed); \
+                     reading it again from its beginning"
+                );
+                ControlFlow::Continue(())
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
+            Event::Waiting(e) => {
+                tracing::warn!(source = %what, "{what}: cannot open the file ({e}); waiting for it");
+                ControlFlow::Continue(())
+            }
+            Event::ReadError(e) => {
                 tracing::warn!(source = %what, "{what}: read error: {e}; retrying");
-                return true;
+                ControlFlow::Continue(())
             }
+        });
+        if flow.is_break() || sink.handle.is_closed() {
+            return sink.sent.load(Ordering::Relaxed);
         }
+        std::thread::sleep(POLL_INTERVAL);
     }
 }
 

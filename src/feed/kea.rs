@@ -20,7 +20,18 @@
 //! | `valid_lifetime`, `pref_lifetime`, `iaid`, `prefix_len` | as is (128 for an address) |
 //! | `expire − valid_lifetime` (Unix seconds) | `cltt` |
 //! | `state` 0 / 1 / 2 | active / declined / expired (reclaimed) |
-//! | `valid_lifetime` 0 | the lease is gone: released when `state` is 0 and the row has a real DUID (a release keeps it), deleted otherwise |
+//! | `state` 3 (released, Kea 2.7.1+) | released |
+//! | `state` 4 (registered, Kea 2.7.7+) | active |
+//! | `valid_lifetime` 0 | the lease is gone: released when `state` is 0 or 3 and the row has a real DUID (a release keeps it), deleted otherwise |
+//!
+//! Kea 2.7.1 and later keep a released lease for lease affinity (when reclaimed leases are
+//! held, the default): the release is written with lifetimes 0 and state 3, and the later
+//! removal as another row with lifetime 0. Both end the lease; lqd reports the first as
+//! released. State 4 is an address the client chose itself (SLAAC, say) and registered with
+//! ADDR-REG-INFORM (RFC 9686), with IAID 0. It is reported as an active binding: the server
+//! knows which client uses that address on that link, which is what a leasequery asks, and
+//! RFC 9686 registers addresses precisely so that they can be tracked like assigned ones. A
+//! row with any other state is skipped with a warning (a later Kea may add states).
 //!
 //! A declined address is written with DUID `00`: the source reports it as declined for the
 //! binding (DUID, link, IAID) that last held that address, and the later deletion of the
@@ -54,20 +65,32 @@
 //!
 //! At start the source loads what Kea loads: `PATH.completed` if present, else `PATH.2` then
 //! `PATH.1`, then `PATH`. Then it follows `PATH` as it grows, checked every
-//! [`POLL_INTERVAL`]; a last line without its newline waits for the rest.
+//! [`POLL_INTERVAL`]; a last line without its newline waits for the rest. Following is
+//! [`super::follow`]'s, shared with the `jsonl` source.
 //!
 //! Lease file cleanup (LFC) renames `PATH` to `PATH.1` and starts a new `PATH` with only the
 //! header. The source notices the new inode at `PATH`, reads the file it has open (now
 //! `PATH.1`) to its end first, then the new `PATH` from its beginning; nothing is lost, even if
 //! `PATH.1` is deleted meanwhile, since the source still holds it open. The compacted files
 //! kea-lfc produces (`.output`, `.completed`, `.2`) hold only rows already read and are not
-//! read again while following. A `PATH` that shrinks (rewritten in place) is read again from
-//! its beginning.
+//! read again while following. A `PATH` that shrinks, or is rewritten in place (the first or
+//! last 4 KiB read changed), is read again from its beginning.
+//!
+//! A cleanup can also run while the source starts. `PATH` is opened before the previous files
+//! are read, so a `PATH` renamed to `PATH.1` meanwhile is read once, through that handle. And
+//! kea-lfc may finish between the reads of `PATH.2` and `PATH.1` (it deletes `PATH.1` and
+//! renames `PATH.completed` to `PATH.2`): after reading them the source looks again, and when
+//! one of them is another file now, it reads the new set (files it already read are not read
+//! twice).
 //!
 //! Re-reading is idempotent: for every lease (`lease_type`, `address`) the source remembers a
 //! digest of the last rows it applied ([`RECENT_ROWS`] of them) and skips a row equal to one of
-//! them. A compaction re-read at start, or a rewritten file, thus sends nothing twice and never
-//! takes a lease back to an older row it already passed.
+//! them. A compaction re-read at start, or a file rewritten with the last row of each lease
+//! (what kea-lfc writes), thus sends nothing twice and never takes a lease back to an older row
+//! it already passed. What a lease's rows left behind is dropped when Kea deletes the lease (a
+//! row with valid lifetime 0), as Kea's own loader and kea-lfc do: the memory stays bounded by
+//! the leases Kea holds. A deleted lease's rows read again (a whole old file, say) are thus
+//! sent again, and end the same way.
 //!
 //! # Bad rows
 //!
@@ -79,23 +102,21 @@
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
-use std::fs::File;
 use std::hash::{Hash, Hasher};
-use std::io::{self, Read};
+use std::io;
 use std::net::Ipv6Addr;
-use std::os::unix::fs::MetadataExt;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use serde_json::Value;
 
 use super::FeedHandle;
+use super::follow::{Event, FileId, FileReader, Follower, NumberedLine};
 use crate::codec::ServerTime;
 use crate::store::{Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey};
 
-/// How often the lease file is checked for new rows and for replacement.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+pub use super::follow::POLL_INTERVAL;
 
 /// How many recent rows per lease are remembered to make re-reading idempotent.
 pub const RECENT_ROWS: usize = 4;
@@ -106,8 +127,13 @@ pub const KEA_CONFIG_ENV: &str = "LQD_KEA_CONFIG";
 /// Where Kea's configuration file is looked for without [`KEA_CONFIG_ENV`].
 pub const KEA_CONFIG_DEFAULT: &str = "/etc/kea/kea-dhcp6.conf";
 
-/// The longest row taken, in octets; longer rows are skipped.
-const MAX_LINE: usize = 1 << 20;
+/// Kea's lease states (`Lease::STATE_*`): default (granted), declined, expired-reclaimed.
+const STATE_DECLINED: u32 = 1;
+const STATE_EXPIRED_RECLAIMED: u32 = 2;
+/// Released, and kept for lease affinity (Kea 2.7.1 and later).
+const STATE_RELEASED: u32 = 3;
+/// Registered by the client with ADDR-REG-INFORM (RFC 9686; Kea 2.7.7 and later).
+const STATE_REGISTERED: u32 = 4;
 
 /// The longest DUID (a 2-octet type and at most 128 octets).
 const MAX_DUID: usize = 130;
@@ -209,7 +235,8 @@ pub struct KeaRow {
     pub iaid: u32,
     /// The prefix length (128 for an address).
     pub prefix_len: u8,
-    /// 0 default, 1 declined, 2 expired-reclaimed (0 when the column is absent).
+    /// 0 default, 1 declined, 2 expired-reclaimed, 3 released, 4 registered (0 when the
+    /// column is absent).
     pub state: u32,
     /// `user_context`, unescaped; empty when absent.
     pub user_context: String,
@@ -353,9 +380,10 @@ pub fn parse_row(header: &KeaHeader, line: &str) -> Result<KeaRow, RowError> {
             ));
         }
     }
-    if state > 2 {
+    if state > STATE_REGISTERED {
         return err(format!(
-            "state {state}: expected 0 (default), 1 (declined) or 2 (expired-reclaimed)"
+            "state {state}: not a state lqd knows (0 default, 1 declined, 2 expired-reclaimed, \
+             3 released, 4 registered)"
         ));
     }
     Ok(KeaRow {
@@ -612,6 +640,11 @@ struct Holder {
 }
 
 /// Turns rows into changes, remembering what it needs across rows and files.
+///
+/// Per lease (`lease_type`, `address`) it remembers the binding that last held it (for a
+/// declined row, which has no DUID) and the digests of its last [`RECENT_ROWS`] rows (to skip
+/// rows read again). Both are dropped when Kea deletes the lease (a row with valid lifetime
+/// 0), so the memory is bounded by the leases Kea itself holds, not by the churn.
 #[derive(Debug, Default)]
 pub struct KeaMapper {
     subnets: HashMap<u32, Ipv6Addr>,
@@ -641,6 +674,12 @@ impl KeaMapper {
             );
         }
         Ipv6Addr::from(u128::from(subnet_id))
+    }
+
+    /// How many leases the mapper remembers rows or a holder for: those not deleted yet.
+    #[must_use]
+    pub fn remembered(&self) -> usize {
+        self.recent.len().max(self.holders.len())
     }
 
     /// Maps one row.
@@ -703,19 +742,21 @@ impl KeaMapper {
             );
             (client_id, link, row.iaid)
         };
-        let state = if gone {
-            if row.state == 0 && !row.anonymous() {
-                LeaseState::Released
-            } else {
-                LeaseState::Deleted
-            }
-        } else {
-            match row.state {
-                1 => LeaseState::Declined,
-                2 => LeaseState::Expired,
-                _ => LeaseState::Active,
-            }
+        let state = match row.state {
+            STATE_RELEASED if !row.anonymous() => LeaseState::Released,
+            0 if gone && !row.anonymous() => LeaseState::Released,
+            _ if gone => LeaseState::Deleted,
+            STATE_DECLINED => LeaseState::Declined,
+            STATE_EXPIRED_RECLAIMED => LeaseState::Expired,
+            // Default, or registered (RFC 9686): a binding the server knows of.
+            _ => LeaseState::Active,
         };
+        if gone {
+            // Kea forgets a lease at a row with lifetime 0 (its loader erases it), and so does
+            // the mapper: what it remembers stays bounded by the leases Kea holds.
+            self.holders.remove(&key);
+            self.recent.remove(&key);
+        }
         Applied::Change(Change {
             client_id,
             link,
@@ -744,14 +785,23 @@ struct Sink {
 }
 
 impl Sink {
-    /// Handles one complete line of `file`. Returns false once the feed has closed.
-    fn line(&mut self, file: &str, number: u64, header: &mut Header, line: &[u8]) -> bool {
-        let Ok(text) = std::str::from_utf8(line) else {
-            self.skip(file, number, "not UTF-8");
-            return true;
+    /// Handles one line of `file`, whose header (columns) is `header`. Breaks once the feed
+    /// has closed.
+    fn line(
+        &mut self,
+        file: &str,
+        header: &mut Header,
+        (number, line): NumberedLine<'_>,
+    ) -> ControlFlow<()> {
+        let text = match line {
+            Ok(t) => t,
+            Err(e) => {
+                self.skip(file, number, &e.0);
+                return ControlFlow::Continue(());
+            }
         };
         if text.trim().is_empty() {
-            return true;
+            return ControlFlow::Continue(());
         }
         let h = match header {
             Header::None => {
@@ -762,33 +812,34 @@ impl Sink {
                         *header = Header::Bad;
                     }
                 }
-                return true;
+                return ControlFlow::Continue(());
             }
             Header::Bad => {
                 self.skipped += 1;
-                return true;
+                return ControlFlow::Continue(());
             }
             Header::Good(h) => h,
         };
-        if line.len() > MAX_LINE {
-            self.skip(file, number, "longer than 1 MiB");
-            return true;
-        }
-        // Kea writes the header again after reopening in some versions: skip it.
+        // Kea writes the header again after reopening in some versions (no address starts
+        // like that): not a row. It names the columns of the rows after it.
         if text.starts_with("address,") {
-            return true;
+            match KeaHeader::parse(text) {
+                Ok(again) => *h = again,
+                Err(e) => self.skip(file, number, &format!("a repeated header row: {e}")),
+            }
+            return ControlFlow::Continue(());
         }
         let row = match parse_row(h, text) {
             Ok(r) => r,
             Err(e) => {
                 self.skip(file, number, &e.0);
-                return true;
+                return ControlFlow::Continue(());
             }
         };
         match self.mapper.apply(&row) {
             Applied::Change(c) => {
                 if self.handle.send(c).is_err() {
-                    return false;
+                    return ControlFlow::Break(());
                 }
                 self.sent += 1;
             }
@@ -797,7 +848,37 @@ impl Sink {
                 tracing::debug!(source = %self.name, "{}: {file}: line {number} ignored: {why}", self.name);
             }
         }
-        true
+        ControlFlow::Continue(())
+    }
+
+    /// Handles what following the lease file found. Breaks once the feed has closed.
+    fn event(&mut self, header: &mut Header, event: Event<'_>) -> ControlFlow<()> {
+        let name = &self.name;
+        match event {
+            Event::Line { file, number, line } => return self.line(file, header, (number, line)),
+            Event::CaughtUp { lines } => {
+                tracing::info!(source = %name, lines, changes = self.sent, "{name}: read the lease file to its end; following it");
+            }
+            Event::Replaced { lines } => {
+                *header = Header::None;
+                tracing::info!(source = %name, "{name}: the lease file was replaced after {lines} lines; reading the new one");
+            }
+            Event::Truncated { size, was } => {
+                *header = Header::None;
+                tracing::info!(source = %name, size, was, "{name}: the lease file shrank; reading it again");
+            }
+            Event::Rewritten { size, was } => {
+                *header = Header::None;
+                tracing::info!(source = %name, size, was, "{name}: the lease file was rewritten in place (the {was} octets read changed); reading it again");
+            }
+            Event::Waiting(e) => {
+                tracing::warn!(source = %name, "{name}: cannot open the file ({e}); waiting for it");
+            }
+            Event::ReadError(e) => {
+                tracing::warn!(source = %name, "{name}: read error: {e}; retrying");
+            }
+        }
+        ControlFlow::Continue(())
     }
 
     fn skip(&mut self, file: &str, number: u64, why: &str) {
@@ -806,78 +887,11 @@ impl Sink {
     }
 }
 
+/// The columns of the file being read, from its first line.
 enum Header {
     None,
     Good(KeaHeader),
     Bad,
-}
-
-/// An open lease file being read: where it is, its header, the unfinished last line.
-struct Reader {
-    file: File,
-    name: String,
-    id: (u64, u64),
-    offset: u64,
-    partial: Vec<u8>,
-    lines: u64,
-    header: Header,
-}
-
-impl Reader {
-    fn open(path: &Path) -> io::Result<Self> {
-        let file = File::open(path)?;
-        let m = file.metadata()?;
-        Ok(Self {
-            file,
-            name: path.display().to_string(),
-            id: (m.dev(), m.ino()),
-            offset: 0,
-            partial: Vec::new(),
-            lines: 0,
-            header: Header::None,
-        })
-    }
-
-    /// Reads what is there and hands complete lines to `sink`; with `last`, a final line
-    /// without a newline is taken too. Returns false once the feed has closed.
-    fn read(&mut self, sink: &mut Sink, last: bool) -> bool {
-        let mut chunk = vec![0u8; 64 * 1024];
-        loop {
-            match self.file.read(&mut chunk) {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.offset += n as u64;
-                    let data = chunk.get(..n).unwrap_or_default();
-                    let mut start = 0;
-                    for (i, b) in data.iter().enumerate() {
-                        if *b == b'\n' {
-                            self.partial
-                                .extend_from_slice(data.get(start..i).unwrap_or_default());
-                            start = i + 1;
-                            let line = std::mem::take(&mut self.partial);
-                            self.lines += 1;
-                            if !sink.line(&self.name, self.lines, &mut self.header, &line) {
-                                return false;
-                            }
-                        }
-                    }
-                    self.partial
-                        .extend_from_slice(data.get(start..).unwrap_or_default());
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::warn!(source = %sink.name, "{}: {}: read error: {e}", sink.name, self.name);
-                    break;
-                }
-            }
-        }
-        if last && !self.partial.is_empty() {
-            let line = std::mem::take(&mut self.partial);
-            self.lines += 1;
-            return sink.line(&self.name, self.lines, &mut self.header, &line);
-        }
-        true
-    }
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -921,89 +935,107 @@ pub fn spawn_kea_csv_with(
         .spawn(move || follow(&mut sink, &path))
 }
 
-/// Reads the files Kea would load at start, before the lease file itself.
-fn load_previous(sink: &mut Sink, path: &Path) -> bool {
-    let completed = with_suffix(path, ".completed");
-    let files = if completed.exists() {
-        vec![completed]
-    } else {
-        vec![with_suffix(path, ".2"), with_suffix(path, ".1")]
-    };
-    for f in files {
-        match Reader::open(&f) {
-            Ok(mut r) => {
-                if !r.read(sink, true) {
-                    return false;
-                }
-                tracing::info!(source = %sink.name, "{}: loaded {} ({} lines)", sink.name, r.name, r.lines);
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(source = %sink.name, "{}: cannot read {}: {e}", sink.name, f.display());
-            }
+/// The files Kea loads before the lease file, as they are at one moment: which exist, and
+/// which files (inodes) they are.
+#[derive(Debug, PartialEq, Eq)]
+struct Previous {
+    completed: Option<FileId>,
+    two: Option<FileId>,
+    one: Option<FileId>,
+}
+
+impl Previous {
+    fn at(path: &Path) -> Self {
+        Self {
+            completed: FileId::at(&with_suffix(path, ".completed")),
+            two: FileId::at(&with_suffix(path, ".2")),
+            one: FileId::at(&with_suffix(path, ".1")),
         }
     }
-    true
+
+    /// The files Kea loads, in its order.
+    fn files(&self) -> &'static [&'static str] {
+        if self.completed.is_some() {
+            &[".completed"]
+        } else {
+            &[".2", ".1"]
+        }
+    }
+}
+
+/// How many times start-up reads the previous files again when a cleanup keeps changing them.
+const MAX_RELOADS: u32 = 4;
+
+/// Reads the files Kea would load at start, before the lease file itself; `main` is the lease
+/// file already held open (read by the follower, so not here if a cleanup renames it to `.1`
+/// meanwhile).
+///
+/// A cleanup may finish while these files are read (kea-lfc deletes `.1` and renames
+/// `.completed` to `.2`), so the rows only `.1` had would be missed. The files are looked at
+/// again after reading: if any of them is another file now, the new set is read again. Files
+/// already read are not read twice, and rows already applied are skipped by the mapper
+/// ([`Applied::Duplicate`]), so a reload sends only what was missed.
+fn load_previous(sink: &mut Sink, path: &Path, main: Option<FileId>) -> ControlFlow<()> {
+    let mut read: Vec<FileId> = main.into_iter().collect();
+    let mut reloads = 0;
+    loop {
+        let before = Previous::at(path);
+        for suffix in before.files() {
+            load_file(sink, &with_suffix(path, suffix), &mut read)?;
+        }
+        let after = Previous::at(path);
+        if after == before {
+            return ControlFlow::Continue(());
+        }
+        reloads += 1;
+        if reloads > MAX_RELOADS {
+            tracing::warn!(source = %sink.name, "{}: Kea's previous lease files kept changing while they were read; following the lease file now", sink.name);
+            return ControlFlow::Continue(());
+        }
+        tracing::info!(source = %sink.name, "{}: a lease file cleanup changed the previous lease files while they were read; reading them again", sink.name);
+    }
+}
+
+/// Reads one previous lease file to its end, unless it is one of `read` (which it joins).
+fn load_file(sink: &mut Sink, path: &Path, read: &mut Vec<FileId>) -> ControlFlow<()> {
+    let name = path.display().to_string();
+    let mut reader = match FileReader::open(path) {
+        Ok(r) => r,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return ControlFlow::Continue(()),
+        Err(e) => {
+            tracing::warn!(source = %sink.name, "{}: cannot read {name}: {e}", sink.name);
+            return ControlFlow::Continue(());
+        }
+    };
+    if read.contains(&reader.id()) {
+        tracing::debug!(source = %sink.name, "{}: {name} was already read", sink.name);
+        return ControlFlow::Continue(());
+    }
+    read.push(reader.id());
+    let mut header = Header::None;
+    match reader.read_to_end(|l| sink.line(&name, &mut header, l)) {
+        Ok(flow) => flow?,
+        Err(e) => {
+            tracing::warn!(source = %sink.name, "{}: {name}: read error: {e}; the rest of it is not loaded", sink.name);
+        }
+    }
+    tracing::info!(source = %sink.name, "{}: loaded {name} ({} lines)", sink.name, reader.lines());
+    ControlFlow::Continue(())
 }
 
 fn follow(sink: &mut Sink, path: &Path) -> u64 {
-    if !load_previous(sink, path) {
-        return sink.sent;
-    }
-    let mut waiting_logged = false;
-    let mut current = loop {
-        match Reader::open(path) {
-            Ok(r) => break r,
-            Err(e) => {
-                if !waiting_logged {
-                    tracing::warn!(source = %sink.name, "{}: cannot open the file ({e}); waiting for it", sink.name);
-                    waiting_logged = true;
-                }
-                std::thread::sleep(POLL_INTERVAL);
-            }
+    // The lease file is opened first: if a cleanup renames it to `.1` while the previous files
+    // are read, the open handle still reads all of it, once.
+    let mut follower = Follower::new(path);
+    if load_previous(sink, path, follower.id()).is_continue() {
+        let mut header = Header::None;
+        while follower
+            .poll(|event| sink.event(&mut header, event))
+            .is_continue()
+            && !sink.handle.is_closed()
+        {
+            std::thread::sleep(POLL_INTERVAL);
         }
-    };
-    loop {
-        if !current.read(sink, false) {
-            break;
-        }
-        match std::fs::metadata(path) {
-            Ok(m) if (m.dev(), m.ino()) != current.id => {
-                // Replaced (LFC renamed it to .1, or a rewrite): finish the old file first.
-                if !current.read(sink, true) {
-                    break;
-                }
-                match Reader::open(path) {
-                    Ok(r) => {
-                        tracing::info!(
-                            source = %sink.name,
-                            "{}: the lease file was replaced after {} lines; reading the new one",
-                            sink.name,
-                            current.lines
-                        );
-                        current = r;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!(source = %sink.name, "{}: reopen failed: {e}", sink.name);
-                    }
-                }
-            }
-            Ok(m) if m.len() < current.offset => {
-                tracing::info!(source = %sink.name, "{}: the lease file shrank; reading it again", sink.name);
-                match Reader::open(path) {
-                    Ok(r) => {
-                        current = r;
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::debug!(source = %sink.name, "{}: reopen failed: {e}", sink.name);
-                    }
-                }
-            }
-            _ => {}
-        }
-        std::thread::sleep(POLL_INTERVAL);
     }
     tracing::info!(source = %sink.name, changes = sink.sent, skipped = sink.skipped, "{}: the feed closed; the source has ended", sink.name);
     sink.sent

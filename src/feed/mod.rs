@@ -82,6 +82,7 @@
 //! back to the feed (after serving its sockets) without waiting for another wake-up.
 
 pub mod demo;
+pub mod follow;
 pub mod jsonl;
 pub mod kea;
 mod pace;
@@ -114,6 +115,7 @@ pub fn feed(capacity: usize, waker: Arc<mio::Waker>) -> (FeedHandle, FeedReceive
     let shared = Arc::new(Shared {
         waker,
         wake_pending: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
     });
     (
         FeedHandle {
@@ -131,6 +133,8 @@ struct Shared {
     /// True from the first send after a drain until the next drain: the loop has been (or is
     /// being) woken and will look at the channel, so further sends need not wake it again.
     wake_pending: AtomicBool,
+    /// The receiver was dropped: a source with nothing to send can stop too.
+    closed: AtomicBool,
 }
 
 impl Shared {
@@ -220,6 +224,13 @@ impl FeedHandle {
         // The channel is always bounded; the fallback is never taken.
         self.tx.capacity().unwrap_or(usize::MAX)
     }
+
+    /// True once the loop has dropped its receiver: every send would fail. A source that
+    /// polls (a followed file) checks it so that it ends without waiting for something to send.
+    #[must_use]
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
 }
 
 /// The receiving half of a feed, owned by the event loop.
@@ -280,6 +291,12 @@ impl FeedReceiver {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.rx.is_empty()
+    }
+}
+
+impl Drop for FeedReceiver {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
     }
 }
 

@@ -188,7 +188,9 @@ fn dropping_every_handle_is_reported_after_the_last_change() {
 #[test]
 fn a_dropped_receiver_closes_the_feed() {
     let (_poll, handle, receiver) = setup(4);
+    assert!(!handle.is_closed());
     drop(receiver);
+    assert!(handle.is_closed());
     assert_eq!(handle.send(change(1)), Err(FeedClosed(change(1))));
     match handle.try_send(change(2)) {
         Err(TrySendError::Closed(c)) => assert_eq!(c, change(2)),
@@ -227,4 +229,146 @@ fn blocking_sends_wait_for_the_loop_and_nothing_is_lost() {
     assert_eq!(got, (0..200).map(change).collect::<Vec<_>>());
     let (rest, d) = drain_all(&mut receiver, 8);
     assert!(rest.is_empty() && d.disconnected);
+}
+
+/// The file follower, driven poll by poll (no sleeping: each `poll` is one look at the path).
+mod follow {
+    use std::fs::{self, OpenOptions};
+    use std::io::Write;
+    use std::ops::ControlFlow;
+    use std::path::Path;
+
+    use crate::feed::follow::{Event, Follower, WINDOW};
+
+    /// What one poll reported, as text: `3:line` for line 3, or the event's name.
+    fn poll(f: &mut Follower) -> Vec<String> {
+        let mut got = Vec::new();
+        let flow = f.poll(|e| {
+            got.push(match e {
+                Event::Line { number, line, .. } => match line {
+                    Ok(l) => format!("{number}:{l}"),
+                    Err(e) => format!("{number}!{e}"),
+                },
+                Event::CaughtUp { lines } => format!("caught up {lines}"),
+                Event::Replaced { lines } => format!("replaced {lines}"),
+                Event::Truncated { .. } => "truncated".into(),
+                Event::Rewritten { .. } => "rewritten".into(),
+                Event::Waiting(_) => "waiting".into(),
+                Event::ReadError(e) => format!("read error {e}"),
+            });
+            ControlFlow::Continue(())
+        });
+        assert!(flow.is_continue());
+        got
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open for append");
+        f.write_all(text.as_bytes()).expect("append");
+    }
+
+    #[test]
+    fn appends_and_a_part_line_and_waiting_for_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let mut f = Follower::new(&path);
+        assert_eq!(f.id(), None);
+        assert_eq!(poll(&mut f), ["waiting"]);
+        assert!(poll(&mut f).is_empty(), "waiting is reported once");
+        append(&path, "a\nb");
+        assert_eq!(poll(&mut f), ["1:a", "caught up 1"]);
+        assert!(poll(&mut f).is_empty());
+        append(&path, "c\r\nd\n");
+        assert_eq!(poll(&mut f), ["2:bc", "3:d"]);
+        assert!(f.id().is_some());
+    }
+
+    #[test]
+    fn a_replaced_file_is_finished_then_the_new_one_read_from_its_beginning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        append(&path, "a\n");
+        let mut f = Follower::new(&path);
+        assert_eq!(poll(&mut f), ["1:a", "caught up 1"]);
+        // Renamed away: not a replacement while nothing is at the path; the old file is read.
+        let old = dir.path().join("f.1");
+        fs::rename(&path, &old).expect("rename");
+        append(&old, "b\n");
+        assert_eq!(poll(&mut f), ["2:b"]);
+        // A new file at the path: the old one is finished, its last line without a newline
+        // included, then the new one is read from line 1.
+        append(&old, "c");
+        append(&path, "x\ny\n");
+        assert_eq!(
+            poll(&mut f),
+            ["3:c", "replaced 3", "1:x", "2:y", "caught up 2"]
+        );
+        append(&old, "lost\n");
+        append(&path, "z\n");
+        assert_eq!(poll(&mut f), ["3:z"]);
+    }
+
+    #[test]
+    fn a_truncated_file_is_read_again_from_its_beginning() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        append(&path, "one\ntwo\nthr");
+        let mut f = Follower::new(&path);
+        assert_eq!(poll(&mut f), ["1:one", "2:two", "caught up 2"]);
+        fs::write(&path, "new\n").expect("rewrite");
+        assert_eq!(poll(&mut f), ["truncated", "1:new"]);
+    }
+
+    #[test]
+    fn a_file_truncated_and_grown_past_the_old_size_between_polls_is_read_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        append(&path, "one\ntwo\n");
+        let mut f = Follower::new(&path);
+        assert_eq!(poll(&mut f), ["1:one", "2:two", "caught up 2"]);
+        // Truncated and written again, longer, before the next poll: the size alone says
+        // "appended"; the first octets say otherwise.
+        fs::write(&path, "uno\ndos\ntres\n").expect("rewrite");
+        assert_eq!(poll(&mut f), ["rewritten", "1:uno", "2:dos", "3:tres"]);
+
+        // The same first window (a header, say) but other octets before the old end: the last
+        // window read tells.
+        let header = format!("{}\n", "h".repeat(WINDOW));
+        let body: String = (0..1000).map(|i| format!("row {i}\n")).collect();
+        fs::write(&path, format!("{header}{body}")).expect("write");
+        let mut f = Follower::new(&path);
+        assert_eq!(poll(&mut f).len(), 1002);
+        let changed = body.replace("row 999", "row 99x");
+        fs::write(&path, format!("{header}{changed}more\n")).expect("rewrite");
+        let got = poll(&mut f);
+        assert_eq!(got.first().map(String::as_str), Some("rewritten"));
+        assert_eq!(got.len(), 1 + 1002);
+        assert_eq!(got.last().map(String::as_str), Some("1002:more"));
+
+        // A plain append after all that is not a rewrite.
+        append(&path, "tail\n");
+        assert_eq!(poll(&mut f), ["1003:tail"]);
+    }
+
+    #[test]
+    fn a_breaking_callback_stops_the_poll() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        append(&path, "a\nb\nc\n");
+        let mut f = Follower::new(&path);
+        let mut lines = 0;
+        let flow = f.poll(|e| {
+            if matches!(e, Event::Line { .. }) {
+                lines += 1;
+                return ControlFlow::Break(());
+            }
+            ControlFlow::Continue(())
+        });
+        assert!(flow.is_break());
+        assert_eq!(lines, 1);
+    }
 }
