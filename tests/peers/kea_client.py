@@ -200,11 +200,15 @@ class Lab:
         self.clients[name] = client
         return client, sent
 
-    def renew(self, cmd):
-        client = self.clients[cmd["name"]]
-        renew = RenewMessage(os.urandom(3), [
+    def held(self, client, cls):
+        """A message of class `cls` to the server about every lease the client holds."""
+        return cls(os.urandom(3), [
             ClientIdOption(client.duid), ServerIdOption(client.server_id), ElapsedTimeOption(0),
             *self.ias(client, bool(client.na), bool(client.pd), True)])
+
+    def renew(self, cmd):
+        client = self.clients[cmd["name"]]
+        renew = self.held(client, RenewMessage)
         sent = time.time()
         reply = self.exchange(client, renew, ReplyMessage)
         client.na, client.pd = self.take(client, reply)
@@ -212,9 +216,7 @@ class Lab:
 
     def release(self, cmd):
         client = self.clients[cmd["name"]]
-        release = ReleaseMessage(os.urandom(3), [
-            ClientIdOption(client.duid), ServerIdOption(client.server_id), ElapsedTimeOption(0),
-            *self.ias(client, bool(client.na), bool(client.pd), True)])
+        release = self.held(client, ReleaseMessage)
         sent = time.time()
         reply = self.exchange(client, release, ReplyMessage)
         status = reply.get_option_of_type(StatusCodeOption)
