@@ -6,19 +6,30 @@
 //! in full with lqd's own codec and checked against the population, which loadgen regenerates
 //! from the demo's seed (see `population`); a lost or wrong answer makes loadgen exit non-zero.
 //!
+//! The Active Leasequery modes (`active`, `catch-up`, `ramp`; module `fanout`) feed lqd
+//! through its JSON-lines UNIX socket instead, and measure it side by side with two baselines
+//! in the same run: loadgen's own minimal epoll sender (`raw`) and Redis pub/sub (`redis`).
+//!
 //! ```text
 //! cargo build --release -p lqd -p loadgen
 //! target/release/loadgen bulk --bindings 1000000 --concurrent 1,4 --rounds 3
 //! target/release/loadgen udp --bindings 100000 --clients 4 --window 1,16 --seconds 10
+//! target/release/loadgen active --requestors 100,1000 --rate 1000,5000 --seconds 10 --systems lqd,raw,redis
+//! target/release/loadgen catch-up --requestors 1000 --changes 10000
+//! target/release/loadgen ramp --requestors 1000 --start-rate 1000 --p99-ms 50
 //! ```
 //!
-//! One module per mode (`bulk`, `udp`); the lqd process, the population model and the report
-//! helpers are shared.
+//! One module per mode (`bulk`, `udp`, `fanout`); the lqd process, the population model and
+//! the report helpers are shared.
 
 mod bulk;
+mod fanout;
+mod plot;
 mod population;
 mod process;
+mod redis;
 mod report;
+mod summary;
 mod udp;
 
 use std::path::PathBuf;
@@ -40,6 +51,16 @@ enum Mode {
     Bulk(bulk::Args),
     /// UDP Leasequery (RFC 5007): QUERY_BY_ADDRESS for random known addresses.
     Udp(udp::Args),
+    /// Active Leasequery (RFC 7653) fan-out: N requestors, changes at a fixed rate, against
+    /// lqd and the raw and Redis baselines.
+    Active(fanout::active::Args),
+    /// Active Leasequery catch-up: N requestors reconnecting with START_TIME after K changes.
+    CatchUp(fanout::catchup::Args),
+    /// Active Leasequery ramp: the highest rate with p99 under a bound at a given N.
+    Ramp(fanout::ramp::Args),
+    /// The raw baseline's sender process, run by loadgen itself.
+    #[command(hide = true)]
+    RawSender(fanout::raw::Args),
 }
 
 /// What every mode needs to run lqd and report.
@@ -81,6 +102,19 @@ fn main() -> ExitCode {
             let path = args.common.json.clone();
             (udp::run(&args), path)
         }
+        Mode::Active(args) => {
+            let path = args.common.json.clone();
+            (fanout::active::run(&args), path)
+        }
+        Mode::CatchUp(args) => {
+            let path = args.common.json.clone();
+            (fanout::catchup::run(&args), path)
+        }
+        Mode::Ramp(args) => {
+            let path = args.common.json.clone();
+            (fanout::ramp::run(&args), path)
+        }
+        Mode::RawSender(args) => return fanout::raw::serve(&args),
     };
     let outcome = match result {
         Ok(o) => o,

@@ -1,8 +1,10 @@
-//! The lqd process under load: started with a demo population on one link, watched through
-//! its log and /proc, killed and cleaned up on drop.
+//! The lqd process under load: started with a demo population on one link (or fed by loadgen
+//! through its JSON-lines UNIX socket), watched through its log and /proc, killed and cleaned
+//! up on drop.
 
 use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -91,10 +93,56 @@ impl Lqd {
     }
 
     fn spawn(common: &Common, demo: &DemoSettings, extra: &str) -> Result<Self, String> {
-        if !common.lqd.is_file() {
+        Self::spawn_with(&common.lqd, common.keep_state, |_, _| {
+            format!(
+                "{extra}\n[demo]\nclients = {}\nlinks = {}\nchanges_per_sec = {}\nseed = {}\n",
+                demo.clients, demo.links, demo.changes_per_sec, demo.seed,
+            )
+        })
+    }
+
+    /// Starts lqd fed through its JSON-lines UNIX socket source (`jsonl:unix:PATH`, in its
+    /// state directory) with `extra` appended to the config's top level, and connects to that
+    /// socket: the connection is returned, ready for lines. lqd binds its TCP listener before
+    /// it starts the source, so once the socket accepts, lqd is listening.
+    pub(crate) fn start_jsonl(
+        binary: &Path,
+        keep: bool,
+        extra: &str,
+    ) -> Result<(Self, UnixStream), String> {
+        let mut socket = PathBuf::new();
+        let mut lqd = Self::spawn_with(binary, keep, |_, dir| {
+            socket = dir.join("feed.sock");
+            format!("source = \"jsonl:unix:{}\"\n{extra}\n", socket.display())
+        })?;
+        let started = Instant::now();
+        loop {
+            lqd.check_alive()?;
+            if let Ok(s) = UnixStream::connect(&socket) {
+                return Ok((lqd, s));
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return Err(format!(
+                    "lqd's feed socket {} did not accept within 30 s; log:\n{}",
+                    socket.display(),
+                    lqd.log_tail()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Spawns lqd on a free port of `[::1]` with a fresh state directory; `body(addr, dir)`
+    /// gives the config file's lines after `listen`, `state_dir` and `log`.
+    fn spawn_with(
+        binary: &Path,
+        keep: bool,
+        body: impl FnOnce(SocketAddr, &Path) -> String,
+    ) -> Result<Self, String> {
+        if !binary.is_file() {
             return Err(format!(
                 "no lqd binary at {} (build it with `cargo build --release --bin lqd`, or pass --lqd)",
-                common.lqd.display()
+                binary.display()
             ));
         }
         let port = std::net::TcpListener::bind("[::1]:0")
@@ -109,30 +157,26 @@ impl Lqd {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let config = dir.join("lqd.toml");
         let text = format!(
-            "listen = [\"{addr}\"]\nstate_dir = \"{}\"\nlog = \"info\"\n{extra}\n\
-             [demo]\nclients = {}\nlinks = {}\nchanges_per_sec = {}\nseed = {}\n",
+            "listen = [\"{addr}\"]\nstate_dir = \"{}\"\nlog = \"info\"\n{}",
             dir.display(),
-            demo.clients,
-            demo.links,
-            demo.changes_per_sec,
-            demo.seed,
+            body(addr, &dir),
         );
         std::fs::write(&config, text).map_err(|e| format!("{}: {e}", config.display()))?;
         let log = std::fs::File::create(dir.join("lqd.log"))
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        let child = Command::new(&common.lqd)
+        let child = Command::new(binary)
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
-            .map_err(|e| format!("cannot run {}: {e}", common.lqd.display()))?;
+            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
         Ok(Self {
             child,
             addr,
             dir,
-            keep: common.keep_state,
+            keep,
         })
     }
 
@@ -250,28 +294,38 @@ impl Lqd {
 
     /// lqd's memory and CPU now.
     pub(crate) fn stats(&self) -> Result<ProcStats, String> {
-        let pid = self.pid();
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
-        };
-        Ok(ProcStats {
-            rss_kib: field("VmRSS:")?,
-            hwm_kib: field("VmHWM:")?,
-            cpu_secs: cpu_secs(&format!("/proc/{pid}/stat"))?,
-        })
+        proc_stats(self.pid())
     }
 
     /// Resets VmHWM to the current RSS (`echo 5 > /proc/PID/clear_refs`), so the next
     /// [`stats`](Self::stats) reports the peak since now; false when the kernel refused.
     pub(crate) fn reset_peak(&self) -> bool {
-        std::fs::write(format!("/proc/{}/clear_refs", self.pid()), "5").is_ok()
+        reset_peak(self.pid())
     }
+}
+
+/// Memory and CPU of process `pid` now.
+pub(crate) fn proc_stats(pid: u32) -> Result<ProcStats, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok(ProcStats {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:")?,
+        cpu_secs: cpu_secs(&format!("/proc/{pid}/stat"))?,
+    })
+}
+
+/// Resets process `pid`'s VmHWM to its current RSS (`echo 5 > /proc/PID/clear_refs`); false
+/// when the kernel refused.
+pub(crate) fn reset_peak(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
 impl Drop for Lqd {

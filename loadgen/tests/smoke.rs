@@ -152,3 +152,125 @@ fn udp_answers_every_query() {
     assert_eq!(phase["wrong"], 0);
     assert!(phase["p99_us"].as_u64().unwrap() >= phase["p50_us"].as_u64().unwrap());
 }
+
+/// The figures every fan-out run must have: nothing lost or duplicated, every change to every
+/// requestor, percentiles in order.
+fn check_run(run: &Value, requestors: u64, changes: u64) {
+    assert_eq!(run["requestors"], requestors, "{run}");
+    assert_eq!(run["changes"], changes, "{run}");
+    assert_eq!(run["lost"], 0, "{run}");
+    assert_eq!(run["duplicated"], 0, "{run}");
+    assert_eq!(run["deliveries"], requestors * changes, "{run}");
+    let pct = |name: &str| run[name].as_f64().expect(name);
+    assert!(pct("p50_us") > 0.0, "{run}");
+    assert!(pct("p50_us") <= pct("p90_us"), "{run}");
+    assert!(pct("p90_us") <= pct("p99_us"), "{run}");
+    assert!(pct("p99_us") <= pct("p999_us"), "{run}");
+    assert!(pct("p999_us") <= pct("max_us"), "{run}");
+    assert!(pct("loadgen_cpu_pct") > 0.0, "{run}");
+}
+
+#[test]
+fn active_fans_every_change_out_to_every_requestor() {
+    // lqd, the raw sender and Redis, side by side: 30 requestors, 300 changes/s for 2 s.
+    let r = loadgen(
+        "active",
+        &[
+            "active",
+            "--requestors",
+            "30",
+            "--rate",
+            "300",
+            "--seconds",
+            "2",
+            "--systems",
+            "lqd,raw,redis",
+        ],
+    );
+    let runs = r["runs"].as_array().expect("runs");
+    let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert_eq!(systems, ["lqd", "raw", "redis"]);
+    for run in runs {
+        check_run(run, 30, 600);
+        assert_eq!(run["mode"], "active");
+        // 9,000 deliveries/s intended; a slow debug build on a busy machine stretches the
+        // window, but not by four times.
+        let dps = run["deliveries_per_sec"].as_f64().unwrap();
+        assert!((2_000.0..=13_500.0).contains(&dps), "{run}");
+        assert!(run["seconds"].as_f64().unwrap() >= 1.9, "{run}");
+        if run["system"] != "raw" {
+            assert!(run["server_peak_rss_kib"].as_u64().unwrap() > 1000, "{run}");
+            assert!(run["server_cpu_pct"].as_f64().unwrap() > 0.0, "{run}");
+        }
+    }
+    let ratios = r["summary"]["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 1, "{ratios:?}");
+    assert!(ratios[0]["raw"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(ratios[0]["redis"]["p99"].as_f64().unwrap() > 0.0);
+    for d in r["details"].as_array().expect("details") {
+        assert_eq!(d["complete"], true, "{d}");
+    }
+}
+
+#[test]
+fn catch_up_delivers_every_change_once_then_catch_up_complete() {
+    let r = loadgen(
+        "catch-up",
+        &[
+            "catch-up",
+            "--requestors",
+            "20",
+            "--changes",
+            "300",
+            "--systems",
+            "lqd,raw",
+        ],
+    );
+    let runs = r["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 2);
+    for run in runs {
+        check_run(run, 20, 300);
+        assert_eq!(run["mode"], "catch-up");
+        assert!(run["seconds"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    for d in r["catch_up"].as_array().expect("catch_up") {
+        assert_eq!(d["complete"], true, "{d}");
+    }
+    assert!(r["catch_up"][0]["inject_seconds"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn ramp_steps_up_until_the_bound_or_the_last_step() {
+    // A bound no debug build misses at these rates: both steps must pass.
+    let r = loadgen(
+        "ramp",
+        &[
+            "ramp",
+            "--requestors",
+            "20",
+            "--start-rate",
+            "100",
+            "--factor",
+            "2",
+            "--step-seconds",
+            "1",
+            "--max-steps",
+            "2",
+            "--p99-ms",
+            "1000",
+            "--systems",
+            "lqd",
+        ],
+    );
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(steps[0]["rate"], 100.0);
+    assert_eq!(steps[1]["rate"], 200.0);
+    for s in steps {
+        assert_eq!(s["missed"], Value::Null, "{s}");
+    }
+    assert_eq!(r["highest"][0]["rate"], 200.0);
+    let runs = r["runs"].as_array().expect("runs");
+    check_run(&runs[0], 20, 100);
+    check_run(&runs[1], 20, 200);
+}

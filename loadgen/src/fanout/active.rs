@@ -1,0 +1,135 @@
+//! `loadgen active`: N Active requestors, changes at a fixed rate R, every combination of the
+//! `--requestors` and `--rate` lists, each system side by side.
+//!
+//! Each run: a fresh server; N connections, each with its ACTIVELEASEQUERY answered (or its
+//! subscription confirmed) before the first change; K = R × `--seconds` changes injected on
+//! schedule; then the wait until every connection has all K (or `--drain-seconds` more).
+//! Reports deliveries/s, p50 / p90 / p99 / p99.9 / max latency from each change's intended
+//! injection time, lost and duplicated deliveries (any makes loadgen fail), the CPU use of
+//! the server and of loadgen, and the server's peak RSS.
+
+use super::progress::Progress;
+use super::run::{Ctx, Detail, live, timeout_notes};
+use super::{FanoutCommon, plots, positive};
+use crate::Outcome;
+use crate::summary::{self, RunSummary};
+
+/// Options of `loadgen active`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Args {
+    /// Active requestors (connections); a comma-separated list runs each.
+    #[arg(long, default_value = "100", value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) requestors: Vec<u32>,
+    /// Changes per second; a comma-separated list runs each.
+    #[arg(long, default_value = "1000", value_delimiter = ',')]
+    pub(crate) rate: Vec<f64>,
+    /// Length of each run's injection, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) seconds: f64,
+    #[command(flatten)]
+    pub(crate) common: FanoutCommon,
+}
+
+/// Runs `loadgen active`.
+pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
+    positive(&args.rate, "--rate")?;
+    positive(&[args.seconds], "--seconds")?;
+    let progress = Progress::new();
+    let ctx = Ctx::new(&args.common, &progress)?;
+    let mut runs: Vec<RunSummary> = Vec::new();
+    let mut details: Vec<Detail> = Vec::new();
+    let mut failures = Vec::new();
+    for &n in &args.requestors {
+        for &rate in &args.rate {
+            for &system in &args.common.systems {
+                match live(&ctx, system, n as usize, rate, args.seconds, "active") {
+                    Ok(o) => {
+                        runs.push(o.summary);
+                        details.push(o.detail);
+                        failures.extend(o.failures);
+                    }
+                    Err(e) => {
+                        let f = format!("{} N={n} {rate}/s: {e}", system.name());
+                        progress.println(&format!("loadgen: error: {f}"));
+                        failures.push(f);
+                    }
+                }
+            }
+        }
+    }
+    progress.clear();
+    finish("active", &args.common, &runs, &details, failures, |md| {
+        format!(
+            "Active Leasequery fan-out: {} s of changes per run over {} bindings, {} receiver \
+             threads; latency from each change's intended injection time\n\n{md}{}",
+            args.seconds,
+            args.common.bindings,
+            ctx.workers,
+            timeout_notes(&details),
+        )
+    })
+}
+
+/// The report of a fan-out mode: the markdown (`head` wraps the summary table), the JSON
+/// (with `extra` fields), the plots.
+pub(super) fn finish(
+    mode: &str,
+    common: &FanoutCommon,
+    runs: &[RunSummary],
+    details: &[Detail],
+    mut failures: Vec<String>,
+    head: impl FnOnce(String) -> String,
+) -> Result<Outcome, String> {
+    finish_with(
+        mode,
+        common,
+        runs,
+        details,
+        &mut failures,
+        head,
+        serde_json::Map::new(),
+    )
+}
+
+/// [`finish`], with extra JSON fields.
+pub(super) fn finish_with(
+    mode: &str,
+    common: &FanoutCommon,
+    runs: &[RunSummary],
+    details: &[Detail],
+    failures: &mut Vec<String>,
+    head: impl FnOnce(String) -> String,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<Outcome, String> {
+    let mut markdown = head(summary::markdown(runs));
+    if let Some(dir) = &common.plots {
+        match plots(runs, dir) {
+            Ok(files) => {
+                markdown.push_str("\nPlots: ");
+                let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+                markdown.push_str(&names.join(", "));
+                markdown.push('\n');
+            }
+            Err(e) => failures.push(format!("plots: {e}")),
+        }
+    }
+    let mut json = serde_json::Map::new();
+    json.insert("mode".to_owned(), mode.into());
+    json.insert("bindings".to_owned(), common.bindings.into());
+    json.insert("summary".to_owned(), summary::json(runs));
+    json.insert(
+        "runs".to_owned(),
+        serde_json::to_value(runs).map_err(|e| format!("JSON: {e}"))?,
+    );
+    json.insert(
+        "details".to_owned(),
+        serde_json::to_value(details).map_err(|e| format!("JSON: {e}"))?,
+    );
+    json.extend(extra);
+    json.insert("failures".to_owned(), failures.clone().into());
+    Ok(Outcome {
+        markdown,
+        json: serde_json::Value::Object(json),
+        failures: std::mem::take(failures),
+    })
+}

@@ -1,0 +1,316 @@
+//! The changes loadgen injects, and how a delivered message names the change it carries.
+//!
+//! Change `k` (k = 0, 1, 2, …) is for binding `b = k mod M` (`--bindings`): the client with
+//! DUID-EN enterprise 32473 (RFC 5612's documentation number) and identifier `b` as four
+//! octets, holding one IA_NA address derived from `b` on one link. Its generation `g = k / M`
+//! sets the valid lifetime, `86400 + g` seconds (preferred: half of it), so that every change
+//! really changes its binding: lqd journals nothing for an identical re-send.
+//!
+//! A LEASEQUERY-DATA reports the lifetimes left at its base-time and OPTION_CLT_TIME, the time
+//! since the client's last transaction at that same base-time (RFC 7653 §4.1.2.4), so
+//! `valid-lifetime + CLT_TIME` is the lifetime granted and gives `g` back: every delivery
+//! names exactly one change, `k = g·M + b`. That is what lets the receivers tell a gap (lost)
+//! from a repeat (duplicated) and measure each delivery from its own change's intended time.
+
+use std::io::Write as _;
+use std::net::Ipv6Addr;
+use std::time::{Duration, Instant};
+
+use lqd::codec::{
+    BuildOptions, DhcpOption, MessageBuilder, MessageRepr, MessageType, OptionCode, Options,
+    ServerTime, Status,
+};
+
+/// The enterprise number of the clients' DUID-EN (32473: RFC 5612, for documentation).
+const ENTERPRISE: u32 = 32_473;
+/// DUID-EN's type code (RFC 8415 §11.3).
+const DUID_EN: u16 = 2;
+/// The valid lifetime of generation 0, seconds; generation `g` gets `BASE_VALID + g`.
+const BASE_VALID: u32 = 86_400;
+/// The most generations a run may have (keeps the lifetimes far from infinity).
+const MAX_GENERATIONS: u64 = 1 << 24;
+/// The link every client is on: its relay's link-address.
+pub(crate) const LINK: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+/// The link's prefix, for lqd's `[[link]]` table.
+pub(crate) const LINK_PREFIX: &str = "2001:db8:1::/64";
+/// Interface identifiers of the clients' addresses start here (clear of the link-address).
+const ADDRESS_BASE: u64 = 0x1_0000;
+/// The IAID of every client's IA_NA.
+const IAID: u32 = 1;
+
+/// The binding population the changes cycle over.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Model {
+    bindings: u32,
+}
+
+/// What one message on a stream is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// LEASEQUERY-REPLY: its status (absent means Success) and base-time.
+    Reply {
+        status: Status,
+        base_time: Option<ServerTime>,
+    },
+    /// LEASEQUERY-DATA with client data: change `k`.
+    Change { k: u64 },
+    /// LEASEQUERY-DATA with a status (CatchUpComplete, DataMissing) and base-time.
+    Status {
+        status: Status,
+        base_time: Option<ServerTime>,
+    },
+    /// LEASEQUERY-DATA with only a base-time: a keepalive (RFC 7653 §8.2, D2).
+    Keepalive { base_time: Option<ServerTime> },
+    /// LEASEQUERY-DONE: the query ended.
+    Done { status: Status },
+}
+
+impl Model {
+    /// `bindings` clients (at least 1).
+    pub(crate) fn new(bindings: u32) -> Result<Self, String> {
+        if bindings == 0 {
+            return Err("--bindings must be at least 1".to_owned());
+        }
+        Ok(Self { bindings })
+    }
+
+    /// M, the number of bindings.
+    pub(crate) const fn bindings(self) -> u32 {
+        self.bindings
+    }
+
+    /// Checks that `changes` changes stay within the generations the lifetimes can encode.
+    pub(crate) fn check_changes(self, changes: u64) -> Result<(), String> {
+        if changes / u64::from(self.bindings) >= MAX_GENERATIONS {
+            return Err(format!(
+                "{changes} changes over {} bindings: more than {MAX_GENERATIONS} generations",
+                self.bindings
+            ));
+        }
+        Ok(())
+    }
+
+    fn binding(self, k: u64) -> u32 {
+        u32::try_from(k % u64::from(self.bindings)).unwrap_or(0)
+    }
+
+    fn valid_lifetime(self, k: u64) -> u32 {
+        let g = k / u64::from(self.bindings);
+        BASE_VALID.saturating_add(u32::try_from(g).unwrap_or(u32::MAX - BASE_VALID - 1))
+    }
+
+    /// The DUID of binding `b`'s client.
+    fn duid(b: u32) -> [u8; 10] {
+        let mut d = [0u8; 10];
+        d[..2].copy_from_slice(&DUID_EN.to_be_bytes());
+        d[2..6].copy_from_slice(&ENTERPRISE.to_be_bytes());
+        d[6..].copy_from_slice(&b.to_be_bytes());
+        d
+    }
+
+    /// The IA_NA address of binding `b`.
+    fn address(b: u32) -> Ipv6Addr {
+        let prefix = u128::from(LINK) & !u128::from(u64::MAX);
+        Ipv6Addr::from(prefix | u128::from(ADDRESS_BASE + u64::from(b)))
+    }
+
+    /// Appends change `k` as one line of lqd's JSON-lines feed
+    /// (`schema/lease-change.schema.json`), with `cltt` in Unix seconds.
+    pub(crate) fn json_line(self, k: u64, cltt_unix: u64, out: &mut Vec<u8>) {
+        let b = self.binding(k);
+        let valid = self.valid_lifetime(k);
+        let duid = Self::duid(b);
+        let _ = write!(out, "{{\"client_id\":\"");
+        for o in duid {
+            let _ = write!(out, "{o:02x}");
+        }
+        let _ = writeln!(
+            out,
+            "\",\"link\":\"{LINK}\",\"kind\":\"na\",\"address\":\"{}\",\"iaid\":{IAID},\
+             \"preferred_lifetime\":{},\"valid_lifetime\":{valid},\"cltt\":{cltt_unix},\
+             \"state\":\"active\"}}",
+            Self::address(b),
+            valid / 2,
+        );
+    }
+
+    /// Change `k` as the LEASEQUERY-DATA lqd sends for it (base-time `now`, the lease just
+    /// granted: full lifetimes, CLT_TIME 0), unframed; for the baselines.
+    pub(crate) fn data_message(self, k: u64, xid: u32, now: ServerTime) -> Result<Vec<u8>, String> {
+        let b = self.binding(k);
+        let valid = self.valid_lifetime(k);
+        let duid = Self::duid(b);
+        MessageBuilder::data(xid)
+            .base_time(now)
+            .client_data(|c| {
+                c.client_id(&duid)
+                    .iaaddr(Self::address(b), valid / 2, valid)
+                    .clt_time(0)
+            })
+            .build()
+            .map_err(|e| format!("building change {k}'s LEASEQUERY-DATA: {e}"))
+    }
+
+    /// The change a message's OPTION_CLIENT_DATA reports.
+    fn change_of(self, cd: &Options<'_>) -> Result<u64, String> {
+        let duid = cd.client_id().ok_or("client data without a client id")?;
+        let b = match duid.as_bytes() {
+            [t0, t1, e0, e1, e2, e3, i0, i1, i2, i3]
+                if u16::from_be_bytes([*t0, *t1]) == DUID_EN
+                    && u32::from_be_bytes([*e0, *e1, *e2, *e3]) == ENTERPRISE =>
+            {
+                u32::from_be_bytes([*i0, *i1, *i2, *i3])
+            }
+            other => {
+                return Err(format!(
+                    "client data of a client loadgen never made: {other:02x?}"
+                ));
+            }
+        };
+        if b >= self.bindings {
+            return Err(format!("client data of binding {b}, beyond --bindings"));
+        }
+        let mut valid = None;
+        let mut clt = None;
+        for o in cd.iter() {
+            match o {
+                DhcpOption::IaAddr(a) if a.address == Self::address(b) => {
+                    valid = Some(a.valid_lifetime);
+                }
+                DhcpOption::IaAddr(a) => {
+                    return Err(format!("binding {b} with a foreign address {}", a.address));
+                }
+                DhcpOption::CltTime(t) => clt = Some(t),
+                _ => {}
+            }
+        }
+        let valid = valid.ok_or_else(|| format!("binding {b} without its address"))?;
+        let granted = valid.saturating_add(clt.ok_or("client data without CLT_TIME")?);
+        let g = granted
+            .checked_sub(BASE_VALID)
+            .ok_or_else(|| format!("binding {b} with a lifetime of {granted} s"))?;
+        Ok(u64::from(g) * u64::from(self.bindings) + u64::from(b))
+    }
+
+    /// What `message` is, checking its xid when `xid` is given.
+    pub(crate) fn classify(self, message: &[u8], xid: Option<u32>) -> Result<Seen, String> {
+        let m = MessageRepr::parse(message).map_err(|e| format!("unparsable message: {e}"))?;
+        if let Some(x) = xid {
+            if m.xid().map(|x| x.value()) != Some(x) {
+                return Err(format!("a message with xid {:?}, not {x:#x}", m.xid()));
+            }
+        }
+        let status = m.options.status().map_or(Status::Success, |s| s.status);
+        let base_time = m.options.base_time();
+        Ok(match m.msg_type() {
+            MessageType::LeasequeryReply => Seen::Reply { status, base_time },
+            MessageType::LeasequeryData => match m.options.get(OptionCode::ClientData) {
+                Some(DhcpOption::ClientData(cd)) => Seen::Change {
+                    k: self.change_of(&cd)?,
+                },
+                _ if m.options.status().is_some() => Seen::Status { status, base_time },
+                _ => Seen::Keepalive { base_time },
+            },
+            MessageType::LeasequeryDone => Seen::Done { status },
+            t => return Err(format!("an unexpected {t}")),
+        })
+    }
+}
+
+/// When each change is due: change `k` at `t0 + k / rate`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Schedule {
+    /// When change 0 is due.
+    pub(crate) t0: Instant,
+    /// Changes per second; infinite for "all at once".
+    pub(crate) rate: f64,
+    /// Changes in all.
+    pub(crate) total: u64,
+}
+
+impl Schedule {
+    /// The intended injection time of change `k`.
+    pub(crate) fn at(&self, k: u64) -> Instant {
+        if self.rate.is_finite() && self.rate > 0.0 {
+            self.t0 + Duration::from_secs_f64(k as f64 / self.rate)
+        } else {
+            self.t0
+        }
+    }
+
+    /// How many changes are due by `now` (at most `total`).
+    pub(crate) fn due(&self, now: Instant) -> u64 {
+        if now < self.t0 {
+            return 0;
+        }
+        if !(self.rate.is_finite() && self.rate > 0.0) {
+            return self.total;
+        }
+        let n = (now.duration_since(self.t0).as_secs_f64() * self.rate).floor() as u64;
+        n.saturating_add(1).min(self.total)
+    }
+
+    /// When the last change is due.
+    pub(crate) fn end(&self) -> Instant {
+        self.at(self.total.saturating_sub(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_data_message_names_its_change() {
+        let m = Model::new(1000).unwrap();
+        for k in [0, 1, 999, 1000, 123_456] {
+            let msg = m.data_message(k, 7, ServerTime(1_000)).unwrap();
+            assert_eq!(m.classify(&msg, Some(7)).unwrap(), Seen::Change { k });
+        }
+        let msg = m.data_message(5, 7, ServerTime(1_000)).unwrap();
+        assert!(m.classify(&msg, Some(8)).is_err(), "xid checked");
+    }
+
+    #[test]
+    fn lifetimes_left_plus_clt_time_give_the_generation() {
+        let m = Model::new(10).unwrap();
+        let k = 37; // binding 7, generation 3
+        let valid = BASE_VALID + 3;
+        let msg = MessageBuilder::data(1)
+            .client_data(|c| {
+                c.client_id(&Model::duid(7))
+                    .iaaddr(Model::address(7), 0, valid - 40)
+                    .clt_time(40)
+            })
+            .build()
+            .unwrap();
+        assert_eq!(m.classify(&msg, None).unwrap(), Seen::Change { k });
+    }
+
+    #[test]
+    fn the_json_line_follows_the_schema_example() {
+        let m = Model::new(100).unwrap();
+        let mut out = Vec::new();
+        m.json_line(101, 1_700_000_000, &mut out);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["client_id"], "000200007ed900000001");
+        assert_eq!(v["address"], "2001:db8:1::1:1");
+        assert_eq!(v["valid_lifetime"], BASE_VALID + 1);
+        assert_eq!(v["cltt"], 1_700_000_000u64);
+        assert!(out.ends_with(b"}\n"));
+    }
+
+    #[test]
+    fn the_schedule_is_due_at_k_over_rate() {
+        let t0 = Instant::now();
+        let s = Schedule {
+            t0,
+            rate: 1000.0,
+            total: 10,
+        };
+        assert_eq!(s.due(t0), 1);
+        assert_eq!(s.due(t0 + Duration::from_micros(2500)), 3);
+        assert_eq!(s.due(t0 + Duration::from_secs(5)), 10);
+        assert_eq!(s.at(4), t0 + Duration::from_millis(4));
+    }
+}

@@ -1,0 +1,136 @@
+//! Active Leasequery fan-out (issue 7): `loadgen active`, `loadgen catch-up` and `loadgen
+//! ramp`, each measuring lqd and, side by side in the same invocation, the baselines: `raw`,
+//! loadgen's own minimal single-threaded epoll sender (run as a process of its own) writing
+//! the same frames to the same number of sockets (what this machine can do), and `redis`,
+//! Redis 7 pub/sub with as many subscribers.
+//!
+//! Every run starts its server afresh: lqd fed through its documented JSON-lines UNIX socket
+//! (`--source jsonl:unix:PATH`), the raw sender, or a `redis-server`. Then N requestors
+//! connect and start their streams, and only then does the injector start writing changes on
+//! its schedule ([`changes`], [`inject`]). The receivers ([`receiver`]) check that every
+//! connection gets every change exactly once and in order, and time each delivery from its
+//! change's intended injection time. One [`RunSummary`] per run; the tables and plots come
+//! from [`crate::summary`] and [`crate::plot`].
+//!
+//! On a small machine everything shares the CPUs: lqd's event loop, loadgen's receivers (one
+//! thread per CPU by default) and its injector. The latencies include the injector's timer
+//! slack (`thread::sleep` overshoots by about 0.1 ms here), the same for every system; and
+//! loadgen, not the server, may be what saturates first, which its CPU column shows.
+//!
+//! ```text
+//! cargo build --release -p lqd -p loadgen
+//! target/release/loadgen active --requestors 100,1000 --rate 1000,5000 --seconds 10 --systems lqd,raw,redis
+//! target/release/loadgen catch-up --requestors 1000 --changes 10000
+//! target/release/loadgen ramp --requestors 1000 --start-rate 1000 --p99-ms 50
+//! ```
+
+pub(crate) mod active;
+pub(crate) mod catchup;
+mod changes;
+mod inject;
+mod progress;
+pub(crate) mod ramp;
+pub(crate) mod raw;
+mod receiver;
+mod run;
+
+use std::path::{Path, PathBuf};
+
+use crate::summary::RunSummary;
+
+/// A system under measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum System {
+    /// lqd, fed through its JSON-lines UNIX socket.
+    Lqd,
+    /// loadgen's single-threaded epoll sender process: the same frames, the same sockets.
+    Raw,
+    /// Redis 7 pub/sub (Debian's redis-server), the same payloads to N subscribers.
+    Redis,
+}
+
+impl System {
+    /// Its name in the reports.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Lqd => "lqd",
+            Self::Raw => "raw",
+            Self::Redis => "redis",
+        }
+    }
+}
+
+/// What every fan-out mode takes.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct FanoutCommon {
+    /// The lqd binary to run.
+    #[arg(long, default_value = "target/release/lqd")]
+    pub(crate) lqd: PathBuf,
+    /// The systems to measure, each in turn at every load: lqd, raw (loadgen's own epoll
+    /// sender), redis (redis-server pub/sub).
+    #[arg(long, value_delimiter = ',', default_value = "lqd,raw")]
+    pub(crate) systems: Vec<System>,
+    /// Bindings the changes cycle over: change k is for binding k mod M. Keep it above the
+    /// changes a requestor could fall behind by, or lqd rightly coalesces (RFC 7653 sends a
+    /// binding's current state only), which counts as lost here.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) bindings: u32,
+    /// Receiver threads (default: the number of CPUs).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) workers: Option<u32>,
+    /// How long to wait for the last deliveries after the last change is due, seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub(crate) drain_seconds: f64,
+    /// Leave Nagle's algorithm on in the raw sender (as lqd does) instead of TCP_NODELAY.
+    #[arg(long)]
+    pub(crate) raw_nagle: bool,
+    /// Keep lqd's state directories (config, log, journal) instead of removing them.
+    #[arg(long)]
+    pub(crate) keep_state: bool,
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) json: Option<PathBuf>,
+    /// Write SVG plots of the latency percentiles (against N, and against the rate) here.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) plots: Option<PathBuf>,
+}
+
+impl FanoutCommon {
+    fn workers(&self) -> usize {
+        self.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            |w| w as usize,
+        )
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if !(self.drain_seconds >= 0.0 && self.drain_seconds.is_finite()) {
+            return Err("--drain-seconds must be 0 or more".to_owned());
+        }
+        if self.systems.is_empty() {
+            return Err("--systems names no system".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// Writes the two plots into `dir` (created if missing); the files written.
+fn plots(runs: &[RunSummary], dir: &Path) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let by_n = dir.join("latency-vs-requestors.svg");
+    let by_rate = dir.join("latency-vs-rate.svg");
+    crate::plot::latency_vs_requestors(runs, &by_n)?;
+    crate::plot::latency_vs_rate(runs, &by_rate)?;
+    Ok(vec![by_n, by_rate])
+}
+
+/// Checks a list of positive numbers given on the command line.
+fn positive(values: &[f64], what: &str) -> Result<(), String> {
+    if values.is_empty() {
+        return Err(format!("{what} needs at least one value"));
+    }
+    match values.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+        Some(v) => Err(format!("{what}: {v} is not a positive number")),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,694 @@
+//! The requestors: `--workers` threads, each a `mio::Poll` over its share of the N
+//! connections, every delivery checked and timed.
+//!
+//! A connection is framed one of two ways, and either way yields DHCPv6 messages for the same
+//! tracker: lqd's and the raw sender's TCP framing (a 2-octet length, lqd's own
+//! [`FrameDecoder`]), or Redis pub/sub pushes whose payload is the message
+//! ([`RespDecoder`]). Before the measurement each connection does its handshake: an
+//! ACTIVELEASEQUERY answered by a LEASEQUERY-REPLY (lqd), a SUBSCRIBE confirmed (Redis), or
+//! nothing (raw).
+//!
+//! The tracker: a stream is in journal order, so each connection must receive change 0, 1,
+//! 2, … in turn. Every delivery names its change `k` exactly (see [`super::changes`]): `k`
+//! past the next expected one means the ones between were lost, `k` before it is a duplicate.
+//! A skipped change whose binding changed again later in the run (change `j` with
+//! `j + M` injected too) is counted apart, as coalesced: RFC 7653 lets a server send a
+//! requestor that fell behind only a binding's current state, and lqd does.
+//! Each delivery's latency is measured from its change's intended injection time (not from
+//! when it was written, so a late injector or a queue anywhere shows), in microseconds, into
+//! the worker's own histogram (1 µs to 60 s, 3 significant digits; larger values are clamped
+//! and counted); the histograms are merged at the end.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use lqd::codec::{
+    BuildOptions, Decoded, FrameDecoder, MessageBuilder, OptionCode, ServerTime, Status,
+};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+
+use super::changes::{Model, Schedule, Seen};
+use crate::process::REQUESTOR;
+use crate::redis::{Push, RespDecoder, subscribe_command};
+
+/// The xid of every Active query loadgen sends, and of the baselines' messages.
+pub(crate) const XID: u32 = 0x00_4c_47;
+
+/// The histograms' highest trackable value: 60 s in µs.
+pub(crate) const HIST_MAX_US: u64 = 60_000_000;
+
+/// Reads per connection per readiness before other connections get a turn.
+const READ_BUDGET: usize = 16;
+
+/// Connections a worker opens between two looks at the ones it has.
+const CONNECT_BATCH: usize = 32;
+
+/// Connections, over all workers, whose handshake may be under way at once. Below the
+/// servers' accept queue (lqd's is mio's default of 128): a full queue drops the SYN, and the
+/// connect waits a second for its retransmission.
+const MAX_HANDSHAKES: usize = 96;
+
+/// How a connection's stream is opened and framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    /// An ACTIVELEASEQUERY to lqd; frames; the REPLY first.
+    Active,
+    /// loadgen's raw sender; frames from the first octet.
+    Raw,
+    /// A Redis SUBSCRIBE; pushes whose payloads are messages.
+    Redis,
+}
+
+/// What the receivers are to do.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    /// Where to connect.
+    pub(crate) addr: SocketAddr,
+    pub(crate) protocol: Protocol,
+    pub(crate) model: Model,
+    /// Requestors (connections).
+    pub(crate) requestors: usize,
+    /// Changes every connection must receive: 0 to `expected - 1`.
+    pub(crate) expected: u64,
+    /// OPTION_LQ_START_TIME of each requestor's query (a catch-up), by requestor; none: live.
+    pub(crate) start_times: Option<Vec<ServerTime>>,
+    /// A connection is complete only after CatchUpComplete (as well as every change).
+    pub(crate) catch_up: bool,
+}
+
+/// Counters the receivers keep up to date for the run's driver.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// Connections opened.
+    pub(crate) connected: AtomicUsize,
+    /// Connections whose handshake is done.
+    pub(crate) ready: AtomicUsize,
+    /// Connections that received everything expected.
+    pub(crate) complete: AtomicUsize,
+    /// Connections that failed (closed, a bad message, an error status).
+    pub(crate) failed: AtomicUsize,
+    /// Deliveries so far, all connections.
+    pub(crate) deliveries: AtomicU64,
+    /// Set to make the workers finish.
+    pub(crate) stop: AtomicBool,
+    /// The injection schedule, once it is fixed: latencies are measured against it.
+    pub(crate) schedule: OnceLock<Schedule>,
+    /// The first few failures, for the report.
+    pub(crate) errors: Mutex<Vec<String>>,
+}
+
+impl Shared {
+    fn error(&self, e: String) {
+        if let Ok(mut errors) = self.errors.lock() {
+            if errors.len() < 20 {
+                errors.push(e);
+            }
+        }
+    }
+
+    /// The failures recorded so far.
+    pub(crate) fn errors(&self) -> Vec<String> {
+        self.errors.lock().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+/// What one connection saw.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnReport {
+    /// The requestor's number (0 to N - 1).
+    pub(crate) requestor: usize,
+    /// Changes received in order (the last one's successors).
+    pub(crate) received: u64,
+    /// Changes skipped over, plus those still missing at the end (not counting `coalesced`).
+    pub(crate) lost: u64,
+    /// Changes skipped over whose binding changed again later in the run.
+    pub(crate) coalesced: u64,
+    /// Changes received again, or out of order.
+    pub(crate) duplicated: u64,
+    /// The last OPTION_LQ_BASE_TIME seen.
+    pub(crate) base_time: Option<ServerTime>,
+    /// From connecting to CatchUpComplete.
+    pub(crate) catch_up: Option<Duration>,
+    /// Why it failed.
+    pub(crate) error: Option<String>,
+}
+
+/// What one worker saw.
+pub(crate) struct WorkerReport {
+    /// Delivery latency from the intended injection time, µs.
+    pub(crate) latency: Histogram<u64>,
+    /// Latencies above [`HIST_MAX_US`], recorded as that.
+    pub(crate) clamped: u64,
+    pub(crate) conns: Vec<ConnReport>,
+    /// When the last delivery arrived.
+    pub(crate) last_delivery: Option<Instant>,
+    /// When the last connection completed.
+    pub(crate) last_complete: Option<Instant>,
+}
+
+/// The running workers.
+pub(crate) struct Receivers {
+    handles: Vec<JoinHandle<Result<WorkerReport, String>>>,
+    /// Their counters.
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl Receivers {
+    /// Starts `workers` threads that connect the plan's requestors (requestor `i` on worker
+    /// `i mod workers`) and follow their streams until [`finish`](Self::finish).
+    pub(crate) fn start(plan: Plan, workers: usize) -> Result<Self, String> {
+        let plan = Arc::new(plan);
+        let shared = Arc::new(Shared::default());
+        let workers = workers.clamp(1, plan.requestors.max(1));
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let mine: Vec<usize> = (w..plan.requestors).step_by(workers).collect();
+            let (plan, shared) = (Arc::clone(&plan), Arc::clone(&shared));
+            let h = std::thread::Builder::new()
+                .name(format!("loadgen-rx-{w}"))
+                .spawn(move || Worker::new(plan, shared, mine)?.run())
+                .map_err(|e| format!("cannot start a receiver thread: {e}"))?;
+            handles.push(h);
+        }
+        Ok(Self { handles, shared })
+    }
+
+    /// Stops the workers and returns what each saw.
+    pub(crate) fn finish(self) -> Result<Vec<WorkerReport>, String> {
+        self.shared.stop.store(true, Ordering::Release);
+        self.handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a receiver thread panicked".to_owned()))
+            })
+            .collect()
+    }
+}
+
+/// What a connection's framing yields.
+#[derive(Debug, Clone, Copy)]
+enum Unit<'a> {
+    /// A DHCPv6 message.
+    Message(&'a [u8]),
+    /// Redis confirmed the subscription.
+    Subscribed,
+}
+
+/// How a connection's bytes become messages.
+enum Framing {
+    /// 2-octet length prefix; `buf` holds an incomplete frame's octets.
+    Frames { decoder: FrameDecoder, buf: Vec<u8> },
+    /// Redis pushes.
+    Resp(RespDecoder),
+}
+
+impl Framing {
+    /// Takes `bytes` read from the socket and hands every complete message to `each`.
+    fn input(
+        &mut self,
+        bytes: &[u8],
+        mut each: impl FnMut(Unit<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        match self {
+            Self::Frames { decoder, buf } => {
+                let from_buf = !buf.is_empty();
+                if from_buf {
+                    buf.extend_from_slice(bytes);
+                }
+                let src: &[u8] = if from_buf { buf } else { bytes };
+                let mut pos = 0;
+                loop {
+                    let rest = src.get(pos..).unwrap_or_default();
+                    match decoder
+                        .decode(rest)
+                        .map_err(|e| format!("bad frame: {e}"))?
+                    {
+                        Decoded::Frame { message, consumed } => {
+                            each(Unit::Message(message))?;
+                            pos += consumed;
+                        }
+                        Decoded::Incomplete { .. } => break,
+                    }
+                }
+                if from_buf {
+                    buf.drain(..pos.min(buf.len()));
+                } else {
+                    buf.extend_from_slice(bytes.get(pos..).unwrap_or_default());
+                }
+                Ok(())
+            }
+            Self::Resp(decoder) => {
+                decoder.feed(bytes);
+                while let Some(push) = decoder.next()? {
+                    match push {
+                        Push::Message(payload) => each(Unit::Message(payload))?,
+                        Push::Subscribed(_) => each(Unit::Subscribed)?,
+                        Push::Other => return Err("an unexpected Redis push".to_owned()),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// One connection's progress through the stream.
+struct Track {
+    handshake: bool,
+    next: u64,
+    received: u64,
+    lost: u64,
+    coalesced: u64,
+    duplicated: u64,
+    base_time: Option<ServerTime>,
+    connected_at: Instant,
+    caught_up: Option<Instant>,
+    complete: bool,
+}
+
+/// What a worker's connections share while handling messages.
+struct Ctx<'a> {
+    plan: &'a Plan,
+    shared: &'a Shared,
+    schedule: Option<Schedule>,
+    now: Instant,
+    latency: &'a mut Histogram<u64>,
+    clamped: &'a mut u64,
+    deliveries: &'a mut u64,
+    last_delivery: &'a mut Option<Instant>,
+    last_complete: &'a mut Option<Instant>,
+}
+
+impl Track {
+    /// Takes one message, or Redis's subscribe confirmation.
+    fn unit(&mut self, unit: Unit<'_>, cx: &mut Ctx<'_>) -> Result<(), String> {
+        let message = match unit {
+            Unit::Message(m) => m,
+            Unit::Subscribed if cx.plan.protocol == Protocol::Redis && !self.handshake => {
+                self.ready(cx);
+                return Ok(());
+            }
+            Unit::Subscribed => return Err("an unexpected subscribe confirmation".to_owned()),
+        };
+        let seen = cx.plan.model.classify(message, Some(XID))?;
+        if !self.handshake {
+            return match seen {
+                Seen::Reply {
+                    status: Status::Success,
+                    base_time,
+                } if cx.plan.protocol == Protocol::Active => {
+                    self.base_time = base_time;
+                    self.ready(cx);
+                    Ok(())
+                }
+                Seen::Reply { status, .. } => Err(format!("LEASEQUERY-REPLY with {status}")),
+                other => Err(format!("{other:?} before the handshake ended")),
+            };
+        }
+        match seen {
+            Seen::Change { k } => self.change(k, cx),
+            Seen::Status {
+                status: Status::CatchUpComplete,
+                base_time,
+            } => {
+                self.base_time = base_time.or(self.base_time);
+                self.caught_up.get_or_insert(cx.now);
+                self.check_complete(cx);
+                Ok(())
+            }
+            Seen::Keepalive { base_time } => {
+                self.base_time = base_time.or(self.base_time);
+                Ok(())
+            }
+            Seen::Status { status, .. } => Err(format!("LEASEQUERY-DATA with {status}")),
+            Seen::Done { status } => Err(format!("LEASEQUERY-DONE with {status}")),
+            Seen::Reply { status, .. } => Err(format!("a second LEASEQUERY-REPLY ({status})")),
+        }
+    }
+
+    fn ready(&mut self, cx: &mut Ctx<'_>) {
+        self.handshake = true;
+        cx.shared.ready.fetch_add(1, Ordering::AcqRel);
+        self.check_complete(cx);
+    }
+
+    fn change(&mut self, k: u64, cx: &mut Ctx<'_>) -> Result<(), String> {
+        if k >= cx.plan.expected {
+            return Err(format!(
+                "change {k} delivered, but only {} were injected",
+                cx.plan.expected
+            ));
+        }
+        if k < self.next {
+            self.duplicated += 1;
+            return Ok(());
+        }
+        // Skipped changes j < expected - M had a newer change of their binding (j + M).
+        let newer = cx
+            .plan
+            .expected
+            .saturating_sub(u64::from(cx.plan.model.bindings()));
+        let coalesced = k.min(newer).saturating_sub(self.next);
+        self.coalesced += coalesced;
+        self.lost += k - self.next - coalesced;
+        self.next = k + 1;
+        self.received += 1;
+        *cx.deliveries += 1;
+        *cx.last_delivery = Some(cx.now);
+        if let Some(s) = &cx.schedule {
+            let us = cx.now.saturating_duration_since(s.at(k)).as_micros();
+            let us = u64::try_from(us).unwrap_or(u64::MAX).max(1);
+            if us > HIST_MAX_US {
+                *cx.clamped += 1;
+            }
+            cx.latency.saturating_record(us);
+        }
+        self.check_complete(cx);
+        Ok(())
+    }
+
+    fn check_complete(&mut self, cx: &mut Ctx<'_>) {
+        if !self.complete
+            && self.handshake
+            && self.next >= cx.plan.expected
+            && (!cx.plan.catch_up || self.caught_up.is_some())
+        {
+            self.complete = true;
+            *cx.last_complete = Some(cx.now);
+            cx.shared.complete.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
+struct Conn {
+    requestor: usize,
+    stream: TcpStream,
+    framing: Framing,
+    track: Track,
+    error: Option<String>,
+}
+
+/// Where a worker is with opening its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connecting {
+    /// More to open right away.
+    More,
+    /// More to open once some handshakes end.
+    Paced,
+    /// All open.
+    Done,
+}
+
+struct Worker {
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    poll: Poll,
+    conns: Vec<Conn>,
+    to_connect: std::vec::IntoIter<usize>,
+    latency: Histogram<u64>,
+    clamped: u64,
+    last_delivery: Option<Instant>,
+    last_complete: Option<Instant>,
+}
+
+impl Worker {
+    fn new(plan: Arc<Plan>, shared: Arc<Shared>, mine: Vec<usize>) -> Result<Self, String> {
+        Ok(Self {
+            poll: Poll::new().map_err(|e| format!("epoll: {e}"))?,
+            conns: Vec::with_capacity(mine.len()),
+            to_connect: mine.into_iter(),
+            latency: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
+                .map_err(|e| format!("histogram: {e}"))?,
+            clamped: 0,
+            last_delivery: None,
+            last_complete: None,
+            plan,
+            shared,
+        })
+    }
+
+    fn run(mut self) -> Result<WorkerReport, String> {
+        let mut events = Events::with_capacity(1024);
+        let mut pending: Vec<usize> = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut connecting = Connecting::More;
+        loop {
+            if connecting != Connecting::Done {
+                connecting = match self.connect_some() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Every connection this worker did not open counts as failed, so that
+                        // the driver stops waiting for them.
+                        self.shared.error(e.clone());
+                        self.shared
+                            .failed
+                            .fetch_add(1 + self.to_connect.len(), Ordering::AcqRel);
+                        return Err(e);
+                    }
+                };
+            }
+            let timeout = if connecting == Connecting::More || !pending.is_empty() {
+                Duration::ZERO
+            } else if connecting == Connecting::Paced {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(20)
+            };
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("epoll: {e}")),
+            }
+            pending.extend(events.iter().map(|e| e.token().0));
+            pending.sort_unstable();
+            pending.dedup();
+            let mut deliveries = 0u64;
+            let schedule = self.shared.schedule.get().copied();
+            for key in std::mem::take(&mut pending) {
+                if self.service(key, schedule, &mut chunk, &mut deliveries) {
+                    pending.push(key);
+                }
+            }
+            if deliveries > 0 {
+                self.shared
+                    .deliveries
+                    .fetch_add(deliveries, Ordering::Relaxed);
+            }
+            if self.shared.stop.load(Ordering::Acquire) {
+                break;
+            }
+        }
+        Ok(self.report())
+    }
+
+    /// Opens the next few connections.
+    fn connect_some(&mut self) -> Result<Connecting, String> {
+        for _ in 0..CONNECT_BATCH {
+            let shared = &self.shared;
+            let busy = shared.connected.load(Ordering::Acquire).saturating_sub(
+                shared.ready.load(Ordering::Acquire) + shared.failed.load(Ordering::Acquire),
+            );
+            if busy >= MAX_HANDSHAKES {
+                return Ok(Connecting::Paced);
+            }
+            let Some(i) = self.to_connect.next() else {
+                return Ok(Connecting::Done);
+            };
+            let hello = match self.plan.protocol {
+                Protocol::Active => {
+                    let mut b = MessageBuilder::active_leasequery(XID)
+                        .client_id(&REQUESTOR)
+                        .oro(&[OptionCode::LqBaseTime]);
+                    if let Some(t) = self.plan.start_times.as_ref().and_then(|s| s.get(i)) {
+                        b = b.start_time(*t);
+                    }
+                    b.build_frame()
+                        .map_err(|e| format!("building the ACTIVELEASEQUERY: {e}"))?
+                }
+                Protocol::Raw => Vec::new(),
+                Protocol::Redis => subscribe_command(),
+            };
+            let connected_at = Instant::now();
+            let stream = connect(self.plan.addr, &hello)
+                .map_err(|e| format!("requestor {i}: connecting to {}: {e}", self.plan.addr))?;
+            self.shared.connected.fetch_add(1, Ordering::AcqRel);
+            let mut stream = TcpStream::from_std(stream);
+            let key = self.conns.len();
+            self.poll
+                .registry()
+                .register(&mut stream, Token(key), Interest::READABLE)
+                .map_err(|e| format!("epoll: {e}"))?;
+            let framing = match self.plan.protocol {
+                Protocol::Redis => Framing::Resp(RespDecoder::new()),
+                _ => Framing::Frames {
+                    decoder: FrameDecoder::default(),
+                    buf: Vec::new(),
+                },
+            };
+            self.conns.push(Conn {
+                requestor: i,
+                stream,
+                framing,
+                track: Track {
+                    handshake: false,
+                    next: 0,
+                    received: 0,
+                    lost: 0,
+                    coalesced: 0,
+                    duplicated: 0,
+                    base_time: None,
+                    connected_at,
+                    caught_up: None,
+                    complete: false,
+                },
+                error: None,
+            });
+            if self.plan.protocol == Protocol::Raw {
+                let (mut deliveries, schedule) = (0, None);
+                let Self {
+                    plan,
+                    shared,
+                    conns,
+                    latency,
+                    clamped,
+                    last_delivery,
+                    last_complete,
+                    ..
+                } = self;
+                let mut cx = Ctx {
+                    plan,
+                    shared,
+                    schedule,
+                    now: connected_at,
+                    latency,
+                    clamped,
+                    deliveries: &mut deliveries,
+                    last_delivery,
+                    last_complete,
+                };
+                if let Some(c) = conns.last_mut() {
+                    c.track.ready(&mut cx);
+                }
+            }
+        }
+        Ok(Connecting::More)
+    }
+
+    /// Reads what connection `key` has, up to the budget; true when it may have more.
+    fn service(
+        &mut self,
+        key: usize,
+        schedule: Option<Schedule>,
+        chunk: &mut [u8],
+        deliveries: &mut u64,
+    ) -> bool {
+        let Self {
+            plan,
+            shared,
+            conns,
+            latency,
+            clamped,
+            last_delivery,
+            last_complete,
+            poll,
+            ..
+        } = self;
+        let Some(conn) = conns.get_mut(key) else {
+            return false;
+        };
+        if conn.error.is_some() {
+            return false;
+        }
+        for _ in 0..READ_BUDGET {
+            let result = match conn.stream.read(chunk) {
+                Ok(0) => Err("the server closed the connection".to_owned()),
+                Ok(n) => {
+                    let mut cx = Ctx {
+                        plan,
+                        shared,
+                        schedule,
+                        now: Instant::now(),
+                        latency,
+                        clamped,
+                        deliveries,
+                        last_delivery,
+                        last_complete,
+                    };
+                    let track = &mut conn.track;
+                    conn.framing.input(chunk.get(..n).unwrap_or_default(), |m| {
+                        track.unit(m, &mut cx)
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+                Err(e) => Err(format!("read: {e}")),
+            };
+            if let Err(e) = result {
+                let _ = poll.registry().deregister(&mut conn.stream);
+                if !(conn.track.complete && shared.stop.load(Ordering::Acquire)) {
+                    shared.error(format!("requestor connection {key}: {e}"));
+                    shared.failed.fetch_add(1, Ordering::AcqRel);
+                    conn.error = Some(e);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    fn report(self) -> WorkerReport {
+        let expected = self.plan.expected;
+        let conns = self
+            .conns
+            .iter()
+            .map(|c| {
+                let t = &c.track;
+                ConnReport {
+                    requestor: c.requestor,
+                    received: t.received,
+                    lost: t.lost + expected.saturating_sub(t.next),
+                    coalesced: t.coalesced,
+                    duplicated: t.duplicated,
+                    base_time: t.base_time,
+                    catch_up: t
+                        .caught_up
+                        .map(|at| at.saturating_duration_since(t.connected_at)),
+                    error: c.error.clone(),
+                }
+            })
+            .collect();
+        WorkerReport {
+            latency: self.latency,
+            clamped: self.clamped,
+            conns,
+            last_delivery: self.last_delivery,
+            last_complete: self.last_complete,
+        }
+    }
+}
+
+/// Connects to `addr` (retrying briefly: a full accept queue or ephemeral ports in
+/// TIME_WAIT), sends `hello`, and makes the socket non-blocking.
+fn connect(addr: SocketAddr, hello: &[u8]) -> io::Result<std::net::TcpStream> {
+    let started = Instant::now();
+    let mut s = loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(e) if started.elapsed() > Duration::from_secs(10) => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    s.set_nodelay(true)?;
+    if !hello.is_empty() {
+        s.write_all(hello)?;
+    }
+    s.set_nonblocking(true)?;
+    Ok(s)
+}

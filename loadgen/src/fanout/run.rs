@@ -1,0 +1,613 @@
+//! One measured run of one system: start the server, connect the requestors, inject on the
+//! schedule, wait for every delivery (or the drain timeout), and sum it up.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use super::changes::{LINK, LINK_PREFIX, Model, Schedule};
+use super::inject::{self, InjectReport, JsonlSink, RedisSink};
+use super::progress::Progress;
+use super::raw::{Job, RawSender};
+use super::receiver::{HIST_MAX_US, Plan, Protocol, Receivers, WorkerReport};
+use super::{FanoutCommon, System};
+use crate::process::{Lqd, ProcStats, own_cpu_secs, proc_stats, reset_peak};
+use crate::redis::{RedisServer, raise_nofile};
+use crate::summary::RunSummary;
+
+/// Descriptors loadgen needs besides its connections.
+const FD_MARGIN: u64 = 256;
+/// Connections lqd may hold besides the requestors' (max_connections).
+const LQD_CONN_MARGIN: usize = 64;
+/// How often the driver looks at the receivers' counters.
+const TICK: Duration = Duration::from_millis(10);
+
+/// What a run works with.
+pub(super) struct Ctx<'a> {
+    pub(super) common: &'a FanoutCommon,
+    pub(super) progress: &'a Progress,
+    pub(super) model: Model,
+    pub(super) workers: usize,
+}
+
+impl<'a> Ctx<'a> {
+    /// The context for `common`'s runs.
+    pub(super) fn new(common: &'a FanoutCommon, progress: &'a Progress) -> Result<Self, String> {
+        common.check()?;
+        Ok(Self {
+            common,
+            progress,
+            model: Model::new(common.bindings)?,
+            workers: common.workers(),
+        })
+    }
+}
+
+/// What a run found besides its summary.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Detail {
+    pub(super) system: &'static str,
+    pub(super) requestors: usize,
+    pub(super) rate: f64,
+    /// Connecting and starting every stream, seconds.
+    pub(super) setup_seconds: f64,
+    /// The worst lateness of a change's write behind its intended time, ms.
+    pub(super) inject_max_late_ms: f64,
+    /// How late the last change was written, ms.
+    pub(super) inject_end_late_ms: f64,
+    /// Every connection received every change before the drain timeout.
+    pub(super) complete: bool,
+    /// Deliveries skipped because their binding changed again later (RFC 7653 coalescing
+    /// of a requestor more than `--bindings` changes behind); not counted as lost.
+    pub(super) coalesced: u64,
+    /// Latencies above 60 s, recorded as 60 s.
+    pub(super) clamped: u64,
+    /// The raw sender's largest backlog, octets.
+    pub(super) raw_peak_backlog: Option<usize>,
+    /// The raw sender's connections closed by their receiver, or left unfinished, when the
+    /// receivers gave up at the drain timeout.
+    pub(super) raw_unfinished: Option<usize>,
+}
+
+/// A run's results.
+pub(super) struct Outcome {
+    pub(super) summary: RunSummary,
+    pub(super) detail: Detail,
+    pub(super) failures: Vec<String>,
+}
+
+/// A started server.
+pub(super) enum Server {
+    Lqd(Lqd, Option<std::os::unix::net::UnixStream>),
+    Raw(RawSender),
+    Redis(RedisServer),
+}
+
+impl Server {
+    /// Starts `system` for `n` requestors; `journal_size` for lqd (octets), `job` for raw.
+    pub(super) fn start(
+        ctx: &Ctx<'_>,
+        system: System,
+        n: usize,
+        journal_size: Option<u64>,
+        job: Job,
+    ) -> Result<Self, String> {
+        // The servers (the raw sender too) are processes of their own, with their own
+        // descriptors; they inherit the limit raised here.
+        let fds = n as u64 + FD_MARGIN;
+        let got = raise_nofile(fds)?;
+        if got < fds {
+            return Err(format!(
+                "{n} requestors on {} need {fds} open files, and RLIMIT_NOFILE stays at {got} \
+                 (raising the hard limit needs root or CAP_SYS_RESOURCE)",
+                system.name()
+            ));
+        }
+        Ok(match system {
+            System::Lqd => {
+                let conns = n + LQD_CONN_MARGIN;
+                let journal =
+                    journal_size.map_or(String::new(), |s| format!("journal_size = {s}\n"));
+                let extra = format!(
+                    "max_connections = {conns}\nmax_connections_per_requestor = {conns}\n\
+                     {journal}\n[[link]]\naddress = \"{LINK}\"\nprefixes = [\"{LINK_PREFIX}\"]\n"
+                );
+                let (lqd, feed) = Lqd::start_jsonl(&ctx.common.lqd, ctx.common.keep_state, &extra)?;
+                Self::Lqd(lqd, Some(feed))
+            }
+            System::Raw => Self::Raw(RawSender::start(
+                n,
+                ctx.common.bindings,
+                job,
+                !ctx.common.raw_nagle,
+            )?),
+            System::Redis => {
+                let redis = RedisServer::start()?;
+                eprintln!(
+                    "loadgen: redis-server {} started for the Redis baseline",
+                    redis.version()
+                );
+                if (redis.max_clients() as usize) < n + 1 {
+                    return Err(format!(
+                        "redis-server takes {} clients, fewer than {n} subscribers and a publisher",
+                        redis.max_clients()
+                    ));
+                }
+                Self::Redis(redis)
+            }
+        })
+    }
+
+    pub(super) fn addr(&self) -> SocketAddr {
+        match self {
+            Self::Lqd(l, _) => l.addr,
+            Self::Raw(r) => r.addr(),
+            Self::Redis(r) => r.addr(),
+        }
+    }
+
+    pub(super) const fn protocol(&self) -> Protocol {
+        match self {
+            Self::Lqd(..) => Protocol::Active,
+            Self::Raw(_) => Protocol::Raw,
+            Self::Redis(_) => Protocol::Redis,
+        }
+    }
+
+    /// The server process.
+    pub(super) fn pid(&self) -> Option<u32> {
+        Some(match self {
+            Self::Lqd(l, _) => l.pid(),
+            Self::Raw(r) => r.pid(),
+            Self::Redis(r) => r.pid(),
+        })
+    }
+
+    /// An error when the server has gone.
+    pub(super) fn check_alive(&mut self) -> Result<(), String> {
+        match self {
+            Self::Lqd(l, _) => l.check_alive(),
+            Self::Raw(r) => r.check_alive(),
+            Self::Redis(r) => proc_stats(r.pid())
+                .map(|_| ())
+                .map_err(|e| format!("redis-server: {e}; log:\n{}", r.log_tail())),
+        }
+    }
+
+    /// Failures the server logged (lqd's refused connections).
+    pub(super) fn logged_failures(&self) -> Vec<String> {
+        match self {
+            Self::Lqd(l, _) => {
+                let refused = l.log_count("connection refused");
+                let missing = l.log_count("DataMissing");
+                let mut out = Vec::new();
+                if refused > 0 {
+                    out.push(format!("lqd refused {refused} connections (see its log)"));
+                }
+                if missing > 0 {
+                    out.push(format!("lqd logged DataMissing {missing} times"));
+                }
+                out
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Waits until every requestor's handshake is done (and, for raw, every connection is
+/// accepted).
+pub(super) fn wait_ready(
+    server: &mut Server,
+    receivers: &Receivers,
+    n: usize,
+    progress: &Progress,
+) -> Result<(), String> {
+    let limit = Duration::from_secs(30) + Duration::from_millis(3 * n as u64);
+    let started = Instant::now();
+    loop {
+        let shared = &receivers.shared;
+        let ready = shared.ready.load(Ordering::Acquire);
+        progress.set(ready as u64);
+        if shared.failed.load(Ordering::Acquire) > 0 {
+            return Err(format!(
+                "requestors failed while connecting: {}",
+                shared.errors().join("; ")
+            ));
+        }
+        let accepted = match server {
+            Server::Raw(r) => r.accepted() >= n,
+            _ => true,
+        };
+        if ready >= n && accepted {
+            return Ok(());
+        }
+        server.check_alive()?;
+        if started.elapsed() > limit {
+            return Err(format!(
+                "only {ready} of {n} requestors ready after {limit:?}; errors: {:?}",
+                shared.errors()
+            ));
+        }
+        std::thread::sleep(TICK);
+    }
+}
+
+/// CPU and memory over a measured window.
+pub(super) struct Meter {
+    pid: Option<u32>,
+    before: Option<ProcStats>,
+    own: f64,
+    reset: bool,
+}
+
+/// What a [`Meter`] measured.
+pub(super) struct Usage {
+    pub(super) server_cpu_secs: Option<f64>,
+    pub(super) own_cpu_secs: f64,
+    pub(super) peak_rss_kib: Option<u64>,
+}
+
+impl Meter {
+    /// Starts measuring `pid` (and loadgen), resetting its peak RSS.
+    pub(super) fn start(pid: Option<u32>) -> Result<Self, String> {
+        let before = pid.map(proc_stats).transpose()?;
+        let reset = pid.is_some_and(reset_peak);
+        Ok(Self {
+            pid,
+            before,
+            own: own_cpu_secs(),
+            reset,
+        })
+    }
+
+    pub(super) fn stop(&self) -> Result<Usage, String> {
+        let own_cpu_secs = own_cpu_secs() - self.own;
+        let after = self.pid.map(proc_stats).transpose()?;
+        Ok(Usage {
+            server_cpu_secs: after.zip(self.before).map(|(a, b)| a.cpu_secs - b.cpu_secs),
+            own_cpu_secs,
+            // VmHWM since the reset; since the start when the kernel refused the reset.
+            peak_rss_kib: after.map(|a| {
+                if self.reset {
+                    a.hwm_kib
+                } else {
+                    a.hwm_kib.max(a.rss_kib)
+                }
+            }),
+        })
+    }
+}
+
+/// The receivers' reports, merged.
+pub(super) struct Merged {
+    pub(super) latency: Histogram<u64>,
+    pub(super) clamped: u64,
+    pub(super) received: u64,
+    pub(super) lost: u64,
+    pub(super) coalesced: u64,
+    pub(super) duplicated: u64,
+    pub(super) errors: Vec<String>,
+    pub(super) last_delivery: Option<Instant>,
+    pub(super) last_complete: Option<Instant>,
+    /// Each requestor's catch-up time (connect to CatchUpComplete), where it had one.
+    pub(super) catch_up: Vec<Duration>,
+    /// Each requestor's last base-time, by requestor number.
+    pub(super) base_times: Vec<Option<lqd::codec::ServerTime>>,
+}
+
+pub(super) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
+    let mut m = Merged {
+        latency: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
+            .map_err(|e| format!("histogram: {e}"))?,
+        clamped: 0,
+        received: 0,
+        lost: 0,
+        coalesced: 0,
+        duplicated: 0,
+        errors: Vec::new(),
+        last_delivery: None,
+        last_complete: None,
+        catch_up: Vec::new(),
+        base_times: Vec::new(),
+    };
+    for r in reports {
+        m.latency
+            .add(&r.latency)
+            .map_err(|e| format!("merging histograms: {e}"))?;
+        m.clamped += r.clamped;
+        m.last_delivery = m.last_delivery.max(r.last_delivery);
+        m.last_complete = m.last_complete.max(r.last_complete);
+        for c in r.conns {
+            m.received += c.received;
+            m.lost += c.lost;
+            m.coalesced += c.coalesced;
+            m.duplicated += c.duplicated;
+            m.errors.extend(c.error);
+            m.catch_up.extend(c.catch_up);
+            if m.base_times.len() <= c.requestor {
+                m.base_times.resize(c.requestor + 1, None);
+            }
+            if let Some(b) = m.base_times.get_mut(c.requestor) {
+                *b = c.base_time;
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// Percentiles of `h` as (p50, p90, p99, p99.9, max), µs.
+pub(super) fn percentiles(h: &Histogram<u64>) -> [f64; 5] {
+    if h.is_empty() {
+        return [0.0; 5];
+    }
+    [
+        h.value_at_quantile(0.50) as f64,
+        h.value_at_quantile(0.90) as f64,
+        h.value_at_quantile(0.99) as f64,
+        h.value_at_quantile(0.999) as f64,
+        h.max() as f64,
+    ]
+}
+
+/// Percent of one core: `secs` of CPU over `window`.
+pub(super) fn pct(secs: f64, window: Duration) -> f64 {
+    let w = window.as_secs_f64();
+    if w > 0.0 { 100.0 * secs / w } else { 0.0 }
+}
+
+/// One live run: `system` with `n` requestors, changes at `rate` a second for `seconds`.
+pub(super) fn live(
+    ctx: &Ctx<'_>,
+    system: System,
+    n: usize,
+    rate: f64,
+    seconds: f64,
+    mode: &str,
+) -> Result<Outcome, String> {
+    let total = (rate * seconds).round().max(1.0) as u64;
+    ctx.model.check_changes(total)?;
+    let label = format!("{} N={n} {rate}/s", system.name());
+    ctx.progress
+        .stage(&format!("{label}: connecting"), n as u64);
+    let setup = Instant::now();
+    let mut server = Server::start(ctx, system, n, None, Job::Live)?;
+    let receivers = Receivers::start(
+        Plan {
+            addr: server.addr(),
+            protocol: server.protocol(),
+            model: ctx.model,
+            requestors: n,
+            expected: total,
+            start_times: None,
+            catch_up: false,
+        },
+        ctx.workers,
+    )?;
+    let measured = measure(ctx, &mut server, &receivers, n, rate, total, &label);
+    let reports = receivers.finish();
+    let mut failures = server.logged_failures();
+    let (mut raw_peak_backlog, mut raw_unfinished) = (None, None);
+    let m = measured?;
+    let inject = match server {
+        Server::Raw(raw) => {
+            let r = raw.finish()?;
+            raw_peak_backlog = Some(r.peak_backlog);
+            raw_unfinished = Some(r.closed + r.unfinished);
+            InjectReport {
+                written: total,
+                max_late: r.max_late,
+                end_late: r.end_late,
+            }
+        }
+        _ => m.inject.ok_or("the injector did not report")?,
+    };
+    let merged = merge(reports?)?;
+    let [p50, p90, p99, p999, max] = percentiles(&merged.latency);
+    // Deliveries per second over the time they took: from the first change's intended time
+    // to the last delivery.
+    let busy = merged
+        .last_delivery
+        .map_or(m.window, |t| t.saturating_duration_since(m.t0));
+    let expected = total * n as u64;
+    if merged.lost > 0 {
+        failures.push(format!(
+            "{label}: {} of {expected} deliveries lost",
+            merged.lost
+        ));
+    }
+    if merged.duplicated > 0 {
+        failures.push(format!(
+            "{label}: {} deliveries duplicated",
+            merged.duplicated
+        ));
+    }
+    failures.extend(
+        merged
+            .errors
+            .iter()
+            .take(5)
+            .map(|e| format!("{label}: {e}")),
+    );
+    if inject.written != total {
+        failures.push(format!(
+            "{label}: {} of {total} changes injected",
+            inject.written
+        ));
+    }
+    let summary = RunSummary {
+        system: system.name().to_owned(),
+        mode: mode.to_owned(),
+        requestors: n,
+        rate,
+        seconds: busy.as_secs_f64(),
+        changes: total,
+        deliveries: merged.received,
+        deliveries_per_sec: crate::report::rate(merged.received, busy),
+        lost: merged.lost,
+        duplicated: merged.duplicated,
+        p50_us: p50,
+        p90_us: p90,
+        p99_us: p99,
+        p999_us: p999,
+        max_us: max,
+        server_cpu_pct: m.usage.server_cpu_secs.map(|s| pct(s, m.window)),
+        loadgen_cpu_pct: pct(m.usage.own_cpu_secs, m.window),
+        server_peak_rss_kib: m.usage.peak_rss_kib,
+    };
+    let detail = Detail {
+        system: system.name(),
+        requestors: n,
+        rate,
+        setup_seconds: m.t0.saturating_duration_since(setup).as_secs_f64(),
+        inject_max_late_ms: inject.max_late.as_secs_f64() * 1e3,
+        inject_end_late_ms: inject.end_late.as_secs_f64() * 1e3,
+        complete: m.complete,
+        coalesced: merged.coalesced,
+        clamped: merged.clamped,
+        raw_peak_backlog,
+        raw_unfinished,
+    };
+    ctx.progress.println(&format!(
+        "loadgen: {label}: {} deliveries, {:.0}/s, p50 {p50:.0} µs, p99 {p99:.0} µs, max {max:.0} µs, \
+         lost {}, duplicated {}",
+        merged.received, summary.deliveries_per_sec, merged.lost, merged.duplicated
+    ));
+    Ok(Outcome {
+        summary,
+        detail,
+        failures,
+    })
+}
+
+/// What [`measure`] saw.
+struct Measured {
+    /// When change 0 was due.
+    t0: Instant,
+    /// From `t0` to the end of the wait.
+    window: Duration,
+    usage: Usage,
+    /// The injector's report (none for the raw sender, which injects itself).
+    inject: Option<InjectReport>,
+    /// Every connection received everything.
+    complete: bool,
+}
+
+/// The measured part of a live run: from `t0` until every connection is complete or the
+/// drain timeout.
+fn measure(
+    ctx: &Ctx<'_>,
+    server: &mut Server,
+    receivers: &Receivers,
+    n: usize,
+    rate: f64,
+    total: u64,
+    label: &str,
+) -> Result<Measured, String> {
+    wait_ready(server, receivers, n, ctx.progress)?;
+    let shared = &receivers.shared;
+    let t0 = Instant::now() + Duration::from_millis(20);
+    let schedule = Schedule { t0, rate, total };
+    if shared.schedule.set(schedule).is_err() {
+        return Err("the schedule was set twice".to_owned());
+    }
+    let meter = Meter::start(server.pid())?;
+    let abort = Arc::new(AtomicBool::new(false));
+    let injector = match server {
+        Server::Lqd(_, feed) => {
+            let feed = feed.take().ok_or("lqd's feed socket is gone")?;
+            Some(inject::spawn(
+                Box::new(JsonlSink::new(feed, ctx.model)),
+                schedule,
+                Arc::clone(&abort),
+            )?)
+        }
+        Server::Raw(raw) => {
+            raw.go(schedule)?;
+            None
+        }
+        Server::Redis(redis) => {
+            let publisher = TcpStream::connect(redis.addr())
+                .map_err(|e| format!("connecting the publisher to redis-server: {e}"))?;
+            Some(inject::spawn(
+                Box::new(RedisSink::new(publisher, ctx.model, n as u64)?),
+                schedule,
+                Arc::clone(&abort),
+            )?)
+        }
+    };
+    ctx.progress.stage(label, total * n as u64);
+    let deadline = schedule.end() + Duration::from_secs_f64(ctx.common.drain_seconds);
+    let waited = wait_complete(ctx, server, receivers, n, deadline, label);
+    let window = Instant::now().saturating_duration_since(t0);
+    let usage = meter.stop()?;
+    abort.store(true, Ordering::Relaxed);
+    let inject = match injector {
+        Some(h) => Some(
+            h.join()
+                .unwrap_or_else(|_| Err("the injector panicked".to_owned()))?,
+        ),
+        None => None,
+    };
+    Ok(Measured {
+        t0,
+        window,
+        usage,
+        inject,
+        complete: waited?,
+    })
+}
+
+/// Waits until every connection is complete (true) or has failed, or until `deadline`
+/// (false), updating the progress bar.
+pub(super) fn wait_complete(
+    ctx: &Ctx<'_>,
+    server: &mut Server,
+    receivers: &Receivers,
+    n: usize,
+    deadline: Instant,
+    label: &str,
+) -> Result<bool, String> {
+    let shared = &receivers.shared;
+    loop {
+        ctx.progress.set(shared.deliveries.load(Ordering::Relaxed));
+        let complete = shared.complete.load(Ordering::Acquire);
+        let failed = shared.failed.load(Ordering::Acquire);
+        if complete + failed >= n {
+            return Ok(failed == 0);
+        }
+        if Instant::now() > deadline {
+            ctx.progress.println(&format!(
+                "loadgen: {label}: drain timeout with {complete} of {n} requestors complete"
+            ));
+            return Ok(false);
+        }
+        server.check_alive()?;
+        std::thread::sleep(TICK);
+    }
+}
+
+/// A line per run that hit the drain timeout or coalesced, for the report.
+pub(super) fn timeout_notes(details: &[Detail]) -> String {
+    let mut out = String::new();
+    for d in details.iter().filter(|d| d.coalesced > 0) {
+        out.push_str(&format!(
+            "\nCoalesced: {} N={} {}/s: {} deliveries skipped for a newer change of the same \
+             binding (requestors fell more than --bindings changes behind); not counted as \
+             lost.\n",
+            d.system, d.requestors, d.rate, d.coalesced
+        ));
+    }
+    for d in details.iter().filter(|d| !d.complete) {
+        out.push_str(&format!(
+            "\nDrain timeout: {} N={} {}/s: not every requestor had every change by the end of \
+             --drain-seconds; \"lost\" counts what had not arrived (it was behind, not \
+             necessarily dropped).\n",
+            d.system, d.requestors, d.rate
+        ));
+    }
+    out
+}

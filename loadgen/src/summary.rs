@@ -1,0 +1,407 @@
+//! One row per fan-out run, whatever the system (lqd, the raw baseline, Redis), and the
+//! reports built from them: a markdown table of all runs, a ratio table comparing lqd with
+//! each baseline at the same load, and the same as JSON.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The system whose name marks lqd's runs; the others are baselines.
+const LQD: &str = "lqd";
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RunSummary {
+    /// `"lqd"`, `"raw"` or `"redis"`.
+    pub(crate) system: String,
+    /// `"active"`, `"catch-up"` or `"ramp"`.
+    pub(crate) mode: String,
+    /// Requestors (subscribers) connected.
+    pub(crate) requestors: usize,
+    /// Intended changes per second.
+    pub(crate) rate: f64,
+    /// Length of the measured phase, seconds.
+    pub(crate) seconds: f64,
+    /// Changes made during the phase.
+    pub(crate) changes: u64,
+    /// Changes received, summed over requestors.
+    pub(crate) deliveries: u64,
+    /// `deliveries / seconds`.
+    pub(crate) deliveries_per_sec: f64,
+    /// Deliveries that never arrived.
+    pub(crate) lost: u64,
+    /// Deliveries that arrived more than once.
+    pub(crate) duplicated: u64,
+    /// Latency percentiles and maximum from the change's intended time to its arrival, µs.
+    pub(crate) p50_us: f64,
+    /// 90th percentile, µs.
+    pub(crate) p90_us: f64,
+    /// 99th percentile, µs.
+    pub(crate) p99_us: f64,
+    /// 99.9th percentile, µs.
+    pub(crate) p999_us: f64,
+    /// Maximum, µs.
+    pub(crate) max_us: f64,
+    /// The server's CPU use over the phase, % of one core; `None` when not measured.
+    pub(crate) server_cpu_pct: Option<f64>,
+    /// loadgen's CPU use over the phase, % of one core.
+    pub(crate) loadgen_cpu_pct: f64,
+    /// The server's peak RSS (VmHWM) over the phase, KiB; `None` when not measured.
+    pub(crate) server_peak_rss_kib: Option<u64>,
+}
+
+/// lqd against one baseline at the same load.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct Versus {
+    /// lqd's deliveries/s over the baseline's (above 1: lqd delivers more); `None` when the
+    /// baseline delivered nothing.
+    pub(crate) deliveries_per_sec: Option<f64>,
+    /// lqd's p99 latency over the baseline's (above 1: lqd is slower); `None` when the
+    /// baseline's p99 is 0.
+    pub(crate) p99: Option<f64>,
+}
+
+/// The comparisons at one load: one mode, requestor count and rate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct Ratio {
+    /// The runs' mode.
+    pub(crate) mode: String,
+    /// The runs' requestor count.
+    pub(crate) requestors: usize,
+    /// The runs' intended rate, changes/s.
+    pub(crate) rate: f64,
+    /// lqd over the raw baseline, when there is a raw run at this load.
+    pub(crate) raw: Option<Versus>,
+    /// lqd over Redis, when there is a Redis run at this load.
+    pub(crate) redis: Option<Versus>,
+}
+
+/// Whether `a` and `b` ran at the same load (same mode, requestors and intended rate).
+fn same_load(a: &RunSummary, b: &RunSummary) -> bool {
+    a.mode == b.mode && a.requestors == b.requestors && a.rate.to_bits() == b.rate.to_bits()
+}
+
+/// `a / b`, or `None` when `b` is not positive.
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+/// One [`Ratio`] per lqd run that has at least one baseline run at the same load, in the
+/// order of the lqd runs. When a load was run more than once by one system, its first run
+/// is used.
+pub(crate) fn ratios(runs: &[RunSummary]) -> Vec<Ratio> {
+    let mut out: Vec<Ratio> = Vec::new();
+    for lqd in runs.iter().filter(|r| r.system == LQD) {
+        if out.iter().any(|r| {
+            r.mode == lqd.mode
+                && r.requestors == lqd.requestors
+                && r.rate.to_bits() == lqd.rate.to_bits()
+        }) {
+            continue;
+        }
+        let versus = |system: &str| {
+            runs.iter()
+                .find(|r| r.system == system && same_load(r, lqd))
+                .map(|b| Versus {
+                    deliveries_per_sec: ratio(lqd.deliveries_per_sec, b.deliveries_per_sec),
+                    p99: ratio(lqd.p99_us, b.p99_us),
+                })
+        };
+        let (raw, redis) = (versus("raw"), versus("redis"));
+        if raw.is_some() || redis.is_some() {
+            out.push(Ratio {
+                mode: lqd.mode.clone(),
+                requestors: lqd.requestors,
+                rate: lqd.rate,
+                raw,
+                redis,
+            });
+        }
+    }
+    out
+}
+
+/// A latency in µs, in µs below 1 ms and in ms or s above, with three significant digits
+/// or so.
+fn latency(us: f64) -> String {
+    if !us.is_finite() {
+        return "–".to_owned();
+    }
+    if us < 10.0 {
+        format!("{us:.1} µs")
+    } else if us < 1_000.0 {
+        format!("{us:.0} µs")
+    } else if us < 10_000.0 {
+        format!("{:.2} ms", us / 1e3)
+    } else if us < 100_000.0 {
+        format!("{:.1} ms", us / 1e3)
+    } else if us < 10_000_000.0 {
+        format!("{:.0} ms", us / 1e3)
+    } else {
+        format!("{:.1} s", us / 1e6)
+    }
+}
+
+/// A count or rate with thousands separators; two decimals when it is not whole.
+fn number(x: f64) -> String {
+    if !x.is_finite() {
+        return "–".to_owned();
+    }
+    if x.fract() != 0.0 && x.abs() < 100.0 {
+        return format!("{x:.2}");
+    }
+    let digits = format!("{:.0}", x.abs());
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 1);
+    if x < 0.0 && digits != "0" {
+        out.push('-');
+    }
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// A ratio as `1.23×`, or `–`.
+fn times(r: Option<f64>) -> String {
+    r.filter(|r| r.is_finite())
+        .map_or_else(|| "–".to_owned(), |r| format!("{r:.2}×"))
+}
+
+/// The markdown report: every run, then lqd against the baselines (when any load has both).
+pub(crate) fn markdown(runs: &[RunSummary]) -> String {
+    let mut out = String::from(
+        "| system | mode | N | rate/s | deliveries/s | p50 | p90 | p99 | p99.9 | max \
+         | lost/dup | server CPU % | loadgen CPU % | server peak RSS MiB |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for r in runs {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {:.0} | {} |\n",
+            r.system,
+            r.mode,
+            number(r.requestors as f64),
+            number(r.rate),
+            number(r.deliveries_per_sec),
+            latency(r.p50_us),
+            latency(r.p90_us),
+            latency(r.p99_us),
+            latency(r.p999_us),
+            latency(r.max_us),
+            r.lost,
+            r.duplicated,
+            r.server_cpu_pct
+                .map_or_else(|| "–".to_owned(), |c| format!("{c:.0}")),
+            r.loadgen_cpu_pct,
+            r.server_peak_rss_kib
+                .map_or_else(|| "–".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
+        ));
+    }
+    let ratios = ratios(runs);
+    if ratios.is_empty() {
+        return out;
+    }
+    out.push_str(
+        "\nlqd against the baselines at the same load (deliveries/s: above 1 is lqd delivering \
+         more; p99: above 1 is lqd slower):\n\n\
+         | mode | N | rate/s | lqd/raw deliveries/s | lqd/redis deliveries/s | lqd/raw p99 \
+         | lqd/redis p99 |\n\
+         |---|--:|--:|--:|--:|--:|--:|\n",
+    );
+    for r in &ratios {
+        let (raw, redis) = (r.raw, r.redis);
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.mode,
+            number(r.requestors as f64),
+            number(r.rate),
+            times(raw.and_then(|v| v.deliveries_per_sec)),
+            times(redis.and_then(|v| v.deliveries_per_sec)),
+            times(raw.and_then(|v| v.p99)),
+            times(redis.and_then(|v| v.p99)),
+        ));
+    }
+    out
+}
+
+/// The runs and the ratios as one JSON document: `{"runs": [...], "ratios": [...]}`.
+pub(crate) fn json(runs: &[RunSummary]) -> Value {
+    let mut doc = serde_json::Map::new();
+    // Plain structs of numbers and strings: serialising them cannot fail (a non-finite float
+    // becomes null).
+    doc.insert(
+        "runs".to_owned(),
+        serde_json::to_value(runs).unwrap_or_default(),
+    );
+    doc.insert(
+        "ratios".to_owned(),
+        serde_json::to_value(ratios(runs)).unwrap_or_default(),
+    );
+    Value::Object(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(system: &str, mode: &str, requestors: usize, rate: f64) -> RunSummary {
+        RunSummary {
+            system: system.to_owned(),
+            mode: mode.to_owned(),
+            requestors,
+            rate,
+            seconds: 10.0,
+            changes: (rate * 10.0) as u64,
+            deliveries: (rate * 10.0) as u64 * requestors as u64,
+            deliveries_per_sec: rate * requestors as f64,
+            lost: 0,
+            duplicated: 0,
+            p50_us: 100.0,
+            p90_us: 200.0,
+            p99_us: 400.0,
+            p999_us: 1_500.0,
+            max_us: 25_000.0,
+            server_cpu_pct: Some(55.0),
+            loadgen_cpu_pct: 80.0,
+            server_peak_rss_kib: Some(20_480),
+        }
+    }
+
+    /// The cells of a markdown table row.
+    fn cells(row: &str) -> Vec<&str> {
+        let inner = row
+            .trim()
+            .strip_prefix('|')
+            .and_then(|r| r.strip_suffix('|'));
+        inner
+            .expect("a table row")
+            .split('|')
+            .map(str::trim)
+            .collect()
+    }
+
+    #[test]
+    fn ratios_match_mode_requestors_and_rate() {
+        let mut lqd = run("lqd", "active", 1000, 100.0);
+        lqd.deliveries_per_sec = 90_000.0;
+        lqd.p99_us = 800.0;
+        let mut redis = run("redis", "active", 1000, 100.0);
+        redis.deliveries_per_sec = 100_000.0;
+        redis.p99_us = 400.0;
+        let mut raw = run("raw", "active", 1000, 100.0);
+        raw.p99_us = 0.0;
+        let runs = vec![
+            lqd,
+            redis,
+            raw,
+            // Only lqd at this load: no ratio.
+            run("lqd", "active", 10, 100.0),
+            // Only a baseline: no ratio.
+            run("redis", "active", 100, 100.0),
+            // Same N, other rate; same N and rate, other mode: no match.
+            run("lqd", "active", 1000, 200.0),
+            run("raw", "active", 1000, 300.0),
+            run("lqd", "catch-up", 1000, 300.0),
+            // Only raw here.
+            run("lqd", "ramp", 20_000, 50.0),
+            run("raw", "ramp", 20_000, 50.0),
+            // A repeated lqd run at a compared load is not compared twice.
+            run("lqd", "active", 1000, 100.0),
+        ];
+        let ratios = ratios(&runs);
+        assert_eq!(ratios.len(), 2, "{ratios:?}");
+        let first = &ratios[0];
+        assert_eq!((first.mode.as_str(), first.requestors), ("active", 1000));
+        let redis = first.redis.expect("a redis run");
+        assert!((redis.deliveries_per_sec.expect("ratio") - 0.9).abs() < 1e-12);
+        assert_eq!(redis.p99, Some(2.0));
+        let raw = first.raw.expect("a raw run");
+        assert_eq!(raw.deliveries_per_sec, Some(0.9));
+        assert_eq!(raw.p99, None, "a zero p99 makes no ratio");
+        let second = &ratios[1];
+        assert_eq!((second.mode.as_str(), second.requestors), ("ramp", 20_000));
+        assert_eq!(
+            second.raw,
+            Some(Versus {
+                deliveries_per_sec: Some(1.0),
+                p99: Some(1.0)
+            })
+        );
+        assert_eq!(second.redis, None);
+    }
+
+    #[test]
+    fn markdown_table_shape() {
+        let runs = vec![
+            run("lqd", "active", 1000, 100.0),
+            run("redis", "active", 1000, 100.0),
+            RunSummary {
+                server_cpu_pct: None,
+                server_peak_rss_kib: None,
+                ..run("raw", "active", 20_000, 10.0)
+            },
+        ];
+        let text = markdown(&runs);
+        let tables: Vec<Vec<&str>> = text
+            .split("\n\n")
+            .map(|t| t.lines().filter(|l| l.starts_with('|')).collect())
+            .filter(|t: &Vec<&str>| !t.is_empty())
+            .collect();
+        assert_eq!(tables.len(), 2, "{text}");
+        let (all, ratio) = (&tables[0], &tables[1]);
+        assert_eq!(all.len(), 2 + runs.len(), "{text}");
+        assert_eq!(ratio.len(), 2 + 1, "{text}");
+        for table in [all, ratio] {
+            let width = cells(table[0]).len();
+            for row in table.iter() {
+                assert_eq!(cells(row).len(), width, "{row}");
+            }
+        }
+        assert_eq!(
+            cells(all[2]),
+            [
+                "lqd", "active", "1,000", "100", "100,000", "100 µs", "200 µs", "400 µs",
+                "1.50 ms", "25.0 ms", "0/0", "55", "80", "20.0"
+            ]
+        );
+        assert_eq!(cells(all[4])[2], "20,000");
+        assert_eq!(cells(all[4])[11], "–");
+        assert_eq!(cells(all[4])[13], "–");
+        assert_eq!(
+            cells(ratio[2]),
+            ["active", "1,000", "100", "–", "1.00×", "–", "1.00×"]
+        );
+        // No lqd run: no ratio table.
+        assert!(!markdown(&runs[1..]).contains("lqd/redis"));
+    }
+
+    #[test]
+    fn json_holds_runs_and_ratios() {
+        let runs = vec![run("lqd", "active", 10, 5.0), run("raw", "active", 10, 5.0)];
+        let doc = json(&runs);
+        assert_eq!(doc["runs"].as_array().map(Vec::len), Some(2));
+        assert_eq!(doc["runs"][1]["system"], "raw");
+        assert_eq!(doc["ratios"][0]["raw"]["deliveries_per_sec"], 1.0);
+        assert!(doc["ratios"][0]["redis"].is_null());
+        let back: Vec<RunSummary> =
+            serde_json::from_value(doc["runs"].clone()).expect("runs round-trip");
+        assert_eq!(back[0].requestors, 10);
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(latency(3.25), "3.2 µs");
+        assert_eq!(latency(999.0), "999 µs");
+        assert_eq!(latency(1_234.0), "1.23 ms");
+        assert_eq!(latency(12_345.0), "12.3 ms");
+        assert_eq!(latency(123_456.0), "123 ms");
+        assert_eq!(latency(12_345_678.0), "12.3 s");
+        assert_eq!(number(0.0), "0");
+        assert_eq!(number(999.0), "999");
+        assert_eq!(number(1_234_567.4), "1,234,567");
+        assert_eq!(number(2.5), "2.50");
+        assert_eq!(times(Some(0.5)), "0.50×");
+        assert_eq!(times(None), "–");
+    }
+}
