@@ -412,3 +412,27 @@ fn out_of_descriptors_the_backlog_waits_and_is_served_when_others_close() {
         lqd.log()
     );
 }
+
+/// A reconnect storm (thousands of requestors after a restart) must not overflow the listen
+/// queue into SYN retransmissions: lqd listens with a backlog of 4096 (mio's default is 128),
+/// or what `net.core.somaxconn` allows. `ss` shows a listener's backlog as its Send-Q.
+#[test]
+fn the_listen_backlog_takes_a_reconnect_storm() {
+    let lqd = Lqd::start("backlog", "");
+    let out = Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{}", lqd.addr.port())])
+        .output()
+        .expect("ss (iproute2) is needed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let send_q: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2)?.parse().ok())
+        .collect();
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(send_q, vec![4096.min(somaxconn)], "ss: {text}");
+    assert!(send_q[0] > 128, "somaxconn is {somaxconn}");
+}

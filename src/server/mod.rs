@@ -156,7 +156,7 @@ impl Server {
         let mut tcp = Vec::new();
         let mut udp = Vec::new();
         for (i, addr) in cfg.listen.iter().enumerate() {
-            let mut l = TcpListener::bind(*addr)?;
+            let mut l = bind_tcp(*addr)?;
             let bound = l.local_addr()?;
             poll.registry()
                 .register(&mut l, Token(LISTENER_BASE + 2 * i), Interest::READABLE)?;
@@ -373,6 +373,11 @@ impl Server {
                 continue;
             }
             *count += 1;
+            // lqd writes whole messages, batched per turn: Nagle's algorithm would only hold
+            // the next change back until the previous one is acknowledged.
+            if let Err(e) = stream.set_nodelay(true) {
+                debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+            }
             if self.cfg.tcp_send_buffer > 0 {
                 if let Err(e) =
                     socket2::SockRef::from(&stream).set_send_buffer_size(self.cfg.tcp_send_buffer)
@@ -519,6 +524,27 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Connections the kernel may hold for one listener before lqd accepts them. A requestor
+/// population reconnecting at once (after a restart of lqd or of the network) arrives as a
+/// burst of thousands: with mio's default of 128 the rest of the burst overflows and waits
+/// for SYN retransmissions (1 s, 3 s, ...). The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A non-blocking TCP listener on `addr` with [`LISTEN_BACKLOG`], `SO_REUSEADDR` set (as mio
+/// does) so that a restarted lqd binds while old connections linger in TIME_WAIT.
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_nonblocking(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(TcpListener::from_std(socket.into()))
 }
 
 /// A non-blocking UDP socket on `addr` with a receive buffer of `buffer` octets, or as much as
