@@ -664,3 +664,36 @@ fn a_bulk_query_with_a_running_active_xid_is_dropped_d21() {
     sim.apply(&change(1, LeaseState::Active, sim.now));
     assert_eq!(clients(&sim.drain(&mut s)), vec![client(1).to_vec()]);
 }
+
+/// Requestors catching up from the same START_TIME read the same records at different times
+/// (one may be thousands of records ahead of another): each record is still encoded once for
+/// all of them, as long as they are within the encode cache's reach (16,384 records).
+#[test]
+fn requestors_thousands_of_records_apart_share_each_encoded_message() {
+    let mut sim = Sim::new(1 << 24);
+    let start = sim.now;
+    for n in 0..5_000 {
+        sim.apply(&change(n, LeaseState::Active, sim.now));
+    }
+    sim.advance(10);
+    let req = active(3)
+        .oro(&[OptionCode::LqBaseTime])
+        .start_time(start)
+        .build_frame()
+        .unwrap();
+    let mut sessions: Vec<Session> = (0..3).map(|_| Session::new(4)).collect();
+    for s in &mut sessions {
+        sim.send(s, &req).unwrap();
+    }
+    // One requestor reads the whole catch-up before the others start.
+    for s in &mut sessions {
+        let msgs = sim.drain(s);
+        assert_eq!(clients(&msgs).len(), 5_000);
+        assert_eq!(msgs.last().unwrap().status, Some(Status::CatchUpComplete));
+    }
+    assert_eq!(
+        sim.cache.built(),
+        5_000,
+        "each record encoded once for all three"
+    );
+}

@@ -34,7 +34,12 @@ use crate::store::{Binding, History, Log, record};
 const SCAN_BUDGET: usize = 4096;
 
 /// Slots in the [`EncodeCache`]: records near the head, shared by every query reading them.
-const CACHE_SLOTS: usize = 256;
+/// Requestors catching up, or lagging under load, read the same records thousands of records
+/// apart; with 256 slots each of them re-encoded every record (catch-up of 1,000 requestors:
+/// 3.3 M deliveries/s; with 16,384: 9.3 M/s, BENCHMARKS.md). Entries are built as records
+/// are read, so an idle server holds only the slot table (a few MiB); a full cache holds one
+/// decoded binding and its messages per slot, about 16 MiB.
+const CACHE_SLOTS: usize = 16_384;
 
 /// Offset of the xid in a framed message: 2 octets of length, 1 of message type.
 const XID_AT: usize = 3;
