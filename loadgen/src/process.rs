@@ -145,16 +145,7 @@ impl Lqd {
                 binary.display()
             ));
         }
-        let port = std::net::TcpListener::bind("[::1]:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port on [::1]: {e}"))?
-            .port();
-        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir = std::env::temp_dir().join(format!("loadgen-lqd-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (addr, dir) = fresh_server("lqd")?;
         let config = dir.join("lqd.toml");
         let text = format!(
             "listen = [\"{addr}\"]\nstate_dir = \"{}\"\nlog = \"info\"\n{}",
@@ -362,4 +353,19 @@ fn cpu_secs(path: &str) -> Result<f64, String> {
 /// loadgen's own CPU time (all its threads), seconds.
 pub(crate) fn own_cpu_secs() -> f64 {
     cpu_secs("/proc/self/stat").unwrap_or(0.0)
+}
+
+/// A free port on `[::1]` and a new temporary directory (`loadgen-NAME-PID-NANOS`) for a
+/// server loadgen starts.
+pub(crate) fn fresh_server(name: &str) -> Result<(SocketAddr, PathBuf), String> {
+    let port = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port on [::1]: {e}"))?
+        .port();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let dir = std::env::temp_dir().join(format!("loadgen-{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    Ok((SocketAddr::from((Ipv6Addr::LOCALHOST, port)), dir))
 }

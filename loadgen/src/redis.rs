@@ -13,11 +13,11 @@
 //! receives pushes as three-element arrays of bulk strings and an integer.
 
 use std::io::{Read, Write};
-use std::net::{Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::ops::Range;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// The channel every publisher publishes to and every subscriber subscribes to.
 pub(crate) const CHANNEL: &[u8] = b"lqd-fanout";
@@ -61,17 +61,7 @@ impl RedisServer {
     /// [`raise_nofile`] in loadgen before the start lets it inherit a high enough limit.
     pub(crate) fn start() -> Result<Self, String> {
         let version = server_version()?;
-        let port = TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port on [::1]: {e}"))?
-            .port();
-        let addr = SocketAddr::from((Ipv6Addr::LOCALHOST, port));
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let dir =
-            std::env::temp_dir().join(format!("loadgen-redis-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let (addr, dir) = crate::process::fresh_server("redis")?;
         let log_path = dir.join("redis.log");
         let log =
             std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
@@ -79,7 +69,7 @@ impl RedisServer {
             .try_clone()
             .map_err(|e| format!("{}: {e}", log_path.display()))?;
         let spawned = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "::1"])
+            .args(["--port", &addr.port().to_string(), "--bind", "::1"])
             .args(["--daemonize", "no", "--databases", "1"])
             // No persistence: no RDB snapshots, no append-only file.
             .args(["--save", "", "--appendonly", "no"])
