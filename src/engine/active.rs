@@ -28,7 +28,7 @@ use crate::codec::{
     DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode, Xid,
 };
 use crate::store::journal::{Cursor, Journal};
-use crate::store::{Binding, History, Log, record};
+use crate::store::{Binding, BindingId, History, Log, record};
 
 /// Records a query examines per fill before it lets other connections have the loop.
 const SCAN_BUDGET: usize = 4096;
@@ -52,6 +52,12 @@ struct Entry {
     stamp: ServerTime,
     /// `None` when the payload could not be read (never sent).
     binding: Option<Binding>,
+    /// The store's id of the record's binding when the entry was made: the newest-record
+    /// check is then an array look-up rather than a hash of the client id per query.
+    id: Option<BindingId>,
+    /// Found not to be its binding's newest record. A record never becomes the newest again,
+    /// so no query needs to ask again.
+    superseded: bool,
     /// Framed LEASEQUERY-DATA with xid 0, by variant: base-time × relay data.
     frames: [Option<Vec<u8>>; 4],
 }
@@ -95,7 +101,13 @@ impl EncodeCache {
 
     /// The entry for record `seq`, decoded afresh unless it already holds this record at this
     /// second (`None` only if the slot table were empty, which it never is).
-    fn entry(&mut self, seq: u64, payload: &[u8], stamp: ServerTime) -> Option<&mut Entry> {
+    fn entry<L: Log>(
+        &mut self,
+        history: &History<L>,
+        seq: u64,
+        payload: &[u8],
+        stamp: ServerTime,
+    ) -> Option<&mut Entry> {
         let n = u64::try_from(self.slots.len()).unwrap_or(1).max(1);
         let i = usize::try_from(seq % n).unwrap_or(0);
         let slot = self.slots.get_mut(i)?;
@@ -103,15 +115,35 @@ impl EncodeCache {
             .as_ref()
             .is_some_and(|e| e.seq == seq && e.stamp == stamp)
         {
+            let id = history.binding_of(payload);
+            let superseded = !is_latest(history, id, seq, payload);
             *slot = Some(Entry {
                 seq,
                 stamp,
-                binding: record::decode(payload).ok(),
+                // A superseded record is never sent: no need to read it.
+                binding: if superseded {
+                    None
+                } else {
+                    record::decode(payload).ok()
+                },
+                id,
+                superseded,
                 frames: [None, None, None, None],
             });
         }
         slot.as_mut()
     }
+}
+
+/// True when record `seq` is its binding's newest: by the binding's id when the store holds
+/// it (an array look-up), else through the history's full check (ended bindings).
+fn is_latest<L: Log>(
+    history: &History<L>,
+    id: Option<BindingId>,
+    seq: u64,
+    payload: &[u8],
+) -> bool {
+    id.is_some_and(|id| history.is_latest_of(id, seq)) || history.is_latest(seq, payload)
 }
 
 /// One Active query in progress on a connection.
@@ -256,14 +288,20 @@ impl ActiveQuery {
                 }
             };
             scanned = scanned.saturating_add(1);
-            if !history.is_latest(record.seq, record.payload) {
-                continue;
-            }
             let (seq, payload) = (record.seq, record.payload);
             let stamp = self.stamp(journal, now);
-            let Some(entry) = cache.entry(seq, payload, stamp) else {
+            let Some(entry) = cache.entry(history, seq, payload, stamp) else {
                 continue;
             };
+            // Only a binding's newest record is sent (its current state): a cheap check by the
+            // entry's binding id first, the full one (ended bindings' tombstones) otherwise.
+            if entry.superseded {
+                continue;
+            }
+            if !is_latest(history, entry.id, seq, payload) {
+                entry.superseded = true;
+                continue;
+            }
             let Some(binding) = &entry.binding else {
                 continue;
             };

@@ -240,6 +240,24 @@ impl<L: Log> History<L> {
         self.tombstones.values().map(Vec::len).sum()
     }
 
+    /// The binding a record is about, while the store holds it: a key for
+    /// [`is_latest_of`](Self::is_latest_of), which is cheap, where [`is_latest`](Self::is_latest)
+    /// looks the binding up by client and link each time.
+    #[must_use]
+    pub fn binding_of(&self, payload: &[u8]) -> Option<BindingId> {
+        let (link, client_id) = record::key(payload).ok()?;
+        self.store.by_client_link(client_id, link)
+    }
+
+    /// True when `seq` is the newest record of the binding `id` holds now. A `false` says
+    /// nothing about a binding that has ended (its final record is the newest through its
+    /// tombstone): ask [`is_latest`](Self::is_latest) then. Sequence numbers are never reused,
+    /// so an `id` the store has since given to another binding is never taken for this one.
+    #[must_use]
+    pub fn is_latest_of(&self, id: BindingId, seq: u64) -> bool {
+        self.seqs.get(id.index()) == Some(&seq)
+    }
+
     /// True when the record `seq` with this payload is its binding's newest record: a cursor
     /// reporting it sends the binding's current state. A payload that cannot be read is never
     /// the newest.
