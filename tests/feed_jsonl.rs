@@ -11,7 +11,7 @@ use std::net::Ipv6Addr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Lqd, by_link, client_data_addresses, read_answers, start_with_source, wait_for_log};
+use common::{Lqd, start_with_source, wait_for_link_addresses, wait_for_log};
 use lqd::codec::ServerTime;
 use lqd::feed::jsonl::{LineSplitter, MAX_LINE, parse_line, parse_rfc3339};
 use lqd::store::{LeaseKind, LeaseState, RemoteIdKey};
@@ -416,33 +416,10 @@ fn addr(n: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0, 7, 0, 0, 0, n)
 }
 
-/// The addresses a Bulk query by link-address for `LINK` reports.
-fn addresses(lqd: &Lqd) -> BTreeSet<Ipv6Addr> {
-    let mut s = lqd.connect();
-    s.write_all(&by_link(1, LINK)).unwrap();
-    let answers = read_answers(&mut s, &[1]);
-    client_data_addresses(&answers)
-        .into_iter()
-        .map(|(_, a)| a)
-        .collect()
-}
-
-/// Waits up to 10 s until the query shows exactly client numbers `ns`.
+/// Waits up to 10 s until a Bulk query for `LINK` shows exactly client numbers `ns`.
 fn wait_for_addresses(lqd: &Lqd, ns: &[u16]) {
     let wanted: BTreeSet<Ipv6Addr> = ns.iter().map(|&n| addr(n)).collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = addresses(lqd);
-        if got == wanted {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wanted {wanted:?}, lqd has {got:?}\n{}",
-            lqd.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_link_addresses(lqd, LINK, &wanted);
 }
 
 fn append(path: &std::path::Path, text: &str) {

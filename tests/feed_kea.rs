@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{Lqd, by_link, client_data_addresses, read_answers, start_with_source, wait_for_log};
+use common::{Lqd, start_with_source, wait_for_link_addresses, wait_for_log};
 use lqd::codec::ServerTime;
 use lqd::feed::kea::{
     Applied, KeaHeader, KeaMapper, parse_kea_config, parse_row, relays_from_user_context,
@@ -1040,34 +1040,13 @@ fn client(n: u16, valid: u32) -> String {
     )
 }
 
-fn addresses(lqd: &Lqd) -> BTreeSet<Ipv6Addr> {
-    let mut s = lqd.connect();
-    s.write_all(&by_link(1, LINK)).unwrap();
-    let answers = read_answers(&mut s, &[1]);
-    client_data_addresses(&answers)
-        .into_iter()
-        .map(|(_, a)| a)
-        .collect()
-}
-
+/// Waits up to 10 s until a Bulk query for `LINK` shows exactly client numbers `ns`.
 fn wait_for_addresses(lqd: &Lqd, ns: &[u16]) {
     let wanted: BTreeSet<Ipv6Addr> = ns
         .iter()
         .map(|&n| Ipv6Addr::new(0x2001, 0xdb8, 0, 7, 0, 0, 0, n))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = addresses(lqd);
-        if got == wanted {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "wanted {wanted:?}, lqd has {got:?}\n{}",
-            lqd.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_link_addresses(lqd, LINK, &wanted);
 }
 
 #[test]

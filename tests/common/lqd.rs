@@ -3,7 +3,8 @@
 //! small requestor helpers the tests share.
 #![allow(dead_code)]
 
-use std::io::Read;
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::net::{Ipv6Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -195,6 +196,34 @@ pub(crate) fn client_data_addresses(messages: &[Vec<u8>]) -> Vec<(Vec<u8>, Ipv6A
         }
     }
     found
+}
+
+/// The addresses a Bulk query by link-address for `link` reports now.
+pub(crate) fn link_addresses(lqd: &Lqd, link: Ipv6Addr) -> BTreeSet<Ipv6Addr> {
+    let mut s = lqd.connect();
+    s.write_all(&by_link(1, link)).unwrap();
+    let answers = read_answers(&mut s, &[1]);
+    client_data_addresses(&answers)
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect()
+}
+
+/// Waits up to 10 s until a Bulk query for `link` reports exactly `wanted`.
+pub(crate) fn wait_for_link_addresses(lqd: &Lqd, link: Ipv6Addr, wanted: &BTreeSet<Ipv6Addr>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = link_addresses(lqd, link);
+        if got == *wanted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wanted {wanted:?}, lqd has {got:?}\n{}",
+            lqd.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// lqd's resident memory, from /proc.
