@@ -72,13 +72,7 @@ impl Lqd {
             }
             None => Command::new(env!("CARGO_BIN_EXE_lqd")),
         };
-        let child = command
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(dir.join("lqd.log")).unwrap(),
-            ))
+        let child = logged(command.arg("--config").arg(&config), &dir)
             .spawn()
             .unwrap();
         let lqd = Self { child, addr, dir };
@@ -92,15 +86,14 @@ impl Lqd {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         std::fs::rename(self.dir.join("lqd.log"), self.dir.join("lqd.log.1")).unwrap();
-        self.child = Command::new(env!("CARGO_BIN_EXE_lqd"))
-            .arg("--config")
-            .arg(self.dir.join("lqd.toml"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::File::create(self.dir.join("lqd.log")).unwrap(),
-            ))
-            .spawn()
-            .unwrap();
+        self.child = logged(
+            Command::new(env!("CARGO_BIN_EXE_lqd"))
+                .arg("--config")
+                .arg(self.dir.join("lqd.toml")),
+            &self.dir,
+        )
+        .spawn()
+        .unwrap();
         self.wait_ready();
     }
 
@@ -314,6 +307,14 @@ fn fresh(name: &str) -> (SocketAddr, PathBuf) {
     (addr, dir)
 }
 
+/// `command` with its output going where the tests read it: stderr (the log) to
+/// `dir/lqd.log`, stdout discarded.
+fn logged<'c>(command: &'c mut Command, dir: &std::path::Path) -> &'c mut Command {
+    command.stdout(Stdio::null()).stderr(Stdio::from(
+        std::fs::File::create(dir.join("lqd.log")).unwrap(),
+    ))
+}
+
 /// Starts lqd on a free loopback port with `args` on its command line (such as
 /// `--source jsonl:-`) and `extra` TOML in its config (such as `source = "jsonl:PATH"`), its
 /// standard input piped (take it from `child.stdin`); waits for a log line containing `ready`.
@@ -339,18 +340,17 @@ pub(crate) fn start_with_source_env(
         ),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_lqd"))
-        .arg("--config")
-        .arg(&config)
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(
-            std::fs::File::create(dir.join("lqd.log")).unwrap(),
-        ))
-        .spawn()
-        .unwrap();
+    let child = logged(
+        Command::new(env!("CARGO_BIN_EXE_lqd"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped()),
+        &dir,
+    )
+    .spawn()
+    .unwrap();
     let lqd = Lqd { child, addr, dir };
     wait_for_log(&lqd, ready, 20);
     lqd
