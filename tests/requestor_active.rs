@@ -11,6 +11,7 @@ use std::net::Ipv6Addr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use fake::{FakeServer, Request, bulk_answer, channel, data, reply};
@@ -37,6 +38,23 @@ fn next_status(sub: &mut Subscription) -> Event {
             e => return e,
         }
     }
+}
+
+/// Checks that `sub` reconnected with START_TIME `t`, and that the server saw its first query
+/// without START_TIME and the second with `t`.
+fn reconnected_with(sub: &mut Subscription, rx: &Receiver<Request>, t: ServerTime) {
+    assert!(matches!(
+        next_status(sub),
+        Event::Connected { start_time: Some(s), .. } if s == t
+    ));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap().start,
+        None
+    );
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)).unwrap().start,
+        Some(t)
+    );
 }
 
 /// D3, with the `lq` binary: a server that answers and then says nothing is dropped after
@@ -129,21 +147,7 @@ fn a_reconnect_after_the_receive_timeout_sends_the_last_live_base_time_d3() {
         "{reason}"
     );
     assert_eq!(sub.resume_point(), Some(ServerTime(160)), "the keepalive's");
-    assert!(matches!(
-        next_status(&mut sub),
-        Event::Connected {
-            start_time: Some(ServerTime(160)),
-            ..
-        }
-    ));
-    assert_eq!(
-        rx.recv_timeout(Duration::from_secs(10)).unwrap().start,
-        None
-    );
-    assert_eq!(
-        rx.recv_timeout(Duration::from_secs(10)).unwrap().start,
-        Some(ServerTime(160))
-    );
+    reconnected_with(&mut sub, &rx, ServerTime(160));
 }
 
 /// Digest §10.5 step 8: no base-time is saved while catching up; CatchUpComplete's is.
@@ -235,21 +239,7 @@ fn query_terminated_reconnects_from_the_resume_point_d9() {
         reason.to_string(),
         "the server ended the query: QueryTerminated (shutting down)"
     );
-    assert!(matches!(
-        next_status(&mut sub),
-        Event::Connected {
-            start_time: Some(ServerTime(300)),
-            ..
-        }
-    ));
-    assert_eq!(
-        rx.recv_timeout(Duration::from_secs(10)).unwrap().start,
-        None
-    );
-    assert_eq!(
-        rx.recv_timeout(Duration::from_secs(10)).unwrap().start,
-        Some(ServerTime(300))
-    );
+    reconnected_with(&mut sub, &rx, ServerTime(300));
 }
 
 /// Digest §10.5 step 6: an error status in the REPLY fails the subscription.
