@@ -280,21 +280,16 @@ fn main() {
             Applied::Change(m) => {
                 kea_changes += 1;
                 if k < 1000 {
-                    let l = (
-                        &m.client_id,
-                        m.link,
-                        m.lease.slot(),
-                        m.lease.iaid,
-                        m.lease.state,
-                    );
-                    let want = (
-                        &c.client_id,
-                        c.link,
-                        c.lease.slot(),
-                        c.lease.iaid,
-                        c.lease.state,
-                    );
-                    assert_eq!(l, want, "{r}");
+                    let key = |c: &Change| {
+                        (
+                            c.client_id.clone(),
+                            c.link,
+                            c.lease.slot(),
+                            c.lease.iaid,
+                            c.lease.state,
+                        )
+                    };
+                    assert_eq!(key(&m), key(c), "{r}");
                 }
             }
             other => assert!(k >= 1000, "{r}: {other:?}"),
