@@ -651,7 +651,8 @@ fn lq_watch_follows_a_real_kea_server_through_lqd() {
         );
     }
     for c in &scripted[8..] {
-        step(&mut client, c.bind_command(), format!("bind {}", c.name));
+        let a = step(&mut client, c.bind_command(), format!("bind {}", c.name));
+        leased.insert(c.name, a);
     }
     std::thread::sleep(Duration::from_millis(1100));
     for name in ["d1", "a1", "d4"] {
@@ -711,7 +712,8 @@ fn lq_watch_follows_a_real_kea_server_through_lqd() {
         )
     );
 
-    // A Bulk query of every type agrees with the file.
+    // A Bulk query of every type agrees with the file. The clients' DUIDs as the client
+    // script reported them.
     let duid_of: HashMap<&str, String> = leased
         .iter()
         .map(|(n, a)| (*n, a["duid"].as_str().unwrap().to_owned()))
@@ -739,22 +741,13 @@ fn lq_watch_follows_a_real_kea_server_through_lqd() {
             "UDP query by client-id {duid}: {got:?} vs {want:?}"
         );
     }
-    let names_by_relay = |relay: &Relay| -> BTreeSet<String> {
-        scripted
+    for relay in [&RELAY_A, &RELAY_B] {
+        let relayed: BTreeSet<&str> = scripted
             .iter()
             .filter(|c| c.relay.is_some_and(|r| r.relay_id == relay.relay_id))
-            .map(|c| c.name.to_owned())
-            .collect()
-    };
-    let all_duids: HashMap<String, &str> = scripted
-        .iter()
-        .map(|c| (client_duid(c, &scripted), c.name))
-        .collect();
-    for relay in [&RELAY_A, &RELAY_B] {
-        let names = names_by_relay(relay);
-        let want = kea_bindings(&kea, |d, _| {
-            all_duids.get(d).is_some_and(|n| names.contains(*n))
-        });
+            .map(|c| duid_of[c.name].as_str())
+            .collect();
+        let want = kea_bindings(&kea, |d, _| relayed.contains(d));
         let got = lq_json(&lqd, &["bulk", "--relay-id", relay.relay_id]);
         assert!(
             same_with_times(&got, &want),
@@ -764,8 +757,8 @@ fn lq_watch_follows_a_real_kea_server_through_lqd() {
         );
     }
     for c in scripted.iter().filter(|c| c.relay.is_some()) {
-        let duid = client_duid(c, &scripted);
-        let want = kea_bindings(&kea, |d, _| *d == duid);
+        let duid = &duid_of[c.name];
+        let want = kea_bindings(&kea, |d, _| d == duid);
         let remote = format!("{REMOTE_ID_ENTERPRISE}:{}", c.remote_id());
         let got = lq_json(&lqd, &["bulk", "--remote-id", &remote]);
         assert!(
@@ -800,12 +793,6 @@ fn lq_watch_follows_a_real_kea_server_through_lqd() {
         }
     }
     wait_for_log(&lqd, "the lease file was replaced", 1);
-}
-
-/// The DUID the client script gives the client (a DUID-LL from its position in the scenario).
-fn client_duid(c: &Scripted, all: &[Scripted]) -> String {
-    let index = all.iter().position(|x| x.name == c.name).unwrap() + 1;
-    format!("00030001026b6561{index:04x}")
 }
 
 /// Waits for lqd to have seen `n` replacements of the lease file (cleanups); returns how many
