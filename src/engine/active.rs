@@ -20,6 +20,7 @@
 //! the cursor: then it is the time of the next of them, so a requestor that saves it and
 //! reconnects with it as START_TIME misses nothing (a refinement of D18 for a lagging stream).
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::query::{ActiveRequest, Selector};
@@ -27,8 +28,8 @@ use super::reply::{client_data, push_frame};
 use crate::codec::{
     DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode, Xid,
 };
-use crate::store::journal::{Cursor, Journal};
-use crate::store::{Binding, BindingId, History, Log, record};
+use crate::store::journal::{Cursor, Record};
+use crate::store::{Binding, BindingId, History, Log, PostingKey, Postings, record};
 
 /// Records a query examines per fill before it lets other connections have the loop.
 const SCAN_BUDGET: usize = 4096;
@@ -146,18 +147,53 @@ fn is_latest<L: Log>(
     id.is_some_and(|id| history.is_latest_of(id, seq)) || history.is_latest(seq, payload)
 }
 
+/// Where an Active query reads: every record of the journal, or only those filed under its
+/// filter's key (issue 12: a change costs the queries it concerns, a filtered catch-up the
+/// records that match).
+#[derive(Debug, Clone)]
+enum Reader {
+    /// No filter: a cursor over the whole journal.
+    All(Cursor),
+    /// A filter: the next sequence number to consider, read through the key's list.
+    Keys(u64),
+}
+
+/// The one list a filter reads, or `None` for an address filter, which reads the address's
+/// own list and the list of every delegated prefix length that could hold it.
+fn single_key(filter: &Selector) -> Option<PostingKey> {
+    match filter {
+        Selector::Address { .. } => None,
+        Selector::ClientId { client_id, .. } => Some(PostingKey::ClientId(client_id.clone())),
+        Selector::RelayId { relay_id, .. } => Some(PostingKey::RelayId(relay_id.clone())),
+        Selector::LinkAddress(l) => Some(PostingKey::Link(*l)),
+        Selector::RemoteId { remote_id, .. } => Some(PostingKey::RemoteId(remote_id.clone())),
+    }
+}
+
+/// What comes next for a filtered reader.
+enum Peek {
+    /// The record with this sequence number.
+    Record(u64),
+    /// Nothing before the head.
+    Head,
+}
+
 /// One Active query in progress on a connection.
 #[derive(Debug, Clone)]
 pub struct ActiveQuery {
     xid: Xid,
     filter: Option<Selector>,
+    /// The filter's list, when it reads one list.
+    key: Option<PostingKey>,
     want_base_time: bool,
     want_relay_data: bool,
-    cursor: Cursor,
+    reader: Reader,
     /// The catch-up is complete when the cursor reaches this sequence number.
     catch_up_until: Option<u64>,
     last_sent: Instant,
     sent: u64,
+    /// Journal records read so far (sent or not): the query's share of the work.
+    read: u64,
 }
 
 impl ActiveQuery {
@@ -208,15 +244,21 @@ impl ActiveQuery {
             ),
             out,
         );
+        let key = request.filter.as_ref().and_then(single_key);
         Self {
             xid: request.xid,
+            reader: match request.filter {
+                Some(_) => Reader::Keys(cursor.seq()),
+                None => Reader::All(cursor),
+            },
             filter: request.filter,
+            key,
             want_base_time: request.want_base_time,
             want_relay_data: request.want_relay_data,
-            cursor,
             catch_up_until,
             last_sent: mono,
             sent: 0,
+            read: 0,
         }
     }
 
@@ -226,10 +268,130 @@ impl ActiveQuery {
         self.xid
     }
 
+    /// The query's filter; `None` when it takes every change.
+    #[must_use]
+    pub const fn filter(&self) -> Option<&Selector> {
+        self.filter.as_ref()
+    }
+
+    /// The sequence number of the next record this query considers.
+    #[must_use]
+    pub fn position(&self) -> u64 {
+        match &self.reader {
+            Reader::All(c) => c.seq(),
+            Reader::Keys(next) => *next,
+        }
+    }
+
+    /// Calls `each` with every list this filtered query reads.
+    fn each_key(&self, postings: &Postings, mut each: impl FnMut(&PostingKey)) {
+        match (&self.key, &self.filter) {
+            (Some(k), _) => each(k),
+            (None, Some(Selector::Address { address, .. })) => {
+                postings.address_keys(*address, |k| each(&k));
+            }
+            (None, _) => {}
+        }
+    }
+
+    /// The next record filed under this query's keys at or after `seq`.
+    fn next_filed(&self, postings: &Postings, seq: u64) -> Peek {
+        let mut first: Option<u64> = None;
+        self.each_key(postings, |k| {
+            if let Some(s) = postings.next_at_or_after(k, seq) {
+                first = Some(first.map_or(s, |f| f.min(s)));
+            }
+        });
+        first.map_or(Peek::Head, Peek::Record)
+    }
+
+    /// True when the ring evicted a record of this query's keys at or after `seq`.
+    fn lost_since(&self, postings: &Postings, seq: u64) -> bool {
+        let mut lost = false;
+        self.each_key(postings, |k| lost |= postings.lost_since(k, seq));
+        lost
+    }
+
+    /// Reads the next record for this query, moving its reader past it: `Ok(None)` at the
+    /// head, `Err(())` when the ring overran the reader (D19).
+    fn next_record<'h, L: Log>(
+        &mut self,
+        history: &'h History<L>,
+    ) -> Result<Option<Record<'h>>, ()> {
+        let journal = history.journal();
+        match &mut self.reader {
+            Reader::All(cursor) => journal.read(cursor).map_err(|_| ()),
+            Reader::Keys(next) => {
+                let seq = *next;
+                let postings = history.postings();
+                if journal.first_seq().is_some_and(|first| seq < first)
+                    && self.lost_since(postings, seq)
+                {
+                    return Err(());
+                }
+                match self.next_filed(postings, seq) {
+                    Peek::Head => {
+                        if let Reader::Keys(next) = &mut self.reader {
+                            *next = journal.next_seq().max(seq);
+                        }
+                        Ok(None)
+                    }
+                    Peek::Record(s) => {
+                        let mut c = journal.cursor_at(s).map_err(|_| ())?;
+                        let record = journal.read(&mut c).map_err(|_| ())?;
+                        if let Reader::Keys(next) = &mut self.reader {
+                            *next = c.seq();
+                        }
+                        Ok(record)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The sequence number of the next record this query will send, if any is written.
+    fn upcoming<L: Log>(&self, history: &History<L>) -> Option<u64> {
+        let journal = history.journal();
+        match &self.reader {
+            Reader::All(c) => (c.seq() < journal.next_seq()).then_some(c.seq()),
+            Reader::Keys(next) => match self.next_filed(history.postings(), *next) {
+                Peek::Record(s) => Some(s),
+                Peek::Head => None,
+            },
+        }
+    }
+
+    /// Moves the reader to the head: the journal's records so far are skipped.
+    fn skip_to_head<L: Log>(&mut self, history: &History<L>) {
+        let journal = history.journal();
+        self.reader = match self.reader {
+            Reader::All(_) => Reader::All(journal.head()),
+            Reader::Keys(_) => Reader::Keys(journal.next_seq()),
+        };
+    }
+
+    /// Calls `each` with every key this query's wake-ups are filed under in [`Watchers`].
+    fn watch_key(&self) -> WatchKey {
+        match (&self.key, &self.filter) {
+            (Some(k), _) => WatchKey::Key(k.clone()),
+            (None, Some(Selector::Address { address, .. })) => {
+                WatchKey::Address(u128::from(*address))
+            }
+            (None, _) => WatchKey::All,
+        }
+    }
+
     /// Bindings sent so far.
     #[must_use]
     pub const fn sent(&self) -> u64 {
         self.sent
+    }
+
+    /// Journal records read so far, sent or skipped: a filtered query reads only the records
+    /// filed under its key.
+    #[must_use]
+    pub const fn records_read(&self) -> u64 {
+        self.read
     }
 
     /// True while a catch-up is in progress.
@@ -252,31 +414,29 @@ impl ActiveQuery {
         out: &mut Vec<u8>,
         high_water: usize,
     ) -> bool {
-        let journal = history.journal();
         let before = out.len();
         let mut scanned = 0usize;
         let mut built = 0u64;
         let mut more = false;
         while out.len() < high_water {
-            if self
-                .catch_up_until
-                .is_some_and(|until| self.cursor.seq() >= until)
-            {
-                self.catch_up_until = None;
-                let stamp = self.stamp(journal, now);
-                self.status_data(Status::CatchUpComplete, "catch-up complete", stamp, out);
-                continue;
+            if let Some(until) = self.catch_up_until {
+                if self.upcoming(history).is_none_or(|seq| seq >= until) {
+                    self.catch_up_until = None;
+                    let stamp = self.stamp(history, now);
+                    self.status_data(Status::CatchUpComplete, "catch-up complete", stamp, out);
+                    continue;
+                }
             }
             if scanned >= SCAN_BUDGET {
                 more = true;
                 break;
             }
-            let record = match journal.read(&mut self.cursor) {
+            let record = match self.next_record(history) {
                 Ok(Some(r)) => r,
                 Ok(None) => break,
-                Err(_) => {
-                    // D19: the ring overran this cursor; say so and go on from the head.
-                    self.cursor = journal.head();
+                Err(()) => {
+                    // D19: the ring overran this reader; say so and go on from the head.
+                    self.skip_to_head(history);
                     self.catch_up_until = None;
                     self.status_data(
                         Status::DataMissing,
@@ -288,8 +448,9 @@ impl ActiveQuery {
                 }
             };
             scanned = scanned.saturating_add(1);
+            self.read = self.read.saturating_add(1);
             let (seq, payload) = (record.seq, record.payload);
-            let stamp = self.stamp(journal, now);
+            let stamp = self.stamp(history, now);
             let Some(entry) = cache.entry(history, seq, payload, stamp) else {
                 continue;
             };
@@ -344,7 +505,7 @@ impl ActiveQuery {
             }
         }
         cache.built = cache.built.saturating_add(built);
-        if out.len() >= high_water && journal.next_seq() > self.cursor.seq() {
+        if out.len() >= high_water && self.upcoming(history).is_some() {
             more = true;
         }
         if out.len() > before {
@@ -361,12 +522,17 @@ impl ActiveQuery {
     /// and reconnects with it as START_TIME (digest §10.5 step 8); stamping a message with
     /// `now` while older changes still wait behind it would make that catch-up skip them. The
     /// message's lifetimes and CLT_TIME are relative to the same stamp, so they stay true.
-    fn stamp<B: AsRef<[u8]> + AsMut<[u8]>>(
-        &self,
-        journal: &Journal<B>,
-        now: ServerTime,
-    ) -> ServerTime {
-        let mut peek = self.cursor;
+    fn stamp<L: Log>(&self, history: &History<L>, now: ServerTime) -> ServerTime {
+        let journal = history.journal();
+        let peeked = match &self.reader {
+            Reader::All(c) => Some(*c),
+            Reader::Keys(_) => self
+                .upcoming(history)
+                .and_then(|seq| journal.cursor_at(seq).ok()),
+        };
+        let Some(mut peek) = peeked else {
+            return now;
+        };
         match journal.read(&mut peek) {
             Ok(Some(next)) => next.time.min(now),
             _ => now,
@@ -423,4 +589,134 @@ impl ActiveQuery {
             out,
         );
     }
+}
+
+/// What a running query is woken by.
+enum WatchKey {
+    /// Every change.
+    All,
+    /// Changes filed under this key.
+    Key(PostingKey),
+    /// Changes to a lease covering this address.
+    Address(u128),
+}
+
+/// Which connections' Active queries a new journal record concerns: the wake-up side of the
+/// per-key lists (issue 12). A connection (named by the caller's token) is listed once per
+/// query it runs under the query's key; unfiltered queries are woken by every record.
+#[derive(Debug, Default)]
+pub struct Watchers {
+    all: Vec<usize>,
+    keys: HashMap<PostingKey, Vec<usize>>,
+    addresses: BTreeMap<u128, Vec<usize>>,
+}
+
+impl Watchers {
+    /// No query watching.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// `token` runs `query`: wake it for the records the query reads.
+    pub fn watch(&mut self, query: &ActiveQuery, token: usize) {
+        match query.watch_key() {
+            WatchKey::All => self.all.push(token),
+            WatchKey::Key(k) => self.keys.entry(k).or_default().push(token),
+            WatchKey::Address(a) => self.addresses.entry(a).or_default().push(token),
+        }
+    }
+
+    /// `token` no longer runs `query`. Returns the key when no query watches it any more (its
+    /// list in the postings may then go).
+    pub fn unwatch(&mut self, query: &ActiveQuery, token: usize) -> Option<PostingKey> {
+        fn remove_one(list: &mut Vec<usize>, token: usize) {
+            if let Some(i) = list.iter().position(|&t| t == token) {
+                list.swap_remove(i);
+            }
+        }
+        match query.watch_key() {
+            WatchKey::All => {
+                remove_one(&mut self.all, token);
+                None
+            }
+            WatchKey::Key(k) => {
+                let list = self.keys.get_mut(&k)?;
+                remove_one(list, token);
+                if list.is_empty() {
+                    self.keys.remove(&k);
+                    return Some(k);
+                }
+                None
+            }
+            WatchKey::Address(a) => {
+                let list = self.addresses.get_mut(&a)?;
+                remove_one(list, token);
+                if list.is_empty() {
+                    self.addresses.remove(&a);
+                }
+                None
+            }
+        }
+    }
+
+    /// True when a query watches the records filed under `key` (its list must keep the
+    /// mark of what it lost).
+    #[must_use]
+    pub fn watches(&self, key: &PostingKey) -> bool {
+        match key {
+            PostingKey::Lease(prefix, len) => {
+                let (lo, hi) = prefix_range(*prefix, *len);
+                self.addresses.range(lo..=hi).next().is_some()
+            }
+            k => self.keys.contains_key(k),
+        }
+    }
+
+    /// Queries watching, by key (unfiltered ones under none).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.all.len()
+            + self.keys.values().map(Vec::len).sum::<usize>()
+            + self.addresses.values().map(Vec::len).sum::<usize>()
+    }
+
+    /// True when no query watches.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.all.is_empty() && self.keys.is_empty() && self.addresses.is_empty()
+    }
+
+    /// Adds to `woken` the tokens of the queries concerned by the records from `since` on:
+    /// every unfiltered query, and those whose key a record is filed under. A token may be
+    /// added more than once.
+    pub fn woken(&self, postings: &Postings, since: u64, next: u64, woken: &mut Vec<usize>) {
+        if since >= next {
+            return;
+        }
+        woken.extend_from_slice(&self.all);
+        if self.keys.is_empty() && self.addresses.is_empty() {
+            return;
+        }
+        postings.filed_since(since, |_, key| match key {
+            PostingKey::Lease(prefix, len) => {
+                let (lo, hi) = prefix_range(*prefix, *len);
+                for tokens in self.addresses.range(lo..=hi).map(|(_, t)| t) {
+                    woken.extend_from_slice(tokens);
+                }
+            }
+            k => {
+                if let Some(tokens) = self.keys.get(k) {
+                    woken.extend_from_slice(tokens);
+                }
+            }
+        });
+    }
+}
+
+/// The first and last address of `prefix/len`.
+fn prefix_range(prefix: std::net::Ipv6Addr, len: u8) -> (u128, u128) {
+    let host = u128::MAX.checked_shr(u32::from(len.min(128))).unwrap_or(0);
+    let lo = u128::from(prefix) & !host;
+    (lo, lo | host)
 }

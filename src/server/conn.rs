@@ -10,7 +10,7 @@ use tracing::info;
 use super::ServerConfig;
 use crate::codec::ServerTime;
 use crate::config::QueryTypes;
-use crate::engine::active::EncodeCache;
+use crate::engine::active::{ActiveQuery, EncodeCache};
 use crate::engine::session::{Ctx, Event, Session};
 use crate::store::Log;
 
@@ -34,6 +34,9 @@ pub(super) struct Conn {
     progress: Instant,
     /// When a byte was last read or written.
     activity: Instant,
+    /// How many of the session's Active queries the server's watchers know of (queries are
+    /// only ever added at the end, and all end together).
+    pub(super) watched: usize,
 }
 
 impl Conn {
@@ -56,6 +59,7 @@ impl Conn {
             read_closed: false,
             progress: Instant::now(),
             activity: Instant::now(),
+            watched: 0,
         }
     }
 
@@ -209,6 +213,11 @@ impl Conn {
     /// True while an Active query runs on this connection.
     pub(super) fn has_active(&self) -> bool {
         self.session.has_active()
+    }
+
+    /// The Active queries running on this connection, oldest first.
+    pub(super) fn active_queries(&self) -> &[ActiveQuery] {
+        self.session.active_queries()
     }
 
     /// Ends running queries with QueryTerminated and tries to send that before closing.

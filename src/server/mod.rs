@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::ServerTime;
 use crate::config::QueryTypes;
-use crate::engine::active::EncodeCache;
+use crate::engine::active::{EncodeCache, Watchers};
 use crate::engine::session::{ActiveSettings, Ctx};
 use crate::engine::udp::{UdpAnswer, answer};
 use crate::feed::{FeedReceiver, system_time as server_time};
@@ -129,6 +129,8 @@ pub struct Server {
     accept_stalled: bool,
     history: History<JournalFile>,
     cache: EncodeCache,
+    /// Which connections each new record concerns.
+    watchers: Watchers,
     feed: Option<FeedReceiver>,
     waker: Arc<Waker>,
 }
@@ -182,6 +184,7 @@ impl Server {
             accept_stalled: false,
             history,
             cache: EncodeCache::new(),
+            watchers: Watchers::new(),
             feed: None,
             waker,
         })
@@ -252,9 +255,7 @@ impl Server {
             // Changes keep arriving while requestors are served: take a budget each turn.
             let before = self.history.journal().next_seq();
             feed_more = self.drain_feed(now);
-            if self.history.journal().next_seq() != before {
-                self.wake_active(&mut pending);
-            }
+            self.wake_concerned(before, &mut pending);
             udp_pending.sort_unstable();
             udp_pending.dedup();
             let sockets = std::mem::take(&mut udp_pending);
@@ -313,6 +314,19 @@ impl Server {
         drained.more
     }
 
+    /// Marks for service the connections whose Active queries the records from `since` on
+    /// concern: the cost of a change is the queries it matches (issue 12).
+    fn wake_concerned(&self, since: u64, pending: &mut Vec<usize>) {
+        let next = self.history.journal().next_seq();
+        if next == since {
+            return;
+        }
+        self.watchers
+            .woken(self.history.postings(), since, next, pending);
+        pending.sort_unstable();
+        pending.dedup();
+    }
+
     /// Marks every connection with an Active query for service this turn.
     fn wake_active(&self, pending: &mut Vec<usize>) {
         pending.extend(
@@ -333,7 +347,8 @@ impl Server {
             Ok(n) => debug!(leases = n, "expired"),
             Err(e) => warn!("expiries applied but not journaled: {e}"),
         }
-        self.history.prune();
+        let watchers = &self.watchers;
+        self.history.prune(|key| watchers.watches(key));
         if let Err(e) = self.history.log_mut().tick(Instant::now()) {
             warn!("journal flush failed: {e}");
         }
@@ -462,7 +477,15 @@ impl Server {
             active: self.cfg.active,
         };
         match conn.service(&ctx, &mut self.cache, &self.cfg) {
-            Ok(more) => more,
+            Ok(more) => {
+                // Queries started this turn: wake the connection for what they read.
+                let queries = conn.active_queries();
+                for q in queries.get(conn.watched..).unwrap_or_default() {
+                    self.watchers.watch(q, key);
+                }
+                conn.watched = queries.len();
+                more
+            }
             Err(reason) => {
                 self.close(key, &reason);
                 false
@@ -475,6 +498,12 @@ impl Server {
             return;
         }
         let mut conn = self.conns.remove(key);
+        let queries = conn.active_queries();
+        for q in queries.get(..conn.watched).unwrap_or(queries) {
+            if let Some(k) = self.watchers.unwatch(q, key) {
+                self.history.unwatched(&k);
+            }
+        }
         let _ = self.poll.registry().deregister(&mut conn.stream);
         info!(peer = %conn.peer, reason, "connection closed");
         self.release_peer(conn.peer.ip());

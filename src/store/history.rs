@@ -21,6 +21,7 @@ use std::net::Ipv6Addr;
 use super::index::{Applied, BindingId, Store};
 use super::journal::{Journal, JournalError, JournalFile};
 use super::model::{Binding, Change, LeaseState};
+use super::postings::{PostingKey, Postings};
 use super::record;
 use crate::codec::ServerTime;
 
@@ -78,6 +79,8 @@ pub struct History<L: Log> {
     seqs: Vec<u64>,
     /// Newest (final) record of each ended binding still in the ring: client DUID → per link.
     tombstones: HashMap<Box<[u8]>, Vec<(Ipv6Addr, u64)>>,
+    /// Every record in the ring by the keys a filtered Active query reads.
+    postings: Postings,
     scratch: Vec<u8>,
 }
 
@@ -85,11 +88,13 @@ impl<L: Log> History<L> {
     /// A history over `store` (empty, or with its configured links) and `log`, the store
     /// rebuilt from every record in the log.
     pub fn open(store: Store, log: L) -> (Self, Restored) {
+        let first = log.journal().tail().seq();
         let mut h = Self {
             store,
             log,
             seqs: Vec::new(),
             tombstones: HashMap::new(),
+            postings: Postings::new(first),
             scratch: Vec::new(),
         };
         let mut restored = Restored::default();
@@ -98,8 +103,14 @@ impl<L: Log> History<L> {
         while let Ok(Some(r)) = h.log.journal().read(&mut cursor) {
             restored.records = restored.records.saturating_add(1);
             match record::decode(r.payload) {
-                Ok(b) => replay.push((r.seq, b)),
-                Err(_) => restored.unreadable = restored.unreadable.saturating_add(1),
+                Ok(b) => {
+                    h.postings.file(r.seq, Some(&b));
+                    replay.push((r.seq, b));
+                }
+                Err(_) => {
+                    h.postings.file(r.seq, None);
+                    restored.unreadable = restored.unreadable.saturating_add(1);
+                }
             }
             // Replay in batches so a large journal is not held decoded all at once.
             if replay.len() >= 4096 {
@@ -225,13 +236,26 @@ impl<L: Log> History<L> {
         result
     }
 
-    /// Forgets tombstones whose record the ring has dropped: no cursor can read them again.
-    pub fn prune(&mut self) {
+    /// Forgets tombstones whose record the ring has dropped (no cursor can read them again),
+    /// and the emptied per-key lists of keys no query `watched`.
+    pub fn prune(&mut self, watched: impl Fn(&PostingKey) -> bool) {
         let first = self.log.journal().first_seq().unwrap_or(u64::MAX);
         self.tombstones.retain(|_, links| {
             links.retain(|(_, seq)| *seq >= first);
             !links.is_empty()
         });
+        self.postings.forget_emptied(watched);
+    }
+
+    /// The journal's records by key (link, client, relay-id, remote-id, lease).
+    #[must_use]
+    pub fn postings(&self) -> &Postings {
+        &self.postings
+    }
+
+    /// The last query watching `key` has ended: its list may go once empty.
+    pub fn unwatched(&mut self, key: &PostingKey) {
+        self.postings.unwatched(key);
     }
 
     /// Tombstones held (ended bindings whose final record is still in the ring).
@@ -282,33 +306,34 @@ impl<L: Log> History<L> {
         now: ServerTime,
     ) -> Result<bool, JournalError> {
         self.scratch.clear();
-        let (id, key) = match applied {
+        let with_ended;
+        let (id, recorded) = match applied {
             Applied::Unchanged => return Ok(false),
             Applied::Updated { id, ended } => {
                 let Some(b) = self.store.get(*id) else {
                     return Ok(false);
                 };
-                let encoded = match ended {
-                    None => record::encode(b, &mut self.scratch),
+                let recorded = match ended {
+                    None => b,
                     Some(lease) => {
-                        let mut with_ended = b.clone();
-                        with_ended.leases.push(*lease);
-                        record::encode(&with_ended, &mut self.scratch)
+                        let mut b = b.clone();
+                        b.leases.push(*lease);
+                        with_ended = b;
+                        &with_ended
                     }
                 };
-                if encoded.is_err() {
-                    return Err(self.too_large());
-                }
-                (Some(*id), (b.key.client_id.clone(), b.key.link))
+                (Some(*id), recorded)
             }
-            Applied::Removed(b) => {
-                if record::encode(b, &mut self.scratch).is_err() {
-                    return Err(self.too_large());
-                }
-                (None, (b.key.client_id.clone(), b.key.link))
-            }
+            Applied::Removed(b) => (None, b),
         };
+        if record::encode(recorded, &mut self.scratch).is_err() {
+            return Err(self.too_large());
+        }
         let seq = self.log.append(now, &self.scratch)?;
+        self.postings.file(seq, Some(recorded));
+        let first = self.log.journal().first_seq().unwrap_or(seq);
+        self.postings.evict_before(first);
+        let key = (recorded.key.client_id.clone(), recorded.key.link);
         match id {
             Some(id) => {
                 self.set_seq(id, seq);

@@ -5,6 +5,7 @@ mod index;
 pub mod journal;
 mod links;
 pub mod model;
+mod postings;
 pub mod record;
 
 pub use history::{History, Log, Restored};
@@ -14,3 +15,4 @@ pub use model::{
     Binding, BindingKey, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
     prefix_contains,
 };
+pub use postings::{PostingKey, Postings};

@@ -9,11 +9,11 @@ use super::layout::{
 use super::{Cursor, JournalError, Overrun, Record, Recovered, TooOld};
 use crate::codec::ServerTime;
 
-/// One index entry per this many sequence numbers (the ones divisible by it).
-pub(super) const INDEX_EVERY: u64 = 64;
-
-/// A sparse index entry: where record `seq` (implied by its place in the index) starts, and its
-/// time.
+/// An index entry: where record `seq` (implied by its place in the index) starts, and its
+/// time. Every record has one: a filtered Active query reads the records of its key by
+/// sequence number, out of a per-key list ([`Postings`](crate::store::Postings)), so
+/// [`Journal::cursor_at`] must find any record at once. 16 octets a record, beside ~230 in the
+/// ring.
 #[derive(Debug, Clone, Copy)]
 struct IndexEntry {
     off: usize,
@@ -258,12 +258,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
                 ));
             }
             used = u;
-            if seq % INDEX_EVERY == 0 {
-                index.push_back(IndexEntry {
-                    off: at,
-                    time: raw.time,
-                });
-            }
+            index.push_back(IndexEntry {
+                off: at,
+                time: raw.time,
+            });
             min_time = raw.time;
             newest = Some(raw.time);
             seq = seq.saturating_add(1);
@@ -279,11 +277,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             self.tail.off = off;
             self.durable = self.tail;
         }
-        self.index_base = self
-            .tail
-            .seq
-            .div_ceil(INDEX_EVERY)
-            .saturating_mul(INDEX_EVERY);
+        self.index_base = self.tail.seq;
         self.index = index;
         why
     }
@@ -408,12 +402,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         }
         self.next_seq = seq.saturating_add(1);
         self.newest = Some(time);
-        if seq % INDEX_EVERY == 0 {
-            if self.index.is_empty() {
-                self.index_base = seq;
-            }
-            self.index.push_back(IndexEntry { off: at, time });
+        if self.index.is_empty() {
+            self.index_base = seq;
         }
+        self.index.push_back(IndexEntry { off: at, time });
         Ok(seq)
     }
 
@@ -442,7 +434,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         }
         if seq == self.index_base && !self.index.is_empty() {
             self.index.pop_front();
-            self.index_base = self.index_base.saturating_add(INDEX_EVERY);
+            self.index_base = self.index_base.saturating_add(1);
         }
     }
 
@@ -589,6 +581,27 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         }
     }
 
+    /// A cursor at record `seq`: the head for the next sequence number to be written.
+    ///
+    /// `Err(Overrun)` when the ring has evicted the record, or it was never written.
+    pub fn cursor_at(&self, seq: u64) -> Result<Cursor, Overrun> {
+        if seq == self.next_seq {
+            return Ok(self.head());
+        }
+        if seq < self.tail.seq || seq > self.next_seq {
+            return Err(Overrun);
+        }
+        // The oldest record may sit behind a wrap marker: `tail` knows where it starts.
+        if seq == self.tail.seq {
+            return Ok(self.tail());
+        }
+        seq.checked_sub(self.index_base)
+            .and_then(|k| usize::try_from(k).ok())
+            .and_then(|k| self.index.get(k))
+            .map(|e| Cursor { seq, off: e.off })
+            .ok_or(Overrun)
+    }
+
     /// A cursor at the first record whose time is at or after `t` (the head when there is none).
     ///
     /// `Err(TooOld)` when an evicted record had a time at or after `t`: the journal no longer
@@ -603,29 +616,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
                 if t <= oldest {
                     return Ok(self.tail());
                 }
-                // The index's last entry before `t`, or the tail: the answer is less than
-                // INDEX_EVERY records further on.
+                // The first record at or after `t`, by the index (in time order).
                 let i = self.index.partition_point(|e| e.time < t);
-                let mut c = match i
-                    .checked_sub(1)
-                    .and_then(|k| self.index.get(k).map(|e| (k, e)))
-                {
-                    Some((k, e)) => Cursor {
-                        seq: self
-                            .index_base
-                            .saturating_add((k as u64).saturating_mul(INDEX_EVERY)),
-                        off: e.off,
-                    },
-                    None => self.tail(),
-                };
-                loop {
-                    let before = c;
-                    match self.read(&mut c) {
-                        Ok(Some(r)) if r.time >= t => return Ok(before),
-                        Ok(Some(_)) => {}
-                        Ok(None) | Err(_) => return Ok(self.head()),
-                    }
-                }
+                let seq = self.index_base.saturating_add(i as u64);
+                Ok(self.cursor_at(seq).unwrap_or_else(|_| self.head()))
             }
             _ => Ok(self.head()),
         }

@@ -2,7 +2,6 @@
 //! (The behaviour as a user sees it is in `tests/journal.rs`.)
 
 use super::layout::{self, Entry, Slot, field};
-use super::ring::INDEX_EVERY;
 use super::*;
 
 fn ring(n: usize) -> Journal<Vec<u8>> {
@@ -110,7 +109,7 @@ fn slots_alternate_and_a_torn_slot_falls_back() {
 }
 
 #[test]
-fn sparse_index_follows_the_ring() {
+fn the_index_follows_the_ring() {
     let mut j = ring(64 * 1024);
     for i in 0..5000u32 {
         j.append(ServerTime(i / 7), &vec![i as u8; (i % 90) as usize])
@@ -120,7 +119,7 @@ fn sparse_index_follows_the_ring() {
     // Each index entry points at the record with its implied seq.
     let first = j.first_seq().expect("records");
     let last = j.next_seq() - 1;
-    let mut expect = first.div_ceil(INDEX_EVERY) * INDEX_EVERY;
+    let mut expect = first;
     let mut n = 0;
     while expect <= last {
         let t = ServerTime((expect / 7) as u32);
@@ -131,10 +130,16 @@ fn sparse_index_follows_the_ring() {
             "{} vs {expect}",
             c.seq()
         );
-        expect += INDEX_EVERY;
+        // And every record is found by its sequence number at once.
+        let mut at = j.cursor_at(expect).expect("in the ring");
+        assert_eq!(j.read(&mut at).expect("read").map(|r| r.seq), Some(expect));
+        expect += 1;
         n += 1;
     }
     assert!(n > 10);
+    assert!(j.cursor_at(first - 1).is_err(), "evicted");
+    assert!(j.cursor_at(last + 2).is_err(), "not written");
+    assert_eq!(j.cursor_at(last + 1).expect("the head"), j.head());
     // Reopened, the index is rebuilt the same.
     let before: Vec<_> = (0..200u32)
         .map(|t| j.seek_time(ServerTime(t * 4)).map(|c| c.seq()))

@@ -1,0 +1,340 @@
+//! Per-key lists of journal records, beside the ring: what a filtered Active query reads.
+//!
+//! Every record of the journal is filed, by sequence number, under each key its binding
+//! carries: its link, its client's DUID, each relay-id and remote-id its relays sent, and each
+//! address or delegated prefix it holds or just ended. An Active query filtering on one of
+//! these reads only its key's list, so a change costs the queries it concerns, and a
+//! filtered catch-up the records that match, not the whole ring (issue 12; architecture, core
+//! idea 3).
+//!
+//! The lists hold sequence numbers only; the journal's dense index turns one into the
+//! record ([`Journal::cursor_at`](super::journal::Journal::cursor_at)). They follow the ring:
+//! when it evicts a record, the record's entries leave the front of their lists, in the same
+//! order they were filed (the keys of each record are kept, in order, for exactly that). A
+//! list remembers the newest sequence number it lost that way, so a query still behind it
+//! knows it missed a record of its key (DataMissing) rather than records of other keys.
+//!
+//! An emptied list is kept until [`Postings::forget_emptied`] is told its key is not
+//! watched, so that a watched key's loss mark survives.
+//!
+//! Memory: a record files about five keys, 4 octets each to remember them and 8 in a list:
+//! about 60 octets a record, bounded by the ring.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::Ipv6Addr;
+
+use super::model::{Binding, LeaseKind, RemoteIdKey};
+
+/// What a record is filed under.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PostingKey {
+    /// The binding's link (its canonical link-address).
+    Link(Ipv6Addr),
+    /// The client's DUID.
+    ClientId(Box<[u8]>),
+    /// A relay's DUID (OPTION_RELAY_ID).
+    RelayId(Box<[u8]>),
+    /// A relay's Remote-ID (OPTION_REMOTE_ID).
+    RemoteId(RemoteIdKey),
+    /// An address (length 128) or delegated prefix the binding holds or has just ended, with
+    /// the host bits cleared.
+    Lease(Ipv6Addr, u8),
+}
+
+impl PostingKey {
+    /// The lease key of `address` inside a prefix of length `len`.
+    #[must_use]
+    pub fn lease(address: Ipv6Addr, len: u8) -> Self {
+        let len = len.min(128);
+        let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+        Self::Lease(Ipv6Addr::from(u128::from(address) & mask), len)
+    }
+
+    /// Every key a binding's record is filed under (each once).
+    pub fn of(binding: &Binding, mut each: impl FnMut(Self)) {
+        each(Self::Link(binding.key.link));
+        each(Self::ClientId(binding.key.client_id.clone()));
+        for (i, r) in binding.relay.relay_ids.iter().enumerate() {
+            if !binding
+                .relay
+                .relay_ids
+                .get(..i)
+                .is_some_and(|s| s.contains(r))
+            {
+                each(Self::RelayId(r.clone()));
+            }
+        }
+        for (i, r) in binding.relay.remote_ids.iter().enumerate() {
+            if !binding
+                .relay
+                .remote_ids
+                .get(..i)
+                .is_some_and(|s| s.contains(r))
+            {
+                each(Self::RemoteId(r.clone()));
+            }
+        }
+        for (i, l) in binding.leases.iter().enumerate() {
+            let len = match l.kind {
+                LeaseKind::Address => 128,
+                LeaseKind::Prefix => l.prefix_len,
+            };
+            let key = Self::lease(l.address, len);
+            let seen = binding.leases.get(..i).is_some_and(|s| {
+                s.iter().any(|e| {
+                    let elen = match e.kind {
+                        LeaseKind::Address => 128,
+                        LeaseKind::Prefix => e.prefix_len,
+                    };
+                    Self::lease(e.address, elen) == key
+                })
+            });
+            if !seen {
+                each(key);
+            }
+        }
+    }
+}
+
+/// One key's records.
+#[derive(Debug)]
+struct List {
+    key: PostingKey,
+    seqs: VecDeque<u64>,
+    /// The newest sequence number evicted from this list.
+    lost: Option<u64>,
+}
+
+/// The per-key lists of every record in the ring.
+#[derive(Debug, Default)]
+pub struct Postings {
+    ids: HashMap<PostingKey, u32>,
+    lists: Vec<Option<List>>,
+    free: Vec<u32>,
+    /// The key ids of each record still in the ring, in sequence order, and how many each
+    /// record has.
+    filed: VecDeque<u32>,
+    counts: VecDeque<u8>,
+    /// The sequence number of `counts[0]` (of the next record when `counts` is empty).
+    first: u64,
+    /// Lists emptied by eviction, to be dropped unless watched.
+    emptied: Vec<u32>,
+    /// The delegated prefix lengths ever filed (bit `len`), for address queries.
+    prefix_lens: [u64; 3],
+}
+
+impl Postings {
+    /// Empty lists whose first record will be `first`.
+    #[must_use]
+    pub fn new(first: u64) -> Self {
+        Self {
+            first,
+            ..Self::default()
+        }
+    }
+
+    /// Files record `seq` (the next one: records are filed in order, each once) under the
+    /// keys of `binding`, or under none when its payload could not be read.
+    pub fn file(&mut self, seq: u64, binding: Option<&Binding>) {
+        let expected = self.first.saturating_add(self.counts.len() as u64);
+        if seq != expected {
+            // Only when the journal was replaced under the history: start over from here.
+            *self = Self {
+                prefix_lens: self.prefix_lens,
+                ..Self::new(seq)
+            };
+        }
+        let mut count = 0u8;
+        if let Some(b) = binding {
+            PostingKey::of(b, |key| {
+                if count == u8::MAX {
+                    return;
+                }
+                if let PostingKey::Lease(_, len) = key {
+                    if len < 128 {
+                        if let Some(w) = self.prefix_lens.get_mut(usize::from(len / 64)) {
+                            *w |= 1 << (len % 64);
+                        }
+                    }
+                }
+                let id = self.id_of(key);
+                if let Some(Some(list)) = self.lists.get_mut(id as usize) {
+                    list.seqs.push_back(seq);
+                }
+                self.filed.push_back(id);
+                count += 1;
+            });
+        }
+        self.counts.push_back(count);
+    }
+
+    fn id_of(&mut self, key: PostingKey) -> u32 {
+        if let Some(&id) = self.ids.get(&key) {
+            return id;
+        }
+        let list = List {
+            key: key.clone(),
+            seqs: VecDeque::new(),
+            lost: None,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                if let Some(slot) = self.lists.get_mut(id as usize) {
+                    *slot = Some(list);
+                }
+                id
+            }
+            None => {
+                self.lists.push(Some(list));
+                u32::try_from(self.lists.len().saturating_sub(1)).unwrap_or(u32::MAX)
+            }
+        };
+        self.ids.insert(key, id);
+        id
+    }
+
+    /// Drops the entries of every record before `first_seq` (the ring evicted them).
+    pub fn evict_before(&mut self, first_seq: u64) {
+        while self.first < first_seq {
+            let Some(n) = self.counts.pop_front() else {
+                self.first = first_seq;
+                break;
+            };
+            for _ in 0..n {
+                let Some(id) = self.filed.pop_front() else {
+                    break;
+                };
+                if let Some(Some(list)) = self.lists.get_mut(id as usize) {
+                    if list.seqs.front() == Some(&self.first) {
+                        list.seqs.pop_front();
+                        list.lost = Some(self.first);
+                        if list.seqs.is_empty() {
+                            self.emptied.push(id);
+                        }
+                    }
+                }
+            }
+            self.first = self.first.saturating_add(1);
+        }
+    }
+
+    /// Drops the emptied lists whose key nobody watches (their loss mark no longer matters:
+    /// a query started later reads only records the ring still holds).
+    pub fn forget_emptied(&mut self, watched: impl Fn(&PostingKey) -> bool) {
+        for id in std::mem::take(&mut self.emptied) {
+            let drop = self
+                .lists
+                .get(id as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|l| l.seqs.is_empty() && !watched(&l.key));
+            if drop {
+                self.forget(id);
+            } else if self
+                .lists
+                .get(id as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|l| l.seqs.is_empty())
+            {
+                // Watched: look again once its watchers are gone (see `unwatched`).
+                self.emptied.push(id);
+            }
+        }
+    }
+
+    /// Drops `key`'s list if it is empty: its last watcher has gone.
+    pub fn unwatched(&mut self, key: &PostingKey) {
+        if let Some(&id) = self.ids.get(key) {
+            if self
+                .lists
+                .get(id as usize)
+                .and_then(Option::as_ref)
+                .is_some_and(|l| l.seqs.is_empty())
+            {
+                self.emptied.retain(|&e| e != id);
+                self.forget(id);
+            }
+        }
+    }
+
+    fn forget(&mut self, id: u32) {
+        if let Some(slot) = self.lists.get_mut(id as usize) {
+            if let Some(list) = slot.take() {
+                self.ids.remove(&list.key);
+                self.free.push(id);
+            }
+        }
+    }
+
+    fn list(&self, key: &PostingKey) -> Option<&List> {
+        let id = *self.ids.get(key)?;
+        self.lists.get(id as usize)?.as_ref()
+    }
+
+    /// The first record at or after `seq` filed under `key`.
+    #[must_use]
+    pub fn next_at_or_after(&self, key: &PostingKey, seq: u64) -> Option<u64> {
+        let list = self.list(key)?;
+        let i = list.seqs.partition_point(|&s| s < seq);
+        list.seqs.get(i).copied()
+    }
+
+    /// True when a record at or after `seq` filed under `key` has been evicted: a reader
+    /// that has not read past `seq` missed it.
+    #[must_use]
+    pub fn lost_since(&self, key: &PostingKey, seq: u64) -> bool {
+        self.list(key)
+            .and_then(|l| l.lost)
+            .is_some_and(|lost| lost >= seq)
+    }
+
+    /// The records filed under `key` (for tests and metrics).
+    #[must_use]
+    pub fn len_of(&self, key: &PostingKey) -> usize {
+        self.list(key).map_or(0, |l| l.seqs.len())
+    }
+
+    /// Keys with a list.
+    #[must_use]
+    pub fn keys(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// The keys an address query reads: the address itself and, for each delegated prefix
+    /// length ever filed, the prefix of that length holding it.
+    pub fn address_keys(&self, address: Ipv6Addr, mut each: impl FnMut(PostingKey)) {
+        each(PostingKey::Lease(address, 128));
+        for len in 0..128u8 {
+            let bit = self
+                .prefix_lens
+                .get(usize::from(len / 64))
+                .is_some_and(|w| w & (1 << (len % 64)) != 0);
+            if bit {
+                each(PostingKey::lease(address, len));
+            }
+        }
+    }
+
+    /// The keys filed for each record from `seq` on (the newest records), in order.
+    pub fn filed_since(&self, seq: u64, mut each: impl FnMut(u64, &PostingKey)) {
+        let skip = usize::try_from(seq.saturating_sub(self.first)).unwrap_or(usize::MAX);
+        // Counted from the back: the records asked for are the newest few.
+        let skip = skip.min(self.counts.len());
+        let newest: usize = self.counts.range(skip..).map(|&n| usize::from(n)).sum();
+        let mut at = self.filed.len().saturating_sub(newest);
+        for (i, &n) in self.counts.range(skip..).enumerate() {
+            let s = self.first.saturating_add((skip + i) as u64);
+            for _ in 0..n {
+                if let Some(key) = self
+                    .filed
+                    .get(at)
+                    .and_then(|&id| self.lists.get(id as usize))
+                    .and_then(Option::as_ref)
+                    .map(|l| &l.key)
+                {
+                    each(s, key);
+                }
+                at += 1;
+            }
+        }
+    }
+}
