@@ -13,6 +13,11 @@
 //! - `encode_each`: a one-slot cache, so every session decodes and builds its own message, the
 //!   way a server without the cache would.
 //!
+//! And `filtered`: each requestor asks for its own link (QUERY_BY_LINK_ADDRESS), each change is
+//! on one link, so it concerns one requestor; a turn wakes, through [`Watchers`], only the
+//! sessions the batch concerns and fills those. Counted in changes: the cost of a change must
+//! not grow with the number of requestors (issue 12).
+//!
 //! Run with `cargo bench --bench fanout`.
 
 use std::hint::black_box;
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use lqd::codec::{BuildOptions, Decoded, FrameDecoder, MessageBuilder, ServerTime};
-use lqd::engine::active::EncodeCache;
+use lqd::engine::active::{EncodeCache, Watchers};
 use lqd::engine::session::{ActiveSettings, AllowAll, Ctx, Session};
 use lqd::store::journal::Journal;
 use lqd::store::{Change, History, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey, Store};
@@ -143,6 +148,123 @@ impl Setup {
     }
 }
 
+/// Requestors each on their own link, and the watchers that wake them.
+struct Filtered {
+    h: Hist,
+    sessions: Vec<Session>,
+    watchers: Watchers,
+    cache: EncodeCache,
+    out: Vec<u8>,
+    woken: Vec<usize>,
+    round: u32,
+    now: ServerTime,
+}
+
+fn link(i: u32) -> Ipv6Addr {
+    Ipv6Addr::new(0x2001, 0xdb8, (i >> 16) as u16, i as u16, 0, 0, 0, 1)
+}
+
+impl Filtered {
+    fn new(requestors: u32) -> Self {
+        let h = History::open(Store::new(), Journal::format(vec![0; 64 << 20]).unwrap()).0;
+        let now = ServerTime(800_000_000);
+        let mut sessions = Vec::new();
+        let mut watchers = Watchers::new();
+        let ctx = Ctx {
+            history: &h,
+            server_id: &SERVER,
+            now,
+            mono: Instant::now(),
+            active: ActiveSettings::default(),
+        };
+        for i in 0..requestors {
+            let request = MessageBuilder::active_leasequery(7)
+                .lq_query(lqd::codec::QueryType::ByLinkAddress, link(i), |q| q)
+                .build_frame()
+                .unwrap();
+            let mut s = Session::new(4);
+            s.handle_bytes(&request, &ctx, &AllowAll, &mut Vec::new(), &mut Vec::new())
+                .unwrap();
+            watchers.watch(&s.active_queries()[0], i as usize);
+            sessions.push(s);
+        }
+        Self {
+            h,
+            sessions,
+            watchers,
+            cache: EncodeCache::new(),
+            out: Vec::with_capacity(1 << 20),
+            woken: Vec::new(),
+            round: 0,
+            now,
+        }
+    }
+
+    /// One loop turn: a batch of changes, each on the link of the next requestor, then the
+    /// sessions they concern filled. Messages produced.
+    fn turn(&mut self) -> usize {
+        self.round += 1;
+        let n = self.sessions.len() as u32;
+        let before = self.h.journal().next_seq();
+        for i in 0..BATCH {
+            let k = self.round * BATCH + i;
+            let mut c = change(k, self.round, self.now);
+            c.link = link(k % n);
+            self.h.apply(&c, self.now).unwrap();
+        }
+        self.woken.clear();
+        self.watchers.woken(
+            self.h.postings(),
+            before,
+            self.h.journal().next_seq(),
+            &mut self.woken,
+        );
+        self.woken.sort_unstable();
+        self.woken.dedup();
+        let ctx = Ctx {
+            history: &self.h,
+            server_id: &SERVER,
+            now: self.now,
+            mono: Instant::now(),
+            active: ActiveSettings::default(),
+        };
+        let mut messages = 0;
+        for &k in &self.woken {
+            self.out.clear();
+            self.sessions[k].fill(&ctx, &mut self.cache, &mut self.out, 1 << 20);
+            let mut dec = FrameDecoder::default();
+            let mut rest = &self.out[..];
+            while let Ok(Decoded::Frame { consumed, .. }) = dec.decode(rest) {
+                rest = &rest[consumed..];
+                messages += 1;
+            }
+        }
+        messages
+    }
+}
+
+fn filtered(c: &mut Criterion) {
+    let mut g = c.benchmark_group("filtered");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(20);
+    g.throughput(Throughput::Elements(u64::from(BATCH)));
+    for requestors in [100u32, 1_000, 10_000] {
+        let mut setup = Filtered::new(requestors);
+        assert_eq!(
+            setup.turn(),
+            BATCH as usize,
+            "each change reaches its requestor"
+        );
+        g.bench_with_input(
+            BenchmarkId::new("wake_concerned", requestors),
+            &requestors,
+            |b, _| b.iter(|| black_box(setup.turn())),
+        );
+    }
+    g.finish();
+}
+
 fn fanout(c: &mut Criterion) {
     let mut g = c.benchmark_group("fanout");
     g.warm_up_time(Duration::from_secs(1))
@@ -164,5 +286,6 @@ fn fanout(c: &mut Criterion) {
 fn main() {
     let mut c = Criterion::default();
     fanout(&mut c);
+    filtered(&mut c);
     c.final_summary();
 }
