@@ -354,6 +354,7 @@ mod tests {
             p999_us: base * 10.0,
             max_us: base * 30.0,
             server_cpu_pct: None,
+            server_cpu_us_per_change: None,
             loadgen_cpu_pct: 50.0,
             server_peak_rss_kib: None,
         }

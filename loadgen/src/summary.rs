@@ -43,6 +43,10 @@ pub(crate) struct RunSummary {
     pub(crate) max_us: f64,
     /// The server's CPU use over the phase, % of one core; `None` when not measured.
     pub(crate) server_cpu_pct: Option<f64>,
+    /// The server's CPU time over the phase per change, µs: per change applied (live), per
+    /// change caught up (catch-up); `None` when not measured.
+    #[serde(default)]
+    pub(crate) server_cpu_us_per_change: Option<f64>,
     /// loadgen's CPU use over the phase, % of one core.
     pub(crate) loadgen_cpu_pct: f64,
     /// The server's peak RSS (VmHWM) over the phase, KiB; `None` when not measured.
@@ -173,12 +177,12 @@ fn times(r: Option<f64>) -> String {
 pub(crate) fn markdown(runs: &[RunSummary]) -> String {
     let mut out = String::from(
         "| system | mode | N | rate/s | deliveries/s | p50 | p90 | p99 | p99.9 | max \
-         | lost/dup | server CPU % | loadgen CPU % | server peak RSS MiB |\n\
-         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         | lost/dup | server CPU % | server CPU µs/change | loadgen CPU % | server peak RSS MiB |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in runs {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {:.0} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {} | {:.0} | {} |\n",
             r.system,
             r.mode,
             number(r.requestors as f64),
@@ -193,6 +197,8 @@ pub(crate) fn markdown(runs: &[RunSummary]) -> String {
             r.duplicated,
             r.server_cpu_pct
                 .map_or_else(|| "–".to_owned(), |c| format!("{c:.0}")),
+            r.server_cpu_us_per_change
+                .map_or_else(|| "–".to_owned(), number),
             r.loadgen_cpu_pct,
             r.server_peak_rss_kib
                 .map_or_else(|| "–".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
@@ -263,6 +269,7 @@ mod tests {
             p999_us: 1_500.0,
             max_us: 25_000.0,
             server_cpu_pct: Some(55.0),
+            server_cpu_us_per_change: Some(55.0),
             loadgen_cpu_pct: 80.0,
             server_peak_rss_kib: Some(20_480),
         }
@@ -338,6 +345,7 @@ mod tests {
             run("redis", "active", 1000, 100.0),
             RunSummary {
                 server_cpu_pct: None,
+                server_cpu_us_per_change: None,
                 server_peak_rss_kib: None,
                 ..run("raw", "active", 20_000, 10.0)
             },
@@ -362,12 +370,13 @@ mod tests {
             cells(all[2]),
             [
                 "lqd", "active", "1,000", "100", "100,000", "100 µs", "200 µs", "400 µs",
-                "1.50 ms", "25.0 ms", "0/0", "55", "80", "20.0"
+                "1.50 ms", "25.0 ms", "0/0", "55", "55", "80", "20.0"
             ]
         );
         assert_eq!(cells(all[4])[2], "20,000");
         assert_eq!(cells(all[4])[11], "–");
-        assert_eq!(cells(all[4])[13], "–");
+        assert_eq!(cells(all[4])[12], "–");
+        assert_eq!(cells(all[4])[14], "–");
         assert_eq!(
             cells(ratio[2]),
             ["active", "1,000", "100", "–", "1.00×", "–", "1.00×"]

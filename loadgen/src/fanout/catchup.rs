@@ -27,7 +27,9 @@ use super::inject::{self, JsonlSink};
 use super::progress::Progress;
 use super::raw::Job;
 use super::receiver::{HIST_MAX_US, Plan, Protocol, Receivers};
-use super::run::{Ctx, Meter, Server, merge, pct, percentiles, wait_complete, wait_ready};
+use super::run::{
+    Ctx, Meter, Server, merge, pct, percentiles, us_per_change, wait_complete, wait_ready,
+};
 use super::{FanoutCommon, System};
 use crate::Outcome;
 use crate::summary::RunSummary;
@@ -129,7 +131,8 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
             format!(
                 "Active Leasequery catch-up: N requestors reconnect with START_TIME after {} \
                  changes, {} receiver threads; latency columns: each requestor's time from its \
-                 reconnect to its CatchUpComplete; seconds: until all caught up\n\n{md}{notes}",
+                 reconnect to its CatchUpComplete; seconds: until all caught up; server CPU \
+                 µs/change: per change caught up\n\n{md}{notes}",
                 args.changes, workers
             )
         },
@@ -231,6 +234,7 @@ fn one(
         p999_us: p999,
         max_us: max,
         server_cpu_pct: usage.server_cpu_secs.map(|s| pct(s, cpu_window)),
+        server_cpu_us_per_change: usage.server_cpu_secs.map(|s| us_per_change(s, k)),
         loadgen_cpu_pct: pct(usage.own_cpu_secs, cpu_window),
         server_peak_rss_kib: usage.peak_rss_kib,
     };

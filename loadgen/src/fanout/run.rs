@@ -359,6 +359,15 @@ pub(super) fn pct(secs: f64, window: Duration) -> f64 {
     if w > 0.0 { 100.0 * secs / w } else { 0.0 }
 }
 
+/// CPU per change, µs: `secs` of CPU over `changes` changes.
+pub(super) fn us_per_change(secs: f64, changes: u64) -> f64 {
+    if changes > 0 {
+        secs * 1e6 / changes as f64
+    } else {
+        0.0
+    }
+}
+
 /// One live run: `system` with `n` requestors, changes at `rate` a second for `seconds`.
 pub(super) fn live(
     ctx: &Ctx<'_>,
@@ -455,6 +464,7 @@ pub(super) fn live(
         p999_us: p999,
         max_us: max,
         server_cpu_pct: m.usage.server_cpu_secs.map(|s| pct(s, m.window)),
+        server_cpu_us_per_change: m.usage.server_cpu_secs.map(|s| us_per_change(s, total)),
         loadgen_cpu_pct: pct(m.usage.own_cpu_secs, m.window),
         server_peak_rss_kib: m.usage.peak_rss_kib,
     };
