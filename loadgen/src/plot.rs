@@ -340,6 +340,7 @@ mod tests {
         RunSummary {
             system: system.to_owned(),
             mode: "active".to_owned(),
+            filter: None,
             requestors,
             rate,
             seconds: 10.0,
@@ -348,6 +349,7 @@ mod tests {
             deliveries_per_sec: rate * requestors as f64,
             lost: 0,
             duplicated: 0,
+            misdelivered: 0,
             p50_us: base,
             p90_us: base * 2.0,
             p99_us: base * 4.0,

@@ -12,6 +12,11 @@
 //! raw: the same N receivers connect to loadgen's sender, which writes each, as soon as it is
 //! accepted, the K frames and a CatchUpComplete frame. Redis pub/sub keeps no history, so it
 //! has no catch-up to compare; it is skipped with a note.
+//!
+//! Filtered (`--filter`), requestor `i` syncs, and reconnects, with a query for its key `i`
+//! alone, and must receive exactly the changes of its key (`i`, `i + N`, …, about K / N of
+//! them) before its CatchUpComplete; the sentinel still asks for every change. The raw sender
+//! writes each connection its key's frames only.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -22,15 +27,16 @@ use lqd::codec::ServerTime;
 use serde::Serialize;
 
 use super::active::finish_with;
-use super::changes::Schedule;
+use super::changes::{Model, Schedule};
 use super::inject::{self, JsonlSink};
 use super::progress::Progress;
 use super::raw::Job;
 use super::receiver::{HIST_MAX_US, Plan, Protocol, Receivers};
 use super::run::{
-    Ctx, Meter, Server, merge, pct, percentiles, us_per_change, wait_complete, wait_ready,
+    Ctx, Meter, Server, delivery_failures, merge, pct, percentiles, us_per_change, wait_complete,
+    wait_ready,
 };
-use super::{FanoutCommon, System};
+use super::{FanoutCommon, System, filter_note};
 use crate::Outcome;
 use crate::summary::RunSummary;
 
@@ -85,7 +91,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     }
     super::positive(&[args.timeout_seconds], "--timeout-seconds")?;
     let progress = Progress::new();
-    let ctx = Ctx::new(&args.common, &progress)?;
+    let ctx = Ctx::new(&args.common, &progress, &args.requestors)?;
     let (mut runs, mut details, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut notes = String::new();
     for &n in &args.requestors {
@@ -132,8 +138,10 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
                 "Active Leasequery catch-up: N requestors reconnect with START_TIME after {} \
                  changes, {} receiver threads; latency columns: each requestor's time from its \
                  reconnect to its CatchUpComplete; seconds: until all caught up; server CPU \
-                 µs/change: per change caught up\n\n{md}{notes}",
-                args.changes, workers
+                 µs/change: per change caught up{}\n\n{md}{notes}",
+                args.changes,
+                workers,
+                filter_note(&args.common),
             )
         },
         extra,
@@ -148,6 +156,8 @@ fn one(
     n: usize,
 ) -> Result<(RunSummary, Detail, Vec<String>), String> {
     let k = args.changes;
+    let model = ctx.model_for(n)?;
+    let filtered = model.keys().is_some();
     let label = format!("{} N={n} K={k}", system.name());
     let journal = (k * JOURNAL_PER_CHANGE).max(JOURNAL_SIZE).div_ceil(1 << 20) << 20;
     let job = match system {
@@ -157,22 +167,24 @@ fn one(
     let mut server = Server::start(ctx, system, n, Some(journal), job)?;
     let mut failures = Vec::new();
     let (start_times, inject_seconds) = if server.protocol() == Protocol::Active {
-        let (t, s) = away(ctx, &mut server, n, k, args.inject_rate, &label)?;
+        let (t, s) = away(ctx, &mut server, model, n, k, args.inject_rate, &label)?;
         (Some(t), Some(s))
     } else {
         (None, None)
     };
+    let expected = ctx.deliveries(k, n);
     ctx.progress
-        .stage(&format!("{label}: catching up"), k * n as u64);
+        .stage(&format!("{label}: catching up"), expected);
     let started = Instant::now();
     let meter = Meter::start(server.pid())?;
     let receivers = Receivers::start(
         Plan {
             addr: server.addr(),
             protocol: server.protocol(),
-            model: ctx.model,
+            model,
             requestors: n,
             expected: k,
+            filtered,
             start_times,
             catch_up: true,
         },
@@ -200,26 +212,17 @@ fn one(
         times.saturating_record(u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1));
     }
     let [p50, p90, p99, p999, max] = percentiles(&times);
-    if m.lost > 0 {
-        failures.push(format!(
-            "{label}: {} of {} deliveries lost",
-            m.lost,
-            k * n as u64
-        ));
-    }
-    if m.duplicated > 0 {
-        failures.push(format!("{label}: {} deliveries duplicated", m.duplicated));
-    }
+    failures.extend(delivery_failures(&m, expected, &label));
     if m.catch_up.len() < n {
         failures.push(format!(
             "{label}: {} of {n} requestors got CatchUpComplete",
             m.catch_up.len()
         ));
     }
-    failures.extend(m.errors.iter().take(5).map(|e| format!("{label}: {e}")));
     let summary = RunSummary {
         system: system.name().to_owned(),
         mode: "catch-up".to_owned(),
+        filter: ctx.filter_name(),
         requestors: n,
         rate: 0.0,
         seconds: window.as_secs_f64(),
@@ -228,6 +231,7 @@ fn one(
         deliveries_per_sec: crate::report::rate(m.received, window),
         lost: m.lost,
         duplicated: m.duplicated,
+        misdelivered: m.misdelivered,
         p50_us: p50,
         p90_us: p90,
         p99_us: p99,
@@ -258,12 +262,13 @@ fn one(
     Ok((summary, detail, failures))
 }
 
-/// lqd's side before the measurement: the N requestors sync and leave, K changes are made,
-/// and a sentinel sees them all. Returns each requestor's base-time and how long the K
-/// changes took.
+/// lqd's side before the measurement: the N requestors sync (filtered by `model`'s keys, if
+/// any) and leave, K changes are made, and a sentinel sees them all. Returns each requestor's
+/// base-time and how long the K changes took.
 fn away(
     ctx: &Ctx<'_>,
     server: &mut Server,
+    model: Model,
     n: usize,
     k: u64,
     inject_rate: Option<f64>,
@@ -271,16 +276,17 @@ fn away(
 ) -> Result<(Vec<ServerTime>, f64), String> {
     ctx.progress.stage(&format!("{label}: syncing"), n as u64);
     let addr = server.addr();
-    let plan = |requestors, expected| Plan {
+    let plan = |requestors, expected, filtered| Plan {
         addr,
         protocol: Protocol::Active,
-        model: ctx.model,
+        model,
         requestors,
         expected,
+        filtered,
         start_times: None,
         catch_up: false,
     };
-    let sync = Receivers::start(plan(n, 0), ctx.workers)?;
+    let sync = Receivers::start(plan(n, 0, model.keys().is_some()), ctx.workers)?;
     let ready = wait_ready(server, &sync, n, ctx.progress);
     let reports = sync.finish();
     ready?;
@@ -294,7 +300,7 @@ fn away(
                 .ok_or_else(|| format!("requestor {i}'s REPLY had no base-time"))
         })
         .collect::<Result<_, _>>()?;
-    let sentinel = Receivers::start(plan(1, k), 1)?;
+    let sentinel = Receivers::start(plan(1, k, false), 1)?;
     wait_ready(server, &sentinel, 1, ctx.progress)?;
     ctx.progress
         .stage(&format!("{label}: {k} changes while away"), k);
@@ -309,7 +315,7 @@ fn away(
         _ => return Err("only lqd is fed changes".to_owned()),
     };
     let injector = inject::spawn(
-        Box::new(JsonlSink::new(feed, ctx.model)),
+        Box::new(JsonlSink::new(feed, model)),
         schedule,
         Arc::new(AtomicBool::new(false)),
     )?;
