@@ -142,7 +142,7 @@ pub(crate) fn ratios(runs: &[RunSummary]) -> Vec<Ratio> {
 
 /// A latency in µs, in µs below 1 ms and in ms or s above, with three significant digits
 /// or so.
-fn latency(us: f64) -> String {
+pub(crate) fn latency(us: f64) -> String {
     if !us.is_finite() {
         return "–".to_owned();
     }
@@ -162,7 +162,7 @@ fn latency(us: f64) -> String {
 }
 
 /// A count or rate with thousands separators; two decimals when it is not whole.
-fn number(x: f64) -> String {
+pub(crate) fn number(x: f64) -> String {
     if !x.is_finite() {
         return "–".to_owned();
     }

@@ -194,12 +194,12 @@ fn check_figures(run: &Value, requestors: u64, changes: u64, deliveries: u64) {
     assert!(pct("p999_us") <= pct("max_us"), "{run}");
 }
 
-/// The rows of the first markdown table in `report` (every run), as cells.
-fn table_rows(report: &str) -> Vec<Vec<String>> {
+/// The rows of the markdown table in `report` whose header starts with `header`, as cells.
+fn table_rows(report: &str, header: &str) -> Vec<Vec<String>> {
     report
         .split("\n\n")
-        .find(|t| t.starts_with('|'))
-        .expect("a table")
+        .find(|t| t.starts_with(header))
+        .expect("the table")
         .lines()
         .skip(2)
         .map(|l| {
@@ -358,7 +358,7 @@ fn active_filtered_by_link_sends_each_change_to_its_requestor_only() {
     for d in r["details"].as_array().expect("details") {
         assert_eq!(d["complete"], true, "{d}");
     }
-    let rows = table_rows(&report);
+    let rows = table_rows(&report, "| system | mode |");
     assert_eq!(rows.len(), 3, "{report}");
     for (row, system) in rows.iter().zip(["lqd", "raw", "redis"]) {
         assert_eq!(
@@ -400,6 +400,14 @@ fn catch_up_filtered_by_relay_id_delivers_each_requestor_its_own_changes() {
     }
     assert!(report.contains("no redis run"), "{report}");
     assert_eq!(r["summary"]["ratios"][0]["redis"], Value::Null);
+    let rows = table_rows(&report, "| system | N | changes | all caught up |");
+    let systems: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(systems, ["lqd", "raw", "redis"], "{report}");
+    assert!(
+        rows[0][3].ends_with(" ms") || rows[0][3].ends_with(" s"),
+        "{report}"
+    );
+    assert_eq!(rows[2][3..], ["n/a"; 5], "{report}");
 }
 
 #[test]

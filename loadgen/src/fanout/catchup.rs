@@ -18,6 +18,7 @@
 //! them) before its CatchUpComplete; the sentinel still asks for every change. The raw sender
 //! writes each connection its key's frames only.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -38,7 +39,7 @@ use super::run::{
 };
 use super::{FanoutCommon, System, filter_note};
 use crate::Outcome;
-use crate::summary::RunSummary;
+use crate::summary::{RunSummary, latency, number};
 
 /// lqd's default journal size; larger when K changes need more.
 const JOURNAL_SIZE: u64 = 128 * 1024 * 1024;
@@ -94,8 +95,22 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     let ctx = Ctx::new(&args.common, &progress, &args.requestors)?;
     let (mut runs, mut details, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut notes = String::new();
+    let mut table = String::from(
+        "\nUntil every requestor had its CatchUpComplete (from the first reconnect), and each \
+         requestor's time from its reconnect to its CatchUpComplete:\n\n\
+         | system | N | changes | all caught up | per requestor p50 | p99 | max \
+         | server CPU µs/change |\n|---|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    let k = number(args.changes as f64);
     for &n in &args.requestors {
         for &system in &args.common.systems {
+            let row = |what: &str| {
+                format!(
+                    "| {} | {} | {k} | {what} |",
+                    system.name(),
+                    number(f64::from(n))
+                )
+            };
             if system == System::Redis {
                 let note = "Redis pub/sub keeps no history to catch up from: no redis run.";
                 if !notes.contains(note) {
@@ -103,10 +118,26 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
                     notes.push_str(note);
                     notes.push('\n');
                 }
+                let _ = writeln!(table, "{}", row("n/a | n/a | n/a | n/a | n/a"));
                 continue;
             }
             match one(&ctx, args, system, n as usize) {
                 Ok((summary, detail, f)) => {
+                    let _ = writeln!(
+                        table,
+                        "{}",
+                        row(&format!(
+                            "{}{} | {} | {} | {} | {}",
+                            latency(detail.all_caught_up_seconds * 1e6),
+                            if detail.complete { "" } else { " (timed out)" },
+                            latency(summary.p50_us),
+                            latency(summary.p99_us),
+                            latency(summary.max_us),
+                            summary
+                                .server_cpu_us_per_change
+                                .map_or_else(|| "–".to_owned(), number),
+                        ))
+                    );
                     runs.push(summary);
                     details.push(detail);
                     failures.extend(f);
@@ -115,6 +146,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
                     let f = format!("{} N={n} K={}: {e}", system.name(), args.changes);
                     progress.println(&format!("loadgen: error: {f}"));
                     failures.push(f);
+                    let _ = writeln!(table, "{}", row("failed | – | – | – | –"));
                 }
             }
         }
@@ -137,8 +169,8 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
             format!(
                 "Active Leasequery catch-up: N requestors reconnect with START_TIME after {} \
                  changes, {} receiver threads; latency columns: each requestor's time from its \
-                 reconnect to its CatchUpComplete; seconds: until all caught up; server CPU \
-                 µs/change: per change caught up{}\n\n{md}{notes}",
+                 reconnect to its CatchUpComplete; server CPU µs/change: per change caught \
+                 up{}\n\n{md}{table}\n{notes}",
                 args.changes,
                 workers,
                 filter_note(&args.common),
