@@ -17,6 +17,7 @@
 //! target/release/loadgen active --requestors 100,1000 --rate 1000,5000 --seconds 10 --systems lqd,raw,redis
 //! target/release/loadgen catch-up --requestors 1000 --changes 10000
 //! target/release/loadgen ramp --requestors 1000 --start-rate 1000 --p99-ms 50
+//! target/release/loadgen active --requestors 100,1000 --rate 1000 --filter relay-id --systems lqd,raw,redis
 //! ```
 //!
 //! One module per mode (`bulk`, `udp`, `fanout`); the lqd process, the population model and

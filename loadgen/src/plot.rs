@@ -340,6 +340,7 @@ mod tests {
         RunSummary {
             system: system.to_owned(),
             mode: "active".to_owned(),
+            filter: None,
             requestors,
             rate,
             seconds: 10.0,
@@ -348,12 +349,14 @@ mod tests {
             deliveries_per_sec: rate * requestors as f64,
             lost: 0,
             duplicated: 0,
+            misdelivered: 0,
             p50_us: base,
             p90_us: base * 2.0,
             p99_us: base * 4.0,
             p999_us: base * 10.0,
             max_us: base * 30.0,
             server_cpu_pct: None,
+            server_cpu_us_per_change: None,
             loadgen_cpu_pct: 50.0,
             server_peak_rss_kib: None,
         }

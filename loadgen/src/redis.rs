@@ -1,5 +1,6 @@
 //! Redis pub/sub as a fan-out baseline: the same changes published to one channel, delivered
-//! by Redis to every subscriber.
+//! by Redis to every subscriber; or, filtered, to one channel per key ([`channel`]), each with
+//! its one subscriber.
 //!
 //! [`RedisServer`] runs Debian's `redis-server` (7.x) as a child process with its whole
 //! configuration on the command line. The rest is a small RESP2 codec, as much as the two
@@ -19,7 +20,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The channel every publisher publishes to and every subscriber subscribes to.
+/// The channel every publisher publishes to and every subscriber subscribes to (unfiltered);
+/// filtered, the prefix of each key's channel.
 pub(crate) const CHANNEL: &[u8] = b"lqd-fanout";
 
 /// `maxclients` of the server: 20,000 subscribers plus publishers and control connections.
@@ -308,17 +310,27 @@ fn bulk_strings(frame: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-/// The RESP array `SUBSCRIBE CHANNEL`, to send once on each subscriber connection.
-pub(crate) fn subscribe_command() -> Vec<u8> {
-    let mut out = Vec::new();
-    command(&[b"SUBSCRIBE", CHANNEL], &mut out);
+/// The channel of key `key` (`lqd-fanout:KEY`), or [`CHANNEL`] for every change.
+pub(crate) fn channel(key: Option<u32>) -> Vec<u8> {
+    let mut out = CHANNEL.to_vec();
+    if let Some(k) = key {
+        out.push(b':');
+        push_decimal(&mut out, k as usize);
+    }
     out
 }
 
-/// Appends the RESP array `PUBLISH CHANNEL <payload>` to `out`; the payload is a bulk string,
-/// so any bytes (CR and LF included) go through unchanged.
-pub(crate) fn publish_command(payload: &[u8], out: &mut Vec<u8>) {
-    command(&[b"PUBLISH", CHANNEL, payload], out);
+/// The RESP array `SUBSCRIBE <channel>`, to send once on each subscriber connection.
+pub(crate) fn subscribe_command(channel: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    command(&[b"SUBSCRIBE", channel], &mut out);
+    out
+}
+
+/// Appends the RESP array `PUBLISH <channel> <payload>` to `out`; the payload is a bulk
+/// string, so any bytes (CR and LF included) go through unchanged.
+pub(crate) fn publish_command(channel: &[u8], payload: &[u8], out: &mut Vec<u8>) {
+    command(&[b"PUBLISH", channel, payload], out);
 }
 
 /// Appends `args` as a RESP array of bulk strings.
@@ -702,17 +714,24 @@ mod tests {
     #[test]
     fn commands_are_resp_arrays_of_bulk_strings() {
         assert_eq!(
-            subscribe_command(),
+            subscribe_command(CHANNEL),
             b"*2\r\n$9\r\nSUBSCRIBE\r\n$10\r\nlqd-fanout\r\n"
         );
+        assert_eq!(channel(None), CHANNEL);
+        assert_eq!(channel(Some(0)), b"lqd-fanout:0");
+        assert_eq!(channel(Some(9_999)), b"lqd-fanout:9999");
+        assert_eq!(
+            subscribe_command(&channel(Some(12))),
+            b"*2\r\n$9\r\nSUBSCRIBE\r\n$13\r\nlqd-fanout:12\r\n"
+        );
         let mut out = b"x".to_vec();
-        publish_command(b"a\r\nb", &mut out);
+        publish_command(CHANNEL, b"a\r\nb", &mut out);
         assert_eq!(
             out,
             b"x*3\r\n$7\r\nPUBLISH\r\n$10\r\nlqd-fanout\r\n$4\r\na\r\nb\r\n"
         );
         let mut big = Vec::new();
-        publish_command(&[7u8; 1234567], &mut big);
+        publish_command(CHANNEL, &[7u8; 1234567], &mut big);
         assert!(big.starts_with(b"*3\r\n$7\r\nPUBLISH\r\n$10\r\nlqd-fanout\r\n$1234567\r\n"));
         assert_eq!(big.len(), 34 + 10 + 1234567 + 2);
     }
@@ -929,7 +948,7 @@ mod tests {
         let mut subscribers: Vec<(TcpStream, RespDecoder)> = (0..3)
             .map(|_| {
                 let mut s = connect();
-                s.write_all(&subscribe_command()).expect("SUBSCRIBE");
+                s.write_all(&subscribe_command(CHANNEL)).expect("SUBSCRIBE");
                 let mut d = RespDecoder::new();
                 let mut buf = [0u8; 256];
                 loop {
@@ -956,7 +975,7 @@ mod tests {
         let mut publisher = connect();
         let mut pipeline = Vec::new();
         for p in &payloads {
-            publish_command(p, &mut pipeline);
+            publish_command(CHANNEL, p, &mut pipeline);
         }
         publisher.write_all(&pipeline).expect("PUBLISH");
         let (mut replies, mut receivers) = (0, 0);

@@ -15,6 +15,11 @@ pub(crate) struct RunSummary {
     pub(crate) system: String,
     /// `"active"`, `"catch-up"` or `"ramp"`.
     pub(crate) mode: String,
+    /// What each requestor's stream was filtered by (`--filter`): `"link"`, `"relay-id"` or
+    /// `"remote-id"`, each change going to one requestor; none when every requestor got every
+    /// change.
+    #[serde(default)]
+    pub(crate) filter: Option<String>,
     /// Requestors (subscribers) connected.
     pub(crate) requestors: usize,
     /// Intended changes per second.
@@ -31,6 +36,9 @@ pub(crate) struct RunSummary {
     pub(crate) lost: u64,
     /// Deliveries that arrived more than once.
     pub(crate) duplicated: u64,
+    /// Changes delivered to a requestor that did not ask for their key (filtered runs).
+    #[serde(default)]
+    pub(crate) misdelivered: u64,
     /// Latency percentiles and maximum from the change's intended time to its arrival, µs.
     pub(crate) p50_us: f64,
     /// 90th percentile, µs.
@@ -43,6 +51,10 @@ pub(crate) struct RunSummary {
     pub(crate) max_us: f64,
     /// The server's CPU use over the phase, % of one core; `None` when not measured.
     pub(crate) server_cpu_pct: Option<f64>,
+    /// The server's CPU time over the phase per change, µs: per change applied (live), per
+    /// change caught up (catch-up); `None` when not measured.
+    #[serde(default)]
+    pub(crate) server_cpu_us_per_change: Option<f64>,
     /// loadgen's CPU use over the phase, % of one core.
     pub(crate) loadgen_cpu_pct: f64,
     /// The server's peak RSS (VmHWM) over the phase, KiB; `None` when not measured.
@@ -60,11 +72,13 @@ pub(crate) struct Versus {
     pub(crate) p99: Option<f64>,
 }
 
-/// The comparisons at one load: one mode, requestor count and rate.
+/// The comparisons at one load: one mode, filter, requestor count and rate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Ratio {
     /// The runs' mode.
     pub(crate) mode: String,
+    /// The runs' filter, if any.
+    pub(crate) filter: Option<String>,
     /// The runs' requestor count.
     pub(crate) requestors: usize,
     /// The runs' intended rate, changes/s.
@@ -75,9 +89,13 @@ pub(crate) struct Ratio {
     pub(crate) redis: Option<Versus>,
 }
 
-/// Whether `a` and `b` ran at the same load (same mode, requestors and intended rate).
+/// Whether `a` and `b` ran at the same load (same mode, filter, requestors and intended
+/// rate).
 fn same_load(a: &RunSummary, b: &RunSummary) -> bool {
-    a.mode == b.mode && a.requestors == b.requestors && a.rate.to_bits() == b.rate.to_bits()
+    a.mode == b.mode
+        && a.filter == b.filter
+        && a.requestors == b.requestors
+        && a.rate.to_bits() == b.rate.to_bits()
 }
 
 /// `a / b`, or `None` when `b` is not positive.
@@ -93,6 +111,7 @@ pub(crate) fn ratios(runs: &[RunSummary]) -> Vec<Ratio> {
     for lqd in runs.iter().filter(|r| r.system == LQD) {
         if out.iter().any(|r| {
             r.mode == lqd.mode
+                && r.filter == lqd.filter
                 && r.requestors == lqd.requestors
                 && r.rate.to_bits() == lqd.rate.to_bits()
         }) {
@@ -110,6 +129,7 @@ pub(crate) fn ratios(runs: &[RunSummary]) -> Vec<Ratio> {
         if raw.is_some() || redis.is_some() {
             out.push(Ratio {
                 mode: lqd.mode.clone(),
+                filter: lqd.filter.clone(),
                 requestors: lqd.requestors,
                 rate: lqd.rate,
                 raw,
@@ -122,7 +142,7 @@ pub(crate) fn ratios(runs: &[RunSummary]) -> Vec<Ratio> {
 
 /// A latency in µs, in µs below 1 ms and in ms or s above, with three significant digits
 /// or so.
-fn latency(us: f64) -> String {
+pub(crate) fn latency(us: f64) -> String {
     if !us.is_finite() {
         return "–".to_owned();
     }
@@ -142,7 +162,7 @@ fn latency(us: f64) -> String {
 }
 
 /// A count or rate with thousands separators; two decimals when it is not whole.
-fn number(x: f64) -> String {
+pub(crate) fn number(x: f64) -> String {
     if !x.is_finite() {
         return "–".to_owned();
     }
@@ -170,15 +190,27 @@ fn times(r: Option<f64>) -> String {
 }
 
 /// The markdown report: every run, then lqd against the baselines (when any load has both).
+/// With filtered runs among them, the lost/dup column also counts misdelivered changes.
 pub(crate) fn markdown(runs: &[RunSummary]) -> String {
-    let mut out = String::from(
+    let filtered = runs.iter().any(|r| r.filter.is_some());
+    let mut out = format!(
         "| system | mode | N | rate/s | deliveries/s | p50 | p90 | p99 | p99.9 | max \
-         | lost/dup | server CPU % | loadgen CPU % | server peak RSS MiB |\n\
-         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         | {} | server CPU % | server CPU µs/change | loadgen CPU % | server peak RSS MiB |\n\
+         |---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        if filtered {
+            "lost/dup/misdelivered"
+        } else {
+            "lost/dup"
+        }
     );
     for r in runs {
+        let wrong = if filtered {
+            format!("/{}", r.misdelivered)
+        } else {
+            String::new()
+        };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{} | {} | {:.0} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {}/{}{wrong} | {} | {} | {:.0} | {} |\n",
             r.system,
             r.mode,
             number(r.requestors as f64),
@@ -193,6 +225,7 @@ pub(crate) fn markdown(runs: &[RunSummary]) -> String {
             r.duplicated,
             r.server_cpu_pct
                 .map_or_else(|| "–".to_owned(), |c| format!("{c:.0}")),
+            r.server_cpu_us_per_change.map_or_else(|| "–".to_owned(), number),
             r.loadgen_cpu_pct,
             r.server_peak_rss_kib
                 .map_or_else(|| "–".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
@@ -249,6 +282,7 @@ mod tests {
         RunSummary {
             system: system.to_owned(),
             mode: mode.to_owned(),
+            filter: None,
             requestors,
             rate,
             seconds: 10.0,
@@ -257,12 +291,14 @@ mod tests {
             deliveries_per_sec: rate * requestors as f64,
             lost: 0,
             duplicated: 0,
+            misdelivered: 0,
             p50_us: 100.0,
             p90_us: 200.0,
             p99_us: 400.0,
             p999_us: 1_500.0,
             max_us: 25_000.0,
             server_cpu_pct: Some(55.0),
+            server_cpu_us_per_change: Some(55.0),
             loadgen_cpu_pct: 80.0,
             server_peak_rss_kib: Some(20_480),
         }
@@ -308,6 +344,15 @@ mod tests {
             run("raw", "ramp", 20_000, 50.0),
             // A repeated lqd run at a compared load is not compared twice.
             run("lqd", "active", 1000, 100.0),
+            // Same load, but filtered: not compared with the unfiltered runs.
+            RunSummary {
+                filter: Some("link".to_owned()),
+                ..run("lqd", "active", 10, 100.0)
+            },
+            RunSummary {
+                filter: Some("link".to_owned()),
+                ..run("raw", "ramp", 20_000, 50.0)
+            },
         ];
         let ratios = ratios(&runs);
         assert_eq!(ratios.len(), 2, "{ratios:?}");
@@ -338,6 +383,7 @@ mod tests {
             run("redis", "active", 1000, 100.0),
             RunSummary {
                 server_cpu_pct: None,
+                server_cpu_us_per_change: None,
                 server_peak_rss_kib: None,
                 ..run("raw", "active", 20_000, 10.0)
             },
@@ -362,18 +408,43 @@ mod tests {
             cells(all[2]),
             [
                 "lqd", "active", "1,000", "100", "100,000", "100 µs", "200 µs", "400 µs",
-                "1.50 ms", "25.0 ms", "0/0", "55", "80", "20.0"
+                "1.50 ms", "25.0 ms", "0/0", "55", "55", "80", "20.0"
             ]
         );
         assert_eq!(cells(all[4])[2], "20,000");
         assert_eq!(cells(all[4])[11], "–");
-        assert_eq!(cells(all[4])[13], "–");
+        assert_eq!(cells(all[4])[12], "–");
+        assert_eq!(cells(all[4])[14], "–");
         assert_eq!(
             cells(ratio[2]),
             ["active", "1,000", "100", "–", "1.00×", "–", "1.00×"]
         );
         // No lqd run: no ratio table.
         assert!(!markdown(&runs[1..]).contains("lqd/redis"));
+    }
+
+    #[test]
+    fn filtered_runs_count_misdelivered_changes_too() {
+        let runs: Vec<RunSummary> = ["lqd", "raw"]
+            .into_iter()
+            .map(|system| RunSummary {
+                filter: Some("relay-id".to_owned()),
+                misdelivered: u64::from(system == "raw") * 3,
+                server_cpu_us_per_change: Some(1234.5),
+                ..run(system, "active", 100, 10.0)
+            })
+            .collect();
+        let text = markdown(&runs);
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
+        assert_eq!(cells(rows[0])[10], "lost/dup/misdelivered", "{text}");
+        assert_eq!(cells(rows[0])[12], "server CPU µs/change", "{text}");
+        assert_eq!(cells(rows[2])[10], "0/0/0", "{text}");
+        assert_eq!(cells(rows[3])[10], "0/0/3", "{text}");
+        assert_eq!(cells(rows[3])[12], "1,234", "{text}");
+        let doc = json(&runs);
+        assert_eq!(doc["runs"][1]["misdelivered"], 3);
+        assert_eq!(doc["runs"][0]["filter"], "relay-id");
+        assert_eq!(doc["ratios"][0]["filter"], "relay-id");
     }
 
     #[test]

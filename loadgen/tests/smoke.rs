@@ -70,6 +70,11 @@ fn lqd() -> &'static Path {
 /// Runs loadgen with `args`, `--lqd` and `--json`; returns its JSON report after checking it
 /// succeeded.
 fn loadgen(name: &str, args: &[&str]) -> Value {
+    loadgen_report(name, args).0
+}
+
+/// [`loadgen`], with its markdown report (standard output) too.
+fn loadgen_report(name: &str, args: &[&str]) -> (Value, String) {
     let json =
         std::env::temp_dir().join(format!("loadgen-smoke-{name}-{}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
@@ -92,7 +97,7 @@ fn loadgen(name: &str, args: &[&str]) -> Value {
     let _ = std::fs::remove_file(&json);
     let report: Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(report["failures"], Value::Array(Vec::new()), "{text}");
-    report
+    (report, stdout.into_owned())
 }
 
 #[test]
@@ -156,18 +161,54 @@ fn udp_answers_every_query() {
 /// The figures every fan-out run must have: nothing lost or duplicated, every change to every
 /// requestor, percentiles in order.
 fn check_run(run: &Value, requestors: u64, changes: u64) {
+    check_figures(run, requestors, changes, requestors * changes);
+    assert_eq!(run["filter"], Value::Null, "{run}");
+    assert!(run["loadgen_cpu_pct"].as_f64().unwrap() > 0.0, "{run}");
+}
+
+/// The figures of a run filtered by `filter`: each change to exactly one requestor (so
+/// `changes` deliveries in all), none lost, duplicated or misdelivered.
+fn check_filtered_run(run: &Value, requestors: u64, changes: u64, filter: &str) {
+    check_figures(run, requestors, changes, changes);
+    assert_eq!(run["filter"], filter, "{run}");
+    assert!(
+        run["server_cpu_us_per_change"].as_f64().unwrap() >= 0.0,
+        "{run}"
+    );
+}
+
+/// The figures of any run: `deliveries` in all, none lost, duplicated or misdelivered,
+/// percentiles in order.
+fn check_figures(run: &Value, requestors: u64, changes: u64, deliveries: u64) {
     assert_eq!(run["requestors"], requestors, "{run}");
     assert_eq!(run["changes"], changes, "{run}");
     assert_eq!(run["lost"], 0, "{run}");
     assert_eq!(run["duplicated"], 0, "{run}");
-    assert_eq!(run["deliveries"], requestors * changes, "{run}");
+    assert_eq!(run["misdelivered"], 0, "{run}");
+    assert_eq!(run["deliveries"], deliveries, "{run}");
     let pct = |name: &str| run[name].as_f64().expect(name);
     assert!(pct("p50_us") > 0.0, "{run}");
     assert!(pct("p50_us") <= pct("p90_us"), "{run}");
     assert!(pct("p90_us") <= pct("p99_us"), "{run}");
     assert!(pct("p99_us") <= pct("p999_us"), "{run}");
     assert!(pct("p999_us") <= pct("max_us"), "{run}");
-    assert!(pct("loadgen_cpu_pct") > 0.0, "{run}");
+}
+
+/// The rows of the markdown table in `report` whose header starts with `header`, as cells.
+fn table_rows(report: &str, header: &str) -> Vec<Vec<String>> {
+    report
+        .split("\n\n")
+        .find(|t| t.starts_with(header))
+        .expect("the table")
+        .lines()
+        .skip(2)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_owned())
+                .collect()
+        })
+        .collect()
 }
 
 #[test]
@@ -273,4 +314,138 @@ fn ramp_steps_up_until_the_bound_or_the_last_step() {
     let runs = r["runs"].as_array().expect("runs");
     check_run(&runs[0], 20, 100);
     check_run(&runs[1], 20, 200);
+}
+
+#[test]
+fn active_filtered_by_link_sends_each_change_to_its_requestor_only() {
+    // 25 requestors, each asking for its own link; 300 changes/s for 2 s, change k on link
+    // k mod 25; lqd, the raw sender and Redis (a channel per link) side by side.
+    let (r, report) = loadgen_report(
+        "active-link",
+        &[
+            "active",
+            "--requestors",
+            "25",
+            "--rate",
+            "300",
+            "--seconds",
+            "2",
+            "--systems",
+            "lqd,raw,redis",
+            "--filter",
+            "link",
+        ],
+    );
+    assert_eq!(r["filter"], "link");
+    let runs = r["runs"].as_array().expect("runs");
+    let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert_eq!(systems, ["lqd", "raw", "redis"]);
+    for run in runs {
+        check_filtered_run(run, 25, 600, "link");
+        assert_eq!(run["mode"], "active");
+        if run["system"] != "raw" {
+            assert!(
+                run["server_cpu_us_per_change"].as_f64().unwrap() > 0.0,
+                "{run}"
+            );
+        }
+    }
+    let ratios = r["summary"]["ratios"].as_array().expect("ratios");
+    assert_eq!(ratios.len(), 1, "{ratios:?}");
+    assert_eq!(ratios[0]["filter"], "link");
+    assert!(ratios[0]["raw"]["p99"].as_f64().unwrap() > 0.0);
+    assert!(ratios[0]["redis"]["p99"].as_f64().unwrap() > 0.0);
+    for d in r["details"].as_array().expect("details") {
+        assert_eq!(d["complete"], true, "{d}");
+    }
+    let rows = table_rows(&report, "| system | mode |");
+    assert_eq!(rows.len(), 3, "{report}");
+    for (row, system) in rows.iter().zip(["lqd", "raw", "redis"]) {
+        assert_eq!(
+            (row[0].as_str(), row[2].as_str()),
+            (system, "25"),
+            "{report}"
+        );
+        assert_eq!(row[10], "0/0/0", "lost/dup/misdelivered: {report}");
+    }
+}
+
+#[test]
+fn catch_up_filtered_by_relay_id_delivers_each_requestor_its_own_changes() {
+    let (r, report) = loadgen_report(
+        "catch-up-relay-id",
+        &[
+            "catch-up",
+            "--requestors",
+            "20",
+            "--changes",
+            "300",
+            "--systems",
+            "lqd,raw,redis",
+            "--filter",
+            "relay-id",
+        ],
+    );
+    let runs = r["runs"].as_array().expect("runs");
+    let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert_eq!(systems, ["lqd", "raw"], "Redis has no catch-up");
+    for run in runs {
+        // Each of the 20 requestors: its 15 changes, then CatchUpComplete.
+        check_filtered_run(run, 20, 300, "relay-id");
+        assert_eq!(run["mode"], "catch-up");
+        assert!(run["seconds"].as_f64().unwrap() > 0.0, "{run}");
+    }
+    for d in r["catch_up"].as_array().expect("catch_up") {
+        assert_eq!(d["complete"], true, "{d}");
+    }
+    assert!(report.contains("no redis run"), "{report}");
+    assert_eq!(r["summary"]["ratios"][0]["redis"], Value::Null);
+    let rows = table_rows(&report, "| system | N | changes | all caught up |");
+    let systems: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(systems, ["lqd", "raw", "redis"], "{report}");
+    assert!(
+        rows[0][3].ends_with(" ms") || rows[0][3].ends_with(" s"),
+        "{report}"
+    );
+    assert_eq!(rows[2][3..], ["n/a"; 5], "{report}");
+}
+
+#[test]
+fn ramp_filtered_by_remote_id_steps_up_for_each_system() {
+    let r = loadgen(
+        "ramp-remote-id",
+        &[
+            "ramp",
+            "--requestors",
+            "20",
+            "--start-rate",
+            "100",
+            "--factor",
+            "2",
+            "--step-seconds",
+            "1",
+            "--max-steps",
+            "2",
+            "--p99-ms",
+            "1000",
+            "--systems",
+            "lqd,raw,redis",
+            "--filter",
+            "remote-id",
+        ],
+    );
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 6, "{steps:?}");
+    for s in steps {
+        assert_eq!(s["missed"], Value::Null, "{s}");
+    }
+    for h in r["highest"].as_array().expect("highest") {
+        assert_eq!(h["rate"], 200.0, "{h}");
+    }
+    let runs = r["runs"].as_array().expect("runs");
+    assert_eq!(runs.len(), 6);
+    for pair in runs.chunks(2) {
+        check_filtered_run(&pair[0], 20, 100, "remote-id");
+        check_filtered_run(&pair[1], 20, 200, "remote-id");
+    }
 }

@@ -5,12 +5,13 @@
 //! subscription confirmed) before the first change; K = R × `--seconds` changes injected on
 //! schedule; then the wait until every connection has all K (or `--drain-seconds` more).
 //! Reports deliveries/s, p50 / p90 / p99 / p99.9 / max latency from each change's intended
-//! injection time, lost and duplicated deliveries (any makes loadgen fail), the CPU use of
-//! the server and of loadgen, and the server's peak RSS.
+//! injection time, lost, duplicated and (`--filter`) misdelivered deliveries (any makes
+//! loadgen fail), the CPU use of the server (also per change) and of loadgen, and the
+//! server's peak RSS.
 
 use super::progress::Progress;
 use super::run::{Ctx, Detail, live, timeout_notes};
-use super::{FanoutCommon, plots, positive};
+use super::{FanoutCommon, filter_note, plots, positive};
 use crate::Outcome;
 use crate::summary::{self, RunSummary};
 
@@ -35,7 +36,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     positive(&args.rate, "--rate")?;
     positive(&[args.seconds], "--seconds")?;
     let progress = Progress::new();
-    let ctx = Ctx::new(&args.common, &progress)?;
+    let ctx = Ctx::new(&args.common, &progress, &args.requestors)?;
     let mut runs: Vec<RunSummary> = Vec::new();
     let mut details: Vec<Detail> = Vec::new();
     let mut failures = Vec::new();
@@ -61,10 +62,11 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     finish("active", &args.common, &runs, &details, failures, |md| {
         format!(
             "Active Leasequery fan-out: {} s of changes per run over {} bindings, {} receiver \
-             threads; latency from each change's intended injection time\n\n{md}{}",
+             threads; latency from each change's intended injection time{}\n\n{md}{}",
             args.seconds,
             args.common.bindings,
             ctx.workers,
+            filter_note(&args.common),
             timeout_notes(&details),
         )
     })
@@ -116,6 +118,7 @@ pub(super) fn finish_with(
     let mut json = serde_json::Map::new();
     json.insert("mode".to_owned(), mode.into());
     json.insert("bindings".to_owned(), common.bindings.into());
+    json.insert("filter".to_owned(), common.filter.map(|f| f.name()).into());
     json.insert("summary".to_owned(), summary::json(runs));
     json.insert(
         "runs".to_owned(),

@@ -12,7 +12,13 @@
 //! raw: the same N receivers connect to loadgen's sender, which writes each, as soon as it is
 //! accepted, the K frames and a CatchUpComplete frame. Redis pub/sub keeps no history, so it
 //! has no catch-up to compare; it is skipped with a note.
+//!
+//! Filtered (`--filter`), requestor `i` syncs, and reconnects, with a query for its key `i`
+//! alone, and must receive exactly the changes of its key (`i`, `i + N`, …, about K / N of
+//! them) before its CatchUpComplete; the sentinel still asks for every change. The raw sender
+//! writes each connection its key's frames only.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
@@ -22,15 +28,18 @@ use lqd::codec::ServerTime;
 use serde::Serialize;
 
 use super::active::finish_with;
-use super::changes::Schedule;
+use super::changes::{Model, Schedule};
 use super::inject::{self, JsonlSink};
 use super::progress::Progress;
 use super::raw::Job;
 use super::receiver::{HIST_MAX_US, Plan, Protocol, Receivers};
-use super::run::{Ctx, Meter, Server, merge, pct, percentiles, wait_complete, wait_ready};
-use super::{FanoutCommon, System};
+use super::run::{
+    Ctx, Meter, Server, delivery_failures, merge, pct, percentiles, us_per_change, wait_complete,
+    wait_ready,
+};
+use super::{FanoutCommon, System, filter_note};
 use crate::Outcome;
-use crate::summary::RunSummary;
+use crate::summary::{RunSummary, latency, number};
 
 /// lqd's default journal size; larger when K changes need more.
 const JOURNAL_SIZE: u64 = 128 * 1024 * 1024;
@@ -83,11 +92,25 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     }
     super::positive(&[args.timeout_seconds], "--timeout-seconds")?;
     let progress = Progress::new();
-    let ctx = Ctx::new(&args.common, &progress)?;
+    let ctx = Ctx::new(&args.common, &progress, &args.requestors)?;
     let (mut runs, mut details, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut notes = String::new();
+    let mut table = String::from(
+        "\nUntil every requestor had its CatchUpComplete (from the first reconnect), and each \
+         requestor's time from its reconnect to its CatchUpComplete:\n\n\
+         | system | N | changes | all caught up | per requestor p50 | p99 | max \
+         | server CPU µs/change |\n|---|--:|--:|--:|--:|--:|--:|--:|\n",
+    );
+    let k = number(args.changes as f64);
     for &n in &args.requestors {
         for &system in &args.common.systems {
+            let row = |what: &str| {
+                format!(
+                    "| {} | {} | {k} | {what} |",
+                    system.name(),
+                    number(f64::from(n))
+                )
+            };
             if system == System::Redis {
                 let note = "Redis pub/sub keeps no history to catch up from: no redis run.";
                 if !notes.contains(note) {
@@ -95,10 +118,26 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
                     notes.push_str(note);
                     notes.push('\n');
                 }
+                let _ = writeln!(table, "{}", row("n/a | n/a | n/a | n/a | n/a"));
                 continue;
             }
             match one(&ctx, args, system, n as usize) {
                 Ok((summary, detail, f)) => {
+                    let _ = writeln!(
+                        table,
+                        "{}",
+                        row(&format!(
+                            "{}{} | {} | {} | {} | {}",
+                            latency(detail.all_caught_up_seconds * 1e6),
+                            if detail.complete { "" } else { " (timed out)" },
+                            latency(summary.p50_us),
+                            latency(summary.p99_us),
+                            latency(summary.max_us),
+                            summary
+                                .server_cpu_us_per_change
+                                .map_or_else(|| "–".to_owned(), number),
+                        ))
+                    );
                     runs.push(summary);
                     details.push(detail);
                     failures.extend(f);
@@ -107,6 +146,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
                     let f = format!("{} N={n} K={}: {e}", system.name(), args.changes);
                     progress.println(&format!("loadgen: error: {f}"));
                     failures.push(f);
+                    let _ = writeln!(table, "{}", row("failed | – | – | – | –"));
                 }
             }
         }
@@ -129,8 +169,11 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
             format!(
                 "Active Leasequery catch-up: N requestors reconnect with START_TIME after {} \
                  changes, {} receiver threads; latency columns: each requestor's time from its \
-                 reconnect to its CatchUpComplete; seconds: until all caught up\n\n{md}{notes}",
-                args.changes, workers
+                 reconnect to its CatchUpComplete; server CPU µs/change: per change caught \
+                 up{}\n\n{md}{table}\n{notes}",
+                args.changes,
+                workers,
+                filter_note(&args.common),
             )
         },
         extra,
@@ -145,6 +188,8 @@ fn one(
     n: usize,
 ) -> Result<(RunSummary, Detail, Vec<String>), String> {
     let k = args.changes;
+    let model = ctx.model_for(n)?;
+    let filtered = model.keys().is_some();
     let label = format!("{} N={n} K={k}", system.name());
     let journal = (k * JOURNAL_PER_CHANGE).max(JOURNAL_SIZE).div_ceil(1 << 20) << 20;
     let job = match system {
@@ -154,22 +199,24 @@ fn one(
     let mut server = Server::start(ctx, system, n, Some(journal), job)?;
     let mut failures = Vec::new();
     let (start_times, inject_seconds) = if server.protocol() == Protocol::Active {
-        let (t, s) = away(ctx, &mut server, n, k, args.inject_rate, &label)?;
+        let (t, s) = away(ctx, &mut server, model, n, k, args.inject_rate, &label)?;
         (Some(t), Some(s))
     } else {
         (None, None)
     };
+    let expected = ctx.deliveries(k, n);
     ctx.progress
-        .stage(&format!("{label}: catching up"), k * n as u64);
+        .stage(&format!("{label}: catching up"), expected);
     let started = Instant::now();
     let meter = Meter::start(server.pid())?;
     let receivers = Receivers::start(
         Plan {
             addr: server.addr(),
             protocol: server.protocol(),
-            model: ctx.model,
+            model,
             requestors: n,
             expected: k,
+            filtered,
             start_times,
             catch_up: true,
         },
@@ -197,26 +244,17 @@ fn one(
         times.saturating_record(u64::try_from(t.as_micros()).unwrap_or(u64::MAX).max(1));
     }
     let [p50, p90, p99, p999, max] = percentiles(&times);
-    if m.lost > 0 {
-        failures.push(format!(
-            "{label}: {} of {} deliveries lost",
-            m.lost,
-            k * n as u64
-        ));
-    }
-    if m.duplicated > 0 {
-        failures.push(format!("{label}: {} deliveries duplicated", m.duplicated));
-    }
+    failures.extend(delivery_failures(&m, expected, &label));
     if m.catch_up.len() < n {
         failures.push(format!(
             "{label}: {} of {n} requestors got CatchUpComplete",
             m.catch_up.len()
         ));
     }
-    failures.extend(m.errors.iter().take(5).map(|e| format!("{label}: {e}")));
     let summary = RunSummary {
         system: system.name().to_owned(),
         mode: "catch-up".to_owned(),
+        filter: ctx.filter_name(),
         requestors: n,
         rate: 0.0,
         seconds: window.as_secs_f64(),
@@ -225,12 +263,14 @@ fn one(
         deliveries_per_sec: crate::report::rate(m.received, window),
         lost: m.lost,
         duplicated: m.duplicated,
+        misdelivered: m.misdelivered,
         p50_us: p50,
         p90_us: p90,
         p99_us: p99,
         p999_us: p999,
         max_us: max,
         server_cpu_pct: usage.server_cpu_secs.map(|s| pct(s, cpu_window)),
+        server_cpu_us_per_change: usage.server_cpu_secs.map(|s| us_per_change(s, k)),
         loadgen_cpu_pct: pct(usage.own_cpu_secs, cpu_window),
         server_peak_rss_kib: usage.peak_rss_kib,
     };
@@ -254,12 +294,13 @@ fn one(
     Ok((summary, detail, failures))
 }
 
-/// lqd's side before the measurement: the N requestors sync and leave, K changes are made,
-/// and a sentinel sees them all. Returns each requestor's base-time and how long the K
-/// changes took.
+/// lqd's side before the measurement: the N requestors sync (filtered by `model`'s keys, if
+/// any) and leave, K changes are made, and a sentinel sees them all. Returns each requestor's
+/// base-time and how long the K changes took.
 fn away(
     ctx: &Ctx<'_>,
     server: &mut Server,
+    model: Model,
     n: usize,
     k: u64,
     inject_rate: Option<f64>,
@@ -267,16 +308,17 @@ fn away(
 ) -> Result<(Vec<ServerTime>, f64), String> {
     ctx.progress.stage(&format!("{label}: syncing"), n as u64);
     let addr = server.addr();
-    let plan = |requestors, expected| Plan {
+    let plan = |requestors, expected, filtered| Plan {
         addr,
         protocol: Protocol::Active,
-        model: ctx.model,
+        model,
         requestors,
         expected,
+        filtered,
         start_times: None,
         catch_up: false,
     };
-    let sync = Receivers::start(plan(n, 0), ctx.workers)?;
+    let sync = Receivers::start(plan(n, 0, model.keys().is_some()), ctx.workers)?;
     let ready = wait_ready(server, &sync, n, ctx.progress);
     let reports = sync.finish();
     ready?;
@@ -290,7 +332,7 @@ fn away(
                 .ok_or_else(|| format!("requestor {i}'s REPLY had no base-time"))
         })
         .collect::<Result<_, _>>()?;
-    let sentinel = Receivers::start(plan(1, k), 1)?;
+    let sentinel = Receivers::start(plan(1, k, false), 1)?;
     wait_ready(server, &sentinel, 1, ctx.progress)?;
     ctx.progress
         .stage(&format!("{label}: {k} changes while away"), k);
@@ -305,7 +347,7 @@ fn away(
         _ => return Err("only lqd is fed changes".to_owned()),
     };
     let injector = inject::spawn(
-        Box::new(JsonlSink::new(feed, ctx.model)),
+        Box::new(JsonlSink::new(feed, model)),
         schedule,
         Arc::new(AtomicBool::new(false)),
     )?;

@@ -11,6 +11,11 @@
 //! `valid-lifetime + CLT_TIME` is the lifetime granted and gives `g` back: every delivery
 //! names exactly one change, `k = g·M + b`. That is what lets the receivers tell a gap (lost)
 //! from a repeat (duplicated) and measure each delivery from its own change's intended time.
+//!
+//! With `--filter` ([`Keys`]), change `k` is also on key `k mod N` (N requestors): on link
+//! `k mod N` (`LINK` is link 0; link `i` is `i` /64s above it, and the address moves with its
+//! link), or relayed by a relay with relay-id `k mod N`, or with remote-id `k mod N`. M must be
+//! a multiple of N, so that a binding stays on one key from one generation to the next.
 
 use std::io::Write as _;
 use std::net::Ipv6Addr;
@@ -18,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use lqd::codec::{
     BuildOptions, DhcpOption, MessageBuilder, MessageRepr, MessageType, OptionCode, Options,
-    ServerTime, Status,
+    QueryType, ServerTime, Status,
 };
+
+use super::FilterKind;
 
 /// The enterprise number of the clients' DUID-EN (32473: RFC 5612, for documentation).
 const ENTERPRISE: u32 = 32_473;
@@ -37,11 +44,64 @@ pub(crate) const LINK_PREFIX: &str = "2001:db8:1::/64";
 const ADDRESS_BASE: u64 = 0x1_0000;
 /// The IAID of every client's IA_NA.
 const IAID: u32 = 1;
+/// The first octet of a relay-id's DUID-EN identifier (then the key, four octets), which sets
+/// relays apart from clients.
+const RELAY_TAG: u8 = b'r';
 
-/// The binding population the changes cycle over.
+/// The keys of a filtered run: requestor `i` asks for key `i`, change `k` is on key `k mod
+/// count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Keys {
+    /// What a key is.
+    pub(crate) kind: FilterKind,
+    /// N, the number of keys (one per requestor).
+    pub(crate) count: u32,
+}
+
+impl Keys {
+    /// Link `i`: `LINK` moved up by `i` /64s.
+    pub(crate) fn link(i: u32) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(LINK) + (u128::from(i) << 64))
+    }
+
+    /// Relay-id `i`: a DUID-EN (enterprise 32473) whose identifier is `r` and `i`.
+    pub(crate) fn relay_id(i: u32) -> [u8; 11] {
+        let mut d = [0u8; 11];
+        d[..2].copy_from_slice(&DUID_EN.to_be_bytes());
+        d[2..6].copy_from_slice(&ENTERPRISE.to_be_bytes());
+        d[6] = RELAY_TAG;
+        d[7..].copy_from_slice(&i.to_be_bytes());
+        d
+    }
+
+    /// Remote-id `i` (RFC 4649): enterprise 32473, the remote-id `i` as four octets.
+    pub(crate) fn remote_id(i: u32) -> (u32, [u8; 4]) {
+        (ENTERPRISE, i.to_be_bytes())
+    }
+
+    /// Adds requestor `i`'s OPTION_LQ_QUERY, the query for key `i` alone, to an
+    /// ACTIVELEASEQUERY.
+    pub(crate) fn query(self, i: u32, b: MessageBuilder) -> MessageBuilder {
+        match self.kind {
+            FilterKind::Link => b.lq_query(QueryType::ByLinkAddress, Self::link(i), |q| q),
+            FilterKind::RelayId => b.lq_query(QueryType::ByRelayId, Ipv6Addr::UNSPECIFIED, |q| {
+                q.relay_id(&Self::relay_id(i))
+            }),
+            FilterKind::RemoteId => {
+                let (enterprise, id) = Self::remote_id(i);
+                b.lq_query(QueryType::ByRemoteId, Ipv6Addr::UNSPECIFIED, |q| {
+                    q.remote_id(enterprise, &id)
+                })
+            }
+        }
+    }
+}
+
+/// The binding population the changes cycle over, and the keys they are spread over.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Model {
     bindings: u32,
+    keys: Option<Keys>,
 }
 
 /// What one message on a stream is.
@@ -71,12 +131,46 @@ impl Model {
         if bindings == 0 {
             return Err("--bindings must be at least 1".to_owned());
         }
-        Ok(Self { bindings })
+        Ok(Self {
+            bindings,
+            keys: None,
+        })
+    }
+
+    /// This model with its changes spread over `keys`; M must be a multiple of N.
+    pub(crate) fn keyed(self, keys: Keys) -> Result<Self, String> {
+        if keys.count == 0 || self.bindings % keys.count != 0 {
+            return Err(format!(
+                "--filter with {} requestors: --bindings {} is not a multiple of {}, so a \
+                 binding's key (k mod N) would change from one generation to the next; pass a \
+                 multiple, such as --bindings {}",
+                keys.count,
+                self.bindings,
+                keys.count,
+                u64::from(self.bindings).div_ceil(u64::from(keys.count.max(1)))
+                    * u64::from(keys.count)
+            ));
+        }
+        Ok(Self {
+            keys: Some(keys),
+            ..self
+        })
     }
 
     /// M, the number of bindings.
     pub(crate) const fn bindings(self) -> u32 {
         self.bindings
+    }
+
+    /// The keys changes are spread over, when filtered.
+    pub(crate) const fn keys(self) -> Option<Keys> {
+        self.keys
+    }
+
+    /// The key of change `k` (`k mod N`), when filtered.
+    pub(crate) fn key(self, k: u64) -> Option<u32> {
+        self.keys
+            .map(|keys| u32::try_from(k % u64::from(keys.count)).unwrap_or(0))
     }
 
     /// Checks that `changes` changes stay within the generations the lifetimes can encode.
@@ -108,30 +202,63 @@ impl Model {
         d
     }
 
-    /// The IA_NA address of binding `b`.
-    fn address(b: u32) -> Ipv6Addr {
-        let prefix = u128::from(LINK) & !u128::from(u64::MAX);
+    /// The link of binding `b`: its key's link when filtered by link, `LINK` otherwise.
+    fn link(self, b: u32) -> Ipv6Addr {
+        match self.keys {
+            Some(keys) if keys.kind == FilterKind::Link => Keys::link(b % keys.count),
+            _ => LINK,
+        }
+    }
+
+    /// The IA_NA address of binding `b`, in its link's /64.
+    fn address(self, b: u32) -> Ipv6Addr {
+        let prefix = u128::from(self.link(b)) & !u128::from(u64::MAX);
         Ipv6Addr::from(prefix | u128::from(ADDRESS_BASE + u64::from(b)))
     }
 
     /// Appends change `k` as one line of lqd's JSON-lines feed
-    /// (`schema/lease-change.schema.json`), with `cltt` in Unix seconds.
+    /// (`schema/lease-change.schema.json`), with `cltt` in Unix seconds; filtered by relay-id
+    /// or remote-id, with its key's `relay`.
     pub(crate) fn json_line(self, k: u64, cltt_unix: u64, out: &mut Vec<u8>) {
         let b = self.binding(k);
         let valid = self.valid_lifetime(k);
-        let duid = Self::duid(b);
+        let hex = |out: &mut Vec<u8>, octets: &[u8]| {
+            for o in octets {
+                let _ = write!(out, "{o:02x}");
+            }
+        };
         let _ = write!(out, "{{\"client_id\":\"");
-        for o in duid {
-            let _ = write!(out, "{o:02x}");
-        }
-        let _ = writeln!(
+        hex(out, &Self::duid(b));
+        let _ = write!(
             out,
-            "\",\"link\":\"{LINK}\",\"kind\":\"na\",\"address\":\"{}\",\"iaid\":{IAID},\
+            "\",\"link\":\"{}\",\"kind\":\"na\",\"address\":\"{}\",\"iaid\":{IAID},\
              \"preferred_lifetime\":{},\"valid_lifetime\":{valid},\"cltt\":{cltt_unix},\
-             \"state\":\"active\"}}",
-            Self::address(b),
+             \"state\":\"active\"",
+            self.link(b),
+            self.address(b),
             valid / 2,
         );
+        if let Some(keys) = self.keys {
+            let key = b % keys.count;
+            match keys.kind {
+                FilterKind::Link => {}
+                FilterKind::RelayId => {
+                    let _ = write!(out, ",\"relay\":{{\"relay_ids\":[\"");
+                    hex(out, &Keys::relay_id(key));
+                    let _ = write!(out, "\"]}}");
+                }
+                FilterKind::RemoteId => {
+                    let (enterprise, id) = Keys::remote_id(key);
+                    let _ = write!(
+                        out,
+                        ",\"relay\":{{\"remote_ids\":[{{\"enterprise\":{enterprise},\"id\":\""
+                    );
+                    hex(out, &id);
+                    let _ = write!(out, "\"}}]}}");
+                }
+            }
+        }
+        let _ = writeln!(out, "}}");
     }
 
     /// Change `k` as the LEASEQUERY-DATA lqd sends for it (base-time `now`, the lease just
@@ -144,7 +271,7 @@ impl Model {
             .base_time(now)
             .client_data(|c| {
                 c.client_id(&duid)
-                    .iaaddr(Self::address(b), valid / 2, valid)
+                    .iaaddr(self.address(b), valid / 2, valid)
                     .clt_time(0)
             })
             .build()
@@ -174,7 +301,7 @@ impl Model {
         let mut clt = None;
         for o in cd.iter() {
             match o {
-                DhcpOption::IaAddr(a) if a.address == Self::address(b) => {
+                DhcpOption::IaAddr(a) if a.address == self.address(b) => {
                     valid = Some(a.valid_lifetime);
                 }
                 DhcpOption::IaAddr(a) => {
@@ -279,7 +406,7 @@ mod tests {
         let msg = MessageBuilder::data(1)
             .client_data(|c| {
                 c.client_id(&Model::duid(7))
-                    .iaaddr(Model::address(7), 0, valid - 40)
+                    .iaaddr(m.address(7), 0, valid - 40)
                     .clt_time(40)
             })
             .build()
@@ -298,6 +425,117 @@ mod tests {
         assert_eq!(v["valid_lifetime"], BASE_VALID + 1);
         assert_eq!(v["cltt"], 1_700_000_000u64);
         assert!(out.ends_with(b"}\n"));
+    }
+
+    fn keyed(kind: FilterKind, bindings: u32, count: u32) -> Model {
+        Model::new(bindings)
+            .unwrap()
+            .keyed(Keys { kind, count })
+            .unwrap()
+    }
+
+    fn line(m: Model, k: u64) -> serde_json::Value {
+        let mut out = Vec::new();
+        m.json_line(k, 1_700_000_000, &mut out);
+        assert!(out.ends_with(b"}\n"));
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    #[test]
+    fn keyed_changes_are_on_key_k_mod_n() {
+        assert!(
+            Model::new(1000)
+                .unwrap()
+                .keyed(Keys {
+                    kind: FilterKind::Link,
+                    count: 300,
+                })
+                .is_err(),
+            "M must be a multiple of N"
+        );
+        let m = keyed(FilterKind::Link, 1000, 100);
+        assert_eq!((m.key(0), m.key(1234)), (Some(0), Some(34)));
+        assert_eq!(Model::new(1000).unwrap().key(5), None);
+        // Link 0 is LINK; link i is i /64s above, and the address moves with it.
+        let v = line(m, 1234);
+        assert_eq!(v["link"], "2001:db8:1:22::1");
+        assert_eq!(v["address"], "2001:db8:1:22::1:ea");
+        assert!(v.get("relay").is_none());
+        assert_eq!(line(m, 100)["link"], LINK.to_string());
+        let msg = m.data_message(1234, 7, ServerTime(1_000)).unwrap();
+        assert_eq!(m.classify(&msg, Some(7)).unwrap(), Seen::Change { k: 1234 });
+        let unkeyed = Model::new(1000).unwrap();
+        assert!(
+            unkeyed.classify(&msg, Some(7)).is_err(),
+            "the address is on link 34"
+        );
+
+        let m = keyed(FilterKind::RelayId, 1000, 100);
+        let v = line(m, 1234);
+        assert_eq!(v["link"], LINK.to_string());
+        assert_eq!(v["address"], "2001:db8:1::1:ea");
+        assert_eq!(v["relay"]["relay_ids"][0], "000200007ed97200000022");
+        assert!(v["relay"].get("remote_ids").is_none());
+        let unkeyed = Model::new(1000).unwrap();
+        assert_eq!(
+            m.data_message(1234, 7, ServerTime(1_000)).unwrap(),
+            unkeyed.data_message(1234, 7, ServerTime(1_000)).unwrap(),
+            "the same data as unfiltered"
+        );
+
+        let v = line(keyed(FilterKind::RemoteId, 1000, 100), 1234);
+        assert_eq!(v["relay"]["remote_ids"][0]["enterprise"], ENTERPRISE);
+        assert_eq!(v["relay"]["remote_ids"][0]["id"], "00000022");
+        assert!(v["relay"].get("relay_ids").is_none());
+    }
+
+    #[test]
+    fn each_requestor_asks_for_its_own_key() {
+        let query = |kind| {
+            let keys = Keys { kind, count: 10 };
+            keys.query(7, MessageBuilder::active_leasequery(1))
+                .build()
+                .unwrap()
+        };
+        let bytes = query(FilterKind::Link);
+        let m = MessageRepr::parse(&bytes).unwrap();
+        let q = m.options.lq_query().unwrap();
+        assert_eq!(q.query_type, QueryType::ByLinkAddress);
+        assert_eq!(q.link_address, Keys::link(7));
+        assert_eq!(
+            q.link_address,
+            "2001:db8:1:7::1".parse::<Ipv6Addr>().unwrap()
+        );
+
+        let bytes = query(FilterKind::RelayId);
+        let m = MessageRepr::parse(&bytes).unwrap();
+        let q = m.options.lq_query().unwrap();
+        assert_eq!(q.query_type, QueryType::ByRelayId);
+        assert!(q.link_address.is_unspecified());
+        let relay_ids: Vec<Vec<u8>> = q
+            .options
+            .iter()
+            .filter_map(|o| match o {
+                DhcpOption::RelayId(d) => Some(d.as_bytes().to_vec()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(relay_ids, [Keys::relay_id(7).to_vec()]);
+
+        let bytes = query(FilterKind::RemoteId);
+        let m = MessageRepr::parse(&bytes).unwrap();
+        let q = m.options.lq_query().unwrap();
+        assert_eq!(q.query_type, QueryType::ByRemoteId);
+        assert!(q.link_address.is_unspecified());
+        let remote_ids: Vec<(u32, Vec<u8>)> = q
+            .options
+            .iter()
+            .filter_map(|o| match o {
+                DhcpOption::RemoteId(r) => Some((r.enterprise_number, r.remote_id.to_vec())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(remote_ids, [(ENTERPRISE, vec![0, 0, 0, 7])]);
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! anyway, so lateness here shows in the latencies rather than hiding.
 //!
 //! Two sinks: lqd's JSON-lines UNIX socket ([`JsonlSink`]) and a Redis publisher connection
-//! ([`RedisSink`]), which publishes each change's LEASEQUERY-DATA, the bytes lqd would send.
+//! ([`RedisSink`]), which publishes each change's LEASEQUERY-DATA, the bytes lqd would send
+//! (filtered: on its key's channel).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -20,7 +21,7 @@ use lqd::feed::system_time;
 
 use super::changes::{Model, Schedule};
 use super::receiver::XID;
-use crate::redis::{count_integer_replies, publish_command};
+use crate::redis::{channel, count_integer_replies, publish_command};
 
 /// The most changes written in one go (an "all at once" schedule is written in pieces).
 const MAX_BATCH: u64 = 16_384;
@@ -75,10 +76,13 @@ impl Sink for JsonlSink {
 pub(crate) struct RedisSink {
     stream: TcpStream,
     model: Model,
+    /// The channel of each key (filtered), or the one channel.
+    channels: Vec<Vec<u8>>,
     buf: Vec<u8>,
     reader: Option<JoinHandle<Result<(u64, u64), String>>>,
     /// PUBLISHes sent, for the reader to know when it has every reply.
     target: Arc<AtomicU64>,
+    /// Subscribers each PUBLISH must reach.
     subscribers: u64,
     published: u64,
 }
@@ -87,8 +91,8 @@ pub(crate) struct RedisSink {
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl RedisSink {
-    /// Publishes on `stream`, a connection to the Redis server with `subscribers`
-    /// subscribers.
+    /// Publishes on `stream`, a connection to the Redis server, each change on its key's
+    /// channel when the model is keyed, where it must reach `subscribers` subscribers.
     pub(crate) fn new(stream: TcpStream, model: Model, subscribers: u64) -> Result<Self, String> {
         let mut replies = stream
             .try_clone()
@@ -136,9 +140,14 @@ impl RedisSink {
                 Ok((count, receivers))
             })
             .map_err(|e| format!("cannot start the publisher's reader: {e}"))?;
+        let channels = match model.keys() {
+            Some(keys) => (0..keys.count).map(|i| channel(Some(i))).collect(),
+            None => vec![channel(None)],
+        };
         Ok(Self {
             stream,
             model,
+            channels,
             buf: Vec::with_capacity(1 << 20),
             reader: Some(reader),
             target,
@@ -154,7 +163,9 @@ impl Sink for RedisSink {
         self.buf.clear();
         for k in first..end {
             let payload = self.model.data_message(k, XID, now)?;
-            publish_command(&payload, &mut self.buf);
+            let key = self.model.key(k).unwrap_or(0) as usize;
+            let channel = self.channels.get(key).ok_or("a key without a channel")?;
+            publish_command(channel, &payload, &mut self.buf);
         }
         self.published += end - first;
         self.stream

@@ -12,6 +12,14 @@
 //! change's intended injection time. One [`RunSummary`] per run; the tables and plots come
 //! from [`crate::summary`] and [`crate::plot`].
 //!
+//! With `--filter link|relay-id|remote-id`, each requestor asks for a key of its own instead
+//! of every change: requestor i's ACTIVELEASEQUERY carries OPTION_LQ_QUERY for link i,
+//! relay-id i or remote-id i, and change k is on key k mod N, so it concerns exactly one
+//! requestor ([`changes::Keys`]). The baselines do the same work: Redis with a channel per
+//! key, the raw sender writing each frame only to its key's socket. Every requestor must
+//! receive exactly its key's changes; one received by another requestor is misdelivered, a
+//! failure like a loss. Every run reports the server's CPU time per change.
+//!
 //! On a small machine everything shares the CPUs: lqd's event loop, loadgen's receivers (one
 //! thread per CPU by default) and its injector. The latencies include the injector's timer
 //! slack (`thread::sleep` overshoots by about 0.1 ms here), the same for every system; and
@@ -22,6 +30,7 @@
 //! target/release/loadgen active --requestors 100,1000 --rate 1000,5000 --seconds 10 --systems lqd,raw,redis
 //! target/release/loadgen catch-up --requestors 1000 --changes 10000
 //! target/release/loadgen ramp --requestors 1000 --start-rate 1000 --p99-ms 50
+//! target/release/loadgen active --requestors 100,1000 --rate 1000 --seconds 5 --filter link --systems lqd,raw,redis
 //! ```
 
 pub(crate) mod active;
@@ -60,6 +69,31 @@ impl System {
     }
 }
 
+/// What a filtered run's requestors ask for (`--filter`): each requestor i sends an
+/// ACTIVELEASEQUERY with OPTION_LQ_QUERY for its own key i, and change k is on key k mod N.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum FilterKind {
+    /// QUERY_BY_LINK_ADDRESS: requestor i asks for link i; change k is on link k mod N.
+    Link,
+    /// QUERY_BY_RELAY_ID: requestor i asks for relay-id i; change k is relayed by relay k mod N.
+    RelayId,
+    /// QUERY_BY_REMOTE_ID: requestor i asks for remote-id i; change k is relayed with remote-id
+    /// k mod N.
+    RemoteId,
+}
+
+impl FilterKind {
+    /// Its name on the command line and in the reports.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Link => "link",
+            Self::RelayId => "relay-id",
+            Self::RemoteId => "remote-id",
+        }
+    }
+}
+
 /// What every fan-out mode takes.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct FanoutCommon {
@@ -75,6 +109,13 @@ pub(crate) struct FanoutCommon {
     /// binding's current state only), which counts as lost here.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) bindings: u32,
+    /// Filter each requestor's stream by a key of its own: requestor i asks only for key i
+    /// (`link`, `relay-id` or `remote-id`) and change k is on key k mod N, so each change goes
+    /// to exactly one requestor; lqd then runs with no configured links, and the baselines
+    /// send each change only to its key's requestor (Redis: a channel per key). Default: no
+    /// filter, every change to every requestor. `--bindings` must be a multiple of every N.
+    #[arg(long, value_name = "KIND")]
+    pub(crate) filter: Option<FilterKind>,
     /// Receiver threads (default: the number of CPUs).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) workers: Option<u32>,
@@ -112,6 +153,19 @@ impl FanoutCommon {
         }
         Ok(())
     }
+}
+
+/// The report's sentence on `--filter`: empty without one.
+fn filter_note(common: &FanoutCommon) -> String {
+    let Some(kind) = common.filter else {
+        return String::new();
+    };
+    let key = kind.name();
+    format!(
+        "; filtered by {key}: requestor i asks only for {key} i and change k is on {key} k mod N, \
+         so each change goes to one requestor (Redis: a channel per {key}; raw: each frame to its \
+         {key}'s socket); misdelivered: a change received by a requestor that did not ask for it"
+    )
 }
 
 /// Writes the two plots into `dir` (created if missing); the files written.

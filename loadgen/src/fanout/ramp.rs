@@ -3,12 +3,12 @@
 //!
 //! Short live runs (each a fresh server, as in `loadgen active`) at `--start-rate`, then
 //! `--factor` times faster each step, until a step misses: p99 above `--p99-ms`, anything
-//! lost or duplicated, a failed requestor, or the injector more than `--p99-ms` behind its
-//! schedule at the end (it could not write the changes as fast as they were due: lqd's feed
-//! pushing back, or the raw sender's own limit). A step that misses is run again
-//! (`--retries`) before the ramp stops there. Every run is reported, and the highest rate that
-//! met the bound. A step that misses is not a failure of loadgen; a missed first step
-//! means the start rate is already too high.
+//! lost, duplicated or misdelivered (`--filter`), a failed requestor, or the injector more
+//! than `--p99-ms` behind its schedule at the end (it could not write the changes as fast as
+//! they were due: lqd's feed pushing back, or the raw sender's own limit). A step that misses
+//! is run again (`--retries`) before the ramp stops there. Every run is reported, and the
+//! highest rate that met the bound. A step that misses is not a failure of loadgen (a
+//! misdelivered change is); a missed first step means the start rate is already too high.
 
 use std::fmt::Write as _;
 
@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::active::finish_with;
 use super::progress::Progress;
 use super::run::{Ctx, live, timeout_notes};
-use super::{FanoutCommon, positive};
+use super::{FanoutCommon, filter_note, positive};
 use crate::Outcome;
 
 /// Options of `loadgen ramp`.
@@ -82,7 +82,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
         return Err("--factor must be above 1".to_owned());
     }
     let progress = Progress::new();
-    let ctx = Ctx::new(&args.common, &progress)?;
+    let ctx = Ctx::new(&args.common, &progress, &args.requestors)?;
     let bound_us = args.p99_ms * 1e3;
     let (mut runs, mut details, mut steps, mut highest) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -109,12 +109,17 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
                 if s.p99_us > bound_us {
                     why.push(format!("p99 {:.2} ms", s.p99_us / 1e3));
                 }
-                if s.lost > 0 || s.duplicated > 0 {
+                let dropped = s.lost > 0 || s.duplicated > 0;
+                if dropped {
                     why.push(format!("{} lost, {} duplicated", s.lost, s.duplicated));
-                    if o.detail.complete {
-                        // Not just behind at the drain timeout: really dropped or repeated.
-                        failures.extend(o.failures.iter().cloned());
-                    }
+                }
+                if s.misdelivered > 0 {
+                    why.push(format!("{} misdelivered", s.misdelivered));
+                }
+                // Dropped or repeated with every requestor complete (not just behind at the
+                // drain timeout), or misdelivered at any load: wrong, not only too slow.
+                if (dropped && o.detail.complete) || s.misdelivered > 0 {
+                    failures.extend(o.failures.iter().cloned());
                 }
                 if o.detail.inject_end_late_ms > args.p99_ms {
                     why.push(format!(
@@ -228,12 +233,13 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
         |md| {
             format!(
                 "Active Leasequery ramp: steps of {} s from {}/s, ×{} each, over {} bindings, {} \
-                 receiver threads\n\n{md}{}{table}",
+                 receiver threads{}\n\n{md}{}{table}",
                 args.step_seconds,
                 args.start_rate,
                 args.factor,
                 args.common.bindings,
                 workers,
+                filter_note(&args.common),
                 timeout_notes(&details),
             )
         },

@@ -9,6 +9,11 @@
 //! (shared, reference-counted batches and an offset: nothing is copied per socket), flushed
 //! when epoll says it is writable.
 //!
+//! Filtered (`--filter KIND`, one key per connection), each receiver first says its key in four
+//! octets (big-endian), and each frame is written only to the socket of its change's key: live,
+//! a batch is still encoded once and each socket gets its frames' part of it; a burst is the
+//! key's own changes and a CatchUpComplete.
+//!
 //! It runs as a process of its own, like a server: loadgen runs itself with the hidden
 //! `raw-sender` subcommand. So it has its own open-file limit (N sockets on each side of a
 //! run would not fit in one process's 20,000 on a machine whose hard limit is that), and its
@@ -29,7 +34,7 @@
 //! microsecond.
 
 use std::collections::VecDeque;
-use std::io::{self, BufRead, BufReader, IoSlice, Write};
+use std::io::{self, BufRead, BufReader, IoSlice, Read, Write};
 use std::net::{Ipv6Addr, SocketAddr};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,7 +47,8 @@ use lqd::feed::system_time;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
-use super::changes::{Model, Schedule};
+use super::FilterKind;
+use super::changes::{Keys, Model, Schedule};
 use super::receiver::XID;
 
 const LISTENER: Token = Token(usize::MAX);
@@ -66,6 +72,10 @@ pub(crate) struct Args {
     /// instead of waiting for `go`.
     #[arg(long)]
     pub(crate) burst: Option<u64>,
+    /// One key per connection, which each receiver says first: a change goes only to its key's
+    /// connection.
+    #[arg(long)]
+    pub(crate) filter: Option<FilterKind>,
 }
 
 /// What the sender sends.
@@ -112,12 +122,14 @@ pub(crate) struct RawSender {
 
 impl RawSender {
     /// Starts the sender process, which listens on a free port of `[::1]`, accepts
-    /// `connections` connections and then does `job`; `nodelay` sets TCP_NODELAY on them.
+    /// `connections` connections and then does `job`; `nodelay` sets TCP_NODELAY on them;
+    /// `filter` gives each connection a key of its own.
     pub(crate) fn start(
         connections: usize,
         bindings: u32,
         job: Job,
         nodelay: bool,
+        filter: Option<FilterKind>,
     ) -> Result<Self, String> {
         let exe = std::env::current_exe().map_err(|e| format!("loadgen's own path: {e}"))?;
         let mut cmd = Command::new(exe);
@@ -128,6 +140,9 @@ impl RawSender {
         }
         if let Job::Burst(k) = job {
             cmd.args(["--burst", &k.to_string()]);
+        }
+        if let Some(f) = filter {
+            cmd.args(["--filter", f.name()]);
         }
         let mut child = cmd
             .stdin(Stdio::piped())
@@ -297,14 +312,18 @@ pub(crate) fn serve(args: &Args) -> ExitCode {
 }
 
 fn serve_inner(args: &Args, out: &impl Fn(&str)) -> Result<(), String> {
-    let model = Model::new(args.bindings)?;
+    let mut model = Model::new(args.bindings)?;
+    if let Some(kind) = args.filter {
+        let count = u32::try_from(args.connections).map_err(|_| "too many connections")?;
+        model = model.keyed(Keys { kind, count })?;
+    }
     let mut listener = listen().map_err(|e| format!("listening on [::1]: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
     poll.registry()
         .register(&mut listener, LISTENER, Interest::READABLE)
         .map_err(|e| format!("epoll: {e}"))?;
-    let burst = args.burst.map(|k| burst_frames(model, k)).transpose()?;
+    let bursts = args.burst.map(|k| burst_frames(model, k)).transpose()?;
     // Standard input: `go` lines become schedules; `stop` or its end sets `stop`.
     let stop = Arc::new(AtomicBool::new(false));
     let (go, schedules) = mpsc::channel();
@@ -329,6 +348,11 @@ fn serve_inner(args: &Args, out: &impl Fn(&str)) -> Result<(), String> {
         listener,
         socks: Vec::with_capacity(args.connections),
         connections: args.connections,
+        by_key: match model.keys() {
+            Some(_) => vec![None; args.connections],
+            None => Vec::new(),
+        },
+        unkeyed: 0,
         model,
         nodelay: !args.nagle,
         stop: Arc::clone(&stop),
@@ -337,7 +361,7 @@ fn serve_inner(args: &Args, out: &impl Fn(&str)) -> Result<(), String> {
         peak_backlog: 0,
         closed: 0,
     };
-    let r = sender.run(burst, &schedules, out)?;
+    let r = sender.run(bursts.as_deref(), &schedules, out)?;
     out(&format!(
         "done {} {} {} {} {}",
         r.max_late.as_nanos(),
@@ -380,33 +404,70 @@ fn parse_go(rest: &str) -> Option<Schedule> {
 }
 
 /// The catch-up a burst sends each connection: the K changes' frames, then a
-/// LEASEQUERY-DATA with CatchUpComplete, as lqd sends them.
-fn burst_frames(model: Model, k: u64) -> Result<Arc<[u8]>, String> {
+/// LEASEQUERY-DATA with CatchUpComplete, as lqd sends them. One for every connection, or, with
+/// keys, one per key with its own changes.
+fn burst_frames(model: Model, k: u64) -> Result<Vec<Arc<[u8]>>, String> {
     let now = system_time();
-    let mut out = Vec::with_capacity(usize::try_from(k).unwrap_or(0).saturating_mul(80));
-    let mut frame = |m: Vec<u8>| -> Result<(), String> {
+    let keys = model.keys().map_or(1, |keys| keys.count as usize);
+    let per_key = usize::try_from(k).unwrap_or(0) / keys;
+    let mut outs: Vec<Vec<u8>> = (0..keys)
+        .map(|_| Vec::with_capacity(per_key.saturating_add(1).saturating_mul(80)))
+        .collect();
+    let frame = |m: &[u8], out: &mut Vec<u8>| -> Result<(), String> {
         out.extend_from_slice(&frame_header(m.len()).map_err(|e| e.to_string())?);
-        out.extend_from_slice(&m);
+        out.extend_from_slice(m);
         Ok(())
     };
     for i in 0..k {
-        frame(model.data_message(i, XID, now)?)?;
+        let key = model.key(i).unwrap_or(0) as usize;
+        let out = outs.get_mut(key).ok_or("a change of no key")?;
+        frame(&model.data_message(i, XID, now)?, out)?;
     }
-    frame(
-        MessageBuilder::data(XID)
-            .status(Status::CatchUpComplete, "catch-up complete")
-            .base_time(now)
-            .build()
-            .map_err(|e| format!("building CatchUpComplete: {e}"))?,
-    )?;
-    Ok(out.into())
+    let complete = MessageBuilder::data(XID)
+        .status(Status::CatchUpComplete, "catch-up complete")
+        .base_time(now)
+        .build()
+        .map_err(|e| format!("building CatchUpComplete: {e}"))?;
+    outs.into_iter()
+        .map(|mut out| {
+            frame(&complete, &mut out)?;
+            Ok(out.into())
+        })
+        .collect()
+}
+
+/// Octets queued on a socket: `buf[at..end]`, a part of a batch shared by every socket.
+struct Chunk {
+    buf: Arc<[u8]>,
+    at: usize,
+    end: usize,
+}
+
+impl Chunk {
+    /// All of `buf`.
+    fn whole(buf: &Arc<[u8]>) -> Self {
+        Self {
+            buf: Arc::clone(buf),
+            at: 0,
+            end: buf.len(),
+        }
+    }
+
+    fn rest(&self) -> &[u8] {
+        self.buf.get(self.at..self.end).unwrap_or_default()
+    }
 }
 
 struct Sock {
     stream: TcpStream,
-    backlog: VecDeque<(Arc<[u8]>, usize)>,
+    backlog: VecDeque<Chunk>,
     /// A write failed: the receiver is gone.
     closed: bool,
+    /// Its key, once the receiver said it (filtered).
+    key: Option<u32>,
+    /// The receiver's key as read so far.
+    hello: [u8; 4],
+    hello_len: usize,
 }
 
 struct Sender {
@@ -414,6 +475,10 @@ struct Sender {
     listener: TcpListener,
     socks: Vec<Sock>,
     connections: usize,
+    /// Each key's socket (filtered; empty otherwise).
+    by_key: Vec<Option<usize>>,
+    /// Sockets whose key is not known yet (filtered).
+    unkeyed: usize,
     model: Model,
     nodelay: bool,
     stop: Arc<AtomicBool>,
@@ -428,22 +493,29 @@ struct Sender {
 impl Sender {
     fn run(
         &mut self,
-        burst: Option<Arc<[u8]>>,
+        bursts: Option<&[Arc<[u8]>]>,
         go: &mpsc::Receiver<Schedule>,
         out: &impl Fn(&str),
     ) -> Result<RawReport, String> {
         let mut events = Events::with_capacity(1024);
-        // Accept every connection (and, for a burst, write it at once).
-        while self.socks.len() < self.connections {
+        // Accept every connection, learn every key (filtered), and, for a burst, write it at
+        // once.
+        while self.socks.len() < self.connections || self.unkeyed > 0 {
             if self.stop.load(Ordering::Acquire) {
                 return Err("stopped before every receiver connected".to_owned());
             }
             self.poll(&mut events, Some(Duration::from_millis(20)))?;
-            self.accept(burst.as_ref())?;
+            self.accept(bursts)?;
+            for e in &events {
+                if e.is_readable() && e.token() != LISTENER {
+                    self.read_key(e.token().0, bursts)?;
+                }
+            }
             self.flush_ready(&events)?;
         }
         out(&format!("accepted {}", self.socks.len()));
-        let schedule = match burst {
+        let mut ends = Vec::new();
+        let schedule = match bursts {
             Some(_) => None,
             None => loop {
                 match go.recv_timeout(Duration::from_millis(20)) {
@@ -468,9 +540,21 @@ impl Sender {
             if let Some(s) = &schedule {
                 let due = s.due(Instant::now());
                 if due > sent {
-                    let batch = self.encode(sent, due)?;
-                    for i in 0..self.socks.len() {
-                        self.push(i, &batch)?;
+                    let batch = self.encode(sent, due, &mut ends)?;
+                    if self.model.keys().is_some() {
+                        let mut at = 0;
+                        for (k, &end) in (sent..due).zip(&ends) {
+                            let key = self.model.key(k).unwrap_or(0) as usize;
+                            let i = self.by_key.get(key).copied().flatten();
+                            let i = i.ok_or_else(|| format!("no connection for key {key}"))?;
+                            let buf = Arc::clone(&batch);
+                            self.push(i, Chunk { buf, at, end })?;
+                            at = end;
+                        }
+                    } else {
+                        for i in 0..self.socks.len() {
+                            self.push(i, Chunk::whole(&batch))?;
+                        }
                     }
                     let now = Instant::now();
                     max_late = max_late.max(now.saturating_duration_since(s.at(sent)));
@@ -533,7 +617,7 @@ impl Sender {
         }
     }
 
-    fn accept(&mut self, burst: Option<&Arc<[u8]>>) -> Result<(), String> {
+    fn accept(&mut self, bursts: Option<&[Arc<[u8]>]>) -> Result<(), String> {
         while self.socks.len() < self.connections {
             let (mut stream, _) = match self.listener.accept() {
                 Ok(x) => x,
@@ -545,36 +629,85 @@ impl Sender {
                 .set_nodelay(self.nodelay)
                 .map_err(|e| format!("TCP_NODELAY: {e}"))?;
             let i = self.socks.len();
+            let keyed = self.model.keys().is_some();
+            let interest = if keyed {
+                Interest::WRITABLE | Interest::READABLE
+            } else {
+                Interest::WRITABLE
+            };
             self.poll
                 .registry()
-                .register(&mut stream, Token(i), Interest::WRITABLE)
+                .register(&mut stream, Token(i), interest)
                 .map_err(|e| format!("epoll: {e}"))?;
             self.socks.push(Sock {
                 stream,
                 backlog: VecDeque::new(),
                 closed: false,
+                key: None,
+                hello: [0; 4],
+                hello_len: 0,
             });
-            if let Some(b) = burst {
-                self.push(i, b)?;
+            if keyed {
+                self.unkeyed += 1;
+                self.read_key(i, bursts)?;
+            } else if let Some(b) = bursts.and_then(|b| b.first()) {
+                self.push(i, Chunk::whole(b))?;
             }
         }
         Ok(())
     }
 
-    /// Changes `first..end` as consecutive frames, built once for every socket.
-    fn encode(&self, first: u64, end: u64) -> Result<Arc<[u8]>, String> {
+    /// Reads the key receiver `i` says first (filtered), and then queues its burst.
+    fn read_key(&mut self, i: usize, bursts: Option<&[Arc<[u8]>]>) -> Result<(), String> {
+        let Some(s) = self.socks.get_mut(i) else {
+            return Ok(());
+        };
+        if s.key.is_some() {
+            return Ok(());
+        }
+        while s.hello_len < s.hello.len() {
+            let rest = s.hello.get_mut(s.hello_len..).unwrap_or_default();
+            match s.stream.read(rest) {
+                Ok(0) => return Err(format!("connection {i} closed before saying its key")),
+                Ok(n) => s.hello_len += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("reading connection {i}'s key: {e}")),
+            }
+        }
+        let key = u32::from_be_bytes(s.hello);
+        let slot = self
+            .by_key
+            .get_mut(key as usize)
+            .ok_or_else(|| format!("connection {i} says key {key}, beyond the connections"))?;
+        if let Some(other) = slot.replace(i) {
+            return Err(format!("connections {other} and {i} both say key {key}"));
+        }
+        s.key = Some(key);
+        self.unkeyed -= 1;
+        if let Some(b) = bursts.and_then(|b| b.get(key as usize)) {
+            self.push(i, Chunk::whole(b))?;
+        }
+        Ok(())
+    }
+
+    /// Changes `first..end` as consecutive frames, built once for every socket; `ends` gets
+    /// the end of each change's frame.
+    fn encode(&self, first: u64, end: u64, ends: &mut Vec<usize>) -> Result<Arc<[u8]>, String> {
         let now = system_time();
         let mut out = Vec::with_capacity(((end - first) as usize).saturating_mul(80));
+        ends.clear();
         for k in first..end {
             let m = self.model.data_message(k, XID, now)?;
             out.extend_from_slice(&frame_header(m.len()).map_err(|e| e.to_string())?);
             out.extend_from_slice(&m);
+            ends.push(out.len());
         }
         Ok(out.into())
     }
 
-    /// Queues `batch` on socket `i` and writes what it can.
-    fn push(&mut self, i: usize, batch: &Arc<[u8]>) -> Result<(), String> {
+    /// Queues `chunk` on socket `i` and writes what it can.
+    fn push(&mut self, i: usize, chunk: Chunk) -> Result<(), String> {
         let Some(s) = self.socks.get_mut(i) else {
             return Ok(());
         };
@@ -584,8 +717,8 @@ impl Sender {
         if s.backlog.is_empty() {
             self.backlogged += 1;
         }
-        s.backlog.push_back((Arc::clone(batch), 0));
-        self.backlog_bytes += batch.len();
+        self.backlog_bytes += chunk.end - chunk.at;
+        s.backlog.push_back(chunk);
         self.flush(i)
     }
 
@@ -602,7 +735,7 @@ impl Sender {
                 .backlog
                 .iter()
                 .take(64)
-                .map(|(b, at)| IoSlice::new(b.get(*at..).unwrap_or_default()))
+                .map(|c| IoSlice::new(c.rest()))
                 .collect();
             let mut n = match s.stream.write_vectored(&slices) {
                 Ok(n) if n > 0 => n,
@@ -611,7 +744,7 @@ impl Sender {
                 _ => {
                     // The receiver closed it (it gave up at the drain timeout): drop what
                     // was left for it; the receivers count what never arrived.
-                    let left: usize = s.backlog.iter().map(|(b, at)| b.len() - at).sum();
+                    let left: usize = s.backlog.iter().map(|c| c.end - c.at).sum();
                     self.backlog_bytes -= left;
                     s.backlog.clear();
                     s.closed = true;
@@ -622,15 +755,15 @@ impl Sender {
             };
             self.backlog_bytes -= n;
             while n > 0 {
-                let Some((b, at)) = s.backlog.front_mut() else {
+                let Some(c) = s.backlog.front_mut() else {
                     break;
                 };
-                let left = b.len() - *at;
+                let left = c.end - c.at;
                 if n >= left {
                     n -= left;
                     s.backlog.pop_front();
                 } else {
-                    *at += n;
+                    c.at += n;
                     n = 0;
                 }
             }
@@ -640,5 +773,53 @@ impl Sender {
         }
         self.peak_backlog = self.peak_backlog.max(self.backlog_bytes);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lqd::codec::{Decoded, FrameDecoder};
+
+    use super::*;
+    use crate::fanout::changes::Seen;
+
+    /// The messages of a burst: each change's number, `None` for the CatchUpComplete.
+    fn changes(model: Model, burst: &[u8]) -> Vec<Option<u64>> {
+        let mut out = Vec::new();
+        let mut rest = burst;
+        while !rest.is_empty() {
+            let Decoded::Frame { message, consumed } =
+                FrameDecoder::default().decode(rest).unwrap()
+            else {
+                panic!("a burst ends with a whole frame");
+            };
+            out.push(match model.classify(message, Some(XID)).unwrap() {
+                Seen::Change { k } => Some(k),
+                Seen::Status {
+                    status: Status::CatchUpComplete,
+                    ..
+                } => None,
+                other => panic!("{other:?} in a burst"),
+            });
+            rest = &rest[consumed..];
+        }
+        out
+    }
+
+    #[test]
+    fn a_burst_is_every_change_or_its_keys_own() {
+        let model = Model::new(100).unwrap();
+        let bursts = burst_frames(model, 7).unwrap();
+        assert_eq!(bursts.len(), 1);
+        let all: Vec<Option<u64>> = (0..7).map(Some).chain([None]).collect();
+        assert_eq!(changes(model, &bursts[0]), all);
+
+        let kind = FilterKind::RemoteId;
+        let model = model.keyed(Keys { kind, count: 4 }).unwrap();
+        let bursts = burst_frames(model, 7).unwrap();
+        assert_eq!(bursts.len(), 4);
+        assert_eq!(changes(model, &bursts[0]), [Some(0), Some(4), None]);
+        assert_eq!(changes(model, &bursts[1]), [Some(1), Some(5), None]);
+        assert_eq!(changes(model, &bursts[3]), [Some(3), None]);
     }
 }

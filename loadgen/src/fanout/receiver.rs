@@ -18,6 +18,11 @@
 //! when it was written, so a late injector or a queue anywhere shows), in microseconds, into
 //! the worker's own histogram (1 µs to 60 s, 3 significant digits; larger values are clamped
 //! and counted); the histograms are merged at the end.
+//!
+//! Filtered (`--filter`), requestor `i` asks only for key `i` (its query's OPTION_LQ_QUERY; to
+//! the raw sender it says `i` in four octets; in Redis it subscribes to channel `i`), and
+//! must receive changes `i`, `i + N`, `i + 2N`, … in turn: the same accounting with a stride of
+//! N, and a change of another key is counted as misdelivered.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -35,7 +40,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::changes::{Model, Schedule, Seen};
 use crate::process::REQUESTOR;
-use crate::redis::{Push, RespDecoder, subscribe_command};
+use crate::redis::{Push, RespDecoder, channel, subscribe_command};
 
 /// The xid of every Active query loadgen sends, and of the baselines' messages.
 pub(crate) const XID: u32 = 0x00_4c_47;
@@ -74,12 +79,26 @@ pub(crate) struct Plan {
     pub(crate) model: Model,
     /// Requestors (connections).
     pub(crate) requestors: usize,
-    /// Changes every connection must receive: 0 to `expected - 1`.
+    /// Changes every connection must receive: 0 to `expected - 1` (filtered: those of its key).
     pub(crate) expected: u64,
+    /// Requestor `i` asks only for key `i` of the model's keys; otherwise for every change.
+    pub(crate) filtered: bool,
     /// OPTION_LQ_START_TIME of each requestor's query (a catch-up), by requestor; none: live.
     pub(crate) start_times: Option<Vec<ServerTime>>,
     /// A connection is complete only after CatchUpComplete (as well as every change).
     pub(crate) catch_up: bool,
+}
+
+impl Plan {
+    /// The keys requestors ask for, when filtered.
+    fn keys(&self) -> Option<super::changes::Keys> {
+        self.model.keys().filter(|_| self.filtered)
+    }
+
+    /// How far apart a requestor's changes are: N filtered, 1 otherwise.
+    fn stride(&self) -> u64 {
+        self.keys().map_or(1, |k| u64::from(k.count))
+    }
 }
 
 /// Counters the receivers keep up to date for the run's driver.
@@ -131,6 +150,8 @@ pub(crate) struct ConnReport {
     pub(crate) coalesced: u64,
     /// Changes received again, or out of order.
     pub(crate) duplicated: u64,
+    /// Changes of another requestor's key (filtered runs).
+    pub(crate) misdelivered: u64,
     /// The last OPTION_LQ_BASE_TIME seen.
     pub(crate) base_time: Option<ServerTime>,
     /// From connecting to CatchUpComplete.
@@ -155,6 +176,7 @@ pub(crate) struct WorkerReport {
 /// The running workers.
 pub(crate) struct Receivers {
     handles: Vec<JoinHandle<Result<WorkerReport, String>>>,
+    requestors: usize,
     /// Their counters.
     pub(crate) shared: Arc<Shared>,
 }
@@ -163,6 +185,7 @@ impl Receivers {
     /// Starts `workers` threads that connect the plan's requestors (requestor `i` on worker
     /// `i mod workers`) and follow their streams until [`finish`](Self::finish).
     pub(crate) fn start(plan: Plan, workers: usize) -> Result<Self, String> {
+        let requestors = plan.requestors;
         let plan = Arc::new(plan);
         let shared = Arc::new(Shared::default());
         let workers = workers.clamp(1, plan.requestors.max(1));
@@ -176,7 +199,16 @@ impl Receivers {
                 .map_err(|e| format!("cannot start a receiver thread: {e}"))?;
             handles.push(h);
         }
-        Ok(Self { handles, shared })
+        Ok(Self {
+            handles,
+            requestors,
+            shared,
+        })
+    }
+
+    /// The requestors they connect.
+    pub(crate) const fn requestors(&self) -> usize {
+        self.requestors
     }
 
     /// Stops the workers and returns what each saw.
@@ -262,11 +294,14 @@ impl Framing {
 /// One connection's progress through the stream.
 struct Track {
     handshake: bool,
+    /// Its key, when filtered: it receives the changes `k` with `k mod N = key` only.
+    key: Option<u64>,
     next: u64,
     received: u64,
     lost: u64,
     coalesced: u64,
     duplicated: u64,
+    misdelivered: u64,
     base_time: Option<ServerTime>,
     connected_at: Instant,
     caught_up: Option<Instant>,
@@ -346,19 +381,25 @@ impl Track {
                 cx.plan.expected
             ));
         }
+        let stride = cx.plan.stride();
+        if self.key.is_some_and(|key| k % stride != key) {
+            self.misdelivered += 1;
+            return Ok(());
+        }
         if k < self.next {
             self.duplicated += 1;
             return Ok(());
         }
-        // Skipped changes j < expected - M had a newer change of their binding (j + M).
+        // Skipped changes j < expected - M had a newer change of their binding (j + M, of the
+        // same key: M is a multiple of N). Skipped ones are `stride` apart.
         let newer = cx
             .plan
             .expected
             .saturating_sub(u64::from(cx.plan.model.bindings()));
-        let coalesced = k.min(newer).saturating_sub(self.next);
+        let coalesced = k.min(newer).saturating_sub(self.next).div_ceil(stride);
         self.coalesced += coalesced;
-        self.lost += k - self.next - coalesced;
-        self.next = k + 1;
+        self.lost += (k - self.next) / stride - coalesced;
+        self.next = k + stride;
         self.received += 1;
         *cx.deliveries += 1;
         *cx.last_delivery = Some(cx.now);
@@ -501,19 +542,24 @@ impl Worker {
             let Some(i) = self.to_connect.next() else {
                 return Ok(Connecting::Done);
             };
+            let keys = self.plan.keys();
+            let own = u32::try_from(i).map_err(|_| format!("requestor {i}: too many"))?;
             let hello = match self.plan.protocol {
                 Protocol::Active => {
                     let mut b = MessageBuilder::active_leasequery(XID)
                         .client_id(&REQUESTOR)
                         .oro(&[OptionCode::LqBaseTime]);
+                    if let Some(keys) = keys {
+                        b = keys.query(own, b);
+                    }
                     if let Some(t) = self.plan.start_times.as_ref().and_then(|s| s.get(i)) {
                         b = b.start_time(*t);
                     }
                     b.build_frame()
                         .map_err(|e| format!("building the ACTIVELEASEQUERY: {e}"))?
                 }
-                Protocol::Raw => Vec::new(),
-                Protocol::Redis => subscribe_command(),
+                Protocol::Raw => keys.map_or_else(Vec::new, |_| own.to_be_bytes().to_vec()),
+                Protocol::Redis => subscribe_command(&channel(keys.map(|_| own))),
             };
             let connected_at = Instant::now();
             let stream = connect(self.plan.addr, &hello)
@@ -538,11 +584,13 @@ impl Worker {
                 framing,
                 track: Track {
                     handshake: false,
-                    next: 0,
+                    key: keys.map(|_| u64::from(own)),
+                    next: keys.map_or(0, |_| u64::from(own)),
                     received: 0,
                     lost: 0,
                     coalesced: 0,
                     duplicated: 0,
+                    misdelivered: 0,
                     base_time: None,
                     connected_at,
                     caught_up: None,
@@ -644,7 +692,7 @@ impl Worker {
     }
 
     fn report(self) -> WorkerReport {
-        let expected = self.plan.expected;
+        let (expected, stride) = (self.plan.expected, self.plan.stride());
         let conns = self
             .conns
             .iter()
@@ -653,9 +701,10 @@ impl Worker {
                 ConnReport {
                     requestor: c.requestor,
                     received: t.received,
-                    lost: t.lost + expected.saturating_sub(t.next),
+                    lost: t.lost + expected.saturating_sub(t.next).div_ceil(stride),
                     coalesced: t.coalesced,
                     duplicated: t.duplicated,
+                    misdelivered: t.misdelivered,
                     base_time: t.base_time,
                     catch_up: t
                         .caught_up
@@ -691,4 +740,127 @@ fn connect(addr: SocketAddr, hello: &[u8]) -> io::Result<std::net::TcpStream> {
     }
     s.set_nonblocking(true)?;
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::FilterKind;
+    use crate::fanout::changes::Keys;
+
+    /// Feeds `changes` to requestor `i`'s tracker (of `n`, filtered or not, `expected` changes
+    /// over `bindings` bindings); its report: (received, lost, coalesced, duplicated,
+    /// misdelivered, complete).
+    fn track(
+        filtered: bool,
+        n: u32,
+        i: u32,
+        bindings: u32,
+        expected: u64,
+        changes: &[u64],
+    ) -> (u64, u64, u64, u64, u64, bool) {
+        let keys = Keys {
+            kind: FilterKind::Link,
+            count: n,
+        };
+        let plan = Plan {
+            addr: SocketAddr::from(([0u16; 8], 0)),
+            protocol: Protocol::Active,
+            model: Model::new(bindings).unwrap().keyed(keys).unwrap(),
+            requestors: n as usize,
+            expected,
+            filtered,
+            start_times: None,
+            catch_up: false,
+        };
+        let shared = Shared::default();
+        let mut latency = Histogram::new_with_bounds(1, HIST_MAX_US, 3).unwrap();
+        let (mut clamped, mut deliveries) = (0, 0);
+        let (mut last_delivery, mut last_complete) = (None, None);
+        let mut cx = Ctx {
+            plan: &plan,
+            shared: &shared,
+            schedule: None,
+            now: Instant::now(),
+            latency: &mut latency,
+            clamped: &mut clamped,
+            deliveries: &mut deliveries,
+            last_delivery: &mut last_delivery,
+            last_complete: &mut last_complete,
+        };
+        let mut t = Track {
+            handshake: true,
+            key: filtered.then_some(u64::from(i)),
+            next: if filtered { u64::from(i) } else { 0 },
+            received: 0,
+            lost: 0,
+            coalesced: 0,
+            duplicated: 0,
+            misdelivered: 0,
+            base_time: None,
+            connected_at: Instant::now(),
+            caught_up: None,
+            complete: false,
+        };
+        t.check_complete(&mut cx);
+        for &k in changes {
+            t.change(k, &mut cx).unwrap();
+        }
+        let missing = expected.saturating_sub(t.next).div_ceil(plan.stride());
+        (
+            t.received,
+            t.lost + missing,
+            t.coalesced,
+            t.duplicated,
+            t.misdelivered,
+            t.complete,
+        )
+    }
+
+    #[test]
+    fn unfiltered_every_change_in_turn() {
+        assert_eq!(
+            track(false, 4, 2, 100, 5, &[0, 1, 2, 3, 4]),
+            (5, 0, 0, 0, 0, true)
+        );
+        assert_eq!(
+            track(false, 4, 2, 100, 5, &[0, 2, 2, 1, 3]),
+            (3, 2, 0, 2, 0, false),
+            "1 skipped, 4 missing; 2 and 1 again"
+        );
+        // 10 changes over 4 bindings: changes 0 to 5 have newer ones (4 to 9).
+        assert_eq!(
+            track(false, 4, 2, 4, 10, &[3, 7, 9]),
+            (3, 2, 5, 0, 0, true),
+            "0-2, 4 and 5 coalesced; 6 and 8 lost"
+        );
+    }
+
+    #[test]
+    fn filtered_only_the_changes_of_its_key() {
+        // Requestor 1 of 4, 10 changes: 1, 5, 9.
+        assert_eq!(
+            track(true, 4, 1, 100, 10, &[1, 5, 9]),
+            (3, 0, 0, 0, 0, true)
+        );
+        assert_eq!(
+            track(true, 4, 1, 100, 10, &[1, 2, 5, 5, 1, 4]),
+            (2, 1, 0, 2, 2, false),
+            "2 and 4 are other keys', 5 and 1 again, 9 missing"
+        );
+        assert_eq!(
+            track(true, 4, 1, 100, 10, &[9]),
+            (1, 2, 0, 0, 0, true),
+            "1 and 5 lost"
+        );
+        // 20 changes over 8 bindings (keys 0 to 3 twice): 1, 5 and 9 have newer ones.
+        assert_eq!(track(true, 4, 1, 8, 20, &[13, 17]), (2, 0, 3, 0, 0, true));
+        assert_eq!(
+            track(true, 4, 1, 8, 20, &[17]),
+            (1, 1, 3, 0, 0, true),
+            "13 lost"
+        );
+        // A requestor whose key has no change is complete at once.
+        assert_eq!(track(true, 4, 3, 100, 3, &[]), (0, 0, 0, 0, 0, true));
+    }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use super::changes::{LINK, LINK_PREFIX, Model, Schedule};
+use super::changes::{Keys, LINK, LINK_PREFIX, Model, Schedule};
 use super::inject::{self, InjectReport, JsonlSink, RedisSink};
 use super::progress::Progress;
 use super::raw::{Job, RawSender};
@@ -35,15 +35,50 @@ pub(super) struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    /// The context for `common`'s runs.
-    pub(super) fn new(common: &'a FanoutCommon, progress: &'a Progress) -> Result<Self, String> {
+    /// The context for `common`'s runs with each of `requestors` (checked against the
+    /// filter's constraint on `--bindings`).
+    pub(super) fn new(
+        common: &'a FanoutCommon,
+        progress: &'a Progress,
+        requestors: &[u32],
+    ) -> Result<Self, String> {
         common.check()?;
-        Ok(Self {
+        let ctx = Self {
             common,
             progress,
             model: Model::new(common.bindings)?,
             workers: common.workers(),
-        })
+        };
+        for &n in requestors {
+            ctx.model_for(n as usize)?;
+        }
+        Ok(ctx)
+    }
+
+    /// The model of a run with `n` requestors: keyed by `--filter` over `n` keys, when given.
+    pub(super) fn model_for(&self, n: usize) -> Result<Model, String> {
+        match self.common.filter {
+            Some(kind) => {
+                let count = u32::try_from(n).map_err(|_| format!("{n} requestors: too many"))?;
+                self.model.keyed(Keys { kind, count })
+            }
+            None => Ok(self.model),
+        }
+    }
+
+    /// The deliveries `changes` changes make to `n` requestors: one each filtered, `n` each
+    /// otherwise.
+    pub(super) fn deliveries(&self, changes: u64, n: usize) -> u64 {
+        if self.common.filter.is_some() {
+            changes
+        } else {
+            changes * n as u64
+        }
+    }
+
+    /// The run's filter, for its summary.
+    pub(super) fn filter_name(&self) -> Option<String> {
+        self.common.filter.map(|f| f.name().to_owned())
     }
 }
 
@@ -112,9 +147,18 @@ impl Server {
                 let conns = n + LQD_CONN_MARGIN;
                 let journal =
                     journal_size.map_or(String::new(), |s| format!("journal_size = {s}\n"));
+                // Filtered, no configured links, so that lqd takes any link-address: with
+                // links configured, a requestor asking for a link that has no binding yet (all
+                // of them, before the first change) would be refused with NotConfigured.
+                let links = match ctx.common.filter {
+                    Some(_) => String::new(),
+                    None => format!(
+                        "\n[[link]]\naddress = \"{LINK}\"\nprefixes = [\"{LINK_PREFIX}\"]\n"
+                    ),
+                };
                 let extra = format!(
                     "max_connections = {conns}\nmax_connections_per_requestor = {conns}\n\
-                     {journal}\n[[link]]\naddress = \"{LINK}\"\nprefixes = [\"{LINK_PREFIX}\"]\n"
+                     {journal}{links}"
                 );
                 let (lqd, feed) = Lqd::start_jsonl(&ctx.common.lqd, ctx.common.keep_state, &extra)?;
                 Self::Lqd(lqd, Some(feed))
@@ -124,6 +168,7 @@ impl Server {
                 ctx.common.bindings,
                 job,
                 !ctx.common.raw_nagle,
+                ctx.common.filter,
             )?),
             System::Redis => {
                 let redis = RedisServer::start()?;
@@ -290,6 +335,7 @@ pub(super) struct Merged {
     pub(super) lost: u64,
     pub(super) coalesced: u64,
     pub(super) duplicated: u64,
+    pub(super) misdelivered: u64,
     pub(super) errors: Vec<String>,
     pub(super) last_delivery: Option<Instant>,
     pub(super) last_complete: Option<Instant>,
@@ -308,6 +354,7 @@ pub(super) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
         lost: 0,
         coalesced: 0,
         duplicated: 0,
+        misdelivered: 0,
         errors: Vec::new(),
         last_delivery: None,
         last_complete: None,
@@ -326,6 +373,7 @@ pub(super) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
             m.lost += c.lost;
             m.coalesced += c.coalesced;
             m.duplicated += c.duplicated;
+            m.misdelivered += c.misdelivered;
             m.errors.extend(c.error);
             m.catch_up.extend(c.catch_up);
             if m.base_times.len() <= c.requestor {
@@ -359,6 +407,35 @@ pub(super) fn pct(secs: f64, window: Duration) -> f64 {
     if w > 0.0 { 100.0 * secs / w } else { 0.0 }
 }
 
+/// CPU per change, µs: `secs` of CPU over `changes` changes.
+pub(super) fn us_per_change(secs: f64, changes: u64) -> f64 {
+    if changes > 0 {
+        secs * 1e6 / changes as f64
+    } else {
+        0.0
+    }
+}
+
+/// The failures of merged reports: lost, duplicated and misdelivered deliveries (of
+/// `expected`), and the first few errors, each prefixed with `label`.
+pub(super) fn delivery_failures(m: &Merged, expected: u64, label: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if m.lost > 0 {
+        out.push(format!("{label}: {} of {expected} deliveries lost", m.lost));
+    }
+    if m.duplicated > 0 {
+        out.push(format!("{label}: {} deliveries duplicated", m.duplicated));
+    }
+    if m.misdelivered > 0 {
+        out.push(format!(
+            "{label}: {} changes delivered to a requestor that did not ask for their key",
+            m.misdelivered
+        ));
+    }
+    out.extend(m.errors.iter().take(5).map(|e| format!("{label}: {e}")));
+    out
+}
+
 /// One live run: `system` with `n` requestors, changes at `rate` a second for `seconds`.
 pub(super) fn live(
     ctx: &Ctx<'_>,
@@ -369,7 +446,8 @@ pub(super) fn live(
     mode: &str,
 ) -> Result<Outcome, String> {
     let total = (rate * seconds).round().max(1.0) as u64;
-    ctx.model.check_changes(total)?;
+    let model = ctx.model_for(n)?;
+    model.check_changes(total)?;
     let label = format!("{} N={n} {rate}/s", system.name());
     ctx.progress
         .stage(&format!("{label}: connecting"), n as u64);
@@ -379,15 +457,16 @@ pub(super) fn live(
         Plan {
             addr: server.addr(),
             protocol: server.protocol(),
-            model: ctx.model,
+            model,
             requestors: n,
             expected: total,
+            filtered: model.keys().is_some(),
             start_times: None,
             catch_up: false,
         },
         ctx.workers,
     )?;
-    let measured = measure(ctx, &mut server, &receivers, n, rate, total, &label);
+    let measured = measure(ctx, &mut server, &receivers, model, rate, total, &label);
     let reports = receivers.finish();
     let mut failures = server.logged_failures();
     let (mut raw_peak_backlog, mut raw_unfinished) = (None, None);
@@ -412,26 +491,7 @@ pub(super) fn live(
     let busy = merged
         .last_delivery
         .map_or(m.window, |t| t.saturating_duration_since(m.t0));
-    let expected = total * n as u64;
-    if merged.lost > 0 {
-        failures.push(format!(
-            "{label}: {} of {expected} deliveries lost",
-            merged.lost
-        ));
-    }
-    if merged.duplicated > 0 {
-        failures.push(format!(
-            "{label}: {} deliveries duplicated",
-            merged.duplicated
-        ));
-    }
-    failures.extend(
-        merged
-            .errors
-            .iter()
-            .take(5)
-            .map(|e| format!("{label}: {e}")),
-    );
+    failures.extend(delivery_failures(&merged, ctx.deliveries(total, n), &label));
     if inject.written != total {
         failures.push(format!(
             "{label}: {} of {total} changes injected",
@@ -441,6 +501,7 @@ pub(super) fn live(
     let summary = RunSummary {
         system: system.name().to_owned(),
         mode: mode.to_owned(),
+        filter: ctx.filter_name(),
         requestors: n,
         rate,
         seconds: busy.as_secs_f64(),
@@ -449,12 +510,14 @@ pub(super) fn live(
         deliveries_per_sec: crate::report::rate(merged.received, busy),
         lost: merged.lost,
         duplicated: merged.duplicated,
+        misdelivered: merged.misdelivered,
         p50_us: p50,
         p90_us: p90,
         p99_us: p99,
         p999_us: p999,
         max_us: max,
         server_cpu_pct: m.usage.server_cpu_secs.map(|s| pct(s, m.window)),
+        server_cpu_us_per_change: m.usage.server_cpu_secs.map(|s| us_per_change(s, total)),
         loadgen_cpu_pct: pct(m.usage.own_cpu_secs, m.window),
         server_peak_rss_kib: m.usage.peak_rss_kib,
     };
@@ -471,9 +534,14 @@ pub(super) fn live(
         raw_peak_backlog,
         raw_unfinished,
     };
+    let wrong = if model.keys().is_some() {
+        format!(", misdelivered {}", merged.misdelivered)
+    } else {
+        String::new()
+    };
     ctx.progress.println(&format!(
         "loadgen: {label}: {} deliveries, {:.0}/s, p50 {p50:.0} µs, p99 {p99:.0} µs, max {max:.0} µs, \
-         lost {}, duplicated {}",
+         lost {}, duplicated {}{wrong}",
         merged.received, summary.deliveries_per_sec, merged.lost, merged.duplicated
     ));
     Ok(Outcome {
@@ -496,17 +564,18 @@ struct Measured {
     complete: bool,
 }
 
-/// The measured part of a live run: from `t0` until every connection is complete or the
-/// drain timeout.
+/// The measured part of a live run of `total` changes at `rate` on `model`: from `t0` until
+/// every connection is complete or the drain timeout.
 fn measure(
     ctx: &Ctx<'_>,
     server: &mut Server,
     receivers: &Receivers,
-    n: usize,
+    model: Model,
     rate: f64,
     total: u64,
     label: &str,
 ) -> Result<Measured, String> {
+    let n = receivers.requestors();
     wait_ready(server, receivers, n, ctx.progress)?;
     let shared = &receivers.shared;
     let t0 = Instant::now() + Duration::from_millis(20);
@@ -520,7 +589,7 @@ fn measure(
         Server::Lqd(_, feed) => {
             let feed = feed.take().ok_or("lqd's feed socket is gone")?;
             Some(inject::spawn(
-                Box::new(JsonlSink::new(feed, ctx.model)),
+                Box::new(JsonlSink::new(feed, model)),
                 schedule,
                 Arc::clone(&abort),
             )?)
@@ -532,14 +601,16 @@ fn measure(
         Server::Redis(redis) => {
             let publisher = TcpStream::connect(redis.addr())
                 .map_err(|e| format!("connecting the publisher to redis-server: {e}"))?;
+            // Filtered, each change's channel has its one subscriber.
+            let subscribers = ctx.deliveries(1, n);
             Some(inject::spawn(
-                Box::new(RedisSink::new(publisher, ctx.model, n as u64)?),
+                Box::new(RedisSink::new(publisher, model, subscribers)?),
                 schedule,
                 Arc::clone(&abort),
             )?)
         }
     };
-    ctx.progress.stage(label, total * n as u64);
+    ctx.progress.stage(label, ctx.deliveries(total, n));
     let deadline = schedule.end() + Duration::from_secs_f64(ctx.common.drain_seconds);
     let waited = wait_complete(ctx, server, receivers, n, deadline, label);
     let window = Instant::now().saturating_duration_since(t0);
