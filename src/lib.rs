@@ -4,8 +4,8 @@
 //! options) and Active Leasequery (RFC 7653) from one event-loop thread, over a mirror of a lease
 //! store's bindings and a persistent change journal.
 //!
-//! This crate is built layer by layer; see `shared/design/architecture.md` in the project's
-//! steering repository. The layers present today:
+//! The design is in `ARCHITECTURE.md` and `docs/decisions.md` at the repository's root. The
+//! layers:
 //!
 //! - [`codec`]: the complete leasequery wire format, zero-copy and panic-free.
 //! - [`store`]: the lease mirror, bindings and their query indexes, and the change journal.
