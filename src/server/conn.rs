@@ -215,6 +215,15 @@ impl Conn {
         self.session.has_active()
     }
 
+    /// When the first of this connection's Active keepalives is due (`None` without one).
+    pub(super) fn keepalive_due(&self, idle_timeout: Duration) -> Option<Instant> {
+        self.session
+            .active_queries()
+            .iter()
+            .map(|q| q.keepalive_due(idle_timeout))
+            .min()
+    }
+
     /// The Active queries running on this connection, oldest first.
     pub(super) fn active_queries(&self) -> &[ActiveQuery] {
         self.session.active_queries()

@@ -285,9 +285,11 @@ impl Server {
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 last_sweep = Instant::now();
                 self.sweep_timeouts();
+                let before = self.history.journal().next_seq();
                 self.housekeeping(now);
-                // Keepalives and the changes housekeeping journaled.
-                self.wake_active(&mut pending);
+                // The changes housekeeping journaled (expiries), and the keepalives due.
+                self.wake_concerned(before, &mut pending);
+                self.wake_keepalives(&mut pending);
             }
         }
         self.shutdown()
@@ -327,12 +329,15 @@ impl Server {
         pending.dedup();
     }
 
-    /// Marks every connection with an Active query for service this turn.
-    fn wake_active(&self, pending: &mut Vec<usize>) {
+    /// Marks for service the connections whose Active keepalive is due (D2). Only those: with
+    /// thousands of quiet requestors, serving every one each second delayed the changes
+    /// behind them by milliseconds.
+    fn wake_keepalives(&self, pending: &mut Vec<usize>) {
+        let (mono, idle) = (Instant::now(), self.cfg.active.idle_timeout);
         pending.extend(
             self.conns
                 .iter()
-                .filter(|(_, c)| c.has_active())
+                .filter(|(_, c)| c.keepalive_due(idle).is_some_and(|due| due <= mono))
                 .map(|(k, _)| k),
         );
         pending.sort_unstable();
