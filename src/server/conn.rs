@@ -115,20 +115,25 @@ impl Conn {
                 }
             }
         }
+        // Records left to send: the fill stopped early, or did not run (the buffer was full).
+        let mut unsent = true;
         if self.outbuf.len() - self.out_pos < cfg.high_water {
             self.compact();
             if self.outbuf.capacity() == 0 && self.session.bulk_running() > 0 {
                 // One allocation for the whole fill rather than a growth in steps.
                 self.outbuf.reserve(cfg.high_water.saturating_add(4096));
             }
-            more |= self
+            unsent = self
                 .session
-                .fill(ctx, cache, &mut self.outbuf, cfg.high_water)
-                && self.writable;
+                .fill(ctx, cache, &mut self.outbuf, cfg.high_water);
         }
         if self.writable {
             self.write().map_err(|e| format!("write failed: {e}"))?;
         }
+        // Still writable after the write: no readiness event will come, so come back next turn
+        // for what is left (an Active query's records behind a full buffer, say). Not
+        // writable: the socket's next writable edge brings the connection back.
+        more |= unsent && self.writable;
         let idle = self.session.running() == 0 && self.out_pos == self.outbuf.len();
         if self.read_closed && idle && self.inbuf.is_empty() {
             return Err("requestor closed the connection".into());
