@@ -413,3 +413,50 @@ fn data_missing_in_a_data_message_is_resynced_from_the_last_saved_base_time_d19(
     assert_eq!(ids, [1, 4, 5]);
     assert_eq!(replica.base_time(), Some(ServerTime(2600)));
 }
+
+const LINK2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1);
+
+/// A server that runs fewer queries per connection than a subscription sends leaves the rest
+/// unread (digest §10.4 step 18): the stream without a LEASEQUERY-REPLY is reported after the
+/// receive timeout, though the connection itself is alive.
+#[test]
+fn a_query_the_server_leaves_unread_is_reported_after_the_receive_timeout() {
+    let server = FakeServer::start(|mut c| {
+        // Reads one query, answers it, and keeps it alive; never reads the second.
+        let Some(q) = c.read(Duration::from_secs(10)) else {
+            return;
+        };
+        c.send(&reply(q.xid, None, Some(100), &q.requestor));
+        for t in 0..50 {
+            std::thread::sleep(Duration::from_millis(100));
+            c.send(&data(q.xid, 101 + t, None, None));
+        }
+    });
+    let mut s = settings();
+    s.rcv_timeout = Duration::from_millis(800);
+    let mut sub = Subscription::with_streams(
+        server.addr,
+        s,
+        [
+            (Some(lqd::requestor::Query::LinkAddress(LINK)), None),
+            (Some(lqd::requestor::Query::LinkAddress(LINK2)), None),
+        ],
+    );
+    let started = Instant::now();
+    let mut connected = 0;
+    let reason = loop {
+        match sub.next_stream_event().unwrap().unwrap() {
+            (Some(_), Event::Connected { .. }) => connected += 1,
+            (None, Event::Disconnected { reason, .. }) => break reason.to_string(),
+            _ => {}
+        }
+    };
+    assert_eq!(connected, 2);
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert_eq!(sub.stream_phase(0), lqd::requestor::Phase::Disconnected);
+    assert!(
+        reason.contains("no LEASEQUERY-REPLY within 0.8s to the query for link-address=2001:db8:0:2::1 (2 of 2 on the connection)"),
+        "{reason}"
+    );
+    assert!(reason.contains("fewer queries per connection"), "{reason}");
+}

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | one question over UDP, retransmitted | [`UdpRequestor`] | RFC 5007 (digest §8.2) |
 //! | a TCP connection carrying Bulk queries, each an iterator of bindings | [`Connection`], [`Bulk`] | RFC 5460 + RFC 7653 (digest §9.3) |
-//! | an Active subscription that reconnects and catches up by itself | [`Subscription`] | RFC 7653 (digest §10.5, §10.6) |
+//! | an Active subscription that reconnects and catches up by itself: one or more filtered streams on one connection | [`Subscription`] | RFC 7653 (digest §10.5, §10.6) |
 //! | a replica: bindings + saved base-time, persisted atomically | [`Replica`] | |
 //! | a replica kept in sync through anything | [`Watch`] | all of the above |
 //!
@@ -20,7 +20,8 @@
 //!
 //! # The Active state machine
 //!
-//! [`Subscription`] follows digest §10.6 (decision D3 for the receive timeout):
+//! Each stream of a [`Subscription`] (one ACTIVELEASEQUERY, told apart from the connection's
+//! other streams by its xid) follows digest §10.6 (decision D3 for the receive timeout):
 //!
 //! ```text
 //! CONNECTING -> AWAIT_REPLY  (ACTIVELEASEQUERY, START_TIME = the resume point, if any)
@@ -32,11 +33,15 @@
 //! CATCHING_UP  --DATA(DataMissing)--------------> LIVE         Event::DataMissing [START, base]
 //! LIVE         --DATA(DataMissing)--------------> LIVE         Event::DataMissing [saved, base]
 //! LIVE         --DATA---------------------------> LIVE         (apply, save base-time)
+//! AWAIT_REPLY  --nothing for ACTIVE_LQ_RCV_TIMEOUT--> RECONNECT (a query the server left unread)
 //! any --DONE / EOF / ACTIVE_LQ_RCV_TIMEOUT / error--> RECONNECT (START_TIME = resume point)
 //! ```
 //!
-//! The *resume point* is the base-time of the most recent message received while LIVE
-//! (keepalives count). While catching up it stays what it was, because catch-up messages come
+//! A connection lost is lost for all its streams; the reconnect sends each its own
+//! START_TIME.
+//!
+//! A stream's *resume point* is the base-time of the most recent message it received while
+//! LIVE (keepalives count). While catching up it stays what it was, because catch-up messages come
 //! in no time order: a connection lost during catch-up resumes from the same START_TIME
 //! again. Nothing received during catch-up is ever saved as a base-time.
 //!

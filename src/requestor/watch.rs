@@ -285,7 +285,7 @@ impl Watch {
                     return Ok(None);
                 }
                 Next::Idle => self.save()?,
-                Next::Event(e) => self.take(e)?,
+                Next::Event(_, e) => self.take(e)?,
             }
         }
     }
