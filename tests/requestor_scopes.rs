@@ -1,6 +1,7 @@
-//! `lq watch` follows only its scope (issue 12): each `--link` is synced by its Bulk query and
-//! followed by an Active query filtered to it, so the replica holds exactly the clients in
-//! scope through lqd's demo churn, and nothing outside it ever enters. Each stream catches up from its own saved base-time after a restart, and a state
+//! `lq watch` follows only its scope (issue 12): each `--link`, `--relay-id` and `--remote-id`
+//! is synced by its Bulk query and followed by an Active query filtered to it, so the replica
+//! holds exactly the clients in scope through lqd's demo churn, and nothing outside it ever
+//! enters. Each stream catches up from its own saved base-time after a restart, and a state
 //! file of an `lq` that kept no streams (and followed every change) is resynced.
 //!
 //! Each test runs a real lqd with the demo's default population (10,000 clients on 16 links)
@@ -19,10 +20,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use common::{Lqd, link, wait_for_log};
-use lq::{Bindings, LqWatch, diff, state, state_by_stream, truth_link, wait_until};
+use lq::{Bindings, LqWatch, diff, state, state_by_stream, truth_link, truth_of, wait_until};
 use lqd::codec::ServerTime;
 use lqd::config::DemoSettings;
 use lqd::feed::DemoSource;
+use lqd::requestor::Query;
 use serde_json::Value;
 
 /// lqd's default demo churn is `[demo] changes_per_sec = 100` lease changes a second
@@ -277,6 +279,92 @@ fn two_links_hold_exactly_their_clients_through_an_hour_of_churn() {
         "{HOUR_OF_DEFAULT_CHURN} changes churned by {churned_at:?}; replica: {} clients of \
          links 1 and 2 (of 10,000); {live} live changes; done in {:?}",
         replica.len(),
+        t0.elapsed()
+    );
+}
+
+#[test]
+fn relay_id_and_remote_id_scopes_hold_exactly_their_clients_on_two_connections() {
+    let _one = serial();
+    let t0 = Instant::now();
+    // 20 minutes of the default churn.
+    let d = demo(42, FAST, 120_000);
+    let pop = population(&d);
+    let homes = links_of(&pop);
+    // The access relay of link 5, and four clients of link 9 by their Remote-ID.
+    let relay = pop
+        .iter()
+        .find(|c| c.link == link(5))
+        .and_then(|c| c.relay.as_ref())
+        .map(|r| r.relay_ids[0].to_vec())
+        .unwrap();
+    let mut remotes: Vec<(String, u32, Vec<u8>)> = Vec::new();
+    for c in pop.iter().filter(|c| c.link == link(9)) {
+        let r = &c.relay.as_ref().unwrap().remote_ids[0];
+        let id = hex::encode(&c.client_id);
+        if remotes.len() < 4 && !remotes.iter().any(|(i, ..)| *i == id) {
+            remotes.push((id, r.enterprise_number, r.remote_id.to_vec()));
+        }
+    }
+    let lqd = start_lqd("scopes-relay", &d, 8);
+    let file = lqd.dir.join("replica.json");
+    // The relay's DUID with colons, as `lq bulk --relay-id` takes it too.
+    let relay_arg = relay
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    let mut scope = vec!["--relay-id".to_owned(), relay_arg];
+    for (_, e, r) in &remotes {
+        scope.extend(["--remote-id".to_owned(), format!("{e}:{}", hex::encode(r))]);
+    }
+    let w = LqWatch::start(&lqd.dir, "relay", lqd.addr, &strs(&args(&scope, &file)));
+    // Five streams: four on one connection (lqd runs 4 queries per connection), one on a
+    // second; every one answered and caught up.
+    w.wait_events("catch_up_complete", 5, 20);
+    let mut expected: Vec<String> = remotes
+        .iter()
+        .map(|(_, e, r)| format!("remote-id={e}:{}", hex::encode(r)))
+        .collect();
+    expected.push(format!("relay-id={}", hex::encode(&relay)));
+    expected.sort();
+    assert_eq!(scopes(&w, "catch_up_complete"), expected);
+    let any = Ipv6Addr::UNSPECIFIED;
+    let queries: Vec<Query> = std::iter::once(Query::RelayId {
+        duid: relay.clone(),
+        link: any,
+    })
+    .chain(remotes.iter().map(|(_, e, r)| Query::RemoteId {
+        enterprise_number: *e,
+        remote_id: r.clone(),
+        link: any,
+    }))
+    .collect();
+
+    wait_for_log(&lqd, "demo: churn limit reached", 60);
+    wait_streams_equal(&file, &w, 20, || {
+        queries
+            .iter()
+            .enumerate()
+            .map(|(s, q)| (s, truth_of(&lqd, q)))
+            .collect()
+    });
+    // The relay's stream is link 5, exactly; nothing else ever entered.
+    let (_, by_stream) = state_by_stream(&file).unwrap();
+    let link5 = truth_link(&lqd, 5);
+    assert!(link5.len() > 300, "{}", link5.len());
+    assert_eq!(by_stream.get(&0), Some(&link5));
+    let ids: Vec<&str> = remotes.iter().map(|(i, ..)| i.as_str()).collect();
+    assert_only(
+        &w,
+        &|id| homes.get(id) == Some(&link(5)) || ids.contains(&id),
+        "the relay's link and the four Remote-IDs",
+    );
+    assert!(w.events_of("data_missing").is_empty(), "{}", w.transcript());
+    eprintln!(
+        "{} clients behind the relay, {} of the 4 Remote-IDs bound; done in {:?}",
+        link5.len(),
+        (1..5).filter(|s| by_stream.contains_key(s)).count(),
         t0.elapsed()
     );
 }

@@ -5,9 +5,9 @@
 //! lq query --server ADDR:PORT (--address A | --client-id HEX) [--link A] [--json]
 //! lq bulk  --server ADDR:PORT (--address A | --client-id HEX | --relay-id HEX
 //!          | --link-address A | --remote-id ENT:HEX) [--link A] [--start T] [--end T] [--json]
-//! lq watch --server ADDR:PORT [--state FILE] [--link A]... [--filter KIND=VALUE]
-//!          [--queries-per-connection N] [--recovery resync|window] [--rcv-timeout SECS]
-//!          [--save-interval SECS] [--json]
+//! lq watch --server ADDR:PORT [--state FILE] [--link A]... [--relay-id HEX]...
+//!          [--remote-id ENT:HEX]... [--filter KIND=VALUE] [--queries-per-connection N]
+//!          [--recovery resync|window] [--rcv-timeout SECS] [--save-interval SECS] [--json]
 //! ```
 //!
 //! `query` asks one UDP Leasequery (RFC 5007, retransmitted per RFC 8415). `bulk` asks one
@@ -16,9 +16,9 @@
 //! line per binding change and status events on lines of their own; with `--state` the
 //! replica is saved (atomically) and a restarted `watch` resumes where it stopped.
 //!
-//! `watch`'s scope is every `--link` given (or the one `--filter`): each is synced by its Bulk
-//! query and followed by an Active query filtered to it, so the replica holds exactly the
-//! clients in scope. Those Active queries share
+//! `watch`'s scope is every `--link`, `--relay-id` and `--remote-id` given (or the one
+//! `--filter`): each is synced by its Bulk query and followed by an Active query filtered to
+//! it, so the replica holds exactly the clients in scope. Those Active queries share
 //! connections, `--queries-per-connection` to each (default 4: lqd's and Kea's default limit
 //! of queries run at once on one connection; a server leaves the queries beyond its limit
 //! unread, which `watch` reports as no LEASEQUERY-REPLY after `--rcv-timeout`). Ten links
@@ -196,11 +196,20 @@ struct WatchArgs {
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
     /// Follow this link (repeatable): synced by Bulk QUERY_BY_LINK_ADDRESS, then followed by
-    /// an Active query for it alone. Without any scope (--link, --filter), every change is
-    /// followed, the first sync is the Active catch-up from the start of the server's
-    /// history, and DataMissing cannot be recovered.
+    /// an Active query for it alone. Without any scope (--link, --relay-id, --remote-id,
+    /// --filter), every change is followed, the first sync is the Active catch-up from the
+    /// start of the server's history, and DataMissing cannot be recovered.
     #[arg(long, value_name = "A", conflicts_with = "filter")]
     link: Vec<Ipv6Addr>,
+    /// Follow the clients behind this relay agent, by its DUID in hex (repeatable): synced by
+    /// Bulk QUERY_BY_RELAY_ID, then followed by an Active query for it alone.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, conflicts_with = "filter")]
+    relay_id: Vec<Hex>,
+    /// Follow the clients with this relay-inserted Remote-ID, enterprise number and remote-id
+    /// in hex (repeatable): synced by Bulk QUERY_BY_REMOTE_ID, then followed by an Active
+    /// query for it alone.
+    #[arg(long, value_name = "ENT:HEX", value_parser = parse_remote_id, conflicts_with = "filter")]
+    remote_id: Vec<RemoteIdArg>,
     /// Watch only matching bindings: address=A, client-id=HEX, relay-id=HEX,
     /// link-address=A or remote-id=ENT:HEX, optionally followed by @LINK.
     #[arg(long, value_name = "KIND=VALUE", value_parser = parse_filter)]
@@ -707,6 +716,12 @@ fn watch(a: &WatchArgs) -> Result<ExitCode, Error> {
     active.stop = Some(Arc::clone(&stop));
     let mut settings = WatchSettings::new(a.common.server, active);
     settings.links = a.link.clone();
+    settings.relay_ids = a.relay_id.iter().map(|h| h.0.clone()).collect();
+    settings.remote_ids = a
+        .remote_id
+        .iter()
+        .map(|RemoteIdArg(e, r)| (*e, r.clone()))
+        .collect();
     settings.queries_per_connection = usize::from(a.queries_per_connection);
     settings.recovery = match a.recovery {
         RecoveryArg::Resync => Recovery::Resync,
@@ -887,8 +902,9 @@ fn event_text(e: &WatchEvent) -> Option<String> {
             match recovery {
                 Some(Recovery::Resync) => "resyncing it by Bulk".to_owned(),
                 Some(Recovery::Window) => "asking Bulk for the gap".to_owned(),
-                None =>
-                    "cannot recover without --link or --filter; the replica may be stale".to_owned(),
+                None => "cannot recover without a scope (--link, --relay-id, --remote-id or \
+                         --filter); the replica may be stale"
+                    .to_owned(),
             }
         ),
         WatchEvent::Disconnected { reason, retry_in } => format!(
@@ -944,5 +960,56 @@ mod tests {
             }
         );
         assert!(parse_filter("color=blue").is_err());
+    }
+
+    #[test]
+    fn watch_scopes_repeat_and_exclude_filter() {
+        let cli = Cli::try_parse_from([
+            "lq",
+            "watch",
+            "--server",
+            "::1",
+            "--link",
+            "2001:db8::1",
+            "--relay-id",
+            "00:02:00:00:00:09:01",
+            "--relay-id",
+            "0002000000090102",
+            "--remote-id",
+            "9:0a0b",
+            "--remote-id",
+            "2636:0c",
+        ])
+        .unwrap();
+        let Command::Watch(w) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(w.link.len(), 1);
+        assert_eq!(
+            w.relay_id,
+            [
+                Hex(vec![0, 2, 0, 0, 0, 9, 1]),
+                Hex(vec![0, 2, 0, 0, 0, 9, 1, 2])
+            ]
+        );
+        assert_eq!(
+            w.remote_id,
+            [RemoteIdArg(9, vec![10, 11]), RemoteIdArg(2636, vec![12])]
+        );
+        assert_eq!(w.queries_per_connection, 4);
+        for scope in ["--relay-id", "--remote-id"] {
+            let value = if scope == "--relay-id" { "01" } else { "9:01" };
+            let both = Cli::try_parse_from([
+                "lq",
+                "watch",
+                "--server",
+                "::1",
+                scope,
+                value,
+                "--filter",
+                "link-address=2001:db8::1",
+            ]);
+            assert!(both.is_err(), "{scope} with --filter");
+        }
     }
 }
