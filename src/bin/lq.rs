@@ -19,11 +19,11 @@
 //! `watch`'s scope is every `--link`, `--relay-id` and `--remote-id` given (or the one
 //! `--filter`): each is synced by its Bulk query and followed by an Active query filtered to
 //! it, so the replica holds exactly the clients in scope. Those Active queries share
-//! connections, `--queries-per-connection` to each (default 4: lqd's and Kea's default limit
-//! of queries run at once on one connection; a server leaves the queries beyond its limit
+//! connections, `--queries-per-connection` to each (default 4: lqd's default limit of
+//! queries run at once on one connection; a server leaves the queries beyond its limit
 //! unread, which `watch` reports as no LEASEQUERY-REPLY after `--rcv-timeout`). Ten links
 //! thus take three connections, and a DataMissing recovery one more while it runs; a server
-//! also limits the connections of one requestor (lqd and Kea: 10).
+//! also limits the connections of one requestor (lqd: 10 by default).
 //!
 //! # Output
 //!

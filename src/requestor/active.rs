@@ -242,7 +242,7 @@ struct Stream {
 /// An Active Leasequery subscription to one server: one connection carrying one
 /// ACTIVELEASEQUERY per stream, each with its own xid, filter, catch-up and resume point.
 ///
-/// A server runs only so many queries on one connection at once (lqd and Kea: 4 by default)
+/// A server runs only so many queries on one connection at once (lqd: 4 by default)
 /// and leaves the rest unread (digest §10.4 step 18), so a caller with more filters spreads
 /// them over several subscriptions. A stream whose LEASEQUERY-REPLY does not come within the
 /// receive timeout is taken for such a query: the connection is dropped with

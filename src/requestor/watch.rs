@@ -13,10 +13,10 @@
 //!   matches, and the server says nothing about it; it stays until a resync.
 //! - Connections: the streams share connections, `queries_per_connection` to each (a server
 //!   leaves the queries beyond its per-connection limit unread: lqd's
-//!   `max_concurrent_queries` and Kea's `max-concurrent-queries` are 4 by default), so 10
-//!   links take 3 connections, plus one for a Bulk sync while it runs. A server also limits
-//!   the connections of one requestor (BULK_LQ_MAX_CONNS, 10 in lqd and Kea). Each connection
-//!   is followed on a thread of its own (see `follow.rs`), and reconnects by itself.
+//!   `max_concurrent_queries` is 4 by default), so 10 links take 3 connections, plus one for
+//!   a Bulk sync while it runs. A server also limits the connections of one requestor
+//!   (BULK_LQ_MAX_CONNS, 10 in lqd). Each connection is followed on a thread of its own (see
+//!   `follow.rs`), and reconnects by itself.
 //! - Start: the state file's replica resumes each stream from its own saved base-time. An
 //!   empty one is first filled by the sync queries, then each stream subscribes from the first
 //!   base-time of its own Bulk answer; without sync queries the one stream subscribes with
@@ -86,7 +86,7 @@ pub struct WatchSettings {
     pub state_file: Option<PathBuf>,
     /// The longest a change stays unsaved while more keep coming (default 2 s).
     pub save_interval: Duration,
-    /// The most Active queries on one connection (default 4, lqd's and Kea's default limit).
+    /// The most Active queries on one connection (default 4, lqd's default limit).
     pub queries_per_connection: usize,
 }
 
