@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use fake::{FakeServer, Request, bulk_answer, channel, data, reply};
 use lqd::codec::{MessageType, QueryType, ServerTime, Status};
 use lqd::requestor::{
-    ActiveSettings, Error, Event, Recovery, Subscription, Watch, WatchEvent, WatchSettings,
+    ActiveSettings, Error, Event, Query, Recovery, Subscription, Watch, WatchEvent, WatchSettings,
 };
 
 const ME: [u8; 6] = [0, 3, 0, 1, 0xde, 0xad];
@@ -297,18 +297,23 @@ fn watch_with(
                     }
                     c.send(&data(q.xid, 2600, None, Some((4, "2001:db8:0:1::4"))));
                 }
-                // A resync: client 2 is gone, 5 is new.
+                // A resync, asked after the live update at 2600: client 2 is gone, 5 is
+                // new.
                 (MessageType::Leasequery, None, None) => c.send(&bulk_answer(
                     q.xid,
-                    2100,
+                    2700,
                     &to,
-                    &[(1, "2001:db8:0:1::1"), (5, "2001:db8:0:1::5")],
+                    &[
+                        (1, "2001:db8:0:1::1"),
+                        (4, "2001:db8:0:1::4"),
+                        (5, "2001:db8:0:1::5"),
+                    ],
                     Status::Success,
                 )),
                 // The window: only live bindings changed in it.
                 (MessageType::Leasequery, Some(_), Some(_)) => c.send(&bulk_answer(
                     q.xid,
-                    2100,
+                    2700,
                     &to,
                     &[(5, "2001:db8:0:1::5")],
                     Status::Success,
@@ -328,6 +333,7 @@ fn watch_with(
     let deadline = Instant::now() + Duration::from_secs(20);
     // Until the resync's answer and the live update after it have been applied.
     while !(w.replica().clients().contains_key(&fake::client_duid(4))
+        && w.replica().base_time() == Some(ServerTime(2600))
         && events
             .iter()
             .any(|e| matches!(e, WatchEvent::Synced { recovery: true, .. })))
@@ -355,10 +361,11 @@ fn data_missing_in_the_reply_asks_bulk_start_end_on_a_second_connection() {
         kinds,
         [
             (MessageType::Leasequery, by_link, Some(LINK), None, None),
+            // Filtered to the link it synced (issue 12: it used to follow every change).
             (
                 MessageType::ActiveLeasequery,
-                None,
-                None,
+                by_link,
+                Some(LINK),
                 Some(ServerTime(1000)),
                 None
             ),
@@ -408,8 +415,224 @@ fn data_missing_in_a_data_message_is_resynced_from_the_last_saved_base_time_d19(
         (MessageType::Leasequery, None, None)
     );
     // Exact: 2 and 3 are gone, 5 is new, and the live update (4) after the DataMissing
-    // is kept.
+    // is kept (applied before the resync's answer or after it, which holds it too).
     let ids: Vec<u8> = replica.clients().keys().map(|k| k[9]).collect();
     assert_eq!(ids, [1, 4, 5]);
     assert_eq!(replica.base_time(), Some(ServerTime(2600)));
+}
+
+const LINK2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1);
+
+/// Issue 12: a watch of two links runs one filtered ACTIVELEASEQUERY per link, each with its
+/// own xid and catch-up, on one connection; a DataMissing on the second link's stream
+/// resyncs that link alone, holding only that stream's saved base-time at the gap's start.
+#[test]
+fn data_missing_on_one_stream_resyncs_only_what_that_stream_covers() {
+    let (tx, rx) = channel::<(usize, Request)>();
+    let link2_bulks = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = FakeServer::start(move |mut c| {
+        while let Some(q) = c.read(Duration::from_secs(10)) {
+            let _ = tx.send((c.index, q.clone()));
+            let to = q.requestor.clone();
+            match (q.msg_type, q.link) {
+                (MessageType::Leasequery, Some(LINK)) => c.send(&bulk_answer(
+                    q.xid,
+                    1000,
+                    &to,
+                    &[(1, "2001:db8:0:1::1")],
+                    Status::Success,
+                )),
+                (MessageType::Leasequery, Some(LINK2)) => {
+                    let answer: &[(u8, &str)] = if link2_bulks.fetch_add(1, Ordering::SeqCst) == 0 {
+                        &[(2, "2001:db8:0:2::2")]
+                    } else {
+                        // The resync (after the live update at 1600): client 2 ended in
+                        // the gap, 5 is new.
+                        &[(4, "2001:db8:0:2::4"), (5, "2001:db8:0:2::5")]
+                    };
+                    c.send(&bulk_answer(q.xid, 2100, &to, answer, Status::Success));
+                }
+                (MessageType::ActiveLeasequery, Some(LINK)) => {
+                    c.send(&reply(q.xid, None, Some(1001), &to));
+                    c.send(&data(q.xid, 1002, Some(Status::CatchUpComplete), None));
+                    c.send(&data(q.xid, 1100, None, Some((3, "2001:db8:0:1::3"))));
+                }
+                (MessageType::ActiveLeasequery, Some(LINK2)) => {
+                    c.send(&reply(q.xid, None, Some(1001), &to));
+                    c.send(&data(q.xid, 1002, Some(Status::CatchUpComplete), None));
+                    c.send(&data(q.xid, 1500, Some(Status::DataMissing), None));
+                    c.send(&data(q.xid, 1600, None, Some((4, "2001:db8:0:2::4"))));
+                }
+                _ => {}
+            }
+        }
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut active = settings();
+    active.stop = Some(Arc::clone(&stop));
+    let mut ws = WatchSettings::new(server.addr, active);
+    ws.links = vec![LINK, LINK2];
+    let mut w = Watch::open(ws).unwrap();
+    let mut events = Vec::new();
+    let mut held_at = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // Until the resync's answer and both streams' live updates have been applied.
+    while !(w.replica().stream_base_time(0) == Some(ServerTime(1100))
+        && w.replica().stream_base_time(1) == Some(ServerTime(1600))
+        && events
+            .iter()
+            .any(|e| matches!(e, WatchEvent::Synced { recovery: true, .. })))
+    {
+        assert!(Instant::now() < deadline, "{events:#?}");
+        let e = w.next_event().unwrap().unwrap();
+        if matches!(e, WatchEvent::DataMissing { .. }) {
+            held_at = Some(w.replica().stream_base_time(1));
+        }
+        events.push(e);
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(w.next_event().unwrap().is_none(), "stopped");
+
+    let requests: Vec<(usize, MessageType, Option<Ipv6Addr>, Option<ServerTime>)> = rx
+        .try_iter()
+        .map(|(i, r)| (i, r.msg_type, r.link, r.start))
+        .collect();
+    let (lq, alq) = (MessageType::Leasequery, MessageType::ActiveLeasequery);
+    assert_eq!(
+        requests,
+        [
+            (0, lq, Some(LINK), None),
+            (0, lq, Some(LINK2), None),
+            // Both streams on one connection, each from its own sync's first base-time.
+            (1, alq, Some(LINK), Some(ServerTime(1000))),
+            (1, alq, Some(LINK2), Some(ServerTime(2100))),
+            // The resync of link 2 alone.
+            (2, lq, Some(LINK2), None),
+        ]
+    );
+    assert!(events.iter().any(|e| matches!(
+        e,
+        WatchEvent::DataMissing {
+            start: Some(ServerTime(1002)),
+            end: Some(ServerTime(1500)),
+            scope: Some(Query::LinkAddress(LINK2)),
+            ..
+        }
+    )));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        WatchEvent::Synced { recovery: true, scopes, queries: 1, .. }
+            if scopes == &[Query::LinkAddress(LINK2)]
+    )));
+    // While the recovery was pending, link 2's saved base-time stayed at the gap's start.
+    assert_eq!(held_at, Some(Some(ServerTime(1002))));
+    let r = w.replica();
+    let ids: Vec<u8> = r.clients().keys().map(|k| k[9]).collect();
+    assert_eq!(ids, [1, 3, 4, 5], "link 1 untouched; link 2 resynced");
+    assert_eq!(r.stream_base_time(0), Some(ServerTime(1100)));
+    assert_eq!(r.stream_base_time(1), Some(ServerTime(1600)));
+    assert_eq!(r.base_time(), Some(ServerTime(1100)), "the earliest");
+}
+
+/// A server that runs fewer queries per connection than a subscription sends leaves the rest
+/// unread (digest §10.4 step 18): the stream without a LEASEQUERY-REPLY is reported after the
+/// receive timeout, though the connection itself is alive.
+#[test]
+fn a_query_the_server_leaves_unread_is_reported_after_the_receive_timeout() {
+    let server = FakeServer::start(|mut c| {
+        // Reads one query, answers it, and keeps it alive; never reads the second.
+        let Some(q) = c.read(Duration::from_secs(10)) else {
+            return;
+        };
+        c.send(&reply(q.xid, None, Some(100), &q.requestor));
+        for t in 0..50 {
+            std::thread::sleep(Duration::from_millis(100));
+            c.send(&data(q.xid, 101 + t, None, None));
+        }
+    });
+    let mut s = settings();
+    s.rcv_timeout = Duration::from_millis(800);
+    let mut sub = Subscription::with_streams(
+        server.addr,
+        s,
+        [
+            (Some(lqd::requestor::Query::LinkAddress(LINK)), None),
+            (Some(lqd::requestor::Query::LinkAddress(LINK2)), None),
+        ],
+    );
+    let started = Instant::now();
+    let mut connected = 0;
+    let reason = loop {
+        match sub.next_stream_event().unwrap().unwrap() {
+            (Some(_), Event::Connected { .. }) => connected += 1,
+            (None, Event::Disconnected { reason, .. }) => break reason.to_string(),
+            _ => {}
+        }
+    };
+    assert_eq!(connected, 2);
+    assert!(started.elapsed() >= Duration::from_millis(800));
+    assert_eq!(sub.stream_phase(0), lqd::requestor::Phase::Disconnected);
+    assert!(
+        reason.contains("no LEASEQUERY-REPLY within 0.8s to the query for link-address=2001:db8:0:2::1 (2 of 2 on the connection)"),
+        "{reason}"
+    );
+    assert!(reason.contains("fewer queries per connection"), "{reason}");
+}
+
+/// `queries_per_connection` spreads the streams over connections: with 1, a server that runs
+/// one query per connection answers every stream.
+#[test]
+fn streams_beyond_queries_per_connection_go_on_further_connections() {
+    let (tx, rx) = channel::<(usize, Option<Ipv6Addr>)>();
+    let server = FakeServer::start(move |mut c| {
+        let Some(q) = c.read(Duration::from_secs(10)) else {
+            return;
+        };
+        let _ = tx.send((c.index, q.link));
+        let to = q.requestor.clone();
+        match q.msg_type {
+            MessageType::Leasequery => {
+                c.send(&bulk_answer(q.xid, 1000, &to, &[], Status::Success));
+                // The sync asks its second query on the same connection.
+                if let Some(q) = c.read(Duration::from_secs(10)) {
+                    let _ = tx.send((c.index, q.link));
+                    c.send(&bulk_answer(q.xid, 1000, &to, &[], Status::Success));
+                }
+            }
+            _ => {
+                c.send(&reply(q.xid, None, Some(1001), &to));
+                c.send(&data(q.xid, 1002, Some(Status::CatchUpComplete), None));
+            }
+        }
+        c.until_closed(Duration::from_secs(30));
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut active = settings();
+    active.stop = Some(Arc::clone(&stop));
+    let mut ws = WatchSettings::new(server.addr, active);
+    ws.links = vec![LINK, LINK2];
+    ws.queries_per_connection = 1;
+    let mut w = Watch::open(ws).unwrap();
+    let mut caught_up = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while caught_up.len() < 2 {
+        assert!(Instant::now() < deadline);
+        if let WatchEvent::CatchUpComplete { scope, .. } = w.next_event().unwrap().unwrap() {
+            caught_up.push(scope);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(w.next_event().unwrap().is_none());
+    caught_up.sort_by_key(|s| s.as_ref().map(ToString::to_string));
+    assert_eq!(
+        caught_up,
+        [
+            Some(Query::LinkAddress(LINK)),
+            Some(Query::LinkAddress(LINK2))
+        ]
+    );
+    let mut active_on: Vec<(usize, Option<Ipv6Addr>)> = rx.try_iter().skip(2).collect();
+    active_on.sort();
+    assert_eq!(active_on.len(), 2);
+    assert_ne!(active_on[0].0, active_on[1].0, "one connection each");
 }

@@ -68,7 +68,8 @@ fn lq_watch_survives_kill_9_of_lqd_and_ends_equal_to_its_bindings() {
     );
     let file = lqd.dir.join("replica.json");
     let mut w = LqWatch::start(&lqd.dir, "kill9", lqd.addr, &strs(&args(3, &file)));
-    w.wait_events("catch_up_complete", 1, 30);
+    // One stream per link.
+    w.wait_events("catch_up_complete", 3, 30);
     // Changes over a few seconds, so that the resume point moves past the first START_TIME.
     let initial = changes(&w);
     assert!(
@@ -79,28 +80,33 @@ fn lq_watch_survives_kill_9_of_lqd_and_ends_equal_to_its_bindings() {
 
     lqd.kill9_and_restart();
     w.wait_events("disconnected", 1, 30);
-    w.wait_events("catch_up_complete", 2, 60);
+    w.wait_events("catch_up_complete", 6, 60);
     wait_for_log(&lqd, "demo: churn limit reached", 120);
     assert_ends_equal(&lqd, 3, &w, &file);
     assert!(w.running(), "lq watch is still running");
 
-    // One initial sync; the reconnects resumed from saved base-times instead.
+    // One initial sync; the reconnects resumed each stream from its saved base-time instead.
     assert_eq!(w.events_of("synced").len(), 1, "{}", w.transcript());
-    let connected = w.events_of("connected");
-    let starts: Vec<u64> = connected
-        .iter()
-        .map(|e| {
-            e["start_time"]
-                .as_u64()
-                .expect("every connect has a START_TIME")
-        })
-        .collect();
-    assert!(starts.len() >= 2, "{}", w.transcript());
-    assert!(starts.windows(2).all(|p| p[0] <= p[1]), "{starts:?}");
-    assert!(
-        starts[1] > starts[0],
-        "resumed from a live base-time: {starts:?}"
-    );
+    let mut starts = std::collections::BTreeMap::<String, Vec<u64>>::new();
+    for e in w.events_of("connected") {
+        starts
+            .entry(e["scope"].as_str().unwrap().to_owned())
+            .or_default()
+            .push(
+                e["start_time"]
+                    .as_u64()
+                    .expect("every connect has a START_TIME"),
+            );
+    }
+    assert_eq!(starts.len(), 3, "{}", w.transcript());
+    for starts in starts.values() {
+        assert!(starts.len() >= 2, "{}", w.transcript());
+        assert!(starts.windows(2).all(|p| p[0] <= p[1]), "{starts:?}");
+        assert!(
+            starts[1] > starts[0],
+            "resumed from a live base-time: {starts:?}"
+        );
+    }
     assert!(w.terminate().success());
     assert_eq!(
         state(&file).unwrap().1,
@@ -119,7 +125,7 @@ fn a_restarted_lq_watch_resumes_from_its_state_file() {
     );
     let file = lqd.dir.join("replica.json");
     let mut first = LqWatch::start(&lqd.dir, "first", lqd.addr, &strs(&args(2, &file)));
-    first.wait_events("catch_up_complete", 1, 30);
+    first.wait_events("catch_up_complete", 2, 30);
     let initial = changes(&first);
     assert!(wait_until(30, || changes(&first) >= initial + 20));
     assert!(first.terminate().success());
@@ -128,13 +134,24 @@ fn a_restarted_lq_watch_resumes_from_its_state_file() {
     // lqd goes on changing while lq is down.
     assert!(wait_until(30, || truth(&lqd, 2) != replica));
 
+    let (bases, _) = lq::state_by_stream(&file).unwrap();
+
     let second = LqWatch::start(&lqd.dir, "second", lqd.addr, &strs(&args(2, &file)));
-    second.wait_events("catch_up_complete", 1, 30);
+    second.wait_events("catch_up_complete", 2, 30);
     let events = second.events();
     assert_eq!(events[0]["event"], "loaded", "{}", second.transcript());
     assert_eq!(events[0]["base_time"].as_u64(), Some(saved));
-    assert_eq!(events[1]["event"], "connected");
-    assert_eq!(events[1]["start_time"].as_u64(), Some(saved), "resumed");
+    // Each link's stream resumed from its own saved base-time, the earliest being `saved`.
+    assert_eq!(bases.iter().flatten().min(), Some(&saved));
+    for (k, base) in (1..=2).zip(&bases) {
+        let scope = format!("link-address={}", common::link(k));
+        let connected: Vec<_> = events
+            .iter()
+            .filter(|e| e["event"] == "connected" && e["scope"] == scope.as_str())
+            .collect();
+        assert_eq!(connected.len(), 1, "{}", second.transcript());
+        assert_eq!(connected[0]["start_time"].as_u64(), *base, "resumed");
+    }
     assert!(second.events_of("synced").is_empty(), "no Bulk sync needed");
     wait_for_log(&lqd, "demo: churn limit reached", 60);
     assert_ends_equal(&lqd, 2, &second, &file);
@@ -174,7 +191,7 @@ fn with_a_journal_too_small_for_the_outage_data_missing_is_resynced_and_ends_equ
     );
     let file = lqd.dir.join("replica.json");
     let mut first = LqWatch::start(&lqd.dir, "first", lqd.addr, &strs(&args(2, &file)));
-    first.wait_events("catch_up_complete", 1, 30);
+    first.wait_events("catch_up_complete", 2, 30);
     assert!(first.terminate().success());
     let saved = state(&file).unwrap().0.expect("a base-time");
     let saved = u32::try_from(saved).unwrap();
@@ -184,13 +201,32 @@ fn with_a_journal_too_small_for_the_outage_data_missing_is_resynced_and_ends_equ
     );
 
     let second = LqWatch::start(&lqd.dir, "second", lqd.addr, &strs(&args(2, &file)));
-    let missing = second.wait_events("data_missing", 1, 30);
-    assert_eq!(missing[0]["start"].as_u64(), Some(u64::from(saved)));
-    assert!(missing[0]["end"].as_u64().unwrap() > u64::from(saved));
-    assert_eq!(missing[0]["recovery"], "resync");
-    let synced = second.wait_events("synced", 1, 30);
-    assert_eq!(synced[0]["recovery"], true);
-    assert_eq!(synced[0]["queries"], 2);
+    // Each link's stream misses data and is resynced (together, or one after the other).
+    let missing = second.wait_events("data_missing", 2, 30);
+    for m in &missing {
+        assert_eq!(m["start"].as_u64(), Some(u64::from(saved)));
+        assert!(m["end"].as_u64().unwrap() > u64::from(saved));
+        assert_eq!(m["recovery"], "resync");
+    }
+    let resynced = |w: &LqWatch| -> Vec<String> {
+        let mut s: Vec<String> = w
+            .events_of("synced")
+            .iter()
+            .inspect(|e| assert_eq!(e["recovery"], true))
+            .flat_map(|e| e["scopes"].as_array().unwrap().clone())
+            .map(|s| s.as_str().unwrap().to_owned())
+            .collect();
+        s.sort();
+        s
+    };
+    let links: Vec<String> = (1..=2)
+        .map(|k| format!("link-address={}", common::link(k)))
+        .collect();
+    assert!(
+        wait_until(30, || resynced(&second) == links),
+        "{}",
+        second.transcript()
+    );
     wait_for_log(&lqd, "demo: churn limit reached", 60);
     assert_ends_equal(&lqd, 2, &second, &file);
 }

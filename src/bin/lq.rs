@@ -5,7 +5,8 @@
 //! lq query --server ADDR:PORT (--address A | --client-id HEX) [--link A] [--json]
 //! lq bulk  --server ADDR:PORT (--address A | --client-id HEX | --relay-id HEX
 //!          | --link-address A | --remote-id ENT:HEX) [--link A] [--start T] [--end T] [--json]
-//! lq watch --server ADDR:PORT [--state FILE] [--link A]... [--filter KIND=VALUE]
+//! lq watch --server ADDR:PORT [--state FILE] [--link A]... [--relay-id HEX]...
+//!          [--remote-id ENT:HEX]... [--filter KIND=VALUE] [--queries-per-connection N]
 //!          [--recovery resync|window] [--rcv-timeout SECS] [--save-interval SECS] [--json]
 //! ```
 //!
@@ -15,13 +16,23 @@
 //! line per binding change and status events on lines of their own; with `--state` the
 //! replica is saved (atomically) and a restarted `watch` resumes where it stopped.
 //!
+//! `watch`'s scope is every `--link`, `--relay-id` and `--remote-id` given (or the one
+//! `--filter`): each is synced by its Bulk query and followed by an Active query filtered to
+//! it, so the replica holds exactly the clients in scope. Those Active queries share
+//! connections, `--queries-per-connection` to each (default 4: lqd's default limit of
+//! queries run at once on one connection; a server leaves the queries beyond its limit
+//! unread, which `watch` reports as no LEASEQUERY-REPLY after `--rcv-timeout`). Ten links
+//! thus take three connections, and a DataMissing recovery one more while it runs; a server
+//! also limits the connections of one requestor (lqd: 10 by default).
+//!
 //! # Output
 //!
 //! By default, tables for people (a progress spinner on stderr while a long Bulk answer
 //! arrives, when stdout and stderr are terminals). With `--json`, JSON Lines: one object per
 //! client (`query`, `bulk`) or per event (`watch`, field `"event"`: `added`, `updated`,
 //! `removed`, `loaded`, `connected`, `synced`, `catch_up_complete`, `data_missing`,
-//! `disconnected`). Local times are Unix seconds (`null`: infinite lifetime); `base_time`,
+//! `disconnected`; `connected`, `catch_up_complete` and `data_missing` name the stream's query
+//! in `scope`, `synced` the streams synced in `scopes`). Local times are Unix seconds (`null`: infinite lifetime); `base_time`,
 //! `start_time`, `start` and `end` are server times (seconds since 2000-01-01 UTC, the
 //! server's clock), the values `--start`/`--end` take. Client and relay DUIDs are lowercase
 //! hex; `--client-id` and `--relay-id` also accept `:` or `-` between octets.
@@ -184,15 +195,30 @@ struct WatchArgs {
     /// Keep the replica in FILE and resume from it.
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
-    /// A link to sync by Bulk QUERY_BY_LINK_ADDRESS (repeatable). Without any (and without
-    /// --filter), the first sync is the Active catch-up from the start of the server's
-    /// history, and DataMissing cannot be recovered.
+    /// Follow this link (repeatable): synced by Bulk QUERY_BY_LINK_ADDRESS, then followed by
+    /// an Active query for it alone. Without any scope (--link, --relay-id, --remote-id,
+    /// --filter), every change is followed, the first sync is the Active catch-up from the
+    /// start of the server's history, and DataMissing cannot be recovered.
     #[arg(long, value_name = "A", conflicts_with = "filter")]
     link: Vec<Ipv6Addr>,
+    /// Follow the clients behind this relay agent, by its DUID in hex (repeatable): synced by
+    /// Bulk QUERY_BY_RELAY_ID, then followed by an Active query for it alone.
+    #[arg(long, value_name = "HEX", value_parser = parse_hex, conflicts_with = "filter")]
+    relay_id: Vec<Hex>,
+    /// Follow the clients with this relay-inserted Remote-ID, enterprise number and remote-id
+    /// in hex (repeatable): synced by Bulk QUERY_BY_REMOTE_ID, then followed by an Active
+    /// query for it alone.
+    #[arg(long, value_name = "ENT:HEX", value_parser = parse_remote_id, conflicts_with = "filter")]
+    remote_id: Vec<RemoteIdArg>,
     /// Watch only matching bindings: address=A, client-id=HEX, relay-id=HEX,
     /// link-address=A or remote-id=ENT:HEX, optionally followed by @LINK.
     #[arg(long, value_name = "KIND=VALUE", value_parser = parse_filter)]
     filter: Option<Query>,
+    /// Active queries sent on one connection; more scopes take more connections. Lower it
+    /// to the server's limit of queries run at once per connection if it is below 4.
+    #[arg(long, value_name = "N", default_value = "4",
+          value_parser = clap::value_parser!(u16).range(1..))]
+    queries_per_connection: u16,
     /// How DataMissing is recovered.
     #[arg(long, value_enum, default_value = "resync")]
     recovery: RecoveryArg,
@@ -690,20 +716,26 @@ fn watch(a: &WatchArgs) -> Result<ExitCode, Error> {
     active.stop = Some(Arc::clone(&stop));
     let mut settings = WatchSettings::new(a.common.server, active);
     settings.links = a.link.clone();
+    settings.relay_ids = a.relay_id.iter().map(|h| h.0.clone()).collect();
+    settings.remote_ids = a
+        .remote_id
+        .iter()
+        .map(|RemoteIdArg(e, r)| (*e, r.clone()))
+        .collect();
+    settings.queries_per_connection = usize::from(a.queries_per_connection);
     settings.recovery = match a.recovery {
         RecoveryArg::Resync => Recovery::Resync,
         RecoveryArg::Window => Recovery::Window,
     };
     settings.state_file = a.state.clone();
     settings.save_interval = a.save_interval;
-    let links = settings.sync_queries().len();
     let mut w = Watch::open(settings)?;
     let mut out = std::io::stdout().lock();
     while let Some(e) = w.next_event()? {
         let line = if a.common.json {
             event_json(&e).map(|v| v.to_string())
         } else {
-            event_text(&e, links)
+            event_text(&e)
         };
         let Some(line) = line else { continue };
         if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
@@ -753,21 +785,25 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
             server,
             xid,
             start_time,
+            scope,
         } => json!({
             "event": "connected", "server": server.to_string(), "xid": xid.to_string(),
-            "start_time": start_time.map(|t| t.0),
+            "start_time": start_time.map(|t| t.0), "scope": scope_json(scope.as_ref()),
         }),
         WatchEvent::Synced {
             recovery,
+            scopes,
             queries,
             bindings,
             clients,
         } => json!({
             "event": "synced", "recovery": recovery, "queries": queries,
+            "scopes": scopes.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "bindings": bindings, "clients": clients,
         }),
-        WatchEvent::CatchUpComplete(time) => json!({
+        WatchEvent::CatchUpComplete { time, scope } => json!({
             "event": "catch_up_complete",
+            "scope": scope_json(scope.as_ref()),
             "base_time": time.base_time.map(|t| t.0),
             "local_time": time.base_time.map(|t| unix(time.to_local(t))),
             "skew_ms": time.skew_ms(),
@@ -776,9 +812,11 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
             start,
             end,
             recovery,
+            scope,
             ..
         } => json!({
             "event": "data_missing",
+            "scope": scope_json(scope.as_ref()),
             "start": start.map(|t| t.0),
             "end": end.map(|t| t.0),
             "recovery": recovery.map(|r| match r { Recovery::Resync => "resync", Recovery::Window => "window" }),
@@ -791,11 +829,21 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
     })
 }
 
+/// A stream's query as `KIND=VALUE`, `null` for the unfiltered stream.
+fn scope_json(scope: Option<&Query>) -> Value {
+    scope.map_or(Value::Null, |q| Value::String(q.to_string()))
+}
+
+/// ` for KIND=VALUE`, or nothing for the unfiltered stream.
+fn for_scope(scope: Option<&Query>) -> String {
+    scope.map_or_else(String::new, |q| format!(" for {q}"))
+}
+
 fn server_time(t: Option<ServerTime>) -> String {
     t.map_or_else(|| "-".to_owned(), |t| t.0.to_string())
 }
 
-fn event_text(e: &WatchEvent, links: usize) -> Option<String> {
+fn event_text(e: &WatchEvent) -> Option<String> {
     let now = rfc3339(SystemTime::now());
     Some(match e {
         WatchEvent::Change { change, .. } => {
@@ -810,25 +858,33 @@ fn event_text(e: &WatchEvent, links: usize) -> Option<String> {
             server_time(*base_time)
         ),
         WatchEvent::Connected {
-            server, start_time, ..
-        } => match start_time {
-            Some(t) => format!(
-                "{now} # connected to {server}, catching up from server time {}",
-                t.0
-            ),
-            None => format!("{now} # connected to {server}"),
-        },
+            server,
+            start_time,
+            scope,
+            ..
+        } => {
+            let scope = for_scope(scope.as_ref());
+            match start_time {
+                Some(t) => format!(
+                    "{now} # connected to {server}{scope}, catching up from server time {}",
+                    t.0
+                ),
+                None => format!("{now} # connected to {server}{scope}"),
+            }
+        }
         WatchEvent::Synced {
             recovery,
             queries,
             bindings,
             clients,
+            ..
         } => format!(
             "{now} # {}: {bindings} bindings from {queries} Bulk queries, {clients} clients",
             if *recovery { "resynced" } else { "synced" }
         ),
-        WatchEvent::CatchUpComplete(time) => format!(
-            "{now} # catch-up complete: current to server time {} (clock skew {:+.3}s)",
+        WatchEvent::CatchUpComplete { time, scope } => format!(
+            "{now} # catch-up complete{}: current to server time {} (clock skew {:+.3}s)",
+            for_scope(scope.as_ref()),
             server_time(time.base_time),
             time.skew_ms().unwrap_or(0) as f64 / 1000.0
         ),
@@ -836,16 +892,19 @@ fn event_text(e: &WatchEvent, links: usize) -> Option<String> {
             start,
             end,
             recovery,
+            scope,
             ..
         } => format!(
-            "{now} # data missing between server times {} and {}: {}",
+            "{now} # data missing{} between server times {} and {}: {}",
+            for_scope(scope.as_ref()),
             server_time(*start),
             server_time(*end),
             match recovery {
-                Some(Recovery::Resync) => format!("resyncing by Bulk ({links} queries)"),
-                Some(Recovery::Window) => format!("asking Bulk for the gap ({links} queries)"),
-                None =>
-                    "cannot recover without --link or --filter; the replica may be stale".into(),
+                Some(Recovery::Resync) => "resyncing it by Bulk".to_owned(),
+                Some(Recovery::Window) => "asking Bulk for the gap".to_owned(),
+                None => "cannot recover without a scope (--link, --relay-id, --remote-id or \
+                         --filter); the replica may be stale"
+                    .to_owned(),
             }
         ),
         WatchEvent::Disconnected { reason, retry_in } => format!(
@@ -901,5 +960,56 @@ mod tests {
             }
         );
         assert!(parse_filter("color=blue").is_err());
+    }
+
+    #[test]
+    fn watch_scopes_repeat_and_exclude_filter() {
+        let cli = Cli::try_parse_from([
+            "lq",
+            "watch",
+            "--server",
+            "::1",
+            "--link",
+            "2001:db8::1",
+            "--relay-id",
+            "00:02:00:00:00:09:01",
+            "--relay-id",
+            "0002000000090102",
+            "--remote-id",
+            "9:0a0b",
+            "--remote-id",
+            "2636:0c",
+        ])
+        .unwrap();
+        let Command::Watch(w) = cli.command else {
+            panic!("not watch")
+        };
+        assert_eq!(w.link.len(), 1);
+        assert_eq!(
+            w.relay_id,
+            [
+                Hex(vec![0, 2, 0, 0, 0, 9, 1]),
+                Hex(vec![0, 2, 0, 0, 0, 9, 1, 2])
+            ]
+        );
+        assert_eq!(
+            w.remote_id,
+            [RemoteIdArg(9, vec![10, 11]), RemoteIdArg(2636, vec![12])]
+        );
+        assert_eq!(w.queries_per_connection, 4);
+        for scope in ["--relay-id", "--remote-id"] {
+            let value = if scope == "--relay-id" { "01" } else { "9:01" };
+            let both = Cli::try_parse_from([
+                "lq",
+                "watch",
+                "--server",
+                "::1",
+                scope,
+                value,
+                "--filter",
+                "link-address=2001:db8::1",
+            ]);
+            assert!(both.is_err(), "{scope} with --filter");
+        }
     }
 }

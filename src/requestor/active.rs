@@ -9,6 +9,11 @@
 //! resume point. Only a LEASEQUERY-REPLY with an error status ends the subscription, as
 //! [`Error::Refused`].
 //!
+//! One connection may carry several *streams* ([`Subscription::with_streams`]): one
+//! ACTIVELEASEQUERY each, with its own xid and OPTION_LQ_QUERY, so each has its own catch-up,
+//! CatchUpComplete, keepalives, DataMissing and resume point, told apart by xid (digest §10.5
+//! step 3). A lost connection loses them all, and the reconnect sends each its own START_TIME.
+//!
 //! The resume point follows the state machine in the [module docs](super): it is the
 //! base-time of the latest message received while LIVE and does not move during catch-up. It
 //! moves when the *last* event of the message that carried it is returned, so a caller that
@@ -94,6 +99,9 @@ pub enum Disconnect {
     ReceiveTimeout(Duration),
     /// The server closed the connection.
     Closed,
+    /// The server closed the connection before answering any of its queries: it may refuse
+    /// this requestor, or limit the connections of one requestor (BULK_LQ_MAX_CONNS).
+    ClosedBeforeReply,
     /// The server ended the query with LEASEQUERY-DONE (QueryTerminated on shutdown, D9).
     Terminated {
         /// The DONE's status.
@@ -103,6 +111,19 @@ pub enum Disconnect {
     },
     /// Connecting, sending or receiving failed, or the server broke the protocol.
     Failed(Error),
+    /// A stream's LEASEQUERY-REPLY did not come within the receive timeout while the
+    /// connection was up: the server most likely runs fewer queries per connection than this
+    /// one carries and left the query unread (digest §10.4 step 18).
+    NoReply {
+        /// The stream's filter (`None`: every change).
+        query: Option<Query>,
+        /// Its place among the connection's queries, from 1.
+        position: usize,
+        /// The number of queries on the connection.
+        of: usize,
+        /// How long the reply was waited for.
+        after: Duration,
+    },
 }
 
 impl core::fmt::Display for Disconnect {
@@ -116,6 +137,10 @@ impl core::fmt::Display for Disconnect {
                 )
             }
             Self::Closed => f.write_str("the server closed the connection"),
+            Self::ClosedBeforeReply => f.write_str(
+                "the server closed the connection before answering (does it refuse this \
+                 requestor, or limit its connections?)",
+            ),
             Self::Terminated { status, message } if message.is_empty() => {
                 write!(f, "the server ended the query: {status}")
             }
@@ -123,6 +148,23 @@ impl core::fmt::Display for Disconnect {
                 write!(f, "the server ended the query: {status} ({message})")
             }
             Self::Failed(e) => e.fmt(f),
+            Self::NoReply {
+                query,
+                position,
+                of,
+                after,
+            } => {
+                write!(f, "no LEASEQUERY-REPLY within {}s to ", after.as_secs_f64())?;
+                match query {
+                    Some(q) => write!(f, "the query for {q}")?,
+                    None => f.write_str("the query")?,
+                }
+                write!(
+                    f,
+                    " ({position} of {of} on the connection): the server may run fewer queries \
+                     per connection"
+                )
+            }
         }
     }
 }
@@ -168,30 +210,49 @@ pub enum Event {
 /// What [`Subscription::next_before`] found.
 #[derive(Debug)]
 pub(crate) enum Next {
-    Event(Event),
+    /// An event, and the stream it belongs to (`None`: the connection, for
+    /// [`Event::Disconnected`]).
+    Event(Option<usize>, Event),
     /// The deadline passed first.
     Idle,
     /// The stop flag is set.
     Stopped,
 }
 
-/// An event, and the resume point once it has been returned.
+/// An event, the stream it belongs to, and that stream's resume point once it has been
+/// returned.
 #[derive(Debug)]
 struct Pending {
+    stream: Option<usize>,
     event: Event,
     resume: Option<ServerTime>,
 }
 
-/// An Active Leasequery subscription to one server.
+/// One ACTIVELEASEQUERY of a subscription, and where it is in the §10.6 state machine.
+#[derive(Debug)]
+struct Stream {
+    filter: Option<Query>,
+    xid: Xid,
+    phase: Phase,
+    sent_start: Option<ServerTime>,
+    sent_at: Instant,
+    resume: Option<ServerTime>,
+}
+
+/// An Active Leasequery subscription to one server: one connection carrying one
+/// ACTIVELEASEQUERY per stream, each with its own xid, filter, catch-up and resume point.
+///
+/// A server runs only so many queries on one connection at once (lqd: 4 by default)
+/// and leaves the rest unread (digest §10.4 step 18), so a caller with more filters spreads
+/// them over several subscriptions. A stream whose LEASEQUERY-REPLY does not come within the
+/// receive timeout is taken for such a query: the connection is dropped with
+/// [`Disconnect::NoReply`] and made again.
 #[derive(Debug)]
 pub struct Subscription {
     server: SocketAddr,
     settings: ActiveSettings,
     conn: Option<Connection>,
-    xid: Xid,
-    phase: Phase,
-    sent_start: Option<ServerTime>,
-    resume: Option<ServerTime>,
+    streams: Vec<Stream>,
     skew_ms: Option<i64>,
     failures: u32,
     retry_at: Option<Instant>,
@@ -199,22 +260,55 @@ pub struct Subscription {
 }
 
 impl Subscription {
-    /// A subscription to `server` that will resume from `resume_from` (sent as START_TIME);
-    /// it connects on the first [`next_event`](Self::next_event).
+    /// A subscription to `server` with one stream, filtered by `settings.filter`, that will
+    /// resume from `resume_from` (sent as START_TIME); it connects on the first
+    /// [`next_event`](Self::next_event).
     #[must_use]
-    pub const fn new(
+    pub fn new(
         server: SocketAddr,
         settings: ActiveSettings,
         resume_from: Option<ServerTime>,
     ) -> Self {
+        let filter = settings.filter.clone();
+        Self::with_streams(server, settings, [(filter, resume_from)])
+    }
+
+    /// A subscription with one stream per `(filter, resume_from)`, all on one connection
+    /// (`settings.filter` is not used). Without any, one stream filtered by
+    /// `settings.filter`, without START_TIME.
+    #[must_use]
+    pub fn with_streams(
+        server: SocketAddr,
+        settings: ActiveSettings,
+        streams: impl IntoIterator<Item = (Option<Query>, Option<ServerTime>)>,
+    ) -> Self {
+        let now = Instant::now();
+        let mut streams: Vec<Stream> = streams
+            .into_iter()
+            .map(|(filter, resume)| Stream {
+                filter,
+                xid: Xid::new(0),
+                phase: Phase::Disconnected,
+                sent_start: None,
+                sent_at: now,
+                resume,
+            })
+            .collect();
+        if streams.is_empty() {
+            streams.push(Stream {
+                filter: settings.filter.clone(),
+                xid: Xid::new(0),
+                phase: Phase::Disconnected,
+                sent_start: None,
+                sent_at: now,
+                resume: None,
+            });
+        }
         Self {
             server,
             settings,
             conn: None,
-            xid: Xid::new(0),
-            phase: Phase::Disconnected,
-            sent_start: None,
-            resume: resume_from,
+            streams,
             skew_ms: None,
             failures: 0,
             retry_at: None,
@@ -222,16 +316,41 @@ impl Subscription {
         }
     }
 
-    /// The state machine's phase.
+    /// The first stream's phase in the state machine.
     #[must_use]
-    pub const fn phase(&self) -> Phase {
-        self.phase
+    pub fn phase(&self) -> Phase {
+        self.stream_phase(0)
     }
 
-    /// The base-time a reconnect would send as START_TIME, as of the last event returned.
+    /// The base-time a reconnect would send as the first stream's START_TIME, as of the last
+    /// event returned.
     #[must_use]
-    pub const fn resume_point(&self) -> Option<ServerTime> {
-        self.resume
+    pub fn resume_point(&self) -> Option<ServerTime> {
+        self.stream_resume_point(0)
+    }
+
+    /// The number of streams.
+    #[must_use]
+    pub fn streams(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Stream `i`'s filter (OPTION_LQ_QUERY), if any.
+    #[must_use]
+    pub fn stream_filter(&self, i: usize) -> Option<&Query> {
+        self.streams.get(i).and_then(|s| s.filter.as_ref())
+    }
+
+    /// Stream `i`'s phase (`Disconnected` for a stream that does not exist).
+    #[must_use]
+    pub fn stream_phase(&self, i: usize) -> Phase {
+        self.streams.get(i).map_or(Phase::Disconnected, |s| s.phase)
+    }
+
+    /// Stream `i`'s resume point, as of the last event returned.
+    #[must_use]
+    pub fn stream_resume_point(&self, i: usize) -> Option<ServerTime> {
+        self.streams.get(i).and_then(|s| s.resume)
     }
 
     /// The latest clock skew `δ = local − server` in milliseconds (digest §11).
@@ -246,20 +365,28 @@ impl Subscription {
         &self.settings
     }
 
-    /// Drops the connection; the next call reconnects at once from the resume point.
+    /// Drops the connection; the next call reconnects at once from the resume points.
     pub fn disconnect(&mut self) {
         self.conn = None;
-        self.phase = Phase::Disconnected;
+        for s in &mut self.streams {
+            s.phase = Phase::Disconnected;
+        }
         self.retry_at = None;
     }
 
     /// The next event, blocking until there is one. `Ok(None)` once the stop flag is set;
-    /// [`Error::Refused`] when the server refuses the query (the subscription is then
+    /// [`Error::Refused`] when the server refuses a query (the subscription is then
     /// disconnected; calling again retries).
     pub fn next_event(&mut self) -> Result<Option<Event>> {
+        Ok(self.next_stream_event()?.map(|(_, e)| e))
+    }
+
+    /// The same, with the index of the stream the event belongs to (`None` for
+    /// [`Event::Disconnected`], which concerns the connection and so every stream).
+    pub fn next_stream_event(&mut self) -> Result<Option<(Option<usize>, Event)>> {
         loop {
             match self.next_before(None)? {
-                Next::Event(e) => return Ok(Some(e)),
+                Next::Event(i, e) => return Ok(Some((i, e))),
                 Next::Stopped => return Ok(None),
                 Next::Idle => {}
             }
@@ -270,8 +397,10 @@ impl Subscription {
     pub(crate) fn next_before(&mut self, deadline: Option<Instant>) -> Result<Next> {
         loop {
             if let Some(p) = self.queue.pop_front() {
-                self.resume = p.resume;
-                return Ok(Next::Event(p.event));
+                if let Some(s) = p.stream.and_then(|i| self.streams.get_mut(i)) {
+                    s.resume = p.resume;
+                }
+                return Ok(Next::Event(p.stream, p.event));
             }
             if self.settings.stopped() {
                 return Ok(Next::Stopped);
@@ -296,64 +425,106 @@ impl Subscription {
             }
         }
         self.retry_at = None;
-        let start = self.resume;
         let sent = Connection::connect(self.server, &self.settings.requestor).and_then(|mut c| {
-            let xid = c.new_xid();
-            let mut b =
-                MessageBuilder::active_leasequery(xid.value()).client_id(&self.settings.requestor);
-            b = if self.settings.relay_data {
-                b.oro(&[OptionCode::LqBaseTime, OptionCode::LqRelayData])
-            } else {
-                b.oro(&[OptionCode::LqBaseTime])
-            };
-            if let Some(f) = &self.settings.filter {
-                b = f.add_to(b, self.settings.relay_data);
+            let mut xids = Vec::with_capacity(self.streams.len());
+            for s in &self.streams {
+                let xid = c.new_xid();
+                c.send(&self.query_frame(xid, s.filter.as_ref(), s.resume)?)?;
+                xids.push(xid);
             }
-            if let Some(t) = start {
-                b = b.start_time(t);
-            }
-            let frame = b
-                .build_frame()
-                .map_err(|e| Error::Invalid(format!("cannot encode the query: {e}")))?;
-            c.send(&frame)?;
-            Ok((c, xid))
+            Ok((c, xids))
         });
         match sent {
-            Ok((c, xid)) => {
+            Ok((c, xids)) => {
                 self.conn = Some(c);
-                self.xid = xid;
-                self.phase = Phase::AwaitReply;
-                self.sent_start = start;
-                self.push(Event::Connected {
-                    server: self.server,
-                    xid,
-                    start_time: start,
-                });
+                let now = Instant::now();
+                for (i, xid) in xids.into_iter().enumerate() {
+                    let Some(s) = self.streams.get_mut(i) else {
+                        continue;
+                    };
+                    s.xid = xid;
+                    s.phase = Phase::AwaitReply;
+                    s.sent_start = s.resume;
+                    s.sent_at = now;
+                    let start_time = s.resume;
+                    self.push(
+                        Some(i),
+                        Event::Connected {
+                            server: self.server,
+                            xid,
+                            start_time,
+                        },
+                    );
+                }
             }
             Err(e) => self.lost(Disconnect::Failed(e)),
         }
     }
 
-    /// Queues `event`, keeping the current resume point.
-    fn push(&mut self, event: Event) {
-        let resume = self.queue.back().map_or(self.resume, |p| p.resume);
-        self.queue.push_back(Pending { event, resume });
+    /// One framed ACTIVELEASEQUERY.
+    fn query_frame(
+        &self,
+        xid: Xid,
+        filter: Option<&Query>,
+        start: Option<ServerTime>,
+    ) -> Result<Vec<u8>> {
+        let mut b =
+            MessageBuilder::active_leasequery(xid.value()).client_id(&self.settings.requestor);
+        b = if self.settings.relay_data {
+            b.oro(&[OptionCode::LqBaseTime, OptionCode::LqRelayData])
+        } else {
+            b.oro(&[OptionCode::LqBaseTime])
+        };
+        if let Some(f) = filter {
+            b = f.add_to(b, self.settings.relay_data);
+        }
+        if let Some(t) = start {
+            b = b.start_time(t);
+        }
+        b.build_frame()
+            .map_err(|e| Error::Invalid(format!("cannot encode the query: {e}")))
     }
 
-    /// Moves the resume point to `to` once the events queued so far have been returned.
-    fn advance(&mut self, to: Option<ServerTime>) {
+    /// Stream `i`'s resume point once the events queued for it so far have been returned.
+    fn queued_resume(&self, i: usize) -> Option<ServerTime> {
+        self.queue
+            .iter()
+            .rev()
+            .find(|p| p.stream == Some(i))
+            .map_or_else(|| self.streams.get(i).and_then(|s| s.resume), |p| p.resume)
+    }
+
+    /// Queues `event` for stream `stream` (or the connection), keeping its resume point.
+    fn push(&mut self, stream: Option<usize>, event: Event) {
+        let resume = stream.and_then(|i| self.queued_resume(i));
+        self.queue.push_back(Pending {
+            stream,
+            event,
+            resume,
+        });
+    }
+
+    /// Moves stream `i`'s resume point to `to` once the events queued for it so far have
+    /// been returned.
+    fn advance(&mut self, i: usize, to: Option<ServerTime>) {
         if to.is_none() {
             return;
         }
-        match self.queue.back_mut() {
+        match self.queue.iter_mut().rev().find(|p| p.stream == Some(i)) {
             Some(p) => p.resume = to,
-            None => self.resume = to,
+            None => {
+                if let Some(s) = self.streams.get_mut(i) {
+                    s.resume = to;
+                }
+            }
         }
     }
 
     fn lost(&mut self, reason: Disconnect) {
         self.conn = None;
-        self.phase = Phase::Disconnected;
+        for s in &mut self.streams {
+            s.phase = Phase::Disconnected;
+        }
         self.failures = self.failures.saturating_add(1);
         let exp = self.failures.saturating_sub(1).min(20);
         let retry_in = self
@@ -362,7 +533,7 @@ impl Subscription {
             .saturating_mul(1u32 << exp)
             .min(self.settings.reconnect_max);
         self.retry_at = Some(Instant::now() + retry_in);
-        self.push(Event::Disconnected { reason, retry_in });
+        self.push(None, Event::Disconnected { reason, retry_in });
     }
 
     /// Reads one message (or times out) and queues what it means.
@@ -370,18 +541,41 @@ impl Subscription {
         let Some(conn) = self.conn.as_mut() else {
             return Ok(());
         };
-        let dead_at = conn.last_received() + self.settings.rcv_timeout;
-        let deadline = dead_at.min(Instant::now() + TICK);
+        let now = Instant::now();
+        let rcv_timeout = self.settings.rcv_timeout;
+        let unanswered = self
+            .streams
+            .iter()
+            .position(|s| s.phase == Phase::AwaitReply && now >= s.sent_at + rcv_timeout);
+        if let Some(i) = unanswered {
+            let query = self.streams.get(i).and_then(|s| s.filter.clone());
+            let position = i.saturating_add(1);
+            let of = self.streams.len();
+            self.lost(Disconnect::NoReply {
+                query,
+                position,
+                of,
+                after: rcv_timeout,
+            });
+            return Ok(());
+        }
+        let dead_at = conn.last_received() + rcv_timeout;
+        let deadline = dead_at.min(now + TICK);
         match conn.recv_until(deadline) {
             Ok(Some(bytes)) => self.handle(&bytes),
             Ok(None) => {
                 if Instant::now() >= dead_at {
-                    self.lost(Disconnect::ReceiveTimeout(self.settings.rcv_timeout));
+                    self.lost(Disconnect::ReceiveTimeout(rcv_timeout));
                 }
                 Ok(())
             }
             Err(Error::Closed) => {
-                self.lost(Disconnect::Closed);
+                let unanswered = self.streams.iter().all(|s| s.phase == Phase::AwaitReply);
+                self.lost(if unanswered {
+                    Disconnect::ClosedBeforeReply
+                } else {
+                    Disconnect::Closed
+                });
                 Ok(())
             }
             Err(e) => {
@@ -400,9 +594,16 @@ impl Subscription {
                 return Ok(());
             }
         };
-        if msg.xid() != Some(self.xid) {
+        let Some(xid) = msg.xid() else {
             return Ok(());
-        }
+        };
+        let Some(i) = self
+            .streams
+            .iter()
+            .position(|s| s.xid == xid && s.phase != Phase::Disconnected)
+        else {
+            return Ok(());
+        };
         let base = msg.options.base_time();
         let time = TimeBase::now(base);
         if let Some(skew) = time.skew_ms() {
@@ -414,34 +615,49 @@ impl Subscription {
             .map(|s| s.message_lossy().into_owned())
             .unwrap_or_default();
         let clients = ClientData::all_in(&msg, time);
-        match (self.phase, msg.msg_type()) {
+        let (phase, sent_start) = self
+            .streams
+            .get(i)
+            .map_or((Phase::Disconnected, None), |s| (s.phase, s.sent_start));
+        match (phase, msg.msg_type()) {
             (Phase::AwaitReply, MessageType::LeasequeryReply) => match code {
                 Status::Success => {
                     self.failures = 0;
-                    self.phase = if self.sent_start.is_some() {
+                    let next = if sent_start.is_some() {
                         Phase::CatchingUp
                     } else {
                         Phase::Live
                     };
-                    self.bindings(clients);
-                    if self.phase == Phase::Live {
-                        self.advance(base);
+                    self.set_phase(i, next);
+                    self.bindings(i, clients);
+                    if next == Phase::Live {
+                        self.advance(i, base);
                     }
                 }
                 Status::DataMissing => {
                     self.failures = 0;
-                    self.phase = Phase::Live;
-                    self.push(Event::DataMissing {
-                        start: self.sent_start,
-                        end: base,
-                        time,
-                    });
-                    self.bindings(clients);
-                    self.advance(base);
+                    self.set_phase(i, Phase::Live);
+                    self.push(
+                        Some(i),
+                        Event::DataMissing {
+                            start: sent_start,
+                            end: base,
+                            time,
+                        },
+                    );
+                    self.bindings(i, clients);
+                    self.advance(i, base);
                 }
                 _ => {
                     self.conn = None;
-                    self.phase = Phase::Disconnected;
+                    for s in &mut self.streams {
+                        s.phase = Phase::Disconnected;
+                    }
+                    let message = match (self.stream_filter(i), message.is_empty()) {
+                        (Some(f), true) => f.to_string(),
+                        (Some(f), false) => format!("{f}: {message}"),
+                        (None, _) => message,
+                    };
                     return Err(Error::Refused {
                         status: code,
                         message,
@@ -449,38 +665,41 @@ impl Subscription {
                 }
             },
             (Phase::CatchingUp | Phase::Live, MessageType::LeasequeryData) => {
-                let catching_up = self.phase == Phase::CatchingUp;
+                let catching_up = phase == Phase::CatchingUp;
                 match code {
                     Status::CatchUpComplete => {
-                        self.phase = Phase::Live;
-                        self.bindings(clients);
+                        self.set_phase(i, Phase::Live);
+                        self.bindings(i, clients);
                         if catching_up {
-                            self.push(Event::CatchUpComplete(time));
+                            self.push(Some(i), Event::CatchUpComplete(time));
                         }
                     }
                     Status::DataMissing => {
                         let start = if catching_up {
-                            self.sent_start
+                            sent_start
                         } else {
-                            self.queue.back().map_or(self.resume, |p| p.resume)
+                            self.queued_resume(i)
                         };
-                        self.phase = Phase::Live;
-                        self.push(Event::DataMissing {
-                            start,
-                            end: base,
-                            time,
-                        });
-                        self.bindings(clients);
+                        self.set_phase(i, Phase::Live);
+                        self.push(
+                            Some(i),
+                            Event::DataMissing {
+                                start,
+                                end: base,
+                                time,
+                            },
+                        );
+                        self.bindings(i, clients);
                     }
-                    _ if clients.is_empty() => self.push(Event::Keepalive(time)),
-                    _ => self.bindings(clients),
+                    _ if clients.is_empty() => self.push(Some(i), Event::Keepalive(time)),
+                    _ => self.bindings(i, clients),
                 }
-                if self.phase == Phase::Live {
-                    self.advance(base);
+                if self.stream_phase(i) == Phase::Live {
+                    self.advance(i, base);
                 }
             }
             (_, MessageType::LeasequeryDone) => {
-                self.bindings(clients);
+                self.bindings(i, clients);
                 self.lost(Disconnect::Terminated {
                     status: code,
                     message,
@@ -494,9 +713,15 @@ impl Subscription {
         Ok(())
     }
 
-    fn bindings(&mut self, clients: Vec<ClientData>) {
+    fn set_phase(&mut self, i: usize, phase: Phase) {
+        if let Some(s) = self.streams.get_mut(i) {
+            s.phase = phase;
+        }
+    }
+
+    fn bindings(&mut self, i: usize, clients: Vec<ClientData>) {
         for c in clients {
-            self.push(Event::Binding(c));
+            self.push(Some(i), Event::Binding(c));
         }
     }
 }

@@ -6,9 +6,9 @@
 //! |---|---|---|
 //! | one question over UDP, retransmitted | [`UdpRequestor`] | RFC 5007 (digest §8.2) |
 //! | a TCP connection carrying Bulk queries, each an iterator of bindings | [`Connection`], [`Bulk`] | RFC 5460 + RFC 7653 (digest §9.3) |
-//! | an Active subscription that reconnects and catches up by itself | [`Subscription`] | RFC 7653 (digest §10.5, §10.6) |
-//! | a replica: bindings + saved base-time, persisted atomically | [`Replica`] | |
-//! | a replica kept in sync through anything | [`Watch`] | all of the above |
+//! | an Active subscription that reconnects and catches up by itself: one or more filtered streams on one connection | [`Subscription`] | RFC 7653 (digest §10.5, §10.6) |
+//! | a replica: bindings + each stream's saved base-time, persisted atomically | [`Replica`] | |
+//! | a replica of a scope (links, relays, Remote-IDs) kept in sync through anything | [`Watch`] | all of the above |
 //!
 //! # Transactions
 //!
@@ -20,7 +20,8 @@
 //!
 //! # The Active state machine
 //!
-//! [`Subscription`] follows digest §10.6 (decision D3 for the receive timeout):
+//! Each stream of a [`Subscription`] (one ACTIVELEASEQUERY, told apart from the connection's
+//! other streams by its xid) follows digest §10.6 (decision D3 for the receive timeout):
 //!
 //! ```text
 //! CONNECTING -> AWAIT_REPLY  (ACTIVELEASEQUERY, START_TIME = the resume point, if any)
@@ -32,11 +33,15 @@
 //! CATCHING_UP  --DATA(DataMissing)--------------> LIVE         Event::DataMissing [START, base]
 //! LIVE         --DATA(DataMissing)--------------> LIVE         Event::DataMissing [saved, base]
 //! LIVE         --DATA---------------------------> LIVE         (apply, save base-time)
+//! AWAIT_REPLY  --nothing for ACTIVE_LQ_RCV_TIMEOUT--> RECONNECT (a query the server left unread)
 //! any --DONE / EOF / ACTIVE_LQ_RCV_TIMEOUT / error--> RECONNECT (START_TIME = resume point)
 //! ```
 //!
-//! The *resume point* is the base-time of the most recent message received while LIVE
-//! (keepalives count). While catching up it stays what it was, because catch-up messages come
+//! A connection lost is lost for all its streams; the reconnect sends each its own
+//! START_TIME.
+//!
+//! A stream's *resume point* is the base-time of the most recent message it received while
+//! LIVE (keepalives count). While catching up it stays what it was, because catch-up messages come
 //! in no time order: a connection lost during catch-up resumes from the same START_TIME
 //! again. Nothing received during catch-up is ever saved as a base-time.
 //!
@@ -53,33 +58,42 @@
 //!
 //! # Keeping a replica exact
 //!
+//! A [`Watch`]'s scope is a list of streams: one per link (QUERY_BY_LINK_ADDRESS), relay
+//! agent (QUERY_BY_RELAY_ID) and Remote-ID (QUERY_BY_REMOTE_ID), or the one filter's query,
+//! each synced by a Bulk query and followed by an Active query carrying the same
+//! OPTION_LQ_QUERY. The server reports only changes to bindings that match (digest §10.4 step
+//! 10), so nothing outside the scope enters the replica, and a binding in scope that ends is
+//! reported, so it leaves. Without any scope one unfiltered stream follows every change.
+//!
 //! Active DATA holds one client's current data on one link, without saying which link. The
-//! [`Replica`] is keyed by client DUID and a client's DATA *replaces* what it holds for that
-//! client: leases at lifetime 0 are ended (decision D5) and dropped, leases no longer listed
-//! are gone too (a server that coalesces changes for a slow requestor may send only the
-//! binding's newest state, with no zero-lifetime record of the lease that ended before it),
-//! and a client left without leases is removed. This is exact for a client on one link; a
-//! client with bindings on several links at once would show only the link last reported.
+//! [`Replica`] is keyed by client DUID and keeps what each stream last said about each client
+//! (its view); a client's DATA *replaces* that stream's view: leases at lifetime 0 are ended
+//! (decision D5) and dropped, leases no longer listed are gone too (a server that coalesces
+//! changes for a slow requestor may send only the binding's newest state, with no
+//! zero-lifetime record of the lease that ended before it), and a client left without leases
+//! in any view is removed. A client holds the union of its views, so a client on two watched
+//! links holds both links' leases; within one stream that spans links (a relay serving
+//! several), a client with bindings on several of them at once shows only the link last
+//! reported.
 //!
-//! An empty replica starts with a Bulk query for everything and then the Active stream from
-//! the Bulk's first base-time. Leasequery has no query type for "everything": [`Watch`] asks
-//! one QUERY_BY_LINK_ADDRESS per configured link (or the filter's own query). Without links
-//! or filter, the initial sync is an Active query with START_TIME = 1, whose catch-up returns
-//! everything the server's history holds.
+//! An empty replica starts with the streams' Bulk queries and then each Active stream from
+//! its own Bulk answer's first base-time. Leasequery has no query type for "everything":
+//! without a scope, the initial sync is an Active query with START_TIME = 1, whose catch-up
+//! returns everything the server's history holds.
 //!
-//! DataMissing (the server's history does not reach the resume point) is recovered on a
-//! second connection, per [`Recovery`]:
+//! DataMissing on a stream (the server's history does not reach its resume point) is
+//! recovered on a second connection, for that stream alone, per [`Recovery`]:
 //!
-//! - [`Recovery::Resync`] (the default): the same Bulk queries as the initial sync, whose
-//!   answers *replace* the replica's content. This is what keeps the replica exact: a Bulk
-//!   answer lists only live bindings, so bindings that ended inside the gap would otherwise
-//!   never be removed.
-//! - [`Recovery::Window`]: the RFC 7653 way, a Bulk query per link with START = the resume
+//! - [`Recovery::Resync`] (the default): the stream's Bulk query again, whose answer
+//!   *replaces* what the stream reported. This is what keeps the replica exact: a Bulk answer
+//!   lists only live bindings, so bindings that ended inside the gap would otherwise never be
+//!   removed.
+//! - [`Recovery::Window`]: the RFC 7653 way, the stream's Bulk query with START = the resume
 //!   point and END = the base-time of the DataMissing message, whose answers are applied as
 //!   updates. Cheaper, but it cannot see removals in the gap.
 //!
-//! With neither links nor filter no Bulk query can cover the gap; the event says so and the
-//! replica may hold stale bindings until they change again.
+//! The unfiltered stream of a watch without scope has no Bulk query to cover a gap; the event
+//! says so and the replica may hold stale bindings until they change again.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
@@ -90,6 +104,7 @@ mod binding;
 mod bulk;
 mod conn;
 mod error;
+mod follow;
 mod query;
 mod replica;
 mod time;

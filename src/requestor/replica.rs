@@ -6,18 +6,36 @@
 //! [module docs](super) for why): its live leases become the client's leases, and a client
 //! left with none is removed.
 //!
+//! # Streams
+//!
+//! A replica may be fed by several *streams* (numbered from 0), one per filtered Active query
+//! of a [`Watch`](super::Watch). Each stream has its own base-time, and the replica keeps
+//! what each stream last said about each client (its *view*): a client's data from stream
+//! `s` replaces only stream `s`'s view, and the client holds the union of its views. So a
+//! client on two watched links holds the leases of both, a client dropped by one stream but
+//! still reported by another stays, and a resync of one stream (after its DataMissing)
+//! replaces only what that stream reported. [`Replica::apply`] and [`Replica::replace_all`]
+//! use stream 0.
+//!
 //! The state file is JSON:
 //!
 //! ```text
-//! {"version":1,"server":"[::1]:547","scope":"link-address=2001:db8:0:1::1",
+//! {"version":1,"server":"[::1]:547","scope":"link 2001:db8:0:1::1, link 2001:db8:0:2::1",
 //!  "base_time":789004800,
+//!  "streams":[{"base_time":789004800},{"base_time":789004812}],
 //!  "clients":[{"client_id":"000300010200000000a1","last_transaction_ms":1735689000000,
 //!              "leases":[{"kind":"address","address":"2001:db8:0:1::2a","prefix_len":128,
-//!                         "preferred_until_ms":1735692600000,"valid_until_ms":1735696200000}]}]}
+//!                         "preferred_until_ms":1735692600000,"valid_until_ms":1735696200000}]},
+//!             {"client_id":"000300010200000000b2","stream":1,"leases":[...]}]}
 //! ```
 //!
-//! Local times are Unix milliseconds (`null`: infinite lifetime); `base_time` is the server's
-//! time (seconds since 2000), kept to be sent back as START_TIME.
+//! Local times are Unix milliseconds (`null`: infinite lifetime); base-times are the server's
+//! time (seconds since 2000), kept to be sent back as START_TIME. `streams` holds each
+//! stream's base-time, in the order of the scope; the top-level `base_time` is the earliest
+//! of them (what files without `streams` hold, for their one stream). A client's `leases`
+//! are the union of its views; `stream` names the one stream that reported it (absent: 0),
+//! and a client several streams reported has `views` instead: `[{"stream":0,"leases":[0,1],
+//! "last_transaction_ms":...}]`, each listing indexes into `leases`.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -125,12 +143,28 @@ impl Change {
     }
 }
 
-/// The bindings of one server (or of one filter's share of them), keyed by client DUID, and
-/// the base-time they are current to.
+/// Which streams reported a client, when that is not simply stream 0 with the client's
+/// leases.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Views {
+    /// One stream, whose view is the client's data.
+    One(usize),
+    /// Several streams, each view as it reported it, by stream.
+    Many(Vec<(usize, Client)>),
+}
+
+/// The bindings of one server (or of one scope's share of them), keyed by client DUID, and
+/// the base-time of each stream that feeds it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Replica {
+    /// Each client's union of views.
     clients: BTreeMap<Vec<u8>, Client>,
-    base_time: Option<ServerTime>,
+    /// The views of each client not simply reported by stream 0 alone.
+    views: BTreeMap<Vec<u8>, Views>,
+    /// Each stream's base-time.
+    base_times: Vec<Option<ServerTime>>,
+    /// Read from a state file written before streams were kept (no `streams`).
+    unstreamed: bool,
 }
 
 impl Replica {
@@ -140,7 +174,7 @@ impl Replica {
         Self::default()
     }
 
-    /// The clients, by DUID.
+    /// The clients, by DUID: each the union of what its streams reported.
     #[must_use]
     pub const fn clients(&self) -> &BTreeMap<Vec<u8>, Client> {
         &self.clients
@@ -158,87 +192,212 @@ impl Replica {
         self.clients.is_empty()
     }
 
-    /// The server base-time the content is current to (the START_TIME to resume from), or
-    /// `None` before the first sync completed.
+    /// The server base-time the whole content is current to: the earliest of the streams'
+    /// (safe to resume every stream from), or `None` while a stream has none.
     #[must_use]
-    pub const fn base_time(&self) -> Option<ServerTime> {
-        self.base_time
-    }
-
-    /// Sets the base-time the content is current to.
-    pub const fn set_base_time(&mut self, t: Option<ServerTime>) {
-        self.base_time = t;
-    }
-
-    /// Applies one client's data; the change, if anything changed.
-    pub fn apply(&mut self, data: &ClientData) -> Option<Change> {
-        let client = Client::from_data(data);
-        self.set(data.client_id.clone(), client)
-    }
-
-    fn set(&mut self, client_id: Vec<u8>, client: Client) -> Option<Change> {
-        if client.leases.is_empty() {
-            let before = self.clients.remove(&client_id)?;
-            return Some(Change::Removed { client_id, before });
+    pub fn base_time(&self) -> Option<ServerTime> {
+        let mut min: Option<ServerTime> = None;
+        for t in &self.base_times {
+            let t = (*t)?;
+            min = Some(min.map_or(t, |m| m.min(t)));
         }
-        match self.clients.get_mut(&client_id) {
+        min
+    }
+
+    /// Sets every stream's base-time (stream 0's when none is known yet).
+    pub fn set_base_time(&mut self, t: Option<ServerTime>) {
+        if self.base_times.is_empty() {
+            self.base_times.push(t);
+        } else {
+            self.base_times.iter_mut().for_each(|b| *b = t);
+        }
+    }
+
+    /// The number of streams whose base-time is kept.
+    #[must_use]
+    pub fn streams(&self) -> usize {
+        self.base_times.len()
+    }
+
+    /// Stream `stream`'s base-time: what its content is current to, and the START_TIME to
+    /// resume it from.
+    #[must_use]
+    pub fn stream_base_time(&self, stream: usize) -> Option<ServerTime> {
+        self.base_times.get(stream).copied().flatten()
+    }
+
+    /// Sets stream `stream`'s base-time.
+    pub fn set_stream_base_time(&mut self, stream: usize, t: Option<ServerTime>) {
+        if self.base_times.len() <= stream {
+            self.base_times.resize(stream.saturating_add(1), None);
+        }
+        if let Some(b) = self.base_times.get_mut(stream) {
+            *b = t;
+        }
+    }
+
+    /// True when read from a state file that kept no per-stream state (written by an `lq`
+    /// before streams): its one base-time and its clients are stream 0's.
+    #[must_use]
+    pub const fn unstreamed(&self) -> bool {
+        self.unstreamed
+    }
+
+    /// The streams that reported client `id`.
+    #[must_use]
+    pub fn streams_of(&self, id: &[u8]) -> Vec<usize> {
+        match self.views.get(id) {
+            _ if !self.clients.contains_key(id) => Vec::new(),
+            None => vec![0],
+            Some(Views::One(s)) => vec![*s],
+            Some(Views::Many(v)) => v.iter().map(|(s, _)| *s).collect(),
+        }
+    }
+
+    /// Applies one client's data from stream 0; the change, if anything changed.
+    pub fn apply(&mut self, data: &ClientData) -> Option<Change> {
+        self.apply_from(0, data)
+    }
+
+    /// Applies one client's data from stream `stream`: it replaces that stream's view of the
+    /// client. The change to the client's union, if anything changed.
+    pub fn apply_from(&mut self, stream: usize, data: &ClientData) -> Option<Change> {
+        let new = Client::from_data(data);
+        let mut views = self.views_of(&data.client_id);
+        match views.iter_mut().find(|(s, _)| *s == stream) {
+            Some((_, held)) if held.same_as(&new) => held.last_transaction = new.last_transaction,
+            Some((_, held)) => *held = new,
             None => {
-                self.clients.insert(client_id.clone(), client.clone());
-                Some(Change::Added { client_id, client })
+                views.push((stream, new));
+                views.sort_by_key(|(s, _)| *s);
             }
-            Some(held) if held.same_as(&client) => {
-                held.last_transaction = client.last_transaction;
-                None
+        }
+        self.put(data.client_id.clone(), views)
+    }
+
+    /// What each stream reported about client `id`, by stream.
+    fn views_of(&self, id: &[u8]) -> Vec<(usize, Client)> {
+        let Some(c) = self.clients.get(id) else {
+            return Vec::new();
+        };
+        match self.views.get(id) {
+            None => vec![(0, c.clone())],
+            Some(Views::One(s)) => vec![(*s, c.clone())],
+            Some(Views::Many(v)) => v.clone(),
+        }
+    }
+
+    /// Sets client `id`'s views (those without leases dropped) and its union; the change.
+    fn put(&mut self, id: Vec<u8>, mut views: Vec<(usize, Client)>) -> Option<Change> {
+        views.retain(|(_, c)| !c.leases.is_empty());
+        let union = union(&views);
+        match views.as_slice() {
+            [] | [(0, _)] => {
+                self.views.remove(&id);
             }
-            Some(held) => {
-                let before = std::mem::replace(held, client.clone());
-                Some(Change::Updated {
-                    client_id,
-                    before,
-                    client,
-                })
+            [(s, _)] => {
+                self.views.insert(id.clone(), Views::One(*s));
             }
+            _ => {
+                self.views.insert(id.clone(), Views::Many(views));
+            }
+        }
+        let Some(client) = union else {
+            let before = self.clients.remove(&id)?;
+            return Some(Change::Removed {
+                client_id: id,
+                before,
+            });
+        };
+        match self.clients.insert(id.clone(), client.clone()) {
+            None => Some(Change::Added {
+                client_id: id,
+                client,
+            }),
+            Some(before) if before.same_as(&client) => None,
+            Some(before) => Some(Change::Updated {
+                client_id: id,
+                before,
+                client,
+            }),
         }
     }
 
     /// Replaces the whole content by `snapshot` (the answers of a full resync; a client in
-    /// several answers gets the union of its leases); the changes, removals first.
+    /// several answers gets the union of its leases), all of it stream 0's; the changes,
+    /// removals first.
     pub fn replace_all(&mut self, snapshot: &[ClientData]) -> Vec<Change> {
-        let mut next: BTreeMap<Vec<u8>, Client> = BTreeMap::new();
-        for d in snapshot {
-            let c = Client::from_data(d);
-            match next.get_mut(&d.client_id) {
-                Some(held) => {
-                    held.leases.extend(c.leases);
-                    held.leases.sort_by_key(Lease::key);
-                    held.leases.dedup_by_key(|l| l.key());
-                    held.last_transaction = held.last_transaction.max(c.last_transaction);
-                }
-                None => {
-                    next.insert(d.client_id.clone(), c);
+        let mut changes = Vec::new();
+        let ids: Vec<Vec<u8>> = self.clients.keys().cloned().collect();
+        let keep: BTreeMap<&[u8], ()> = snapshot
+            .iter()
+            .map(|d| (d.client_id.as_slice(), ()))
+            .collect();
+        for id in ids {
+            if !keep.contains_key(id.as_slice()) {
+                changes.extend(self.put(id, Vec::new()));
+            }
+        }
+        self.views.clear();
+        changes.extend(self.replace_streams(&[(0, snapshot)]));
+        changes
+    }
+
+    /// Replaces what the listed streams reported by their answers (each the answer of a Bulk
+    /// query covering everything that stream covers); other streams' views stay. A client in
+    /// several messages of one answer gets the union of its leases. The changes, removals
+    /// first.
+    pub fn replace_streams(&mut self, answers: &[(usize, &[ClientData])]) -> Vec<Change> {
+        let listed = |s: usize| answers.iter().any(|(a, _)| *a == s);
+        let mut next: BTreeMap<Vec<u8>, Vec<(usize, Client)>> = BTreeMap::new();
+        for (stream, snapshot) in answers {
+            for d in *snapshot {
+                let c = Client::from_data(d);
+                let views = next.entry(d.client_id.clone()).or_default();
+                match views.iter_mut().find(|(s, _)| s == stream) {
+                    Some((_, held)) => {
+                        held.leases.extend(c.leases);
+                        held.leases.sort_by_key(Lease::key);
+                        held.leases.dedup_by_key(|l| l.key());
+                        held.last_transaction = held.last_transaction.max(c.last_transaction);
+                    }
+                    None => views.push((*stream, c)),
                 }
             }
         }
-        let gone: Vec<Vec<u8>> = self
+        let dropped: Vec<Vec<u8>> = self
             .clients
             .keys()
-            .filter(|k| !next.contains_key(*k))
+            .filter(|id| !next.contains_key(*id) && self.streams_of(id).into_iter().any(&listed))
             .cloned()
             .collect();
         let mut changes = Vec::new();
-        for k in gone {
-            if let Some(before) = self.clients.remove(&k) {
-                changes.push(Change::Removed {
-                    client_id: k,
-                    before,
-                });
-            }
+        for id in dropped {
+            let mut views = self.views_of(&id);
+            views.retain(|(s, _)| !listed(*s));
+            changes.extend(self.put(id, views));
         }
-        for (k, c) in next {
-            if let Some(ch) = self.set(k, c) {
-                changes.push(ch);
+        let mut updates = Vec::new();
+        for (id, new) in next {
+            let mut views = self.views_of(&id);
+            views.retain(|(s, held)| {
+                !listed(*s) || new.iter().any(|(n, c)| n == s && held.same_as(c))
+            });
+            for (s, c) in new {
+                match views.iter_mut().find(|(v, _)| *v == s) {
+                    Some((_, held)) => held.last_transaction = c.last_transaction,
+                    None => views.push((s, c)),
+                }
             }
+            views.sort_by_key(|(s, _)| *s);
+            updates.extend(self.put(id, views));
         }
+        // Removals first: a client whose union lost leases but kept some is an update.
+        let (removed, other): (Vec<Change>, Vec<Change>) = updates
+            .into_iter()
+            .partition(|c| matches!(c, Change::Removed { .. }));
+        changes.extend(removed);
+        changes.extend(other);
         changes
     }
 
@@ -270,19 +429,51 @@ impl Replica {
             ));
         }
         let mut replica = Self {
-            clients: BTreeMap::new(),
-            base_time: file.base_time.map(ServerTime),
+            unstreamed: file.streams.is_none(),
+            base_times: match &file.streams {
+                Some(streams) => streams
+                    .iter()
+                    .map(|s| s.base_time.map(ServerTime))
+                    .collect(),
+                None => vec![file.base_time.map(ServerTime)],
+            },
+            ..Self::default()
         };
         for c in file.clients {
             let client_id =
                 hex::decode(&c.client_id).map_err(|e| Error::state(path, format!("{e}")))?;
-            let mut leases: Vec<Lease> = c.leases.iter().map(FileLease::to_lease).collect();
-            leases.sort_by_key(Lease::key);
-            let client = Client {
-                leases,
-                last_transaction: c.last_transaction_ms.map(from_unix_ms),
+            let saved: Vec<Lease> = c.leases.iter().map(FileLease::to_lease).collect();
+            let last_transaction = c.last_transaction_ms.map(from_unix_ms);
+            let views = match &c.views {
+                Some(views) => views
+                    .iter()
+                    .map(|v| {
+                        let mut leases: Vec<Lease> = v
+                            .leases
+                            .iter()
+                            .filter_map(|i| saved.get(*i).copied())
+                            .collect();
+                        leases.sort_by_key(Lease::key);
+                        let view = Client {
+                            leases,
+                            last_transaction: v.last_transaction_ms.map(from_unix_ms),
+                        };
+                        (v.stream, view)
+                    })
+                    .collect(),
+                None => {
+                    let mut leases = saved;
+                    leases.sort_by_key(Lease::key);
+                    vec![(
+                        c.stream,
+                        Client {
+                            leases,
+                            last_transaction,
+                        },
+                    )]
+                }
             };
-            replica.clients.insert(client_id, client);
+            replica.put(client_id, views);
         }
         Ok(Some(replica))
     }
@@ -294,15 +485,19 @@ impl Replica {
             version: VERSION,
             server: server.to_owned(),
             scope: scope.to_owned(),
-            base_time: self.base_time.map(|t| t.0),
+            base_time: self.base_time().map(|t| t.0),
+            streams: Some(
+                self.base_times
+                    .iter()
+                    .map(|t| FileStream {
+                        base_time: t.map(|t| t.0),
+                    })
+                    .collect(),
+            ),
             clients: self
                 .clients
                 .iter()
-                .map(|(id, c)| FileClient {
-                    client_id: hex::encode(id),
-                    last_transaction_ms: c.last_transaction.map(unix_ms),
-                    leases: c.leases.iter().map(FileLease::from_lease).collect(),
-                })
+                .map(|(id, c)| self.file_client(id, c))
                 .collect(),
         };
         let text = serde_json::to_vec(&file).map_err(|e| Error::state(path, e))?;
@@ -323,6 +518,58 @@ impl Replica {
             let _ = std::fs::remove_file(&tmp);
             Error::state(path, e)
         })
+    }
+
+    fn file_client(&self, id: &[u8], c: &Client) -> FileClient {
+        let (stream, views) = match self.views.get(id) {
+            None => (0, None),
+            Some(Views::One(s)) => (*s, None),
+            Some(Views::Many(views)) => {
+                let index = |l: &Lease| c.leases.iter().position(|u| u.key() == l.key());
+                let views = views
+                    .iter()
+                    .map(|(s, v)| FileView {
+                        stream: *s,
+                        leases: v.leases.iter().filter_map(index).collect(),
+                        last_transaction_ms: v.last_transaction.map(unix_ms),
+                    })
+                    .collect();
+                (0, Some(views))
+            }
+        };
+        FileClient {
+            client_id: hex::encode(id),
+            last_transaction_ms: c.last_transaction.map(unix_ms),
+            stream,
+            views,
+            leases: c.leases.iter().map(FileLease::from_lease).collect(),
+        }
+    }
+}
+
+/// The union of a client's views: every lease any stream reports (for a lease reported twice,
+/// the later end), and the latest last transaction. `None` without leases.
+fn union(views: &[(usize, Client)]) -> Option<Client> {
+    match views {
+        [] => None,
+        [(_, only)] => Some(only.clone()),
+        _ => {
+            let mut leases: Vec<Lease> = views.iter().flat_map(|(_, c)| c.leases.clone()).collect();
+            // For each key, the lease ending last first; `None` (infinite) ends last.
+            let ends = |l: &Lease| {
+                (
+                    l.server_ends.map(|(_, v)| v),
+                    l.valid_until.map_or(i64::MAX, unix_ms),
+                )
+            };
+            leases.sort_by(|a, b| a.key().cmp(&b.key()).then_with(|| ends(b).cmp(&ends(a))));
+            leases.dedup_by_key(|l| l.key());
+            let last_transaction = views.iter().filter_map(|(_, c)| c.last_transaction).max();
+            Some(Client {
+                leases,
+                last_transaction,
+            })
+        }
     }
 }
 
@@ -345,15 +592,43 @@ struct StateFile {
     version: u32,
     server: String,
     scope: String,
+    /// The earliest of the streams' base-times (the only one in files without `streams`).
     base_time: Option<u32>,
+    /// Each stream's base-time, in the order of the scope; absent in files written before
+    /// streams were kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    streams: Option<Vec<FileStream>>,
     clients: Vec<FileClient>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileStream {
+    base_time: Option<u32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct FileClient {
     client_id: String,
     last_transaction_ms: Option<i64>,
+    /// The one stream that reported the client (with `views` absent).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    stream: usize,
+    /// What each stream reported, when several did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    views: Option<Vec<FileView>>,
     leases: Vec<FileLease>,
+}
+
+const fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileView {
+    stream: usize,
+    /// Indexes into the client's `leases`.
+    leases: Vec<usize>,
+    last_transaction_ms: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -510,6 +785,141 @@ mod tests {
         std::fs::write(&path, "{").unwrap();
         let e = Replica::load(&path, "s", "").unwrap_err().to_string();
         assert!(e.starts_with("state file "), "{e}");
+    }
+
+    fn addresses(r: &Replica, id: u8) -> Vec<String> {
+        r.clients()
+            .get(&vec![0, 3, 0, 1, id])
+            .map(|c| c.leases.iter().map(|l| l.address.to_string()).collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn each_stream_has_its_own_view_and_a_client_holds_their_union() {
+        let mut r = Replica::new();
+        let id = vec![0, 3, 0, 1, 1];
+        assert!(matches!(
+            r.apply_from(0, &data(1, &[("2001:db8:0:1::1", 100)])),
+            Some(Change::Added { .. })
+        ));
+        // The same client on a second watched link: both links' leases, not the last one.
+        assert!(matches!(
+            r.apply_from(1, &data(1, &[("2001:db8:0:2::1", 100)])),
+            Some(Change::Updated { .. })
+        ));
+        assert_eq!(addresses(&r, 1), ["2001:db8:0:1::1", "2001:db8:0:2::1"]);
+        assert_eq!(r.streams_of(&id), [0, 1]);
+        assert_eq!(
+            r.apply_from(1, &data(1, &[("2001:db8:0:2::1", 100)])),
+            None,
+            "re-sent"
+        );
+        // Its binding on the first link ends: the second link's lease stays.
+        assert!(matches!(
+            r.apply_from(0, &data(1, &[("2001:db8:0:1::1", 0)])),
+            Some(Change::Updated { .. })
+        ));
+        assert_eq!(addresses(&r, 1), ["2001:db8:0:2::1"]);
+        assert_eq!(r.streams_of(&id), [1]);
+        assert!(matches!(
+            r.apply_from(1, &data(1, &[("2001:db8:0:2::1", 0)])),
+            Some(Change::Removed { .. })
+        ));
+        assert!(r.is_empty());
+        assert!(r.streams_of(&id).is_empty());
+        // An ended binding of a client never held adds nothing.
+        assert_eq!(r.apply_from(3, &data(9, &[("2001:db8::9", 0)])), None);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_resync_of_one_stream_replaces_only_what_it_reported() {
+        let mut r = Replica::new();
+        r.apply_from(0, &data(1, &[("2001:db8:0:1::1", 100)]));
+        r.apply_from(1, &data(2, &[("2001:db8:0:2::2", 100)]));
+        r.apply_from(0, &data(3, &[("2001:db8:0:1::3", 100)]));
+        r.apply_from(1, &data(3, &[("2001:db8:0:2::3", 100)]));
+        // Stream 1's Bulk answer: client 2 is gone, 3 has a new lease there, 4 is new.
+        let answer = [
+            data(3, &[("2001:db8:0:2::33", 100)]),
+            data(4, &[("2001:db8:0:2::4", 100)]),
+        ];
+        let changes = r.replace_streams(&[(1, &answer)]);
+        let kinds: Vec<_> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Added { .. } => "added",
+                Change::Updated { .. } => "updated",
+                Change::Removed { .. } => "removed",
+            })
+            .collect();
+        assert_eq!(kinds, ["removed", "updated", "added"]);
+        assert_eq!(
+            addresses(&r, 1),
+            ["2001:db8:0:1::1"],
+            "stream 0's, untouched"
+        );
+        assert_eq!(addresses(&r, 2), Vec::<String>::new());
+        assert_eq!(addresses(&r, 3), ["2001:db8:0:1::3", "2001:db8:0:2::33"]);
+        assert_eq!(addresses(&r, 4), ["2001:db8:0:2::4"]);
+        assert_eq!(r.streams_of(&[0, 3, 0, 1, 4]), [1]);
+    }
+
+    #[test]
+    fn the_state_file_keeps_each_streams_base_time_and_views() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut r = Replica::new();
+        r.apply_from(0, &data(1, &[("2001:db8:0:1::1", 100)]));
+        r.apply_from(2, &data(2, &[("2001:db8:0:3::2", 100)]));
+        r.apply_from(0, &data(3, &[("2001:db8:0:1::3", 100)]));
+        r.apply_from(2, &data(3, &[("2001:db8:0:3::3", 100), ("3fff::", 100)]));
+        r.set_stream_base_time(0, Some(ServerTime(500)));
+        r.set_stream_base_time(1, Some(ServerTime(300)));
+        r.set_stream_base_time(2, Some(ServerTime(700)));
+        assert_eq!(r.base_time(), Some(ServerTime(300)), "the earliest");
+        r.save(&path, "s", "three").unwrap();
+        let loaded = Replica::load(&path, "s", "three").unwrap().unwrap();
+        assert_eq!(loaded, r);
+        assert!(!loaded.unstreamed());
+        assert_eq!(loaded.stream_base_time(2), Some(ServerTime(700)));
+        assert_eq!(loaded.streams_of(&[0, 3, 0, 1, 3]), [0, 2]);
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["base_time"], 300);
+        assert_eq!(v["streams"][2]["base_time"], 700);
+        assert!(
+            v["clients"][0].get("stream").is_none(),
+            "stream 0 is implied"
+        );
+        assert_eq!(v["clients"][1]["stream"], 2);
+        assert_eq!(
+            v["clients"][2]["views"][1]["leases"],
+            serde_json::json!([1, 2])
+        );
+        // A stream without base-time: no base-time for the whole.
+        r.set_stream_base_time(3, None);
+        assert_eq!(r.base_time(), None);
+    }
+
+    #[test]
+    fn a_state_file_written_before_streams_loads_as_stream_0() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(
+            &path,
+            r#"{"version":1,"server":"s","scope":"link ::1","base_time":789004800,
+               "clients":[{"client_id":"0003000101","last_transaction_ms":null,"leases":[
+               {"kind":"address","address":"2001:db8::1","prefix_len":128,
+                "preferred_until_ms":null,"valid_until_ms":null}]}]}"#,
+        )
+        .unwrap();
+        let r = Replica::load(&path, "s", "link ::1").unwrap().unwrap();
+        assert!(r.unstreamed());
+        assert_eq!(r.streams(), 1);
+        assert_eq!(r.base_time(), Some(ServerTime(789_004_800)));
+        assert_eq!(r.stream_base_time(0), Some(ServerTime(789_004_800)));
+        assert_eq!(r.streams_of(&[0, 3, 0, 1, 1]), [0]);
     }
 
     /// One address lease, as a message with base-time `base` arriving `late_ms` after it.

@@ -208,3 +208,67 @@ pub(crate) fn link_args(links: u16) -> Vec<String> {
         .flat_map(|k| ["--link".to_owned(), link(k).to_string()])
         .collect()
 }
+
+/// Each stream's base-time, and the bindings each stream reported.
+pub(crate) type ByStream = (Vec<Option<u64>>, BTreeMap<usize, Bindings>);
+
+/// The replica in an `lq` state file, by stream: each stream's base-time (`streams`), and the
+/// bindings each stream reported (a client two streams reported is in both).
+pub(crate) fn state_by_stream(path: &Path) -> Option<ByStream> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let bases = v["streams"]
+        .as_array()?
+        .iter()
+        .map(|s| s["base_time"].as_u64())
+        .collect();
+    let mut by = BTreeMap::<usize, Bindings>::new();
+    for c in v["clients"].as_array()? {
+        let id = c["client_id"].as_str()?.to_owned();
+        let mut leases = Vec::new();
+        for l in c["leases"].as_array()? {
+            leases.push((
+                l["address"].as_str()?.parse().ok()?,
+                u8::try_from(l["prefix_len"].as_u64()?).ok()?,
+            ));
+        }
+        let views: Vec<(usize, Vec<usize>)> = match c["views"].as_array() {
+            Some(views) => views
+                .iter()
+                .map(|w| {
+                    let s = usize::try_from(w["stream"].as_u64()?).ok()?;
+                    let idx = w["leases"]
+                        .as_array()?
+                        .iter()
+                        .map(|i| i.as_u64().and_then(|i| usize::try_from(i).ok()))
+                        .collect::<Option<Vec<usize>>>()?;
+                    Some((s, idx))
+                })
+                .collect::<Option<_>>()?,
+            None => vec![(
+                usize::try_from(c["stream"].as_u64().unwrap_or(0)).ok()?,
+                (0..leases.len()).collect(),
+            )],
+        };
+        for (s, idx) in views {
+            let set = by.entry(s).or_default().entry(id.clone()).or_default();
+            set.extend(idx.iter().filter_map(|i| leases.get(*i).copied()));
+        }
+    }
+    Some((bases, by))
+}
+
+/// Every live binding lqd holds that `query` matches, by the library's Bulk query.
+pub(crate) fn truth_of(lqd: &Lqd, query: &lqd::requestor::Query) -> Bindings {
+    let mut conn =
+        lqd::requestor::Connection::connect(lqd.addr, &crate::common::REQUESTOR).unwrap();
+    let mut all = Bindings::new();
+    for item in conn.bulk(query, lqd::requestor::TimeWindow::ALL).unwrap() {
+        let d = item.unwrap();
+        all.entry(hex::encode(&d.client_id))
+            .or_default()
+            .extend(d.leases.iter().map(|l| (l.address, l.prefix_len)));
+    }
+    all.retain(|_, l| !l.is_empty());
+    all
+}
