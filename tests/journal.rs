@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 use lqd::codec::ServerTime;
 use lqd::store::journal::{
-    FlushPolicy, HEADER_LEN, Journal, JournalError, JournalFile, Overrun, Recovered, TooOld,
+    FlushPolicy, HEADER_LEN, Hole, Journal, JournalError, JournalFile, Overrun, Recovered, TooOld,
+    inspect,
 };
 use proptest::prelude::*;
 
@@ -444,6 +445,8 @@ fn reopen_gives_the_same_journal() {
             first_seq: first,
             next_seq: next,
             discarded: None,
+            holes: Vec::new(),
+            kept: None,
         };
         assert_eq!(rec, want);
         assert_eq!(contents(&j), before);
@@ -501,10 +504,29 @@ fn a_length_past_the_ring_ends_recovery_before_that_record() {
     );
 }
 
+/// The buffer offset of record `r`, matched on its length, sequence number, time and payload
+/// (a sequence number alone can also match octets of an older lap).
+fn exact_offset(b: &[u8], r: &Rec) -> usize {
+    let len = u32::try_from(r.2.len()).expect("small");
+    (HEADER_LEN..b.len() - 20)
+        .step_by(8)
+        .find(|&o| {
+            b[o..o + 4] == len.to_le_bytes()
+                && b[o + 8..o + 16] == r.0.to_le_bytes()
+                && b[o + 16..o + 20] == r.1.0.to_le_bytes()
+                && b.get(o + 20..o + 20 + r.2.len()) == Some(&r.2[..])
+        })
+        .expect("the record is in the ring")
+}
+
+/// The payloads and times of `records`, without sequence numbers (a repair renumbers).
+fn bodies(records: &[Rec]) -> Vec<(ServerTime, Vec<u8>)> {
+    records.iter().map(|r| (r.1, r.2.clone())).collect()
+}
+
 #[test]
-fn a_corrupt_middle_record_keeps_what_was_before_and_never_resurrects_what_was_after() {
+fn a_corrupt_middle_record_costs_only_itself_issue_20() {
     let mut j = vec_journal(64 * 1024);
-    // Same-size payloads, so a new record lands exactly where the old one was.
     for s in 0..100u64 {
         j.append(ServerTime(s as u32), &payload(s, 64))
             .expect("append");
@@ -514,16 +536,42 @@ fn a_corrupt_middle_record_keeps_what_was_before_and_never_resurrects_what_was_a
     let at = HEADER_LEN + 40 * record_size(64);
     assert_eq!(&b[at + 8..at + 16], &40u64.to_le_bytes());
     b[at + 30] ^= 0xff;
+    let seen = inspect(&b).expect("inspect");
+    assert_eq!(seen.records, 99);
+    let hole = Hole {
+        lost: 1,
+        after: Some(ServerTime(39)),
+        before: ServerTime(41),
+    };
+    assert_eq!(seen.holes, vec![hole]);
     let (mut j, rec) = Journal::open(b).expect("open");
-    assert_eq!(rec.records, 40);
-    assert!(rec.discarded.expect("why").contains("seq 40"));
-    assert_eq!(contents(&j), before[..40]);
-    // Append one record in place of seq 40 and reopen: records 41.. of the old run must not
-    // come back (they were cleared at the first recovery).
-    j.append(ServerTime(200), &payload(40, 64)).expect("append");
+    assert_eq!(rec.holes, vec![hole]);
+    assert_eq!(rec.discarded, None);
+    // Every other record is kept, a marker record in place of the lost one.
+    let after = contents(&j);
+    let mut want = bodies(&before);
+    want.remove(40);
+    let got: Vec<_> = bodies(&after)
+        .into_iter()
+        .filter(|(_, p)| Hole::from_marker(p).is_none())
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(Hole::from_marker(&after[40].2), Some(hole));
+    // A catch-up from before the hole is told it misses records; from after it is not.
+    assert!(j.seek_time(ServerTime(30)).is_err());
+    assert!(
+        j.seek_time(ServerTime(41)).is_err(),
+        "the lost record may be from 41"
+    );
+    assert_eq!(
+        j.seek_time(ServerTime(42)).expect("after the hole").seq(),
+        42
+    );
+    // The repaired ring reopens as it is, the hole still known, and goes on.
+    j.append(ServerTime(200), b"next").expect("append");
     let (j, rec) = Journal::open(j.into_inner()).expect("reopen");
-    assert_eq!((rec.records, rec.next_seq, rec.discarded), (41, 41, None));
-    assert_eq!(contents(&j).last().expect("one").1, ServerTime(200));
+    assert_eq!((rec.records, rec.discarded, rec.holes), (101, None, vec![]));
+    assert!(j.seek_time(ServerTime(30)).is_err());
 }
 
 #[test]
@@ -711,18 +759,58 @@ proptest! {
         }
     }
 
-    /// Random damage to a valid journal's ring: recovery keeps a prefix of the records.
+    /// Random damage to a valid journal's ring (issue 20): every record whose checked octets
+    /// were not touched is kept, in order; the lost ones are exactly those touched, counted in
+    /// the holes, a marker record in place of each.
     #[test]
-    fn damage_keeps_a_prefix(flips in prop::collection::vec((0usize..4096, any::<u8>()), 1..8), n in 1u64..400) {
+    fn damage_costs_only_the_damaged_records(flips in prop::collection::vec((0usize..4096, any::<u8>()), 1..8), n in 1u64..400) {
         let (j, before) = filled(4096, n);
         let mut b = j.into_inner();
-        for (at, x) in flips {
-            b[HEADER_LEN + at] ^= x | 1;
+        // The octets each record's CRC covers (its header and payload), before the damage.
+        let spans: Vec<(usize, usize)> = before
+            .iter()
+            .map(|r| {
+                let at = exact_offset(&b, r);
+                (at, at + 20 + r.2.len())
+            })
+            .collect();
+        let mut touched = vec![false; before.len()];
+        for (at, x) in &flips {
+            let at = HEADER_LEN + at;
+            b[at] ^= x | 1;
+            for (i, (from, to)) in spans.iter().enumerate() {
+                touched[i] |= (*from..*to).contains(&at);
+            }
         }
-        let (j, _) = Journal::open(b).expect("the header is intact");
+        let seen = inspect(&b).expect("the header is intact");
+        let (j, rec) = Journal::open(b).expect("the header is intact");
+        prop_assert_eq!(&seen.holes, &rec.holes);
         let after = contents(&j);
-        prop_assert!(after.len() <= before.len());
-        prop_assert_eq!(&after[..], &before[..after.len()]);
+        let markers = after.iter().filter(|r| Hole::from_marker(&r.2).is_some()).count();
+        prop_assert_eq!(markers, rec.holes.len());
+        let kept: Vec<_> = bodies(&after)
+            .into_iter()
+            .filter(|(_, p)| Hole::from_marker(p).is_none())
+            .collect();
+        let untouched: Vec<_> = before
+            .iter()
+            .zip(&touched)
+            .filter(|(_, t)| !**t)
+            .map(|(r, _)| (r.1, r.2.clone()))
+            .collect();
+        // Kept: the untouched records, and only touched ones that are still intact (a flip
+        // that cancelled out, say) in between.
+        let mut rest = untouched.iter().peekable();
+        for k in &kept {
+            if rest.peek() == Some(&k) {
+                rest.next();
+            }
+        }
+        prop_assert!(rest.next().is_none(), "an untouched record was lost");
+        prop_assert!(kept.len() <= before.len());
+        // The count of lost records is what the holes and the torn end say.
+        let lost_in_holes: u64 = rec.holes.iter().map(|h| h.lost).sum();
+        prop_assert!(lost_in_holes as usize <= before.len() - kept.len());
     }
 }
 
@@ -746,7 +834,9 @@ fn a_file_journal_survives_reopening() {
                 records: 0,
                 first_seq: None,
                 next_seq: 0,
-                discarded: None
+                discarded: None,
+                holes: Vec::new(),
+                kept: None,
             }
         );
         for s in 0..2000u64 {

@@ -145,6 +145,18 @@ impl Server {
         if let Some(why) = &recovered.discarded {
             warn!(journal = %j.path.display(), "journal recovery stopped early: {why}");
         }
+        let kept = recovered
+            .kept
+            .as_ref()
+            .map_or_else(String::new, |k| k.display().to_string());
+        for hole in &recovered.holes {
+            warn!(
+                journal = %j.path.display(),
+                kept,
+                "journal damaged: {hole}; the ring was rebuilt from the intact records, and a \
+                 catch-up from before the damage gets DataMissing"
+            );
+        }
         let (history, restored) = History::open(store, file);
         info!(
             journal = %j.path.display(),

@@ -99,12 +99,13 @@ use crate::codec::ServerTime;
 mod file;
 mod layout;
 mod ring;
+mod salvage;
 #[cfg(test)]
 mod tests;
 
 pub use file::{FlushPolicy, JournalFile};
 pub use layout::{HEADER_LEN, MAX_PAYLOAD, MIN_RING_LEN};
-pub use ring::Journal;
+pub use ring::{Inspection, Journal, inspect};
 
 /// One record read from the journal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +148,72 @@ pub struct Recovered {
     /// `torn record seq 41 at offset 13824 (CRC mismatch)`. A torn last record is the normal
     /// trace of a crash during an append.
     pub discarded: Option<String>,
+    /// Damaged records skipped, newer records kept: the ring was rebuilt from the intact
+    /// records, a marker record in place of each hole.
+    pub holes: Vec<Hole>,
+    /// Where the damaged file was copied before its repair (file journals).
+    pub kept: Option<PathBuf>,
+}
+
+/// Records lost to damage between two intact ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hole {
+    /// How many records.
+    pub lost: u64,
+    /// The time of the intact record before them (`None` at the tail).
+    pub after: Option<ServerTime>,
+    /// The time of the intact record after them: the lost records were made at or before it.
+    pub before: ServerTime,
+}
+
+impl fmt::Display for Hole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unix = |t: ServerTime| t.to_unix();
+        match self.after {
+            Some(a) => write!(
+                f,
+                "{} records lost between Unix time {} and {}",
+                self.lost,
+                unix(a),
+                unix(self.before)
+            ),
+            None => write!(
+                f,
+                "{} records lost before Unix time {}",
+                self.lost,
+                unix(self.before)
+            ),
+        }
+    }
+}
+
+/// The first octets of a hole marker's payload: never a binding record (whose first octet is
+/// its version, 1), so readers skip it.
+const HOLE_MAGIC: &[u8; 5] = b"\xffLOST";
+
+impl Hole {
+    /// The payload of the marker record that stands in a rebuilt ring where the hole was.
+    fn marker(&self) -> Vec<u8> {
+        let mut p = HOLE_MAGIC.to_vec();
+        p.extend_from_slice(&self.lost.to_be_bytes());
+        p.extend_from_slice(&self.after.map_or(0, |t| t.0).to_be_bytes());
+        p.extend_from_slice(&self.before.0.to_be_bytes());
+        p
+    }
+
+    /// The hole a marker record's payload describes.
+    #[must_use]
+    pub fn from_marker(payload: &[u8]) -> Option<Self> {
+        let rest = payload.strip_prefix(&HOLE_MAGIC[..])?;
+        let lost = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
+        let after = u32::from_be_bytes(rest.get(8..12)?.try_into().ok()?);
+        let before = u32::from_be_bytes(rest.get(12..16)?.try_into().ok()?);
+        Some(Self {
+            lost,
+            after: (after != 0).then_some(ServerTime(after)),
+            before: ServerTime(before),
+        })
+    }
 }
 
 /// A cursor's record was overwritten by the ring: the reader missed records.

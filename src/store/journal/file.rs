@@ -109,7 +109,16 @@ impl JournalFile {
                 configured: size,
             });
         }
-        let (journal, recovered) = Journal::open(map(&file, path)?)?;
+        // Damage is repaired by rebuilding the ring from its intact records: the file is
+        // copied aside first, as it was, for the post-mortem.
+        let mut kept = None;
+        let (journal, mut recovered) = Journal::open_with(map(&file, path)?, || {
+            let aside = damaged_name(path);
+            fs::copy(path, &aside).map_err(|e| io_err("copy aside of", path, e))?;
+            kept = Some(aside);
+            Ok(())
+        })?;
+        recovered.kept = kept;
         let mut jf = Self::new(journal, file, path, policy);
         if policy != FlushPolicy::Os {
             jf.flush().map_err(|e| io_err("flush of", path, e))?;
@@ -157,6 +166,8 @@ impl JournalFile {
             first_seq: None,
             next_seq: 0,
             discarded: None,
+            holes: Vec::new(),
+            kept: None,
         };
         Ok((Self::new(journal, file, path, policy), recovered))
     }
@@ -327,4 +338,15 @@ fn map(file: &File, path: &Path) -> Result<MmapMut, JournalError> {
     // would be undefined behaviour for this one: the journal validates lengths and CRCs on open,
     // but cannot guard against the bytes changing under a live reference.
     unsafe { MmapMut::map_mut(file) }.map_err(|e| io_err("map of", path, e))
+}
+
+/// Where a damaged journal is kept before its repair: beside it, named with the Unix time
+/// (`lqd.journal.damaged-1796613074`).
+pub(super) fn damaged_name(path: &Path) -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".damaged-{secs}"));
+    PathBuf::from(name)
 }

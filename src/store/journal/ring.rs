@@ -6,7 +6,8 @@ use std::io;
 use super::layout::{
     self, ALIGN, Entry, HEADER_LEN, MAGIC, RawRecord, Slot, VERSION, WRAP_LEN, field,
 };
-use super::{Cursor, JournalError, Overrun, Record, Recovered, TooOld};
+use super::salvage;
+use super::{Cursor, Hole, JournalError, Overrun, Record, Recovered, TooOld};
 use crate::codec::ServerTime;
 
 /// An index entry: where record `seq` (implied by its place in the index) starts, and its
@@ -51,6 +52,10 @@ pub struct Journal<B> {
     index: VecDeque<IndexEntry>,
     /// The sequence number of `index[0]`.
     index_base: u64,
+    /// The hole markers in the ring (a rebuild after damage put them there): sequence number
+    /// and the time the lost records were made at or before. A catch-up from before one gets
+    /// DataMissing.
+    holes: VecDeque<(u64, ServerTime)>,
 }
 
 impl<B> std::fmt::Debug for Journal<B> {
@@ -108,65 +113,37 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
     /// trusted). The ring past the end is then cleared (non-zero blocks only) so records left
     /// there by an earlier lap or a lost write cannot be picked up by a later recovery.
     pub fn open(buf: B) -> Result<(Self, Recovered), JournalError> {
+        Self::open_with(buf, || Ok(()))
+    }
+
+    /// [`open`](Self::open), calling `before_repair` when the ring is damaged, before anything
+    /// is written (the file backing keeps a copy of the damaged file there).
+    pub(super) fn open_with(
+        buf: B,
+        before_repair: impl FnOnce() -> Result<(), JournalError>,
+    ) -> Result<(Self, Recovered), JournalError> {
         let b = buf.as_ref();
-        let ring_len = check_len(b.len())?;
-        if b.get(field::MAGIC) != Some(&MAGIC[..]) {
-            return Err(JournalError::BadHeader("no journal magic".into()));
-        }
-        let version = layout::get_u32(b, field::VERSION).unwrap_or(0);
-        if version != VERSION {
-            return Err(JournalError::WrongVersion {
-                found: version,
-                supported: VERSION,
-            });
-        }
-        if layout::get_u32(b, field::HEADER_LEN) != Some(HEADER_LEN as u32) {
-            return Err(JournalError::BadHeader("header length is not 4096".into()));
-        }
-        let header_ring = layout::get_u64(b, field::RING_LEN).unwrap_or(0);
-        if header_ring != ring_len as u64 {
-            return Err(JournalError::GeometryMismatch {
-                header: header_ring,
-                buffer: ring_len as u64,
-            });
-        }
-        let slot = match (Slot::read(b, 0), Slot::read(b, 1)) {
-            (Some(a), Some(c)) => {
-                if a.generation >= c.generation {
-                    a
-                } else {
-                    c
-                }
-            }
-            (Some(a), None) | (None, Some(a)) => a,
-            (None, None) => {
-                return Err(JournalError::BadHeader(
-                    "both header slots fail their CRC".into(),
-                ));
-            }
-        };
-        let in_ring = |off: u64| {
-            usize::try_from(off)
-                .ok()
-                .filter(|&o| o < ring_len && o % ALIGN == 0)
-        };
-        let (Some(tail_off), Some(_)) = (in_ring(slot.tail_off), in_ring(slot.head_off)) else {
-            return Err(JournalError::BadHeader(format!(
-                "tail offset {} or head offset {} outside the {ring_len}-octet ring",
-                slot.tail_off, slot.head_off
-            )));
-        };
-        if slot.tail_seq > slot.head_seq {
-            return Err(JournalError::BadHeader(format!(
-                "tail seq {} after head seq {}",
-                slot.tail_seq, slot.head_seq
-            )));
-        }
+        let Header {
+            ring_len,
+            slot,
+            tail_off,
+        } = read_header(b)?;
         let start = Mark {
             off: tail_off,
             seq: slot.tail_seq,
             evicted: slot.evicted,
         };
+        let scan = salvage::scan(
+            b.get(HEADER_LEN..).unwrap_or_default(),
+            layout::max_payload(ring_len),
+            tail_off,
+            slot.tail_seq,
+            slot.evicted,
+        );
+        if scan.damaged {
+            before_repair()?;
+            return Self::rebuild(buf, ring_len, start, slot.generation.wrapping_add(1), &scan);
+        }
         let mut j = Self::new(buf, ring_len, start, slot.generation.wrapping_add(1));
         let mut discarded = j.recover();
         if discarded.is_none() && slot.head_seq > j.next_seq {
@@ -184,6 +161,57 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             first_seq: j.first_seq(),
             next_seq: j.next_seq,
             discarded,
+            holes: Vec::new(),
+            kept: None,
+        };
+        Ok((j, rec))
+    }
+
+    /// Rebuilds a damaged ring from the intact records `scan` found: formatted afresh, then
+    /// each record appended again in order (same times, new sequence numbers from the old
+    /// tail's; sequence numbers live only in memory and in the ring), a marker record in place
+    /// of each hole so that later opens, and catch-ups, still know of it.
+    fn rebuild(
+        buf: B,
+        ring_len: usize,
+        start: Mark,
+        generation: u64,
+        scan: &salvage::Scan,
+    ) -> Result<(Self, Recovered), JournalError> {
+        let max_payload = layout::max_payload(ring_len);
+        let ring = buf.as_ref().get(HEADER_LEN..).unwrap_or_default();
+        let mut items: Vec<(ServerTime, Vec<u8>)> = Vec::with_capacity(scan.found.len());
+        let mut holes = scan.hole_at.iter().zip(&scan.holes).peekable();
+        for (i, f) in scan.found.iter().enumerate() {
+            while let Some((_, h)) = holes.next_if(|(at, _)| **at == i) {
+                items.push((h.before, h.marker()));
+            }
+            if let Entry::Record(r) = layout::entry_at(ring, f.at, max_payload) {
+                items.push((f.time, r.payload().to_vec()));
+            }
+        }
+        let mut j = Self::new(
+            buf,
+            ring_len,
+            Mark {
+                off: 0,
+                seq: start.seq,
+                evicted: start.evicted,
+            },
+            generation,
+        );
+        layout::scrub(j.ring_mut());
+        for (time, payload) in &items {
+            j.append(*time, payload)?;
+        }
+        j.sync_header();
+        let rec = Recovered {
+            records: j.len(),
+            first_seq: j.first_seq(),
+            next_seq: j.next_seq,
+            discarded: None,
+            holes: scan.holes.clone(),
+            kept: None,
         };
         Ok((j, rec))
     }
@@ -202,6 +230,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             generation,
             index: VecDeque::new(),
             index_base: 0,
+            holes: VecDeque::new(),
         }
     }
 
@@ -215,6 +244,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         let mut min_time = self.tail.evicted.unwrap_or_default();
         let mut used = 0usize;
         let mut index = VecDeque::new();
+        let mut holes = VecDeque::new();
         let mut newest = None;
         let ring = self.ring();
         let why = loop {
@@ -262,6 +292,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
                 off: at,
                 time: raw.time,
             });
+            if let Some(h) = Hole::from_marker(raw.payload()) {
+                holes.push_back((seq, h.before));
+            }
             min_time = raw.time;
             newest = Some(raw.time);
             seq = seq.saturating_add(1);
@@ -279,6 +312,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         }
         self.index_base = self.tail.seq;
         self.index = index;
+        self.holes = holes;
         why
     }
 
@@ -406,6 +440,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             self.index_base = seq;
         }
         self.index.push_back(IndexEntry { off: at, time });
+        if let Some(h) = Hole::from_marker(payload) {
+            self.holes.push_back((seq, h.before));
+        }
         Ok(seq)
     }
 
@@ -431,6 +468,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
                 self.index.clear();
                 return;
             }
+        }
+        if self.holes.front().is_some_and(|(s, _)| *s == seq) {
+            self.holes.pop_front();
         }
         if seq == self.index_base && !self.index.is_empty() {
             self.index.pop_front();
@@ -611,17 +651,28 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         if let Some(evicted) = self.tail.evicted.filter(|&e| t <= e) {
             return Err(TooOld { evicted });
         }
+        let found = self.seek_time_in_ring(t);
+        // Records lost to damage at or after the cursor (a hole marker there): the journal
+        // does not hold every change since `t` either.
+        match self.holes.back() {
+            Some(&(seq, before)) if seq >= found.seq => Err(TooOld { evicted: before }),
+            _ => Ok(found),
+        }
+    }
+
+    /// The first record at or after `t` in the ring (the head when there is none).
+    fn seek_time_in_ring(&self, t: ServerTime) -> Cursor {
         match (self.oldest_time(), self.newest_time()) {
             (Some(oldest), Some(newest)) if t <= newest => {
                 if t <= oldest {
-                    return Ok(self.tail());
+                    return self.tail();
                 }
                 // The first record at or after `t`, by the index (in time order).
                 let i = self.index.partition_point(|e| e.time < t);
                 let seq = self.index_base.saturating_add(i as u64);
-                Ok(self.cursor_at(seq).unwrap_or_else(|_| self.head()))
+                self.cursor_at(seq).unwrap_or_else(|_| self.head())
             }
-            _ => Ok(self.head()),
+            _ => self.head(),
         }
     }
 
@@ -705,5 +756,117 @@ fn check_len(len: usize) -> Result<usize, JournalError> {
     layout::ring_len_for(len).ok_or(JournalError::TooSmall {
         len: len as u64,
         min: min_len(),
+    })
+}
+
+/// A journal's header, checked.
+struct Header {
+    ring_len: usize,
+    slot: Slot,
+    tail_off: usize,
+}
+
+/// Checks the header of the journal in `b`.
+fn read_header(b: &[u8]) -> Result<Header, JournalError> {
+    let ring_len = check_len(b.len())?;
+    if b.get(field::MAGIC) != Some(&MAGIC[..]) {
+        return Err(JournalError::BadHeader("no journal magic".into()));
+    }
+    let version = layout::get_u32(b, field::VERSION).unwrap_or(0);
+    if version != VERSION {
+        return Err(JournalError::WrongVersion {
+            found: version,
+            supported: VERSION,
+        });
+    }
+    if layout::get_u32(b, field::HEADER_LEN) != Some(HEADER_LEN as u32) {
+        return Err(JournalError::BadHeader("header length is not 4096".into()));
+    }
+    let header_ring = layout::get_u64(b, field::RING_LEN).unwrap_or(0);
+    if header_ring != ring_len as u64 {
+        return Err(JournalError::GeometryMismatch {
+            header: header_ring,
+            buffer: ring_len as u64,
+        });
+    }
+    let slot = match (Slot::read(b, 0), Slot::read(b, 1)) {
+        (Some(a), Some(c)) => {
+            if a.generation >= c.generation {
+                a
+            } else {
+                c
+            }
+        }
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => {
+            return Err(JournalError::BadHeader(
+                "both header slots fail their CRC".into(),
+            ));
+        }
+    };
+    let in_ring = |off: u64| {
+        usize::try_from(off)
+            .ok()
+            .filter(|&o| o < ring_len && o % ALIGN == 0)
+    };
+    let (Some(tail_off), Some(_)) = (in_ring(slot.tail_off), in_ring(slot.head_off)) else {
+        return Err(JournalError::BadHeader(format!(
+            "tail offset {} or head offset {} outside the {ring_len}-octet ring",
+            slot.tail_off, slot.head_off
+        )));
+    };
+    if slot.tail_seq > slot.head_seq {
+        return Err(JournalError::BadHeader(format!(
+            "tail seq {} after head seq {}",
+            slot.tail_seq, slot.head_seq
+        )));
+    }
+    Ok(Header {
+        ring_len,
+        slot,
+        tail_off,
+    })
+}
+
+/// What [`Journal::inspect`] found in a journal, without changing it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    /// Intact records.
+    pub records: u64,
+    /// The oldest and the newest intact record's time.
+    pub span: Option<(ServerTime, ServerTime)>,
+    /// The newest time of a record dropped by the ring: catch-up reaches back to just after.
+    pub evicted: Option<ServerTime>,
+    /// Damage: records lost between intact ones.
+    pub holes: Vec<Hole>,
+    /// The ring's size in octets, and the octets the intact records take.
+    pub ring_len: usize,
+    /// Octets of the ring the intact records take, padding included.
+    pub used: usize,
+}
+
+/// Reads the journal in `b` without writing: its records, time span and damage.
+pub fn inspect(b: &[u8]) -> Result<Inspection, JournalError> {
+    let h = read_header(b)?;
+    let ring = b.get(HEADER_LEN..).unwrap_or_default();
+    let scan = salvage::scan(
+        ring,
+        layout::max_payload(h.ring_len),
+        h.tail_off,
+        h.slot.tail_seq,
+        h.slot.evicted,
+    );
+    let span = scan
+        .found
+        .first()
+        .zip(scan.found.last())
+        .map(|(a, z)| (a.time, z.time));
+    Ok(Inspection {
+        records: scan.found.len() as u64,
+        span,
+        evicted: h.slot.evicted,
+        holes: scan.holes,
+        ring_len: h.ring_len,
+        used: scan.found.iter().map(|f| f.size).sum(),
     })
 }
