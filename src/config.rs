@@ -1040,6 +1040,64 @@ pub struct Cli {
     /// Queries running at once on one connection [default: 4]
     #[arg(long, value_name = "N")]
     pub max_concurrent_queries: Option<usize>,
+    /// A maintenance command instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// lqd's maintenance commands, run while lqd is stopped.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum Command {
+    /// The change journal: check it, or give it another size.
+    Journal {
+        /// What to do.
+        #[command(subcommand)]
+        action: JournalAction,
+    },
+}
+
+/// `lqd journal ...`.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Subcommand)]
+pub enum JournalAction {
+    /// Reads the journal without changing it: records, time span, how far catch-up reaches
+    /// back, and damage. Exits 0 when it is intact, 1 when damaged, 2 when unreadable.
+    Check {
+        /// The journal file [default: the configured one, STATE_DIR/lqd-journal]
+        path: Option<PathBuf>,
+    },
+    /// Writes the journal anew at SIZE octets (suffixes KiB, MiB, GiB), keeping the newest
+    /// intact records that fit; the old file is kept beside it. Also the way back for a
+    /// journal cut short. lqd must be stopped.
+    Resize {
+        /// The new size, such as 268435456 or 256MiB.
+        #[arg(value_parser = parse_size)]
+        size: u64,
+        /// The journal file [default: the configured one, STATE_DIR/lqd-journal]
+        path: Option<PathBuf>,
+    },
+}
+
+/// A size in octets: a number, or one with a binary suffix (KiB, MiB, GiB; K, M, G alike).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}`: expected a size such as 268435456 or 256MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "`{s}`: unknown unit `{other}` (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}`: too large"))
 }
 
 impl crate::engine::session::Policy for QueryTypes {

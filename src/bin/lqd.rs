@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
-use lqd::config::{Cli, Config, SourceSpec};
+use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
 use lqd::engine::session::ActiveSettings;
 use lqd::feed::{JsonlInput, feed, spawn_demo, spawn_jsonl, spawn_kea_csv, system_time};
 use lqd::server::{JournalSettings, Server, ServerConfig};
@@ -24,6 +24,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Journal { action }) = &cli.command {
+        return journal(action, &config);
+    }
     let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
         Ok(f) => f,
         Err(e) => {
@@ -91,7 +94,7 @@ fn run(config: Config) -> Result<(), String> {
         active_send_timeout,
         journal,
     };
-    let mut server = Server::bind(server_cfg).map_err(|e| format!("cannot listen: {e}"))?;
+    let mut server = Server::bind(server_cfg).map_err(|e| format!("cannot start: {e}"))?;
     let (handle, receiver) = feed(FEED_CAPACITY, server.waker());
     server.set_feed(receiver);
     match source {
@@ -123,6 +126,43 @@ fn run(config: Config) -> Result<(), String> {
     server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
     info!("stopped");
     Ok(())
+}
+
+/// `lqd journal check|resize`: prints what it found or did; 0 for a clean journal or a done
+/// resize, 1 for a damaged journal, 2 when the journal cannot be read.
+fn journal(action: &JournalAction, config: &Config) -> ExitCode {
+    use lqd::store::journal::offline;
+    let default = config.journal_path();
+    match action {
+        JournalAction::Check { path } => {
+            match offline::check(path.as_deref().unwrap_or(&default)) {
+                Ok(report) => {
+                    print!("{report}");
+                    if report.is_clean() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::from(1)
+                    }
+                }
+                Err(e) => {
+                    eprintln!("lqd: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        JournalAction::Resize { size, path } => {
+            match offline::resize(path.as_deref().unwrap_or(&default), *size) {
+                Ok(done) => {
+                    print!("{done}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("lqd: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
 }
 
 /// Descriptors lqd needs besides its connections: listeners, the poll, the journal, logs.

@@ -98,6 +98,7 @@ use crate::codec::ServerTime;
 
 mod file;
 mod layout;
+pub mod offline;
 mod ring;
 mod salvage;
 #[cfg(test)]
@@ -318,7 +319,9 @@ impl fmt::Display for JournalError {
             ),
             Self::GeometryMismatch { header, buffer } => write!(
                 f,
-                "journal header says the ring is {header} octets but the buffer has room for {buffer}"
+                "journal header says the ring is {header} octets but the file has room for \
+                 {buffer} (cut short or extended outside lqd): `lqd journal check` says what is \
+                 left, `lqd journal resize SIZE` writes a journal from it"
             ),
             Self::RecordTooLarge { len, max } => {
                 write!(
@@ -332,9 +335,11 @@ impl fmt::Display for JournalError {
                 configured,
             } => write!(
                 f,
-                "journal file {} is {file} octets but the configured size is {configured}: \
-                 configure its size, or move the file aside to start a new journal",
-                path.display()
+                "journal file {p} is {file} octets but journal_size is {configured}: run \
+                 `lqd journal resize {configured} {p}` to keep its newest records in a journal \
+                 of the configured size (the old file is kept beside it), or set journal_size \
+                 back to the file's size; `lqd journal check {p}` says what the file holds",
+                p = path.display()
             ),
             Self::Locked { path } => write!(
                 f,

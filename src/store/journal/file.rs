@@ -56,7 +56,7 @@ pub struct JournalFile {
     dirty_bytes: u64,
 }
 
-fn io_err(what: &str, path: &Path, source: io::Error) -> JournalError {
+pub(super) fn io_err(what: &str, path: &Path, source: io::Error) -> JournalError {
     JournalError::Io {
         what: format!("{what} {}", path.display()),
         source,
@@ -290,7 +290,7 @@ impl Drop for JournalFile {
     }
 }
 
-fn lock(file: &File, path: &Path) -> Result<(), JournalError> {
+pub(super) fn lock(file: &File, path: &Path) -> Result<(), JournalError> {
     // fs4's flock, not std's `File::try_lock`: that one needs Rust 1.89, the crate's MSRV is 1.85.
     match FileExt::try_lock(file) {
         Ok(()) => Ok(()),
@@ -322,7 +322,7 @@ fn allocate(file: &mut File, size: u64) -> io::Result<()> {
     file.sync_all()
 }
 
-fn sync_dir(path: &Path) -> io::Result<()> {
+pub(super) fn sync_dir(path: &Path) -> io::Result<()> {
     match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
         _ => File::open(".")?.sync_all(),
@@ -343,10 +343,14 @@ fn map(file: &File, path: &Path) -> Result<MmapMut, JournalError> {
 /// Where a damaged journal is kept before its repair: beside it, named with the Unix time
 /// (`lqd.journal.damaged-1796613074`).
 pub(super) fn damaged_name(path: &Path) -> PathBuf {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".damaged-{secs}"));
+    name.push(format!(".damaged-{}", unix_now()));
     PathBuf::from(name)
+}
+
+/// The Unix time now, in seconds.
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }

@@ -142,7 +142,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         );
         if scan.damaged {
             before_repair()?;
-            return Self::rebuild(buf, ring_len, start, slot.generation.wrapping_add(1), &scan);
+            return Self::rebuild(buf, ring_len, start, &scan);
         }
         let mut j = Self::new(buf, ring_len, start, slot.generation.wrapping_add(1));
         let mut discarded = j.recover();
@@ -167,43 +167,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         Ok((j, rec))
     }
 
-    /// Rebuilds a damaged ring from the intact records `scan` found: formatted afresh, then
-    /// each record appended again in order (same times, new sequence numbers from the old
-    /// tail's; sequence numbers live only in memory and in the ring), a marker record in place
-    /// of each hole so that later opens, and catch-ups, still know of it.
+    /// Rebuilds a damaged ring from the intact records `scan` found, each appended again in
+    /// order (same times; sequence numbers live only in memory), a marker record in place of
+    /// each hole so that later opens, and catch-ups, still know of it.
     fn rebuild(
         buf: B,
         ring_len: usize,
         start: Mark,
-        generation: u64,
         scan: &salvage::Scan,
     ) -> Result<(Self, Recovered), JournalError> {
-        let max_payload = layout::max_payload(ring_len);
-        let ring = buf.as_ref().get(HEADER_LEN..).unwrap_or_default();
-        let mut items: Vec<(ServerTime, Vec<u8>)> = Vec::with_capacity(scan.found.len());
-        let mut holes = scan.hole_at.iter().zip(&scan.holes).peekable();
-        for (i, f) in scan.found.iter().enumerate() {
-            while let Some((_, h)) = holes.next_if(|(at, _)| **at == i) {
-                items.push((h.before, h.marker()));
-            }
-            if let Entry::Record(r) = layout::entry_at(ring, f.at, max_payload) {
-                items.push((f.time, r.payload().to_vec()));
-            }
-        }
-        let mut j = Self::new(
-            buf,
-            ring_len,
-            Mark {
-                off: 0,
-                seq: start.seq,
-                evicted: start.evicted,
-            },
-            generation,
-        );
-        layout::scrub(j.ring_mut());
-        for (time, payload) in &items {
-            j.append(*time, payload)?;
-        }
+        let items = scan_items(buf.as_ref(), ring_len, scan);
+        let mut j = Self::rebuilt(buf, start.evicted, &items)?;
         j.sync_header();
         let rec = Recovered {
             records: j.len(),
@@ -214,6 +188,23 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             kept: None,
         };
         Ok((j, rec))
+    }
+
+    /// A journal in `buf`, formatted afresh, holding `records` in order (the ring drops the
+    /// oldest of them if they do not all fit); catch-up reaches back to just after `evicted`
+    /// at best.
+    pub(super) fn rebuilt(
+        buf: B,
+        evicted: Option<ServerTime>,
+        records: &[(ServerTime, Vec<u8>)],
+    ) -> Result<Self, JournalError> {
+        let mut j = Self::format_inner(buf, false)?;
+        j.tail.evicted = evicted;
+        j.durable.evicted = evicted;
+        for (time, payload) in records {
+            j.append(*time, payload)?;
+        }
+        Ok(j)
     }
 
     fn new(buf: B, ring_len: usize, start: Mark, generation: u64) -> Self {
@@ -869,4 +860,38 @@ pub fn inspect(b: &[u8]) -> Result<Inspection, JournalError> {
         ring_len: h.ring_len,
         used: scan.found.iter().map(|f| f.size).sum(),
     })
+}
+
+/// The intact records of the journal in `b` (a marker in place of each hole), in order, and
+/// the newest time the ring had dropped.
+pub(super) fn intact_records(b: &[u8]) -> Result<(Items, Option<ServerTime>), JournalError> {
+    let h = read_header(b)?;
+    let scan = salvage::scan(
+        b.get(HEADER_LEN..).unwrap_or_default(),
+        layout::max_payload(h.ring_len),
+        h.tail_off,
+        h.slot.tail_seq,
+        h.slot.evicted,
+    );
+    Ok((scan_items(b, h.ring_len, &scan), h.slot.evicted))
+}
+
+/// Records to write into a journal: time and payload.
+pub(super) type Items = Vec<(ServerTime, Vec<u8>)>;
+
+/// The payloads `scan` found in `b`, with a hole marker before the record each hole preceded.
+fn scan_items(b: &[u8], ring_len: usize, scan: &salvage::Scan) -> Items {
+    let max_payload = layout::max_payload(ring_len);
+    let ring = b.get(HEADER_LEN..).unwrap_or_default();
+    let mut items = Vec::with_capacity(scan.found.len().saturating_add(scan.holes.len()));
+    let mut holes = scan.hole_at.iter().zip(&scan.holes).peekable();
+    for (i, f) in scan.found.iter().enumerate() {
+        while let Some((_, h)) = holes.next_if(|(at, _)| **at == i) {
+            items.push((h.before, h.marker()));
+        }
+        if let Entry::Record(r) = layout::entry_at(ring, f.at, max_payload) {
+            items.push((f.time, r.payload().to_vec()));
+        }
+    }
+    items
 }
