@@ -42,6 +42,7 @@ pub(crate) mod ramp;
 pub(crate) mod raw;
 mod receiver;
 mod run;
+mod sentinel;
 
 use std::path::{Path, PathBuf};
 
