@@ -90,7 +90,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     }
     super::positive(&[args.timeout_seconds], "--timeout-seconds")?;
     let progress = Progress::new();
-    let ctx = Ctx::new(&args.common, &progress, &args.requestors)?;
+    let ctx = Ctx::new(&args.common, &progress, &args.requestors, false)?;
     let (mut runs, mut details, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut notes = String::new();
     let mut table = String::from(
