@@ -368,6 +368,13 @@ fn active_filtered_by_link_sends_each_change_to_its_requestor_only() {
         );
         assert_eq!(row[10], "0/0/0", "lost/dup/misdelivered: {report}");
     }
+    assert_eq!(r["preload"], false);
+    assert!(
+        report.lines().next().unwrap().contains(
+            "; population not preloaded: each lqd run starts empty, and its first 100,000 changes"
+        ),
+        "{report}"
+    );
 }
 
 #[test]
@@ -447,5 +454,110 @@ fn ramp_filtered_by_remote_id_steps_up_for_each_system() {
     for pair in runs.chunks(2) {
         check_filtered_run(&pair[0], 20, 100, "remote-id");
         check_filtered_run(&pair[1], 20, 200, "remote-id");
+    }
+}
+
+/// The details of a preloaded run of `system` with `bindings` bindings: lqd's preloaded (a
+/// duration), the baselines' not.
+fn check_preloaded(detail: &Value, report: &str, bindings: &str) {
+    if detail["system"] == "lqd" {
+        assert_eq!(detail["preloaded"], true, "{detail}");
+        assert!(
+            detail["preload_seconds"].as_f64().unwrap() > 0.0,
+            "{detail}"
+        );
+    } else {
+        assert_eq!(detail["preloaded"], false, "{detail}");
+        assert_eq!(detail["preload_seconds"], Value::Null, "{detail}");
+    }
+    assert_eq!(detail["complete"], true, "{detail}");
+    let head = report.lines().next().expect("the header");
+    assert!(
+        head.contains(&format!(
+            "population preloaded (--preload): before each lqd run's requestors subscribed, \
+             its {bindings} bindings were written once to the feed and all journaled in "
+        )),
+        "{head}"
+    );
+    assert!(head.contains("raw and Redis keep no bindings"), "{head}");
+}
+
+#[test]
+fn active_filtered_by_link_preloaded_renews_existing_bindings() {
+    // 2,000 bindings preloaded on 25 links, then 600 changes: each renews one of them (its next
+    // generation), and must reach its link's requestor alone, who subscribed after the preload
+    // and so receives none of the preloaded changes (one would fail the run).
+    let (r, report) = loadgen_report(
+        "active-link-preload",
+        &[
+            "active",
+            "--requestors",
+            "25",
+            "--rate",
+            "300",
+            "--seconds",
+            "2",
+            "--bindings",
+            "2000",
+            "--systems",
+            "lqd,raw,redis",
+            "--filter",
+            "link",
+            "--preload",
+        ],
+    );
+    assert_eq!(r["preload"], true);
+    let runs = r["runs"].as_array().expect("runs");
+    let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert_eq!(systems, ["lqd", "raw", "redis"]);
+    for run in runs {
+        check_filtered_run(run, 25, 600, "link");
+    }
+    let details = r["details"].as_array().expect("details");
+    assert_eq!(details.len(), 3);
+    for d in details {
+        check_preloaded(d, &report, "2,000");
+    }
+    for row in table_rows(&report, "| system | mode |") {
+        assert_eq!(row[10], "0/0/0", "lost/dup/misdelivered: {report}");
+    }
+}
+
+#[test]
+fn ramp_preloaded_steps_up_over_existing_bindings() {
+    let (r, report) = loadgen_report(
+        "ramp-preload",
+        &[
+            "ramp",
+            "--requestors",
+            "20",
+            "--start-rate",
+            "100",
+            "--factor",
+            "2",
+            "--step-seconds",
+            "1",
+            "--max-steps",
+            "2",
+            "--p99-ms",
+            "1000",
+            "--bindings",
+            "1000",
+            "--systems",
+            "lqd",
+            "--preload",
+        ],
+    );
+    assert_eq!(r["preload"], true);
+    let steps = r["steps"].as_array().expect("steps");
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    for s in steps {
+        assert_eq!(s["missed"], Value::Null, "{s}");
+    }
+    let runs = r["runs"].as_array().expect("runs");
+    check_run(&runs[0], 20, 100);
+    check_run(&runs[1], 20, 200);
+    for d in r["details"].as_array().expect("details") {
+        check_preloaded(d, &report, "1,000");
     }
 }

@@ -1,7 +1,8 @@
 //! `loadgen active`: N Active requestors, changes at a fixed rate R, every combination of the
 //! `--requestors` and `--rate` lists, each system side by side.
 //!
-//! Each run: a fresh server; N connections, each with its ACTIVELEASEQUERY answered (or its
+//! Each run: a fresh server (lqd, with `--preload`, given every binding and seen to have
+//! journaled them); N connections, each with its ACTIVELEASEQUERY answered (or its
 //! subscription confirmed) before the first change; K = R × `--seconds` changes injected on
 //! schedule; then the wait until every connection has all K (or `--drain-seconds` more).
 //! Reports deliveries/s, p50 / p90 / p99 / p99.9 / max latency from each change's intended
@@ -10,7 +11,7 @@
 //! server's peak RSS.
 
 use super::progress::Progress;
-use super::run::{Ctx, Detail, live, timeout_notes};
+use super::run::{Ctx, Detail, live, preload_note, timeout_notes};
 use super::{FanoutCommon, filter_note, plots, positive};
 use crate::Outcome;
 use crate::summary::{self, RunSummary};
@@ -27,6 +28,13 @@ pub(crate) struct Args {
     /// Length of each run's injection, seconds.
     #[arg(long, default_value_t = 10.0)]
     pub(crate) seconds: f64,
+    /// Before each lqd run's requestors subscribe, create its `--bindings` bindings: write each
+    /// once to lqd's feed, as fast as it takes them, until a sentinel requestor has received
+    /// them all (journaled). The measured changes then renew bindings lqd already holds (new
+    /// lifetimes), the steady state of an lqd in front of a DHCP server, instead of creating
+    /// them, a fresh server's one-time growth. Raw and Redis keep no bindings: nothing to do.
+    #[arg(long)]
+    pub(crate) preload: bool,
     #[command(flatten)]
     pub(crate) common: FanoutCommon,
 }
@@ -36,7 +44,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     positive(&args.rate, "--rate")?;
     positive(&[args.seconds], "--seconds")?;
     let progress = Progress::new();
-    let ctx = Ctx::new(&args.common, &progress, &args.requestors)?;
+    let ctx = Ctx::new(&args.common, &progress, &args.requestors, args.preload)?;
     let mut runs: Vec<RunSummary> = Vec::new();
     let mut details: Vec<Detail> = Vec::new();
     let mut failures = Vec::new();
@@ -59,41 +67,33 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
         }
     }
     progress.clear();
-    finish("active", &args.common, &runs, &details, failures, |md| {
-        format!(
-            "Active Leasequery fan-out: {} s of changes per run over {} bindings, {} receiver \
-             threads; latency from each change's intended injection time{}\n\n{md}{}",
-            args.seconds,
-            args.common.bindings,
-            ctx.workers,
-            filter_note(&args.common),
-            timeout_notes(&details),
-        )
-    })
+    let mut extra = serde_json::Map::new();
+    extra.insert("preload".to_owned(), args.preload.into());
+    finish_with(
+        "active",
+        &args.common,
+        &runs,
+        &details,
+        &mut failures,
+        |md| {
+            format!(
+                "Active Leasequery fan-out: {} s of changes per run over {} bindings, {} \
+                 receiver threads; latency from each change's intended injection time{}{}\n\n\
+                 {md}{}",
+                args.seconds,
+                args.common.bindings,
+                ctx.workers,
+                filter_note(&args.common),
+                preload_note(&args.common, args.preload, &details),
+                timeout_notes(&details),
+            )
+        },
+        extra,
+    )
 }
 
 /// The report of a fan-out mode: the markdown (`head` wraps the summary table), the JSON
 /// (with `extra` fields), the plots.
-pub(super) fn finish(
-    mode: &str,
-    common: &FanoutCommon,
-    runs: &[RunSummary],
-    details: &[Detail],
-    mut failures: Vec<String>,
-    head: impl FnOnce(String) -> String,
-) -> Result<Outcome, String> {
-    finish_with(
-        mode,
-        common,
-        runs,
-        details,
-        &mut failures,
-        head,
-        serde_json::Map::new(),
-    )
-}
-
-/// [`finish`], with extra JSON fields.
 pub(super) fn finish_with(
     mode: &str,
     common: &FanoutCommon,

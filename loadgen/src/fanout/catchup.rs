@@ -19,8 +19,6 @@
 //! writes each connection its key's frames only.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -28,8 +26,7 @@ use lqd::codec::ServerTime;
 use serde::Serialize;
 
 use super::active::finish_with;
-use super::changes::{Model, Schedule};
-use super::inject::{self, JsonlSink};
+use super::changes::Model;
 use super::progress::Progress;
 use super::raw::Job;
 use super::receiver::{HIST_MAX_US, Plan, Protocol, Receivers};
@@ -37,6 +34,7 @@ use super::run::{
     Ctx, Meter, Server, delivery_failures, merge, pct, percentiles, us_per_change, wait_complete,
     wait_ready,
 };
+use super::sentinel::feed_journaled;
 use super::{FanoutCommon, System, filter_note};
 use crate::Outcome;
 use crate::summary::{RunSummary, latency, number};
@@ -92,7 +90,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     }
     super::positive(&[args.timeout_seconds], "--timeout-seconds")?;
     let progress = Progress::new();
-    let ctx = Ctx::new(&args.common, &progress, &args.requestors)?;
+    let ctx = Ctx::new(&args.common, &progress, &args.requestors, false)?;
     let (mut runs, mut details, mut failures) = (Vec::new(), Vec::new(), Vec::new());
     let mut notes = String::new();
     let mut table = String::from(
@@ -307,18 +305,19 @@ fn away(
     label: &str,
 ) -> Result<(Vec<ServerTime>, f64), String> {
     ctx.progress.stage(&format!("{label}: syncing"), n as u64);
-    let addr = server.addr();
-    let plan = |requestors, expected, filtered| Plan {
-        addr,
-        protocol: Protocol::Active,
-        model,
-        requestors,
-        expected,
-        filtered,
-        start_times: None,
-        catch_up: false,
-    };
-    let sync = Receivers::start(plan(n, 0, model.keys().is_some()), ctx.workers)?;
+    let sync = Receivers::start(
+        Plan {
+            addr: server.addr(),
+            protocol: Protocol::Active,
+            model,
+            requestors: n,
+            expected: 0,
+            filtered: model.keys().is_some(),
+            start_times: None,
+            catch_up: false,
+        },
+        ctx.workers,
+    )?;
     let ready = wait_ready(server, &sync, n, ctx.progress);
     let reports = sync.finish();
     ready?;
@@ -332,38 +331,13 @@ fn away(
                 .ok_or_else(|| format!("requestor {i}'s REPLY had no base-time"))
         })
         .collect::<Result<_, _>>()?;
-    let sentinel = Receivers::start(plan(1, k, false), 1)?;
-    wait_ready(server, &sentinel, 1, ctx.progress)?;
-    ctx.progress
-        .stage(&format!("{label}: {k} changes while away"), k);
-    let started = Instant::now();
-    let schedule = Schedule {
-        t0: started,
-        rate: inject_rate.unwrap_or(f64::INFINITY),
-        total: k,
-    };
-    let feed = match server {
-        Server::Lqd(_, feed) => feed.take().ok_or("lqd's feed socket is gone")?,
-        _ => return Err("only lqd is fed changes".to_owned()),
-    };
-    let injector = inject::spawn(
-        Box::new(JsonlSink::new(feed, model)),
-        schedule,
-        Arc::new(AtomicBool::new(false)),
+    let took = feed_journaled(
+        ctx,
+        server,
+        model,
+        k,
+        inject_rate,
+        &format!("{label}: {k} changes while away"),
     )?;
-    let deadline = schedule.end() + Duration::from_secs(60);
-    let seen = wait_complete(ctx, server, &sentinel, 1, deadline, label);
-    let injected = injector
-        .join()
-        .unwrap_or_else(|_| Err("the injector panicked".to_owned()));
-    let reports = sentinel.finish();
-    let seconds = started.elapsed().as_secs_f64();
-    injected?;
-    if !seen? {
-        return Err(format!(
-            "{label}: the sentinel requestor did not receive the {k} changes: {:?}",
-            merge(reports?)?.errors
-        ));
-    }
-    Ok((start_times, seconds))
+    Ok((start_times, took.as_secs_f64()))
 }

@@ -12,6 +12,12 @@
 //! names exactly one change, `k = g·M + b`. That is what lets the receivers tell a gap (lost)
 //! from a repeat (duplicated) and measure each delivery from its own change's intended time.
 //!
+//! A model can be moved on by whole generations ([`Model::after`]): with `--preload`, lqd is
+//! first given generation 0 of every binding (changes `0..M`), and the measured changes are
+//! numbered from 0 again but written as generation 1 on (change `k` as `k + M`), so each
+//! renews a binding lqd already holds with new lifetimes instead of repeating it. The receivers
+//! see the same numbers as without the preload; a delivery of a preloaded change is an error.
+//!
 //! With `--filter` ([`Keys`]), change `k` is also on key `k mod N` (N requestors): on link
 //! `k mod N` (`LINK` is link 0; link `i` is `i` /64s above it, and the address moves with its
 //! link), or relayed by a relay with relay-id `k mod N`, or with remote-id `k mod N`. M must be
@@ -102,6 +108,9 @@ impl Keys {
 pub(crate) struct Model {
     bindings: u32,
     keys: Option<Keys>,
+    /// Generations skipped: change `k` is written (and read back) as change `k + shift`, a
+    /// multiple of M (so of N too), which keeps each change's binding and key.
+    shift: u64,
 }
 
 /// What one message on a stream is.
@@ -134,6 +143,7 @@ impl Model {
         Ok(Self {
             bindings,
             keys: None,
+            shift: 0,
         })
     }
 
@@ -157,6 +167,16 @@ impl Model {
         })
     }
 
+    /// This model with its changes `generations` generations on: change `k` is written as
+    /// change `k + generations·M` (the same binding and key, other lifetimes), and a delivery
+    /// of a change before that (a preloaded one) is an error.
+    pub(crate) fn after(self, generations: u64) -> Self {
+        Self {
+            shift: self.shift + generations * u64::from(self.bindings),
+            ..self
+        }
+    }
+
     /// M, the number of bindings.
     pub(crate) const fn bindings(self) -> u32 {
         self.bindings
@@ -175,7 +195,7 @@ impl Model {
 
     /// Checks that `changes` changes stay within the generations the lifetimes can encode.
     pub(crate) fn check_changes(self, changes: u64) -> Result<(), String> {
-        if changes / u64::from(self.bindings) >= MAX_GENERATIONS {
+        if (changes + self.shift) / u64::from(self.bindings) >= MAX_GENERATIONS {
             return Err(format!(
                 "{changes} changes over {} bindings: more than {MAX_GENERATIONS} generations",
                 self.bindings
@@ -189,7 +209,7 @@ impl Model {
     }
 
     fn valid_lifetime(self, k: u64) -> u32 {
-        let g = k / u64::from(self.bindings);
+        let g = (k + self.shift) / u64::from(self.bindings);
         BASE_VALID.saturating_add(u32::try_from(g).unwrap_or(u32::MAX - BASE_VALID - 1))
     }
 
@@ -316,7 +336,14 @@ impl Model {
         let g = granted
             .checked_sub(BASE_VALID)
             .ok_or_else(|| format!("binding {b} with a lifetime of {granted} s"))?;
-        Ok(u64::from(g) * u64::from(self.bindings) + u64::from(b))
+        let k = u64::from(g) * u64::from(self.bindings) + u64::from(b);
+        k.checked_sub(self.shift).ok_or_else(|| {
+            format!(
+                "binding {b} in generation {g}, from before the run (a preloaded change, {} \
+                 generations back)",
+                self.shift / u64::from(self.bindings)
+            )
+        })
     }
 
     /// What `message` is, checking its xid when `xid` is given.
@@ -487,6 +514,48 @@ mod tests {
         assert_eq!(v["relay"]["remote_ids"][0]["enterprise"], ENTERPRISE);
         assert_eq!(v["relay"]["remote_ids"][0]["id"], "00000022");
         assert!(v["relay"].get("relay_ids").is_none());
+    }
+
+    #[test]
+    fn a_model_after_the_preload_renews_each_binding() {
+        let preload = keyed(FilterKind::Link, 1000, 100);
+        let m = preload.after(1);
+        for k in [0, 7, 999, 1000, 1234] {
+            let (before, after) = (line(preload, k), line(m, k));
+            for field in ["client_id", "link", "address", "iaid", "cltt"] {
+                assert_eq!(before[field], after[field], "change {k}'s {field}");
+            }
+            assert_eq!(
+                before["valid_lifetime"].as_u64().unwrap() + 1,
+                after["valid_lifetime"]
+            );
+            assert_ne!(before, after, "a new state of the binding, not a re-send");
+            assert_eq!(m.key(k), preload.key(k));
+            let msg = m.data_message(k, 7, ServerTime(1_000)).unwrap();
+            assert_eq!(m.classify(&msg, Some(7)).unwrap(), Seen::Change { k });
+        }
+        assert_eq!(
+            line(m, 0),
+            line(preload, 1000),
+            "change k is written as k + M"
+        );
+        let preloaded = preload.data_message(999, 7, ServerTime(1_000)).unwrap();
+        assert_eq!(
+            preload.classify(&preloaded, Some(7)).unwrap(),
+            Seen::Change { k: 999 }
+        );
+        assert!(
+            m.classify(&preloaded, Some(7)).is_err(),
+            "a preloaded change is none of the run's"
+        );
+        let unkeyed = Model::new(10).unwrap();
+        assert!(unkeyed.check_changes(10 * (MAX_GENERATIONS - 1)).is_ok());
+        assert!(
+            unkeyed
+                .after(1)
+                .check_changes(10 * (MAX_GENERATIONS - 1))
+                .is_err()
+        );
     }
 
     #[test]

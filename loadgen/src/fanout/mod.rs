@@ -12,6 +12,16 @@
 //! change's intended injection time. One [`RunSummary`] per run; the tables and plots come
 //! from [`crate::summary`] and [`crate::plot`].
 //!
+//! A fresh lqd holds no bindings, so without more the first M changes of a live run
+//! (`--bindings`) create its population inside the measured window, growing its store's
+//! indexes as they come: a one-time event of a new server, not the steady state of one in
+//! front of a DHCP server, whose bindings exist and whose churn is renewals. With `--preload`
+//! (`active` and `ramp`), each lqd run first gets every binding once through the same feed, as
+//! fast as it takes them, until a sentinel requestor has received them all ([`sentinel`]);
+//! the requestors subscribe after that, and the measured changes renew those bindings (the
+//! next generation, [`changes::Model::after`]). Raw and Redis keep no bindings: nothing to
+//! preload.
+//!
 //! With `--filter link|relay-id|remote-id`, each requestor asks for a key of its own instead
 //! of every change: requestor i's ACTIVELEASEQUERY carries OPTION_LQ_QUERY for link i,
 //! relay-id i or remote-id i, and change k is on key k mod N, so it concerns exactly one
@@ -31,6 +41,7 @@
 //! target/release/loadgen catch-up --requestors 1000 --changes 10000
 //! target/release/loadgen ramp --requestors 1000 --start-rate 1000 --p99-ms 50
 //! target/release/loadgen active --requestors 100,1000 --rate 1000 --seconds 5 --filter link --systems lqd,raw,redis
+//! target/release/loadgen ramp --requestors 1000 --start-rate 1000 --filter link --preload --systems lqd,redis
 //! ```
 
 pub(crate) mod active;
@@ -42,6 +53,7 @@ pub(crate) mod ramp;
 pub(crate) mod raw;
 mod receiver;
 mod run;
+mod sentinel;
 
 use std::path::{Path, PathBuf};
 

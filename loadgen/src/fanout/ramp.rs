@@ -1,8 +1,8 @@
 //! `loadgen ramp`: the highest change rate a system sustains at a given N with p99 under a
 //! bound.
 //!
-//! Short live runs (each a fresh server, as in `loadgen active`) at `--start-rate`, then
-//! `--factor` times faster each step, until a step misses: p99 above `--p99-ms`, anything
+//! Short live runs (each a fresh server, lqd preloaded with `--preload`, as in `loadgen
+//! active`) at `--start-rate`, then `--factor` times faster each step, until a step misses: p99 above `--p99-ms`, anything
 //! lost, duplicated or misdelivered (`--filter`), a failed requestor, or the injector more
 //! than `--p99-ms` behind its schedule at the end (it could not write the changes as fast as
 //! they were due: lqd's feed pushing back, or the raw sender's own limit). A step that misses
@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::active::finish_with;
 use super::progress::Progress;
-use super::run::{Ctx, live, timeout_notes};
+use super::run::{Ctx, live, preload_note, timeout_notes};
 use super::{FanoutCommon, filter_note, positive};
 use crate::Outcome;
 
@@ -45,6 +45,13 @@ pub(crate) struct Args {
     /// machine may be a hiccup).
     #[arg(long, default_value_t = 1)]
     pub(crate) retries: u32,
+    /// Before each lqd run's requestors subscribe, create its `--bindings` bindings: write each
+    /// once to lqd's feed, as fast as it takes them, until a sentinel requestor has received
+    /// them all (journaled). The measured changes then renew bindings lqd already holds (new
+    /// lifetimes), the steady state of an lqd in front of a DHCP server, instead of creating
+    /// them, a fresh server's one-time growth. Raw and Redis keep no bindings: nothing to do.
+    #[arg(long)]
+    pub(crate) preload: bool,
     #[command(flatten)]
     pub(crate) common: FanoutCommon,
 }
@@ -82,7 +89,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
         return Err("--factor must be above 1".to_owned());
     }
     let progress = Progress::new();
-    let ctx = Ctx::new(&args.common, &progress, &args.requestors)?;
+    let ctx = Ctx::new(&args.common, &progress, &args.requestors, args.preload)?;
     let bound_us = args.p99_ms * 1e3;
     let (mut runs, mut details, mut steps, mut highest) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -215,6 +222,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     }
     let mut extra = serde_json::Map::new();
     extra.insert("p99_ms".to_owned(), args.p99_ms.into());
+    extra.insert("preload".to_owned(), args.preload.into());
     extra.insert(
         "steps".to_owned(),
         serde_json::to_value(&steps).map_err(|e| format!("JSON: {e}"))?,
@@ -233,13 +241,14 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
         |md| {
             format!(
                 "Active Leasequery ramp: steps of {} s from {}/s, ×{} each, over {} bindings, {} \
-                 receiver threads{}\n\n{md}{}{table}",
+                 receiver threads{}{}\n\n{md}{}{table}",
                 args.step_seconds,
                 args.start_rate,
                 args.factor,
                 args.common.bindings,
                 workers,
                 filter_note(&args.common),
+                preload_note(&args.common, args.preload, &details),
                 timeout_notes(&details),
             )
         },

@@ -1,5 +1,6 @@
-//! One measured run of one system: start the server, connect the requestors, inject on the
-//! schedule, wait for every delivery (or the drain timeout), and sum it up.
+//! One measured run of one system: start the server, preload lqd's bindings (`--preload`),
+//! connect the requestors, inject on the schedule, wait for every delivery (or the drain
+//! timeout), and sum it up.
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use super::inject::{self, InjectReport, JsonlSink, RedisSink};
 use super::progress::Progress;
 use super::raw::{Job, RawSender};
 use super::receiver::{HIST_MAX_US, Plan, Protocol, Receivers, WorkerReport};
+use super::sentinel::feed_journaled;
 use super::{FanoutCommon, System};
 use crate::process::{Lqd, ProcStats, own_cpu_secs, proc_stats, reset_peak};
 use crate::redis::{RedisServer, raise_nofile};
@@ -32,15 +34,18 @@ pub(super) struct Ctx<'a> {
     pub(super) progress: &'a Progress,
     pub(super) model: Model,
     pub(super) workers: usize,
+    /// Create lqd's bindings before each live run's requestors subscribe (`--preload`).
+    pub(super) preload: bool,
 }
 
 impl<'a> Ctx<'a> {
     /// The context for `common`'s runs with each of `requestors` (checked against the
-    /// filter's constraint on `--bindings`).
+    /// filter's constraint on `--bindings`), lqd's live runs preloaded when `preload`.
     pub(super) fn new(
         common: &'a FanoutCommon,
         progress: &'a Progress,
         requestors: &[u32],
+        preload: bool,
     ) -> Result<Self, String> {
         common.check()?;
         let ctx = Self {
@@ -48,6 +53,7 @@ impl<'a> Ctx<'a> {
             progress,
             model: Model::new(common.bindings)?,
             workers: common.workers(),
+            preload,
         };
         for &n in requestors {
             ctx.model_for(n as usize)?;
@@ -88,8 +94,13 @@ pub(super) struct Detail {
     pub(super) system: &'static str,
     pub(super) requestors: usize,
     pub(super) rate: f64,
-    /// Connecting and starting every stream, seconds.
+    /// Starting the server, connecting and starting every stream, seconds (the preload
+    /// apart).
     pub(super) setup_seconds: f64,
+    /// lqd's bindings were created before the requestors subscribed (`--preload`).
+    pub(super) preloaded: bool,
+    /// Writing every binding to lqd's feed until the sentinel requestor had them all, seconds.
+    pub(super) preload_seconds: Option<f64>,
     /// The worst lateness of a change's write behind its intended time, ms.
     pub(super) inject_max_late_ms: f64,
     /// How late the last change was written, ms.
@@ -446,13 +457,26 @@ pub(super) fn live(
     mode: &str,
 ) -> Result<Outcome, String> {
     let total = (rate * seconds).round().max(1.0) as u64;
-    let model = ctx.model_for(n)?;
-    model.check_changes(total)?;
+    let preloaded = ctx.preload && system == System::Lqd;
+    let mut model = ctx.model_for(n)?;
+    if preloaded {
+        model.after(1).check_changes(total)?;
+    } else {
+        model.check_changes(total)?;
+    }
     let label = format!("{} N={n} {rate}/s", system.name());
     ctx.progress
         .stage(&format!("{label}: connecting"), n as u64);
     let setup = Instant::now();
     let mut server = Server::start(ctx, system, n, None, Job::Live)?;
+    let preload = if preloaded {
+        let took = preload_bindings(ctx, &mut server, model, &label)?;
+        // The measured changes renew the preloaded bindings: generation 1 on.
+        model = model.after(1);
+        Some(took)
+    } else {
+        None
+    };
     let receivers = Receivers::start(
         Plan {
             addr: server.addr(),
@@ -525,7 +549,13 @@ pub(super) fn live(
         system: system.name(),
         requestors: n,
         rate,
-        setup_seconds: m.t0.saturating_duration_since(setup).as_secs_f64(),
+        setup_seconds: m
+            .t0
+            .saturating_duration_since(setup)
+            .saturating_sub(preload.unwrap_or_default())
+            .as_secs_f64(),
+        preloaded,
+        preload_seconds: preload.map(|d| d.as_secs_f64()),
         inject_max_late_ms: inject.max_late.as_secs_f64() * 1e3,
         inject_end_late_ms: inject.end_late.as_secs_f64() * 1e3,
         complete: m.complete,
@@ -549,6 +579,28 @@ pub(super) fn live(
         detail,
         failures,
     })
+}
+
+/// Creates lqd's M bindings (`--bindings`): writes generation 0 of each (changes `0..M` of
+/// `model`) to the feed as fast as lqd takes them, and waits until a sentinel requestor has
+/// received every one, so lqd has journaled them all before the requestors subscribe. How
+/// long it took.
+fn preload_bindings(
+    ctx: &Ctx<'_>,
+    server: &mut Server,
+    model: Model,
+    label: &str,
+) -> Result<Duration, String> {
+    let m = u64::from(model.bindings());
+    let stage = format!("{label}: preloading {m} bindings");
+    let took = feed_journaled(ctx, server, model, m, None, &stage)?;
+    ctx.progress.println(&format!(
+        "loadgen: {label}: preloaded {m} bindings in {:.3} s ({}/s), all journaled (a \
+         sentinel requestor received them)",
+        took.as_secs_f64(),
+        crate::summary::number(crate::report::rate(m, took)),
+    ));
+    Ok(took)
 }
 
 /// What [`measure`] saw.
@@ -659,6 +711,34 @@ pub(super) fn wait_complete(
         server.check_alive()?;
         std::thread::sleep(TICK);
     }
+}
+
+/// The report's sentence on `--preload` (whether lqd's population was created before its
+/// requestors subscribed), with the preloads' durations from `details`.
+pub(super) fn preload_note(common: &FanoutCommon, preload: bool, details: &[Detail]) -> String {
+    let m = crate::summary::number(f64::from(common.bindings));
+    if !preload {
+        return format!(
+            "; population not preloaded: each lqd run starts empty, and its first {m} changes \
+             (--bindings) create its bindings within the measured window (--preload creates \
+             them before)"
+        );
+    }
+    let took: Vec<f64> = details.iter().filter_map(|d| d.preload_seconds).collect();
+    let range = match (
+        took.iter().copied().reduce(f64::min),
+        took.iter().copied().reduce(f64::max),
+    ) {
+        (Some(lo), Some(hi)) if hi - lo < 0.0005 => format!(" in {lo:.3} s"),
+        (Some(lo), Some(hi)) => format!(" in {lo:.3} to {hi:.3} s a run"),
+        _ => String::new(),
+    };
+    format!(
+        "; population preloaded (--preload): before each lqd run's requestors subscribed, its \
+         {m} bindings were written once to the feed and all journaled{range} (a sentinel \
+         requestor received them), so each measured change renews a binding lqd holds (new \
+         lifetimes) and is delivered live; raw and Redis keep no bindings: nothing preloaded"
+    )
 }
 
 /// A line per run that hit the drain timeout or coalesced, for the report.
