@@ -330,7 +330,20 @@ pub(crate) fn start_with_source_env(
     ready: &str,
     env: &[(&str, &str)],
 ) -> Lqd {
+    start_prepared(name, args, extra, ready, env, |_| {})
+}
+
+/// The same, `prepare` given lqd's state directory (8 MiB journal) before lqd starts in it.
+pub(crate) fn start_prepared(
+    name: &str,
+    args: &[&str],
+    extra: &str,
+    ready: &str,
+    env: &[(&str, &str)],
+    prepare: impl FnOnce(&std::path::Path),
+) -> Lqd {
     let (addr, dir) = fresh(name);
+    prepare(&dir);
     let config = dir.join("lqd.toml");
     std::fs::write(
         &config,
