@@ -545,6 +545,12 @@ impl ActiveQuery {
         self.last_sent + idle_timeout
     }
 
+    /// A keepalive now, whatever the idle time.
+    pub fn keepalive_now(&mut self, now: ServerTime, mono: Instant, out: &mut Vec<u8>) {
+        self.keepalive(now, out);
+        self.last_sent = mono;
+    }
+
     /// D2: a LEASEQUERY-DATA with only OPTION_LQ_BASE_TIME.
     fn keepalive(&self, now: ServerTime, out: &mut Vec<u8>) {
         let top = [DhcpOption::LqBaseTime(now)];

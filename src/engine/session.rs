@@ -373,6 +373,14 @@ impl Session {
         more
     }
 
+    /// A keepalive on every Active query now (D2), whatever the idle time: lqd writes at once
+    /// when the requestor closed its side, to learn whether it is still there.
+    pub fn keepalive_now<L: Log>(&mut self, ctx: &Ctx<'_, L>, out: &mut Vec<u8>) {
+        for q in &mut self.active {
+            q.keepalive_now(ctx.now, ctx.mono, out);
+        }
+    }
+
     /// Ends every running answer with LEASEQUERY-DONE QueryTerminated (D9), for shutdown.
     pub fn terminate_all(&mut self, server_id: &[u8], now: ServerTime, out: &mut Vec<u8>) {
         for answer in &mut self.answers {

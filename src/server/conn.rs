@@ -29,6 +29,8 @@ pub(super) struct Conn {
     /// Last readiness seen and not yet used up (edge-triggered: cleared on WouldBlock).
     pub(super) readable: bool,
     pub(super) writable: bool,
+    /// The socket reported a hang-up or an error (a reset, say) not yet looked at.
+    pub(super) hung_up: bool,
     read_closed: bool,
     /// When the output last moved, or when there was last nothing to send.
     progress: Instant,
@@ -56,6 +58,7 @@ impl Conn {
             out_pos: 0,
             readable: false,
             writable: false,
+            hung_up: false,
             read_closed: false,
             progress: Instant::now(),
             activity: Instant::now(),
@@ -88,8 +91,29 @@ impl Conn {
         cfg: &ServerConfig,
     ) -> Result<bool, String> {
         let mut more = false;
+        if std::mem::take(&mut self.hung_up) {
+            // After the requestor's FIN a read only says EOF again: the reset that answers
+            // a write to a requestor that is gone shows here.
+            match self.stream.take_error() {
+                Ok(Some(e)) => return Err(format!("connection lost: {e}")),
+                Err(e) => return Err(format!("connection lost: {e}")),
+                Ok(None) if self.read_closed => {
+                    return Err("requestor closed the connection".into());
+                }
+                Ok(None) => {}
+            }
+        }
         if self.readable && self.session.wants_read() {
+            let was_closed = self.read_closed;
             more |= self.read(cfg)?;
+            if self.read_closed && !was_closed && self.session.has_active() {
+                // The requestor closed its side while an Active stream runs. It may only have
+                // half-closed after its query (the digest allows that), so the stream goes on;
+                // but a requestor that is gone answers the next write with a reset, so write
+                // at once rather than at the next keepalive: the connection, its descriptor
+                // and its per-requestor slot are then freed within milliseconds (issue 13).
+                self.session.keepalive_now(ctx, &mut self.outbuf);
+            }
             let mut events = Vec::new();
             let consumed = self.session.handle_bytes(
                 &self.inbuf,

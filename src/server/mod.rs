@@ -140,8 +140,11 @@ impl Server {
     pub fn bind(mut cfg: ServerConfig) -> io::Result<Self> {
         let store = Store::with_links(std::mem::take(&mut cfg.links));
         let j = &cfg.journal;
-        let (file, recovered) = JournalFile::open(&j.path, j.size, j.flush)
+        let (mut file, recovered) = JournalFile::open(&j.path, j.size, j.flush)
             .map_err(|e| io::Error::other(format!("journal {}: {e}", j.path.display())))?;
+        // Nothing from before the journal began can be caught up (D19, issue 13).
+        let began = file.journal().oldest_time().unwrap_or_else(server_time);
+        file.mark_began(began);
         if let Some(why) = &recovered.discarded {
             warn!(journal = %j.path.display(), "journal recovery stopped early: {why}");
         }
@@ -259,6 +262,8 @@ impl Server {
                         if let Some(c) = self.conns.get_mut(key) {
                             c.readable |= event.is_readable() || event.is_read_closed();
                             c.writable |= event.is_writable();
+                            // A reset or an error: the socket's pending error says which.
+                            c.hung_up |= event.is_write_closed() || event.is_error();
                             pending.push(key);
                         }
                     }

@@ -245,6 +245,11 @@ impl JournalFile {
         Ok(())
     }
 
+    /// See [`Journal::mark_began`].
+    pub fn mark_began(&mut self, began: ServerTime) {
+        self.journal.mark_began(began);
+    }
+
     /// Brings the header up to date and forces the whole journal to disk now (`msync`),
     /// whatever the policy.
     pub fn flush(&mut self) -> io::Result<()> {

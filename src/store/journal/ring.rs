@@ -612,6 +612,20 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         }
     }
 
+    /// Records that the journal holds no change from before `began` (the time it was created,
+    /// or, for a journal made before this mark existed, its oldest record's): a catch-up from
+    /// an earlier START_TIME then gets DataMissing, as if older changes had been evicted,
+    /// since lqd cannot know what ended before its journal existed (issue 13). Nothing changes
+    /// once the ring has evicted a record (that mark is later), or when a mark is there.
+    pub fn mark_began(&mut self, began: ServerTime) {
+        if self.tail.evicted.is_none() {
+            let before = Some(ServerTime(began.0.saturating_sub(1)));
+            self.tail.evicted = before;
+            self.durable.evicted = before;
+            self.write_header();
+        }
+    }
+
     /// A cursor at record `seq`: the head for the next sequence number to be written.
     ///
     /// `Err(Overrun)` when the ring has evicted the record, or it was never written.
