@@ -91,8 +91,9 @@ pub const DEFAULT_DUID_FILE: &str = "lqd-server-duid";
 pub struct Config {
     /// `listen`: socket addresses served for both TCP (Bulk) and UDP; default `[::]:547`.
     pub listen: Vec<SocketAddr>,
-    /// `source`: where lease changes come from; default `demo`.
-    pub source: SourceSpec,
+    /// `source`: where lease changes come from. No default: lqd refuses to serve without
+    /// one (`--source demo` serves the demo's made-up leases, to try lqd).
+    pub source: Option<SourceSpec>,
     /// `server_duid`: the server's DUID; when absent one is generated once and kept in
     /// [`duid_path`](Self::duid_path).
     pub server_duid: Option<ServerDuid>,
@@ -171,7 +172,7 @@ impl Default for Config {
                 IpAddr::V6(Ipv6Addr::UNSPECIFIED),
                 DEFAULT_PORT,
             )],
-            source: SourceSpec::Demo,
+            source: None,
             server_duid: None,
             duid_file: PathBuf::from(DEFAULT_DUID_FILE),
             state_dir: PathBuf::from("."),
@@ -247,7 +248,18 @@ impl Config {
         );
         set(&mut self.max_concurrent_queries, cli.max_concurrent_queries);
         if let Some(source) = &cli.source {
-            self.source = source.clone();
+            self.source = Some(source.clone());
+        }
+        if !cli.allow.is_empty() {
+            // Added to what is allowed: with no table, that is loopback.
+            if self.requestors.is_empty() {
+                self.requestors = loopback_requestors();
+            }
+            self.requestors
+                .extend(cli.allow.iter().map(|&prefix| Requestor {
+                    prefix,
+                    query_types: QueryTypes::ALL,
+                }));
         }
         if let Some(duid) = &cli.server_duid {
             self.server_duid = Some(duid.clone());
@@ -341,7 +353,7 @@ impl Config {
     /// are configured and the source is the demo.
     pub fn link_map(&self) -> Result<LinkMap, ConfigError> {
         let defs = match (&self.source, self.links.is_empty()) {
-            (SourceSpec::Demo, true) => DemoSource::link_defs(&self.demo.demo_config()),
+            (Some(SourceSpec::Demo), true) => DemoSource::link_defs(&self.demo.demo_config()),
             _ => self.links.clone(),
         };
         LinkMap::new(&defs).map_err(|e| ConfigError::Invalid {
@@ -420,7 +432,15 @@ impl Config {
     #[must_use]
     pub fn access(&self, addr: IpAddr) -> Access {
         if self.requestors.is_empty() {
-            return Access::Allowed(QueryTypes::ALL);
+            // Safe by default (issue 13): with no `[[requestor]]` table, only this machine.
+            return if loopback_requestors()
+                .iter()
+                .any(|r| mapped_net(r.prefix).contains(&mapped(addr)))
+            {
+                Access::Allowed(QueryTypes::ALL)
+            } else {
+                Access::Denied
+            };
         }
         let addr = match addr {
             IpAddr::V4(a) => a.to_ipv6_mapped(),
@@ -455,6 +475,26 @@ impl Config {
 }
 
 /// A prefix in IPv6 form, host bits cleared: IPv4 prefixes become IPv4-mapped ones.
+/// Who may ask when no `[[requestor]]` table says: loopback, IPv6 and IPv4.
+fn loopback_requestors() -> Vec<Requestor> {
+    ["::1/128", "127.0.0.0/8"]
+        .iter()
+        .filter_map(|p| p.parse().ok())
+        .map(|prefix| Requestor {
+            prefix,
+            query_types: QueryTypes::ALL,
+        })
+        .collect()
+}
+
+/// `addr` as IPv6 (IPv4 mapped).
+fn mapped(addr: IpAddr) -> Ipv6Addr {
+    match addr {
+        IpAddr::V4(a) => a.to_ipv6_mapped(),
+        IpAddr::V6(a) => a,
+    }
+}
+
 fn mapped_net(net: IpNet) -> Ipv6Net {
     match net.trunc() {
         IpNet::V6(n) => n,
@@ -1040,6 +1080,11 @@ pub struct Cli {
     /// Queries running at once on one connection [default: 4]
     #[arg(long, value_name = "N")]
     pub max_concurrent_queries: Option<usize>,
+    /// Let requestors in this prefix ask every query type; repeatable. Added to the
+    /// `[[requestor]]` tables, or to loopback when there are none [default: with no
+    /// `[[requestor]]` table, loopback only]
+    #[arg(long, value_name = "PREFIX")]
+    pub allow: Vec<IpNet>,
     /// A maintenance command instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,

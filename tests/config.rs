@@ -54,7 +54,7 @@ impl Drop for TempFile {
 fn defaults_are_the_rfc_and_decision_values() {
     let c = Config::default();
     assert_eq!(c.listen, vec![addr("[::]:547")]);
-    assert_eq!(c.source, SourceSpec::Demo);
+    assert_eq!(c.source, None, "no source unless one is given (issue 13)");
     assert_eq!(c.server_duid, None);
     assert_eq!(c.state_dir, PathBuf::from("."));
     assert_eq!(c.duid_file, PathBuf::from("lqd-server-duid"));
@@ -150,7 +150,7 @@ fn a_full_file_gives_every_setting() {
     let c = Config::from_toml(FULL).unwrap();
     let expected = Config {
         listen: vec![addr("[::1]:5470"), addr("127.0.0.1:5471")],
-        source: SourceSpec::KeaCsv("/var/lib/kea/kea-leases6.csv".into()),
+        source: Some(SourceSpec::KeaCsv("/var/lib/kea/kea-leases6.csv".into())),
         server_duid: Some(
             ServerDuid::new(vec![0, 2, 0, 0, 0xab, 0x11, 0xde, 0xad, 0xbe, 0xef]).unwrap(),
         ),
@@ -262,7 +262,7 @@ fn flags_override_the_file() {
     .unwrap();
     let c = Config::load(&cli).unwrap();
     assert_eq!(c.listen, vec![addr("[::1]:6000")]);
-    assert_eq!(c.source, SourceSpec::JsonlStdin);
+    assert_eq!(c.source, Some(SourceSpec::JsonlStdin));
     assert_eq!(
         c.server_duid.as_ref().unwrap().as_bytes(),
         [0, 3, 0, 1, 0x1c, 0x1b, 0x0d, 0x0a, 0x0b, 0x0c]
@@ -390,7 +390,7 @@ fn good_source_specs_parse_and_print_back() {
         assert_eq!(parsed, expected, "{spec}");
         assert_eq!(parsed.to_string(), spec);
         let c = Config::from_toml(&format!("source = {spec:?}")).unwrap();
-        assert_eq!(c.source, expected);
+        assert_eq!(c.source, Some(expected));
     }
 }
 
@@ -448,7 +448,7 @@ fn journal_flush_policies() {
 #[test]
 fn links_come_from_link_tables_or_the_demo() {
     let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
-    let demo = Config::from_toml("[demo]\nlinks = 3\n")
+    let demo = Config::from_toml("source = \"demo\"\n[demo]\nlinks = 3\n")
         .unwrap()
         .link_map()
         .unwrap();
@@ -629,10 +629,10 @@ fn access_takes_the_longest_matching_prefix() {
     assert!(!Access::Denied.is_allowed());
     assert!(!Access::Denied.allows(QueryType::ByAddress));
 
-    // No requestor tables: everyone, every type.
+    // No requestor tables: loopback only (issue 13; see below).
     let open = Config::default();
     for a in ["2001:db8::1", "10.1.2.3", "::ffff:10.1.2.3"] {
-        assert_eq!(open.access(ip(a)), Access::Allowed(QueryTypes::ALL));
+        assert_eq!(open.access(ip(a)), Access::Denied);
     }
 
     // ::/0 covers IPv4-mapped addresses too; 0.0.0.0/0 covers only them.
@@ -827,4 +827,68 @@ fn help_describes_lqd_and_every_flag_with_its_default() {
     assert!(help.contains(&format!("[default: {}]", d.max_connections)));
     assert!(help.contains(&format!("[default: {}]", d.max_concurrent_queries)));
     assert!(help.contains(&format!("[default: {}]", d.log)));
+}
+
+/// Safe by default (issue 13): with no `[[requestor]]` table only loopback may ask; `--allow`
+/// adds prefixes to loopback, or to the tables there are.
+#[test]
+fn no_requestor_table_is_loopback_only_and_allow_adds_prefixes() {
+    let c = Config::default();
+    for a in ["::1", "127.0.0.1", "127.8.9.10", "::ffff:127.0.0.1"] {
+        assert_eq!(c.access(ip(a)), Access::Allowed(QueryTypes::ALL), "{a}");
+    }
+    for a in ["2001:db8::1", "192.0.2.1", "::", "fe80::1"] {
+        assert_eq!(c.access(ip(a)), Access::Denied, "{a}");
+    }
+    let cli = Cli::try_parse_from(["lqd", "--allow", "2001:db8::/32", "--allow", "192.0.2.0/24"])
+        .unwrap();
+    let c = Config::load(&cli).unwrap();
+    for a in ["::1", "127.0.0.1", "2001:db8:5::1", "192.0.2.7"] {
+        assert_eq!(c.access(ip(a)), Access::Allowed(QueryTypes::ALL), "{a}");
+    }
+    assert_eq!(c.access(ip("2001:db9::1")), Access::Denied);
+    // With tables, --allow adds to them (loopback is not added).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lqd.toml");
+    std::fs::write(&file, "[[requestor]]\nprefix = \"2001:db8:1::/48\"\n").unwrap();
+    let cli = Cli::try_parse_from([
+        "lqd",
+        "--config",
+        file.to_str().unwrap(),
+        "--allow",
+        "2001:db8:2::/48",
+    ])
+    .unwrap();
+    let c = Config::load(&cli).unwrap();
+    assert_eq!(
+        c.access(ip("2001:db8:1::1")),
+        Access::Allowed(QueryTypes::ALL)
+    );
+    assert_eq!(
+        c.access(ip("2001:db8:2::1")),
+        Access::Allowed(QueryTypes::ALL)
+    );
+    assert_eq!(c.access(ip("::1")), Access::Denied);
+}
+
+/// With no source lqd refuses to start, and names `--source demo` as the way to try it;
+/// with one it says, in one line, that only loopback may ask (issue 13).
+#[test]
+fn lqd_without_a_source_refuses_to_start_and_names_the_demo() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lqd"))
+        .args(["--listen", "[::1]:0", "--state-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("no lease source") && said.contains("--source demo"),
+        "{said}"
+    );
+    assert!(
+        !dir.path().join("lqd-journal").exists(),
+        "nothing was created"
+    );
 }

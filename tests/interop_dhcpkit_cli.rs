@@ -610,7 +610,7 @@ impl Lab {
         std::fs::write(
             &config,
             format!(
-                "listen = [\"[{}]:547\", \"[{}]:547\"]\nstate_dir = \"{}\"\njournal_size = 8388608\n[demo]\n{DEMO}",
+                "listen = [\"[{}]:547\", \"[{}]:547\"]\nstate_dir = \"{}\"\njournal_size = 8388608\nsource = \"demo\"\n[[requestor]]\nprefix = \"::/0\"\n[demo]\n{DEMO}",
                 lab.server,
                 lab.server_for_peer,
                 lab.dir.display()

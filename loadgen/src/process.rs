@@ -95,7 +95,7 @@ impl Lqd {
     fn spawn(common: &Common, demo: &DemoSettings, extra: &str) -> Result<Self, String> {
         Self::spawn_with(&common.lqd, common.keep_state, |_, _| {
             format!(
-                "{extra}\n[demo]\nclients = {}\nlinks = {}\nchanges_per_sec = {}\nseed = {}\n",
+                "source = \"demo\"\n{extra}\n[demo]\nclients = {}\nlinks = {}\nchanges_per_sec = {}\nseed = {}\n",
                 demo.clients, demo.links, demo.changes_per_sec, demo.seed,
             )
         })

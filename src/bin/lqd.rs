@@ -52,6 +52,21 @@ fn main() -> ExitCode {
 }
 
 fn run(config: Config) -> Result<(), String> {
+    // Safe by default (issue 13): no made-up leases unless asked for.
+    let Some(source) = config.source.clone() else {
+        return Err(
+            "no lease source: give --source kea-csv:PATH, jsonl:PATH, jsonl:unix:PATH \
+                    or jsonl:- (or `source = \"...\"` in the configuration); to try lqd with \
+                    made-up leases, --source demo"
+                .into(),
+        );
+    };
+    if config.requestors.is_empty() {
+        warn!(
+            "no [[requestor]] table: only loopback (::1, 127.0.0.0/8) may ask; add \
+             [[requestor]] tables to the configuration, or --allow PREFIX, to serve others"
+        );
+    }
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| format!("state directory {}: {e}", config.state_dir.display()))?;
     let server_id = match &config.server_duid {
@@ -60,7 +75,6 @@ fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("server DUID file {}: {e}", config.duid_path().display()))?,
     };
     info!(duid = %lqd::codec::Duid(&server_id), "server DUID");
-    let source = config.source.clone();
     let demo = config.demo.demo_config();
     raise_fd_limit(config.max_connections);
     let links = config.link_map().map_err(|e| e.to_string())?;

@@ -49,6 +49,11 @@ impl Lqd {
         let (addr, dir) = fresh(name);
         let config = dir.join("lqd.toml");
         // A small journal unless the test sizes it: creating one writes it out in full.
+        let source = if extra.contains("source") {
+            ""
+        } else {
+            "source = \"demo\"\n"
+        };
         let journal = if extra.contains("journal_size") {
             ""
         } else {
@@ -57,7 +62,7 @@ impl Lqd {
         std::fs::write(
             &config,
             format!(
-                "listen = [\"{addr}\"]\nstate_dir = \"{}\"\n{journal}{extra}\n[demo]\n{demo}",
+                "listen = [\"{addr}\"]\nstate_dir = \"{}\"\n{source}{journal}{extra}\n[demo]\n{demo}",
                 dir.display()
             ),
         )
