@@ -437,7 +437,12 @@ fn data_missing_when_the_journal_does_not_reach_back_or_a_cursor_is_overrun_d19(
         .unwrap();
     assert_eq!(reply[0].status, Some(Status::DataMissing));
     assert_eq!(reply[0].base_time, Some(sim.now), "base-time even unasked");
-    assert!(sim.drain(&mut s).is_empty(), "then live updates only");
+    let after: Vec<_> = sim.drain(&mut s).iter().map(|m| m.status).collect();
+    assert_eq!(
+        after,
+        vec![Some(Status::CatchUpComplete)],
+        "then the end of the empty catch-up, and live updates only"
+    );
 
     // A live cursor that falls a whole ring behind.
     let mut slow = Session::new(4);

@@ -293,7 +293,9 @@ fn watch_with(
                         c.send(&data(q.xid, 1600, None, Some((3, "2001:db8:0:1::3"))));
                         c.send(&data(q.xid, 2500, Some(Status::DataMissing), None));
                     } else {
+                        // D19: DataMissing, then the end of the (empty) catch-up.
                         c.send(&reply(q.xid, Some(Status::DataMissing), Some(2000), &to));
+                        c.send(&data(q.xid, 2000, Some(Status::CatchUpComplete), None));
                     }
                     c.send(&data(q.xid, 2600, None, Some((4, "2001:db8:0:1::4"))));
                 }

@@ -216,9 +216,23 @@ impl ActiveQuery {
                     Some(journal.next_seq()),
                     StatusCode::new(Status::Success, "catching up"),
                 ),
+                // D19: START_TIME before the journal began, nothing lost since: what ended
+                // before it is unknown (DataMissing), but every change since is there, every
+                // live binding's newest state among them: the catch-up of all of it follows.
+                Err(_) if journal.holds_all_since_it_began() => (
+                    journal.tail(),
+                    Some(journal.next_seq()),
+                    StatusCode::new(
+                        Status::DataMissing,
+                        "START_TIME is before the journal began: what ended before then is \
+                         unknown; every change since follows",
+                    ),
+                ),
+                // The ring lost changes since START_TIME: none of them follow, only the end of
+                // the (empty) catch-up, then live updates.
                 Err(_) => (
                     journal.head(),
-                    None,
+                    Some(journal.next_seq()),
                     StatusCode::new(
                         Status::DataMissing,
                         "the journal does not reach back to START_TIME",

@@ -636,7 +636,15 @@ impl Subscription {
                 }
                 Status::DataMissing => {
                     self.failures = 0;
-                    self.set_phase(i, Phase::Live);
+                    // After a START_TIME the server still ends the catch-up with
+                    // CatchUpComplete: whatever it can send of it (everything since its journal
+                    // began, when that is what it lacks) comes first (D19).
+                    let next = if sent_start.is_some() {
+                        Phase::CatchingUp
+                    } else {
+                        Phase::Live
+                    };
+                    self.set_phase(i, next);
                     self.push(
                         Some(i),
                         Event::DataMissing {
@@ -646,7 +654,9 @@ impl Subscription {
                         },
                     );
                     self.bindings(i, clients);
-                    self.advance(i, base);
+                    if next == Phase::Live {
+                        self.advance(i, base);
+                    }
                 }
                 _ => {
                     self.conn = None;

@@ -626,6 +626,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         }
     }
 
+    /// True when the journal holds every record since it began: the ring never evicted one
+    /// (its first sequence number is still 0) and no record was lost to damage.
+    #[must_use]
+    pub fn holds_all_since_it_began(&self) -> bool {
+        self.tail.seq == 0 && self.holes.is_empty()
+    }
+
     /// A cursor at record `seq`: the head for the next sequence number to be written.
     ///
     /// `Err(Overrun)` when the ring has evicted the record, or it was never written.
