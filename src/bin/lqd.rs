@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use clap::Parser;
 use lqd::config::{Cli, Config, SourceSpec};
 use lqd::engine::session::ActiveSettings;
-use lqd::feed::{JsonlInput, feed, spawn_demo, spawn_jsonl, spawn_kea_csv, system_time};
+use lqd::feed::{JsonlInput, bind_jsonl, feed, spawn_demo, spawn_kea_csv, system_time};
 use lqd::server::{JournalSettings, Server, ServerConfig};
 use tracing::{error, info, warn};
 
@@ -106,7 +106,9 @@ fn run(config: Config) -> Result<(), String> {
                 _ => JsonlInput::Stdin,
             };
             let name = input.to_string();
-            spawn_jsonl(input, handle).map_err(|e| format!("source {name}: {e}"))?;
+            bind_jsonl(input)
+                .and_then(|bound| bound.spawn(handle, server.writers()))
+                .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
         SourceSpec::KeaCsv(path) => {

@@ -83,6 +83,18 @@ impl Lqd {
     /// Kills lqd with SIGKILL and starts it again on the same configuration and state
     /// directory (its journal included); the old log is kept as `lqd.log.1`.
     pub(crate) fn kill9_and_restart(&mut self) {
+        self.kill9_and_respawn();
+        self.wait_ready();
+    }
+
+    /// The same for an lqd that is not fed by the demo: waits up to 20 s for a log line
+    /// containing `ready`.
+    pub(crate) fn kill9_and_restart_until(&mut self, ready: &str) {
+        self.kill9_and_respawn();
+        wait_for_log(self, ready, 20);
+    }
+
+    fn kill9_and_respawn(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         std::fs::rename(self.dir.join("lqd.log"), self.dir.join("lqd.log.1")).unwrap();
@@ -94,7 +106,17 @@ impl Lqd {
         )
         .spawn()
         .unwrap();
-        self.wait_ready();
+    }
+
+    /// Stops lqd with SIGTERM; its exit status.
+    pub(crate) fn sigterm(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap()
     }
 
     pub(crate) fn wait_ready(&self) {
@@ -332,10 +354,16 @@ pub(crate) fn start_with_source_env(
 ) -> Lqd {
     let (addr, dir) = fresh(name);
     let config = dir.join("lqd.toml");
+    // A small journal unless the test sizes it: creating one writes it out in full.
+    let journal = if extra.contains("journal_size") {
+        ""
+    } else {
+        "journal_size = 8388608\n"
+    };
     std::fs::write(
         &config,
         format!(
-            "listen = [\"{addr}\"]\nstate_dir = \"{}\"\njournal_size = 8388608\n{extra}\n",
+            "listen = [\"{addr}\"]\nstate_dir = \"{}\"\n{journal}{extra}\n",
             dir.display()
         ),
     )
