@@ -2,21 +2,22 @@
 //! its lines, lqd answers its hello with the last line it holds, reports its progress and
 //! answers a sync; a writer at full speed with lqd killed (`kill -9`) at random moments resumes
 //! exactly, so that at the end lqd holds the writer's state, every line's change is in the
-//! journal once, in order, and none is missing.
+//! journal once, in order, and none is missing. And the socket is there when lqd's TCP port
+//! answers, and gone after a clean stop.
 
 #[path = "common/lqd.rs"]
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::{BufRead, BufReader, Write};
-use std::net::Ipv6Addr;
+use std::net::{Ipv6Addr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Lqd, link_addresses, start_with_source};
+use common::{Lqd, link_addresses, spawn_with_source, start_with_source, wait_for_log};
 use lqd::store::journal::{FlushPolicy, JournalFile};
 use lqd::store::record;
 use rand::rngs::SmallRng;
@@ -471,4 +472,57 @@ fn a_writer_at_full_speed_resumes_exactly_across_kill_9() {
     let model: BTreeMap<Ipv6Addr, u32> = w.model.iter().map(|(&n, &v)| (addr(n), v)).collect();
     last_state.retain(|_, v| *v != 0);
     assert_eq!(last_state, model, "the journal ends in the writer's state");
+}
+
+#[test]
+fn the_feed_socket_answers_as_soon_as_the_tcp_port_does() {
+    let dir = std::env::temp_dir().join(format!("lqd-e2e-ack-ready-{}", std::process::id()));
+    let sock = dir.join("feed.sock");
+    let mut lqd = spawn_with_source(
+        "ack-ready",
+        &[],
+        &format!("source = \"jsonl:unix:{}\"", sock.display()),
+        &[],
+    );
+    for round in 0..3 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(lqd.addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "lqd did not start:\n{}",
+                lqd.log()
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        assert!(
+            UnixStream::connect(&sock).is_ok(),
+            "round {round}: the TCP port answers, the feed socket does not"
+        );
+        // Started again, with the socket file of the killed lqd left behind (stale).
+        if round < 2 {
+            lqd.child.kill().unwrap();
+            lqd.child.wait().unwrap();
+            assert!(sock.exists());
+            lqd.child = std::process::Command::new(env!("CARGO_BIN_EXE_lqd"))
+                .arg("--config")
+                .arg(lqd.dir.join("lqd.toml"))
+                .stderr(std::fs::File::create(lqd.dir.join("lqd.log")).unwrap())
+                .spawn()
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_clean_stop_removes_the_feed_socket() {
+    let (mut lqd, sock) = start("ack-stop");
+    assert!(sock.exists());
+    let mut w = Conn::open(&sock);
+    assert_eq!(w.hello("w"), None);
+    assert!(lqd.sigterm().success());
+    assert!(!sock.exists(), "the socket file is left after SIGTERM");
+    wait_for_log(&lqd, "removed the socket", 1);
+    // Its writer sees the end of the connection.
+    let mut l = String::new();
+    assert_eq!(w.lines.read_line(&mut l).unwrap_or(0), 0);
 }

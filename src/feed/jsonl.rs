@@ -59,8 +59,10 @@
 //!   Then the source ends, and the log says so (lqd keeps serving what it has).
 //! - `jsonl:unix:PATH`: lqd listens on a UNIX stream socket at `PATH`. A socket file left
 //!   behind by a process that is gone is removed first; if a process still listens there, or
-//!   `PATH` is not a socket, lqd refuses to start. Any number of writers may connect at once,
-//!   each on a thread of its own; each connection is a stream of lines, numbered from 1.
+//!   `PATH` is not a socket, lqd refuses to start. lqd binds it before its TCP and UDP
+//!   listeners, and removes it when it stops cleanly (SIGTERM, SIGINT). Any number of writers
+//!   may connect at once, each on a thread of its own; each connection is a stream of lines,
+//!   numbered from 1.
 //!
 //! # Acknowledgements (`jsonl:unix` only)
 //!
@@ -85,6 +87,7 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::Ipv6Addr;
 use std::ops::ControlFlow;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -675,25 +678,32 @@ impl Sink {
 pub struct BoundJsonl {
     input: JsonlInput,
     listener: Option<UnixListener>,
+    socket_file: Option<SocketFile>,
 }
 
 /// Prepares a `jsonl` source: binds the UNIX socket of `jsonl:unix:PATH` (nothing to do for a
-/// file or standard input), so that a path in use fails lqd's start.
+/// file or standard input), so that lqd binds it before its listeners answer and a path in
+/// use fails lqd's start.
 ///
 /// # Errors
 ///
 /// (UNIX socket) The path is in use by a listening process, is not a socket, or cannot be
 /// bound.
 pub fn bind_jsonl(input: JsonlInput) -> io::Result<BoundJsonl> {
-    let listener = match &input {
+    let (listener, socket_file) = match &input {
         JsonlInput::Unix(path) => {
             let listener = unix::bind(path)?;
+            let file = SocketFile::of(path)?;
             tracing::info!(source = %input, "{input}: listening");
-            Some(listener)
+            (Some(listener), Some(file))
         }
-        JsonlInput::File(_) | JsonlInput::Stdin => None,
+        JsonlInput::File(_) | JsonlInput::Stdin => (None, None),
     };
-    Ok(BoundJsonl { input, listener })
+    Ok(BoundJsonl {
+        input,
+        listener,
+        socket_file,
+    })
 }
 
 impl BoundJsonl {
@@ -701,6 +711,13 @@ impl BoundJsonl {
     #[must_use]
     pub fn input(&self) -> &JsonlInput {
         &self.input
+    }
+
+    /// For a UNIX socket, the guard that removes the socket file when dropped: hold it until
+    /// lqd stops. Left here, the source's thread holds it, and the file stays when the process
+    /// ends.
+    pub fn take_socket_file(&mut self) -> Option<SocketFile> {
+        self.socket_file.take()
     }
 
     /// Starts reading on its own thread(s), sending the changes into `handle`; `writers` are
@@ -726,7 +743,11 @@ impl BoundJsonl {
             (JsonlInput::File(path), _) => builder.spawn(move || follow_file(&sink, &path)),
             (JsonlInput::Stdin, _) => builder.spawn(move || read_stdin(&sink)),
             (JsonlInput::Unix(_), Some(listener)) => {
-                builder.spawn(move || unix::accept(&sink, &listener, &writers))
+                let socket_file = self.socket_file;
+                builder.spawn(move || {
+                    let _socket_file = socket_file;
+                    unix::accept(&sink, &listener, &writers)
+                })
             }
             (JsonlInput::Unix(path), None) => Err(io::Error::other(format!(
                 "{} was not bound",
@@ -736,8 +757,48 @@ impl BoundJsonl {
     }
 }
 
+/// The socket file lqd bound: removed when this is dropped, provided it is still the one lqd
+/// bound (the same inode), so that a clean stop leaves no socket file behind.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> io::Result<Self> {
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            id: (m.dev(), m.ino()),
+        })
+    }
+
+    /// The socket's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == self.id);
+        if ours {
+            match std::fs::remove_file(&self.path) {
+                Ok(()) => tracing::info!("removed the socket {}", self.path.display()),
+                Err(e) => {
+                    tracing::warn!("cannot remove the socket {}: {e}", self.path.display());
+                }
+            }
+        }
+    }
+}
+
 /// Runs a `jsonl` source reading `input` on its own thread(s), sending its changes into
-/// `handle`: [`bind_jsonl`] then [`BoundJsonl::spawn`], with no writer known yet.
+/// `handle`: [`bind_jsonl`] then [`BoundJsonl::spawn`], with no writer known yet. The socket
+/// file of a UNIX socket stays when the process ends.
 ///
 /// # Errors
 ///

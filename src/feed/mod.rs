@@ -110,7 +110,7 @@ use crate::store::Change;
 
 pub use ack::{Writer, Writers};
 pub use demo::{ChurnMix, DemoConfig, DemoSource, spawn_demo, system_time};
-pub use jsonl::{BoundJsonl, JsonlInput, bind_jsonl, spawn_jsonl};
+pub use jsonl::{BoundJsonl, JsonlInput, SocketFile, bind_jsonl, spawn_jsonl};
 pub use kea::{spawn_kea_csv, spawn_kea_csv_with};
 pub use pace::Pacer;
 

@@ -352,6 +352,18 @@ pub(crate) fn start_with_source_env(
     ready: &str,
     env: &[(&str, &str)],
 ) -> Lqd {
+    let lqd = spawn_with_source(name, args, extra, env);
+    wait_for_log(&lqd, ready, 20);
+    lqd
+}
+
+/// Starts lqd as [`start_with_source_env`] does, without waiting for anything.
+pub(crate) fn spawn_with_source(
+    name: &str,
+    args: &[&str],
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Lqd {
     let (addr, dir) = fresh(name);
     let config = dir.join("lqd.toml");
     // A small journal unless the test sizes it: creating one writes it out in full.
@@ -379,7 +391,5 @@ pub(crate) fn start_with_source_env(
     )
     .spawn()
     .unwrap();
-    let lqd = Lqd { child, addr, dir };
-    wait_for_log(&lqd, ready, 20);
-    lqd
+    Lqd { child, addr, dir }
 }
