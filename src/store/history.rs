@@ -470,7 +470,15 @@ impl<L: Log> History<L> {
         if self.marks.pending.is_empty() {
             return Ok(false);
         }
-        self.write_record(None, now)?;
+        let count = self.binding_count();
+        Self::write_to(
+            &mut self.log,
+            &mut self.postings,
+            &mut self.marks,
+            &mut self.scratch,
+            (None, count),
+            now,
+        )?;
         Ok(true)
     }
 
@@ -517,26 +525,23 @@ impl<L: Log> History<L> {
         let last = parts
             .iter()
             .rposition(|a| a.as_ref().is_some_and(|a| *a != Applied::Unchanged));
+        // With no record to write, taking it first is the same as taking it last.
+        let mark_at = last.unwrap_or(0);
         let mut written = 0usize;
         let mut result = Ok(());
         for (i, applied) in parts.iter_mut().enumerate() {
-            let Some(applied) = applied.take() else {
-                continue;
-            };
-            if Some(i) == last {
+            if i == mark_at {
                 if let Some((w, seq)) = mark {
                     self.marks.take(w, seq);
                 }
             }
+            let Some(applied) = applied.take() else {
+                continue;
+            };
             match self.journal_applied(&applied, now) {
                 Ok(true) => written = written.saturating_add(1),
                 Ok(false) => {}
                 Err(e) => result = Err(e),
-            }
-        }
-        if last.is_none() {
-            if let Some((w, seq)) = mark {
-                self.marks.take(w, seq);
             }
         }
         result.map(|()| written)
@@ -664,26 +669,9 @@ impl<L: Log> History<L> {
         Ok(true)
     }
 
-    /// Appends a record of `binding` (none: marks only) carrying the store's size and the
-    /// pending marks, and files it; its sequence number.
-    fn write_record(
-        &mut self,
-        binding: Option<&Binding>,
-        now: ServerTime,
-    ) -> Result<u64, JournalError> {
-        let count = self.binding_count();
-        Self::write_to(
-            &mut self.log,
-            &mut self.postings,
-            &mut self.marks,
-            &mut self.scratch,
-            (binding, count),
-            now,
-        )
-    }
-
-    /// [`write_record`](Self::write_record) over the fields it writes, so that `binding` may be
-    /// borrowed from the store.
+    /// Appends a record of `binding` (none: marks only) carrying the store's size `count` and
+    /// the pending marks, and files it; its sequence number. Over the fields it writes, so that
+    /// `binding` may be borrowed from the store.
     fn write_to(
         log: &mut L,
         postings: &mut Postings,
