@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicBool;
 use clap::Parser;
 use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
 use lqd::engine::session::ActiveSettings;
-use lqd::feed::{JsonlInput, feed, spawn_demo, spawn_jsonl, spawn_kea_csv, system_time};
+use lqd::feed::{BoundJsonl, JsonlInput, bind_jsonl, feed, spawn_demo, spawn_kea_csv, system_time};
 use lqd::server::{JournalSettings, Server, ServerConfig};
 use tracing::{error, info, warn};
 
@@ -108,6 +108,21 @@ fn run(config: Config) -> Result<(), String> {
         active_send_timeout,
         journal,
     };
+    // The feed's socket first: when lqd's TCP port answers, writers can connect too (they wait
+    // in the socket's backlog until the journal is read and the source starts).
+    let mut jsonl = match &source {
+        SourceSpec::Jsonl(path) => Some(JsonlInput::File(path.clone())),
+        SourceSpec::JsonlUnix(path) => Some(JsonlInput::Unix(path.clone())),
+        SourceSpec::JsonlStdin => Some(JsonlInput::Stdin),
+        SourceSpec::Demo | SourceSpec::KeaCsv(_) => None,
+    }
+    .map(|input| {
+        let name = input.to_string();
+        bind_jsonl(input).map_err(|e| format!("source {name}: {e}"))
+    })
+    .transpose()?;
+    // Removes the socket file when lqd stops cleanly (or fails to start).
+    let socket_file = jsonl.as_mut().and_then(BoundJsonl::take_socket_file);
     let mut server = Server::bind(server_cfg).map_err(|e| format!("cannot start: {e}"))?;
     let (handle, receiver) = feed(FEED_CAPACITY, server.waker());
     server.set_feed(receiver);
@@ -117,13 +132,13 @@ fn run(config: Config) -> Result<(), String> {
             info!("source: demo churn");
         }
         SourceSpec::Jsonl(_) | SourceSpec::JsonlStdin | SourceSpec::JsonlUnix(_) => {
-            let input = match source {
-                SourceSpec::Jsonl(path) => JsonlInput::File(path),
-                SourceSpec::JsonlUnix(path) => JsonlInput::Unix(path),
-                _ => JsonlInput::Stdin,
+            let Some(bound) = jsonl else {
+                return Err("the jsonl source was not bound".into());
             };
-            let name = input.to_string();
-            spawn_jsonl(input, handle).map_err(|e| format!("source {name}: {e}"))?;
+            let name = bound.input().to_string();
+            bound
+                .spawn(handle, server.writers())
+                .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
         SourceSpec::KeaCsv(path) => {
@@ -138,6 +153,7 @@ fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("signal handler: {e}"))?;
     }
     server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
+    drop(socket_file);
     info!("stopped");
     Ok(())
 }

@@ -59,8 +59,24 @@
 //!   Then the source ends, and the log says so (lqd keeps serving what it has).
 //! - `jsonl:unix:PATH`: lqd listens on a UNIX stream socket at `PATH`. A socket file left
 //!   behind by a process that is gone is removed first; if a process still listens there, or
-//!   `PATH` is not a socket, lqd refuses to start. Any number of writers may connect at once,
-//!   each on a thread of its own; each connection is a stream of lines, numbered from 1.
+//!   `PATH` is not a socket, lqd refuses to start. lqd binds it before its TCP and UDP
+//!   listeners, and removes it when it stops cleanly (SIGTERM, SIGINT). Any number of writers
+//!   may connect at once, each on a thread of its own; each connection is a stream of lines,
+//!   numbered from 1.
+//!
+//! # Acknowledgements (`jsonl:unix` only)
+//!
+//! A writer that names itself with a first line `{"hello": "NAME"}` numbers its lines with an
+//! increasing `"seq"`, and lqd tells it, on the same socket, the last line it has journaled:
+//! at once in answer to the hello (`{"writer": "NAME", "ack": SEQ}`, or `"ack": null`), then
+//! `{"ack": SEQ}` as it moves (at most every 100 ms), and `{"ack": SEQ, "sync": true}` in
+//! answer to a `{"sync": true}` line, once every line before it is journaled. A numbered line
+//! at or below the acknowledged one is not applied again, so a writer resumes after a restart
+//! of lqd by sending its lines from the acknowledged one on. A bad numbered line is answered
+//! `{"rejected": SEQ, "line": N, "error": "..."}`. A connection without a hello works as
+//! before, and lqd writes nothing to it but the answer to a sync (`{"sync": true}`). The
+//! protocol, its guarantees and a writer's loop are in `docs/jsonl-acks.md`; the lines lqd
+//! writes back are in `schema/feed-socket.schema.json`.
 //!
 //! Every input sends its changes through the feed's blocking [`FeedHandle::send`]: a loop that
 //! is behind makes the reader wait (back-pressure), and a file or socket simply is not read
@@ -71,8 +87,8 @@ use std::fmt;
 use std::io::{self, Read};
 use std::net::Ipv6Addr;
 use std::ops::ControlFlow;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -80,12 +96,17 @@ use std::thread::JoinHandle;
 
 use serde_json::{Map, Value};
 
-use super::FeedHandle;
+use super::ack::Writers;
 use super::follow::{Event, Follower};
+use super::{Fed, FeedHandle, Numbered};
 use crate::codec::ServerTime;
 use crate::store::{Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey};
 
 pub use super::follow::{LineError, LineSplitter, MAX_LINE, NumberedLine, POLL_INTERVAL};
+
+mod unix;
+
+pub use unix::ACK_INTERVAL;
 
 /// The longest DUID (RFC 8415 §11.1: a 2-octet type and at most 128 octets).
 const MAX_DUID: usize = 130;
@@ -147,34 +168,44 @@ const RELAY_MESSAGE_FIELDS: &[&str] = &["peer", "message"];
 ///
 /// A [`LineError`] naming the field and what is wrong with it.
 pub fn parse_line(line: &str) -> Result<ParsedLine, LineError> {
+    parse_change(&parse_object(line)?)
+}
+
+/// One line as a JSON object.
+fn parse_object(line: &str) -> Result<Map<String, Value>, LineError> {
     let value: Value = match serde_json::from_str(line) {
         Ok(v) => v,
         Err(e) => return err(format!("not JSON: {e}")),
     };
-    let Value::Object(obj) = value else {
-        return err(format!("not a JSON object but {}", type_name(&value)));
-    };
-    let mut unknown_fields = Vec::new();
-    unknown(&obj, TOP_FIELDS, "", &mut unknown_fields);
+    match value {
+        Value::Object(obj) => Ok(obj),
+        other => err(format!("not a JSON object but {}", type_name(&other))),
+    }
+}
 
-    let client_id = hex_field(&obj, "client_id")?;
+/// The change a line's object describes.
+fn parse_change(obj: &Map<String, Value>) -> Result<ParsedLine, LineError> {
+    let mut unknown_fields = Vec::new();
+    unknown(obj, TOP_FIELDS, "", &mut unknown_fields);
+
+    let client_id = hex_field(obj, "client_id")?;
     if client_id.len() > MAX_DUID {
         return err(format!(
             "client_id is {} octets long, more than a DUID's {MAX_DUID}",
             client_id.len()
         ));
     }
-    let link = addr_field(&obj, "link")?;
-    let kind = match str_field(&obj, "kind")? {
+    let link = addr_field(obj, "link")?;
+    let kind = match str_field(obj, "kind")? {
         "na" => LeaseKind::Address,
         "pd" => LeaseKind::Prefix,
         other => return err(format!("kind is {other:?}: expected \"na\" or \"pd\"")),
     };
-    let address = addr_field(&obj, "address")?;
+    let address = addr_field(obj, "address")?;
     let prefix_len = match (kind, obj.get("prefix_len")) {
         (LeaseKind::Address, None | Some(Value::Null)) => 128,
         (LeaseKind::Address, Some(_)) => {
-            let n = uint_field(&obj, "prefix_len", 128)?;
+            let n = uint_field(obj, "prefix_len", 128)?;
             if n != 128 {
                 return err(format!(
                     "prefix_len is {n} for an \"na\" lease: it must be 128"
@@ -186,7 +217,7 @@ pub fn parse_line(line: &str) -> Result<ParsedLine, LineError> {
             return err("prefix_len is missing: a \"pd\" lease needs one");
         }
         (LeaseKind::Prefix, Some(_)) => {
-            let n = uint_field(&obj, "prefix_len", 128)?;
+            let n = uint_field(obj, "prefix_len", 128)?;
             if n == 0 {
                 return err("prefix_len is 0: a delegated prefix is 1 to 128 bits long");
             }
@@ -200,16 +231,16 @@ pub fn parse_line(line: &str) -> Result<ParsedLine, LineError> {
             n
         }
     };
-    let iaid = u32_field(&obj, "iaid")?;
-    let preferred_lifetime = u32_field(&obj, "preferred_lifetime")?;
-    let valid_lifetime = u32_field(&obj, "valid_lifetime")?;
+    let iaid = u32_field(obj, "iaid")?;
+    let preferred_lifetime = u32_field(obj, "preferred_lifetime")?;
+    let valid_lifetime = u32_field(obj, "valid_lifetime")?;
     if preferred_lifetime > valid_lifetime {
         return err(format!(
             "preferred_lifetime {preferred_lifetime} is above valid_lifetime {valid_lifetime}"
         ));
     }
-    let cltt = cltt_field(&obj)?;
-    let state = match str_field(&obj, "state")? {
+    let cltt = cltt_field(obj)?;
+    let state = match str_field(obj, "state")? {
         "active" => LeaseState::Active,
         "released" => LeaseState::Released,
         "declined" => LeaseState::Declined,
@@ -566,18 +597,30 @@ impl Sink {
     /// Parses and sends one line; `what` names the stream in log lines. Returns false once the
     /// feed has closed.
     fn line(&self, what: &str, (number, line): NumberedLine<'_>) -> bool {
-        let parsed = line.and_then(|l| {
-            if l.trim().is_empty() {
-                Ok(None)
-            } else {
-                parse_line(l).map(Some)
-            }
-        });
+        match line {
+            Ok(l) if l.trim().is_empty() => true,
+            Ok(l) => self.parsed(what, number, parse_line(l), None),
+            Err(e) => self.parsed(what, number, Err(e), None),
+        }
+    }
+
+    /// Sends a parsed line's change (line `numbered` of a named writer, if so), or logs why the
+    /// line is skipped. Returns false once the feed has closed.
+    fn parsed(
+        &self,
+        what: &str,
+        number: u64,
+        parsed: Result<ParsedLine, LineError>,
+        numbered: Option<Numbered>,
+    ) -> bool {
         match parsed {
-            Ok(None) => true,
-            Ok(Some(p)) => {
+            Ok(p) => {
                 self.log_unknown(what, number, &p.unknown_fields);
-                if self.handle.send(p.change).is_err() {
+                if self
+                    .handle
+                    .send_fed(Fed::Change(p.change, numbered))
+                    .is_err()
+                {
                     return false;
                 }
                 self.sent.fetch_add(1, Ordering::Relaxed);
@@ -629,36 +672,139 @@ impl Sink {
     }
 }
 
-/// Runs a `jsonl` source reading `input` on its own thread(s), sending its changes into
-/// `handle`.
-///
-/// For a UNIX socket the socket is bound here, so that a path in use fails lqd's start; the
-/// returned thread accepts writers. The thread returns how many changes the source sent: at
-/// the end of standard input, or when the feed closes (a file and a socket are read forever
-/// otherwise).
+/// A `jsonl` source ready to start: for a UNIX socket, its socket is bound already (see
+/// [`bind_jsonl`]).
+#[derive(Debug)]
+pub struct BoundJsonl {
+    input: JsonlInput,
+    listener: Option<UnixListener>,
+    socket_file: Option<SocketFile>,
+}
+
+/// Prepares a `jsonl` source: binds the UNIX socket of `jsonl:unix:PATH` (nothing to do for a
+/// file or standard input), so that lqd binds it before its listeners answer and a path in
+/// use fails lqd's start.
 ///
 /// # Errors
 ///
-/// The thread cannot be started, or (UNIX socket) the path is in use by a listening process,
-/// is not a socket, or cannot be bound.
-pub fn spawn_jsonl(input: JsonlInput, handle: FeedHandle) -> io::Result<JoinHandle<u64>> {
-    let sink = Arc::new(Sink {
-        name: input.to_string(),
-        handle,
-        sent: AtomicU64::new(0),
-        skipped: AtomicU64::new(0),
-        logged_unknown: Mutex::new(HashSet::new()),
-    });
-    let builder = std::thread::Builder::new().name("lqd-feed-jsonl".into());
-    match input {
-        JsonlInput::File(path) => builder.spawn(move || follow_file(&sink, &path)),
-        JsonlInput::Stdin => builder.spawn(move || read_stdin(&sink)),
+/// (UNIX socket) The path is in use by a listening process, is not a socket, or cannot be
+/// bound.
+pub fn bind_jsonl(input: JsonlInput) -> io::Result<BoundJsonl> {
+    let (listener, socket_file) = match &input {
         JsonlInput::Unix(path) => {
-            let listener = bind_unix(&path)?;
-            tracing::info!(source = %sink.name, "{}: listening", sink.name);
-            builder.spawn(move || accept_unix(&sink, &listener))
+            let listener = unix::bind(path)?;
+            let file = SocketFile::of(path)?;
+            tracing::info!(source = %input, "{input}: listening");
+            (Some(listener), Some(file))
+        }
+        JsonlInput::File(_) | JsonlInput::Stdin => (None, None),
+    };
+    Ok(BoundJsonl {
+        input,
+        listener,
+        socket_file,
+    })
+}
+
+impl BoundJsonl {
+    /// What the source reads.
+    #[must_use]
+    pub fn input(&self) -> &JsonlInput {
+        &self.input
+    }
+
+    /// For a UNIX socket, the guard that removes the socket file when dropped: hold it until
+    /// lqd stops. Left here, the source's thread holds it, and the file stays when the process
+    /// ends.
+    pub fn take_socket_file(&mut self) -> Option<SocketFile> {
+        self.socket_file.take()
+    }
+
+    /// Starts reading on its own thread(s), sending the changes into `handle`; `writers` are
+    /// the named writers lqd knows (their marks come from the loop's journal: see
+    /// [`Server::writers`](crate::server::Server::writers)).
+    ///
+    /// The thread returns how many changes the source sent: at the end of standard input, or
+    /// when the feed closes (a file and a socket are read forever otherwise).
+    ///
+    /// # Errors
+    ///
+    /// The thread cannot be started.
+    pub fn spawn(self, handle: FeedHandle, writers: Arc<Writers>) -> io::Result<JoinHandle<u64>> {
+        let sink = Arc::new(Sink {
+            name: self.input.to_string(),
+            handle,
+            sent: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            logged_unknown: Mutex::new(HashSet::new()),
+        });
+        let builder = std::thread::Builder::new().name("lqd-feed-jsonl".into());
+        match (self.input, self.listener) {
+            (JsonlInput::File(path), _) => builder.spawn(move || follow_file(&sink, &path)),
+            (JsonlInput::Stdin, _) => builder.spawn(move || read_stdin(&sink)),
+            (JsonlInput::Unix(_), Some(listener)) => {
+                let socket_file = self.socket_file;
+                builder.spawn(move || {
+                    let _socket_file = socket_file;
+                    unix::accept(&sink, &listener, &writers)
+                })
+            }
+            (JsonlInput::Unix(path), None) => Err(io::Error::other(format!(
+                "{} was not bound",
+                path.display()
+            ))),
         }
     }
+}
+
+/// The socket file lqd bound: removed when this is dropped, provided it is still the one lqd
+/// bound (the same inode), so that a clean stop leaves no socket file behind.
+#[derive(Debug)]
+pub struct SocketFile {
+    path: PathBuf,
+    id: (u64, u64),
+}
+
+impl SocketFile {
+    fn of(path: &Path) -> io::Result<Self> {
+        let m = std::fs::symlink_metadata(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            id: (m.dev(), m.ino()),
+        })
+    }
+
+    /// The socket's path.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && (m.dev(), m.ino()) == self.id);
+        if ours {
+            match std::fs::remove_file(&self.path) {
+                Ok(()) => tracing::info!("removed the socket {}", self.path.display()),
+                Err(e) => {
+                    tracing::warn!("cannot remove the socket {}: {e}", self.path.display());
+                }
+            }
+        }
+    }
+}
+
+/// Runs a `jsonl` source reading `input` on its own thread(s), sending its changes into
+/// `handle`: [`bind_jsonl`] then [`BoundJsonl::spawn`], with no writer known yet. The socket
+/// file of a UNIX socket stays when the process ends.
+///
+/// # Errors
+///
+/// As [`bind_jsonl`], or the thread cannot be started.
+pub fn spawn_jsonl(input: JsonlInput, handle: FeedHandle) -> io::Result<JoinHandle<u64>> {
+    bind_jsonl(input)?.spawn(handle, Arc::new(Writers::new()))
 }
 
 fn read_stdin(sink: &Sink) -> u64 {
@@ -755,89 +901,5 @@ fn follow_file(sink: &Sink, path: &Path) -> u64 {
             return sink.sent.load(Ordering::Relaxed);
         }
         std::thread::sleep(POLL_INTERVAL);
-    }
-}
-
-/// Binds the listening socket, removing a stale socket file first and refusing a path that is
-/// in use or is not a socket.
-fn bind_unix(path: &Path) -> io::Result<UnixListener> {
-    if let Ok(m) = std::fs::symlink_metadata(path) {
-        if !m.file_type().is_socket() {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} exists and is not a socket; not replacing it",
-                    path.display()
-                ),
-            ));
-        }
-        match UnixStream::connect(path) {
-            Ok(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!("another process is listening on {}", path.display()),
-                ));
-            }
-            Err(_) => {
-                tracing::info!("removing the stale socket {}", path.display());
-                std::fs::remove_file(path)?;
-            }
-        }
-    }
-    UnixListener::bind(path)
-}
-
-fn accept_unix(sink: &Arc<Sink>, listener: &UnixListener) -> u64 {
-    let what = sink.name.as_str();
-    let mut connections = 0u64;
-    for stream in listener.incoming() {
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(source = %what, "{what}: accept failed: {e}");
-                std::thread::sleep(POLL_INTERVAL);
-                continue;
-            }
-        };
-        connections += 1;
-        let conn = connections;
-        let sink = Arc::clone(sink);
-        let spawned = std::thread::Builder::new()
-            .name(format!("lqd-feed-jsonl-{conn}"))
-            .spawn(move || read_connection(&sink, conn, stream));
-        if let Err(e) = spawned {
-            tracing::warn!(source = %what, "{what}: cannot start a thread for a writer: {e}");
-        }
-    }
-    sink.sent.load(Ordering::Relaxed)
-}
-
-fn read_connection(sink: &Sink, conn: u64, mut stream: UnixStream) {
-    let what = format!("{} connection {conn}", sink.name);
-    tracing::info!(source = %sink.name, connection = conn, "{what}: writer connected");
-    let mut splitter = LineSplitter::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                if !sink.push(&what, &mut splitter, chunk.get(..n).unwrap_or_default()) {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                tracing::warn!(source = %sink.name, connection = conn, "{what}: read error: {e}");
-                break;
-            }
-        }
-    }
-    if sink.finish(&what, &mut splitter) {
-        tracing::info!(
-            source = %sink.name,
-            connection = conn,
-            lines = splitter.lines(),
-            "{what}: writer disconnected"
-        );
     }
 }

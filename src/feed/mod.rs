@@ -73,6 +73,18 @@
 //! # Ok::<(), std::io::Error>(())
 //! ```
 //!
+//! # What a send guarantees
+//!
+//! [`FeedHandle::send`] returns once the change is *queued*, not once it is applied or
+//! journaled: a change queued when lqd is killed is lost, and the embedder must send it again
+//! after the restart (in practice: re-send the state it holds; an identical re-send is not a
+//! change). [`FeedHandle::sync`] waits until the loop has applied every change queued on the
+//! feed before the call and appended its record to the journal (in the mapped file: it survives
+//! `kill -9`; a power loss as `journal_flush` says), so an embedder that calls it after a batch
+//! knows the batch is in the journal. Numbered lines and per-writer acknowledgements are a
+//! protocol of the `jsonl:unix` socket (see [`jsonl`] and `docs/jsonl-acks.md`), not of this
+//! handle.
+//!
 //! # Wake-ups are coalesced
 //!
 //! A send wakes the loop only when no wake-up is already outstanding: after the first send
@@ -81,6 +93,7 @@
 //! The loop must keep its side of the bargain: when [`Drained::more`] is true it has to come
 //! back to the feed (after serving its sockets) without waiting for another wake-up.
 
+pub mod ack;
 pub mod demo;
 pub mod follow;
 pub mod jsonl;
@@ -95,8 +108,9 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::store::Change;
 
+pub use ack::{Writer, Writers};
 pub use demo::{ChurnMix, DemoConfig, DemoSource, spawn_demo, system_time};
-pub use jsonl::{JsonlInput, spawn_jsonl};
+pub use jsonl::{BoundJsonl, JsonlInput, SocketFile, bind_jsonl, spawn_jsonl};
 pub use kea::{spawn_kea_csv, spawn_kea_csv_with};
 pub use pace::Pacer;
 
@@ -124,6 +138,38 @@ pub fn feed(capacity: usize, waker: Arc<mio::Waker>) -> (FeedHandle, FeedReceive
         },
         FeedReceiver { rx, shared },
     )
+}
+
+/// What a source hands the loop, in the order it sent it.
+#[derive(Debug)]
+pub(crate) enum Fed {
+    /// A lease change; for a numbered line of a named writer, which line.
+    Change(Change, Option<Numbered>),
+    /// A numbered line that was bad and skipped: its writer's mark moves past it.
+    Rejected(Numbered),
+    /// Once the loop takes this, everything sent before it is applied and journaled: the loop
+    /// makes its pending marks durable, publishes them, then says so through the sender.
+    Sync(Sender<()>),
+}
+
+impl Fed {
+    /// The change of an item [`FeedHandle::send`] or [`FeedHandle::try_send`] queued: those
+    /// queue only changes, so only changes come back from them.
+    fn into_change(self) -> Change {
+        match self {
+            Self::Change(c, _) => c,
+            Self::Rejected(_) | Self::Sync(_) => unreachable!("send and try_send queue changes"),
+        }
+    }
+}
+
+/// Line `seq` of a named writer.
+#[derive(Debug, Clone)]
+pub(crate) struct Numbered {
+    /// The writer.
+    pub(crate) writer: Arc<Writer>,
+    /// Its number for the line.
+    pub(crate) seq: u64,
 }
 
 /// What the handles and the receiver share: the waker and whether a wake-up is outstanding.
@@ -166,12 +212,13 @@ impl Shared {
 /// wake the loop).
 #[derive(Debug, Clone)]
 pub struct FeedHandle {
-    tx: Sender<Change>,
+    tx: Sender<Fed>,
     shared: Arc<Shared>,
 }
 
 impl FeedHandle {
     /// Queues `change` for the loop, waiting while the channel is full, then wakes the loop.
+    /// It returns when the change is queued, not journaled: see [`sync`](Self::sync).
     ///
     /// Blocking here is the back-pressure of a loop that is behind. Fails, giving the change
     /// back, only when the loop has dropped its receiver.
@@ -181,9 +228,32 @@ impl FeedHandle {
                   every refused send"
     )]
     pub fn send(&self, change: Change) -> Result<(), FeedClosed> {
-        self.tx
-            .send(change)
-            .map_err(|e| FeedClosed(e.into_inner()))?;
+        self.send_fed(Fed::Change(change, None))
+            .map_err(|fed| FeedClosed(fed.into_change()))
+    }
+
+    /// Waits until the loop has applied every change queued on this feed before the call (by
+    /// any handle) and appended its record to the journal: in the mapped file, which survives
+    /// `kill -9` of lqd; whether it survives a power loss is the `journal_flush` policy's
+    /// business. Costs one item in the channel and a wake-up of the loop.
+    ///
+    /// # Errors
+    ///
+    /// [`FeedStopped`] when the loop has dropped its receiver (before or while waiting).
+    pub fn sync(&self) -> Result<(), FeedStopped> {
+        let (done, wait) = crossbeam_channel::bounded(1);
+        self.send_fed(Fed::Sync(done)).map_err(|_| FeedStopped)?;
+        wait.recv().map_err(|_| FeedStopped)
+    }
+
+    /// Queues `fed`, waiting while the channel is full, then wakes the loop; gives it back when
+    /// the loop has gone.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the item comes back by value so that a change can be handed back"
+    )]
+    pub(crate) fn send_fed(&self, fed: Fed) -> Result<(), Fed> {
+        self.tx.send(fed).map_err(|e| e.into_inner())?;
         self.shared.wake();
         Ok(())
     }
@@ -198,10 +268,14 @@ impl FeedHandle {
                   boxing the change would allocate on every retry"
     )]
     pub fn try_send(&self, change: Change) -> Result<(), TrySendError> {
-        self.tx.try_send(change).map_err(|e| match e {
-            crossbeam_channel::TrySendError::Full(c) => TrySendError::Full(c),
-            crossbeam_channel::TrySendError::Disconnected(c) => TrySendError::Closed(c),
-        })?;
+        self.tx
+            .try_send(Fed::Change(change, None))
+            .map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(f) => TrySendError::Full(f.into_change()),
+                crossbeam_channel::TrySendError::Disconnected(f) => {
+                    TrySendError::Closed(f.into_change())
+                }
+            })?;
         self.shared.wake();
         Ok(())
     }
@@ -236,14 +310,15 @@ impl FeedHandle {
 /// The receiving half of a feed, owned by the event loop.
 #[derive(Debug)]
 pub struct FeedReceiver {
-    rx: Receiver<Change>,
+    rx: Receiver<Fed>,
     shared: Arc<Shared>,
 }
 
 /// What one [`FeedReceiver::drain`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Drained {
-    /// Changes handed to the callback.
+    /// Items taken: the changes handed to the callback, and the feed's own markers (a
+    /// [`FeedHandle::sync`], a numbered line that was skipped).
     pub count: usize,
     /// The budget ran out while changes were still waiting: come back without waiting for a
     /// wake-up (coalesced wake-ups will not come for these).
@@ -258,16 +333,29 @@ impl FeedReceiver {
     ///
     /// Call it when the waker's token fires, and again while the result says
     /// [`more`](Drained::more). A budget of zero takes nothing and only reports whether
-    /// changes wait.
+    /// changes wait. A [`FeedHandle::sync`] waiting on the feed returns once the changes sent
+    /// before it were handed to `f`: a loop that journals them must use lqd's
+    /// [`Server`](crate::server::Server), which answers it after journaling.
     pub fn drain(&mut self, budget: usize, mut f: impl FnMut(Change)) -> Drained {
+        self.drain_fed(budget, |fed| match fed {
+            Fed::Change(change, _) => f(change),
+            Fed::Rejected(_) => {}
+            Fed::Sync(done) => {
+                let _ = done.try_send(());
+            }
+        })
+    }
+
+    /// [`drain`](Self::drain), handing over every item as it was sent.
+    pub(crate) fn drain_fed(&mut self, budget: usize, mut f: impl FnMut(Fed)) -> Drained {
         // Clear the flag before looking at the channel, so a change sent from now on either is
         // seen below or wakes the loop again. See `Shared::wake` for the pairing.
         self.shared.wake_pending.swap(false, Ordering::AcqRel);
         let mut drained = Drained::default();
         while drained.count < budget {
             match self.rx.try_recv() {
-                Ok(change) => {
-                    f(change);
+                Ok(fed) => {
+                    f(fed);
                     drained.count = drained.count.saturating_add(1);
                 }
                 Err(crossbeam_channel::TryRecvError::Empty) => return drained,
@@ -311,6 +399,18 @@ impl fmt::Display for FeedClosed {
 }
 
 impl std::error::Error for FeedClosed {}
+
+/// [`FeedHandle::sync`] failed: the loop dropped its receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedStopped;
+
+impl fmt::Display for FeedStopped {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the lease feed is closed: lqd's event loop has stopped")
+    }
+}
+
+impl std::error::Error for FeedStopped {}
 
 /// [`FeedHandle::try_send`] failed; the change is given back.
 #[derive(Debug, Clone, PartialEq, Eq)]

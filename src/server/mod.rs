@@ -26,7 +26,7 @@ use crate::config::QueryTypes;
 use crate::engine::active::{EncodeCache, Watchers};
 use crate::engine::session::{ActiveSettings, Ctx};
 use crate::engine::udp::{UdpAnswer, answer};
-use crate::feed::{FeedReceiver, system_time as server_time};
+use crate::feed::{Fed, FeedReceiver, Writer, Writers, system_time as server_time};
 use crate::store::journal::{FlushPolicy, JournalFile};
 use crate::store::{History, LinkMap, Store};
 use conn::Conn;
@@ -111,6 +111,10 @@ const LISTENER_BASE: usize = 1;
 const FIRST_CONN: usize = 1 << 16;
 /// How often a listener whose accept failed is tried again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long, at most, a named writer's mark waits for a record to carry it before a record of
+/// marks alone is written: a line that changed nothing is acknowledged this late at most, and
+/// such records are written at most this often.
+const MARKS_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A bound server, ready to run.
 pub struct Server {
@@ -133,6 +137,12 @@ pub struct Server {
     watchers: Watchers,
     feed: Option<FeedReceiver>,
     waker: Arc<Waker>,
+    /// The named writers, shared with the sources that read them.
+    writers: Arc<Writers>,
+    /// The same, by name, for the loop to publish their marks without taking the sources' lock.
+    named: HashMap<Box<str>, Arc<Writer>>,
+    /// When pending marks were last written in a record of their own.
+    marks_flushed: Instant,
 }
 
 impl Server {
@@ -166,8 +176,23 @@ impl Server {
             records = restored.records,
             unreadable = restored.unreadable,
             bindings = restored.bindings,
+            writers = restored.marks,
             "journal opened"
         );
+        if restored.marks_void {
+            warn!(
+                journal = %j.path.display(),
+                "the journal no longer holds every binding lqd had (records of live bindings \
+                 left the ring, or a crash tore it): named writers are told lqd holds none of \
+                 their lines, and must re-send their state"
+            );
+        }
+        let writers = Arc::new(Writers::restored(history.marks()));
+        let named = writers
+            .all()
+            .into_iter()
+            .map(|w| (w.name().into(), w))
+            .collect();
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let mut tcp = Vec::new();
@@ -202,7 +227,17 @@ impl Server {
             watchers: Watchers::new(),
             feed: None,
             waker,
+            writers,
+            named,
+            marks_flushed: Instant::now(),
         })
+    }
+
+    /// The named writers of the `jsonl:unix` source, with the marks the journal holds for
+    /// them: give it to [`BoundJsonl::spawn`](crate::feed::BoundJsonl::spawn).
+    #[must_use]
+    pub fn writers(&self) -> Arc<Writers> {
+        Arc::clone(&self.writers)
     }
 
     /// The waker a feed must use to wake this loop.
@@ -235,6 +270,8 @@ impl Server {
                 Duration::ZERO
             } else if !self.accept_retry.is_empty() {
                 ACCEPT_RETRY
+            } else if self.history.marks_pending() {
+                MARKS_INTERVAL.saturating_sub(self.marks_flushed.elapsed())
             } else {
                 Duration::from_millis(250)
             };
@@ -272,6 +309,9 @@ impl Server {
             // Changes keep arriving while requestors are served: take a budget each turn.
             let before = self.history.journal().next_seq();
             feed_more = self.drain_feed(now);
+            if self.history.marks_pending() && self.marks_flushed.elapsed() >= MARKS_INTERVAL {
+                self.flush_marks(now);
+            }
             self.wake_concerned(before, &mut pending);
             udp_pending.sort_unstable();
             udp_pending.dedup();
@@ -304,6 +344,7 @@ impl Server {
                 self.sweep_timeouts();
                 let before = self.history.journal().next_seq();
                 self.housekeeping(now);
+                self.publish_marks();
                 // The changes housekeeping journaled (expiries), and the keepalives due.
                 self.wake_concerned(before, &mut pending);
                 self.wake_keepalives(&mut pending);
@@ -318,19 +359,72 @@ impl Server {
         let Some(feed) = self.feed.as_mut() else {
             return false;
         };
-        let history = &mut self.history;
+        let (history, named) = (&mut self.history, &mut self.named);
         let mut failed = 0usize;
         let mut last_error = None;
-        let drained = feed.drain(self.cfg.feed_budget, |change| {
-            if let Err(e) = history.apply(&change, now) {
+        let mut again = 0usize;
+        let mut flushed = None;
+        let drained = feed.drain_fed(self.cfg.feed_budget, |fed| {
+            let result = match fed {
+                Fed::Change(change, None) => history.apply(&change, now).map(drop),
+                Fed::Change(change, Some(line)) => {
+                    know(named, &line.writer);
+                    match history.apply_numbered(&change, now, line.writer.name(), line.seq) {
+                        Ok(None) => {
+                            again = again.saturating_add(1);
+                            Ok(())
+                        }
+                        other => other.map(drop),
+                    }
+                }
+                Fed::Rejected(line) => {
+                    know(named, &line.writer);
+                    history.reject_numbered(line.writer.name(), line.seq);
+                    Ok(())
+                }
+                Fed::Sync(done) => {
+                    // Everything before the sync is applied; its pending marks become durable
+                    // and published before the source is told.
+                    let result = history.flush_marks(now).map(drop);
+                    flushed = Some(Instant::now());
+                    publish(history, named);
+                    let _ = done.try_send(());
+                    result
+                }
+            };
+            if let Err(e) = result {
                 failed = failed.saturating_add(1);
                 last_error = Some(e);
             }
         });
+        publish(history, named);
+        if let Some(at) = flushed {
+            self.marks_flushed = at;
+        }
+        if again > 0 {
+            debug!(
+                lines = again,
+                "numbered lines at or below their writer's mark: taken before, not applied again"
+            );
+        }
         if let Some(e) = last_error {
             warn!(changes = failed, "changes applied but not journaled: {e}");
         }
         drained.more
+    }
+
+    /// Writes the pending marks in a record of their own and publishes them.
+    fn flush_marks(&mut self, now: ServerTime) {
+        self.marks_flushed = Instant::now();
+        if let Err(e) = self.history.flush_marks(now) {
+            warn!("writers' marks not journaled: {e}");
+        }
+        self.publish_marks();
+    }
+
+    /// Tells the sources the marks journaled since the last time.
+    fn publish_marks(&mut self) {
+        publish(&mut self.history, &self.named);
     }
 
     /// Marks for service the connections whose Active queries the records from `since` on
@@ -570,11 +664,31 @@ impl Server {
             }
             self.close(key, "server shutting down");
         }
+        if let Err(e) = self.history.flush_marks(now) {
+            warn!("writers' marks not journaled at shutdown: {e}");
+        }
         if let Err(e) = self.history.log_mut().flush() {
             warn!("journal flush at shutdown failed: {e}");
         }
         Ok(())
     }
+}
+
+/// The loop learns a named writer from its lines, to publish its marks.
+fn know(named: &mut HashMap<Box<str>, Arc<Writer>>, writer: &Arc<Writer>) {
+    if !named.contains_key(writer.name()) {
+        named.insert(writer.name().into(), Arc::clone(writer));
+    }
+}
+
+/// Publishes to each writer the mark the journal now holds for it: only after the record
+/// carrying it is appended, never before.
+fn publish(history: &mut History<JournalFile>, named: &HashMap<Box<str>, Arc<Writer>>) {
+    history.take_recorded(|name, seq| {
+        if let Some(w) = named.get(name) {
+            w.publish(seq);
+        }
+    });
 }
 
 /// Connections the kernel may hold for one listener before lqd accepts them. A requestor

@@ -14,6 +14,42 @@
 //! At start the store is rebuilt from the journal ([`History::open`]): each record, in order,
 //! sets its binding to the recorded state. The source then re-sends what it holds, and only
 //! what differs becomes a new change.
+//!
+//! # Writers' marks
+//!
+//! A source whose lines are numbered by their writer ([`History::apply_numbered`]) needs to
+//! know, after lqd restarts, which of its lines lqd holds: it resumes from the next one. Each
+//! named writer has a *mark*, the last of its lines lqd has taken (applied, or rejected as a bad
+//! line). A line at or below its writer's mark is not applied again: a resumed writer
+//! re-sending lines lqd has cannot make a binding go back to an older state.
+//!
+//! The mark is durable in the same record as the change it stands for: a record written for a
+//! numbered line carries that writer's mark, so after a crash the journal and the marks agree
+//! (a mark never runs ahead of the changes it vouches for, and a change is never in the journal
+//! without its mark). A line can also leave no record: an identical re-send, the end of a lease
+//! lqd did not have, a bad line. Its mark is *pending* until a record carries it, and every
+//! record written carries every pending mark (whoever's change it is: an expiry, another
+//! writer), or, when none comes for a while, a record of marks only
+//! ([`History::flush_marks`]). Only a mark some record carries is reported
+//! ([`History::mark`]): that is what a writer is told it may stop re-sending.
+//!
+//! A change applied but not journaled (an error, logged) leaves its mark pending too: the next
+//! record acknowledges the line, since sending it again would fail the same way.
+//!
+//! Why a pending mark lost in a crash costs nothing: its lines changed nothing, and no record
+//! was written after them (it would have carried the mark), so the store rebuilt from the
+//! journal is the one those lines were applied to, and applying them again is again a no-op.
+//! If something else changes the store after the restart before the writer re-sends them,
+//! they arrive as any line arrives late; they were never acknowledged.
+//!
+//! Marks are rebuilt at start from the records; a mark in a record the ring is about to drop
+//! (in the oldest eighth of its records) is carried again by a newer record, so a quiet writer
+//! keeps its mark. Every version-2 record also says how many bindings the store held; when the
+//! store rebuilt at start holds another number, records of live bindings left the ring (a
+//! journal too small for the live state and its churn) or a crash tore it, lqd cannot vouch for
+//! what any writer's lines left, and every mark is void: the writers are told they have none,
+//! and re-send their state. The next record says so, so that the void marks do not come back at
+//! a later start.
 
 use std::collections::HashMap;
 use std::net::Ipv6Addr;
@@ -68,6 +104,167 @@ pub struct Restored {
     pub unreadable: u64,
     /// Bindings in the store afterwards.
     pub bindings: usize,
+    /// Writers' marks restored.
+    pub marks: usize,
+    /// Marks found but voided: the rebuilt store holds another number of bindings than the
+    /// journal's last record says lqd held (records of live bindings are gone).
+    pub marks_void: bool,
+}
+
+/// A record carrying a mark older than this share of the ring's records (its oldest eighth) has
+/// the mark carried again, well before the ring drops it.
+const MARK_REFRESH: u64 = 8;
+
+/// One writer's mark.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    /// The last line taken: applied, found already applied, or rejected.
+    taken: u64,
+    /// The last line a record carries.
+    recorded: Option<u64>,
+    /// The sequence number of the newest record carrying this mark.
+    at: u64,
+    /// No record carries `taken` yet, or the mark must be carried again.
+    pending: bool,
+    /// `recorded` moved and [`History::take_recorded`] has not handed it out yet.
+    unpublished: bool,
+}
+
+/// Every writer's mark.
+#[derive(Debug, Default)]
+struct Marks {
+    /// Writers' names and marks, in the order lqd met them.
+    writers: Vec<(Box<str>, Mark)>,
+    /// Each writer's place in `writers`.
+    index: HashMap<Box<str>, usize>,
+    /// The writers whose mark is pending, in the order they became so.
+    pending: Vec<usize>,
+    /// The writers whose recorded mark moved since [`History::take_recorded`] last looked.
+    recorded: Vec<usize>,
+    /// The next record voids every mark before it.
+    reset: bool,
+    /// At most the oldest `at` of any mark.
+    oldest_at: u64,
+}
+
+impl Marks {
+    fn get(&self, writer: &str) -> Option<&Mark> {
+        let i = *self.index.get(writer)?;
+        self.writers.get(i).map(|(_, m)| m)
+    }
+
+    /// The place of `writer`, added with `mark` when new.
+    fn place(&mut self, writer: &str, mark: Mark) -> usize {
+        if let Some(&i) = self.index.get(writer) {
+            return i;
+        }
+        let i = self.writers.len();
+        self.writers.push((writer.into(), mark));
+        self.index.insert(writer.into(), i);
+        i
+    }
+
+    /// `writer` took line `seq`: pending until a record carries it.
+    fn take(&mut self, writer: &str, seq: u64) {
+        let new = Mark {
+            taken: seq,
+            recorded: None,
+            at: 0,
+            pending: false,
+            unpublished: false,
+        };
+        let i = self.place(writer, new);
+        if let Some((_, m)) = self.writers.get_mut(i) {
+            m.taken = seq;
+            if !m.pending {
+                m.pending = true;
+                self.pending.push(i);
+            }
+        }
+    }
+
+    /// True when `seq` is at or below `writer`'s mark: the line was taken before.
+    fn seen(&self, writer: &str, seq: u64) -> bool {
+        self.get(writer).is_some_and(|m| seq <= m.taken)
+    }
+
+    /// The pending marks the next record carries.
+    fn carried(&self) -> impl ExactSizeIterator<Item = (&str, u64)> + '_ {
+        self.pending.iter().take(record::MAX_MARKS).map(|&i| {
+            self.writers
+                .get(i)
+                .map_or(("", 0), |(w, m)| (&**w, m.taken))
+        })
+    }
+
+    /// Record `seq` carried [`carried`](Self::carried): those marks are recorded.
+    fn written(&mut self, seq: u64) {
+        let n = self.pending.len().min(record::MAX_MARKS);
+        for i in self.pending.drain(..n) {
+            if let Some((_, m)) = self.writers.get_mut(i) {
+                m.pending = false;
+                m.at = seq;
+                if m.recorded != Some(m.taken) {
+                    m.recorded = Some(m.taken);
+                    if !m.unpublished {
+                        m.unpublished = true;
+                        self.recorded.push(i);
+                    }
+                }
+            }
+        }
+        self.reset = false;
+    }
+
+    /// Makes pending again every mark carried by no record from `first` on, nor by any in the
+    /// oldest eighth of the records up to `next`.
+    fn refresh(&mut self, first: u64, next: u64) {
+        let limit = first.saturating_add(next.saturating_sub(first) / MARK_REFRESH);
+        if self.oldest_at >= limit {
+            return;
+        }
+        let mut oldest = u64::MAX;
+        for (i, (_, m)) in self.writers.iter_mut().enumerate() {
+            if m.at < limit && !m.pending && m.recorded.is_some() {
+                m.pending = true;
+                self.pending.push(i);
+            } else if !m.pending {
+                oldest = oldest.min(m.at);
+            }
+        }
+        // A pending mark gets an `at` of `next` or later when a record carries it.
+        self.oldest_at = oldest.min(next);
+    }
+
+    /// A record read at start: its marks, after voiding the earlier ones if it says so.
+    fn replay(&mut self, seq: u64, trailer: &record::Trailer) {
+        if trailer.reset {
+            self.clear();
+        }
+        for (w, s) in &trailer.marks {
+            let new = Mark {
+                taken: *s,
+                recorded: Some(*s),
+                at: seq,
+                pending: false,
+                unpublished: false,
+            };
+            let i = self.place(w, new);
+            if let Some((_, m)) = self.writers.get_mut(i) {
+                m.taken = m.taken.max(*s);
+                m.recorded = Some(m.taken);
+                m.at = seq;
+            }
+        }
+    }
+
+    /// Forgets every mark.
+    fn clear(&mut self) {
+        self.writers.clear();
+        self.index.clear();
+        self.pending.clear();
+        self.recorded.clear();
+    }
 }
 
 /// The store, the journal, and which record is each binding's newest.
@@ -81,6 +278,8 @@ pub struct History<L: Log> {
     tombstones: HashMap<Box<[u8]>, Vec<(Ipv6Addr, u64)>>,
     /// Every record in the ring by the keys a filtered Active query reads.
     postings: Postings,
+    /// The numbered writers' marks.
+    marks: Marks,
     scratch: Vec<u8>,
 }
 
@@ -95,21 +294,31 @@ impl<L: Log> History<L> {
             seqs: Vec::new(),
             tombstones: HashMap::new(),
             postings: Postings::new(first),
+            marks: Marks::default(),
             scratch: Vec::new(),
         };
         let mut restored = Restored::default();
         let mut cursor = h.log.journal().tail();
         let mut replay = Vec::new();
+        // The store's size the last record gives (none for a version-1 or unreadable one).
+        let mut last_count = None;
         while let Ok(Some(r)) = h.log.journal().read(&mut cursor) {
             restored.records = restored.records.saturating_add(1);
-            match record::decode(r.payload) {
-                Ok(b) => {
-                    h.postings.file(r.seq, Some(&b));
-                    replay.push((r.seq, b));
+            match record::read(r.payload) {
+                Ok(p) => {
+                    h.postings.file(r.seq, p.binding.as_ref());
+                    if let Some(b) = p.binding {
+                        replay.push((r.seq, b));
+                    }
+                    last_count = p.trailer.as_ref().map(|t| t.bindings);
+                    if let Some(t) = &p.trailer {
+                        h.marks.replay(r.seq, t);
+                    }
                 }
                 Err(_) => {
                     h.postings.file(r.seq, None);
                     restored.unreadable = restored.unreadable.saturating_add(1);
+                    last_count = None;
                 }
             }
             // Replay in batches so a large journal is not held decoded all at once.
@@ -123,7 +332,19 @@ impl<L: Log> History<L> {
             h.restore(seq, &b);
         }
         restored.bindings = h.store.len();
+        if !h.marks.writers.is_empty() && last_count != Some(h.binding_count()) {
+            h.marks.clear();
+            h.marks.reset = true;
+            restored.marks_void = true;
+        }
+        restored.marks = h.marks.writers.len();
+        h.marks.oldest_at = h.marks.writers.iter().map(|(_, m)| m.at).min().unwrap_or(0);
         (h, restored)
+    }
+
+    /// The store's size as a record gives it.
+    fn binding_count(&self) -> u32 {
+        u32::try_from(self.store.len()).unwrap_or(u32::MAX)
     }
 
     /// Sets the binding `b` describes to exactly its recorded state.
@@ -207,13 +428,116 @@ impl<L: Log> History<L> {
     /// lost an address or prefix to it); the number of records written. The store is updated
     /// even when journaling fails (the error says why), so queries stay right.
     pub fn apply(&mut self, change: &Change, now: ServerTime) -> Result<usize, JournalError> {
+        self.apply_marked(change, now, None)
+    }
+
+    /// Applies line `seq` of the writer named `writer` (see the [module documentation](self)):
+    /// as [`apply`](Self::apply), the writer's mark carried by the last record the change
+    /// writes, or pending when it writes none. `None` when `seq` is at or below the writer's
+    /// mark: that line was taken before, and is not applied again.
+    pub fn apply_numbered(
+        &mut self,
+        change: &Change,
+        now: ServerTime,
+        writer: &str,
+        seq: u64,
+    ) -> Result<Option<usize>, JournalError> {
+        if self.marks.seen(writer, seq) {
+            return Ok(None);
+        }
+        self.apply_marked(change, now, Some((writer, seq)))
+            .map(Some)
+    }
+
+    /// Line `seq` of `writer` was a bad line, skipped: the writer's mark moves past it
+    /// (pending). False when `seq` is at or below the mark.
+    pub fn reject_numbered(&mut self, writer: &str, seq: u64) -> bool {
+        if self.marks.seen(writer, seq) {
+            return false;
+        }
+        self.marks.take(writer, seq);
+        true
+    }
+
+    /// True while some mark waits for a record to carry it.
+    #[must_use]
+    pub fn marks_pending(&self) -> bool {
+        !self.marks.pending.is_empty()
+    }
+
+    /// Writes a record of marks only when some are pending; true when it did.
+    pub fn flush_marks(&mut self, now: ServerTime) -> Result<bool, JournalError> {
+        if self.marks.pending.is_empty() {
+            return Ok(false);
+        }
+        let count = self.binding_count();
+        Self::write_to(
+            &mut self.log,
+            &mut self.postings,
+            &mut self.marks,
+            &mut self.scratch,
+            (None, count),
+            now,
+        )?;
+        Ok(true)
+    }
+
+    /// The last line of `writer` a record carries (what lqd may acknowledge), if any.
+    #[must_use]
+    pub fn mark(&self, writer: &str) -> Option<u64> {
+        self.marks.get(writer).and_then(|m| m.recorded)
+    }
+
+    /// Every writer's mark a record carries.
+    pub fn marks(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.marks
+            .writers
+            .iter()
+            .filter_map(|(w, m)| Some((&**w, m.recorded?)))
+    }
+
+    /// Hands `f` each writer whose recorded mark moved since the last call, with that mark.
+    pub fn take_recorded(&mut self, mut f: impl FnMut(&str, u64)) {
+        let Marks {
+            writers, recorded, ..
+        } = &mut self.marks;
+        for i in recorded.drain(..) {
+            if let Some((w, m)) = writers.get_mut(i) {
+                m.unpublished = false;
+                if let Some(seq) = m.recorded {
+                    f(w, seq);
+                }
+            }
+        }
+    }
+
+    /// [`apply`](Self::apply), taking `mark` just before the change's last record is written
+    /// (or after the change when it writes none), so that a crash between two records of one
+    /// change leaves the mark out.
+    fn apply_marked(
+        &mut self,
+        change: &Change,
+        now: ServerTime,
+        mark: Option<(&str, u64)>,
+    ) -> Result<usize, JournalError> {
         let outcome = self.store.apply(change, now);
+        let mut parts = [outcome.displaced, Some(outcome.applied)];
+        let last = parts
+            .iter()
+            .rposition(|a| a.as_ref().is_some_and(|a| *a != Applied::Unchanged));
+        // With no record to write, taking it first is the same as taking it last.
+        let mark_at = last.unwrap_or(0);
         let mut written = 0usize;
         let mut result = Ok(());
-        for applied in [outcome.displaced, Some(outcome.applied)]
-            .into_iter()
-            .flatten()
-        {
+        for (i, applied) in parts.iter_mut().enumerate() {
+            if i == mark_at {
+                if let Some((w, seq)) = mark {
+                    self.marks.take(w, seq);
+                }
+            }
+            let Some(applied) = applied.take() else {
+                continue;
+            };
             match self.journal_applied(&applied, now) {
                 Ok(true) => written = written.saturating_add(1),
                 Ok(false) => {}
@@ -305,7 +629,6 @@ impl<L: Log> History<L> {
         applied: &Applied,
         now: ServerTime,
     ) -> Result<bool, JournalError> {
-        self.scratch.clear();
         let with_ended;
         let (id, recorded) = match applied {
             Applied::Unchanged => return Ok(false),
@@ -326,13 +649,15 @@ impl<L: Log> History<L> {
             }
             Applied::Removed(b) => (None, b),
         };
-        if record::encode(recorded, &mut self.scratch).is_err() {
-            return Err(self.too_large());
-        }
-        let seq = self.log.append(now, &self.scratch)?;
-        self.postings.file(seq, Some(recorded));
-        let first = self.log.journal().first_seq().unwrap_or(seq);
-        self.postings.evict_before(first);
+        let count = self.binding_count();
+        let seq = Self::write_to(
+            &mut self.log,
+            &mut self.postings,
+            &mut self.marks,
+            &mut self.scratch,
+            (Some(recorded), count),
+            now,
+        )?;
         let key = (recorded.key.client_id.clone(), recorded.key.link);
         match id {
             Some(id) => {
@@ -344,11 +669,31 @@ impl<L: Log> History<L> {
         Ok(true)
     }
 
-    fn too_large(&self) -> JournalError {
-        JournalError::RecordTooLarge {
-            len: self.scratch.len(),
-            max: self.log.journal().max_payload(),
+    /// Appends a record of `binding` (none: marks only) carrying the store's size `count` and
+    /// the pending marks, and files it; its sequence number. Over the fields it writes, so that
+    /// `binding` may be borrowed from the store.
+    fn write_to(
+        log: &mut L,
+        postings: &mut Postings,
+        marks: &mut Marks,
+        scratch: &mut Vec<u8>,
+        (binding, count): (Option<&Binding>, u32),
+        now: ServerTime,
+    ) -> Result<u64, JournalError> {
+        scratch.clear();
+        if record::encode(binding, count, marks.reset, marks.carried(), scratch).is_err() {
+            return Err(JournalError::RecordTooLarge {
+                len: scratch.len(),
+                max: log.journal().max_payload(),
+            });
         }
+        let seq = log.append(now, scratch)?;
+        marks.written(seq);
+        postings.file(seq, binding);
+        let first = log.journal().first_seq().unwrap_or(seq);
+        postings.evict_before(first);
+        marks.refresh(first, seq.saturating_add(1));
+        Ok(seq)
     }
 
     fn set_seq(&mut self, id: BindingId, seq: u64) {

@@ -88,6 +88,18 @@ impl Lqd {
     /// Kills lqd with SIGKILL and starts it again on the same configuration and state
     /// directory (its journal included); the old log is kept as `lqd.log.1`.
     pub(crate) fn kill9_and_restart(&mut self) {
+        self.kill9_and_respawn();
+        self.wait_ready();
+    }
+
+    /// The same for an lqd that is not fed by the demo: waits up to 20 s for a log line
+    /// containing `ready`.
+    pub(crate) fn kill9_and_restart_until(&mut self, ready: &str) {
+        self.kill9_and_respawn();
+        wait_for_log(self, ready, 20);
+    }
+
+    fn kill9_and_respawn(&mut self) {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
         std::fs::rename(self.dir.join("lqd.log"), self.dir.join("lqd.log.1")).unwrap();
@@ -99,7 +111,17 @@ impl Lqd {
         )
         .spawn()
         .unwrap();
-        self.wait_ready();
+    }
+
+    /// Stops lqd with SIGTERM; its exit status.
+    pub(crate) fn sigterm(&mut self) -> std::process::ExitStatus {
+        let sent = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        self.child.wait().unwrap()
     }
 
     pub(crate) fn wait_ready(&self) {
@@ -338,7 +360,7 @@ pub(crate) fn start_with_source_env(
     start_prepared(name, args, extra, ready, env, |_| {})
 }
 
-/// The same, `prepare` given lqd's state directory (8 MiB journal) before lqd starts in it.
+/// The same, `prepare` given lqd's state directory before lqd starts in it.
 pub(crate) fn start_prepared(
     name: &str,
     args: &[&str],
@@ -347,13 +369,43 @@ pub(crate) fn start_prepared(
     env: &[(&str, &str)],
     prepare: impl FnOnce(&std::path::Path),
 ) -> Lqd {
+    let lqd = spawn_prepared(name, args, extra, env, prepare);
+    wait_for_log(&lqd, ready, 20);
+    lqd
+}
+
+/// Starts lqd as [`start_with_source_env`] does, without waiting for anything.
+pub(crate) fn spawn_with_source(
+    name: &str,
+    args: &[&str],
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Lqd {
+    spawn_prepared(name, args, extra, env, |_| {})
+}
+
+/// Writes lqd's configuration into a fresh state directory that `prepare` may fill first, and
+/// starts lqd on it.
+fn spawn_prepared(
+    name: &str,
+    args: &[&str],
+    extra: &str,
+    env: &[(&str, &str)],
+    prepare: impl FnOnce(&std::path::Path),
+) -> Lqd {
     let (addr, dir) = fresh(name);
     prepare(&dir);
     let config = dir.join("lqd.toml");
+    // A small journal unless the test sizes it: creating one writes it out in full.
+    let journal = if extra.contains("journal_size") {
+        ""
+    } else {
+        "journal_size = 8388608\n"
+    };
     std::fs::write(
         &config,
         format!(
-            "listen = [\"{addr}\"]\nstate_dir = \"{}\"\njournal_size = 8388608\n{extra}\n",
+            "listen = [\"{addr}\"]\nstate_dir = \"{}\"\n{journal}{extra}\n",
             dir.display()
         ),
     )
@@ -369,7 +421,5 @@ pub(crate) fn start_prepared(
     )
     .spawn()
     .unwrap();
-    let lqd = Lqd { child, addr, dir };
-    wait_for_log(&lqd, ready, 20);
-    lqd
+    Lqd { child, addr, dir }
 }
