@@ -247,6 +247,9 @@ fn start_time_older_than_the_journal_gets_data_missing_d19() {
         (MessageType::LeasequeryReply, Some(Status::DataMissing))
     );
     assert!(reply.base_time.is_some());
+    // The end of the (empty) catch-up, then live updates.
+    let end = r.next(Duration::from_secs(5)).expect("CatchUpComplete");
+    assert_eq!(end.status, Some(Status::CatchUpComplete));
     let live = r.next(Duration::from_secs(5)).expect("live updates follow");
     assert_eq!(live.kind, MessageType::LeasequeryData);
     assert!(live.client.is_some());
