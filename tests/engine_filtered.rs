@@ -452,37 +452,30 @@ fn a_change_wakes_only_the_queries_it_concerns() {
     }
     let unfiltered: Vec<usize> = (10_000..10_100).collect();
 
-    let before = h.journal().next_seq();
-    let op = Op {
-        n: 1,
-        l: 4321,
-        r: 0,
-        prefix: false,
-        release: false,
+    // Applies client `n`'s change on link `l`: the tokens woken, each once.
+    let woken_by = |h: &mut Hist, watchers: &Watchers, n: u16, l: u16, prefix: bool| {
+        let before = h.journal().next_seq();
+        let op = Op {
+            n,
+            l,
+            r: 0,
+            prefix,
+            release: false,
+        };
+        h.apply(&change(op, T0), T0).unwrap();
+        let mut woken = Vec::new();
+        watchers.woken(h.postings(), before, h.journal().next_seq(), &mut woken);
+        woken.sort_unstable();
+        woken.dedup();
+        woken
     };
-    h.apply(&change(op, T0), T0).unwrap();
-    let mut woken = Vec::new();
-    watchers.woken(h.postings(), before, h.journal().next_seq(), &mut woken);
-    woken.sort_unstable();
-    woken.dedup();
+    let woken = woken_by(&mut h, &watchers, 1, 4321, false);
     let mut want = vec![4321];
     want.extend(&unfiltered);
     assert_eq!(woken, want);
 
     // Client 3's /56 on link 9 holds the watched address.
-    let before = h.journal().next_seq();
-    let op = Op {
-        n: 3,
-        l: 9,
-        r: 0,
-        prefix: true,
-        release: false,
-    };
-    h.apply(&change(op, T0), T0).unwrap();
-    let mut woken = Vec::new();
-    watchers.woken(h.postings(), before, h.journal().next_seq(), &mut woken);
-    woken.sort_unstable();
-    woken.dedup();
+    let woken = woken_by(&mut h, &watchers, 3, 9, true);
     let mut want = vec![9];
     want.extend(&unfiltered);
     want.push(10_100);
@@ -500,19 +493,7 @@ fn a_change_wakes_only_the_queries_it_concerns() {
     for (token, s) in sessions.iter().enumerate().take(10_000) {
         watchers.unwatch(&s.active_queries()[0], token);
     }
-    let before = h.journal().next_seq();
-    let op = Op {
-        n: 2,
-        l: 17,
-        r: 0,
-        prefix: false,
-        release: false,
-    };
-    h.apply(&change(op, T0), T0).unwrap();
-    let mut woken = Vec::new();
-    watchers.woken(h.postings(), before, h.journal().next_seq(), &mut woken);
-    woken.sort_unstable();
-    woken.dedup();
+    let woken = woken_by(&mut h, &watchers, 2, 17, false);
     assert_eq!(woken, unfiltered);
 }
 

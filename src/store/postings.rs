@@ -23,7 +23,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::Ipv6Addr;
 
-use super::model::{Binding, LeaseKind, RemoteIdKey};
+use super::model::{Binding, Lease, LeaseKind, RemoteIdKey};
 
 /// What a record is filed under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -52,46 +52,38 @@ impl PostingKey {
 
     /// Every key a binding's record is filed under (each once).
     pub fn of(binding: &Binding, mut each: impl FnMut(Self)) {
+        /// True for the first of equal items.
+        fn first<T: PartialEq>(items: &[T], i: usize) -> bool {
+            items
+                .get(..i)
+                .is_none_or(|before| items.get(i).is_none_or(|x| !before.contains(x)))
+        }
         each(Self::Link(binding.key.link));
         each(Self::ClientId(binding.key.client_id.clone()));
-        for (i, r) in binding.relay.relay_ids.iter().enumerate() {
-            if !binding
-                .relay
-                .relay_ids
-                .get(..i)
-                .is_some_and(|s| s.contains(r))
-            {
+        let relay = &binding.relay;
+        for (i, r) in relay.relay_ids.iter().enumerate() {
+            if first(&relay.relay_ids, i) {
                 each(Self::RelayId(r.clone()));
             }
         }
-        for (i, r) in binding.relay.remote_ids.iter().enumerate() {
-            if !binding
-                .relay
-                .remote_ids
-                .get(..i)
-                .is_some_and(|s| s.contains(r))
-            {
+        for (i, r) in relay.remote_ids.iter().enumerate() {
+            if first(&relay.remote_ids, i) {
                 each(Self::RemoteId(r.clone()));
             }
         }
-        for (i, l) in binding.leases.iter().enumerate() {
-            let len = match l.kind {
-                LeaseKind::Address => 128,
-                LeaseKind::Prefix => l.prefix_len,
-            };
-            let key = Self::lease(l.address, len);
-            let seen = binding.leases.get(..i).is_some_and(|s| {
-                s.iter().any(|e| {
-                    let elen = match e.kind {
-                        LeaseKind::Address => 128,
-                        LeaseKind::Prefix => e.prefix_len,
-                    };
-                    Self::lease(e.address, elen) == key
-                })
-            });
-            if !seen {
-                each(key);
+        let leases: Vec<Self> = binding.leases.iter().map(Self::of_lease).collect();
+        for (i, key) in leases.iter().enumerate() {
+            if first(&leases, i) {
+                each(key.clone());
             }
+        }
+    }
+
+    /// The key of a lease: its address, or its prefix at its length.
+    fn of_lease(l: &Lease) -> Self {
+        match l.kind {
+            LeaseKind::Address => Self::lease(l.address, 128),
+            LeaseKind::Prefix => Self::lease(l.address, l.prefix_len),
         }
     }
 }
