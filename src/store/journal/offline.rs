@@ -18,6 +18,10 @@ use super::ring::{Inspection, Journal, inspect};
 use super::{JournalError, file};
 use crate::codec::ServerTime;
 
+/// The largest journal [`check`] and [`resize`] read whole into memory (a file cut short is
+/// padded to the size its header gives): 16 GiB.
+const MAX_PADDED: u64 = 16 << 30;
+
 /// What [`check`] found in a journal file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Report {
@@ -105,11 +109,17 @@ fn read_padded(path: &Path) -> Result<(Vec<u8>, u64), JournalError> {
         .map_err(|e| file::io_err("read of", path, e))?;
     let file_len = buf.len() as u64;
     let ring = layout::get_u64(&buf, field::RING_LEN).unwrap_or(0);
-    let want = usize::try_from(ring)
-        .ok()
-        .and_then(|r| r.checked_add(HEADER_LEN));
-    if let Some(want) = want.filter(|&w| w > buf.len() && w <= (1usize << 40)) {
-        buf.resize(want, 0);
+    let want = ring.saturating_add(HEADER_LEN as u64);
+    if want > file_len {
+        // A file cut short: read as if the rest were never written. A header that claims
+        // more than any journal lqd makes is damage, not a size to allocate.
+        if want > MAX_PADDED {
+            return Err(JournalError::BadHeader(format!(
+                "the header says the journal is {want} octets, the file is {file_len}: more \
+                 than the {MAX_PADDED} octets a journal may have"
+            )));
+        }
+        buf.resize(usize::try_from(want).unwrap_or(buf.len()), 0);
     }
     Ok((buf, file_len))
 }
@@ -179,6 +189,11 @@ pub fn resize(path: &Path, size: u64) -> Result<Resized, JournalError> {
     file::lock(&old, path)?;
     let (buf, file_len) = read_padded(path)?;
     let report = inspect(&buf)?;
+    if size > MAX_PADDED {
+        return Err(JournalError::BadHeader(format!(
+            "{size} octets: resize writes journals of up to {MAX_PADDED} octets"
+        )));
+    }
     let new_len = usize::try_from(size)
         .ok()
         .filter(|&s| layout::ring_len_for(s).is_some())
