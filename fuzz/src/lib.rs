@@ -6,6 +6,8 @@
 //! parsing already validated it. Every check here panics when a promise is broken, which is how
 //! libFuzzer learns about a bug.
 
+pub mod fixture;
+
 use lqd::codec::{
     DhcpOption, Duid, Header, Message, MessageRepr, OptionCode, Options, RawOptions, RelayMessage,
 };

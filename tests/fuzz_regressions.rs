@@ -1,0 +1,216 @@
+//! Regression tests for what the cargo-fuzz targets in `fuzz/` found (issue 13, point 4): each
+//! test is the smallest input that shows the bug, written out inline, and fails until it is
+//! fixed. The targets and how to replay their findings are in `fuzz/README.md`.
+//!
+//! The tests of findings not fixed yet are `#[ignore]`d so that the suite stays green; run them
+//! with `cargo test --test fuzz_regressions -- --include-ignored`, and drop the `ignore` with
+//! the fix.
+
+use lqd::codec::ServerTime;
+use lqd::store::journal::{HEADER_LEN, Journal, inspect};
+
+/// Every record from the oldest on: (seq, time, payload).
+fn contents(j: &Journal<Vec<u8>>) -> Vec<(u64, ServerTime, Vec<u8>)> {
+    let mut c = j.tail();
+    let mut out = Vec::new();
+    while let Some(r) = j.read(&mut c).expect("the tail is never overrun") {
+        out.push((r.seq, r.time, r.payload.to_vec()));
+    }
+    out
+}
+
+/// A record as the journal lays it out (module documentation of `store::journal`): length,
+/// CRC32C of seq, time and payload, seq, time, payload, zero padding to a multiple of 8.
+fn record_image(seq: u64, time: ServerTime, payload: &[u8]) -> Vec<u8> {
+    let mut covered = seq.to_le_bytes().to_vec();
+    covered.extend_from_slice(&time.0.to_le_bytes());
+    covered.extend_from_slice(payload);
+    let mut r = u32::try_from(payload.len()).unwrap().to_le_bytes().to_vec();
+    r.extend_from_slice(&crc32c::crc32c(&covered).to_le_bytes());
+    r.extend_from_slice(&covered);
+    r.resize(r.len().next_multiple_of(8), 0);
+    r
+}
+
+/// Writes header slot `i` (0 or 1) of `file` with a valid CRC: generation, tail offset and
+/// seq, head offset and seq, flags, evicted time (the slot table of `store::journal`).
+fn write_slot(file: &mut [u8], i: usize, fields: [u64; 5], flags: u32, evicted: u32) {
+    let at = 64 + 64 * i;
+    for (k, v) in fields.iter().enumerate() {
+        file[at + 8 * k..at + 8 * k + 8].copy_from_slice(&v.to_le_bytes());
+    }
+    file[at + 40..at + 44].copy_from_slice(&flags.to_le_bytes());
+    file[at + 44..at + 48].copy_from_slice(&evicted.to_le_bytes());
+    file[at + 48..at + 60].fill(0);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&file[..24]), &file[at..at + 60]);
+    file[at + 60..at + 64].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Found by the `journal` target: a header (valid CRC) whose sequence numbers are at the end
+/// of their range opens, and then every append returns `Ok` with the same seq (`u64::MAX`,
+/// `saturating_add`) and no record ever reads back: changes are silently lost. Fuzz input
+/// (structured, see `fuzz/src/fixture.rs`): a slot with tail seq and head seq `u64::MAX` over
+/// an empty ring. Either `open` refuses such a header or an append fails or reads back.
+#[test]
+#[ignore = "fuzz finding not fixed yet: sequence numbers at the end of their range"]
+fn a_header_at_the_end_of_the_seq_range_does_not_swallow_appends() {
+    let mut file = Journal::format(vec![0; HEADER_LEN + 1024])
+        .unwrap()
+        .into_inner();
+    file[64..192].fill(0);
+    write_slot(
+        &mut file,
+        1,
+        [1, 32, u64::MAX, 32, u64::MAX],
+        1,
+        218_959_117,
+    );
+    let Ok((mut j, _)) = Journal::open(file) else {
+        return; // refusing the header is a fix too
+    };
+    let mut appended = Vec::new();
+    for i in 0..3u8 {
+        match j.append(ServerTime(218_959_118), &[i; 40]) {
+            Ok(seq) => appended.push((seq, vec![i; 40])),
+            Err(_) => return, // so is refusing the append
+        }
+    }
+    let seqs: Vec<u64> = appended.iter().map(|a| a.0).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0].checked_add(1) == Some(w[1])),
+        "appends returned the sequence numbers {seqs:?}"
+    );
+    let read: Vec<(u64, Vec<u8>)> = contents(&j).into_iter().map(|r| (r.0, r.2)).collect();
+    assert_eq!(read, appended, "the appended records do not read back");
+}
+
+/// Found by the `journal` target (the same cause): a record with seq `u64::MAX` at the header's
+/// tail is an intact record for `inspect` (`lqd journal check`), but `open` recovers nothing:
+/// the record after it would need seq `u64::MAX + 1`, and with `saturating_add` the journal's
+/// next seq equals its tail's, so it holds no records.
+#[test]
+#[ignore = "fuzz finding not fixed yet: sequence numbers at the end of their range"]
+fn a_record_with_the_last_seq_is_recovered_as_inspect_counts_it() {
+    let mut file = Journal::format(vec![0; HEADER_LEN + 576])
+        .unwrap()
+        .into_inner();
+    let r = record_image(u64::MAX, ServerTime(1000), b"the last seq");
+    file[HEADER_LEN..HEADER_LEN + r.len()].copy_from_slice(&r);
+    file[64..192].fill(0);
+    write_slot(&mut file, 1, [1, 0, u64::MAX, 0, u64::MAX], 0, 0);
+    let seen = inspect(&file).unwrap();
+    let Ok((_, rec)) = Journal::open(file) else {
+        return; // refusing the header is a fix too
+    };
+    assert_eq!(
+        rec.records, seen.records,
+        "open and inspect disagree: {rec:?} / {seen:?}"
+    );
+}
+
+/// Found by the `journal` target: an append does not clear what is left of the record it
+/// overwrote past its own end, and recovery reads at the head whatever is there. Here a payload
+/// (an evicted record's, that is: a binding's DUIDs and relay messages, which clients and relays
+/// choose) holds the image of a record with the next seq and a valid CRC, and the head lands on
+/// it after a wrap: after a clean close and reopen, that record, never appended, comes back.
+#[test]
+#[ignore = "fuzz finding not fixed yet: leftovers past the head are read by recovery"]
+fn a_payload_left_past_the_head_is_not_recovered_as_a_record() {
+    let t = ServerTime(1000);
+    let mut j = Journal::format(vec![0; HEADER_LEN + 1024]).unwrap();
+    // Four records of 256 octets fill the 1024-octet ring; the first one's payload holds, at
+    // ring offset 24, the image of record 5.
+    let phantom = record_image(5, t, b"not appended");
+    let mut first = vec![0u8; 236];
+    first[4..4 + phantom.len()].copy_from_slice(&phantom);
+    j.append(t, &first).unwrap();
+    for i in 1..4u8 {
+        j.append(t, &[i; 236]).unwrap();
+    }
+    // Record 4 (24 octets) evicts record 0 and goes to offset 0: the head is now 24.
+    assert_eq!(j.append(t, &[4; 4]).unwrap(), 4);
+    let before = contents(&j);
+    assert_eq!(before.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2, 3, 4]);
+
+    let (j, rec) = Journal::open(j.into_inner()).unwrap();
+    let after = contents(&j);
+    assert_eq!(
+        after.iter().map(|r| r.0).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "a clean close and reopen changed the records ({rec:?}); the last one read: {:?}",
+        after.last().map(|r| String::from_utf8_lossy(&r.2))
+    );
+    assert_eq!(after, before);
+}
+
+/// Found by the `journal` target (the same cause as the previous test, without a CRC): after
+/// appends and a clean close, the leftover of an evicted record's payload at the head, where
+/// the next seq happens to be, makes the reopen report a torn record (`Recovered::discarded`,
+/// logged at start) although nothing was torn.
+#[test]
+#[ignore = "fuzz finding not fixed yet: leftovers past the head are read by recovery"]
+fn a_clean_close_reports_no_torn_record() {
+    let t = ServerTime(1000);
+    let mut j = Journal::format(vec![0; HEADER_LEN + 1024]).unwrap();
+    // As above, but the leftover at ring offset 24 is a length that does not fit, then a CRC,
+    // then seq 5.
+    let mut first = vec![0u8; 236];
+    first[4..8].copy_from_slice(&0x2726_2524u32.to_le_bytes());
+    first[8..12].copy_from_slice(&0x2b2a_2928u32.to_le_bytes());
+    first[12..20].copy_from_slice(&5u64.to_le_bytes());
+    j.append(t, &first).unwrap();
+    for i in 1..4u8 {
+        j.append(t, &[i; 236]).unwrap();
+    }
+    assert_eq!(j.append(t, &[4; 4]).unwrap(), 4);
+    let before = contents(&j);
+
+    let (j, rec) = Journal::open(j.into_inner()).unwrap();
+    assert_eq!(contents(&j), before);
+    assert_eq!(
+        rec.discarded, None,
+        "a clean close reported as a torn record"
+    );
+}
+
+/// Found by the `journal` target: when the header's tail is a wrap marker, `open` clears the
+/// free part of the ring only from the head to that marker, not the rest of the ring past the
+/// marker, which it counts as the oldest record's. Once appends have overwritten the marker, a
+/// stale record left there (here with a higher seq: from a lost write, or from what was in the
+/// file before) is found by the next recovery after a clean close, which reports a hole, rebuilds
+/// the ring with new sequence numbers and serves that record as a change.
+#[test]
+#[ignore = "fuzz finding not fixed yet: the ring past a wrap marker at the tail is not cleared"]
+fn a_stale_record_past_a_wrap_marker_at_the_tail_stays_dead() {
+    let t = ServerTime(1000);
+    let mut file = Journal::format(vec![0; HEADER_LEN + 1024])
+        .unwrap()
+        .into_inner();
+    let ring = HEADER_LEN;
+    // Record 0 at ring offset 0, the wrap marker before it at 512, a stale record 10 at 600.
+    let r0 = record_image(0, t, &[0xaa; 20]);
+    file[ring..ring + r0.len()].copy_from_slice(&r0);
+    file[ring + 512..ring + 516].copy_from_slice(&u32::MAX.to_le_bytes());
+    let stale = record_image(10, t, b"stale, never appended");
+    file[ring + 600..ring + 600 + stale.len()].copy_from_slice(&stale);
+    file[64..192].fill(0);
+    write_slot(&mut file, 1, [1, 512, 0, 40, 1], 0, 0);
+
+    let (mut j, rec) = Journal::open(file).unwrap();
+    assert!(rec.holes.is_empty() && rec.discarded.is_none(), "{rec:?}");
+    assert_eq!(contents(&j).len(), 1, "record 0 only");
+    // Records 1 to 8, 64 octets each, from offset 40 to 552: over the marker, short of 600.
+    for i in 1..=8u8 {
+        assert_eq!(j.append(t, &[i; 44]).unwrap(), u64::from(i));
+    }
+    let before = contents(&j);
+
+    let (j, rec) = Journal::open(j.into_inner()).unwrap();
+    let after = contents(&j);
+    assert!(
+        rec.holes.is_empty(),
+        "a clean close reopened as damaged: {rec:?}; the last record: {:?}",
+        after.last().map(|r| String::from_utf8_lossy(&r.2))
+    );
+    assert_eq!(after, before);
+}
