@@ -494,3 +494,107 @@ fn per_requestor_query_types_d23() {
     let r = udp_ask(&u, &lqd, &by_client_udp).unwrap();
     assert_eq!(refusal(&r, 3), Status::NotAllowed);
 }
+
+/// A by-address LEASEQUERY framed for TCP: answered with one LEASEQUERY-REPLY.
+fn by_address(xid: u32, address: Ipv6Addr) -> Vec<u8> {
+    MessageBuilder::leasequery(xid)
+        .client_id(&REQUESTOR)
+        .lq_query(QueryType::ByAddress, Ipv6Addr::UNSPECIFIED, |q| {
+            q.iaaddr(address, 0, 0)
+        })
+        .build_frame()
+        .unwrap()
+}
+
+/// 10,000 queries pipelined on one connection, far beyond `max_concurrent_queries`: every one
+/// is answered (issue 13: lqd answered 112, then closed the connection as idle).
+#[test]
+fn pipelined_queries_are_all_answered() {
+    let lqd = Lqd::start("pipelined", "bulk_data_timeout = 3");
+    let mut s = lqd.connect();
+    let mut all = Vec::new();
+    for xid in 1..=10_000u32 {
+        all.extend_from_slice(&by_address(xid, a("2001:db8:0:1::9999")));
+    }
+    let writer = {
+        let mut w = s.try_clone().unwrap();
+        std::thread::spawn(move || w.write_all(&all).unwrap())
+    };
+    let xids: Vec<u32> = (1..=10_000).collect();
+    let answers = read_answers(&mut s, &xids);
+    writer.join().unwrap();
+    assert_eq!(answers.len(), 10_000);
+}
+
+/// A frame header, then a byte every half second (slowloris): closed after
+/// `bulk_data_timeout` counted from the connection's last whole query, not its last byte.
+#[test]
+fn a_slowloris_is_closed_after_the_data_timeout() {
+    let lqd = Lqd::start("slowloris", "bulk_data_timeout = 2");
+    let mut s = lqd.connect();
+    s.write_all(&[0x00, 0x40, 15]).unwrap();
+    let opened = std::time::Instant::now();
+    let mut gone = false;
+    while opened.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(500));
+        if s.write_all(&[0]).is_err() {
+            gone = true;
+            break;
+        }
+        if lqd
+            .log()
+            .contains("blocked longer than BULK_LQ_DATA_TIMEOUT")
+        {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "still open after 8 s:\n{}", lqd.log());
+    assert!(
+        opened.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        opened.elapsed()
+    );
+}
+
+/// A requestor that closes half-way through a frame is freed at once, not after
+/// `bulk_data_timeout`.
+#[test]
+fn a_requestor_that_closes_mid_frame_is_freed_at_once() {
+    let lqd = Lqd::start("midframe", "");
+    let mut s = lqd.connect();
+    let q = by_address(7, a("2001:db8:0:1::9999"));
+    s.write_all(&q[..q.len() / 2]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(closed(&mut s), "lqd closes it");
+    wait_for_log(&lqd, "requestor closed the connection", 2);
+}
+
+/// A requestor that sends megabytes of queries and reads nothing: lqd stops reading it (D22)
+/// instead of buffering them, so its memory stays where it was.
+#[test]
+fn queries_a_requestor_does_not_wait_for_stay_in_its_socket() {
+    let lqd = Lqd::start("flooded", "");
+    let pid = lqd.child.id();
+    let rss = || common::rss_kib(pid);
+    let before = rss();
+    let s = lqd.connect();
+    let mut w = s.try_clone().unwrap();
+    w.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut batch = Vec::new();
+    for xid in 0..1000u32 {
+        batch.extend_from_slice(&by_address(xid, a("2001:db8:0:1::9999")));
+    }
+    // Up to 50 MB, until lqd and the kernel stop taking them.
+    let mut sent = 0usize;
+    while sent < 50 << 20 && w.write_all(&batch).is_ok() {
+        sent += batch.len();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grew = rss().saturating_sub(before);
+    assert!(
+        grew < 8 * 1024,
+        "lqd grew by {grew} KiB after {sent} octets sent"
+    );
+    drop(s);
+}

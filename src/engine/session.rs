@@ -156,6 +156,16 @@ impl Session {
         self.running() < self.max_concurrent
     }
 
+    /// True when `buf` starts with a whole frame (or a frame header the decoder will refuse):
+    /// buffered queries the session has yet to take.
+    #[must_use]
+    pub fn holds_whole_frame(&self, buf: &[u8]) -> bool {
+        match buf {
+            [a, b, rest @ ..] => rest.len() >= usize::from(u16::from_be_bytes([*a, *b])),
+            _ => false,
+        }
+    }
+
     /// The number of queries in progress, Bulk and Active.
     #[must_use]
     pub fn running(&self) -> usize {

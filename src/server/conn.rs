@@ -14,6 +14,10 @@ use crate::engine::active::{ActiveQuery, EncodeCache};
 use crate::engine::session::{Ctx, Event, Session};
 use crate::store::Log;
 
+/// Octets of queries buffered per connection before lqd stops reading it (D22): a few whole
+/// queries of the largest size.
+const INBUF_CAP: usize = 4 * 65_537;
+
 /// Capacity an emptied input buffer may keep; more is given back.
 const KEEP_CAPACITY: usize = 8 * 1024;
 
@@ -103,7 +107,9 @@ impl Conn {
                 Ok(None) => {}
             }
         }
-        if self.readable && self.session.wants_read() {
+        // Read only while the session can take a query and no more than a few are buffered:
+        // past that, queries wait in the requestor's socket, not in lqd's memory (D22).
+        if self.readable && self.session.wants_read() && self.inbuf.len() < INBUF_CAP {
             let was_closed = self.read_closed;
             more |= self.read(cfg)?;
             if self.read_closed && !was_closed && self.session.has_active() {
@@ -114,6 +120,10 @@ impl Conn {
                 // and its per-requestor slot are then freed within milliseconds (issue 13).
                 self.session.keepalive_now(ctx, &mut self.outbuf);
             }
+        }
+        // Queries already read, also those left from a turn where the session was at its
+        // limit (pipelined requestors: the socket may have nothing new to say).
+        if !self.inbuf.is_empty() && self.session.wants_read() {
             let mut events = Vec::new();
             let consumed = self.session.handle_bytes(
                 &self.inbuf,
@@ -127,6 +137,11 @@ impl Conn {
             }
             match consumed {
                 Ok(n) => {
+                    if n > 0 {
+                        // A whole query: the requestor is not idle (a byte now and then of
+                        // a frame that never ends is: slowloris, issue 13).
+                        self.activity = Instant::now();
+                    }
                     self.inbuf.drain(..n.min(self.inbuf.len()));
                     if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_CAPACITY {
                         self.inbuf = Vec::new();
@@ -159,7 +174,9 @@ impl Conn {
         // writable: the socket's next writable edge brings the connection back.
         more |= unsent && self.writable;
         let idle = self.session.running() == 0 && self.out_pos == self.outbuf.len();
-        if self.read_closed && idle && self.inbuf.is_empty() {
+        if self.read_closed && idle && !self.session.holds_whole_frame(&self.inbuf) {
+            // Nothing runs, nothing is left to send, and what is buffered is at most part of
+            // a frame that can no longer complete.
             return Err("requestor closed the connection".into());
         }
         // Output left and the socket still writable (the fill stopped at high water), or
@@ -168,7 +185,10 @@ impl Conn {
             self.writable && (self.out_pos < self.outbuf.len() || self.session.bulk_running() > 0);
         // Readiness not used up while the session could take more (for instance a query
         // finished this turn and freed a slot): edge-triggered, it will not be reported again.
-        more |= self.readable && self.session.wants_read();
+        // Likewise whole queries already buffered, waiting for a slot that is now free.
+        more |= self.session.wants_read()
+            && ((self.readable && self.inbuf.len() < INBUF_CAP)
+                || self.session.holds_whole_frame(&self.inbuf));
         Ok(more)
     }
 
@@ -182,10 +202,7 @@ impl Conn {
                     self.readable = false;
                     return Ok(false);
                 }
-                Ok(n) => {
-                    self.inbuf.extend_from_slice(chunk.get(..n).unwrap_or(&[]));
-                    self.activity = Instant::now();
-                }
+                Ok(n) => self.inbuf.extend_from_slice(chunk.get(..n).unwrap_or(&[])),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.readable = false;
                     return Ok(false);
@@ -194,7 +211,7 @@ impl Conn {
                 Err(e) => return Err(format!("read failed: {e}")),
             }
             // Do not buffer more than a few queries ahead of the session (D22).
-            if self.inbuf.len() > 4 * 65_537 {
+            if self.inbuf.len() >= INBUF_CAP {
                 return Ok(true);
             }
         }
