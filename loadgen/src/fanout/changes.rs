@@ -312,6 +312,11 @@ impl Model {
         }
     }
 
+    /// The IA_NA address of binding `b`.
+    pub(crate) fn address_of(self, b: u32) -> Ipv6Addr {
+        self.address(b)
+    }
+
     /// The change a message's OPTION_CLIENT_DATA reports.
     fn change_of(self, cd: &Options<'_>) -> Result<u64, String> {
         let duid = cd.client_id().ok_or("client data without a client id")?;
