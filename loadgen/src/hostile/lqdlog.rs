@@ -78,6 +78,11 @@ impl LogReader {
         }
     }
 
+    /// Octets of the log read so far (from the file's start).
+    pub(super) const fn offset(&self) -> u64 {
+        self.offset
+    }
+
     /// The lines naming a peer written since the last call.
     pub(super) fn read_new(&mut self) -> Result<Vec<Line>, String> {
         let mut f = File::open(&self.path).map_err(|e| format!("{}: {e}", self.path.display()))?;

@@ -212,6 +212,8 @@ struct AttackResult {
     /// The most octets seen in the kernel's queues of lqd's connections, from the attack
     /// phase's end to the end of the wait.
     kernel_queued_max: u64,
+    /// Octets lqd logged from the attack phase's start to the end of the wait.
+    log_bytes: u64,
     /// Queries dropped for their running xid, as lqd logged them (D21).
     xid_dropped_logged: u64,
     /// STARTTLS refusals lqd logged (D25).
@@ -325,6 +327,7 @@ fn one_attack(
 ) -> Result<AttackResult, String> {
     let name = kind.name();
     let mut log = LogReader::from_end(log_path.to_path_buf());
+    let log_start = log.offset();
     let (attacked, running) =
         good.phase(&format!("{name}: attack"), || attack::start(kind, settings))?;
     running.stop_attacking();
@@ -381,6 +384,7 @@ fn one_attack(
     }
     churn.stop();
     lines_ok?;
+    let log_bytes = log.offset() - log_start;
     good.server.check_alive()?;
     let pid = good.server.pid().ok_or("lqd has no process id")?;
     let rss_after_kib = proc_stats(pid)?.rss_kib;
@@ -401,6 +405,7 @@ fn one_attack(
         wait_ran_out,
         rss_after_kib,
         kernel_queued_max,
+        log_bytes,
         xid_dropped_logged: fates::said_of(conns, &lines, |s| *s == Said::XidDropped),
         starttls_refused_logged: fates::said_of(conns, &lines, |s| *s == Said::StartTlsRefused),
         extra: finished.extra,
