@@ -61,25 +61,67 @@ pub(crate) struct Answer {
     pub(crate) addresses: Vec<(u32, Ipv6Addr)>,
 }
 
+/// The clients a by-link answer is read against: the demo [`Population`], or the bindings
+/// loadgen itself gave lqd through its feed (`fanout`'s change model).
+pub(crate) trait Clients {
+    /// The link every client is on.
+    fn link(&self) -> Ipv6Addr;
+    /// How many clients there are.
+    fn clients(&self) -> usize;
+    /// The number of the client with this DUID, if it is one of them.
+    fn client(&self, duid: &[u8]) -> Option<u32>;
+}
+
+impl Clients for Population {
+    fn link(&self) -> Ipv6Addr {
+        Self::link(self)
+    }
+
+    fn clients(&self) -> usize {
+        Self::clients(self)
+    }
+
+    fn client(&self, duid: &[u8]) -> Option<u32> {
+        Self::client(self, duid)
+    }
+}
+
+/// A by-link query for `clients`' link, framed, with transaction id `xid`.
+pub(crate) fn link_query(clients: &impl Clients, xid: u32) -> Result<Vec<u8>, String> {
+    MessageBuilder::leasequery(xid)
+        .client_id(&REQUESTOR)
+        .lq_query(QueryType::ByLinkAddress, clients.link(), |q| q)
+        .build_frame()
+        .map_err(|e| format!("building the query: {e}"))
+}
+
 /// Sends a by-link query for the population's link on a new connection and reads the whole
 /// answer; with `collect`, keeps each binding's IA address.
 pub(crate) fn query_link(
     addr: SocketAddr,
-    population: &Population,
+    population: &impl Clients,
     xid: u32,
     collect: bool,
 ) -> Result<Answer, String> {
     let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;
-    let query = MessageBuilder::leasequery(xid)
-        .client_id(&REQUESTOR)
-        .lq_query(QueryType::ByLinkAddress, population.link(), |q| q)
-        .build_frame()
-        .map_err(|e| format!("building the query: {e}"))?;
+    let query = link_query(population, xid)?;
     let started = Instant::now();
     s.write_all(&query)
         .map_err(|e| format!("sending the query: {e}"))?;
+    read_answer(&mut s, population, xid, collect, started)
+}
+
+/// Reads, from `s`, the whole answer to the by-link query `xid` sent at `started`, and not an
+/// octet more; with `collect`, keeps each binding's IA address.
+pub(crate) fn read_answer(
+    s: &mut impl Read,
+    population: &impl Clients,
+    xid: u32,
+    collect: bool,
+    started: Instant,
+) -> Result<Answer, String> {
     let mut answer = Answer {
         bindings: 0,
         messages: 0,
@@ -142,7 +184,7 @@ impl Answer {
         &mut self,
         message: &[u8],
         xid: u32,
-        population: &Population,
+        population: &impl Clients,
         collect: bool,
     ) -> Result<bool, String> {
         let m = MessageRepr::parse(message)

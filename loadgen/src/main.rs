@@ -18,13 +18,19 @@
 //! target/release/loadgen catch-up --requestors 1000 --changes 10000
 //! target/release/loadgen ramp --requestors 1000 --start-rate 1000 --p99-ms 50
 //! target/release/loadgen active --requestors 100,1000 --rate 1000 --filter relay-id --systems lqd,raw,redis
+//! target/release/loadgen hostile
 //! ```
+//!
+//! `hostile` runs hostile requestors (floods, slowloris, garbage, …) against lqd, each measured
+//! against a quiet phase just before it, and reads lqd's log to see each attacking connection
+//! refused or closed, with the reason.
 //!
 //! One module per mode (`bulk`, `udp`, `fanout`); the lqd process, the population model and
 //! the report helpers are shared.
 
 mod bulk;
 mod fanout;
+mod hostile;
 mod plot;
 mod population;
 mod process;
@@ -59,6 +65,10 @@ enum Mode {
     CatchUp(fanout::catchup::Args),
     /// Active Leasequery ramp: the highest rate with p99 under a bound at a given N.
     Ramp(fanout::ramp::Args),
+    /// Hostile requestors, one attack after another, each against a quiet phase before it:
+    /// the well-behaved requestors' latency, losses and Bulk answers, lqd's memory, and what
+    /// lqd did with every attacking connection (from its log).
+    Hostile(hostile::Args),
     /// The raw baseline's sender process, run by loadgen itself.
     #[command(hide = true)]
     RawSender(fanout::raw::Args),
@@ -114,6 +124,10 @@ fn main() -> ExitCode {
         Mode::Ramp(args) => {
             let path = args.common.json.clone();
             (fanout::ramp::run(&args), path)
+        }
+        Mode::Hostile(args) => {
+            let path = args.json.clone();
+            (hostile::run(&args), path)
         }
         Mode::RawSender(args) => return fanout::raw::serve(&args),
     };

@@ -2,7 +2,7 @@
 //! through its JSON-lines UNIX socket), watched through its log and /proc, killed and cleaned
 //! up on drop.
 
-use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,6 +29,8 @@ pub(crate) struct Lqd {
     child: Child,
     /// Where it listens, TCP and UDP.
     pub(crate) addr: SocketAddr,
+    /// Its second listen address, `127.0.0.1` on the same port, when asked for.
+    pub(crate) addr_v4: Option<SocketAddr>,
     dir: PathBuf,
     keep: bool,
 }
@@ -93,7 +95,7 @@ impl Lqd {
     }
 
     fn spawn(common: &Common, demo: &DemoSettings, extra: &str) -> Result<Self, String> {
-        Self::spawn_with(&common.lqd, common.keep_state, |_, _| {
+        Self::spawn_with(&common.lqd, common.keep_state, false, |_, _| {
             format!(
                 "source = \"demo\"\n{extra}\n[demo]\nclients = {}\nlinks = {}\nchanges_per_sec = {}\nseed = {}\n",
                 demo.clients, demo.links, demo.changes_per_sec, demo.seed,
@@ -110,8 +112,19 @@ impl Lqd {
         keep: bool,
         extra: &str,
     ) -> Result<(Self, UnixStream), String> {
+        Self::start_jsonl_on(binary, keep, false, extra)
+    }
+
+    /// [`start_jsonl`](Self::start_jsonl), listening on `127.0.0.1` too (the same port) when
+    /// `ipv4`: requestors can then connect from any address of `127.0.0.0/8` as well as `::1`.
+    pub(crate) fn start_jsonl_on(
+        binary: &Path,
+        keep: bool,
+        ipv4: bool,
+        extra: &str,
+    ) -> Result<(Self, UnixStream), String> {
         let mut socket = PathBuf::new();
-        let mut lqd = Self::spawn_with(binary, keep, |_, dir| {
+        let mut lqd = Self::spawn_with(binary, keep, ipv4, |_, dir| {
             socket = dir.join("feed.sock");
             format!("source = \"jsonl:unix:{}\"\n{extra}\n", socket.display())
         })?;
@@ -132,11 +145,13 @@ impl Lqd {
         }
     }
 
-    /// Spawns lqd on a free port of `[::1]` with a fresh state directory; `body(addr, dir)`
-    /// gives the config file's lines after `listen`, `state_dir` and `log`.
+    /// Spawns lqd on a free port of `[::1]` (and of `127.0.0.1` when `ipv4`) with a fresh state
+    /// directory; `body(addr, dir)` gives the config file's lines after `listen`, `state_dir`
+    /// and `log`.
     fn spawn_with(
         binary: &Path,
         keep: bool,
+        ipv4: bool,
         body: impl FnOnce(SocketAddr, &Path) -> String,
     ) -> Result<Self, String> {
         if !binary.is_file() {
@@ -146,9 +161,14 @@ impl Lqd {
             ));
         }
         let (addr, dir) = fresh_server("lqd")?;
+        let addr_v4 = ipv4.then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())));
+        let listen = match addr_v4 {
+            Some(v4) => format!("\"{addr}\", \"{v4}\""),
+            None => format!("\"{addr}\""),
+        };
         let config = dir.join("lqd.toml");
         let text = format!(
-            "listen = [\"{addr}\"]\nstate_dir = \"{}\"\nlog = \"info\"\n{}",
+            "listen = [{listen}]\nstate_dir = \"{}\"\nlog = \"info\"\n{}",
             dir.display(),
             body(addr, &dir),
         );
@@ -166,6 +186,7 @@ impl Lqd {
         Ok(Self {
             child,
             addr,
+            addr_v4,
             dir,
             keep,
         })
@@ -265,7 +286,12 @@ impl Lqd {
 
     /// Everything lqd logged so far.
     pub(crate) fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("lqd.log")).unwrap_or_default()
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The file lqd logs to (its standard error).
+    pub(crate) fn log_path(&self) -> PathBuf {
+        self.dir.join("lqd.log")
     }
 
     /// The last lines of the log, for error messages.

@@ -561,3 +561,110 @@ fn ramp_preloaded_steps_up_over_existing_bindings() {
         check_preloaded(d, &report, "1,000");
     }
 }
+
+/// The hostile suite on two attacks: every garbage connection closed by lqd at once with the
+/// codec's reason, the one-address flood refused at the per-requestor limit beyond its first
+/// ten (which lqd closes as idle after BULK_LQ_DATA_TIMEOUT), every verdict read from lqd's
+/// log by the attacker's address and port; and the well-behaved requestors, quiet and under
+/// attack, lost nothing.
+#[test]
+fn hostile_attackers_are_ended_by_lqd_and_nothing_is_lost() {
+    let (r, report) = loadgen_report(
+        "hostile",
+        &[
+            "hostile",
+            "--attacks",
+            "garbage,flood-one",
+            "--seconds",
+            "2",
+            "--bindings",
+            "2000",
+            "--rate",
+            "200",
+            "--requestors",
+            "2",
+            "--bulk-data-timeout",
+            "2",
+            "--active-send-timeout",
+            "2",
+            "--close-wait",
+            "6",
+            "--attack-rate",
+            "50",
+            "--flood-rate",
+            "100",
+            "--flood-one-open",
+            "40",
+        ],
+    );
+    let attacks = r["attacks"].as_array().expect("attacks");
+    assert_eq!(attacks.len(), 2);
+    for a in attacks {
+        for phase in ["quiet", "attacked", "quiet_after"] {
+            let p = &a[phase];
+            assert_eq!(p["lost"], 0, "{phase}: {p}");
+            assert_eq!(p["duplicated"], 0, "{phase}: {p}");
+            assert_eq!(p["deliveries"], 2 * 400, "{phase}: {p}");
+            assert!(!p["bulk_seconds"].as_array().unwrap().is_empty(), "{p}");
+            assert!(p["p99_us"].as_f64().unwrap() > 0.0, "{p}");
+        }
+        let f = &a["fates"];
+        assert_eq!(f["not_closed"], 0, "{f}");
+        assert_eq!(f["no_log_line"], 0, "{f}");
+    }
+    let count = |m: &Value| -> u64 {
+        m.as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum()
+    };
+
+    let garbage = &attacks[0]["fates"];
+    assert_eq!(attacks[0]["attack"], "garbage");
+    let n = garbage["connections"].as_u64().unwrap();
+    assert!(n >= 20, "{garbage}");
+    assert_eq!(
+        count(&garbage["closed"]),
+        n,
+        "every one closed by lqd: {garbage}"
+    );
+    assert_eq!(count(&garbage["refused"]), 0, "{garbage}");
+    for why in garbage["closed"].as_object().unwrap().keys() {
+        assert!(
+            why.starts_with("unparsable message")
+                || why.starts_with("bad frame")
+                || why.ends_with("is not a requestor's message"),
+            "a codec's reason, not a timeout: {why}"
+        );
+    }
+    for t in garbage["timing"].as_object().unwrap().values() {
+        assert!(
+            t["max_seconds"].as_f64().unwrap() < 1.0,
+            "closed at once: {t}"
+        );
+    }
+
+    let flood = &attacks[1]["fates"];
+    assert_eq!(attacks[1]["attack"], "flood-one");
+    let n = flood["connections"].as_u64().unwrap();
+    assert!(n > 40, "{flood}");
+    assert!(
+        flood["refused"]["per-requestor limit"].as_u64().unwrap() > 0,
+        "{flood}"
+    );
+    assert_eq!(
+        count(&flood["refused"]) + count(&flood["closed"]),
+        n,
+        "{flood}"
+    );
+    let idle = &flood["timing"]["closed: blocked longer than BULK_LQ_DATA_TIMEOUT"];
+    assert!(idle["count"].as_u64().unwrap() >= 10, "{flood}");
+    assert!(idle["p50_seconds"].as_f64().unwrap() >= 2.0, "{flood}");
+
+    for g in r["goals"].as_array().unwrap() {
+        assert_eq!(g["every_attacker_ended_by_lqd"], true, "{g}");
+        assert_eq!(g["nothing_lost"], true, "{g}");
+    }
+    assert!(report.contains("| garbage |"), "{report}");
+}

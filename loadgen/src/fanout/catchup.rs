@@ -221,7 +221,7 @@ fn one(
         ctx.workers,
     )?;
     let deadline = started + Duration::from_secs_f64(args.timeout_seconds);
-    let waited = wait_complete(ctx, &mut server, &receivers, n, deadline, &label);
+    let waited = wait_complete(ctx.progress, &mut server, &receivers, n, deadline, &label);
     let end = Instant::now();
     let usage = meter.stop()?;
     let reports = receivers.finish();
@@ -332,7 +332,7 @@ fn away(
         })
         .collect::<Result<_, _>>()?;
     let took = feed_journaled(
-        ctx,
+        ctx.progress,
         server,
         model,
         k,

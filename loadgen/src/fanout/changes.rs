@@ -298,21 +298,33 @@ impl Model {
             .map_err(|e| format!("building change {k}'s LEASEQUERY-DATA: {e}"))
     }
 
-    /// The change a message's OPTION_CLIENT_DATA reports.
-    fn change_of(self, cd: &Options<'_>) -> Result<u64, String> {
-        let duid = cd.client_id().ok_or("client data without a client id")?;
-        let b = match duid.as_bytes() {
+    /// The binding whose client has this DUID, if loadgen made that client (in or beyond the
+    /// model's bindings).
+    fn binding_number(duid: &[u8]) -> Option<u32> {
+        match duid {
             [t0, t1, e0, e1, e2, e3, i0, i1, i2, i3]
                 if u16::from_be_bytes([*t0, *t1]) == DUID_EN
                     && u32::from_be_bytes([*e0, *e1, *e2, *e3]) == ENTERPRISE =>
             {
-                u32::from_be_bytes([*i0, *i1, *i2, *i3])
+                Some(u32::from_be_bytes([*i0, *i1, *i2, *i3]))
             }
-            other => {
-                return Err(format!(
-                    "client data of a client loadgen never made: {other:02x?}"
-                ));
-            }
+            _ => None,
+        }
+    }
+
+    /// The IA_NA address of binding `b`.
+    pub(crate) fn address_of(self, b: u32) -> Ipv6Addr {
+        self.address(b)
+    }
+
+    /// The change a message's OPTION_CLIENT_DATA reports.
+    fn change_of(self, cd: &Options<'_>) -> Result<u64, String> {
+        let duid = cd.client_id().ok_or("client data without a client id")?;
+        let Some(b) = Self::binding_number(duid.as_bytes()) else {
+            return Err(format!(
+                "client data of a client loadgen never made: {:02x?}",
+                duid.as_bytes()
+            ));
         };
         if b >= self.bindings {
             return Err(format!("client data of binding {b}, beyond --bindings"));
@@ -368,6 +380,21 @@ impl Model {
             MessageType::LeasequeryDone => Seen::Done { status },
             t => return Err(format!("an unexpected {t}")),
         })
+    }
+}
+
+/// The bindings as a Bulk answer by link reports them (unkeyed: all on `LINK`).
+impl crate::bulk::Clients for Model {
+    fn link(&self) -> Ipv6Addr {
+        Self::link(*self, 0)
+    }
+
+    fn clients(&self) -> usize {
+        self.bindings as usize
+    }
+
+    fn client(&self, duid: &[u8]) -> Option<u32> {
+        Self::binding_number(duid).filter(|&b| b < self.bindings)
     }
 }
 

@@ -46,14 +46,14 @@
 
 pub(crate) mod active;
 pub(crate) mod catchup;
-mod changes;
-mod inject;
-mod progress;
+pub(crate) mod changes;
+pub(crate) mod inject;
+pub(crate) mod progress;
 pub(crate) mod ramp;
 pub(crate) mod raw;
-mod receiver;
-mod run;
-mod sentinel;
+pub(crate) mod receiver;
+pub(crate) mod run;
+pub(crate) mod sentinel;
 
 use std::path::{Path, PathBuf};
 

@@ -29,19 +29,19 @@ const LQD_CONN_MARGIN: usize = 64;
 const TICK: Duration = Duration::from_millis(10);
 
 /// What a run works with.
-pub(super) struct Ctx<'a> {
-    pub(super) common: &'a FanoutCommon,
-    pub(super) progress: &'a Progress,
-    pub(super) model: Model,
-    pub(super) workers: usize,
+pub(crate) struct Ctx<'a> {
+    pub(crate) common: &'a FanoutCommon,
+    pub(crate) progress: &'a Progress,
+    pub(crate) model: Model,
+    pub(crate) workers: usize,
     /// Create lqd's bindings before each live run's requestors subscribe (`--preload`).
-    pub(super) preload: bool,
+    pub(crate) preload: bool,
 }
 
 impl<'a> Ctx<'a> {
     /// The context for `common`'s runs with each of `requestors` (checked against the
     /// filter's constraint on `--bindings`), lqd's live runs preloaded when `preload`.
-    pub(super) fn new(
+    pub(crate) fn new(
         common: &'a FanoutCommon,
         progress: &'a Progress,
         requestors: &[u32],
@@ -62,7 +62,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// The model of a run with `n` requestors: keyed by `--filter` over `n` keys, when given.
-    pub(super) fn model_for(&self, n: usize) -> Result<Model, String> {
+    pub(crate) fn model_for(&self, n: usize) -> Result<Model, String> {
         match self.common.filter {
             Some(kind) => {
                 let count = u32::try_from(n).map_err(|_| format!("{n} requestors: too many"))?;
@@ -74,7 +74,7 @@ impl<'a> Ctx<'a> {
 
     /// The deliveries `changes` changes make to `n` requestors: one each filtered, `n` each
     /// otherwise.
-    pub(super) fn deliveries(&self, changes: u64, n: usize) -> u64 {
+    pub(crate) fn deliveries(&self, changes: u64, n: usize) -> u64 {
         if self.common.filter.is_some() {
             changes
         } else {
@@ -83,51 +83,51 @@ impl<'a> Ctx<'a> {
     }
 
     /// The run's filter, for its summary.
-    pub(super) fn filter_name(&self) -> Option<String> {
+    pub(crate) fn filter_name(&self) -> Option<String> {
         self.common.filter.map(|f| f.name().to_owned())
     }
 }
 
 /// What a run found besides its summary.
 #[derive(Debug, Clone, Serialize)]
-pub(super) struct Detail {
-    pub(super) system: &'static str,
-    pub(super) requestors: usize,
-    pub(super) rate: f64,
+pub(crate) struct Detail {
+    pub(crate) system: &'static str,
+    pub(crate) requestors: usize,
+    pub(crate) rate: f64,
     /// Starting the server, connecting and starting every stream, seconds (the preload
     /// apart).
-    pub(super) setup_seconds: f64,
+    pub(crate) setup_seconds: f64,
     /// lqd's bindings were created before the requestors subscribed (`--preload`).
-    pub(super) preloaded: bool,
+    pub(crate) preloaded: bool,
     /// Writing every binding to lqd's feed until the sentinel requestor had them all, seconds.
-    pub(super) preload_seconds: Option<f64>,
+    pub(crate) preload_seconds: Option<f64>,
     /// The worst lateness of a change's write behind its intended time, ms.
-    pub(super) inject_max_late_ms: f64,
+    pub(crate) inject_max_late_ms: f64,
     /// How late the last change was written, ms.
-    pub(super) inject_end_late_ms: f64,
+    pub(crate) inject_end_late_ms: f64,
     /// Every connection received every change before the drain timeout.
-    pub(super) complete: bool,
+    pub(crate) complete: bool,
     /// Deliveries skipped because their binding changed again later (RFC 7653 coalescing
     /// of a requestor more than `--bindings` changes behind); not counted as lost.
-    pub(super) coalesced: u64,
+    pub(crate) coalesced: u64,
     /// Latencies above 60 s, recorded as 60 s.
-    pub(super) clamped: u64,
+    pub(crate) clamped: u64,
     /// The raw sender's largest backlog, octets.
-    pub(super) raw_peak_backlog: Option<usize>,
+    pub(crate) raw_peak_backlog: Option<usize>,
     /// The raw sender's connections closed by their receiver, or left unfinished, when the
     /// receivers gave up at the drain timeout.
-    pub(super) raw_unfinished: Option<usize>,
+    pub(crate) raw_unfinished: Option<usize>,
 }
 
 /// A run's results.
-pub(super) struct Outcome {
-    pub(super) summary: RunSummary,
-    pub(super) detail: Detail,
-    pub(super) failures: Vec<String>,
+pub(crate) struct Outcome {
+    pub(crate) summary: RunSummary,
+    pub(crate) detail: Detail,
+    pub(crate) failures: Vec<String>,
 }
 
 /// A started server.
-pub(super) enum Server {
+pub(crate) enum Server {
     Lqd(Lqd, Option<std::os::unix::net::UnixStream>),
     Raw(RawSender),
     Redis(RedisServer),
@@ -135,7 +135,7 @@ pub(super) enum Server {
 
 impl Server {
     /// Starts `system` for `n` requestors; `journal_size` for lqd (octets), `job` for raw.
-    pub(super) fn start(
+    pub(crate) fn start(
         ctx: &Ctx<'_>,
         system: System,
         n: usize,
@@ -198,7 +198,7 @@ impl Server {
         })
     }
 
-    pub(super) fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         match self {
             Self::Lqd(l, _) => l.addr,
             Self::Raw(r) => r.addr(),
@@ -206,7 +206,7 @@ impl Server {
         }
     }
 
-    pub(super) const fn protocol(&self) -> Protocol {
+    pub(crate) const fn protocol(&self) -> Protocol {
         match self {
             Self::Lqd(..) => Protocol::Active,
             Self::Raw(_) => Protocol::Raw,
@@ -215,7 +215,7 @@ impl Server {
     }
 
     /// The server process.
-    pub(super) fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         Some(match self {
             Self::Lqd(l, _) => l.pid(),
             Self::Raw(r) => r.pid(),
@@ -224,7 +224,7 @@ impl Server {
     }
 
     /// An error when the server has gone.
-    pub(super) fn check_alive(&mut self) -> Result<(), String> {
+    pub(crate) fn check_alive(&mut self) -> Result<(), String> {
         match self {
             Self::Lqd(l, _) => l.check_alive(),
             Self::Raw(r) => r.check_alive(),
@@ -235,7 +235,7 @@ impl Server {
     }
 
     /// Failures the server logged (lqd's refused connections).
-    pub(super) fn logged_failures(&self) -> Vec<String> {
+    pub(crate) fn logged_failures(&self) -> Vec<String> {
         match self {
             Self::Lqd(l, _) => {
                 let refused = l.log_count("connection refused");
@@ -256,7 +256,7 @@ impl Server {
 
 /// Waits until every requestor's handshake is done (and, for raw, every connection is
 /// accepted).
-pub(super) fn wait_ready(
+pub(crate) fn wait_ready(
     server: &mut Server,
     receivers: &Receivers,
     n: usize,
@@ -293,7 +293,7 @@ pub(super) fn wait_ready(
 }
 
 /// CPU and memory over a measured window.
-pub(super) struct Meter {
+pub(crate) struct Meter {
     pid: Option<u32>,
     before: Option<ProcStats>,
     own: f64,
@@ -301,15 +301,15 @@ pub(super) struct Meter {
 }
 
 /// What a [`Meter`] measured.
-pub(super) struct Usage {
-    pub(super) server_cpu_secs: Option<f64>,
-    pub(super) own_cpu_secs: f64,
-    pub(super) peak_rss_kib: Option<u64>,
+pub(crate) struct Usage {
+    pub(crate) server_cpu_secs: Option<f64>,
+    pub(crate) own_cpu_secs: f64,
+    pub(crate) peak_rss_kib: Option<u64>,
 }
 
 impl Meter {
     /// Starts measuring `pid` (and loadgen), resetting its peak RSS.
-    pub(super) fn start(pid: Option<u32>) -> Result<Self, String> {
+    pub(crate) fn start(pid: Option<u32>) -> Result<Self, String> {
         let before = pid.map(proc_stats).transpose()?;
         let reset = pid.is_some_and(reset_peak);
         Ok(Self {
@@ -320,7 +320,7 @@ impl Meter {
         })
     }
 
-    pub(super) fn stop(&self) -> Result<Usage, String> {
+    pub(crate) fn stop(&self) -> Result<Usage, String> {
         let own_cpu_secs = own_cpu_secs() - self.own;
         let after = self.pid.map(proc_stats).transpose()?;
         Ok(Usage {
@@ -339,24 +339,24 @@ impl Meter {
 }
 
 /// The receivers' reports, merged.
-pub(super) struct Merged {
-    pub(super) latency: Histogram<u64>,
-    pub(super) clamped: u64,
-    pub(super) received: u64,
-    pub(super) lost: u64,
-    pub(super) coalesced: u64,
-    pub(super) duplicated: u64,
-    pub(super) misdelivered: u64,
-    pub(super) errors: Vec<String>,
-    pub(super) last_delivery: Option<Instant>,
-    pub(super) last_complete: Option<Instant>,
+pub(crate) struct Merged {
+    pub(crate) latency: Histogram<u64>,
+    pub(crate) clamped: u64,
+    pub(crate) received: u64,
+    pub(crate) lost: u64,
+    pub(crate) coalesced: u64,
+    pub(crate) duplicated: u64,
+    pub(crate) misdelivered: u64,
+    pub(crate) errors: Vec<String>,
+    pub(crate) last_delivery: Option<Instant>,
+    pub(crate) last_complete: Option<Instant>,
     /// Each requestor's catch-up time (connect to CatchUpComplete), where it had one.
-    pub(super) catch_up: Vec<Duration>,
+    pub(crate) catch_up: Vec<Duration>,
     /// Each requestor's last base-time, by requestor number.
-    pub(super) base_times: Vec<Option<lqd::codec::ServerTime>>,
+    pub(crate) base_times: Vec<Option<lqd::codec::ServerTime>>,
 }
 
-pub(super) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
+pub(crate) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
     let mut m = Merged {
         latency: Histogram::new_with_bounds(1, HIST_MAX_US, 3)
             .map_err(|e| format!("histogram: {e}"))?,
@@ -399,7 +399,7 @@ pub(super) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
 }
 
 /// Percentiles of `h` as (p50, p90, p99, p99.9, max), µs.
-pub(super) fn percentiles(h: &Histogram<u64>) -> [f64; 5] {
+pub(crate) fn percentiles(h: &Histogram<u64>) -> [f64; 5] {
     if h.is_empty() {
         return [0.0; 5];
     }
@@ -413,13 +413,13 @@ pub(super) fn percentiles(h: &Histogram<u64>) -> [f64; 5] {
 }
 
 /// Percent of one core: `secs` of CPU over `window`.
-pub(super) fn pct(secs: f64, window: Duration) -> f64 {
+pub(crate) fn pct(secs: f64, window: Duration) -> f64 {
     let w = window.as_secs_f64();
     if w > 0.0 { 100.0 * secs / w } else { 0.0 }
 }
 
 /// CPU per change, µs: `secs` of CPU over `changes` changes.
-pub(super) fn us_per_change(secs: f64, changes: u64) -> f64 {
+pub(crate) fn us_per_change(secs: f64, changes: u64) -> f64 {
     if changes > 0 {
         secs * 1e6 / changes as f64
     } else {
@@ -429,7 +429,7 @@ pub(super) fn us_per_change(secs: f64, changes: u64) -> f64 {
 
 /// The failures of merged reports: lost, duplicated and misdelivered deliveries (of
 /// `expected`), and the first few errors, each prefixed with `label`.
-pub(super) fn delivery_failures(m: &Merged, expected: u64, label: &str) -> Vec<String> {
+pub(crate) fn delivery_failures(m: &Merged, expected: u64, label: &str) -> Vec<String> {
     let mut out = Vec::new();
     if m.lost > 0 {
         out.push(format!("{label}: {} of {expected} deliveries lost", m.lost));
@@ -448,7 +448,7 @@ pub(super) fn delivery_failures(m: &Merged, expected: u64, label: &str) -> Vec<S
 }
 
 /// One live run: `system` with `n` requestors, changes at `rate` a second for `seconds`.
-pub(super) fn live(
+pub(crate) fn live(
     ctx: &Ctx<'_>,
     system: System,
     n: usize,
@@ -593,7 +593,7 @@ fn preload_bindings(
 ) -> Result<Duration, String> {
     let m = u64::from(model.bindings());
     let stage = format!("{label}: preloading {m} bindings");
-    let took = feed_journaled(ctx, server, model, m, None, &stage)?;
+    let took = feed_journaled(ctx.progress, server, model, m, None, &stage)?;
     ctx.progress.println(&format!(
         "loadgen: {label}: preloaded {m} bindings in {:.3} s ({}/s), all journaled (a \
          sentinel requestor received them)",
@@ -664,7 +664,7 @@ fn measure(
     };
     ctx.progress.stage(label, ctx.deliveries(total, n));
     let deadline = schedule.end() + Duration::from_secs_f64(ctx.common.drain_seconds);
-    let waited = wait_complete(ctx, server, receivers, n, deadline, label);
+    let waited = wait_complete(ctx.progress, server, receivers, n, deadline, label);
     let window = Instant::now().saturating_duration_since(t0);
     let usage = meter.stop()?;
     abort.store(true, Ordering::Relaxed);
@@ -686,8 +686,8 @@ fn measure(
 
 /// Waits until every connection is complete (true) or has failed, or until `deadline`
 /// (false), updating the progress bar.
-pub(super) fn wait_complete(
-    ctx: &Ctx<'_>,
+pub(crate) fn wait_complete(
+    progress: &Progress,
     server: &mut Server,
     receivers: &Receivers,
     n: usize,
@@ -696,14 +696,14 @@ pub(super) fn wait_complete(
 ) -> Result<bool, String> {
     let shared = &receivers.shared;
     loop {
-        ctx.progress.set(shared.deliveries.load(Ordering::Relaxed));
+        progress.set(shared.deliveries.load(Ordering::Relaxed));
         let complete = shared.complete.load(Ordering::Acquire);
         let failed = shared.failed.load(Ordering::Acquire);
         if complete + failed >= n {
             return Ok(failed == 0);
         }
         if Instant::now() > deadline {
-            ctx.progress.println(&format!(
+            progress.println(&format!(
                 "loadgen: {label}: drain timeout with {complete} of {n} requestors complete"
             ));
             return Ok(false);
@@ -715,7 +715,7 @@ pub(super) fn wait_complete(
 
 /// The report's sentence on `--preload` (whether lqd's population was created before its
 /// requestors subscribed), with the preloads' durations from `details`.
-pub(super) fn preload_note(common: &FanoutCommon, preload: bool, details: &[Detail]) -> String {
+pub(crate) fn preload_note(common: &FanoutCommon, preload: bool, details: &[Detail]) -> String {
     let m = crate::summary::number(f64::from(common.bindings));
     if !preload {
         return format!(
@@ -742,7 +742,7 @@ pub(super) fn preload_note(common: &FanoutCommon, preload: bool, details: &[Deta
 }
 
 /// A line per run that hit the drain timeout or coalesced, for the report.
-pub(super) fn timeout_notes(details: &[Detail]) -> String {
+pub(crate) fn timeout_notes(details: &[Detail]) -> String {
     let mut out = String::new();
     for d in details.iter().filter(|d| d.coalesced > 0) {
         out.push_str(&format!(

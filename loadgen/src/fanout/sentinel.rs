@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use super::changes::{Model, Schedule};
 use super::inject::{self, JsonlSink};
+use super::progress::Progress;
 use super::receiver::{Plan, Protocol, Receivers};
-use super::run::{Ctx, Server, merge, wait_complete, wait_ready};
+use super::run::{Server, merge, wait_complete, wait_ready};
 
 /// How long the sentinel may take to receive the last change after the injector is due to
 /// have written it.
@@ -26,8 +27,8 @@ const GRACE: Duration = Duration::from_secs(60);
 /// Writes changes `0..k` of `model` to lqd's feed socket, at `rate` changes a second or, with
 /// none, as fast as lqd takes them, and waits until a sentinel requestor has received every
 /// one of them; how long that took, from the first write. `stage` names the progress bar.
-pub(super) fn feed_journaled(
-    ctx: &Ctx<'_>,
+pub(crate) fn feed_journaled(
+    progress: &Progress,
     server: &mut Server,
     model: Model,
     k: u64,
@@ -62,11 +63,11 @@ pub(super) fn feed_journaled(
         },
         1,
     )?;
-    if let Err(e) = wait_ready(server, &sentinel, 1, ctx.progress) {
+    if let Err(e) = wait_ready(server, &sentinel, 1, progress) {
         let _ = sentinel.finish();
         return Err(format!("the sentinel requestor: {e}"));
     }
-    ctx.progress.stage(stage, k);
+    progress.stage(stage, k);
     let started = Instant::now();
     let schedule = Schedule {
         t0: started,
@@ -79,7 +80,14 @@ pub(super) fn feed_journaled(
         schedule,
         Arc::clone(&abort),
     )?;
-    let seen = wait_complete(ctx, server, &sentinel, 1, schedule.end() + GRACE, stage);
+    let seen = wait_complete(
+        progress,
+        server,
+        &sentinel,
+        1,
+        schedule.end() + GRACE,
+        stage,
+    );
     let took = started.elapsed();
     abort.store(true, Ordering::Relaxed);
     let injected = injector
