@@ -4,7 +4,8 @@ use std::collections::VecDeque;
 use std::io;
 
 use super::layout::{
-    self, ALIGN, Entry, HEADER_LEN, MAGIC, RawRecord, Slot, VERSION, WRAP_LEN, field,
+    self, ALIGN, Entry, HEADER_LEN, MAGIC, RECORD_HEADER as RECORD_HEADER_LEN, RawRecord, Slot,
+    VERSION, WRAP_LEN, field,
 };
 use super::salvage;
 use super::{Cursor, Hole, JournalError, Overrun, Record, Recovered, TooOld};
@@ -427,6 +428,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         }
         self.next_seq = seq.saturating_add(1);
         self.newest = Some(time);
+        self.clear_after_head();
         if self.index.is_empty() {
             self.index_base = seq;
         }
@@ -435,6 +437,21 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             self.holes.push_back((seq, h.before));
         }
         Ok(seq)
+    }
+
+    /// Zeroes where the next record's header will go, when that is free space: what an older
+    /// lap left there (the middle of a longer record, say) could otherwise read as a record,
+    /// by its sequence number, to a recovery walking on from the last one (found by the
+    /// journal model test and the fuzzer: a clean journal reported a torn record).
+    fn clear_after_head(&mut self) {
+        const CLEAR: usize = RECORD_HEADER_LEN + ALIGN;
+        // Up to the oldest record, never into it.
+        let free = self.free_before(self.tail.off).min(CLEAR);
+        let head = self.head;
+        let end = head.saturating_add(free).min(self.ring_len);
+        if let Some(r) = self.ring_mut().get_mut(head..end) {
+            r.fill(0);
+        }
     }
 
     /// Drops the oldest record from memory (the header's tail is already past it).
