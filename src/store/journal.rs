@@ -105,7 +105,7 @@ mod salvage;
 mod tests;
 
 pub use file::{FlushPolicy, JournalFile};
-pub use layout::{HEADER_LEN, MAX_PAYLOAD, MIN_RING_LEN};
+pub use layout::{HEADER_LEN, MAX_PAYLOAD, MIN_RING_LEN, SEQ_LIMIT};
 pub use ring::{Inspection, Journal, inspect};
 
 /// One record read from the journal.
@@ -281,6 +281,9 @@ pub enum JournalError {
         /// The maximum.
         max: usize,
     },
+    /// The journal has handed out every sequence number below
+    /// [`SEQ_LIMIT`](layout::SEQ_LIMIT).
+    SeqExhausted,
     /// A journal file exists with another size than the configured one.
     SizeMismatch {
         /// The file.
@@ -329,6 +332,11 @@ impl fmt::Display for JournalError {
                     "journal record payload of {len} octets is over the maximum of {max}"
                 )
             }
+            Self::SeqExhausted => write!(
+                f,
+                "journal sequence numbers exhausted: format a new journal (the lease store \
+                 is rebuilt from the source)"
+            ),
             Self::SizeMismatch {
                 path,
                 file,

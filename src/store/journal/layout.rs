@@ -20,6 +20,12 @@ pub(super) const WRAP: u32 = u32::MAX;
 pub(super) const WRAP_LEN: usize = 8;
 /// Records and wrap markers start on this alignment.
 pub(super) const ALIGN: usize = 8;
+/// Sequence numbers stay below this: a header that counts past it is refused, recovery takes
+/// no record at or past it, and an append that would reach it fails. At a million appends a
+/// second a journal gets there in about 292,000 years, so only a damaged or forged header
+/// does; without the limit, `saturating_add` there made every append return the same number
+/// and read back nothing (a fuzz finding).
+pub const SEQ_LIMIT: u64 = i64::MAX as u64;
 
 /// Named offsets (smoltcp's `field` habit).
 pub(super) mod field {

@@ -4,8 +4,8 @@ use std::collections::VecDeque;
 use std::io;
 
 use super::layout::{
-    self, ALIGN, Entry, HEADER_LEN, MAGIC, RECORD_HEADER as RECORD_HEADER_LEN, RawRecord, Slot,
-    VERSION, WRAP_LEN, field,
+    self, ALIGN, Entry, HEADER_LEN, MAGIC, RECORD_HEADER as RECORD_HEADER_LEN, RawRecord,
+    SEQ_LIMIT, Slot, VERSION, WRAP_LEN, field,
 };
 use super::salvage;
 use super::{Cursor, Hole, JournalError, Overrun, Record, Recovered, TooOld};
@@ -250,8 +250,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             let Entry::Record(raw) = layout::entry_at(ring, at, max_payload) else {
                 break None;
             };
-            // A record of another lap, or octets never written (all zero: `seq` may be 0).
-            if raw.seq != seq || (raw.len == 0 && raw.crc == 0 && raw.time.0 == 0) {
+            // A record of another lap, or octets never written (all zero: `seq` may be 0), or
+            // past the last sequence number.
+            if raw.seq != seq
+                || seq >= SEQ_LIMIT
+                || (raw.len == 0 && raw.crc == 0 && raw.time.0 == 0)
+            {
                 break None;
             }
             let pos = HEADER_LEN.saturating_add(at);
@@ -308,11 +312,25 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         why
     }
 
-    /// Clears the free part of the ring, from the head up to the oldest record.
+    /// Clears the free part of the ring, from the head up to the oldest record, and the dead
+    /// octets past a wrap marker at the tail: they count as the oldest record's until appends
+    /// evict it, and are free from then on, so a stale record there would be read by a later
+    /// recovery (a fuzz finding).
     fn scrub_free(&mut self) {
         let (head, tail, n) = (self.head, self.tail.off, self.ring_len);
         let empty = self.is_empty();
+        let tail_wraps = tail != 0
+            && !empty
+            && matches!(
+                layout::entry_at(self.ring(), tail, self.max_payload),
+                Entry::Wrap
+            );
         let ring = self.ring_mut();
+        if tail_wraps {
+            if let Some(r) = ring.get_mut(tail.saturating_add(WRAP_LEN)..) {
+                layout::scrub(r);
+            }
+        }
         if !empty && head == tail {
             return;
         }
@@ -352,6 +370,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         };
         if payload.len() > self.max_payload {
             return Err(too_large);
+        }
+        if self.next_seq >= SEQ_LIMIT {
+            return Err(JournalError::SeqExhausted);
         }
         let Some(size) = layout::record_size(payload.len()) else {
             return Err(too_large);
@@ -844,6 +865,12 @@ fn read_header(b: &[u8]) -> Result<Header, JournalError> {
             slot.tail_off, slot.head_off
         )));
     };
+    if slot.head_seq > SEQ_LIMIT {
+        return Err(JournalError::BadHeader(format!(
+            "head seq {} past the last sequence number {SEQ_LIMIT}",
+            slot.head_seq
+        )));
+    }
     if slot.tail_seq > slot.head_seq {
         return Err(JournalError::BadHeader(format!(
             "tail seq {} after head seq {}",

@@ -14,7 +14,7 @@
 //! from what it found (see there).
 
 use super::Hole;
-use super::layout::{self, ALIGN, Entry, RECORD_HEADER};
+use super::layout::{self, ALIGN, Entry, RECORD_HEADER, SEQ_LIMIT};
 use crate::codec::ServerTime;
 
 /// An intact record found by the scan.
@@ -55,11 +55,12 @@ fn intact(
     let Entry::Record(r) = layout::entry_at(ring, off, max_payload) else {
         return None;
     };
-    let seq_ok = if exact {
-        r.seq == after
-    } else {
-        r.seq >= after && r.seq <= max_seq
-    };
+    let seq_ok = r.seq < SEQ_LIMIT
+        && if exact {
+            r.seq == after
+        } else {
+            r.seq >= after && r.seq <= max_seq
+        };
     if !seq_ok || r.time < min_time || r.covered.is_none() || !r.crc_ok() {
         return None;
     }
@@ -97,6 +98,12 @@ pub(super) fn scan(
             continue;
         }
         if let Some(f) = intact(ring, off, max_payload, seq, seq, min_time, true) {
+            // A record that runs past one lap from the tail overlaps the oldest: the end, as
+            // for the walk of `Journal::open` (else `lqd journal check` would count a record
+            // that lqd then drops).
+            if walked.saturating_add(f.size) > n {
+                break;
+            }
             out.found.push(f);
             seq = seq.saturating_add(1);
             min_time = f.time;
