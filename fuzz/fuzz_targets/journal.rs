@@ -148,7 +148,11 @@ fuzz_target!(|data: &[u8]| {
         let seq = match j.append(ServerTime(1 + i as u32), &payload) {
             Ok(seq) => seq,
             Err(JournalError::SeqExhausted) => {
-                assert!(j.next_seq() >= SEQ_LIMIT, "SeqExhausted at seq {}", j.next_seq());
+                assert!(
+                    j.next_seq() >= SEQ_LIMIT,
+                    "SeqExhausted at seq {}",
+                    j.next_seq()
+                );
                 break;
             }
             Err(e) => panic!("an append that fits failed: {e}"),
