@@ -304,8 +304,8 @@ impl Conn {
             .tls_config
             .clone()
             .ok_or("STARTTLS accepted without a TLS configuration")?;
-        let mut session = ServerConnection::new(config)
-            .map_err(|e| format!("TLS session not created: {e}"))?;
+        let mut session =
+            ServerConnection::new(config).map_err(|e| format!("TLS session not created: {e}"))?;
         session.set_buffer_limit(Some(TLS_BUFFER));
         self.compact();
         self.plain_out = std::mem::take(&mut self.outbuf);

@@ -278,7 +278,9 @@ impl Server {
         };
         match TlsServer::load(&current.settings) {
             Ok(Some(new)) => {
-                info!("reload: TLS certificate, key and client CA read again; new connections use them");
+                info!(
+                    "reload: TLS certificate, key and client CA read again; new connections use them"
+                );
                 self.cfg.tls = Some(new);
             }
             Ok(None) => {}
@@ -301,7 +303,10 @@ impl Server {
         let Some(leaf) = chain.first() else {
             conn.identified();
             if conn.needs_certificate {
-                return Err("no client certificate, and only a certificate table admits this address".into());
+                return Err(
+                    "no client certificate, and only a certificate table admits this address"
+                        .into(),
+                );
             }
             return Ok(());
         };

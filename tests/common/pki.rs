@@ -17,24 +17,24 @@ use rcgen::{
 
 /// A certificate and its key, as files.
 #[derive(Debug, Clone)]
-pub struct Pair {
+pub(crate) struct Pair {
     /// The certificate (PEM).
-    pub cert: PathBuf,
+    pub(crate) cert: PathBuf,
     /// Its private key (PKCS#8 PEM).
-    pub key: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// A CA that signs certificates into a directory.
-pub struct Ca {
+pub(crate) struct Ca {
     dir: PathBuf,
     /// The CA's certificate (PEM).
-    pub cert: PathBuf,
+    pub(crate) cert: PathBuf,
     issuer: Issuer<'static, KeyPair>,
 }
 
 impl Ca {
     /// A new CA named `name`, its certificate in `dir/name.pem`.
-    pub fn new(dir: &Path, name: &str) -> Self {
+    pub(crate) fn new(dir: &Path, name: &str) -> Self {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -56,7 +56,9 @@ impl Ca {
 
     fn sign(&self, file: &str, params: CertificateParams) -> Pair {
         let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signed certificate");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("signed certificate");
         let pair = Pair {
             cert: self.dir.join(format!("{file}.pem")),
             key: self.dir.join(format!("{file}.key")),
@@ -67,7 +69,7 @@ impl Ca {
     }
 
     /// A server certificate for `localhost`, 127.0.0.1 and ::1 (and `extra` DNS names).
-    pub fn server(&self, file: &str, extra: &[&str]) -> Pair {
+    pub(crate) fn server(&self, file: &str, extra: &[&str]) -> Pair {
         let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
         names.extend(extra.iter().map(|s| (*s).to_string()));
         let mut params = CertificateParams::new(names).expect("server params");
@@ -79,14 +81,14 @@ impl Ca {
     }
 
     /// A client certificate with subject CN `cn`, SAN DNS names `dns` and SAN URIs `uris`.
-    pub fn client(&self, file: &str, cn: &str, dns: &[&str], uris: &[&str]) -> Pair {
+    pub(crate) fn client(&self, file: &str, cn: &str, dns: &[&str], uris: &[&str]) -> Pair {
         let mut params = self.client_params(cn, dns, uris);
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         self.sign(file, params)
     }
 
     /// Like [`client`](Self::client), but expired in 2021.
-    pub fn expired_client(&self, file: &str, cn: &str) -> Pair {
+    pub(crate) fn expired_client(&self, file: &str, cn: &str) -> Pair {
         let mut params = self.client_params(cn, &[], &[]);
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
@@ -94,10 +96,9 @@ impl Ca {
     }
 
     /// A server certificate that expired in 2021.
-    pub fn expired_server(&self, file: &str) -> Pair {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
-                .expect("server params");
+    pub(crate) fn expired_server(&self, file: &str) -> Pair {
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
+            .expect("server params");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
