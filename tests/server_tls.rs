@@ -605,3 +605,75 @@ fn starttls_is_refused_without_tls_and_the_connection_stays_plain() {
     s.write_all(&by_link(1, link(1))).unwrap();
     assert!(!client_data_addresses(&read_answers(&mut s, &[1])).is_empty());
 }
+
+/// A requestor in a hurry sends its ClientHello in the same write as STARTTLS (digest §12.8):
+/// lqd hands the octets after the STARTTLS frame to the handshake, never to the frame decoder.
+/// The client side is rustls here, so that the ClientHello can be taken before the answer.
+#[test]
+fn a_client_hello_in_the_same_segment_as_starttls_belongs_to_the_handshake() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+
+    let p = pki();
+    let lqd = Lqd::start_with_demo("tls-early", &tls_table(&p, "require", false), SETTLED);
+    lqd.wait_ready();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&p.ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    #[allow(deprecated)]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    tls.write_tls(&mut hello).unwrap();
+    assert!(hello.len() > 100, "a ClientHello");
+
+    let mut s = lqd.connect();
+    let mut segment = starttls(9);
+    segment.extend_from_slice(&hello);
+    s.write_all(&segment).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let answer = read_frame(&mut s);
+    assert_eq!(
+        MessageRepr::parse(&answer).unwrap().msg_type(),
+        MessageType::StartTls
+    );
+    let mut stream = rustls::StreamOwned::new(tls, s);
+    stream
+        .write_all(&by_link(3, link(1)))
+        .expect("the handshake completes");
+    let mut dec = FrameDecoder::default();
+    let mut buf = Vec::new();
+    let mut frames = Vec::new();
+    let mut chunk = [0u8; 16384];
+    while !types(&frames).contains(&MessageType::LeasequeryDone) {
+        let n = stream.read(&mut chunk).expect("an answer inside TLS");
+        assert!(n > 0, "closed: {}", lqd.log());
+        buf.extend_from_slice(&chunk[..n]);
+        let mut pos = 0;
+        while let Decoded::Frame { message, consumed } = dec.decode(&buf[pos..]).unwrap() {
+            frames.push(message.to_vec());
+            pos += consumed;
+        }
+        buf.drain(..pos);
+    }
+    assert_eq!(addresses(&frames), python_link_addresses(&lqd, &p, link(1)));
+}
+
+/// Under `require` a plain query is refused, so the reference answer comes through the
+/// Python peer.
+fn python_link_addresses(lqd: &Lqd, p: &Pki, l: Ipv6Addr) -> BTreeSet<Ipv6Addr> {
+    let mut py = Py::new(lqd, &p.ca);
+    py.sends = vec![by_link(5, l)];
+    py.until = vec![MessageType::LeasequeryDone.into()];
+    let run = py.run();
+    assert_eq!(run.error, None, "{run:?}");
+    addresses(&run.frames)
+}
