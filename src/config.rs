@@ -166,6 +166,12 @@ pub struct Config {
     /// `log`: log filter in tracing's `EnvFilter` syntax (`info`, `lqd=debug,warn`); default
     /// `info`.
     pub log: String,
+    /// `metrics_listen`: where to serve `GET /metrics` (Prometheus) and `GET /requestors`
+    /// (JSON) over HTTP, such as `"[::1]:9547"`; off unless set (docs/metrics.md).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `metrics_requestor_series`: the most lagged requestors given series of their own;
+    /// default 100. The rest are counted in `lqd_requestor_series_dropped`.
+    pub metrics_requestor_series: usize,
 }
 
 impl Default for Config {
@@ -199,6 +205,8 @@ impl Default for Config {
             udp_receive_buffer: DEFAULT_UDP_RECEIVE_BUFFER,
             tcp_send_buffer: DEFAULT_TCP_SEND_BUFFER,
             log: "info".to_owned(),
+            metrics_listen: None,
+            metrics_requestor_series: 100,
         }
     }
 }
@@ -270,6 +278,9 @@ impl Config {
         }
         if let Some(log) = &cli.log {
             self.log.clone_from(log);
+        }
+        if let Some(addr) = cli.metrics_listen {
+            self.metrics_listen = Some(addr);
         }
     }
 
@@ -1284,6 +1295,10 @@ pub struct Cli {
     /// info]
     #[arg(long, value_name = "LEVEL")]
     pub log: Option<String>,
+    /// Serve GET /metrics (Prometheus) and GET /requestors (JSON) on this address, e.g.
+    /// "[::1]:9547" [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// TCP connections open at once, over all requestors [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,

@@ -194,6 +194,8 @@ fn a_full_file_gives_every_setting() {
             },
         ],
         tls: Default::default(),
+        metrics_listen: None,
+        metrics_requestor_series: 100,
         links: vec![
             LinkDef {
                 address: "2001:db8:0:1::1".parse().unwrap(),
@@ -419,7 +421,10 @@ fn bad_prefixes_are_rejected() {
         );
     }
     let m = rejected("[[requestor]]\nquery_types = [1]\n");
-    assert!(m.contains("requestor table 1 needs a prefix or a certificate"), "{m}");
+    assert!(
+        m.contains("requestor table 1 needs a prefix or a certificate"),
+        "{m}"
+    );
     let m = rejected(
         "[[requestor]]\nprefix = \"10.0.0.0/8\"\n[[requestor]]\nprefix = \"::ffff:10.0.0.0/104\"\n",
     );
