@@ -50,7 +50,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     let mut failures = Vec::new();
     for &n in &args.requestors {
         for &rate in &args.rate {
-            for &system in &args.common.systems {
+            for system in args.common.systems() {
                 match live(&ctx, system, n as usize, rate, args.seconds, "active") {
                     Ok(o) => {
                         runs.push(o.summary);
