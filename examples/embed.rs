@@ -41,6 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             size: 4 << 20,
             flush: FlushPolicy::Os,
         },
+        tls: None,
     })?;
     let addr = server.local_addrs()?[0];
     let (leases, receiver) = feed(4096, server.waker());

@@ -90,6 +90,14 @@ fn run(config: Config) -> Result<(), String> {
         size: config.journal_size,
         flush: config.journal_flush,
     };
+    let tls = lqd::server::tls::TlsServer::load(&config.tls)?;
+    if let Some(t) = &tls {
+        info!(
+            mode = ?t.mode,
+            mutual = t.mutual(),
+            "TLS offered by STARTTLS; SIGHUP reads the certificate, key and client CA again"
+        );
+    }
     let server_cfg = ServerConfig {
         listen: config.listen.clone(),
         server_id,
@@ -107,6 +115,7 @@ fn run(config: Config) -> Result<(), String> {
         active,
         active_send_timeout,
         journal,
+        tls,
     };
     // The feed's socket first: when lqd's TCP port answers, writers can connect too (they wait
     // in the socket's backlog until the journal is read and the source starts).
@@ -152,6 +161,8 @@ fn run(config: Config) -> Result<(), String> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, server.reload_flag())
+        .map_err(|e| format!("signal handler: {e}"))?;
     server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
     drop(socket_file);
     info!("stopped");

@@ -19,8 +19,8 @@ use super::query::{
 };
 use super::reply::{push_frame, refusal_options};
 use crate::codec::{
-    Decoded, FrameDecoder, MessageRepr, MessageType, Options, QueryType, ServerTime, Status,
-    StatusCode, Xid,
+    Decoded, DhcpOption, Duid, FrameDecoder, MessageRepr, MessageType, Options, QueryType,
+    ServerTime, Status, StatusCode, Xid,
 };
 use crate::store::{History, Log};
 
@@ -35,6 +35,8 @@ pub enum CloseReason {
     UnexpectedMessage(MessageType),
     /// An ACTIVELEASEQUERY refused with this status (D8: then close; D10 when Active is off).
     ActiveRefused(Status),
+    /// A query on a plain connection where TLS is required (D25): refused with NotAllowed.
+    TlsRequired,
 }
 
 impl fmt::Display for CloseReason {
@@ -44,6 +46,7 @@ impl fmt::Display for CloseReason {
             Self::BadMessage(e) => write!(f, "unparsable message: {e}"),
             Self::UnexpectedMessage(t) => write!(f, "{t} is not a requestor's message"),
             Self::ActiveRefused(s) => write!(f, "ACTIVELEASEQUERY refused with {s}"),
+            Self::TlsRequired => write!(f, "query without TLS where TLS is required"),
         }
     }
 }
@@ -80,6 +83,8 @@ pub enum Event {
     DuplicateXid(Xid),
     /// A STARTTLS was answered with TLSConnectionRefused (D25).
     StartTlsRefused,
+    /// A STARTTLS was accepted: the TLS handshake follows (D25).
+    StartTls,
     /// An Active query started.
     ActiveStarted {
         /// Its xid.
@@ -125,6 +130,18 @@ pub struct Ctx<'a, L: Log> {
     pub active: ActiveSettings,
 }
 
+/// What a session does with STARTTLS, and with queries before it (D25).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsOffer {
+    /// STARTTLS gets TLSConnectionRefused; the connection stays plain.
+    #[default]
+    Off,
+    /// STARTTLS is accepted; plain queries are served too.
+    Offer,
+    /// STARTTLS is accepted; a query before it gets NotAllowed, then the connection closes.
+    Require,
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Session {
@@ -134,6 +151,12 @@ pub struct Session {
     next: usize,
     max_concurrent: usize,
     received_any: bool,
+    tls: TlsOffer,
+    /// The connection runs TLS (after STARTTLS and the handshake).
+    secured: bool,
+    /// STARTTLS was accepted and the server has not switched to TLS yet: no frame after it is
+    /// read as plain text (the octets after it belong to the handshake).
+    upgrading: bool,
 }
 
 impl Session {
@@ -147,7 +170,30 @@ impl Session {
             next: 0,
             max_concurrent: max_concurrent.max(1),
             received_any: false,
+            tls: TlsOffer::Off,
+            secured: false,
+            upgrading: false,
         }
+    }
+
+    /// Sets what STARTTLS gets on this connection (before its first message).
+    pub fn set_tls(&mut self, offer: TlsOffer) {
+        self.tls = offer;
+    }
+
+    /// True once STARTTLS was accepted and until [`secured`](Self::secured): the server
+    /// switches the connection to TLS, and hands the octets after the STARTTLS frame to the
+    /// handshake.
+    #[must_use]
+    pub fn upgrading(&self) -> bool {
+        self.upgrading
+    }
+
+    /// The server has switched the connection to TLS: frames are read again (they arrive
+    /// decrypted), and queries are allowed under [`TlsOffer::Require`].
+    pub fn secured(&mut self) {
+        self.upgrading = false;
+        self.secured = true;
     }
 
     /// True while the session can take another query: the server reads the socket only then.
@@ -202,7 +248,7 @@ impl Session {
         events: &mut Vec<Event>,
     ) -> Result<usize, CloseReason> {
         let mut consumed = 0;
-        while self.wants_read() {
+        while self.wants_read() && !self.upgrading {
             let rest = buf.get(consumed..).unwrap_or(&[]);
             match self.decoder.decode(rest).map_err(CloseReason::BadFrame)? {
                 Decoded::Incomplete { .. } => break,
@@ -232,7 +278,37 @@ impl Session {
         let first = !self.received_any;
         self.received_any = true;
         match msg.msg_type() {
+            MessageType::Leasequery | MessageType::ActiveLeasequery
+                if self.tls == TlsOffer::Require && !self.secured =>
+            {
+                // D25: TLS is required and this connection has not started it.
+                let xid = msg.xid().unwrap_or_default();
+                let requestor = msg.options.client_id().map(|d| d.as_bytes());
+                reply_status(
+                    xid,
+                    requestor,
+                    server_id,
+                    Status::NotAllowed,
+                    "TLS is required: send STARTTLS first",
+                    out,
+                );
+                return Err(CloseReason::TlsRequired);
+            }
             MessageType::Leasequery => {}
+            MessageType::StartTls if first && self.tls != TlsOffer::Off => {
+                // D25: accept with a STARTTLS of the same xid; the handshake follows.
+                let xid = msg.xid().unwrap_or_default();
+                let requestor = msg.options.client_id().map(|d| d.as_bytes());
+                let mut top = vec![DhcpOption::ServerId(Duid(server_id))];
+                top.extend(requestor.map(|r| DhcpOption::ClientId(Duid(r))));
+                push_frame(
+                    &MessageRepr::new(MessageType::StartTls, xid, Options::from_items(&top)),
+                    out,
+                );
+                self.upgrading = true;
+                events.push(Event::StartTls);
+                return Ok(());
+            }
             MessageType::StartTls if first => {
                 // D25: no TLS configured: refuse and stay in plain mode.
                 let xid = msg.xid().unwrap_or_default();

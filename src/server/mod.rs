@@ -8,6 +8,7 @@
 
 mod conn;
 pub mod duid;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -22,7 +23,7 @@ use slab::Slab;
 use tracing::{debug, info, warn};
 
 use crate::codec::ServerTime;
-use crate::config::QueryTypes;
+use crate::config::{Admission, Identified, QueryTypes};
 use crate::engine::active::{EncodeCache, Watchers};
 use crate::engine::session::{ActiveSettings, Ctx};
 use crate::engine::udp::{UdpAnswer, answer};
@@ -30,11 +31,24 @@ use crate::feed::{Fed, FeedReceiver, Writer, Writers, system_time as server_time
 use crate::store::journal::{FlushPolicy, JournalFile};
 use crate::store::{History, LinkMap, Store};
 use conn::Conn;
+use tls::TlsServer;
 
-/// Who may connect, and what they may ask (decision D23).
+/// Who may connect, and what they may ask (decisions D23, D27).
 pub trait Access: Send {
     /// The query types `peer` may run, or `None` when it may not connect at all.
     fn policy(&self, peer: IpAddr) -> Option<QueryTypes>;
+
+    /// Whether a TCP connection from `peer` is let in: by [`policy`](Self::policy), unless
+    /// a certificate may decide.
+    fn admit(&self, peer: IpAddr) -> Admission {
+        self.policy(peer)
+            .map_or(Admission::Denied, Admission::Allowed)
+    }
+
+    /// What a TLS client certificate with these names decides for `peer`.
+    fn identify(&self, _peer: IpAddr, _names: &[String]) -> Identified {
+        Identified::Unchanged
+    }
 }
 
 /// Everyone may ask everything.
@@ -53,6 +67,14 @@ impl Access for crate::config::Config {
             crate::config::Access::Allowed(types) => Some(types),
             crate::config::Access::Denied => None,
         }
+    }
+
+    fn admit(&self, peer: IpAddr) -> Admission {
+        Self::admit(self, peer)
+    }
+
+    fn identify(&self, peer: IpAddr, names: &[String]) -> Identified {
+        Self::identify(self, peer, names)
     }
 }
 
@@ -93,6 +115,8 @@ pub struct ServerConfig {
     pub active_send_timeout: Duration,
     /// The change journal's file.
     pub journal: JournalSettings,
+    /// STARTTLS (D25): `None` refuses it.
+    pub tls: Option<TlsServer>,
 }
 
 /// Where the change journal lives and how it is flushed.
@@ -143,6 +167,10 @@ pub struct Server {
     named: HashMap<Box<str>, Arc<Writer>>,
     /// When pending marks were last written in a record of their own.
     marks_flushed: Instant,
+    /// Set (by SIGHUP) to read the TLS certificates, key and CA again.
+    reload: Arc<AtomicBool>,
+    /// Connections held by the requestors of each certificate table (by its index).
+    per_table: HashMap<usize, usize>,
 }
 
 impl Server {
@@ -230,7 +258,86 @@ impl Server {
             writers,
             named,
             marks_flushed: Instant::now(),
+            reload: Arc::new(AtomicBool::new(false)),
+            per_table: HashMap::new(),
         })
+    }
+
+    /// A flag that, once set (by a SIGHUP handler, say), makes the loop read the TLS
+    /// certificate, key and client CA again: new connections get them, running ones keep
+    /// their sessions. A file that fails to load is logged and the running ones stay.
+    #[must_use]
+    pub fn reload_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.reload)
+    }
+
+    fn reload_tls(&mut self) {
+        let Some(current) = &self.cfg.tls else {
+            info!("reload: TLS is not configured; nothing to read again");
+            return;
+        };
+        match TlsServer::load(&current.settings) {
+            Ok(Some(new)) => {
+                info!("reload: TLS certificate, key and client CA read again; new connections use them");
+                self.cfg.tls = Some(new);
+            }
+            Ok(None) => {}
+            Err(e) => warn!("reload: {e}; the running TLS certificates stay"),
+        }
+    }
+
+    /// Decides on a requestor's TLS client certificate once its handshake is done (D27):
+    /// the certificate table it matches sets its query types and counts its connections;
+    /// one that matches no table, or none presented where a table must match, is refused.
+    /// `Err` closes the connection with that reason.
+    fn identify(&mut self, key: usize) -> Result<(), String> {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return Ok(());
+        };
+        let Some(chain) = conn.to_identify() else {
+            return Ok(());
+        };
+        let peer = conn.peer;
+        let Some(leaf) = chain.first() else {
+            conn.identified();
+            if conn.needs_certificate {
+                return Err("no client certificate, and only a certificate table admits this address".into());
+            }
+            return Ok(());
+        };
+        let names = tls::certificate_names(leaf);
+        let who = tls::describe(leaf);
+        match self.cfg.access.identify(peer.ip(), &names) {
+            Identified::Unchanged => {
+                if conn.needs_certificate {
+                    return Err(format!("certificate matches no requestor table ({who})"));
+                }
+                info!(%peer, certificate = %who, "TLS requestor");
+            }
+            Identified::NoMatch => {
+                return Err(format!("certificate matches no requestor table ({who})"));
+            }
+            Identified::Table {
+                index,
+                name,
+                query_types,
+                limit,
+            } => {
+                let held = self.per_table.entry(index).or_insert(0);
+                if *held >= limit {
+                    return Err(format!(
+                        "per-requestor limit: requestor table {} ({name}) holds {limit} connections",
+                        index + 1
+                    ));
+                }
+                *held += 1;
+                conn.table = Some(index);
+                conn.set_policy(query_types);
+                info!(%peer, certificate = %who, table = index + 1, name, "TLS requestor identified");
+            }
+        }
+        conn.identified();
+        Ok(())
     }
 
     /// The named writers of the `jsonl:unix` source, with the marks the journal holds for
@@ -338,6 +445,9 @@ impl Server {
                     self.accept_stalled = false;
                     info!("accepting connections again");
                 }
+            }
+            if self.reload.swap(false, Ordering::Relaxed) {
+                self.reload_tls();
             }
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 last_sweep = Instant::now();
@@ -490,9 +600,14 @@ impl Server {
                 }
             };
             let ip = peer.ip();
-            let Some(policy) = self.cfg.access.policy(ip) else {
-                info!(%peer, "connection refused: requestor not allowed");
-                continue;
+            let mutual = self.cfg.tls.as_ref().is_some_and(TlsServer::mutual);
+            let (policy, needs_certificate) = match self.cfg.access.admit(ip) {
+                Admission::Allowed(types) => (types, false),
+                Admission::NeedsCertificate if mutual => (QueryTypes::NONE, true),
+                Admission::NeedsCertificate | Admission::Denied => {
+                    info!(%peer, "connection refused: requestor not allowed");
+                    continue;
+                }
             };
             if self.conns.len() >= self.cfg.max_connections {
                 warn!(%peer, limit = self.cfg.max_connections, "connection refused: global limit");
@@ -519,6 +634,12 @@ impl Server {
             let entry = self.conns.vacant_entry();
             let token = Token(FIRST_CONN + entry.key());
             let mut conn = Conn::new(stream, peer, policy, self.cfg.max_concurrent_queries);
+            if let Some(tls) = &self.cfg.tls {
+                // Admitted only for a certificate: TLS first, whatever the mode.
+                let require = needs_certificate || tls.mode == crate::config::TlsMode::Require;
+                conn.offer_tls(Arc::clone(&tls.config), require);
+            }
+            conn.needs_certificate = needs_certificate;
             if let Err(e) = self.poll.registry().register(
                 &mut conn.stream,
                 token,
@@ -592,7 +713,15 @@ impl Server {
             mono: Instant::now(),
             active: self.cfg.active,
         };
-        match conn.service(&ctx, &mut self.cache, &self.cfg) {
+        let served = conn.service(&ctx, &mut self.cache, &self.cfg);
+        let served = match served {
+            Ok(more) if conn.to_identify().is_some() => self.identify(key).map(|()| more),
+            other => other,
+        };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        match served {
             Ok(more) => {
                 // Queries started this turn: wake the connection for what they read.
                 let queries = conn.active_queries();
@@ -614,6 +743,12 @@ impl Server {
             return;
         }
         let mut conn = self.conns.remove(key);
+        conn.close_tls();
+        if let Some(index) = conn.table {
+            if let Some(n) = self.per_table.get_mut(&index) {
+                *n = n.saturating_sub(1);
+            }
+        }
         let queries = conn.active_queries();
         for q in queries.get(..conn.watched).unwrap_or(queries) {
             if let Some(k) = self.watchers.unwatch(q, key) {
@@ -636,11 +771,18 @@ impl Server {
 
     fn sweep_timeouts(&mut self) {
         let (bulk, active) = (self.cfg.bulk_data_timeout, self.cfg.active_send_timeout);
+        let handshake = self
+            .cfg
+            .tls
+            .as_ref()
+            .map_or(Duration::MAX, |t| t.settings.handshake_timeout);
         let stale: Vec<(usize, &'static str)> = self
             .conns
             .iter()
             .filter_map(|(k, c)| {
-                if c.has_active() {
+                if c.handshaking_for().is_some_and(|t| t >= handshake) {
+                    Some((k, "TLS handshake not finished within tls.handshake_timeout"))
+                } else if c.has_active() {
                     (c.blocked_for() >= active)
                         .then_some((k, "blocked longer than ACTIVE_LQ_SEND_TIMEOUT"))
                 } else {
