@@ -854,6 +854,47 @@ pub(crate) fn preload_note(common: &FanoutCommon, preload: bool, details: &[Deta
     )
 }
 
+/// The connecting of each run's requestors, for the report: until every one was streaming,
+/// connections (for `lqd-tls`: STARTTLS and TLS handshakes) a second, each requestor's own
+/// time (p50, p99), and the server's CPU over it. Requestors are started all at once and
+/// connect [`MAX_HANDSHAKES`] at a time.
+///
+/// [`MAX_HANDSHAKES`]: super::receiver::MAX_HANDSHAKES
+pub(crate) fn connect_notes(details: &[Detail]) -> String {
+    if details.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\nConnecting: all N requestors started at once (at most {} handshakes in flight), until \
+         every one was streaming (its query answered in full: for lqd-tls, TCP, STARTTLS, the \
+         TLS handshake and the ACTIVELEASEQUERY inside it; for redis and nats, the \
+         subscription confirmed):\n\n\
+         | system | N | rate/s | all streaming after | per second | per requestor p50 | p99 \
+         | server CPU s |\n|---|--:|--:|--:|--:|--:|--:|--:|\n",
+        super::receiver::MAX_HANDSHAKES
+    );
+    for d in details {
+        let ms = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |m| format!("{m:.1} ms"));
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.3} s | {} | {} | {} | {} |\n",
+            d.system,
+            crate::summary::number(d.requestors as f64),
+            crate::summary::number(d.rate),
+            d.connect_seconds,
+            crate::summary::number(if d.connect_seconds > 0.0 {
+                (d.requestors as f64 / d.connect_seconds).round()
+            } else {
+                0.0
+            }),
+            ms(d.ready_p50_ms),
+            ms(d.ready_p99_ms),
+            d.connect_server_cpu_secs
+                .map_or_else(|| "–".to_owned(), |c| format!("{c:.2}")),
+        ));
+    }
+    out
+}
+
 /// A line per run that hit the drain timeout or coalesced, for the report.
 pub(crate) fn timeout_notes(details: &[Detail]) -> String {
     let mut out = String::new();
