@@ -212,7 +212,17 @@ pub(crate) fn describe(e: &rustls::Error) -> String {
                     "it is not signed by a trusted CA (UnknownIssuer)".to_owned()
                 }
                 CertificateError::Expired => "it has expired".to_owned(),
-                CertificateError::NotValidForName => "it is not valid for the name".to_owned(),
+                CertificateError::ExpiredContext { time, not_after } => format!(
+                    "it has expired: not valid after Unix time {}, {} days ago",
+                    not_after.as_secs(),
+                    time.as_secs().saturating_sub(not_after.as_secs()) / 86_400
+                ),
+                CertificateError::NotValidForName => {
+                    "name mismatch: it is not valid for the name".to_owned()
+                }
+                c @ CertificateError::NotValidForNameContext { .. } => {
+                    format!("name mismatch: {c}")
+                }
                 other => other.to_string(),
             };
             format!("the server's certificate is not accepted: {why}")

@@ -56,7 +56,9 @@ impl Ca {
 
     fn sign(&self, file: &str, params: CertificateParams) -> Pair {
         let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signed certificate");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("signed certificate");
         let pair = Pair {
             cert: self.dir.join(format!("{file}.pem")),
             key: self.dir.join(format!("{file}.key")),
@@ -95,9 +97,8 @@ impl Ca {
 
     /// A server certificate that expired in 2021.
     pub fn expired_server(&self, file: &str) -> Pair {
-        let mut params =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
-                .expect("server params");
+        let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".into()])
+            .expect("server params");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.not_before = rcgen::date_time_ymd(2020, 1, 1);
         params.not_after = rcgen::date_time_ymd(2021, 1, 1);
