@@ -723,9 +723,18 @@ impl Write for Tap {
 }
 
 /// A TLS Active requestor with rustls: STARTTLS, the handshake, an ACTIVELEASEQUERY from the
-/// journal's start; reads until `want` LEASEQUERY-DATA arrived. Returns the messages read and
-/// the application_data records they came in.
-fn tls_active_catch_up(lqd: &Lqd, ca: &Path, xid: u32, want: usize) -> (usize, usize) {
+/// journal's start; reads until `want` LEASEQUERY-DATA arrived. Returns the messages read, the
+/// application_data records they came in, and the session, still open.
+fn tls_active_catch_up(
+    lqd: &Lqd,
+    ca: &Path,
+    xid: u32,
+    want: usize,
+) -> (
+    usize,
+    usize,
+    rustls::StreamOwned<rustls::ClientConnection, Tap>,
+) {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
@@ -778,12 +787,14 @@ fn tls_active_catch_up(lqd: &Lqd, ca: &Path, xid: u32, want: usize) -> (usize, u
             }
         }
     }
-    (messages, tls.sock.data_records - records_before)
+    let records = tls.sock.data_records - records_before;
+    (messages, records, tls)
 }
 
-/// Issue 14: encode-once holds under TLS. The Active messages of three TLS streams that carry
+/// Issue 14: TLS adds no thread, and encode-once holds under TLS. The Active messages of three TLS streams that carry
 /// the same records are encoded once (lqd's count of encodes, against its deliveries), and
-/// each stream gets several messages to a TLS record, not a record per message.
+/// each stream gets several messages to a TLS record, not a record per message. The three
+/// sessions stay open while lqd's threads are counted.
 #[test]
 fn tls_streams_carry_the_cached_frames_several_to_a_record() {
     let p = pki();
@@ -814,9 +825,17 @@ fn tls_streams_carry_the_cached_frames_several_to_a_record() {
         )
     };
     let (encoded0, delivered0) = scrape();
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{}/task", lqd.child.id()))
+            .unwrap()
+            .count()
+    };
+    let threads_before = threads();
     let streams: Vec<_> = (0..3u32)
         .map(|i| tls_active_catch_up(&lqd, &p.ca, 100 + 10 * i, 300))
         .collect();
+    // TLS runs inside the event loop: no thread per session or for the handshakes.
+    assert_eq!(threads(), threads_before, "TLS sessions started threads");
     // The snapshot the endpoint serves is at most a second old.
     std::thread::sleep(Duration::from_millis(1500));
     let (encoded, delivered) = scrape();
@@ -829,7 +848,8 @@ fn tls_streams_carry_the_cached_frames_several_to_a_record() {
         encoded <= delivered / 3.0 + 10.0,
         "each record encoded once for the three TLS streams: {encoded} encodes, {delivered} deliveries"
     );
-    for (messages, records) in streams {
+    for (messages, records, _) in &streams {
+        let (messages, records) = (*messages, *records);
         assert!(
             records * 4 <= messages,
             "several messages to a TLS record: {messages} messages in {records} records"
