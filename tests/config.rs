@@ -98,6 +98,7 @@ fn defaults_are_the_rfc_and_decision_values() {
 const FULL: &str = r#"
 listen = ["[::1]:5470", "127.0.0.1:5471"]
 source = "kea-csv:/var/lib/kea/kea-leases6.csv"
+kea_config = "/etc/kea/kea-dhcp6.conf"
 server_duid = "00:02:00:00:ab:11:de:ad:be:ef"
 duid_file = "/etc/lqd/duid"
 state_dir = "/var/lib/lqd"
@@ -202,6 +203,7 @@ fn a_full_file_gives_every_setting() {
                 pd_pools: vec![],
             },
         ],
+        kea_config: Some("/etc/kea/kea-dhcp6.conf".into()),
         demo: DemoSettings {
             clients: 1000,
             links: 4,

@@ -367,7 +367,42 @@ fn relay_ids_remote_ids_and_the_link_come_from_user_context() {
             remote_id: b"juniper-1".to_vec().into_boxed_slice()
         }]
     );
-    assert_eq!(relay.relay_message, None);
+    // The relayed message, rebuilt (D27): the outer RELAY-FORW (hop 1, its link and peer, its
+    // relay-id) holding the inner one (hop 0, its link and peer, remote-id and interface-id) in
+    // an OPTION_RELAY_MSG, without the client's message; the peer-address is the outer
+    // relay's link-address.
+    let inner = [
+        "0c00",
+        "20010db8000500000000000000000001",
+        "fe800000000000000000000000000002",
+        "0025000d00000009",
+        &hex::encode("juniper-1"),
+        "00120004",
+        &hex::encode("eth0"),
+    ]
+    .concat();
+    let outer = [
+        "0c01",
+        "20010db8009900000000000000000001",
+        "fe800000000000000000000000000001",
+        "003500080002000000090a0b",
+        &format!("0009{:04x}", inner.len() / 2),
+        &inner,
+    ]
+    .concat();
+    let (peer, message) = relay.relay_message.as_ref().expect("the relayed message");
+    assert_eq!(*peer, a("2001:db8:99::1"));
+    assert_eq!(hex::encode(message), outer);
+    lqd::codec::Embedded::parse(message).expect("a RELAY-FORW lqd's codec reads");
+    // A relay without its peer (not Kea's format) gives no relay data rather than a guess.
+    let partial = r#"{"ISC":{"relays":[{"hop":0,"link":"2001:db8:7::1","options":"0x"}]}}"#;
+    assert_eq!(
+        relays_from_user_context(partial)
+            .unwrap()
+            .info
+            .relay_message,
+        None
+    );
     // A release written without the relays stays in the same binding.
     let rel = change(
         &mut m,
