@@ -1,7 +1,7 @@
 //! Following a file as it grows: what the `jsonl:PATH` and `kea-csv:PATH` sources share.
 //!
-//! A [`Follower`] watches one path. The source calls [`Follower::poll`] every
-//! [`POLL_INTERVAL`]; each poll looks at the path once and hands what it finds to a callback as
+//! A [`Follower`] watches one path. The source calls [`Follower::poll`] whenever
+//! [`super::watch::FileWatch`] wakes it (inotify), and every [`POLL_INTERVAL`] in any case; each poll looks at the path once and hands what it finds to a callback as
 //! [`Event`]s, in this order:
 //!
 //! 1. **Not open**: the file is opened, or [`Event::Waiting`] is reported (once, until it
@@ -41,7 +41,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How often a followed file is checked for new data, replacement and truncation.
+/// How often a followed file is checked for new data, replacement and truncation when inotify
+/// has said nothing (the fallback: [`super::watch`]).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The longest line taken, in octets (without its newline); longer lines are skipped.

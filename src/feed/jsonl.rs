@@ -46,8 +46,9 @@
 //!
 //! # Inputs
 //!
-//! - `jsonl:PATH`: the file is read from its beginning, then followed as it grows (checked
-//!   every 100 ms; [`super::follow`] has the details). A last line without its newline yet is
+//! - `jsonl:PATH`: the file is read from its beginning, then followed as it grows (looked
+//!   at as soon as inotify reports a change of the file or its directory, and every 100 ms in
+//!   any case: [`super::watch`]; [`super::follow`] has the details). A last line without its newline yet is
 //!   left until the rest arrives. When the file is replaced (a different inode at `PATH`: the
 //!   old file is read to its end first), truncated (shorter than what was read) or rewritten in
 //!   place (the first or last 4 KiB read changed, as when it is truncated and grows past its
@@ -98,6 +99,7 @@ use serde_json::{Map, Value};
 
 use super::ack::Writers;
 use super::follow::{Event, Follower};
+use super::watch::FileWatch;
 use super::{Fed, FeedHandle, Numbered};
 use crate::codec::ServerTime;
 use crate::store::{Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey};
@@ -842,6 +844,7 @@ fn read_stdin(sink: &Sink) -> u64 {
 /// Follows the file at `path` (see [`super::follow`]) until the feed closes.
 fn follow_file(sink: &Sink, path: &Path) -> u64 {
     let what = sink.name.as_str();
+    let mut watch = FileWatch::new(path, what);
     let mut follower = Follower::new(path);
     loop {
         let flow = follower.poll(|event| match event {
@@ -900,6 +903,7 @@ fn follow_file(sink: &Sink, path: &Path) -> u64 {
         if flow.is_break() || sink.handle.is_closed() {
             return sink.sent.load(Ordering::Relaxed);
         }
-        std::thread::sleep(POLL_INTERVAL);
+        watch.follow(follower.id());
+        watch.wait(POLL_INTERVAL);
     }
 }

@@ -65,8 +65,9 @@
 //! # Following the file and Kea's lease file cleanup
 //!
 //! At start the source loads what Kea loads: `PATH.completed` if present, else `PATH.2` then
-//! `PATH.1`, then `PATH`. Then it follows `PATH` as it grows, checked every
-//! [`POLL_INTERVAL`]; a last line without its newline waits for the rest. Following is
+//! `PATH.1`, then `PATH`. Then it follows `PATH` as it grows, looked at as soon as inotify
+//! reports a change of the file or its directory, and every [`POLL_INTERVAL`] in any case
+//! ([`super::watch`]); a last line without its newline waits for the rest. Following is
 //! [`super::follow`]'s, shared with the `jsonl` source.
 //!
 //! Lease file cleanup (LFC) renames `PATH` to `PATH.1` and starts a new `PATH` with only the
@@ -109,6 +110,7 @@ use std::thread::JoinHandle;
 
 use super::FeedHandle;
 use super::follow::{Event, FileId, FileReader, Follower, NumberedLine};
+use super::watch::FileWatch;
 
 pub mod config;
 pub mod csv;
@@ -285,6 +287,29 @@ pub fn spawn_kea_csv_with(
     subnets: HashMap<u32, Ipv6Addr>,
     handle: FeedHandle,
 ) -> io::Result<JoinHandle<u64>> {
+    spawn(path, subnets, handle, true)
+}
+
+/// [`spawn_kea_csv_with`] without inotify: the file is looked at every [`POLL_INTERVAL`] only,
+/// as on a file system without inotify (and to measure what inotify saves).
+///
+/// # Errors
+///
+/// When the thread cannot be started.
+pub fn spawn_kea_csv_polling(
+    path: PathBuf,
+    subnets: HashMap<u32, Ipv6Addr>,
+    handle: FeedHandle,
+) -> io::Result<JoinHandle<u64>> {
+    spawn(path, subnets, handle, false)
+}
+
+fn spawn(
+    path: PathBuf,
+    subnets: HashMap<u32, Ipv6Addr>,
+    handle: FeedHandle,
+    notify: bool,
+) -> io::Result<JoinHandle<u64>> {
     let mut sink = Sink {
         name: format!("kea-csv:{}", path.display()),
         handle,
@@ -294,7 +319,7 @@ pub fn spawn_kea_csv_with(
     };
     std::thread::Builder::new()
         .name("lqd-feed-kea".into())
-        .spawn(move || follow(&mut sink, &path))
+        .spawn(move || follow(&mut sink, &path, notify))
 }
 
 /// The files Kea loads before the lease file, as they are at one moment: which exist, and
@@ -385,9 +410,15 @@ fn load_file(sink: &mut Sink, path: &Path, read: &mut Vec<FileId>) -> ControlFlo
     ControlFlow::Continue(())
 }
 
-fn follow(sink: &mut Sink, path: &Path) -> u64 {
+fn follow(sink: &mut Sink, path: &Path, notify: bool) -> u64 {
     // The lease file is opened first: if a cleanup renames it to `.1` while the previous files
-    // are read, the open handle still reads all of it, once.
+    // are read, the open handle still reads all of it, once. The watch starts before the
+    // previous files are read, so that what Kea writes meanwhile wakes the first poll.
+    let mut watch = if notify {
+        FileWatch::new(path, &sink.name)
+    } else {
+        FileWatch::polling(path)
+    };
     let mut follower = Follower::new(path);
     if load_previous(sink, path, follower.id()).is_continue() {
         let mut header = Header::None;
@@ -396,7 +427,8 @@ fn follow(sink: &mut Sink, path: &Path) -> u64 {
             .is_continue()
             && !sink.handle.is_closed()
         {
-            std::thread::sleep(POLL_INTERVAL);
+            watch.follow(follower.id());
+            watch.wait(POLL_INTERVAL);
         }
     }
     tracing::info!(source = %sink.name, changes = sink.sent, skipped = sink.skipped, "{}: the feed closed; the source has ended", sink.name);
