@@ -22,7 +22,8 @@ it. The chain is then nested as relays nest it (hop counts 0 inside, counting up
 outwards), and the server's RELAY-REPLY is unwrapped layer by layer. Without one, the client sends from its link-local address, port 546, to
 ff02::1:2 on the interface, as a directly attached client does.
 
-Each answer: ``{"ok": true, "name": N, "duid": HEX, "sent": T, "leases": [L...]}`` where
+Each answer: ``{"ok": true, "name": N, "duid": HEX, "link_local": A, "sent": T, "leases":
+[L...]}`` (``link_local``: the client's address, the innermost relay's peer-address) where
 ``sent`` is the Unix time (float) just before the message that makes the server write the
 lease (REQUEST, RENEW, RELEASE) went out, and each L is ``{"type": "address"|"prefix",
 "address": A, "prefix_len": P, "valid": SECONDS}`` (empty after a release). A failure answers
@@ -249,7 +250,8 @@ def main():
             cmd = json.loads(line)
             client, sent = ops[cmd["op"]](cmd)
             answer = {"ok": True, "name": client.name, "duid": client.duid_bytes.hex(),
-                      "sent": sent, "leases": client.leases()}
+                      "link_local": str(client.link_local), "sent": sent,
+                      "leases": client.leases()}
         except Exception as e:  # noqa: BLE001 (every failure is reported to the test)
             answer = {"ok": False, "error": "{}: {}".format(type(e).__name__, e)}
         print(json.dumps(answer), flush=True)

@@ -147,8 +147,7 @@ pub fn strip_trailing_commas(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut in_string = false;
     let mut escaped = false;
-    let mut chars = text.char_indices();
-    while let Some((i, c)) = chars.next() {
+    for (i, c) in text.char_indices() {
         if in_string {
             out.push(c);
             if escaped {
