@@ -170,11 +170,15 @@ fn a_full_file_gives_every_setting() {
         journal_flush: FlushPolicy::Interval(Duration::from_millis(250)),
         requestors: vec![
             Requestor {
-                prefix: "2001:db8::/32".parse().unwrap(),
+                prefix: Some("2001:db8::/32".parse().unwrap()),
+                certificate: Vec::new(),
+                max_connections: None,
                 query_types: QueryTypes::ALL,
             },
             Requestor {
-                prefix: "2001:db8:1::/48".parse().unwrap(),
+                prefix: Some("2001:db8:1::/48".parse().unwrap()),
+                certificate: Vec::new(),
+                max_connections: None,
                 query_types: [
                     QueryType::ByAddress,
                     QueryType::ByClientId,
@@ -184,10 +188,15 @@ fn a_full_file_gives_every_setting() {
                 .collect(),
             },
             Requestor {
-                prefix: "192.0.2.7/32".parse().unwrap(),
+                prefix: Some("192.0.2.7/32".parse().unwrap()),
+                certificate: Vec::new(),
+                max_connections: None,
                 query_types: QueryTypes::NONE,
             },
         ],
+        tls: Default::default(),
+        metrics_listen: None,
+        metrics_requestor_series: 100,
         links: vec![
             LinkDef {
                 address: "2001:db8:0:1::1".parse().unwrap(),
@@ -414,7 +423,10 @@ fn bad_prefixes_are_rejected() {
         );
     }
     let m = rejected("[[requestor]]\nquery_types = [1]\n");
-    assert!(m.contains("missing field `prefix`"), "{m}");
+    assert!(
+        m.contains("requestor table 1 needs a prefix or a certificate"),
+        "{m}"
+    );
     let m = rejected(
         "[[requestor]]\nprefix = \"10.0.0.0/8\"\n[[requestor]]\nprefix = \"::ffff:10.0.0.0/104\"\n",
     );

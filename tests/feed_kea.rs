@@ -367,7 +367,7 @@ fn relay_ids_remote_ids_and_the_link_come_from_user_context() {
             remote_id: b"juniper-1".to_vec().into_boxed_slice()
         }]
     );
-    // The relayed message, rebuilt (D27): the outer RELAY-FORW (hop 1, its link and peer, its
+    // The relayed message, rebuilt (D29): the outer RELAY-FORW (hop 1, its link and peer, its
     // relay-id) holding the inner one (hop 0, its link and peer, remote-id and interface-id) in
     // an OPTION_RELAY_MSG, without the client's message; the peer-address is the outer
     // relay's link-address.

@@ -118,6 +118,29 @@ fn run(config: Config) -> Result<(), String> {
         size: config.journal_size,
         flush: config.journal_flush,
     };
+    let tls = lqd::server::tls::TlsServer::load(&config.tls)?;
+    if let Some(t) = &tls {
+        info!(
+            mode = ?t.mode,
+            mutual = t.mutual(),
+            "TLS offered by STARTTLS; SIGHUP reads the certificate, key and client CA again"
+        );
+    }
+    // The metrics listener first: a bad address fails the start, before anything runs.
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = lqd::server::metrics::bind(addr)
+                .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
+            let m = Arc::new(lqd::server::metrics::Metrics::new(
+                config.metrics_requestor_series,
+            ));
+            m.set_source(&source.to_string());
+            lqd::server::metrics::serve(listener, Arc::clone(&m))
+                .map_err(|e| format!("metrics thread: {e}"))?;
+            Some(m)
+        }
+        None => None,
+    };
     let server_cfg = ServerConfig {
         listen: config.listen.clone(),
         server_id,
@@ -135,6 +158,8 @@ fn run(config: Config) -> Result<(), String> {
         active,
         active_send_timeout,
         journal,
+        tls,
+        metrics,
     };
     // The feed's socket first: when lqd's TCP port answers, writers can connect too (they wait
     // in the socket's backlog until the journal is read and the source starts).
@@ -181,6 +206,8 @@ fn run(config: Config) -> Result<(), String> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, server.reload_flag())
+        .map_err(|e| format!("signal handler: {e}"))?;
     server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
     drop(socket_file);
     info!("stopped");

@@ -47,7 +47,7 @@
 //!    (lightweight relays) towards the outer relays (decision D16). Relay-ids (option 53) and
 //!    remote-ids (option 37) are found by walking every relay layer's option bytes, in Kea's
 //!    order. The relayed message for OPTION_LQ_RELAY_DATA is rebuilt from the layers, as Kea's
-//!    own lease_query hook does ([`relay_chain`], D27).
+//!    own lease_query hook does ([`relay_chain`], D29).
 //! 2. Otherwise a row without relays keeps the link of the previous row for the same lease,
 //!    when that row had the same DUID and subnet id (so that a release or an expiry, which may
 //!    be written without the relays, lands in the same binding).
