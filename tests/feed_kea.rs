@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{Lqd, start_with_source, wait_for_link_addresses, wait_for_log};
+use common::{
+    Lqd, free_metrics_addr, start_with_source, wait_for_link_addresses, wait_for_log,
+    wait_source_metrics,
+};
 use lqd::codec::ServerTime;
 use lqd::feed::kea::{
     Applied, KeaHeader, KeaMapper, parse_kea_config, parse_row, relays_from_user_context,
@@ -1057,6 +1060,11 @@ fn now_unix() -> u64 {
 /// Client `n` holds 2001:db8:0:7::`n`, relayed from `LINK` (Kea's extended info); `valid` 0
 /// releases it.
 fn client(n: u16, valid: u32) -> String {
+    client_at(n, valid, now_unix())
+}
+
+/// [`client`] with the row's time (`expire − valid_lifetime`) given, Unix seconds.
+fn client_at(n: u16, valid: u32, time: u64) -> String {
     let ctx = format!(
         r#"{{"ISC":{{"relays":[{{"hop":0,"link":"{LINK}","peer":"fe80::1","options":"0x00350004000200aa"}}]}}}}"#
     )
@@ -1065,7 +1073,7 @@ fn client(n: u16, valid: u32) -> String {
         &format!("2001:db8:0:7::{n:x}"),
         &format!("00:03:00:01:02:00:00:00:00:{n:02x}"),
         valid,
-        now_unix() + u64::from(valid),
+        time + u64::from(valid),
         1,
         0,
         1,
@@ -1114,4 +1122,77 @@ fn a_real_lqd_follows_a_kea_lease_file_through_a_cleanup() {
     append(&path, &[HEADER_22.to_owned(), client(4, 7200)]);
     wait_for_addresses(&lqd, &[2, 3, 4]);
     wait_for_log(&lqd, "the lease file was replaced", 5);
+}
+
+#[test]
+fn lqd_s_metrics_count_rejected_rows_the_lag_and_the_newest_row_time() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("kea-leases6.csv");
+    let t = now_unix();
+    // The newest row is not the last one: the time only grows.
+    append(
+        &path,
+        &[
+            HEADER_22.to_owned(),
+            client_at(1, 7200, t - 5),
+            client_at(2, 7200, t + 3),
+            client_at(3, 7200, t - 2),
+        ],
+    );
+    let metrics = free_metrics_addr();
+    let source = format!("kea-csv:{}", path.display());
+    let lqd = start_with_source(
+        "kea-csv-metrics",
+        &["--source", &source],
+        &format!("metrics_listen = \"{metrics}\"\n"),
+        &format!("source: {source}"),
+    );
+    wait_for_addresses(&lqd, &[1, 2, 3]);
+    let m = wait_source_metrics(
+        metrics,
+        &[
+            ("lqd_feed_changes_rejected_total", 0.0),
+            ("lqd_source_lag_bytes", 0.0),
+            ("lqd_source_newest_row_timestamp_seconds", (t + 3) as f64),
+        ],
+    );
+    assert_eq!(m["lqd_feed_changes_applied_total"], 3.0, "{m:#?}");
+
+    // A bad row, then a good one.
+    append(
+        &path,
+        &[
+            "2001:db8:0:7::99,not-a-duid,7200,1,1,1,0,1,128,0,0,,,0,,0,0".to_owned(),
+            client_at(4, 7200, t + 7),
+        ],
+    );
+    wait_for_addresses(&lqd, &[1, 2, 3, 4]);
+    wait_source_metrics(
+        metrics,
+        &[
+            ("lqd_feed_changes_rejected_total", 1.0),
+            ("lqd_source_lag_bytes", 0.0),
+            ("lqd_source_newest_row_timestamp_seconds", (t + 7) as f64),
+        ],
+    );
+
+    // Kea has written half a row: that much is not taken yet; the rest of it ends the lag.
+    let row = format!("{}\n", client_at(5, 7200, t + 11));
+    let (first, rest) = row.split_at(40);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(first.as_bytes()).unwrap();
+    wait_source_metrics(metrics, &[("lqd_source_lag_bytes", first.len() as f64)]);
+    f.write_all(rest.as_bytes()).unwrap();
+    writeln!(f, "still,not,a,row").unwrap();
+    wait_for_addresses(&lqd, &[1, 2, 3, 4, 5]);
+    wait_source_metrics(
+        metrics,
+        &[
+            ("lqd_feed_changes_rejected_total", 2.0),
+            ("lqd_source_lag_bytes", 0.0),
+            ("lqd_source_newest_row_timestamp_seconds", (t + 11) as f64),
+        ],
+    );
+    wait_for_log(&lqd, "line 5 skipped", 5);
+    wait_for_log(&lqd, "line 8 skipped", 5);
 }

@@ -9,7 +9,7 @@ use clap::Parser;
 use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
 use lqd::engine::session::ActiveSettings;
 use lqd::feed::{
-    BoundJsonl, JsonlInput, bind_jsonl, feed, spawn_demo, spawn_kea_csv_with, system_time,
+    BoundJsonl, JsonlInput, KeaCsvSource, SourceStats, bind_jsonl, feed, spawn_demo, system_time,
 };
 use lqd::server::{JournalSettings, Server, ServerConfig};
 use tracing::{error, info, warn};
@@ -141,6 +141,11 @@ fn run(config: Config) -> Result<(), String> {
         }
         None => None,
     };
+    // What the source counts (rejected rows, lag, newest row time): the metrics' own counters,
+    // or counters nobody reads.
+    let stats = metrics
+        .as_ref()
+        .map_or_else(SourceStats::default, |m| m.source_stats());
     let server_cfg = ServerConfig {
         listen: config.listen.clone(),
         server_id,
@@ -190,13 +195,17 @@ fn run(config: Config) -> Result<(), String> {
             };
             let name = bound.input().to_string();
             bound
+                .stats(stats)
                 .spawn(handle, server.writers())
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
         SourceSpec::KeaCsv(path) => {
             let name = format!("kea-csv:{}", path.display());
-            spawn_kea_csv_with(path, kea_subnets, handle)
+            KeaCsvSource::new(path)
+                .subnets(kea_subnets)
+                .stats(stats)
+                .spawn(handle)
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
