@@ -78,6 +78,14 @@
 //! read again while following. A `PATH` that shrinks, or is rewritten in place (the first or
 //! last 4 KiB read changed), is read again from its beginning.
 //!
+//! inotify only makes the source look sooner; what it reads is the same with polling alone.
+//! The one thing neither can save: a source that does not look at `PATH` for a whole cleanup
+//! interval (Kea's `lfc-interval`, in seconds), held in its sends because lqd's loop is that
+//! far behind, never sees the file Kea started in between if that one is moved aside and
+//! compacted away before the source looks; its rows then reach lqd only as the compacted `.2`
+//! holds them, at the next start. A source that keeps up reads each file within milliseconds
+//! of a write.
+//!
 //! A cleanup can also run while the source starts. `PATH` is opened before the previous files
 //! are read, so a `PATH` renamed to `PATH.1` meanwhile is read once, through that handle. And
 //! kea-lfc may finish between the reads of `PATH.2` and `PATH.1` (it deletes `PATH.1` and
