@@ -1150,6 +1150,7 @@ fn lq_watch_follows_a_real_kea_server_through_lqd() {
     }
 
     // OPTION_LQ_RELAY_DATA, by Bulk and by UDP: the chain the client's relays sent (D29).
+    let mut checked_hops = BTreeSet::new();
     for c in scripted.iter().filter(|c| !c.relays.is_empty()) {
         let duid = hex::decode(&duid_of[c.name]).unwrap();
         let client_ll: Ipv6Addr = leased[c.name]["link_local"]
@@ -1218,7 +1219,13 @@ fn lq_watch_follows_a_real_kea_server_through_lqd() {
                 c.name
             );
         }
+        checked_hops.insert(c.relays.len());
     }
+    assert_eq!(
+        checked_hops,
+        BTreeSet::from([1, 2]),
+        "relay data checked for one-hop and two-hop chains"
+    );
     wait_for_log(&lqd, "the lease file was replaced", 1);
 }
 
