@@ -332,6 +332,15 @@ impl Config {
                 self.demo.clients
             ));
         }
+        for (key, share) in [
+            ("demo.pd_percent", self.demo.pd_percent),
+            ("demo.relayed_percent", self.demo.relayed_percent),
+            ("demo.two_hop_percent", self.demo.two_hop_percent),
+        ] {
+            if share > 100 {
+                return invalid(format!("{key} is {share}, above 100"));
+            }
+        }
         for (key, path) in [
             ("state_dir", &self.state_dir),
             ("duid_file", &self.duid_file),
@@ -1239,6 +1248,15 @@ pub struct DemoSettings {
     /// `churn_limit`: stop after this many changes following the initial population; default
     /// none (churn forever). For tests and benchmarks that need the bindings to settle.
     pub churn_limit: Option<u64>,
+    /// `pd_percent`: the share of clients that also hold a delegated prefix, 0 to 100;
+    /// default 30.
+    pub pd_percent: u8,
+    /// `relayed_percent`: the share of links behind a relay agent (relay-id, remote-id and
+    /// relay data), 0 to 100; default 75.
+    pub relayed_percent: u8,
+    /// `two_hop_percent`: the share of relayed links whose relay is behind an aggregation
+    /// relay too, 0 to 100; default 25.
+    pub two_hop_percent: u8,
 }
 
 impl Default for DemoSettings {
@@ -1249,6 +1267,9 @@ impl Default for DemoSettings {
             changes_per_sec: 100,
             seed: 1,
             churn_limit: None,
+            pd_percent: 30,
+            relayed_percent: 75,
+            two_hop_percent: 25,
         }
     }
 }
@@ -1263,6 +1284,9 @@ impl DemoSettings {
             changes_per_sec: self.changes_per_sec,
             seed: self.seed,
             churn_limit: self.churn_limit,
+            pd_share: f64::from(self.pd_percent.min(100)) / 100.0,
+            relay_share: f64::from(self.relayed_percent.min(100)) / 100.0,
+            two_hop_share: f64::from(self.two_hop_percent.min(100)) / 100.0,
             ..DemoConfig::default()
         }
     }

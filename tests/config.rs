@@ -74,6 +74,9 @@ fn defaults_are_the_rfc_and_decision_values() {
             changes_per_sec: 100,
             seed: 1,
             churn_limit: None,
+            pd_percent: 30,
+            relayed_percent: 75,
+            two_hop_percent: 25,
         }
     );
     assert_eq!(c.high_water, 64 * 1024);
@@ -219,6 +222,7 @@ fn a_full_file_gives_every_setting() {
             changes_per_sec: 0,
             seed: 42,
             churn_limit: Some(5000),
+            ..DemoSettings::default()
         },
         high_water: 131_072,
         read_budget: 32,

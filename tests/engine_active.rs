@@ -626,9 +626,9 @@ fn hours_of_churn_rebuild_the_bindings_exactly() {
     let mut truth: BTreeMap<Vec<u8>, BTreeSet<Ipv6Addr>> = BTreeMap::new();
     for (_, b) in sim.h.store().iter() {
         truth
-            .entry(b.key.client_id.to_vec())
+            .entry(b.client_id().to_vec())
             .or_default()
-            .extend(b.leases.iter().map(|l| l.address));
+            .extend(b.leases().iter().map(|l| l.address));
     }
     assert!(truth.len() > 1_000, "{} clients hold leases", truth.len());
     assert_eq!(replicas[0], truth, "the requestor that kept up");

@@ -487,7 +487,10 @@ fn a_change_wakes_only_the_queries_it_concerns() {
         T0,
     ));
     let id = h.store().by_client_link(&client(3), link(9)).unwrap();
-    assert_eq!(got, vec![expected(h.store().get(id).unwrap())]);
+    assert_eq!(
+        got,
+        vec![expected(&h.store().get(id).unwrap().to_binding())]
+    );
 
     // Once gone, a query is woken no more.
     for (token, s) in sessions.iter().enumerate().take(10_000) {

@@ -391,7 +391,9 @@ fn store_with_links() -> Store {
     ])
     .unwrap();
     let mut s = Store::with_links(links);
-    for (_, b) in store().iter() {
+    let old = store();
+    for (_, b) in old.iter() {
+        let b = b.to_binding();
         for l in &b.leases {
             let link = if b.key.link == a("2001:db8:1::1") {
                 a("2001:db8:1::5")

@@ -14,7 +14,10 @@ type Hist = History<Journal<Vec<u8>>>;
 fn snapshot(store: &Store) -> BTreeMap<BindingKey, Binding> {
     store
         .iter()
-        .map(|(_, b)| (b.key.clone(), b.clone()))
+        .map(|(_, b)| {
+            let b = b.to_binding();
+            (b.key.clone(), b)
+        })
         .collect()
 }
 
@@ -23,12 +26,16 @@ fn resend(store: &Store) -> Vec<Change> {
     store
         .iter()
         .flat_map(|(_, b)| {
-            b.leases.iter().map(|l| Change {
-                client_id: b.key.client_id.clone(),
-                link: b.key.link,
-                lease: *l,
-                relay: Some(b.relay.clone()),
-            })
+            let b = b.to_binding();
+            b.leases
+                .iter()
+                .map(|l| Change {
+                    client_id: b.key.client_id.clone(),
+                    link: b.key.link,
+                    lease: *l,
+                    relay: Some(b.relay.clone()),
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
 }

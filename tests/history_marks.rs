@@ -121,7 +121,7 @@ fn a_line_at_or_below_the_mark_is_not_applied_again() {
     );
     assert_eq!(h.journal().len(), n);
     let (_, b) = h.store().iter().next().unwrap();
-    assert_eq!(b.leases[0].cltt, ServerTime(T0 + 60));
+    assert_eq!(b.leases()[0].cltt, ServerTime(T0 + 60));
     // Marks are per writer: another writer's line 1 is its own.
     assert_eq!(
         h.apply_numbered(&active(2, T0), now, "dhcp-2", 1).unwrap(),

@@ -142,7 +142,8 @@ proptest! {
         }
         let mut served: BTreeMap<(Vec<u8>, Ipv6Addr), Vec<_>> = BTreeMap::new();
         for (_, b) in h.store().iter() {
-            served.insert((b.key.client_id.to_vec(), b.key.link), active(b));
+            let b = b.to_binding();
+            served.insert((b.key.client_id.to_vec(), b.key.link), active(&b));
         }
         let want: BTreeMap<(Vec<u8>, Ipv6Addr), Vec<_>> = newest
             .iter()

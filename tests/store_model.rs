@@ -169,7 +169,7 @@ proptest! {
         for ((client, l), (leases, relay, t)) in &model.bindings {
             let id = store.by_client_link(client, *l);
             prop_assert!(id.is_some());
-            let b = store.get(id.unwrap()).unwrap();
+            let b = store.get(id.unwrap()).unwrap().to_binding();
             let mut got = b.leases.clone();
             let mut want = leases.clone();
             got.sort_by_key(Lease::slot);
@@ -188,19 +188,19 @@ proptest! {
                 .map(|(_, k)| k);
             let got = store.by_address(probe).map(|id| {
                 let b = store.get(id).unwrap();
-                (b.key.client_id.clone(), b.key.link)
+                (Box::<[u8]>::from(b.client_id()), b.link())
             });
             prop_assert_eq!(got, want, "by address {}", probe);
         }
         // By client on every link; by link; by relay-id; by remote-id; by change time.
         for c in 0..CLIENTS {
             let client: Box<[u8]> = vec![0, 3, 0, 1, c].into_boxed_slice();
-            let got: Vec<Ipv6Addr> = store.by_client(&client).map(|id| store.get(id).unwrap().key.link).collect();
+            let got: Vec<Ipv6Addr> = store.by_client(&client).map(|id| store.get(id).unwrap().link()).collect();
             let want: Vec<Ipv6Addr> = model.bindings.keys().filter(|(k, _)| *k == client).map(|(_, l)| *l).collect();
             prop_assert_eq!(got, want);
         }
         let keys = |ids: Vec<lqd::store::BindingId>| -> BTreeSet<(Box<[u8]>, Ipv6Addr)> {
-            ids.into_iter().map(|id| { let b = store.get(id).unwrap(); (b.key.client_id.clone(), b.key.link) }).collect()
+            ids.into_iter().map(|id| { let b = store.get(id).unwrap(); (Box::<[u8]>::from(b.client_id()), b.link()) }).collect()
         };
         for l in 0..3 {
             let want: BTreeSet<_> = model.bindings.keys().filter(|k| k.1 == link(l)).cloned().collect();
@@ -290,7 +290,7 @@ fn removal_reports_the_final_state_with_zero_lifetimes() {
         (ended.valid_lifetime, ended.preferred_lifetime, ended.state),
         (0, 0, LeaseState::Released)
     );
-    assert_eq!(store.get(id).unwrap().leases, vec![pd]);
+    assert_eq!(store.get(id).unwrap().leases(), &[pd][..]);
     assert_eq!(store.by_address(lease.address), None);
     // Expiring the prefix ends the binding.
     let out = store.apply(

@@ -19,6 +19,7 @@
 //! target/release/loadgen ramp --requestors 1000 --start-rate 1000 --p99-ms 50
 //! target/release/loadgen active --requestors 100,1000 --rate 1000 --filter relay-id --systems lqd,raw,redis
 //! target/release/loadgen hostile
+//! target/release/loadgen scale --bindings 1000000 --links 3000 --pd-percent 50
 //! ```
 //!
 //! `hostile` runs hostile requestors (floods, slowloris, garbage, …) against lqd, each measured
@@ -37,6 +38,7 @@ mod population;
 mod process;
 mod redis;
 mod report;
+mod scale;
 mod summary;
 mod tls;
 mod udp;
@@ -67,6 +69,9 @@ enum Mode {
     CatchUp(fanout::catchup::Args),
     /// Active Leasequery ramp: the highest rate with p99 under a bound at a given N.
     Ramp(fanout::ramp::Args),
+    /// Carrier scale: memory per binding, journal octets per record and the restart time of
+    /// one lqd holding a large relayed population (`--bindings 10000000`).
+    Scale(scale::Args),
     /// Hostile requestors, one attack after another, each against a quiet phase before it:
     /// the well-behaved requestors' latency, losses and Bulk answers, lqd's memory, and what
     /// lqd did with every attacking connection (from its log).
@@ -126,6 +131,10 @@ fn main() -> ExitCode {
         Mode::Ramp(args) => {
             let path = args.common.json.clone();
             (fanout::ramp::run(&args), path)
+        }
+        Mode::Scale(args) => {
+            let path = args.common.json.clone();
+            (scale::run(&args), path)
         }
         Mode::Hostile(args) => {
             let path = args.json.clone();

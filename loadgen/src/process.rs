@@ -75,6 +75,7 @@ impl Lqd {
             changes_per_sec: common.churn,
             seed: common.seed,
             churn_limit: None,
+            ..DemoSettings::default()
         };
         let t = Instant::now();
         let population = Population::generate(&settings)?;
@@ -148,6 +149,29 @@ impl Lqd {
         }
     }
 
+    /// Spawns lqd on a free port of `[::1]` with a fresh state directory; `body(addr, dir)`
+    /// gives the config file's lines after `listen`, `state_dir` and `log`.
+    pub(crate) fn spawn_body(
+        binary: &Path,
+        keep: bool,
+        body: impl FnOnce(SocketAddr, &Path) -> String,
+    ) -> Result<Self, String> {
+        Self::spawn_with(binary, keep, false, body)
+    }
+
+    /// Spawns lqd on a free port of `[::1]` in the existing state directory `dir` (a restart:
+    /// its journal and DUID are there), its config file and log written anew.
+    pub(crate) fn spawn_in(
+        binary: &Path,
+        dir: &Path,
+        keep: bool,
+        body: impl FnOnce(SocketAddr, &Path) -> String,
+    ) -> Result<Self, String> {
+        let (addr, fresh) = fresh_server("lqd")?;
+        let _ = std::fs::remove_dir_all(fresh);
+        Self::spawn_at(binary, keep, false, addr, dir.to_path_buf(), body)
+    }
+
     /// Spawns lqd on a free port of `[::1]` (and of `127.0.0.1` when `ipv4`) with a fresh state
     /// directory; `body(addr, dir)` gives the config file's lines after `listen`, `state_dir`
     /// and `log`.
@@ -157,13 +181,24 @@ impl Lqd {
         ipv4: bool,
         body: impl FnOnce(SocketAddr, &Path) -> String,
     ) -> Result<Self, String> {
+        let (addr, dir) = fresh_server("lqd")?;
+        Self::spawn_at(binary, keep, ipv4, addr, dir, body)
+    }
+
+    fn spawn_at(
+        binary: &Path,
+        keep: bool,
+        ipv4: bool,
+        addr: SocketAddr,
+        dir: PathBuf,
+        body: impl FnOnce(SocketAddr, &Path) -> String,
+    ) -> Result<Self, String> {
         if !binary.is_file() {
             return Err(format!(
                 "no lqd binary at {} (build it with `cargo build --release --bin lqd`, or pass --lqd)",
                 binary.display()
             ));
         }
-        let (addr, dir) = fresh_server("lqd")?;
         let addr_v4 = ipv4.then(|| SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())));
         let listen = match addr_v4 {
             Some(v4) => format!("\"{addr}\", \"{v4}\""),
@@ -292,6 +327,39 @@ impl Lqd {
         self.child.id()
     }
 
+    /// lqd's state directory.
+    pub(crate) fn state_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stops lqd cleanly (SIGTERM) and waits up to `limit` for it to exit; its state
+    /// directory stays, for a restart ([`spawn_in`](Self::spawn_in)), and is the caller's to
+    /// remove.
+    pub(crate) fn terminate(mut self, limit: Duration) -> Result<(), String> {
+        let pid = self.pid().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .map_err(|e| format!("kill -TERM {pid}: {e}"))?;
+        if !sent.success() {
+            return Err(format!("kill -TERM {pid} failed"));
+        }
+        let started = Instant::now();
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if started.elapsed() > limit => {
+                    return Err(format!("lqd did not stop within {limit:?} of SIGTERM"));
+                }
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => return Err(format!("lqd: {e}")),
+            }
+        }
+        self.keep = true;
+        self.dir = PathBuf::new();
+        Ok(())
+    }
+
     /// An error, with the log's end, if lqd has exited.
     pub(crate) fn check_alive(&mut self) -> Result<(), String> {
         match self.child.try_wait() {
@@ -362,10 +430,45 @@ pub(crate) fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
+/// A process's resident memory, from `/proc/PID/status`, KiB.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Memory {
+    /// VmRSS.
+    pub(crate) rss_kib: u64,
+    /// RssAnon: the heap and other private memory.
+    pub(crate) anon_kib: u64,
+    /// RssFile + RssShmem: mapped files' pages (lqd's journal).
+    pub(crate) file_kib: u64,
+    /// VmHWM.
+    pub(crate) hwm_kib: u64,
+}
+
+/// Process `pid`'s resident memory now.
+pub(crate) fn proc_memory(pid: u32) -> Result<Memory, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
+    };
+    Ok(Memory {
+        rss_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
+        file_kib: field("RssFile:")? + field("RssShmem:")?,
+        hwm_kib: field("VmHWM:")?,
+    })
+}
+
 impl Drop for Lqd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if self.dir.as_os_str().is_empty() {
+            return;
+        }
         if self.keep {
             eprintln!("loadgen: lqd's state kept in {}", self.dir.display());
         } else {

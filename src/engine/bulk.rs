@@ -20,7 +20,7 @@ use super::reply::{client_data, push_frame};
 use crate::codec::{
     DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode,
 };
-use crate::store::{Binding, BindingId, Store};
+use crate::store::{BindingId, BindingRef, Store};
 
 /// Where the answer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,7 @@ impl BulkAnswer {
                     client_data(binding, None, now, self.query.want_relay_data, &mut scratch);
                     let first = self.position == Position::Start;
                     self.write(first, server_id, now, Some(&scratch), None, out);
-                    self.position = Position::After(id, binding.key.link);
+                    self.position = Position::After(id, binding.link());
                     self.sent = self.sent.saturating_add(1);
                 }
                 None => {
@@ -158,16 +158,18 @@ impl BulkAnswer {
     }
 
     /// The next binding the query selects after the current position.
-    fn next_binding<'s>(&self, store: &'s Store) -> Option<(BindingId, &'s Binding)> {
+    fn next_binding<'s>(&self, store: &'s Store) -> Option<(BindingId, BindingRef<'s>)> {
         let after = match self.position {
             Position::After(id, _) => Some(id),
             Position::Start | Position::Finished => None,
         };
         let q = &self.query;
-        let in_window = |b: &Binding| {
-            q.start.is_none_or(|s| b.last_change >= s) && q.end.is_none_or(|e| b.last_change <= e)
+        let in_window = |b: &BindingRef<'_>| {
+            q.start.is_none_or(|s| b.last_change() >= s)
+                && q.end.is_none_or(|e| b.last_change() <= e)
         };
-        let on_link = |b: &Binding, link: Option<Ipv6Addr>| link.is_none_or(|l| b.key.link == l);
+        let on_link =
+            |b: &BindingRef<'_>, link: Option<Ipv6Addr>| link.is_none_or(|l| b.link() == l);
         let pick = |id: BindingId| store.get(id).map(|b| (id, b));
         match &q.selector {
             Selector::Address { address, link } => {
@@ -202,7 +204,7 @@ impl BulkAnswer {
                 store
                     .by_client(client_id)
                     .filter_map(pick)
-                    .filter(|(_, b)| last_link.is_none_or(|l| b.key.link > l))
+                    .filter(|(_, b)| last_link.is_none_or(|l| b.link() > l))
                     .find(|(_, b)| in_window(b))
             }
             Selector::RelayId { relay_id, link } => store

@@ -20,7 +20,7 @@ use super::session::Policy;
 use crate::codec::{
     DhcpOption, MessageRepr, MessageType, OptionCode, Options, QueryType, ServerTime, Status, Xid,
 };
-use crate::store::{Binding, RemoteIdKey, Store};
+use crate::store::{BindingView, RemoteIdKey, Store};
 
 /// How the query arrived: it decides which query types are allowed (D11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,20 +82,16 @@ impl Selector {
     /// True when `binding` is one this selector asks for: the filter of an Active query
     /// (digest §10.4 item 10), the same rules as the Bulk query types.
     #[must_use]
-    pub fn matches(&self, binding: &Binding) -> bool {
-        let on = |link: &Option<Ipv6Addr>| link.is_none_or(|l| l == binding.key.link);
+    pub fn matches<'b>(&self, binding: impl BindingView<'b>) -> bool {
+        let on = |link: &Option<Ipv6Addr>| link.is_none_or(|l| l == binding.link());
         match self {
             Self::Address { address, link } => {
-                on(link) && binding.leases.iter().any(|l| l.covers(*address))
+                on(link) && binding.leases().iter().any(|l| l.covers(*address))
             }
-            Self::ClientId { client_id, link } => on(link) && binding.key.client_id == *client_id,
-            Self::RelayId { relay_id, link } => {
-                on(link) && binding.relay.relay_ids.iter().any(|r| r == relay_id)
-            }
-            Self::LinkAddress(l) => binding.key.link == *l,
-            Self::RemoteId { remote_id, link } => {
-                on(link) && binding.relay.remote_ids.iter().any(|r| r == remote_id)
-            }
+            Self::ClientId { client_id, link } => on(link) && binding.client_id() == &client_id[..],
+            Self::RelayId { relay_id, link } => on(link) && binding.has_relay_id(relay_id),
+            Self::LinkAddress(l) => binding.link() == *l,
+            Self::RemoteId { remote_id, link } => on(link) && binding.has_remote_id(remote_id),
         }
     }
 }

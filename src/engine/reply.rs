@@ -8,7 +8,7 @@ use crate::codec::{
     DhcpOption, Duid, Embedded, IaAddr, IaPrefix, LqRelayData, MessageRepr, Options, ServerTime,
     StatusCode, encode_frame,
 };
-use crate::store::{Binding, Lease, LeaseKind};
+use crate::store::{BindingView, Lease, LeaseKind};
 
 /// Lifetime `granted` at `cltt`, as it stands at `now`.
 #[must_use]
@@ -46,14 +46,14 @@ pub fn lease_option(lease: &Lease, now: ServerTime) -> DhcpOption<'static> {
 /// OPTION_CLT_TIME, and OPTION_LQ_RELAY_DATA when asked for and known. `out` is the caller's
 /// scratch, reused from reply to reply.
 pub fn client_data<'b>(
-    binding: &'b Binding,
+    binding: impl BindingView<'b>,
     ended: Option<&Lease>,
     now: ServerTime,
     with_relay_data: bool,
     out: &mut Vec<DhcpOption<'b>>,
 ) {
-    out.push(DhcpOption::ClientId(Duid(&binding.key.client_id)));
-    out.extend(binding.leases.iter().map(|l| lease_option(l, now)));
+    out.push(DhcpOption::ClientId(Duid(binding.client_id())));
+    out.extend(binding.leases().iter().map(|l| lease_option(l, now)));
     out.extend(ended.map(|l| lease_option(l, now)));
     out.push(DhcpOption::CltTime(now.0.saturating_sub(binding.cltt().0)));
     if with_relay_data {
@@ -65,12 +65,12 @@ pub fn client_data<'b>(
 
 /// OPTION_LQ_RELAY_DATA for `binding`, when the relays sent one (never otherwise, §4.14).
 #[must_use]
-pub fn relay_data(binding: &Binding) -> Option<DhcpOption<'_>> {
-    let (peer, message) = binding.relay.relay_message.as_ref()?;
+pub fn relay_data<'b>(binding: impl BindingView<'b>) -> Option<DhcpOption<'b>> {
+    let (peer, message) = binding.relay_message()?;
     let relay_message = Embedded::parse(message).ok()?;
     Some(DhcpOption::LqRelayData(LqRelayData {
         relay_message,
-        peer_address: *peer,
+        peer_address: peer,
     }))
 }
 
@@ -108,7 +108,7 @@ pub fn push_frame(msg: &MessageRepr<'_>, out: &mut Vec<u8>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{BindingKey, LeaseState, RelayInfo};
+    use crate::store::{Binding, BindingKey, LeaseState, RelayInfo};
 
     #[test]
     fn lifetimes_count_down_from_the_last_transaction() {

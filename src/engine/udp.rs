@@ -134,7 +134,7 @@ pub fn answer(
                 many => {
                     links = many
                         .iter()
-                        .filter_map(|id| store.get(*id).map(|b| b.key.link))
+                        .filter_map(|id| store.get(*id).map(|b| b.link()))
                         .collect();
                     top.push(DhcpOption::LqClientLink(AddrList::from_items(&links)));
                 }
@@ -187,7 +187,7 @@ fn find(store: &Store, selector: &Selector) -> Vec<BindingId> {
     match selector {
         Selector::Address { address, link } => store
             .by_address(*address)
-            .filter(|id| link.is_none_or(|l| store.get(*id).is_some_and(|b| b.key.link == l)))
+            .filter(|id| link.is_none_or(|l| store.get(*id).is_some_and(|b| b.link() == l)))
             .into_iter()
             .collect(),
         Selector::ClientId {

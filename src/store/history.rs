@@ -356,7 +356,7 @@ impl<L: Log> History<L> {
                 .store
                 .get(id)
                 .map(|cur| {
-                    cur.leases
+                    cur.leases()
                         .iter()
                         .filter(|l| {
                             !b.leases
@@ -636,16 +636,10 @@ impl<L: Log> History<L> {
                 let Some(b) = self.store.get(*id) else {
                     return Ok(false);
                 };
-                let recorded = match ended {
-                    None => b,
-                    Some(lease) => {
-                        let mut b = b.clone();
-                        b.leases.push(*lease);
-                        with_ended = b;
-                        &with_ended
-                    }
-                };
-                (Some(*id), recorded)
+                let mut b = b.to_binding();
+                b.leases.extend(ended.iter().copied());
+                with_ended = b;
+                (Some(*id), &with_ended)
             }
             Applied::Removed(b) => (None, b),
         };

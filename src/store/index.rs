@@ -1,38 +1,58 @@
-//! The store: bindings in a slab, and one index per query type so no query scans.
+//! The store: bindings in a slab of compact records, and one index per query type so no query
+//! scans.
 //!
 //! | query | index |
 //! |---|---|
-//! | by address (RFC 5007) | exact addresses in a hash map; delegated prefixes in one hash map per prefix length, so an address inside a prefix is found by masking it once per length in use |
-//! | by client-id, with or without link | `(client DUID, link)` in a B-tree: one entry, or the client's range |
+//! | by address (RFC 5007) | exact addresses in a hash table; delegated prefixes in one hash table per prefix length, so an address inside a prefix is found by masking it once per length in use |
+//! | by client-id, with or without link | the client's DUID in a hash table, to its first binding; a client's bindings are chained in link order |
 //! | by relay-id, link-address, remote-id (RFC 5460) | `(key, binding)` pairs in B-trees, so a Bulk cursor resumes after the last binding it sent |
 //! | START / END (RFC 7653) | `(last change, binding)` in a B-tree |
-//! | expiry (decision D6) | `(expiry, binding, lease)` in a B-tree |
+//! | expiry (decision D6) | `(expiry, binding)` in a B-tree |
 //!
 //! Applying a change is idempotent: an identical re-send changes nothing and says so.
+//!
+//! # Memory (issue 19)
+//!
+//! A carrier's lqd holds ten million bindings, so what one costs is counted in octets
+//! (decision D40). A binding is one [`Slot`]: its leases inline (two fit without another
+//! allocation), its link, last change and the next binding of the same client as 32-bit
+//! numbers, and one allocation holding the client's DUID, its relays' relay-ids (as numbers
+//! in an interner: a few thousand relays serve millions of clients), its remote-ids and the
+//! relayed message. The indexes hold 32-bit binding numbers and 32-bit keys: the hash tables
+//! keep no copy of a DUID or an address (they compare against the binding's own), links and
+//! relay-ids are interned, and a remote-id (one per subscriber line, so not shared) is
+//! indexed by its 64-bit hash, each hit checked against the binding. `loadgen scale`
+//! measures it (BENCHMARKS.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::net::Ipv6Addr;
 use std::ops::Bound;
 
+use hashbrown::HashTable;
 use slab::Slab;
+use smallvec::SmallVec;
 
 use super::links::LinkMap;
 use super::model::{
-    Binding, BindingKey, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
+    Binding, BindingKey, BindingView, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
 };
 use crate::codec::ServerTime;
 
 /// A binding's handle in the store; stable for as long as the binding exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BindingId(usize);
+pub struct BindingId(u32);
 
 impl BindingId {
     /// The handle's number (for logs and journal records).
     #[must_use]
     pub const fn index(self) -> usize {
-        self.0
+        self.0 as usize
     }
 }
+
+/// No next binding in a client's chain.
+const NONE: u32 = u32::MAX;
 
 /// What applying one change did to one binding.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,21 +83,314 @@ pub struct Outcome {
     pub displaced: Option<Applied>,
 }
 
+/// One binding as the store keeps it.
+#[derive(Debug)]
+struct Slot {
+    /// The DUID, relay-ids, remote-ids and relayed message: see [`Blob`].
+    data: Box<[u8]>,
+    /// The active leases, in the order they were first seen.
+    leases: SmallVec<[Lease; 2]>,
+    /// The link, by its number in [`Store::links`].
+    link: u32,
+    last_change: ServerTime,
+    /// The same client's binding on the next link, in link order, or [`NONE`].
+    next: u32,
+}
+
+/// A slot's variable part, one allocation (little-endian):
+///
+/// | field | size |
+/// |---|---|
+/// | DUID length, DUID | 2 + n |
+/// | relay-id count, then each relay-id's number in the interner | 2 + 4 × n |
+/// | remote-id count, then each: enterprise number, length, octets | 2 + (4 + 2 + n) × n |
+/// | relayed message: 0, or 1, the relay's address and the message (to the end) | 1 (+ 16 + n) |
+#[derive(Clone, Copy)]
+struct Blob<'a>(&'a [u8]);
+
+impl<'a> Blob<'a> {
+    fn u16_at(&self, at: usize) -> usize {
+        self.0
+            .get(at..at + 2)
+            .map_or(0, |b| usize::from(u16::from_le_bytes([b[0], b[1]])))
+    }
+
+    fn client_id(self) -> &'a [u8] {
+        let n = self.u16_at(0);
+        self.0.get(2..2 + n).unwrap_or_default()
+    }
+
+    /// Where the relay-id count is.
+    fn relay_ids_at(self) -> usize {
+        2 + self.u16_at(0)
+    }
+
+    fn relay_ids(self) -> impl Iterator<Item = u32> + 'a {
+        let at = self.relay_ids_at();
+        let n = self.u16_at(at);
+        let ids = self.0.get(at + 2..at + 2 + 4 * n).unwrap_or_default();
+        ids.chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+    }
+
+    fn remote_ids_at(self) -> usize {
+        let at = self.relay_ids_at();
+        at + 2 + 4 * self.u16_at(at)
+    }
+
+    /// Each remote-id: enterprise number and value; then the offset after the last.
+    fn remote_ids(self) -> RemoteIds<'a> {
+        let at = self.remote_ids_at();
+        RemoteIds {
+            blob: self,
+            left: self.u16_at(at),
+            at: at + 2,
+        }
+    }
+
+    fn relay_message(self) -> Option<(Ipv6Addr, &'a [u8])> {
+        let mut it = self.remote_ids();
+        for _ in it.by_ref() {}
+        let at = it.at;
+        if self.0.get(at) != Some(&1) {
+            return None;
+        }
+        let peer: [u8; 16] = self.0.get(at + 1..at + 17)?.try_into().ok()?;
+        Some((Ipv6Addr::from(peer), self.0.get(at + 17..)?))
+    }
+}
+
+/// A blob's remote-ids.
+struct RemoteIds<'a> {
+    blob: Blob<'a>,
+    left: usize,
+    at: usize,
+}
+
+impl<'a> Iterator for RemoteIds<'a> {
+    type Item = (u32, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let b = self.blob.0;
+        let e = b.get(self.at..self.at + 4)?;
+        let enterprise = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+        let n = self.blob.u16_at(self.at + 4);
+        let value = b.get(self.at + 6..self.at + 6 + n)?;
+        self.at += 6 + n;
+        Some((enterprise, value))
+    }
+}
+
+/// Why a change cannot be kept: a field too long for the store's compact form.
+fn put_u16(out: &mut Vec<u8>, n: usize) -> bool {
+    match u16::try_from(n) {
+        Ok(n) => {
+            out.extend_from_slice(&n.to_le_bytes());
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+/// Byte strings many bindings share (relay-ids), each kept once, by number.
+#[derive(Debug, Default)]
+struct Interner {
+    numbers: HashMap<Box<[u8]>, u32>,
+    /// Each number's value and how many references it has.
+    values: Vec<(Box<[u8]>, u32)>,
+    free: Vec<u32>,
+}
+
+impl Interner {
+    fn number(&self, value: &[u8]) -> Option<u32> {
+        self.numbers.get(value).copied()
+    }
+
+    fn get(&self, n: u32) -> &[u8] {
+        self.values.get(n as usize).map_or(&[], |(v, _)| v)
+    }
+
+    /// One more reference to `value`; its number.
+    fn intern(&mut self, value: &[u8]) -> u32 {
+        if let Some(&n) = self.numbers.get(value) {
+            if let Some((_, refs)) = self.values.get_mut(n as usize) {
+                *refs = refs.saturating_add(1);
+            }
+            return n;
+        }
+        let entry = (Box::<[u8]>::from(value), 1);
+        let n = match self.free.pop() {
+            Some(n) => {
+                if let Some(slot) = self.values.get_mut(n as usize) {
+                    *slot = entry;
+                }
+                n
+            }
+            None => {
+                self.values.push(entry);
+                u32::try_from(self.values.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.numbers.insert(value.into(), n);
+        n
+    }
+
+    /// One reference fewer to number `n`; forgotten at none.
+    fn release(&mut self, n: u32) {
+        let Some((value, refs)) = self.values.get_mut(n as usize) else {
+            return;
+        };
+        *refs = refs.saturating_sub(1);
+        if *refs == 0 {
+            let value = std::mem::take(value);
+            self.numbers.remove(&value);
+            self.free.push(n);
+        }
+    }
+}
+
+/// A binding in the store, read in place.
+#[derive(Debug, Clone, Copy)]
+pub struct BindingRef<'s> {
+    store: &'s Store,
+    slot: &'s Slot,
+}
+
+impl<'s> BindingRef<'s> {
+    /// The client's DUID.
+    #[must_use]
+    pub fn client_id(&self) -> &'s [u8] {
+        Blob(&self.slot.data).client_id()
+    }
+
+    /// The link.
+    #[must_use]
+    pub fn link(&self) -> Ipv6Addr {
+        self.store.link_address(self.slot.link)
+    }
+
+    /// The client's active leases on the link, in the order they were first seen.
+    #[must_use]
+    pub fn leases(&self) -> &'s [Lease] {
+        &self.slot.leases
+    }
+
+    /// When the binding last changed.
+    #[must_use]
+    pub fn last_change(&self) -> ServerTime {
+        self.slot.last_change
+    }
+
+    /// Every relay's OPTION_RELAY_ID.
+    pub fn relay_ids(&self) -> impl Iterator<Item = &'s [u8]> + 's {
+        let store = self.store;
+        Blob(&self.slot.data)
+            .relay_ids()
+            .map(move |n| store.relay_ids.get(n))
+    }
+
+    /// Every relay's OPTION_REMOTE_ID: enterprise number and value.
+    pub fn remote_ids(&self) -> impl Iterator<Item = (u32, &'s [u8])> + 's {
+        Blob(&self.slot.data).remote_ids()
+    }
+
+    /// The relayed message for OPTION_LQ_RELAY_DATA, with the relay's address.
+    #[must_use]
+    pub fn relay_message(&self) -> Option<(Ipv6Addr, &'s [u8])> {
+        Blob(&self.slot.data).relay_message()
+    }
+
+    /// What the relays told the server, as the model has it.
+    #[must_use]
+    pub fn relay(&self) -> RelayInfo {
+        RelayInfo {
+            relay_ids: self.relay_ids().map(Into::into).collect(),
+            remote_ids: self
+                .remote_ids()
+                .map(|(enterprise_number, r)| RemoteIdKey {
+                    enterprise_number,
+                    remote_id: r.into(),
+                })
+                .collect(),
+            relay_message: self.relay_message().map(|(p, m)| (p, m.into())),
+        }
+    }
+
+    /// The binding as the model has it (for its journal record).
+    #[must_use]
+    pub fn to_binding(&self) -> Binding {
+        Binding {
+            key: BindingKey {
+                client_id: self.client_id().into(),
+                link: self.link(),
+            },
+            leases: self.leases().to_vec(),
+            relay: self.relay(),
+            last_change: self.last_change(),
+        }
+    }
+}
+
+impl<'s> BindingView<'s> for BindingRef<'s> {
+    fn client_id(&self) -> &'s [u8] {
+        Self::client_id(self)
+    }
+
+    fn link(&self) -> Ipv6Addr {
+        Self::link(self)
+    }
+
+    fn leases(&self) -> &'s [Lease] {
+        Self::leases(self)
+    }
+
+    fn last_change(&self) -> ServerTime {
+        Self::last_change(self)
+    }
+
+    fn relay_message(&self) -> Option<(Ipv6Addr, &'s [u8])> {
+        Self::relay_message(self)
+    }
+
+    fn has_relay_id(&self, relay_id: &[u8]) -> bool {
+        self.relay_ids().any(|r| r == relay_id)
+    }
+
+    fn has_remote_id(&self, remote_id: &RemoteIdKey) -> bool {
+        self.remote_ids()
+            .any(|(e, r)| e == remote_id.enterprise_number && r == &remote_id.remote_id[..])
+    }
+}
+
+/// The lease tables' entries: a binding and the position of the lease in it.
+type LeaseEntry = (u32, u32);
+
 /// The lease mirror: every binding, indexed for every query type.
 #[derive(Debug, Default)]
 pub struct Store {
-    bindings: Slab<Binding>,
-    /// Client DUID → its bindings, one per link, ordered by link. Looked up by `&[u8]`, so
-    /// finding a binding allocates nothing.
-    clients: HashMap<Box<[u8]>, Vec<(Ipv6Addr, BindingId)>>,
-    addresses: HashMap<Ipv6Addr, BindingId>,
-    /// Delegated prefixes, one map per prefix length: masked prefix → binding.
-    prefixes: BTreeMap<u8, HashMap<u128, BindingId>>,
-    by_link: BTreeSet<(Ipv6Addr, BindingId)>,
-    by_relay_id: BTreeSet<(Box<[u8]>, BindingId)>,
-    by_remote_id: BTreeSet<(RemoteIdKey, BindingId)>,
+    bindings: Slab<Slot>,
+    hasher: RandomState,
+    /// Each client's first binding (in link order), by the hash of its DUID.
+    clients: HashTable<u32>,
+    /// Addresses: each address lease, by the hash of its address.
+    addresses: HashTable<LeaseEntry>,
+    /// Delegated prefixes, one table per prefix length: each, by the hash of its masked prefix.
+    prefixes: BTreeMap<u8, HashTable<LeaseEntry>>,
+    /// Links by number, and numbers by link.
+    links: Vec<Ipv6Addr>,
+    link_numbers: HashMap<Ipv6Addr, u32>,
+    relay_ids: Interner,
+    by_link: BTreeSet<(u32, BindingId)>,
+    by_relay_id: BTreeSet<(u32, BindingId)>,
+    /// Remote-ids by their hash (enterprise number and value), checked on each hit.
+    by_remote_id: BTreeSet<(u64, BindingId)>,
     by_change: BTreeSet<(ServerTime, BindingId)>,
-    expiries: BTreeSet<(ServerTime, BindingId, LeaseKind, Ipv6Addr, u8)>,
+    /// One entry per binding and expiry time its leases have.
+    expiries: BTreeSet<(ServerTime, BindingId)>,
     /// The configured links (D16): changes are filed under their canonical link address.
     link_map: LinkMap,
 }
@@ -89,6 +402,14 @@ fn ended_copy(lease: &Lease, state: LeaseState) -> Lease {
         valid_lifetime: 0,
         state,
         ..*lease
+    }
+}
+
+/// A lease's hash in its table: its address, or its prefix masked to its length.
+fn lease_hash(hasher: &RandomState, l: &Lease) -> u64 {
+    match l.kind {
+        LeaseKind::Address => hasher.hash_one(u128::from(l.address)),
+        LeaseKind::Prefix => hasher.hash_one(masked(l.address, l.prefix_len)),
     }
 }
 
@@ -119,13 +440,32 @@ impl Store {
         &self.link_map
     }
 
+    fn link_address(&self, n: u32) -> Ipv6Addr {
+        self.links
+            .get(n as usize)
+            .copied()
+            .unwrap_or(Ipv6Addr::UNSPECIFIED)
+    }
+
+    fn link_number(&mut self, link: Ipv6Addr) -> u32 {
+        if let Some(&n) = self.link_numbers.get(&link) {
+            return n;
+        }
+        let n = u32::try_from(self.links.len()).unwrap_or(u32::MAX);
+        self.links.push(link);
+        self.link_numbers.insert(link, n);
+        n
+    }
+
     /// True when some binding is on `link`.
     #[must_use]
     pub fn has_link(&self, link: Ipv6Addr) -> bool {
-        self.by_link
-            .range((link, BindingId(0))..)
-            .next()
-            .is_some_and(|(l, _)| *l == link)
+        self.link_numbers.get(&link).is_some_and(|&n| {
+            self.by_link
+                .range((n, BindingId(0))..)
+                .next()
+                .is_some_and(|(l, _)| *l == n)
+        })
     }
 
     /// The number of bindings.
@@ -139,7 +479,7 @@ impl Store {
     pub fn lease_counts(&self) -> (usize, usize) {
         (
             self.addresses.len(),
-            self.prefixes.values().map(HashMap::len).sum(),
+            self.prefixes.values().map(HashTable::len).sum(),
         )
     }
 
@@ -151,13 +491,32 @@ impl Store {
 
     /// The binding behind a handle.
     #[must_use]
-    pub fn get(&self, id: BindingId) -> Option<&Binding> {
-        self.bindings.get(id.0)
+    pub fn get(&self, id: BindingId) -> Option<BindingRef<'_>> {
+        self.bindings
+            .get(id.index())
+            .map(|slot| BindingRef { store: self, slot })
     }
 
     /// Every binding, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (BindingId, &Binding)> + '_ {
-        self.bindings.iter().map(|(i, b)| (BindingId(i), b))
+    pub fn iter(&self) -> impl Iterator<Item = (BindingId, BindingRef<'_>)> + '_ {
+        self.bindings.iter().map(|(i, slot)| {
+            (
+                BindingId(u32::try_from(i).unwrap_or(u32::MAX)),
+                BindingRef { store: self, slot },
+            )
+        })
+    }
+
+    fn hash_bytes(&self, b: &[u8]) -> u64 {
+        self.hasher.hash_one(b)
+    }
+
+    fn hash_remote(&self, enterprise: u32, value: &[u8]) -> u64 {
+        self.hasher.hash_one((enterprise, value))
+    }
+
+    fn lease_at(&self, (id, i): LeaseEntry) -> Option<&Lease> {
+        self.bindings.get(id as usize)?.leases.get(i as usize)
     }
 
     /// Applies one change at server time `now` (the binding's last-change time). A change
@@ -186,6 +545,78 @@ impl Store {
         }
     }
 
+    /// The slot's variable part for a client and its relays, interning the relay-ids; `None`
+    /// (nothing interned) when a field is too long for it.
+    fn blob(&mut self, client_id: &[u8], relay: Option<&RelayInfo>) -> Option<Box<[u8]>> {
+        let empty = RelayInfo::default();
+        let r = relay.unwrap_or(&empty);
+        let mut out = Vec::with_capacity(
+            8 + client_id.len()
+                + 4 * r.relay_ids.len()
+                + r.remote_ids
+                    .iter()
+                    .map(|x| 6 + x.remote_id.len())
+                    .sum::<usize>()
+                + r.relay_message.as_ref().map_or(0, |(_, m)| 16 + m.len()),
+        );
+        let fits = put_u16(&mut out, client_id.len())
+            && u16::try_from(r.relay_ids.len()).is_ok()
+            && u16::try_from(r.remote_ids.len()).is_ok()
+            && r.remote_ids
+                .iter()
+                .all(|x| u16::try_from(x.remote_id.len()).is_ok());
+        if !fits {
+            return None;
+        }
+        out.extend_from_slice(client_id);
+        put_u16(&mut out, r.relay_ids.len());
+        for id in &r.relay_ids {
+            let n = self.relay_ids.intern(id);
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        put_u16(&mut out, r.remote_ids.len());
+        for x in &r.remote_ids {
+            out.extend_from_slice(&x.enterprise_number.to_le_bytes());
+            put_u16(&mut out, x.remote_id.len());
+            out.extend_from_slice(&x.remote_id);
+        }
+        match &r.relay_message {
+            None => out.push(0),
+            Some((peer, m)) => {
+                out.push(1);
+                out.extend_from_slice(&peer.octets());
+                out.extend_from_slice(m);
+            }
+        }
+        Some(out.into_boxed_slice())
+    }
+
+    /// Releases the interned relay-ids of a blob that is going.
+    fn release_blob(&mut self, data: &[u8]) {
+        for n in Blob(data).relay_ids() {
+            self.relay_ids.release(n);
+        }
+    }
+
+    /// True when the binding's relays are exactly `r`.
+    fn same_relay(&self, slot: &Slot, r: &RelayInfo) -> bool {
+        let b = Blob(&slot.data);
+        let ids_same = b.relay_ids().count() == r.relay_ids.len()
+            && b.relay_ids()
+                .zip(&r.relay_ids)
+                .all(|(n, id)| self.relay_ids.get(n) == &id[..]);
+        let remote_same = b.remote_ids().count() == r.remote_ids.len()
+            && b.remote_ids()
+                .zip(&r.remote_ids)
+                .all(|((e, v), x)| e == x.enterprise_number && v == &x.remote_id[..]);
+        let message_same = match (b.relay_message(), &r.relay_message) {
+            (None, None) => true,
+            (Some((p, m)), Some((q, n))) => p == *q && m == &n[..],
+            _ => false,
+        };
+        ids_same && remote_same && message_same
+    }
+
     fn upsert(&mut self, change: &Change, now: ServerTime) -> Outcome {
         let lease = change.lease;
         let existing = self.by_client_link(&change.client_id, change.link);
@@ -199,74 +630,111 @@ impl Store {
         };
 
         let Some(id) = existing else {
-            let binding = Binding {
-                key: BindingKey {
-                    client_id: change.client_id.clone(),
-                    link: change.link,
-                },
-                leases: vec![lease],
-                relay: change.relay.clone().unwrap_or_default(),
-                last_change: now,
+            let Some(data) = self.blob(&change.client_id, change.relay.as_ref()) else {
+                tracing::warn!("a change with a DUID or relay field over 65535 octets is not kept");
+                return Outcome {
+                    applied: Applied::Unchanged,
+                    displaced,
+                };
             };
-            let id = BindingId(self.bindings.insert(binding));
-            let links = self.clients.entry(change.client_id.clone()).or_default();
-            let at = links.partition_point(|(l, _)| *l < change.link);
-            // Most clients are on one link: grow by one, not to Vec's minimum of four.
-            links.reserve_exact(1);
-            links.insert(at, (change.link, id));
+            let link = self.link_number(change.link);
+            let mut leases = SmallVec::new();
+            leases.push(lease);
+            let entry = self.bindings.vacant_entry();
+            let Ok(n) = u32::try_from(entry.key()) else {
+                self.release_blob(&data);
+                return Outcome {
+                    applied: Applied::Unchanged,
+                    displaced,
+                };
+            };
+            entry.insert(Slot {
+                data,
+                leases,
+                link,
+                last_change: now,
+                next: NONE,
+            });
+            let id = BindingId(n);
+            self.chain_client(id);
             self.index_binding(id);
-            self.index_lease(id, &lease);
+            self.index_lease(id, 0);
             return Outcome {
                 applied: Applied::Updated { id, ended: None },
                 displaced,
             };
         };
 
-        let Some(binding) = self.bindings.get(id.0) else {
+        let Some(slot) = self.bindings.get(id.index()) else {
             return Outcome {
                 applied: Applied::Unchanged,
                 displaced,
             };
         };
-        let old_lease = binding
+        let old = slot
             .leases
             .iter()
-            .find(|l| l.slot() == lease.slot())
-            .copied();
-        let relay_changed = change.relay.as_ref().is_some_and(|r| *r != binding.relay);
-        if old_lease == Some(lease) && !relay_changed {
+            .position(|l| l.slot() == lease.slot())
+            .and_then(|i| Some((i, *slot.leases.get(i)?)));
+        let relay_changed = change
+            .relay
+            .as_ref()
+            .is_some_and(|r| !self.same_relay(slot, r));
+        if old.map(|(_, l)| l) == Some(lease) && !relay_changed {
             return Outcome {
                 applied: Applied::Unchanged,
                 displaced,
             };
         }
 
-        if relay_changed {
+        let new_data = if relay_changed {
+            let client_id = Blob(&slot.data).client_id().to_vec();
+            match self.blob(&client_id, change.relay.as_ref()) {
+                Some(d) => Some(d),
+                None => {
+                    return Outcome {
+                        applied: Applied::Unchanged,
+                        displaced,
+                    };
+                }
+            }
+        } else {
+            None
+        };
+        if new_data.is_some() {
             self.unindex_relays(id);
         }
-        if let Some(old) = old_lease {
-            self.unindex_lease(id, &old);
+        if let Some((i, _)) = old {
+            self.unindex_lease(id, i);
         }
-        self.by_change
-            .remove(&(self.bindings[id.0].last_change, id));
-        let binding = &mut self.bindings[id.0];
-        match binding.leases.iter_mut().find(|l| l.slot() == lease.slot()) {
-            Some(slot) => *slot = lease,
-            None => {
-                // A binding holds one or two leases: exact growth keeps it small.
-                binding.leases.reserve_exact(1);
-                binding.leases.push(lease);
+        let Some(slot) = self.bindings.get_mut(id.index()) else {
+            return Outcome {
+                applied: Applied::Unchanged,
+                displaced,
+            };
+        };
+        let before = slot.last_change;
+        let at = match old {
+            Some((i, _)) => {
+                if let Some(l) = slot.leases.get_mut(i) {
+                    *l = lease;
+                }
+                i
             }
-        }
-        if let Some(relay) = &change.relay {
-            binding.relay = relay.clone();
-        }
-        binding.last_change = now;
+            None => {
+                slot.leases.push(lease);
+                slot.leases.len() - 1
+            }
+        };
+        slot.last_change = now;
+        let old_data = new_data.map(|d| std::mem::replace(&mut slot.data, d));
+        self.by_change.remove(&(before, id));
         self.by_change.insert((now, id));
-        if relay_changed {
+        if let Some(old_data) = old_data {
+            self.release_blob(&old_data);
             self.index_binding_relays(id);
         }
-        self.index_lease(id, &lease);
+        self.index_lease(id, at);
         Outcome {
             applied: Applied::Updated { id, ended: None },
             displaced,
@@ -286,35 +754,40 @@ impl Store {
     fn remove_lease(
         &mut self,
         id: BindingId,
-        slot: (LeaseKind, Ipv6Addr, u8),
+        lease_slot: (LeaseKind, Ipv6Addr, u8),
         state: LeaseState,
         now: ServerTime,
     ) -> Option<Applied> {
-        let binding = self.bindings.get(id.0)?;
-        let pos = binding.leases.iter().position(|l| l.slot() == slot)?;
-        let old = *binding.leases.get(pos)?;
-        let (count, link, changed) = (binding.leases.len(), binding.key.link, binding.last_change);
-        self.unindex_lease(id, &old);
+        let slot = self.bindings.get(id.index())?;
+        let pos = slot.leases.iter().position(|l| l.slot() == lease_slot)?;
+        let old = *slot.leases.get(pos)?;
+        let (count, changed) = (slot.leases.len(), slot.last_change);
         let ended = ended_copy(&old, state);
         if count == 1 {
+            let mut gone = self.get(id)?.to_binding();
+            self.unindex_lease(id, pos);
             self.unindex_relays(id);
+            let link = self.bindings.get(id.index()).map_or(0, |s| s.link);
             self.by_link.remove(&(link, id));
             self.by_change.remove(&(changed, id));
-            let mut gone = self.bindings.remove(id.0);
-            if let Some(links) = self.clients.get_mut(&gone.key.client_id) {
-                links.retain(|(_, i)| *i != id);
-                if links.is_empty() {
-                    self.clients.remove(&gone.key.client_id);
-                }
+            self.unchain_client(id);
+            let slot = self.bindings.remove(id.index());
+            self.release_blob(&slot.data);
+            if let Some(l) = gone.leases.first_mut() {
+                *l = ended;
             }
-            gone.leases[0] = ended;
             gone.last_change = now;
             return Some(Applied::Removed(gone));
         }
+        self.unindex_lease(id, pos);
+        // The leases after it move down one place: their table entries follow.
+        for i in pos + 1..count {
+            self.renumber_lease(id, i, i - 1);
+        }
         self.by_change.remove(&(changed, id));
-        let binding = self.bindings.get_mut(id.0)?;
-        binding.leases.remove(pos);
-        binding.last_change = now;
+        let slot = self.bindings.get_mut(id.index())?;
+        slot.leases.remove(pos);
+        slot.last_change = now;
         self.by_change.insert((now, id));
         Some(Applied::Updated {
             id,
@@ -322,93 +795,247 @@ impl Store {
         })
     }
 
+    /// The table a lease is filed in, and its hash there.
+    fn lease_table(&mut self, lease: &Lease) -> (&mut HashTable<LeaseEntry>, u64) {
+        let h = lease_hash(&self.hasher, lease);
+        match lease.kind {
+            LeaseKind::Address => (&mut self.addresses, h),
+            LeaseKind::Prefix => (self.prefixes.entry(lease.prefix_len).or_default(), h),
+        }
+    }
+
+    /// The lease at position `from` of binding `id` is now at `to`.
+    fn renumber_lease(&mut self, id: BindingId, from: usize, to: usize) {
+        let Some(lease) = self.lease_at((id.0, from as u32)).copied() else {
+            return;
+        };
+        let (table, h) = self.lease_table(&lease);
+        if let Ok(mut e) = table.find_entry(h, |&(b, i)| b == id.0 && i as usize == from) {
+            e.get_mut().1 = u32::try_from(to).unwrap_or(u32::MAX);
+        }
+    }
+
     /// The binding holding this lease's address or prefix, if any.
     fn holder(&self, lease: &Lease) -> Option<BindingId> {
         match lease.kind {
-            LeaseKind::Address => self.addresses.get(&lease.address).copied(),
-            LeaseKind::Prefix => self
+            LeaseKind::Address => self.address_holder(lease.address),
+            LeaseKind::Prefix => {
+                let table = self.prefixes.get(&lease.prefix_len)?;
+                self.prefix_holder(
+                    table,
+                    lease.prefix_len,
+                    masked(lease.address, lease.prefix_len),
+                )
+            }
+        }
+    }
+
+    fn address_holder(&self, addr: Ipv6Addr) -> Option<BindingId> {
+        let h = self.hasher.hash_one(u128::from(addr));
+        self.addresses
+            .find(h, |&e| {
+                self.lease_at(e)
+                    .is_some_and(|l| l.kind == LeaseKind::Address && l.address == addr)
+            })
+            .map(|&(b, _)| BindingId(b))
+    }
+
+    fn prefix_holder(
+        &self,
+        table: &HashTable<LeaseEntry>,
+        len: u8,
+        key: u128,
+    ) -> Option<BindingId> {
+        let h = self.hasher.hash_one(key);
+        table
+            .find(h, |&e| {
+                self.lease_at(e).is_some_and(|l| {
+                    l.kind == LeaseKind::Prefix
+                        && l.prefix_len == len
+                        && masked(l.address, len) == key
+                })
+            })
+            .map(|&(b, _)| BindingId(b))
+    }
+
+    /// Indexes the lease at position `at` of binding `id`, already in place.
+    fn index_lease(&mut self, id: BindingId, at: usize) {
+        let Some(lease) = self.lease_at((id.0, at as u32)).copied() else {
+            return;
+        };
+        let entry = (id.0, u32::try_from(at).unwrap_or(u32::MAX));
+        let h = lease_hash(&self.hasher, &lease);
+        let Self {
+            bindings,
+            hasher,
+            addresses,
+            prefixes,
+            ..
+        } = self;
+        // When a table grows, each entry's hash is its lease's, read where it points.
+        let rehash = |&(b, i): &LeaseEntry| {
+            bindings
+                .get(b as usize)
+                .and_then(|s| s.leases.get(i as usize))
+                .map_or(0, |l| lease_hash(hasher, l))
+        };
+        match lease.kind {
+            LeaseKind::Address => addresses.insert_unique(h, entry, rehash),
+            LeaseKind::Prefix => prefixes
+                .entry(lease.prefix_len)
+                .or_default()
+                .insert_unique(h, entry, rehash),
+        };
+        if let Some(t) = lease.expires() {
+            self.expiries.insert((t, id));
+        }
+    }
+
+    /// Removes the table entry of the lease at position `at` of binding `id`, still in place,
+    /// and its expiry unless another lease of the binding expires at the same time.
+    fn unindex_lease(&mut self, id: BindingId, at: usize) {
+        let Some(lease) = self.lease_at((id.0, at as u32)).copied() else {
+            return;
+        };
+        let (table, h) = self.lease_table(&lease);
+        if let Ok(e) = table.find_entry(h, |&(b, i)| b == id.0 && i as usize == at) {
+            e.remove();
+        }
+        if lease.kind == LeaseKind::Prefix
+            && self
                 .prefixes
                 .get(&lease.prefix_len)
-                .and_then(|m| m.get(&masked(lease.address, lease.prefix_len)))
-                .copied(),
+                .is_some_and(HashTable::is_empty)
+        {
+            self.prefixes.remove(&lease.prefix_len);
+        }
+        if let Some(t) = lease.expires() {
+            let shared = self.bindings.get(id.index()).is_some_and(|s| {
+                s.leases
+                    .iter()
+                    .enumerate()
+                    .any(|(i, l)| i != at && l.expires() == Some(t))
+            });
+            if !shared {
+                self.expiries.remove(&(t, id));
+            }
         }
     }
 
-    fn index_lease(&mut self, id: BindingId, lease: &Lease) {
-        match lease.kind {
-            LeaseKind::Address => {
-                self.addresses.insert(lease.address, id);
+    /// Puts a new binding into its client's chain, in link order.
+    fn chain_client(&mut self, id: BindingId) {
+        let Some(slot) = self.bindings.get(id.index()) else {
+            return;
+        };
+        let client_id = Blob(&slot.data).client_id().to_vec();
+        let link = self.link_address(slot.link);
+        let h = self.hash_bytes(&client_id);
+        let Some(head) = self.client_head(&client_id) else {
+            let Self {
+                bindings,
+                hasher,
+                clients,
+                ..
+            } = self;
+            clients.insert_unique(h, id.0, |&e| {
+                bindings
+                    .get(e as usize)
+                    .map_or(0, |s| hasher.hash_one(Blob(&s.data).client_id()))
+            });
+            return;
+        };
+        // The binding goes before the first of the chain on a later link.
+        let (mut prev, mut at) = (NONE, head);
+        while let Some(s) = self.bindings.get(at as usize) {
+            if link < self.link_address(s.link) {
+                break;
             }
-            LeaseKind::Prefix => {
-                self.prefixes
-                    .entry(lease.prefix_len)
-                    .or_default()
-                    .insert(masked(lease.address, lease.prefix_len), id);
-            }
+            prev = at;
+            at = s.next;
         }
-        if let Some(t) = lease.expires() {
-            self.expiries
-                .insert((t, id, lease.kind, lease.address, lease.prefix_len));
+        if let Some(s) = self.bindings.get_mut(id.index()) {
+            s.next = at;
+        }
+        if prev == NONE {
+            if let Ok(mut e) = self.clients.find_entry(h, |&e| e == head) {
+                *e.get_mut() = id.0;
+            }
+        } else if let Some(s) = self.bindings.get_mut(prev as usize) {
+            s.next = id.0;
         }
     }
 
-    fn unindex_lease(&mut self, id: BindingId, lease: &Lease) {
-        match lease.kind {
-            LeaseKind::Address => {
-                if self.addresses.get(&lease.address) == Some(&id) {
-                    self.addresses.remove(&lease.address);
-                }
+    /// Takes a binding that is going out of its client's chain.
+    fn unchain_client(&mut self, id: BindingId) {
+        let Some(slot) = self.bindings.get(id.index()) else {
+            return;
+        };
+        let next = slot.next;
+        let client_id = Blob(&slot.data).client_id().to_vec();
+        let h = self.hash_bytes(&client_id);
+        if let Ok(mut e) = self.clients.find_entry(h, |&e| e == id.0) {
+            if next == NONE {
+                e.remove();
+            } else {
+                *e.get_mut() = next;
             }
-            LeaseKind::Prefix => {
-                if let Some(m) = self.prefixes.get_mut(&lease.prefix_len) {
-                    let k = masked(lease.address, lease.prefix_len);
-                    if m.get(&k) == Some(&id) {
-                        m.remove(&k);
-                    }
-                    if m.is_empty() {
-                        self.prefixes.remove(&lease.prefix_len);
-                    }
-                }
-            }
+            return;
         }
-        if let Some(t) = lease.expires() {
-            self.expiries
-                .remove(&(t, id, lease.kind, lease.address, lease.prefix_len));
+        let mut at = self.client_head(&client_id).unwrap_or(NONE);
+        while let Some(s) = self.bindings.get(at as usize) {
+            if s.next == id.0 {
+                if let Some(s) = self.bindings.get_mut(at as usize) {
+                    s.next = next;
+                }
+                return;
+            }
+            at = s.next;
         }
     }
 
     /// Indexes a new binding's link, relays and change time.
     fn index_binding(&mut self, id: BindingId) {
-        let Some(b) = self.bindings.get(id.0) else {
+        let Some(s) = self.bindings.get(id.index()) else {
             return;
         };
-        self.by_link.insert((b.key.link, id));
-        self.by_change.insert((b.last_change, id));
+        self.by_link.insert((s.link, id));
+        self.by_change.insert((s.last_change, id));
         self.index_binding_relays(id);
     }
 
     fn index_binding_relays(&mut self, id: BindingId) {
-        let Some(b) = self.bindings.get(id.0) else {
+        let Some(s) = self.bindings.get(id.index()) else {
             return;
         };
-        for r in &b.relay.relay_ids {
-            self.by_relay_id.insert((r.clone(), id));
+        let b = Blob(&s.data);
+        for n in b.relay_ids() {
+            self.by_relay_id.insert((n, id));
         }
-        for r in &b.relay.remote_ids {
-            self.by_remote_id.insert((r.clone(), id));
+        let remote: Vec<u64> = b
+            .remote_ids()
+            .map(|(e, v)| self.hash_remote(e, v))
+            .collect();
+        for h in remote {
+            self.by_remote_id.insert((h, id));
         }
     }
 
     /// Removes a binding's relay-id and remote-id entries.
     fn unindex_relays(&mut self, id: BindingId) {
-        let Some(b) = self.bindings.get(id.0) else {
+        let Some(s) = self.bindings.get(id.index()) else {
             return;
         };
-        for r in &b.relay.relay_ids {
-            self.by_relay_id.remove(&(r.clone(), id));
+        let b = Blob(&s.data);
+        let relay: Vec<u32> = b.relay_ids().collect();
+        let remote: Vec<u64> = b
+            .remote_ids()
+            .map(|(e, v)| self.hash_remote(e, v))
+            .collect();
+        for n in relay {
+            self.by_relay_id.remove(&(n, id));
         }
-        for r in &b.relay.remote_ids {
-            self.by_remote_id.remove(&(r.clone(), id));
+        for h in remote {
+            self.by_remote_id.remove(&(h, id));
         }
     }
 
@@ -418,33 +1045,47 @@ impl Store {
     /// contains it (decision D16).
     #[must_use]
     pub fn by_address(&self, addr: Ipv6Addr) -> Option<BindingId> {
-        if let Some(id) = self.addresses.get(&addr) {
-            return Some(*id);
+        if let Some(id) = self.address_holder(addr) {
+            return Some(id);
         }
         // Longest prefix first, should delegations ever nest.
         self.prefixes
             .iter()
             .rev()
-            .find_map(|(len, m)| m.get(&masked(addr, *len)).copied())
+            .find_map(|(len, t)| self.prefix_holder(t, *len, masked(addr, *len)))
+    }
+
+    /// The first binding of a client, in link order.
+    fn client_head(&self, client_id: &[u8]) -> Option<u32> {
+        let h = self.hash_bytes(client_id);
+        self.clients
+            .find(h, |&e| {
+                self.bindings
+                    .get(e as usize)
+                    .is_some_and(|s| Blob(&s.data).client_id() == client_id)
+            })
+            .copied()
     }
 
     /// QUERY_BY_CLIENTID on one link.
     #[must_use]
     pub fn by_client_link(&self, client_id: &[u8], link: Ipv6Addr) -> Option<BindingId> {
-        self.clients
-            .get(client_id)?
-            .iter()
-            .find(|(l, _)| *l == link)
-            .map(|(_, id)| *id)
+        let n = *self.link_numbers.get(&link)?;
+        self.by_client(client_id)
+            .find(|id| self.bindings.get(id.index()).is_some_and(|s| s.link == n))
     }
 
     /// QUERY_BY_CLIENTID on every link: the client's bindings, ordered by link.
     pub fn by_client<'s>(&'s self, client_id: &[u8]) -> impl Iterator<Item = BindingId> + 's {
-        self.clients
-            .get(client_id)
-            .into_iter()
-            .flatten()
-            .map(|(_, id)| *id)
+        let mut at = self.client_head(client_id).unwrap_or(NONE);
+        std::iter::from_fn(move || {
+            if at == NONE {
+                return None;
+            }
+            let id = BindingId(at);
+            at = self.bindings.get(at as usize).map_or(NONE, |s| s.next);
+            Some(id)
+        })
     }
 
     /// QUERY_BY_LINK_ADDRESS: the bindings on `link`, after `after` (a Bulk cursor resumes
@@ -454,13 +1095,14 @@ impl Store {
         link: Ipv6Addr,
         after: Option<BindingId>,
     ) -> impl Iterator<Item = BindingId> + '_ {
+        let n = self.link_numbers.get(&link).copied();
         let start = match after {
-            Some(id) => Bound::Excluded((link, id)),
-            None => Bound::Included((link, BindingId(0))),
+            Some(id) => Bound::Excluded((n.unwrap_or(NONE), id)),
+            None => Bound::Included((n.unwrap_or(NONE), BindingId(0))),
         };
         self.by_link
             .range((start, Bound::Unbounded))
-            .take_while(move |(l, _)| *l == link)
+            .take_while(move |(l, _)| Some(*l) == n)
             .map(|(_, id)| *id)
     }
 
@@ -470,14 +1112,14 @@ impl Store {
         relay_id: &[u8],
         after: Option<BindingId>,
     ) -> impl Iterator<Item = BindingId> + 's {
-        let key: Box<[u8]> = relay_id.into();
+        let n = self.relay_ids.number(relay_id);
         let start = match after {
-            Some(id) => Bound::Excluded((key.clone(), id)),
-            None => Bound::Included((key.clone(), BindingId(0))),
+            Some(id) => Bound::Excluded((n.unwrap_or(NONE), id)),
+            None => Bound::Included((n.unwrap_or(NONE), BindingId(0))),
         };
         self.by_relay_id
             .range((start, Bound::Unbounded))
-            .take_while(move |(r, _)| *r == key)
+            .take_while(move |(r, _)| Some(*r) == n)
             .map(|(_, id)| *id)
     }
 
@@ -489,27 +1131,28 @@ impl Store {
         after: Option<BindingId>,
     ) -> impl Iterator<Item = BindingId> + 's {
         let key = remote_id.clone();
+        let h = self.hash_remote(key.enterprise_number, &key.remote_id);
         let start = match after {
-            Some(id) => Bound::Excluded((key.clone(), id)),
-            None => Bound::Included((key.clone(), BindingId(0))),
+            Some(id) => Bound::Excluded((h, id)),
+            None => Bound::Included((h, BindingId(0))),
         };
         self.by_remote_id
             .range((start, Bound::Unbounded))
-            .take_while(move |(r, _)| *r == key)
+            .take_while(move |(r, _)| *r == h)
             .map(|(_, id)| *id)
+            .filter(move |id| self.get(*id).is_some_and(|b| b.has_remote_id(&key)))
     }
 
     /// Every link that has bindings, in order.
     pub fn links(&self) -> impl Iterator<Item = Ipv6Addr> + '_ {
-        let mut last = None;
-        self.by_link.iter().filter_map(move |(l, _)| {
-            if last == Some(*l) {
-                None
-            } else {
-                last = Some(*l);
-                Some(*l)
-            }
-        })
+        let mut links: Vec<Ipv6Addr> = self
+            .links
+            .iter()
+            .copied()
+            .filter(|l| self.has_link(*l))
+            .collect();
+        links.sort_unstable();
+        links.into_iter()
     }
 
     /// Bindings whose last change lies in `start..=end` (either bound optional, decision D20),
@@ -521,7 +1164,7 @@ impl Store {
     ) -> impl Iterator<Item = BindingId> + '_ {
         let lo = Bound::Included((start.unwrap_or(ServerTime(0)), BindingId(0)));
         let hi = match end {
-            Some(t) => Bound::Included((t, BindingId(usize::MAX))),
+            Some(t) => Bound::Included((t, BindingId(u32::MAX))),
             None => Bound::Unbounded,
         };
         self.by_change.range((lo, hi)).map(|(_, id)| *id)
@@ -537,34 +1180,30 @@ impl Store {
     /// engine to apply like any other (decision D6).
     #[must_use]
     pub fn expired(&self, now: ServerTime) -> Vec<Change> {
-        let hi = Bound::Included((
-            now,
-            BindingId(usize::MAX),
-            LeaseKind::Prefix,
-            Ipv6Addr::from(u128::MAX),
-            u8::MAX,
-        ));
-        self.expiries
-            .range((Bound::Unbounded, hi))
-            .filter_map(|(_, id, kind, addr, len)| {
-                let b = self.bindings.get(id.0)?;
-                let lease = b.leases.iter().find(|l| l.slot() == (*kind, *addr, *len))?;
-                Some(Change {
-                    client_id: b.key.client_id.clone(),
-                    link: b.key.link,
+        let hi = Bound::Included((now, BindingId(u32::MAX)));
+        let mut out = Vec::new();
+        for (t, id) in self.expiries.range((Bound::Unbounded, hi)) {
+            let Some(b) = self.get(*id) else {
+                continue;
+            };
+            for lease in b.leases().iter().filter(|l| l.expires() == Some(*t)) {
+                out.push(Change {
+                    client_id: b.client_id().into(),
+                    link: b.link(),
                     lease: Lease {
                         state: LeaseState::Expired,
                         ..*lease
                     },
                     relay: None,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        out
     }
 
-    /// The relay information of a binding (convenience for replies).
+    /// The relay information of a binding.
     #[must_use]
-    pub fn relay(&self, id: BindingId) -> Option<&RelayInfo> {
-        self.get(id).map(|b| &b.relay)
+    pub fn relay(&self, id: BindingId) -> Option<RelayInfo> {
+        self.get(id).map(|b| b.relay())
     }
 }

@@ -9,10 +9,10 @@ mod postings;
 pub mod record;
 
 pub use history::{History, Log, Restored};
-pub use index::{Applied, BindingId, Outcome, Store};
+pub use index::{Applied, BindingId, BindingRef, Outcome, Store};
 pub use links::{LinkDef, LinkMap, LinkMapError};
 pub use model::{
-    Binding, BindingKey, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
+    Binding, BindingKey, BindingView, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
     prefix_contains,
 };
 pub use postings::{PostingKey, Postings};

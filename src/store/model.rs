@@ -156,6 +156,64 @@ pub struct Binding {
     pub last_change: ServerTime,
 }
 
+/// A binding to report, wherever it is kept: a [`Binding`] decoded from a journal record, or
+/// one read in place in the store ([`BindingRef`](super::BindingRef)). `'a` is how long what
+/// it lends lives.
+pub trait BindingView<'a> {
+    /// The client's DUID.
+    fn client_id(&self) -> &'a [u8];
+    /// The link.
+    fn link(&self) -> Ipv6Addr;
+    /// The client's leases on the link.
+    fn leases(&self) -> &'a [Lease];
+    /// When the binding last changed.
+    fn last_change(&self) -> ServerTime;
+    /// The relayed message for OPTION_LQ_RELAY_DATA, with the relay's address.
+    fn relay_message(&self) -> Option<(Ipv6Addr, &'a [u8])>;
+    /// True when one of its relays sent this OPTION_RELAY_ID.
+    fn has_relay_id(&self, relay_id: &[u8]) -> bool;
+    /// True when one of its relays sent this OPTION_REMOTE_ID.
+    fn has_remote_id(&self, remote_id: &RemoteIdKey) -> bool;
+    /// The client's last transaction time over all its leases.
+    fn cltt(&self) -> ServerTime {
+        self.leases()
+            .iter()
+            .map(|l| l.cltt)
+            .max()
+            .unwrap_or_else(|| self.last_change())
+    }
+}
+
+impl<'a> BindingView<'a> for &'a Binding {
+    fn client_id(&self) -> &'a [u8] {
+        &self.key.client_id
+    }
+
+    fn link(&self) -> Ipv6Addr {
+        self.key.link
+    }
+
+    fn leases(&self) -> &'a [Lease] {
+        &self.leases
+    }
+
+    fn last_change(&self) -> ServerTime {
+        self.last_change
+    }
+
+    fn relay_message(&self) -> Option<(Ipv6Addr, &'a [u8])> {
+        self.relay.relay_message.as_ref().map(|(p, m)| (*p, &m[..]))
+    }
+
+    fn has_relay_id(&self, relay_id: &[u8]) -> bool {
+        self.relay.relay_ids.iter().any(|r| &r[..] == relay_id)
+    }
+
+    fn has_remote_id(&self, remote_id: &RemoteIdKey) -> bool {
+        self.relay.remote_ids.iter().any(|r| r == remote_id)
+    }
+}
+
 impl Binding {
     /// The client's last transaction time over all its leases (OPTION_CLT_TIME is `now` minus
     /// this).

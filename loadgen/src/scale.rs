@@ -1,0 +1,468 @@
+//! `loadgen scale`: a carrier-sized population in one lqd: memory per binding, journal octets
+//! per record, and the time from a restart to serving again (issue 19).
+//!
+//! The population is the demo source's, shaped as a carrier's estate: `--bindings` clients
+//! (one binding each) over `--links` links, every link behind its own access relay (relay-id,
+//! a remote-id per subscriber line, the relayed message), a share of them behind aggregation
+//! relays too, and `--pd-percent` of the clients holding a delegated prefix beside their
+//! address. lqd's demo source loads it as fast as lqd takes it, then churns `--churn-changes`
+//! changes at `--churn` a second (renewals, releases, new clients, expiries: the demo's mix),
+//! and stops. loadgen then measures:
+//!
+//! - **memory:** lqd's VmRSS once it holds every binding and the churn is done, split into
+//!   anonymous memory (the store, its indexes, the postings) and file pages (the mapped
+//!   journal), per binding;
+//! - **journal density:** lqd is stopped cleanly (SIGTERM) and `lqd journal check` reads the
+//!   journal: octets of ring used by the records over the records, framing included;
+//! - **restart:** lqd is started again on the same state directory with a source that sends
+//!   nothing (a JSON-lines socket nobody writes to), so that what it serves comes from what it
+//!   kept; loadgen asks over UDP, every 10 ms, for the population's last address, and the
+//!   time from spawning lqd to the first right answer is the restart time. Then every sampled
+//!   binding (`--samples`, spread over the population) must be answered with its client.
+//!
+//! loadgen regenerates the population from the same seed with lqd's own `DemoSource`, so it
+//! knows the last initial lease and the sampled ones; with the churn, a sampled client the
+//! churn may have touched is not held against lqd (the demo's churn picks few of millions).
+
+use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lqd::codec::{BuildOptions, DhcpOption, MessageBuilder, MessageRepr, OptionCode, QueryType};
+use lqd::config::DemoSettings;
+use lqd::feed::{DemoSource, system_time};
+use serde::Serialize;
+
+use crate::process::{Lqd, REQUESTOR, proc_memory};
+use crate::report::mib;
+use crate::{Common, Outcome};
+
+/// Options of `loadgen scale`.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Args {
+    /// Clients in the population: one binding each.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) bindings: usize,
+    /// Links, each behind its own access relay (a relay-id each).
+    #[arg(long, default_value_t = 3000)]
+    pub(crate) links: u16,
+    /// Share of the clients holding a delegated prefix besides their address, percent.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) pd_percent: u8,
+    /// Share of the links whose relay is behind an aggregation relay too, percent.
+    #[arg(long, default_value_t = 25)]
+    pub(crate) two_hop_percent: u8,
+    /// Churn changes after the initial population (the demo's mix of renewals, releases,
+    /// new clients, expiries), at `--churn` a second; 0 for none.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) churn_changes: u64,
+    /// lqd's `journal_size`, octets: large enough for every record, so that the restart
+    /// rebuilds every binding from it.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub(crate) journal_size: u64,
+    /// Skip the restart.
+    #[arg(long)]
+    pub(crate) no_restart: bool,
+    /// Bindings checked after the restart, spread evenly over the population.
+    #[arg(long, default_value_t = 1000)]
+    pub(crate) samples: usize,
+    #[command(flatten)]
+    pub(crate) common: Common,
+}
+
+/// Everything `loadgen scale` measured.
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    bindings: usize,
+    leases: u64,
+    links: u16,
+    pd_percent: u8,
+    two_hop_percent: u8,
+    churn_changes: u64,
+    churn_per_sec: u32,
+    /// From spawning lqd until it held the last initial binding.
+    load_seconds: f64,
+    /// From spawning lqd until the churn was done.
+    settled_seconds: f64,
+    rss_kib: u64,
+    rss_anon_kib: u64,
+    rss_file_kib: u64,
+    hwm_kib: u64,
+    rss_octets_per_binding: f64,
+    anon_octets_per_binding: f64,
+    journal_records: u64,
+    journal_used: u64,
+    journal_ring: u64,
+    journal_octets_per_record: f64,
+    restart: Option<Restart>,
+    load_average: String,
+}
+
+/// The restart on the same state directory.
+#[derive(Debug, Clone, Serialize)]
+struct Restart {
+    /// From spawning lqd to the first right answer for the population's last address.
+    serving_seconds: f64,
+    /// What lqd logged as restored: records read, bindings rebuilt.
+    records: Option<u64>,
+    bindings: Option<u64>,
+    samples: usize,
+    samples_right: usize,
+    rss_kib: u64,
+    hwm_kib: u64,
+}
+
+/// A sampled binding: its client's DUID and one of its leases' addresses.
+struct Sample {
+    duid: Box<[u8]>,
+    address: Ipv6Addr,
+}
+
+/// The population loadgen needs to know: its size, its last initial lease, and samples.
+struct Known {
+    leases: u64,
+    last: Sample,
+    samples: Vec<Sample>,
+}
+
+fn regenerate(settings: &DemoSettings, samples: usize) -> Result<Known, String> {
+    let mut source = DemoSource::new(settings.demo_config());
+    let every = (settings.clients / samples.max(1)).max(1);
+    let mut known = Known {
+        leases: 0,
+        last: Sample {
+            duid: Box::default(),
+            address: Ipv6Addr::UNSPECIFIED,
+        },
+        samples: Vec::with_capacity(samples),
+    };
+    let mut clients = 0usize;
+    let mut previous: Option<Box<[u8]>> = None;
+    let now = system_time();
+    while !source.initial_done() {
+        let change = source.next_change(now);
+        known.leases += 1;
+        if previous.as_deref() != Some(&change.client_id[..]) {
+            if clients % every == 0 && known.samples.len() < samples {
+                known.samples.push(Sample {
+                    duid: change.client_id.clone(),
+                    address: change.lease.address,
+                });
+            }
+            clients += 1;
+            previous = Some(change.client_id.clone());
+        }
+        known.last = Sample {
+            duid: change.client_id,
+            address: change.lease.address,
+        };
+    }
+    if clients != settings.clients {
+        return Err(format!(
+            "the demo population has {clients} clients, not {}",
+            settings.clients
+        ));
+    }
+    Ok(known)
+}
+
+/// Asks lqd over UDP who leases `address`; the DUID answered, if any.
+fn who_leases(sock: &UdpSocket, address: Ipv6Addr, buf: &mut [u8]) -> Option<Vec<u8>> {
+    let query = MessageBuilder::leasequery(0x0019_0019)
+        .client_id(&REQUESTOR)
+        .lq_query(QueryType::ByAddress, Ipv6Addr::UNSPECIFIED, |q| {
+            q.iaaddr(address, 0, 0)
+        })
+        .build()
+        .ok()?;
+    sock.send(&query).ok()?;
+    let n = sock.recv(buf).ok()?;
+    let m = MessageRepr::parse(buf.get(..n)?).ok()?;
+    match m.options.get(OptionCode::ClientData) {
+        Some(DhcpOption::ClientData(cd)) => cd.client_id().map(|d| d.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+fn udp_to(addr: SocketAddr) -> Result<UdpSocket, String> {
+    let sock = UdpSocket::bind("[::1]:0").map_err(|e| format!("UDP socket: {e}"))?;
+    sock.connect(addr)
+        .and_then(|()| sock.set_read_timeout(Some(Duration::from_millis(200))))
+        .map_err(|e| format!("UDP socket: {e}"))?;
+    Ok(sock)
+}
+
+/// Waits until lqd answers `sample`'s address with its client; the time it took from `since`.
+fn wait_answer(
+    lqd: &mut Lqd,
+    sample: &Sample,
+    since: Instant,
+    limit: Duration,
+) -> Result<Duration, String> {
+    let mut buf = vec![0u8; 65_536];
+    let mut sock: Option<UdpSocket> = None;
+    loop {
+        lqd.check_alive()?;
+        if since.elapsed() > limit {
+            return Err(format!(
+                "lqd did not answer for {} within {limit:?}; log:\n{}",
+                sample.address,
+                lqd.log_tail()
+            ));
+        }
+        if sock.is_none() {
+            sock = Some(udp_to(lqd.addr)?);
+        }
+        if let Some(s) = &sock {
+            if who_leases(s, sample.address, &mut buf).as_deref() == Some(&sample.duid[..]) {
+                return Ok(since.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The figures `lqd journal check` prints: records, octets used by them, octets of ring.
+fn journal_check(lqd_bin: &Path, journal: &Path) -> Result<(u64, u64, u64), String> {
+    let out = Command::new(lqd_bin)
+        .args(["journal", "check"])
+        .arg(journal)
+        .output()
+        .map_err(|e| format!("lqd journal check: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let number_after = |key: &str| -> Option<u64> {
+        let at = text.find(key)? + key.len();
+        let digits: String = text
+            .get(at..)?
+            .trim_start()
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    };
+    let records = number_after("records:");
+    let ring = number_after("octets (");
+    let used = text
+        .find("octets of ring, ")
+        .and_then(|i| number_after_at(&text, i + "octets of ring, ".len()));
+    match (records, used, ring) {
+        (Some(r), Some(u), Some(g)) => Ok((r, u, g)),
+        _ => Err(format!(
+            "lqd journal check printed:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )),
+    }
+}
+
+fn number_after_at(text: &str, at: usize) -> Option<u64> {
+    let digits: String = text
+        .get(at..)?
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The machine's load averages, as /proc/loadavg gives them.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// A number from lqd's "journal opened" log line.
+fn logged(log: &str, key: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains("journal opened"))?;
+    let at = line.find(&format!("{key}="))? + key.len() + 1;
+    number_after_at(line, at)
+}
+
+/// Runs `loadgen scale`.
+pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
+    let settings = DemoSettings {
+        clients: args.bindings,
+        links: args.links,
+        changes_per_sec: args.common.churn,
+        seed: args.common.seed,
+        churn_limit: Some(args.churn_changes),
+        pd_percent: args.pd_percent,
+        relayed_percent: 100,
+        two_hop_percent: args.two_hop_percent,
+    };
+    let t = Instant::now();
+    let known = regenerate(&settings, args.samples)?;
+    eprintln!(
+        "loadgen: population regenerated: {} clients, {} leases, in {:.1} s",
+        args.bindings,
+        known.leases,
+        t.elapsed().as_secs_f64()
+    );
+    let body = format!(
+        "source = \"demo\"\njournal_size = {}\n[demo]\nclients = {}\nlinks = {}\nchanges_per_sec = {}\nseed = {}\nchurn_limit = {}\npd_percent = {}\nrelayed_percent = 100\ntwo_hop_percent = {}\n",
+        args.journal_size,
+        settings.clients,
+        settings.links,
+        settings.changes_per_sec,
+        settings.seed,
+        args.churn_changes,
+        settings.pd_percent,
+        settings.two_hop_percent,
+    );
+    let spawned = Instant::now();
+    let mut lqd = Lqd::spawn_body(&args.common.lqd, args.common.keep_state, |_, _| body)?;
+    let limit = Duration::from_secs(120) + Duration::from_micros(known.leases * 100);
+    let load = wait_answer(&mut lqd, &known.last, spawned, limit)?;
+    eprintln!(
+        "loadgen: lqd holds the initial population after {:.1} s",
+        load.as_secs_f64()
+    );
+    let churn_done = if args.churn_changes == 0 {
+        "demo: initial population sent"
+    } else {
+        "demo: churn limit reached"
+    };
+    let churn_limit =
+        Duration::from_secs(args.churn_changes / u64::from(args.common.churn.max(1)) + 120);
+    while !lqd.log().contains(churn_done) {
+        lqd.check_alive()?;
+        if spawned.elapsed() > limit + churn_limit {
+            return Err(format!(
+                "the demo's churn did not end; log:\n{}",
+                lqd.log_tail()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The last churn change is applied within a loop turn of being sent.
+    std::thread::sleep(Duration::from_millis(500));
+    let settled = spawned.elapsed();
+    let mem = proc_memory(lqd.pid())?;
+    eprintln!(
+        "loadgen: settled after {:.1} s: RSS {:.1} MiB (anonymous {:.1}, file {:.1})",
+        settled.as_secs_f64(),
+        mib(mem.rss_kib),
+        mib(mem.anon_kib),
+        mib(mem.file_kib)
+    );
+    let dir = lqd.state_dir().to_path_buf();
+    let journal = dir.join("lqd-journal");
+    lqd.terminate(Duration::from_secs(120))?;
+    let (records, used, ring) = journal_check(&args.common.lqd, &journal)?;
+    let mut failures = Vec::new();
+    let restart = if args.no_restart {
+        None
+    } else {
+        let spawned = Instant::now();
+        let mut again = Lqd::spawn_in(&args.common.lqd, &dir, args.common.keep_state, |_, dir| {
+            format!(
+                "source = \"jsonl:unix:{}\"\njournal_size = {}\n",
+                dir.join("feed.sock").display(),
+                args.journal_size
+            )
+        })?;
+        let serving = wait_answer(&mut again, &known.last, spawned, Duration::from_secs(600))?;
+        let sock = udp_to(again.addr)?;
+        let mut buf = vec![0u8; 65_536];
+        let mut right = 0usize;
+        for s in &known.samples {
+            let mut answered = None;
+            for _ in 0..3 {
+                answered = who_leases(&sock, s.address, &mut buf);
+                if answered.is_some() {
+                    break;
+                }
+            }
+            if answered.as_deref() == Some(&s.duid[..]) {
+                right += 1;
+            }
+        }
+        let mem = proc_memory(again.pid())?;
+        let log = again.log();
+        // The churn replaces at most a few sampled clients; more missing is a loss.
+        let tolerated = (known.samples.len() as f64 * args.churn_changes as f64
+            / args.bindings as f64)
+            .ceil() as usize
+            + 1;
+        if known.samples.len() - right > tolerated {
+            failures.push(format!(
+                "after the restart, {} of {} sampled bindings were not answered with their client",
+                known.samples.len() - right,
+                known.samples.len()
+            ));
+        }
+        Some(Restart {
+            serving_seconds: serving.as_secs_f64(),
+            records: logged(&log, "records"),
+            bindings: logged(&log, "bindings"),
+            samples: known.samples.len(),
+            samples_right: right,
+            rss_kib: mem.rss_kib,
+            hwm_kib: mem.hwm_kib,
+        })
+    };
+    if !args.common.keep_state {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let report = Report {
+        bindings: args.bindings,
+        leases: known.leases,
+        links: args.links,
+        pd_percent: args.pd_percent,
+        two_hop_percent: args.two_hop_percent,
+        churn_changes: args.churn_changes,
+        churn_per_sec: args.common.churn,
+        load_seconds: load.as_secs_f64(),
+        settled_seconds: settled.as_secs_f64(),
+        rss_kib: mem.rss_kib,
+        rss_anon_kib: mem.anon_kib,
+        rss_file_kib: mem.file_kib,
+        hwm_kib: mem.hwm_kib,
+        rss_octets_per_binding: mem.rss_kib as f64 * 1024.0 / args.bindings as f64,
+        anon_octets_per_binding: mem.anon_kib as f64 * 1024.0 / args.bindings as f64,
+        journal_records: records,
+        journal_used: used,
+        journal_ring: ring,
+        journal_octets_per_record: used as f64 / records.max(1) as f64,
+        restart,
+        load_average: load_average(),
+    };
+    let mut md = String::new();
+    md.push_str("| bindings | leases | load s | RSS MiB (anon + file) | peak MiB | RSS octets/binding (anon) | journal records | octets/record | restart: serving after s | restored records, bindings | samples right | RSS after restart MiB | load average |\n");
+    md.push_str("|---:|---:|---:|---|---:|---|---:|---:|---:|---|---:|---:|---|\n");
+    let r = &report;
+    let (serving, restored, samples, rss2) = match &r.restart {
+        Some(x) => (
+            format!("{:.1}", x.serving_seconds),
+            format!(
+                "{}, {}",
+                x.records.map_or("?".into(), |v| v.to_string()),
+                x.bindings.map_or("?".into(), |v| v.to_string())
+            ),
+            format!("{}/{}", x.samples_right, x.samples),
+            format!("{:.0}", mib(x.rss_kib)),
+        ),
+        None => ("-".into(), "-".into(), "-".into(), "-".into()),
+    };
+    md.push_str(&format!(
+        "| {} | {} | {:.1} | {:.0} ({:.0} + {:.0}) | {:.0} | {:.0} ({:.0}) | {} | {:.1} | {serving} | {restored} | {samples} | {rss2} | {} |\n",
+        r.bindings,
+        r.leases,
+        r.load_seconds,
+        mib(r.rss_kib),
+        mib(r.rss_anon_kib),
+        mib(r.rss_file_kib),
+        mib(r.hwm_kib),
+        r.rss_octets_per_binding,
+        r.anon_octets_per_binding,
+        r.journal_records,
+        r.journal_octets_per_record,
+        r.load_average,
+    ));
+    let json = serde_json::to_value(&report).map_err(|e| e.to_string())?;
+    Ok(Outcome {
+        markdown: md,
+        json,
+        failures,
+    })
+}
