@@ -18,10 +18,14 @@
 //! watched, so that a watched key's loss mark survives.
 //!
 //! Memory: a record files about five keys, 4 octets each to remember them and 8 in a list:
-//! about 60 octets a record, bounded by the ring.
+//! about 60 octets a record, bounded by the ring; and each key once, with its list (about 80
+//! octets, and the key's own octets for a DUID or a remote-id).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::net::Ipv6Addr;
+
+use hashbrown::HashTable;
 
 use super::model::{Binding, Lease, LeaseKind, RemoteIdKey};
 
@@ -88,19 +92,105 @@ impl PostingKey {
     }
 }
 
+/// One key's sequence numbers, oldest first: up to two inline (most keys, a client's or an
+/// address's, have one or two records in the ring), more in a deque.
+#[derive(Debug)]
+enum Seqs {
+    Few(u8, [u64; 2]),
+    Many(VecDeque<u64>),
+}
+
+impl Seqs {
+    fn len(&self) -> usize {
+        match self {
+            Self::Few(n, _) => usize::from(*n),
+            Self::Many(d) => d.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn get(&self, i: usize) -> Option<u64> {
+        match self {
+            Self::Few(n, s) => s.get(..usize::from(*n))?.get(i).copied(),
+            Self::Many(d) => d.get(i).copied(),
+        }
+    }
+
+    fn front(&self) -> Option<u64> {
+        self.get(0)
+    }
+
+    fn push_back(&mut self, seq: u64) {
+        match self {
+            Self::Few(n, s) if usize::from(*n) < s.len() => {
+                if let Some(slot) = s.get_mut(usize::from(*n)) {
+                    *slot = seq;
+                }
+                *n += 1;
+            }
+            Self::Few(n, s) => {
+                let mut d = VecDeque::with_capacity(4);
+                d.extend(s.iter().take(usize::from(*n)).copied());
+                d.push_back(seq);
+                *self = Self::Many(d);
+            }
+            Self::Many(d) => d.push_back(seq),
+        }
+    }
+
+    fn pop_front(&mut self) {
+        match self {
+            Self::Few(n, s) => {
+                if *n > 0 {
+                    s[0] = s[1];
+                    *n -= 1;
+                }
+            }
+            Self::Many(d) => {
+                d.pop_front();
+                if d.len() <= 2 {
+                    let mut few = [0; 2];
+                    for (slot, v) in few.iter_mut().zip(d.iter()) {
+                        *slot = *v;
+                    }
+                    *self = Self::Few(d.len() as u8, few);
+                }
+            }
+        }
+    }
+
+    /// The position of the first at or after `seq`.
+    fn partition_point(&self, seq: u64) -> usize {
+        match self {
+            Self::Few(n, s) => s
+                .get(..usize::from(*n))
+                .map_or(0, |s| s.partition_point(|&x| x < seq)),
+            Self::Many(d) => d.partition_point(|&x| x < seq),
+        }
+    }
+}
+
 /// One key's records.
 #[derive(Debug)]
 struct List {
     key: PostingKey,
-    seqs: VecDeque<u64>,
-    /// The newest sequence number evicted from this list.
-    lost: Option<u64>,
+    seqs: Seqs,
+    /// The newest sequence number evicted from this list, plus one (0: none).
+    lost: u64,
 }
 
 /// The per-key lists of every record in the ring.
+///
+/// Memory (issue 19): a key is kept once, in its list; the table finding a key's list holds
+/// only the list's number (and compares the key it is asked for with the list's own); a list of
+/// one or two records needs no allocation of its own.
 #[derive(Debug, Default)]
 pub struct Postings {
-    ids: HashMap<PostingKey, u32>,
+    hasher: RandomState,
+    ids: HashTable<u32>,
     lists: Vec<Option<List>>,
     free: Vec<u32>,
     /// The key ids of each record still in the ring, in sequence order, and how many each
@@ -133,6 +223,7 @@ impl Postings {
             // Only when the journal was replaced under the history: start over from here.
             *self = Self {
                 prefix_lens: self.prefix_lens,
+                hasher: self.hasher.clone(),
                 ..Self::new(seq)
             };
         }
@@ -160,14 +251,27 @@ impl Postings {
         self.counts.push_back(count);
     }
 
+    fn find(&self, key: &PostingKey) -> Option<u32> {
+        let h = self.hasher.hash_one(key);
+        self.ids
+            .find(h, |&id| {
+                self.lists
+                    .get(id as usize)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|l| l.key == *key)
+            })
+            .copied()
+    }
+
     fn id_of(&mut self, key: PostingKey) -> u32 {
-        if let Some(&id) = self.ids.get(&key) {
+        if let Some(id) = self.find(&key) {
             return id;
         }
+        let h = self.hasher.hash_one(&key);
         let list = List {
-            key: key.clone(),
-            seqs: VecDeque::new(),
-            lost: None,
+            key,
+            seqs: Seqs::Few(0, [0; 2]),
+            lost: 0,
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -181,7 +285,15 @@ impl Postings {
                 u32::try_from(self.lists.len().saturating_sub(1)).unwrap_or(u32::MAX)
             }
         };
-        self.ids.insert(key, id);
+        let Self {
+            hasher, ids, lists, ..
+        } = self;
+        ids.insert_unique(h, id, |&i| {
+            lists
+                .get(i as usize)
+                .and_then(Option::as_ref)
+                .map_or(0, |l| hasher.hash_one(&l.key))
+        });
         id
     }
 
@@ -197,9 +309,9 @@ impl Postings {
                     break;
                 };
                 if let Some(Some(list)) = self.lists.get_mut(id as usize) {
-                    if list.seqs.front() == Some(&self.first) {
+                    if list.seqs.front() == Some(self.first) {
                         list.seqs.pop_front();
-                        list.lost = Some(self.first);
+                        list.lost = self.first.saturating_add(1);
                         if list.seqs.is_empty() {
                             self.emptied.push(id);
                         }
@@ -235,7 +347,7 @@ impl Postings {
 
     /// Drops `key`'s list if it is empty: its last watcher has gone.
     pub fn unwatched(&mut self, key: &PostingKey) {
-        if let Some(&id) = self.ids.get(key) {
+        if let Some(id) = self.find(key) {
             if self
                 .lists
                 .get(id as usize)
@@ -249,16 +361,18 @@ impl Postings {
     }
 
     fn forget(&mut self, id: u32) {
-        if let Some(slot) = self.lists.get_mut(id as usize) {
-            if let Some(list) = slot.take() {
-                self.ids.remove(&list.key);
-                self.free.push(id);
-            }
+        let Some(list) = self.lists.get_mut(id as usize).and_then(Option::take) else {
+            return;
+        };
+        let h = self.hasher.hash_one(&list.key);
+        if let Ok(e) = self.ids.find_entry(h, |&i| i == id) {
+            e.remove();
         }
+        self.free.push(id);
     }
 
     fn list(&self, key: &PostingKey) -> Option<&List> {
-        let id = *self.ids.get(key)?;
+        let id = self.find(key)?;
         self.lists.get(id as usize)?.as_ref()
     }
 
@@ -266,8 +380,8 @@ impl Postings {
     #[must_use]
     pub fn next_at_or_after(&self, key: &PostingKey, seq: u64) -> Option<u64> {
         let list = self.list(key)?;
-        let i = list.seqs.partition_point(|&s| s < seq);
-        list.seqs.get(i).copied()
+        let i = list.seqs.partition_point(seq);
+        list.seqs.get(i)
     }
 
     /// True when a record at or after `seq` filed under `key` has been evicted: a reader
@@ -275,8 +389,7 @@ impl Postings {
     #[must_use]
     pub fn lost_since(&self, key: &PostingKey, seq: u64) -> bool {
         self.list(key)
-            .and_then(|l| l.lost)
-            .is_some_and(|lost| lost >= seq)
+            .is_some_and(|l| l.lost > seq)
     }
 
     /// The records filed under `key` (for tests and metrics).
@@ -328,5 +441,69 @@ impl Postings {
                 at += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::ServerTime;
+    use crate::store::{BindingKey, Lease, LeaseState, RelayInfo};
+
+    fn binding(client: u8, link: u16) -> Binding {
+        Binding {
+            key: BindingKey {
+                client_id: vec![0, 3, 0, 1, client].into(),
+                link: Ipv6Addr::new(0x2001, 0xdb8, 0, link, 0, 0, 0, 1),
+            },
+            leases: vec![Lease {
+                kind: LeaseKind::Address,
+                address: Ipv6Addr::new(0x2001, 0xdb8, 0, link, 0, 0, 0, u16::from(client)),
+                prefix_len: 128,
+                iaid: 1,
+                preferred_lifetime: 3600,
+                valid_lifetime: 7200,
+                cltt: ServerTime(1),
+                state: LeaseState::Active,
+            }],
+            relay: RelayInfo::default(),
+            last_change: ServerTime(1),
+        }
+    }
+
+    /// A list grows past its two inline places and shrinks back as the ring evicts, and keeps
+    /// what it lost; the other keys are untouched.
+    #[test]
+    fn lists_grow_past_two_and_shrink_as_the_ring_evicts() {
+        let mut p = Postings::new(10);
+        let link = PostingKey::Link(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1));
+        for (i, client) in (1..=5u8).enumerate() {
+            p.file(10 + i as u64, Some(&binding(client, 1)));
+        }
+        p.file(15, Some(&binding(9, 2)));
+        assert_eq!(p.len_of(&link), 5);
+        assert_eq!(p.next_at_or_after(&link, 0), Some(10));
+        assert_eq!(p.next_at_or_after(&link, 12), Some(12));
+        assert_eq!(p.next_at_or_after(&link, 15), None);
+        assert!(!p.lost_since(&link, 0));
+        p.evict_before(13);
+        assert_eq!(p.len_of(&link), 2);
+        assert_eq!(p.next_at_or_after(&link, 0), Some(13));
+        assert!(p.lost_since(&link, 12) && !p.lost_since(&link, 13));
+        let client = PostingKey::ClientId(vec![0, 3, 0, 1, 1].into());
+        assert_eq!(p.len_of(&client), 0);
+        assert!(p.lost_since(&client, 10));
+        // The emptied list of client 1 goes once nobody watches it; client 9's stays.
+        p.forget_emptied(|_| false);
+        assert!(!p.lost_since(&client, 10));
+        let other = PostingKey::ClientId(vec![0, 3, 0, 1, 9].into());
+        assert_eq!(p.next_at_or_after(&other, 0), Some(15));
+        // A forgotten key's number is reused for a new key, which starts empty.
+        p.file(16, Some(&binding(7, 3)));
+        let new = PostingKey::ClientId(vec![0, 3, 0, 1, 7].into());
+        assert_eq!((p.len_of(&new), p.next_at_or_after(&new, 0)), (1, Some(16)));
+        p.evict_before(17);
+        assert_eq!(p.len_of(&link), 0);
+        assert!(p.lost_since(&link, 14));
     }
 }
