@@ -88,6 +88,7 @@ impl Lab {
                 path: dir.join(format!("{name}.journal")),
                 size: 16 << 20,
                 flush: FlushPolicy::Os,
+                catch_up_window: None,
             },
             tls: None,
             metrics: None,

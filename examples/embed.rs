@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             path: std::env::temp_dir().join(format!("lqd-embed-{}.journal", std::process::id())),
             size: 4 << 20,
             flush: FlushPolicy::Os,
+            catch_up_window: None,
         },
         tls: None,
         metrics: None,

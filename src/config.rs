@@ -135,6 +135,12 @@ pub struct Config {
     /// such as `"100ms"` or `"1s"` (a power loss costs at most that much). Default `"os"`.
     #[serde(deserialize_with = "flush_policy")]
     pub journal_flush: FlushPolicy,
+    /// `catch_up_window`: how far back, in seconds, requestors reconnecting after an outage
+    /// need to catch up; default 3600 (an hour). At start lqd warns when the journal holds
+    /// less than that at the churn its records show, and names the `journal_size` that would
+    /// (docs/operations.md). 0 checks nothing.
+    #[serde(deserialize_with = "seconds")]
+    pub catch_up_window: Duration,
     /// `[[requestor]]` tables: who may query, and which types (D23). Empty lets everyone ask
     /// every type; see [`access`](Self::access).
     #[serde(rename = "requestor")]
@@ -202,6 +208,7 @@ impl Default for Config {
             journal_file: PathBuf::from(DEFAULT_JOURNAL_FILE),
             journal_size: DEFAULT_JOURNAL_SIZE,
             journal_flush: FlushPolicy::Os,
+            catch_up_window: Duration::from_secs(3600),
             requestors: Vec::new(),
             tls: TlsSettings::default(),
             links: Vec::new(),

@@ -324,3 +324,60 @@ fn a_real_lqd_on_a_damaged_journal_starts_keeps_the_file_and_answers_data_missin
     assert_eq!(after.first(), Some(&Status::Success), "{after:?}");
     assert!(after.contains(&Status::CatchUpComplete), "{after:?}");
 }
+
+/// Issue 19: at start lqd reads the churn off its journal's records and says whether the
+/// journal holds `catch_up_window` of it: a warning naming the `journal_size` that would, when
+/// it does not; a line saying it does, when it does.
+#[test]
+fn lqd_warns_at_start_when_the_journal_is_too_small_for_the_catch_up_window() {
+    let mut lqd = common::Lqd::start_with_demo(
+        "catch-up-window",
+        "catch_up_window = 86400\n",
+        "clients = 300\nlinks = 4\nchanges_per_sec = 400\nseed = 19\n",
+    );
+    // The first start has no history to measure.
+    assert!(
+        lqd.log()
+            .contains("too little history to measure the churn"),
+        "{}",
+        lqd.log()
+    );
+    // Three seconds of 400 changes a second, in an 8 MiB journal: about a minute's worth.
+    std::thread::sleep(Duration::from_millis(3200));
+    lqd.kill9_and_restart();
+    let log = lqd.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("too small for catch_up_window"))
+        .unwrap_or_else(|| panic!("no warning: {log}"));
+    assert!(line.contains("WARN"), "{line}");
+    let field = |name: &str| -> f64 {
+        let at = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        let v: String = line[at..]
+            .trim_start_matches('"')
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        v.parse().unwrap()
+    };
+    let rate = field("changes_per_sec");
+    assert!((100.0..=2000.0).contains(&rate), "{line}");
+    let holds = field("holds_secs");
+    assert!(holds < 86_400.0, "{line}");
+    // The size named holds a day at that churn: far more than the 8 MiB journal.
+    assert!(
+        field("needed") > 8.0 * MIB as f64 * 86_400.0 / holds * 0.9,
+        "{line}"
+    );
+
+    // A window the journal holds: no warning, a line saying so.
+    let config = lqd.dir.join("lqd.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("catch_up_window = 86400", "catch_up_window = 5");
+    std::fs::write(&config, text).unwrap();
+    lqd.kill9_and_restart();
+    let log = lqd.log();
+    assert!(!log.contains("too small for catch_up_window"), "{log}");
+    assert!(log.contains("the journal holds catch_up_window"), "{log}");
+}

@@ -117,6 +117,7 @@ fn run(config: Config) -> Result<(), String> {
         path: config.journal_path(),
         size: config.journal_size,
         flush: config.journal_flush,
+        catch_up_window: (!config.catch_up_window.is_zero()).then_some(config.catch_up_window),
     };
     let tls = lqd::server::tls::TlsServer::load(&config.tls)?;
     if let Some(t) = &tls {

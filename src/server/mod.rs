@@ -133,6 +133,53 @@ pub struct JournalSettings {
     pub size: u64,
     /// When written records are forced to disk.
     pub flush: FlushPolicy,
+    /// The catch-up window the journal should hold: at start, lqd warns when the churn its
+    /// records show would overwrite it sooner (`catch_up_window`); `None` checks nothing.
+    pub catch_up_window: Option<Duration>,
+}
+
+/// Says, at start, whether the journal holds `window` of changes at the churn its records show
+/// (issue 19): a warning, with the size that would, when it does not.
+fn check_window<B: AsRef<[u8]> + AsMut<[u8]>>(
+    path: &std::path::Path,
+    size: u64,
+    window: Duration,
+    journal: &crate::store::journal::Journal<B>,
+) {
+    let Some(r) = crate::store::journal::sizing::reach(journal) else {
+        info!(
+            journal = %path.display(),
+            "the journal holds too little history to measure the churn; catch_up_window is \
+             checked at the next start"
+        );
+        return;
+    };
+    let holds = r.holds();
+    if holds < window {
+        warn!(
+            journal = %path.display(),
+            changes_per_sec = format!("{:.1}", r.changes_per_sec),
+            octets_per_record = format!("{:.0}", r.octets_per_record),
+            holds_secs = holds.as_secs(),
+            catch_up_window_secs = window.as_secs(),
+            journal_size = size,
+            needed = r.size_for(window),
+            "the journal is too small for catch_up_window: at the churn its records show, it \
+             holds {} s of changes, and a requestor reconnecting later than that gets \
+             DataMissing; a journal_size of {} octets holds the window (lqd journal resize)",
+            holds.as_secs(),
+            r.size_for(window)
+        );
+    } else {
+        info!(
+            journal = %path.display(),
+            changes_per_sec = format!("{:.1}", r.changes_per_sec),
+            octets_per_record = format!("{:.0}", r.octets_per_record),
+            holds_secs = holds.as_secs(),
+            catch_up_window_secs = window.as_secs(),
+            "the journal holds catch_up_window at the churn its records show"
+        );
+    }
 }
 
 const WAKER: Token = Token(0);
@@ -226,6 +273,9 @@ impl Server {
             writers = restored.marks,
             "journal opened"
         );
+        if let Some(window) = j.catch_up_window {
+            check_window(&j.path, j.size, window, history.journal());
+        }
         if restored.marks_void {
             warn!(
                 journal = %j.path.display(),

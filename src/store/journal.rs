@@ -102,6 +102,7 @@ mod layout;
 pub mod offline;
 mod ring;
 mod salvage;
+pub mod sizing;
 #[cfg(test)]
 mod tests;
 

@@ -388,8 +388,7 @@ impl Postings {
     /// that has not read past `seq` missed it.
     #[must_use]
     pub fn lost_since(&self, key: &PostingKey, seq: u64) -> bool {
-        self.list(key)
-            .is_some_and(|l| l.lost > seq)
+        self.list(key).is_some_and(|l| l.lost > seq)
     }
 
     /// The records filed under `key` (for tests and metrics).
