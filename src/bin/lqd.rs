@@ -12,11 +12,19 @@ use lqd::feed::{BoundJsonl, JsonlInput, bind_jsonl, feed, spawn_demo, spawn_kea_
 use lqd::server::{JournalSettings, Server, ServerConfig};
 use tracing::{error, info, warn};
 
+/// Why lqd does not start without a source (issue 13: no made-up leases unless asked for).
+const NO_SOURCE: &str = "no lease source: give --source kea-csv:PATH, jsonl:PATH, \
+                         jsonl:unix:PATH or jsonl:- (or `source = \"...\"` in the \
+                         configuration); to try lqd with made-up leases, --source demo";
+
 /// Changes the feed holds before a source has to wait for the loop.
 const FEED_CAPACITY: usize = 65_536;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check_config.is_some() {
+        return check_config(&cli);
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -54,12 +62,7 @@ fn main() -> ExitCode {
 fn run(config: Config) -> Result<(), String> {
     // Safe by default (issue 13): no made-up leases unless asked for.
     let Some(source) = config.source.clone() else {
-        return Err(
-            "no lease source: give --source kea-csv:PATH, jsonl:PATH, jsonl:unix:PATH \
-                    or jsonl:- (or `source = \"...\"` in the configuration); to try lqd with \
-                    made-up leases, --source demo"
-                .into(),
-        );
+        return Err(NO_SOURCE.into());
     };
     if config.requestors.is_empty() {
         warn!(
@@ -183,6 +186,30 @@ fn run(config: Config) -> Result<(), String> {
     drop(socket_file);
     info!("stopped");
     Ok(())
+}
+
+/// `lqd --check-config [FILE]`: prints the settings lqd would run with and where each came
+/// from; 0 when lqd would start with them, 2 (with the file, line and reason) when not.
+fn check_config(cli: &Cli) -> ExitCode {
+    let checked = match lqd::config::check::Checked::load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lqd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{checked}");
+    let config = &checked.config;
+    if config.source.is_none() {
+        eprintln!("lqd: {NO_SOURCE}");
+        return ExitCode::from(2);
+    }
+    // The files the settings name must be readable too, as at start.
+    if let Err(e) = lqd::server::tls::TlsServer::load(&config.tls) {
+        eprintln!("lqd: {e}");
+        return ExitCode::from(2);
+    }
+    ExitCode::SUCCESS
 }
 
 /// `lqd journal check|resize`: prints what it found or did; 0 for a clean journal or a done
