@@ -7,9 +7,9 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
 use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
-use lqd::engine::session::ActiveSettings;
 use lqd::feed::{BoundJsonl, JsonlInput, bind_jsonl, feed, spawn_demo, spawn_kea_csv, system_time};
-use lqd::server::{JournalSettings, Server, ServerConfig};
+use lqd::server::metrics::Metrics;
+use lqd::server::{JournalSettings, Live, Reloader, Server, ServerConfig, SetLogFilter};
 use tracing::{error, info, warn};
 
 /// Why lqd does not start without a source (issue 13: no made-up leases unless asked for).
@@ -42,15 +42,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
-        .init();
+        .with_filter_reloading();
+    let filter_handle = subscriber.reload_handle();
+    subscriber.init();
+    // A reload replaces the filter (D31).
+    let set_log_filter = Box::new(move |log: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(log).map_err(|e| e.to_string())?;
+        filter_handle.reload(filter).map_err(|e| e.to_string())
+    });
     for w in config.warnings() {
         warn!("{w}");
     }
-    match run(config) {
+    match run(cli, config, set_log_filter) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -59,7 +66,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> Result<(), String> {
+fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), String> {
+    // From here on SIGHUP reloads (D31), and one that arrives during the start waits for it.
+    let mut hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(|e| format!("signal handler: {e}"))?;
     // Safe by default (issue 13): no made-up leases unless asked for.
     let Some(source) = config.source.clone() else {
         return Err(NO_SOURCE.into());
@@ -80,62 +90,43 @@ fn run(config: Config) -> Result<(), String> {
     info!(duid = %lqd::codec::Duid(&server_id), "server DUID");
     let demo = config.demo.demo_config();
     raise_fd_limit(config.max_connections);
-    let links = config.link_map().map_err(|e| e.to_string())?;
-    info!(links = links.len(), "links configured");
-    let active = ActiveSettings {
-        enabled: config.active,
-        catch_up: config.catch_up,
-        idle_timeout: config.active_idle_timeout,
-    };
-    let active_send_timeout = config.active_send_timeout;
+    let mut live = Live::from_config(&config)?;
+    info!(links = live.links.len(), "links configured");
     let journal = JournalSettings {
         path: config.journal_path(),
         size: config.journal_size,
         flush: config.journal_flush,
     };
-    let tls = lqd::server::tls::TlsServer::load(&config.tls)?;
-    if let Some(t) = &tls {
+    if let Some(t) = &live.tls {
         info!(
             mode = ?t.mode,
             mutual = t.mutual(),
             "TLS offered by STARTTLS; SIGHUP reads the certificate, key and client CA again"
         );
     }
+    // One set of counters for the process, whether a reload turns the listener on or off.
+    let metrics = Arc::new(Metrics::new(config.metrics_requestor_series));
+    metrics.set_source(&source.to_string());
     // The metrics listener first: a bad address fails the start, before anything runs.
-    let metrics = match config.metrics_listen {
+    let metrics_server = match config.metrics_listen {
         Some(addr) => {
             let listener = lqd::server::metrics::bind(addr)
                 .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
-            let m = Arc::new(lqd::server::metrics::Metrics::new(
-                config.metrics_requestor_series,
-            ));
-            m.set_source(&source.to_string());
-            lqd::server::metrics::serve(listener, Arc::clone(&m))
-                .map_err(|e| format!("metrics thread: {e}"))?;
-            Some(m)
+            live.metrics = Some(Arc::clone(&metrics));
+            Some(
+                lqd::server::metrics::serve(listener, Arc::clone(&metrics))
+                    .map_err(|e| format!("metrics thread: {e}"))?,
+            )
         }
         None => None,
     };
-    let server_cfg = ServerConfig {
-        listen: config.listen.clone(),
+    let server_cfg = ServerConfig::new(
+        config.listen.clone(),
         server_id,
-        max_connections: config.max_connections,
-        max_connections_per_requestor: config.max_connections_per_requestor,
-        max_concurrent_queries: config.max_concurrent_queries,
-        bulk_data_timeout: config.bulk_data_timeout,
-        high_water: config.high_water,
-        read_budget: config.read_budget,
-        udp_receive_buffer: config.udp_receive_buffer,
-        tcp_send_buffer: config.tcp_send_buffer,
-        feed_budget: 4096,
-        access: Box::new(config),
-        links,
-        active,
-        active_send_timeout,
+        config.udp_receive_buffer,
         journal,
-        tls,
-        metrics,
-    };
+        live,
+    );
     // The feed's socket first: when lqd's TCP port answers, writers can connect too (they wait
     // in the socket's backlog until the journal is read and the source starts).
     let mut jsonl = match &source {
@@ -180,8 +171,24 @@ fn run(config: Config) -> Result<(), String> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, server.reload_flag())
-        .map_err(|e| format!("signal handler: {e}"))?;
+    let mut reloader = Reloader::new(
+        cli,
+        config,
+        server.live_handle(),
+        metrics,
+        metrics_server,
+        set_log_filter,
+    );
+    std::thread::Builder::new()
+        .name("lqd-reload".into())
+        .spawn(move || {
+            for _ in hangups.forever() {
+                if let Ok(config) = reloader.reload() {
+                    raise_fd_limit(config.max_connections);
+                }
+            }
+        })
+        .map_err(|e| format!("reload thread: {e}"))?;
     server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
     drop(socket_file);
     info!("stopped");
