@@ -30,6 +30,11 @@
 //!
 //! The stable command-line contract that scripts rely on is `lqd --listen ADDR:PORT` (TCP and
 //! UDP), `--source demo` and `--config FILE`.
+//!
+//! `lqd --check-config [FILE]` ([`check`]) prints the settings lqd would run with and where
+//! each came from; an error names the file, the line and, for an unknown key, the nearest known
+//! one. On SIGHUP lqd reads the file again and applies all but the settings in
+//! [`RESTART_ONLY`] (decision D31).
 
 use core::fmt;
 use std::error::Error;
