@@ -763,6 +763,9 @@ impl Server {
             arrivals: &self.arrivals,
         });
         let served = conn.service(&ctx, &mut self.cache, &self.cfg, obs.as_ref());
+        if let Some(m) = self.cfg.metrics.as_deref() {
+            m.encoded.store(self.cache.built(), Ordering::Relaxed);
+        }
         let served = match served {
             Ok(more) if conn.to_identify().is_some() => self.identify(key).map(|()| more),
             other => other,
