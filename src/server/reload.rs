@@ -162,6 +162,7 @@ fn verdict(
                 return Ok(Decided {
                     policy: query_types,
                     table: Some((index, name, limit)),
+                    needs_certificate: false,
                 });
             }
             Identified::NoMatch => {
@@ -180,11 +181,13 @@ fn verdict(
         Admission::Allowed(policy) => Ok(Decided {
             policy,
             table: None,
+            needs_certificate: false,
         }),
         // A certificate may still admit it: its handshake is running or to come.
         Admission::NeedsCertificate if mutual && !conn.tls_identified() => Ok(Decided {
             policy: QueryTypes::NONE,
             table: None,
+            needs_certificate: true,
         }),
         Admission::NeedsCertificate | Admission::Denied => {
             Err("requestor no longer allowed (no [[requestor]] table admits its address)".into())
@@ -197,6 +200,8 @@ struct Decided {
     policy: QueryTypes,
     /// The certificate table that matched: its index, the name, its connection limit.
     table: Option<(usize, String, usize)>,
+    /// Only a certificate table may admit it: its certificate, still to come, must match one.
+    needs_certificate: bool,
 }
 
 impl Server {
@@ -287,6 +292,7 @@ impl Server {
                 continue;
             }
             conn.set_policy(decided.policy);
+            conn.needs_certificate = decided.needs_certificate;
             match decided.table {
                 Some((index, name, limit)) => {
                     let n = per_table.entry(index).or_insert(0);
