@@ -84,7 +84,10 @@ fn a_good_file_prints_every_setting_with_where_it_came_from() {
     let out = stdout(&o);
     assert!(o.status.success(), "{}\n{out}", stderr(&o));
     assert!(
-        out.starts_with(&format!("# {}: valid", f.display())),
+        out.starts_with(&format!(
+            "# {}: the settings lqd would run with",
+            f.display()
+        )),
         "{out}"
     );
     // A default, a file value with its line, a flag.

@@ -104,8 +104,16 @@ impl Checked {
 impl fmt::Display for Checked {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.file {
-            Some(p) => writeln!(f, "# {}: valid. The settings lqd runs with:", p.display())?,
-            None => writeln!(f, "# no configuration file. The settings lqd runs with:")?,
+            Some(p) => writeln!(
+                f,
+                "# {}: the settings lqd would run with, each with where it came from:",
+                p.display()
+            )?,
+            None => writeln!(
+                f,
+                "# no configuration file: the settings lqd would run with, each with where it \
+                 came from:"
+            )?,
         }
         f.write_str(&self.settings)
     }

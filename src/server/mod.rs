@@ -9,6 +9,7 @@
 mod conn;
 pub mod duid;
 pub mod metrics;
+pub mod notify;
 mod reload;
 pub mod tls;
 
