@@ -76,10 +76,14 @@ prefixes = ["2001:db8:0:1::/64"]
 fn a_good_file_prints_every_setting_with_where_it_came_from() {
     let d = Dir::new();
     let f = d.file("lqd.toml", GOOD);
+    let kea = d.file(
+        "kea-dhcp6.conf",
+        r#"{ "Dhcp6": { "subnet6": [ { "id": 1, "subnet": "2001:db8:1::/64" } ] } }"#,
+    );
     let o = lqd(
         &["--listen", "[::1]:5471", "--allow", "192.0.2.0/24"],
         Some(&f),
-        &[("LQD_KEA_CONFIG", "/srv/kea/kea-dhcp6.conf")],
+        &[("LQD_KEA_CONFIG", kea.to_str().unwrap())],
     );
     let out = stdout(&o);
     assert!(o.status.success(), "{}\n{out}", stderr(&o));
@@ -127,10 +131,10 @@ fn a_good_file_prints_every_setting_with_where_it_came_from() {
         "{out}"
     );
     assert!(line_of(&out, Some("[[link]]"), "pd_pools").ends_with("# default"));
-    // The environment: where the kea-csv source reads Kea's subnets.
+    // The environment: where Kea's configuration is read for links and subnets.
     assert!(
         out.lines()
-            .any(|l| l.contains("/srv/kea/kea-dhcp6.conf") && l.ends_with("# env LQD_KEA_CONFIG")),
+            .any(|l| l.contains(kea.to_str().unwrap()) && l.ends_with("# env LQD_KEA_CONFIG")),
         "{out}"
     );
 
@@ -294,6 +298,19 @@ fn unusable_values_name_their_line() {
     let o = lqd(&[], Some(&f), &[]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("/nonexistent/c.pem"), "{}", stderr(&o));
+    // Kea's configuration, named by the environment, is read as at start.
+    let f = d.file("kea.toml", "source = \"kea-csv:/nonexistent/leases.csv\"\n");
+    let o = lqd(
+        &[],
+        Some(&f),
+        &[("LQD_KEA_CONFIG", "/nonexistent/kea-dhcp6.conf")],
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/nonexistent/kea-dhcp6.conf"),
+        "{}",
+        stderr(&o)
+    );
     // An unreadable file.
     let o = lqd(&[], Some(Path::new("/nonexistent/lqd.toml")), &[]);
     assert_eq!(o.status.code(), Some(2));

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
 use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
-use lqd::feed::{BoundJsonl, JsonlInput, bind_jsonl, feed, spawn_demo, spawn_kea_csv, system_time};
+use lqd::feed::{BoundJsonl, JsonlInput, KeaCsvSource, bind_jsonl, feed, spawn_demo, system_time};
 use lqd::server::metrics::Metrics;
 use lqd::server::{JournalSettings, Live, Reloader, Server, ServerConfig, SetLogFilter};
 use tracing::{error, info, warn};
@@ -90,8 +90,35 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
     info!(duid = %lqd::codec::Duid(&server_id), "server DUID");
     let demo = config.demo.demo_config();
     raise_fd_limit(config.max_connections);
-    let mut live = Live::from_config(&config)?;
-    info!(links = live.links.len(), "links configured");
+    let kea = config.kea_links().map_err(|e| e.to_string())?;
+    if let Some((path, k)) = &kea {
+        for w in &k.warnings {
+            warn!("Kea's configuration {}: {w}", path.display());
+        }
+    }
+    let links = config
+        .link_map_with(kea.as_ref().map(|(_, k)| k))
+        .map_err(|e| e.to_string())?;
+    match &kea {
+        Some((path, k)) if config.links.is_empty() && !k.links.is_empty() => info!(
+            links = links.len(),
+            subnets = k.subnets.len(),
+            "{} links taken from Kea's configuration {} ({} subnets)",
+            links.len(),
+            path.display(),
+            k.subnets.len()
+        ),
+        Some((path, _)) if !config.links.is_empty() => info!(
+            links = links.len(),
+            "{} links configured by [[link]] tables; Kea's configuration {} gives only its \
+             subnet ids",
+            links.len(),
+            path.display()
+        ),
+        _ => info!(links = links.len(), "links configured"),
+    }
+    let kea_subnets = kea.map(|(_, k)| k.subnets).unwrap_or_default();
+    let mut live = Live::from_config(&config, links)?;
     let journal = JournalSettings {
         path: config.journal_path(),
         size: config.journal_size,
@@ -120,6 +147,9 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
         }
         None => None,
     };
+    // What the source counts (rejected rows, lag, newest row time): the metrics' own counters,
+    // there whether a reload turns the listener on or off.
+    let stats = metrics.source_stats();
     let server_cfg = ServerConfig::new(
         config.listen.clone(),
         server_id,
@@ -156,13 +186,18 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
             };
             let name = bound.input().to_string();
             bound
+                .stats(stats)
                 .spawn(handle, server.writers())
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
         SourceSpec::KeaCsv(path) => {
             let name = format!("kea-csv:{}", path.display());
-            spawn_kea_csv(path, handle).map_err(|e| format!("source {name}: {e}"))?;
+            KeaCsvSource::new(path)
+                .subnets(kea_subnets)
+                .stats(stats)
+                .spawn(handle)
+                .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
     }
@@ -228,6 +263,24 @@ fn check_config(cli: &Cli) -> ExitCode {
     if let Err(e) = lqd::server::tls::TlsServer::load(&config.tls) {
         eprintln!("lqd: {e}");
         return ExitCode::from(2);
+    }
+    let links = config.kea_links().and_then(|kea| {
+        let map = config.link_map_with(kea.as_ref().map(|(_, k)| k))?;
+        Ok((kea, map))
+    });
+    match links {
+        Ok((Some((path, k)), map)) if config.links.is_empty() && !k.links.is_empty() => {
+            println!(
+                "# link: no table; {} links from Kea's configuration {}",
+                map.len(),
+                path.display()
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("lqd: {e}");
+            return ExitCode::from(2);
+        }
     }
     ExitCode::SUCCESS
 }

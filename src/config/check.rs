@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use toml_edit::{ImDocument, Item, TableLike};
 
 use super::{Cli, Config, ConfigError, SourceSpec, line_column, loopback_requestors};
-use crate::feed::kea::{KEA_CONFIG_DEFAULT, KEA_CONFIG_ENV};
+use crate::feed::kea::{KEA_CONFIG_ENV, kea_config_path};
 
 /// Where an effective setting came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,15 +208,22 @@ fn render(config: &Config, origins: &Origins<'_>) -> Result<String, ConfigError>
             config.demo.links
         ));
     }
-    if matches!(config.source, Some(SourceSpec::KeaCsv(_))) {
-        let (path, origin) = match std::env::var_os(KEA_CONFIG_ENV) {
-            Some(p) => (PathBuf::from(p), Origin::Env(KEA_CONFIG_ENV)),
-            None => (PathBuf::from(KEA_CONFIG_DEFAULT), Origin::Default),
-        };
-        notes.push(format!(
-            "# Kea's configuration, read for its subnets: {}    # {origin}",
-            path.display()
-        ));
+    if config.kea_config.is_none() {
+        // Where Kea's configuration is looked for without `kea_config` (D30).
+        if let Some((path, explicit)) = kea_config_path(None) {
+            if explicit || matches!(config.source, Some(SourceSpec::KeaCsv(_))) {
+                let origin = if explicit {
+                    Origin::Env(KEA_CONFIG_ENV)
+                } else {
+                    Origin::Default
+                };
+                notes.push(format!(
+                    "# kea_config: not set; Kea's configuration {} is read for links and subnet \
+                     ids    # {origin}",
+                    path.display()
+                ));
+            }
+        }
     }
     for w in config.warnings() {
         notes.push(format!("# warning: {w}"));

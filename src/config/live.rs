@@ -1,12 +1,14 @@
 //! Which settings change while lqd runs (decision D31): on SIGHUP lqd reads its file again,
 //! applies the flags over it as at start, and takes every setting but those listed in
-//! [`RESTART_ONLY`], which it reports and keeps.
+//! [`RESTART_ONLY`], which it reports and keeps. `kea_config` names the file the `kea-csv`
+//! source reads its subnet ids from at start, so a new path takes a restart; the file itself is
+//! read again for its links (D30).
 
 use super::Config;
 
 /// The settings lqd reads only at start: its sockets, its files, and its source. A reload that
 /// changes one says so in the log ("needs a restart") and keeps the running value.
-pub const RESTART_ONLY: [&str; 10] = [
+pub const RESTART_ONLY: [&str; 11] = [
     "listen",
     "source",
     "state_dir",
@@ -17,6 +19,7 @@ pub const RESTART_ONLY: [&str; 10] = [
     "journal_flush",
     "udp_receive_buffer",
     "demo",
+    "kea_config",
 ];
 
 impl Config {
@@ -34,6 +37,7 @@ impl Config {
             self.journal_flush != new.journal_flush,
             self.udp_receive_buffer != new.udp_receive_buffer,
             self.demo != new.demo,
+            self.kea_config != new.kea_config,
         ];
         RESTART_ONLY
             .iter()
@@ -55,5 +59,6 @@ impl Config {
         self.journal_flush = running.journal_flush;
         self.udp_receive_buffer = running.udp_receive_buffer;
         self.demo = running.demo;
+        self.kea_config.clone_from(&running.kea_config);
     }
 }

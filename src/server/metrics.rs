@@ -245,6 +245,17 @@ impl Metrics {
         self.requestor_series.store(cap, Ordering::Relaxed);
     }
 
+    /// The counters the source's thread sets (rejected rows, lag, newest row time), shared
+    /// with these metrics: hand them to the source when starting it.
+    #[must_use]
+    pub fn source_stats(&self) -> crate::feed::SourceStats {
+        crate::feed::SourceStats {
+            rejected: Arc::clone(&self.feed_rejected),
+            lag_bytes: Arc::clone(&self.source_lag_bytes),
+            newest_time: Arc::clone(&self.source_newest_time),
+        }
+    }
+
     /// Names the source, for the `source` label.
     pub fn set_source(&self, name: &str) {
         if let Ok(mut s) = self.source.lock() {

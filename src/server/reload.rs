@@ -59,9 +59,9 @@ pub struct Live {
 }
 
 impl Live {
-    /// The live settings of `config`, its TLS files read; `metrics` is left `None`. Errors
-    /// name the file or setting that is wrong.
-    pub fn from_config(config: &Config) -> Result<Self, String> {
+    /// The live settings of `config` serving `links`, its TLS files read; `metrics` is left
+    /// `None`. Errors name the file or setting that is wrong.
+    pub fn from_config(config: &Config, links: LinkMap) -> Result<Self, String> {
         Ok(Self {
             access: Box::new(config.clone()),
             max_connections: config.max_connections,
@@ -71,7 +71,7 @@ impl Live {
             high_water: config.high_water,
             read_budget: config.read_budget,
             tcp_send_buffer: config.tcp_send_buffer,
-            links: config.link_map().map_err(|e| e.to_string())?,
+            links,
             active: ActiveSettings {
                 enabled: config.active,
                 catch_up: config.catch_up,
@@ -405,7 +405,17 @@ impl Reloader {
         let mut new = Config::load(&self.cli).map_err(|e| e.to_string())?;
         let restart = self.running.restart_only_changes(&new);
         new.keep_restart_only(&self.running);
-        let live = Live::from_config(&new)?;
+        // Kea's configuration is read again too: its subnets may have changed (D30).
+        let kea = new.kea_links().map_err(|e| e.to_string())?;
+        if let Some((path, k)) = &kea {
+            for w in &k.warnings {
+                warn!("Kea's configuration {}: {w}", path.display());
+            }
+        }
+        let links = new
+            .link_map_with(kea.as_ref().map(|(_, k)| k))
+            .map_err(|e| e.to_string())?;
+        let live = Live::from_config(&new, links)?;
         let listener = match new.metrics_listen {
             Some(addr) if new.metrics_listen != self.running.metrics_listen => {
                 Some(metrics::bind(addr).map_err(|e| format!("metrics_listen {addr}: {e}"))?)
