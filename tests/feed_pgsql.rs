@@ -278,3 +278,125 @@ fn snapshot_then_stream_then_kill9_resumes_from_the_slot() {
         "a restart resumes, it takes no snapshot:\n{log}"
     );
 }
+
+/// How many lines of lqd's log contain `needle`.
+fn count(lqd: &Lqd, needle: &str) -> usize {
+    lqd.log().matches(needle).count()
+}
+
+#[test]
+fn unreachable_at_start_postgres_restarted_a_bad_row_and_a_dropped_slot() {
+    let pg = Pg::start("faults");
+    pg.kea_db("kea");
+    pg.sql(
+        "kea",
+        &[
+            insert("2001:db8:1::100", DUID_A, 4000, 1, 0, 1, 128, 0, ""),
+            insert("2001:db8:100::", DUID_B, 4000, 2, 2, 2, 56, 0, ""),
+        ]
+        .concat(),
+    );
+    // The database unreachable at start: a clear error, then retries until it answers.
+    pg.stop();
+    let mut lqd = start_lqd("faults", &pg, "kea", "lqd_f", "retrying with a backoff");
+    let log = lqd.log();
+    assert!(log.contains("cannot connect"), "{log}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        count(&lqd, "retrying with a backoff"),
+        1,
+        "said once: {}",
+        lqd.log()
+    );
+    pg.start_again();
+    wait_for_log(&lqd, "streaming again", 15);
+    wait_equal(&lqd, &pg, "kea", 10);
+
+    // PostgreSQL restarted mid-stream: lqd reconnects, says so once, and loses nothing.
+    pg.sql(
+        "kea",
+        &insert("2001:db8:1::101", DUID_A, 4000, 1, 0, 3, 128, 0, ""),
+    );
+    pg.stop();
+    std::thread::sleep(Duration::from_millis(1200));
+    pg.start_again();
+    pg.sql(
+        "kea",
+        &[
+            insert("2001:db8:1::102", DUID_B, 4000, 1, 0, 4, 128, 0, RELAYED),
+            "DELETE FROM lease6 WHERE address = '2001:db8:1::100';".to_owned(),
+        ]
+        .concat(),
+    );
+    wait_equal(&lqd, &pg, "kea", 20);
+    assert_eq!(count(&lqd, "retrying with a backoff"), 2, "{}", lqd.log());
+    assert_eq!(count(&lqd, "streaming again"), 2, "{}", lqd.log());
+
+    // Rows lqd cannot map: logged with the reason and skipped; the rows after them flow.
+    pg.sql(
+        "kea",
+        &[
+            insert("not-an-address", DUID_A, 4000, 1, 0, 5, 128, 0, ""),
+            insert("2001:db8:101::", DUID_A, 4000, 2, 2, 6, 0, 0, ""),
+            insert("2001:db8:1::103", DUID_A, 4000, 1, 0, 7, 128, 0, ""),
+        ]
+        .concat(),
+    );
+    let good = (DUID_A.to_owned(), "2001:db8:1::103".parse().unwrap(), 128);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lqd_leases(&lqd).contains(&good) {
+        assert!(Instant::now() < deadline, "{}", lqd.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = lqd.log();
+    assert!(
+        log.contains("\"not-an-address\": not an IPv6 address"),
+        "{log}"
+    );
+    assert!(log.contains("prefix_len is \"0\""), "{log}");
+    pg.sql(
+        "kea",
+        "DELETE FROM lease6 WHERE address IN ('not-an-address', '2001:db8:101::')",
+    );
+
+    // The slot dropped by an administrator while lqd is down, and leases changed meanwhile:
+    // lqd says so, takes a new snapshot, and ends what the table no longer has.
+    assert!(lqd.sigterm().success());
+    pg.wait_for(
+        "kea",
+        "SELECT active FROM pg_replication_slots WHERE slot_name = 'lqd_f'",
+        "f",
+        10,
+    );
+    pg.sql("kea", "SELECT pg_drop_replication_slot('lqd_f')");
+    pg.sql(
+        "kea",
+        &[
+            "DELETE FROM lease6 WHERE address = '2001:db8:1::101';".to_owned(),
+            insert("2001:db8:1::104", DUID_B, 4000, 1, 0, 8, 128, 0, ""),
+        ]
+        .concat(),
+    );
+    lqd.kill9_and_restart_until("following the stream");
+    let log = lqd.log();
+    assert!(log.contains("slot lqd_f is gone"), "{log}");
+    let now = wait_equal(&lqd, &pg, "kea", 10);
+    assert!(
+        !now.iter()
+            .any(|l| l.1 == "2001:db8:1::101".parse::<Ipv6Addr>().unwrap())
+    );
+}
+
+#[test]
+fn an_unknown_schema_version_is_refused_with_a_clear_message() {
+    let pg = Pg::start("schema");
+    pg.kea_db("kea");
+    pg.sql("kea", "UPDATE schema_version SET version = 99, minor = 1");
+    let lqd = start_lqd("schema", &pg, "kea", "lqd_s", "does not know");
+    let log = lqd.log();
+    assert!(
+        log.contains("schema version 99.1, which lqd does not know"),
+        "{log}"
+    );
+    assert!(log.contains("ERROR"), "{log}");
+}

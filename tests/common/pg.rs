@@ -122,7 +122,18 @@ impl Pg {
             .args(["-l"])
             .arg(self.dir.join("server.log"))
             .args(["-w", "-t", "30", "-m", "fast", action]);
-        check(c.output().unwrap(), &format!("pg_ctl {action}"));
+        let out = c.output().unwrap();
+        if !out.status.success() {
+            let log = std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default();
+            let activity = Command::new("ps").args(["-ef"]).output().unwrap();
+            let ps = String::from_utf8_lossy(&activity.stdout);
+            let mine: Vec<&str> = ps.lines().filter(|l| l.contains("postgres:")).collect();
+            panic!(
+                "pg_ctl {action}: {}\nserver log:\n{log}\nprocesses:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                mine.join("\n")
+            );
+        }
     }
 
     /// Stops the cluster (fast shutdown), as an administrator restarting it would.

@@ -30,7 +30,9 @@
 //!    ([`FeedHandle::sync`]) and tells PostgreSQL the journaled mark as the slot's flushed
 //!    position. After a restart the slot resends from there, and transactions at or below the
 //!    mark (journaled, but not yet confirmed when lqd stopped) are skipped whole: nothing is
-//!    lost and nothing applied twice.
+//!    lost and nothing applied twice. Between transactions, a keepalive's position becomes the
+//!    mark too (everything before it has reached lqd), so an idle slot holds no WAL back and a
+//!    PostgreSQL shutting down, which waits for its replicas to confirm all it sent, can stop.
 //!
 //! # When the slot and the journal disagree
 //!
@@ -188,9 +190,40 @@ pub fn spawn_kea_pgsql(
         })
 }
 
-/// Runs a simple query on a gated session.
-async fn query(client: &mut ReplicationClient, sql: &str) -> Result<Vec<QueryRow>, String> {
-    client.simple_query(sql).await.map_err(|e| e.to_string())
+/// Runs a simple query on a gated session. An error the server answered stays the caller's
+/// to judge; any other (the connection could not be made, or broke) is one to retry.
+async fn query(client: &mut ReplicationClient, sql: &str) -> Result<Vec<QueryRow>, Failed> {
+    client.simple_query(sql).await.map_err(|e| {
+        if e.is_server() {
+            Failed::Server(e.to_string())
+        } else {
+            Failed::Connection(End::Retry(format!("cannot connect: {e}")))
+        }
+    })
+}
+
+/// Why a query failed.
+enum Failed {
+    /// The server refused it: why.
+    Server(String),
+    /// The connection failed: retry.
+    Connection(End),
+}
+
+impl Failed {
+    /// A refusal becomes `refused(why)`; a connection failure stays a retry.
+    fn or(self, refused: impl FnOnce(String) -> End) -> End {
+        match self {
+            Self::Server(why) => refused(why),
+            Self::Connection(end) => end,
+        }
+    }
+}
+
+impl From<Failed> for End {
+    fn from(f: Failed) -> Self {
+        f.or(End::Retry)
+    }
 }
 
 /// Column `i` of a row as text.
@@ -306,12 +339,14 @@ impl Source {
     async fn prepare(&mut self, client: &mut ReplicationClient) -> Result<(), End> {
         let rows = query(client, "SELECT version, minor FROM schema_version")
             .await
-            .map_err(|e| {
-                End::Fatal(format!(
-                    "cannot read Kea's schema_version ({e}): is {} Kea's lease database \
+            .map_err(|f| {
+                f.or(|e| {
+                    End::Fatal(format!(
+                        "cannot read Kea's schema_version ({e}): is {} Kea's lease database \
                      (kea-admin db-init pgsql)?",
-                    self.target.dbname
-                ))
+                        self.target.dbname
+                    ))
+                })
             })?;
         let version = rows
             .first()
@@ -324,16 +359,16 @@ impl Source {
             "SELECT relreplident FROM pg_class WHERE oid = 'lease6'::regclass",
         )
         .await
-        .map_err(|e| End::Fatal(format!("no lease6 table: {e}")))?;
+        .map_err(|f| f.or(|e| End::Fatal(format!("no lease6 table: {e}"))))?;
         if ident.first().and_then(|r| text(r, 0)) != Some("f") {
             query(client, "ALTER TABLE lease6 REPLICA IDENTITY FULL")
                 .await
-                .map_err(|e| {
-                    End::Fatal(format!(
+                .map_err(|f| {
+                    f.or(|e| End::Fatal(format!(
                         "lease6 needs replica identity FULL, so that a deleted lease still names \
                          its client, and lqd may not set it ({e}): run `ALTER TABLE lease6 \
                          REPLICA IDENTITY FULL` as the table's owner"
-                    ))
+                    )))
                 })?;
             tracing::info!(source = %self.name, "{}: set lease6's replica identity to FULL", self.name);
         }
@@ -361,11 +396,13 @@ impl Source {
             } else {
                 format!("ALTER PUBLICATION {publication} ADD TABLE lease6")
             };
-            query(client, &sql).await.map_err(|e| {
-                End::Fatal(format!(
-                    "the publication {publication} must hold lease6, and lqd may not do it ({e}): \
-                     run `{sql}` as lease6's owner"
-                ))
+            query(client, &sql).await.map_err(|f| {
+                f.or(|e| {
+                    End::Fatal(format!(
+                        "the publication {publication} must hold lease6, and lqd may not do it \
+                         ({e}): run `{sql}` as lease6's owner"
+                    ))
+                })
             })?;
             tracing::info!(source = %self.name, "{}: {sql}", self.name);
         }
@@ -414,7 +451,7 @@ impl Source {
         )
         .await
         .map(drop)
-        .map_err(|e| End::Retry(format!("cannot drop slot {}: {e}", self.target.slot)))
+        .map_err(|f| f.or(|e| End::Retry(format!("cannot drop slot {}: {e}", self.target.slot))))
     }
 
     /// Creates the slot and loads `lease6` as of its consistent point, in one transaction.
@@ -429,7 +466,9 @@ impl Source {
             ),
         )
         .await
-        .map_err(|e| End::Retry(format!("cannot create slot {}: {e}", self.target.slot)))?;
+        .map_err(|f| {
+            f.or(|e| End::Retry(format!("cannot create slot {}: {e}", self.target.slot)))
+        })?;
         let point = created
             .first()
             .and_then(|r| text(r, 1))
@@ -528,6 +567,7 @@ impl Source {
         let mut unconfirmed = 0u32;
         let mut since = Instant::now();
         let mut commit_unix = 0i64;
+        let mut in_txn = false;
         loop {
             let event = match tokio::time::timeout(CONFIRM_IDLE, client.recv()).await {
                 Err(_) => {
@@ -543,10 +583,35 @@ impl Source {
                 Ok(Ok(None)) => return End::Retry("the server ended the stream".into()),
                 Ok(Err(e)) => return End::Retry(format!("the stream failed: {e}")),
             };
+            if let ReplicationEvent::KeepAlive {
+                wal_end,
+                reply_requested,
+                ..
+            } = &event
+            {
+                tracing::trace!(source = %self.name, %wal_end, reply_requested, in_txn, unconfirmed, acked = ?self.writer.acked(), "keepalive");
+            }
             match event {
+                // Between transactions, with everything sent journaled, every transaction
+                // before the server's position has reached lqd: the mark moves there, so the
+                // slot keeps no WAL lqd does not need (and a shutting-down server, which waits
+                // for its standbys to confirm all it sent, can stop).
+                ReplicationEvent::KeepAlive { wal_end, .. } if !in_txn => {
+                    let behind = self.writer.acked().is_some_and(|m| m < wal_end.as_u64());
+                    if behind && let Err(e) = self.send(Fed::Rejected(self.numbered(wal_end))) {
+                        return e;
+                    }
+                    if behind || unconfirmed > 0 {
+                        if let Err(e) = self.confirm(client) {
+                            return e;
+                        }
+                        unconfirmed = 0;
+                    }
+                }
                 ReplicationEvent::Begin {
                     commit_time_micros, ..
                 } => {
+                    in_txn = true;
                     txn.clear();
                     commit_unix = pg_micros_to_unix(commit_time_micros);
                 }
@@ -557,6 +622,7 @@ impl Source {
                     Err(e) => self.skip(&format!("at {wal_start}"), e.reason()),
                 },
                 ReplicationEvent::Commit { end_lsn, .. } => {
+                    in_txn = false;
                     if end_lsn.as_u64() <= skip_to {
                         txn.clear();
                         continue;
