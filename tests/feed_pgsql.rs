@@ -400,3 +400,118 @@ fn an_unknown_schema_version_is_refused_with_a_clear_message() {
     );
     assert!(log.contains("ERROR"), "{log}");
 }
+
+#[test]
+fn pgoutput_of_real_wal_decodes_into_kea_rows() {
+    use lqd::feed::kea::pgoutput::{Message, decode};
+    use lqd::feed::kea::pgsql::kea_row;
+
+    let pg = Pg::start("wal");
+    pg.kea_db("kea");
+    pg.sql(
+        "kea",
+        "ALTER TABLE lease6 REPLICA IDENTITY FULL; CREATE PUBLICATION p FOR TABLE lease6",
+    );
+    pg.sql(
+        "kea",
+        "SELECT 1 FROM pg_create_logical_replication_slot('w', 'pgoutput')",
+    );
+    pg.sql(
+        "kea",
+        &[
+            insert(
+                "2001:db8:1::100",
+                DUID_A,
+                4000,
+                1,
+                0,
+                3_000_000_000,
+                128,
+                0,
+                RELAYED,
+            ),
+            "UPDATE lease6 SET valid_lifetime = 5000 WHERE address = '2001:db8:1::100';".to_owned(),
+            "DELETE FROM lease6 WHERE address = '2001:db8:1::100';".to_owned(),
+            "TRUNCATE lease6;".to_owned(),
+        ]
+        .concat(),
+    );
+    let wal = pg.sql(
+        "kea",
+        "SET TimeZone = 'UTC'; SET DateStyle = 'ISO'; SELECT encode(data, 'hex') FROM \
+         pg_logical_slot_peek_binary_changes('w', NULL, NULL, 'proto_version', '1', \
+         'publication_names', 'p')",
+    );
+    let messages: Vec<Message> = wal
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| decode(&hex::decode(l).unwrap()).unwrap())
+        .collect();
+    let relation = messages
+        .iter()
+        .find_map(|m| match m {
+            Message::Relation(r) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("a Relation message");
+    assert_eq!(relation.name, "lease6");
+    assert_eq!(relation.replica_identity, b'f');
+    for c in ["address", "duid", "expire", "iaid", "state", "user_context"] {
+        assert!(relation.position(c).is_some(), "{c}");
+    }
+    let text = |t: &lqd::feed::kea::pgoutput::Tuple, name: &str| {
+        relation
+            .position(name)
+            .and_then(|i| t.get(i))
+            .and_then(|v| v.text().map(str::to_owned))
+    };
+    let rows: Vec<_> = messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Insert { new, .. } | Message::Update { new, .. } => Some(new.clone()),
+            Message::Delete { old, full, .. } => {
+                assert!(full, "replica identity FULL sends the whole old row");
+                Some(old.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{messages:?}");
+    let insert_row = kea_row(|n| {
+        relation
+            .position(n)
+            .and_then(|i| rows[0].get(i))
+            .and_then(|v| v.text())
+    })
+    .unwrap();
+    assert_eq!(
+        insert_row.address,
+        "2001:db8:1::100".parse::<Ipv6Addr>().unwrap()
+    );
+    assert_eq!(hex::encode(&insert_row.duid), DUID_A);
+    assert_eq!(insert_row.iaid, 3_000_000_000);
+    assert!(insert_row.user_context.contains("relays"));
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    assert!(
+        (insert_row.expire - (now + 4000)).abs() < 60,
+        "{insert_row:?}"
+    );
+    assert_eq!(text(&rows[1], "valid_lifetime").as_deref(), Some("5000"));
+    assert!(matches!(
+        messages
+            .iter()
+            .find(|m| matches!(m, Message::Update { .. })),
+        Some(Message::Update { old: Some(_), .. })
+    ));
+    assert!(
+        messages.iter().any(
+            |m| matches!(m, Message::Truncate { relations } if relations.contains(&relation.id))
+        )
+    );
+}
