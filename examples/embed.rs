@@ -41,6 +41,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             size: 4 << 20,
             flush: FlushPolicy::Os,
         },
+        tls: None,
+        metrics: None,
     })?;
     let addr = server.local_addrs()?[0];
     let (leases, receiver) = feed(4096, server.waker());

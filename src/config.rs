@@ -139,6 +139,9 @@ pub struct Config {
     /// every type; see [`access`](Self::access).
     #[serde(rename = "requestor")]
     pub requestors: Vec<Requestor>,
+    /// `[tls]`: STARTTLS (RFC 7653): the server's certificate, client certificates, and
+    /// whether TLS is offered or required (D25, D27).
+    pub tls: TlsSettings,
     /// `[[link]]` tables: the links served, each with `address` (its link-address),
     /// `prefixes` and `pd_pools` (D16). Queries naming a link or an address outside them get
     /// NotConfigured. Empty: the demo source's own links with `--source demo`, otherwise no
@@ -169,6 +172,12 @@ pub struct Config {
     /// `log`: log filter in tracing's `EnvFilter` syntax (`info`, `lqd=debug,warn`); default
     /// `info`.
     pub log: String,
+    /// `metrics_listen`: where to serve `GET /metrics` (Prometheus) and `GET /requestors`
+    /// (JSON) over HTTP, such as `"[::1]:9547"`; off unless set (docs/metrics.md).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `metrics_requestor_series`: the most lagged requestors given series of their own;
+    /// default 100. The rest are counted in `lqd_requestor_series_dropped`.
+    pub metrics_requestor_series: usize,
 }
 
 impl Default for Config {
@@ -194,6 +203,7 @@ impl Default for Config {
             journal_size: DEFAULT_JOURNAL_SIZE,
             journal_flush: FlushPolicy::Os,
             requestors: Vec::new(),
+            tls: TlsSettings::default(),
             links: Vec::new(),
             kea_config: None,
             demo: DemoSettings::default(),
@@ -202,6 +212,8 @@ impl Default for Config {
             udp_receive_buffer: DEFAULT_UDP_RECEIVE_BUFFER,
             tcp_send_buffer: DEFAULT_TCP_SEND_BUFFER,
             log: "info".to_owned(),
+            metrics_listen: None,
+            metrics_requestor_series: 100,
         }
     }
 }
@@ -263,10 +275,7 @@ impl Config {
                 self.requestors = loopback_requestors();
             }
             self.requestors
-                .extend(cli.allow.iter().map(|&prefix| Requestor {
-                    prefix,
-                    query_types: QueryTypes::ALL,
-                }));
+                .extend(cli.allow.iter().map(|&prefix| Requestor::prefix(prefix)));
         }
         if let Some(duid) = &cli.server_duid {
             self.server_duid = Some(duid.clone());
@@ -276,6 +285,9 @@ impl Config {
         }
         if let Some(log) = &cli.log {
             self.log.clone_from(log);
+        }
+        if let Some(addr) = cli.metrics_listen {
+            self.metrics_listen = Some(addr);
         }
     }
 
@@ -333,16 +345,63 @@ impl Config {
             return invalid("log must not be empty (try \"info\")".to_owned());
         }
         for (i, a) in self.requestors.iter().enumerate() {
-            let net = mapped_net(a.prefix);
-            if let Some(b) = self.requestors[..i]
-                .iter()
-                .find(|b| mapped_net(b.prefix) == net)
-            {
+            if a.by_certificate() {
+                if self.tls.client_ca.is_none() || self.tls.mode == TlsMode::Off {
+                    return invalid(format!(
+                        "requestor table {} names certificates ({}), which needs TLS with \
+                         client certificates: set [tls] mode and client_ca",
+                        i + 1,
+                        a.certificate.join(", ")
+                    ));
+                }
+                if a.certificate.iter().any(|n| n.trim().is_empty()) {
+                    return invalid(format!(
+                        "requestor table {} has an empty certificate name",
+                        i + 1
+                    ));
+                }
+                if a.max_connections == Some(0) {
+                    return invalid(format!(
+                        "requestor table {}: max_connections must be at least 1, not 0",
+                        i + 1
+                    ));
+                }
+                continue;
+            }
+            let Some(prefix) = a.prefix else {
                 return invalid(format!(
-                    "requestor prefix {} is listed twice (also as {})",
-                    a.prefix, b.prefix
+                    "requestor table {} needs a prefix or a certificate",
+                    i + 1
+                ));
+            };
+            if a.max_connections.is_some() {
+                return invalid(format!(
+                    "requestor table {} ({prefix}): max_connections applies to certificate \
+                     tables; address tables share max_connections_per_requestor",
+                    i + 1
                 ));
             }
+            let net = mapped_net(prefix);
+            if let Some(b) = self.requestors[..i]
+                .iter()
+                .filter(|b| !b.by_certificate())
+                .find(|b| b.prefix.map(mapped_net) == Some(net))
+            {
+                return invalid(format!(
+                    "requestor prefix {prefix} is listed twice (also as {})",
+                    b.prefix.map_or_else(String::new, |p| p.to_string())
+                ));
+            }
+        }
+        if self.tls.mode != TlsMode::Off
+            && (self.tls.certificate.is_none() || self.tls.key.is_none())
+        {
+            return invalid(
+                "[tls] mode is on, so certificate and key are needed (PEM files)".to_owned(),
+            );
+        }
+        if self.tls.handshake_timeout.is_zero() {
+            return invalid("tls.handshake_timeout must be at least 1 second, not 0".to_owned());
         }
         if self.journal_size < MIN_JOURNAL_SIZE {
             return invalid(format!(
@@ -486,16 +545,70 @@ impl Config {
                 self.max_connections, self.max_connections_per_requestor
             ));
         }
-        for r in &self.requestors {
-            if r.prefix != r.prefix.trunc() {
+        for p in self.requestors.iter().filter_map(|r| r.prefix) {
+            if p != p.trunc() {
                 out.push(format!(
-                    "requestor prefix {} has host bits set; it is used as {}",
-                    r.prefix,
-                    r.prefix.trunc()
+                    "requestor prefix {p} has host bits set; it is used as {}",
+                    p.trunc()
                 ));
             }
         }
+        if self.tls.mode != TlsMode::Off && self.tls.client_ca.is_none() {
+            out.push(
+                "TLS without client_ca: requestors are known by their address only".to_owned(),
+            );
+        }
         out
+    }
+
+    /// Whether a TCP connection from `addr` is let in (D23, D27): by an address table, or,
+    /// failing that, because a certificate table may match it after a TLS handshake.
+    #[must_use]
+    pub fn admit(&self, addr: IpAddr) -> Admission {
+        match self.access(addr) {
+            Access::Allowed(types) => Admission::Allowed(types),
+            Access::Denied
+                if self
+                    .requestors
+                    .iter()
+                    .any(|r| r.by_certificate() && r.holds(addr)) =>
+            {
+                Admission::NeedsCertificate
+            }
+            Access::Denied => Admission::Denied,
+        }
+    }
+
+    /// What the names of a requestor's TLS client certificate decide (D27): the first
+    /// certificate table, in the file's order, that lists one of them and whose prefix (if
+    /// any) holds `addr`.
+    #[must_use]
+    pub fn identify(&self, addr: IpAddr, names: &[String]) -> Identified {
+        let mut tables = self
+            .requestors
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.by_certificate())
+            .peekable();
+        if tables.peek().is_none() {
+            return Identified::Unchanged;
+        }
+        for (index, r) in tables {
+            if !r.holds(addr) {
+                continue;
+            }
+            if let Some(name) = names.iter().find(|n| r.certificate.contains(n)) {
+                return Identified::Table {
+                    index,
+                    name: name.clone(),
+                    query_types: r.query_types,
+                    limit: r
+                        .max_connections
+                        .unwrap_or(self.max_connections_per_requestor),
+                };
+            }
+        }
+        Identified::NoMatch
     }
 
     /// What a requestor at `addr` may do (D23).
@@ -507,10 +620,7 @@ impl Config {
     pub fn access(&self, addr: IpAddr) -> Access {
         if self.requestors.is_empty() {
             // Safe by default (issue 13): with no `[[requestor]]` table, only this machine.
-            return if loopback_requestors()
-                .iter()
-                .any(|r| mapped_net(r.prefix).contains(&mapped(addr)))
-            {
+            return if loopback_requestors().iter().any(|r| r.holds(addr)) {
                 Access::Allowed(QueryTypes::ALL)
             } else {
                 Access::Denied
@@ -522,7 +632,8 @@ impl Config {
         };
         self.requestors
             .iter()
-            .map(|r| (mapped_net(r.prefix), r.query_types))
+            .filter(|r| !r.by_certificate())
+            .filter_map(|r| r.prefix.map(|p| (mapped_net(p), r.query_types)))
             .filter(|(net, _)| net.contains(&addr))
             .max_by_key(|(net, _)| net.prefix_len())
             .map_or(Access::Denied, |(_, types)| {
@@ -554,10 +665,7 @@ fn loopback_requestors() -> Vec<Requestor> {
     ["::1/128", "127.0.0.0/8"]
         .iter()
         .filter_map(|p| p.parse().ok())
-        .map(|prefix| Requestor {
-            prefix,
-            query_types: QueryTypes::ALL,
-        })
+        .map(Requestor::prefix)
         .collect()
 }
 
@@ -793,22 +901,127 @@ impl fmt::Display for InvalidValue {
 
 impl Error for InvalidValue {}
 
-/// One `[[requestor]]` table: a prefix requestors may connect from, and what they may ask.
+/// One `[[requestor]]` table: who may ask (a prefix requestors connect from, or names their
+/// TLS client certificate carries, or both), and what they may ask (D27).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Requestor {
     /// `prefix`: CIDR (`2001:db8::/32`, `192.0.2.0/24`, `::ffff:192.0.2.0/120`) or a single
-    /// address. IPv4 and IPv4-mapped prefixes are the same thing here.
-    #[serde(deserialize_with = "prefix")]
-    pub prefix: IpNet,
+    /// address. IPv4 and IPv4-mapped prefixes are the same thing here. Required unless
+    /// `certificate` is given; with it, the address must match too.
+    #[serde(default, deserialize_with = "opt_prefix")]
+    pub prefix: Option<IpNet>,
+    /// `certificate`: names of a TLS client certificate (a SAN DNS name, a SAN URI, or the
+    /// subject CN), any of which matches; needs `[tls] client_ca`. Such a table is chosen
+    /// after the handshake, by the certificate, and only over TLS.
+    #[serde(default)]
+    pub certificate: Vec<String>,
     /// `query_types`: the types allowed (names or numbers 1–5); default all. An empty list
     /// denies the prefix outright, which carves it out of a shorter allowed one.
     #[serde(default = "all_types")]
     pub query_types: QueryTypes,
+    /// `max_connections`: for a `certificate` table, the connections its requestors may hold
+    /// at once; default `max_connections_per_requestor`.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+impl Requestor {
+    /// A table allowing every query type from `prefix`.
+    #[must_use]
+    pub fn prefix(prefix: IpNet) -> Self {
+        Self {
+            prefix: Some(prefix),
+            certificate: Vec::new(),
+            query_types: QueryTypes::ALL,
+            max_connections: None,
+        }
+    }
+
+    /// True for a table matched by a client certificate's names.
+    #[must_use]
+    pub fn by_certificate(&self) -> bool {
+        !self.certificate.is_empty()
+    }
+
+    /// Whether this table's prefix (if it has one) holds `addr`.
+    fn holds(&self, addr: IpAddr) -> bool {
+        self.prefix
+            .is_none_or(|p| mapped_net(p).contains(&mapped(addr)))
+    }
+}
+
+/// How lqd offers TLS on its TCP connections (RFC 7653 STARTTLS, D25).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// STARTTLS is answered with TLSConnectionRefused.
+    #[default]
+    Off,
+    /// A requestor may upgrade its connection with STARTTLS, or stay in plain text.
+    Offer,
+    /// Every query must come over TLS: one on a plain connection gets NotAllowed, then the
+    /// connection is closed.
+    Require,
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// `mode`: `"off"` (default), `"offer"` or `"require"`.
+    pub mode: TlsMode,
+    /// `certificate`: the server's certificate chain, PEM, leaf first. Read again on SIGHUP.
+    pub certificate: Option<PathBuf>,
+    /// `key`: the certificate's private key, PEM (PKCS#8, PKCS#1 or SEC1). Read again on
+    /// SIGHUP.
+    pub key: Option<PathBuf>,
+    /// `client_ca`: CA certificates, PEM, that sign requestors' certificates. When set, every
+    /// TLS requestor must present a certificate it signed (mutual TLS). Read again on SIGHUP.
+    pub client_ca: Option<PathBuf>,
+    /// `handshake_timeout`: seconds from STARTTLS to a finished handshake; default 10.
+    #[serde(deserialize_with = "seconds")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            mode: TlsMode::Off,
+            certificate: None,
+            key: None,
+            client_ca: None,
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a requestor's TLS client certificate decided (D27).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identified {
+    /// No `[[requestor]]` table names certificates: the address's policy holds.
+    Unchanged,
+    /// The `[[requestor]]` table at this index matched, by this name.
+    Table {
+        /// The table's place in the configuration.
+        index: usize,
+        /// The certificate name that matched.
+        name: String,
+        /// Its query types.
+        query_types: QueryTypes,
+        /// Connections its requestors may hold at once.
+        limit: usize,
+    },
+    /// Certificate tables exist and none matches: refuse the connection.
+    NoMatch,
 }
 
 fn all_types() -> QueryTypes {
     QueryTypes::ALL
+}
+
+fn opt_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<Option<IpNet>, D::Error> {
+    prefix(d).map(Some)
 }
 
 fn prefix<'de, D: Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
@@ -824,6 +1037,17 @@ fn prefix<'de, D: Deserializer<'de>>(d: D) -> Result<IpNet, D::Error> {
              192.0.2.0/24, or an address"
         ))
     })
+}
+
+/// Whether [`Config::admit`] lets a TCP connection in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Not a permitted requestor: close before reading.
+    Denied,
+    /// Permitted by its address, for these query types (a certificate may still decide).
+    Allowed(QueryTypes),
+    /// Only a certificate table may match it: TLS is required, and the certificate decides.
+    NeedsCertificate,
 }
 
 /// What [`Config::access`] decided for a requestor address.
@@ -1153,6 +1377,10 @@ pub struct Cli {
     /// info]
     #[arg(long, value_name = "LEVEL")]
     pub log: Option<String>,
+    /// Serve GET /metrics (Prometheus) and GET /requestors (JSON) on this address, e.g.
+    /// "[::1]:9547" [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// TCP connections open at once, over all requestors [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,

@@ -170,11 +170,15 @@ fn a_full_file_gives_every_setting() {
         journal_flush: FlushPolicy::Interval(Duration::from_millis(250)),
         requestors: vec![
             Requestor {
-                prefix: "2001:db8::/32".parse().unwrap(),
+                prefix: Some("2001:db8::/32".parse().unwrap()),
+                certificate: Vec::new(),
+                max_connections: None,
                 query_types: QueryTypes::ALL,
             },
             Requestor {
-                prefix: "2001:db8:1::/48".parse().unwrap(),
+                prefix: Some("2001:db8:1::/48".parse().unwrap()),
+                certificate: Vec::new(),
+                max_connections: None,
                 query_types: [
                     QueryType::ByAddress,
                     QueryType::ByClientId,
@@ -184,10 +188,15 @@ fn a_full_file_gives_every_setting() {
                 .collect(),
             },
             Requestor {
-                prefix: "192.0.2.7/32".parse().unwrap(),
+                prefix: Some("192.0.2.7/32".parse().unwrap()),
+                certificate: Vec::new(),
+                max_connections: None,
                 query_types: QueryTypes::NONE,
             },
         ],
+        tls: Default::default(),
+        metrics_listen: None,
+        metrics_requestor_series: 100,
         links: vec![
             LinkDef {
                 address: "2001:db8:0:1::1".parse().unwrap(),
@@ -414,7 +423,10 @@ fn bad_prefixes_are_rejected() {
         );
     }
     let m = rejected("[[requestor]]\nquery_types = [1]\n");
-    assert!(m.contains("missing field `prefix`"), "{m}");
+    assert!(
+        m.contains("requestor table 1 needs a prefix or a certificate"),
+        "{m}"
+    );
     let m = rejected(
         "[[requestor]]\nprefix = \"10.0.0.0/8\"\n[[requestor]]\nprefix = \"::ffff:10.0.0.0/104\"\n",
     );
@@ -893,4 +905,72 @@ fn lqd_without_a_source_refuses_to_start_and_names_the_demo() {
         !dir.path().join("lqd-journal").exists(),
         "nothing was created"
     );
+}
+
+#[test]
+fn kea_s_subnets_are_the_links_unless_link_tables_are_given() {
+    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    let kea = TempFile::new(
+        "kea-dhcp6.conf",
+        r#"{ "Dhcp6": {
+  // Kea's comments and trailing commas, as Kea reads them.
+  "lease-database": { "type": "memfile", "name": "/var/lib/kea/kea-leases6.csv", },
+  "subnet6": [
+    { "id": 1, "subnet": "2001:db8:1::/64", "relay": { "ip-addresses": [ "2001:db8:ff::1" ] },
+      "pd-pools": [ { "prefix": "2001:db8:100::", "prefix-len": 40, "delegated-len": 56 } ] },
+  ],
+  "shared-networks": [ { "name": "floor-2", "subnet6": [
+    { "id": 4, "subnet": "2001:db8:4::/64" },  # both subnets are one link
+    { "id": 5, "subnet": "2001:db8:5::/64" } ] } ]
+} }"#,
+    );
+    let source = "source = \"kea-csv:/var/lib/kea/kea-leases6.csv\"\n";
+    let c = Config::from_toml(&format!(
+        "{source}kea_config = \"{}\"\n",
+        kea.path().display()
+    ))
+    .unwrap();
+    let (path, k) = c.kea_links().unwrap().expect("Kea's configuration is read");
+    assert_eq!(path, kea.path());
+    let m = c.link_map_with(Some(&k)).unwrap();
+    assert_eq!(m.len(), 2, "one link per subnet, one per shared network");
+    // Any address of the prefix, and the listed relay address, name the subnet's link.
+    for x in [
+        "2001:db8:1::",
+        "2001:db8:1::1",
+        "2001:db8:1::2",
+        "2001:db8:ff::1",
+    ] {
+        assert_eq!(m.link_of(a(x)), Some(a("2001:db8:1::")), "{x}");
+    }
+    for x in ["2001:db8:4::1", "2001:db8:5::1"] {
+        assert_eq!(m.link_of(a(x)), Some(a("2001:db8:4::")), "{x}");
+    }
+    assert_eq!(m.link_of(a("2001:db8:6::1")), None);
+    assert!(
+        m.manages(a("2001:db8:100:ab00::")),
+        "a pd-pool is managed space"
+    );
+    assert_eq!(k.subnets[&5], a("2001:db8:4::"));
+
+    // [[link]] tables win; Kea's subnet ids still map to links.
+    let c = Config::from_toml(&format!(
+        "{source}kea_config = \"{}\"\n[[link]]\naddress = \"2001:db8:0:9::1\"\n",
+        kea.path().display()
+    ))
+    .unwrap();
+    let (_, k) = c.kea_links().unwrap().unwrap();
+    let m = c.link_map_with(Some(&k)).unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m.link_of(a("2001:db8:0:9::1")), Some(a("2001:db8:0:9::1")));
+    assert_eq!(m.link_of(a("2001:db8:1::1")), None);
+    assert_eq!(k.subnets[&1], a("2001:db8:1::"));
+
+    // A Kea configuration named explicitly that cannot be read stops the start.
+    let c = Config::from_toml(&format!(
+        "{source}kea_config = \"/nonexistent/kea-dhcp6.conf\"\n"
+    ))
+    .unwrap();
+    let e = c.kea_links().unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/kea-dhcp6.conf"), "{e}");
 }

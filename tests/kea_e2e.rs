@@ -14,7 +14,7 @@
 //!
 //! lqd runs on loopback in the test's own namespace with **no configuration file**: only
 //! `--listen`, `--source kea-csv:…`, `--state-dir` and `LQD_KEA_CONFIG`; its links are Kea's
-//! subnets (D28). An unfiltered Active query in the test itself, and `lq watch` by link, follow
+//! subnets (D30). An unfiltered Active query in the test itself, and `lq watch` by link, follow
 //! it.
 //!
 //! The test drives SOLICIT/REQUEST, RENEW and RELEASE exchanges, NA and PD, relayed and not,
@@ -30,7 +30,7 @@
 //! returns every lease of its link (a shared network is one link) and nothing else.
 //! OPTION_LQ_RELAY_DATA, asked for by Bulk and by UDP, must hold the relay chain the client
 //! script sent, each layer's hop count, link-address, peer-address, interface-id, remote-id and
-//! relay-id (D27).
+//! relay-id (D29).
 //!
 //! Needs root, `ip netns`, Debian's `kea-dhcp6-server` and the dhcpkit venv (`.ci/setup`
 //! installs them); without them the test fails, it never skips.
@@ -1149,7 +1149,8 @@ fn lq_watch_follows_a_real_kea_server_through_lqd() {
         }
     }
 
-    // OPTION_LQ_RELAY_DATA, by Bulk and by UDP: the chain the client's relays sent (D27).
+    // OPTION_LQ_RELAY_DATA, by Bulk and by UDP: the chain the client's relays sent (D29).
+    let mut checked_hops = BTreeSet::new();
     for c in scripted.iter().filter(|c| !c.relays.is_empty()) {
         let duid = hex::decode(&duid_of[c.name]).unwrap();
         let client_ll: Ipv6Addr = leased[c.name]["link_local"]
@@ -1214,11 +1215,17 @@ fn lq_watch_follows_a_real_kea_server_through_lqd() {
             assert_eq!(layers, want, "{}: the relay chain by {how}", c.name);
             assert_eq!(
                 peer, outer_link,
-                "{}: peer-address by {how}: the outer relay's link-address (D27)",
+                "{}: peer-address by {how}: the outer relay's link-address (D29)",
                 c.name
             );
         }
+        checked_hops.insert(c.relays.len());
     }
+    assert_eq!(
+        checked_hops,
+        BTreeSet::from([1, 2]),
+        "relay data checked for one-hop and two-hop chains"
+    );
     wait_for_log(&lqd, "the lease file was replaced", 1);
 }
 

@@ -9,7 +9,7 @@ use clap::Parser;
 use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
 use lqd::engine::session::ActiveSettings;
 use lqd::feed::{
-    BoundJsonl, JsonlInput, PgTarget, bind_jsonl, feed, spawn_demo, spawn_kea_csv_with,
+    BoundJsonl, JsonlInput, KeaCsvSource, PgTarget, SourceStats, bind_jsonl, feed, spawn_demo,
     spawn_kea_pgsql, system_time,
 };
 use lqd::server::{JournalSettings, Server, ServerConfig};
@@ -129,6 +129,34 @@ fn run(config: Config) -> Result<(), String> {
         size: config.journal_size,
         flush: config.journal_flush,
     };
+    let tls = lqd::server::tls::TlsServer::load(&config.tls)?;
+    if let Some(t) = &tls {
+        info!(
+            mode = ?t.mode,
+            mutual = t.mutual(),
+            "TLS offered by STARTTLS; SIGHUP reads the certificate, key and client CA again"
+        );
+    }
+    // The metrics listener first: a bad address fails the start, before anything runs.
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = lqd::server::metrics::bind(addr)
+                .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
+            let m = Arc::new(lqd::server::metrics::Metrics::new(
+                config.metrics_requestor_series,
+            ));
+            m.set_source(&source.to_string());
+            lqd::server::metrics::serve(listener, Arc::clone(&m))
+                .map_err(|e| format!("metrics thread: {e}"))?;
+            Some(m)
+        }
+        None => None,
+    };
+    // What the source counts (rejected rows, lag, newest row time): the metrics' own counters,
+    // or counters nobody reads.
+    let stats = metrics
+        .as_ref()
+        .map_or_else(SourceStats::default, |m| m.source_stats());
     let server_cfg = ServerConfig {
         listen: config.listen.clone(),
         server_id,
@@ -146,6 +174,8 @@ fn run(config: Config) -> Result<(), String> {
         active,
         active_send_timeout,
         journal,
+        tls,
+        metrics,
     };
     // The feed's socket first: when lqd's TCP port answers, writers can connect too (they wait
     // in the socket's backlog until the journal is read and the source starts).
@@ -176,6 +206,7 @@ fn run(config: Config) -> Result<(), String> {
             };
             let name = bound.input().to_string();
             bound
+                .stats(stats)
                 .spawn(handle, server.writers())
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
@@ -189,7 +220,10 @@ fn run(config: Config) -> Result<(), String> {
         }
         SourceSpec::KeaCsv(path) => {
             let name = format!("kea-csv:{}", path.display());
-            spawn_kea_csv_with(path, kea_subnets, handle)
+            KeaCsvSource::new(path)
+                .subnets(kea_subnets)
+                .stats(stats)
+                .spawn(handle)
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
@@ -199,6 +233,8 @@ fn run(config: Config) -> Result<(), String> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, server.reload_flag())
+        .map_err(|e| format!("signal handler: {e}"))?;
     server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
     drop(socket_file);
     info!("stopped");

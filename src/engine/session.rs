@@ -18,9 +18,10 @@ use super::query::{
     resolve_links,
 };
 use super::reply::{push_frame, refusal_options};
+use super::tally::{QueryMessage, Tally};
 use crate::codec::{
-    Decoded, FrameDecoder, MessageRepr, MessageType, Options, QueryType, ServerTime, Status,
-    StatusCode, Xid,
+    Decoded, DhcpOption, Duid, FrameDecoder, MessageRepr, MessageType, Options, QueryType,
+    ServerTime, Status, StatusCode, Xid,
 };
 use crate::store::{History, Log};
 
@@ -35,6 +36,8 @@ pub enum CloseReason {
     UnexpectedMessage(MessageType),
     /// An ACTIVELEASEQUERY refused with this status (D8: then close; D10 when Active is off).
     ActiveRefused(Status),
+    /// A query on a plain connection where TLS is required (D25): refused with NotAllowed.
+    TlsRequired,
 }
 
 impl fmt::Display for CloseReason {
@@ -44,6 +47,7 @@ impl fmt::Display for CloseReason {
             Self::BadMessage(e) => write!(f, "unparsable message: {e}"),
             Self::UnexpectedMessage(t) => write!(f, "{t} is not a requestor's message"),
             Self::ActiveRefused(s) => write!(f, "ACTIVELEASEQUERY refused with {s}"),
+            Self::TlsRequired => write!(f, "query without TLS where TLS is required"),
         }
     }
 }
@@ -80,6 +84,8 @@ pub enum Event {
     DuplicateXid(Xid),
     /// A STARTTLS was answered with TLSConnectionRefused (D25).
     StartTlsRefused,
+    /// A STARTTLS was accepted: the TLS handshake follows (D25).
+    StartTls,
     /// An Active query started.
     ActiveStarted {
         /// Its xid.
@@ -125,6 +131,18 @@ pub struct Ctx<'a, L: Log> {
     pub active: ActiveSettings,
 }
 
+/// What a session does with STARTTLS, and with queries before it (D25).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TlsOffer {
+    /// STARTTLS gets TLSConnectionRefused; the connection stays plain.
+    #[default]
+    Off,
+    /// STARTTLS is accepted; plain queries are served too.
+    Offer,
+    /// STARTTLS is accepted; a query before it gets NotAllowed, then the connection closes.
+    Require,
+}
+
 /// One connection's protocol state.
 #[derive(Debug)]
 pub struct Session {
@@ -134,6 +152,14 @@ pub struct Session {
     next: usize,
     max_concurrent: usize,
     received_any: bool,
+    tls: TlsOffer,
+    /// The connection runs TLS (after STARTTLS and the handshake).
+    secured: bool,
+    /// STARTTLS was accepted and the server has not switched to TLS yet: no frame after it is
+    /// read as plain text (the octets after it belong to the handshake).
+    upgrading: bool,
+    /// Counts for the metrics (the Active queries keep their own).
+    tally: Tally,
 }
 
 impl Session {
@@ -147,7 +173,39 @@ impl Session {
             next: 0,
             max_concurrent: max_concurrent.max(1),
             received_any: false,
+            tls: TlsOffer::Off,
+            secured: false,
+            upgrading: false,
+            tally: Tally::default(),
         }
+    }
+
+    /// What this session did since the last call, for the metrics; the counts start again.
+    pub fn take_tally(&mut self, into: &mut Tally) {
+        into.absorb(&mut self.tally);
+        for q in &mut self.active {
+            into.absorb(&mut q.tally);
+        }
+    }
+
+    /// Sets what STARTTLS gets on this connection (before its first message).
+    pub fn set_tls(&mut self, offer: TlsOffer) {
+        self.tls = offer;
+    }
+
+    /// True once STARTTLS was accepted and until [`secured`](Self::secured): the server
+    /// switches the connection to TLS, and hands the octets after the STARTTLS frame to the
+    /// handshake.
+    #[must_use]
+    pub fn upgrading(&self) -> bool {
+        self.upgrading
+    }
+
+    /// The server has switched the connection to TLS: frames are read again (they arrive
+    /// decrypted), and queries are allowed under [`TlsOffer::Require`].
+    pub fn secured(&mut self) {
+        self.upgrading = false;
+        self.secured = true;
     }
 
     /// True while the session can take another query: the server reads the socket only then.
@@ -190,6 +248,12 @@ impl Session {
         &self.active
     }
 
+    /// The Bulk answers in progress.
+    #[must_use]
+    pub fn bulk_answers(&self) -> &[BulkAnswer] {
+        &self.answers
+    }
+
     /// Consumes whole frames from `buf` while the session can take queries; returns the octets
     /// consumed (the caller keeps the rest). Refusals and other immediate replies go to `out`,
     /// log-worthy events to `events`. An error means: close the connection.
@@ -202,7 +266,7 @@ impl Session {
         events: &mut Vec<Event>,
     ) -> Result<usize, CloseReason> {
         let mut consumed = 0;
-        while self.wants_read() {
+        while self.wants_read() && !self.upgrading {
             let rest = buf.get(consumed..).unwrap_or(&[]);
             match self.decoder.decode(rest).map_err(CloseReason::BadFrame)? {
                 Decoded::Incomplete { .. } => break,
@@ -232,7 +296,45 @@ impl Session {
         let first = !self.received_any;
         self.received_any = true;
         match msg.msg_type() {
+            MessageType::Leasequery | MessageType::ActiveLeasequery
+                if self.tls == TlsOffer::Require && !self.secured =>
+            {
+                // D25: TLS is required and this connection has not started it.
+                let xid = msg.xid().unwrap_or_default();
+                let requestor = msg.options.client_id().map(|d| d.as_bytes());
+                reply_status(
+                    xid,
+                    requestor,
+                    server_id,
+                    Status::NotAllowed,
+                    "TLS is required: send STARTTLS first",
+                    out,
+                );
+                let message = if msg.msg_type() == MessageType::ActiveLeasequery {
+                    QueryMessage::Active
+                } else {
+                    QueryMessage::Leasequery
+                };
+                let query_type = msg.options.lq_query().map(|q| q.query_type);
+                self.tally.outcome(message, query_type, Status::NotAllowed);
+                return Err(CloseReason::TlsRequired);
+            }
             MessageType::Leasequery => {}
+            MessageType::StartTls if first && self.tls != TlsOffer::Off => {
+                // D25: accept with a STARTTLS of the same xid; the handshake follows.
+                let xid = msg.xid().unwrap_or_default();
+                let requestor = msg.options.client_id().map(|d| d.as_bytes());
+                let mut top = vec![DhcpOption::ServerId(Duid(server_id))];
+                top.extend(requestor.map(|r| DhcpOption::ClientId(Duid(r))));
+                push_frame(
+                    &MessageRepr::new(MessageType::StartTls, xid, Options::from_items(&top)),
+                    out,
+                );
+                self.upgrading = true;
+                self.tally.starttls_accepted = self.tally.starttls_accepted.saturating_add(1);
+                events.push(Event::StartTls);
+                return Ok(());
+            }
             MessageType::StartTls if first => {
                 // D25: no TLS configured: refuse and stay in plain mode.
                 let xid = msg.xid().unwrap_or_default();
@@ -245,6 +347,7 @@ impl Session {
                     "TLS is not configured",
                     out,
                 );
+                self.tally.starttls_refused = self.tally.starttls_refused.saturating_add(1);
                 events.push(Event::StartTlsRefused);
                 return Ok(());
             }
@@ -269,6 +372,8 @@ impl Session {
                 reason,
             }) => {
                 reply_status(xid, requestor_id.as_deref(), server_id, status, reason, out);
+                self.tally
+                    .outcome(QueryMessage::Leasequery, Some(query_type), status);
                 events.push(Event::Refused {
                     xid,
                     status,
@@ -281,7 +386,8 @@ impl Session {
             events.push(Event::DuplicateXid(query.xid));
             return Ok(());
         }
-        self.answers.push(BulkAnswer::new(query));
+        self.answers
+            .push(BulkAnswer::new(query).started_at(ctx.now));
         Ok(())
     }
 
@@ -320,6 +426,8 @@ impl Session {
                     reason,
                     out,
                 );
+                let query_type = msg.options.lq_query().map(|q| q.query_type);
+                self.tally.outcome(QueryMessage::Active, query_type, status);
                 events.push(Event::Refused {
                     xid,
                     status,
@@ -332,7 +440,14 @@ impl Session {
             events.push(Event::DuplicateXid(request.xid));
             return Ok(());
         }
+        let query_type = request.query_type;
         let query = ActiveQuery::start(request, ctx.history, ctx.server_id, ctx.now, ctx.mono, out);
+        let status = if query.tally.data_missing > 0 {
+            Status::DataMissing
+        } else {
+            Status::Success
+        };
+        self.tally.outcome(QueryMessage::Active, query_type, status);
         events.push(Event::ActiveStarted {
             xid: query.xid(),
             catching_up: query.catching_up(),
@@ -375,6 +490,9 @@ impl Session {
                 break;
             };
             if answer.fill(store, server_id, now, out, share) == Fill::Finished {
+                let query_type = answer.query().selector.query_type();
+                self.tally
+                    .outcome(QueryMessage::Leasequery, Some(query_type), Status::Success);
                 self.answers.remove(self.next);
             } else {
                 self.next += 1;

@@ -96,6 +96,13 @@ impl LineSplitter {
         self.line
     }
 
+    /// Octets held of a line whose newline has not arrived yet (0 while an overlong line is
+    /// being dropped).
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Takes `data`, handing every line it completes to `f`. A part line stays until its
     /// newline arrives (or [`finish`](Self::finish)).
     pub fn push(&mut self, data: &[u8], mut f: impl FnMut(NumberedLine<'_>)) {
@@ -244,6 +251,16 @@ impl FileReader {
     #[must_use]
     pub const fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Octets of the file not yet handed on as lines: its size now less what was read, plus a
+    /// last line read without its newline yet (0 when its size cannot be read).
+    #[must_use]
+    pub fn unread(&self) -> u64 {
+        let taken = self.offset.saturating_sub(self.splitter.pending() as u64);
+        self.file
+            .metadata()
+            .map_or(0, |m| m.len().saturating_sub(taken))
     }
 
     /// Reads what the file has now from where the last read stopped, handing each complete
@@ -432,6 +449,13 @@ impl Follower {
     #[must_use]
     pub fn id(&self) -> Option<FileId> {
         self.reader.as_ref().map(FileReader::id)
+    }
+
+    /// Octets of the open file not yet handed on as lines (see [`FileReader::unread`]; 0 with
+    /// no file open).
+    #[must_use]
+    pub fn unread(&self) -> u64 {
+        self.reader.as_ref().map_or(0, FileReader::unread)
     }
 
     /// Looks at the path once and hands what changed to `f`; see the

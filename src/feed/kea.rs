@@ -47,7 +47,7 @@
 //!    (lightweight relays) towards the outer relays (decision D16). Relay-ids (option 53) and
 //!    remote-ids (option 37) are found by walking every relay layer's option bytes, in Kea's
 //!    order. The relayed message for OPTION_LQ_RELAY_DATA is rebuilt from the layers, as Kea's
-//!    own lease_query hook does ([`relay_chain`], D27).
+//!    own lease_query hook does ([`relay_chain`], D29).
 //! 2. Otherwise a row without relays keeps the link of the previous row for the same lease,
 //!    when that row had the same DUID and subnet id (so that a release or an expiry, which may
 //!    be written without the relays, lands in the same binding).
@@ -78,6 +78,14 @@
 //! read again while following. A `PATH` that shrinks, or is rewritten in place (the first or
 //! last 4 KiB read changed), is read again from its beginning.
 //!
+//! inotify only makes the source look sooner; what it reads is the same with polling alone.
+//! The one thing neither can save: a source that does not look at `PATH` for a whole cleanup
+//! interval (Kea's `lfc-interval`, in seconds), held in its sends because lqd's loop is that
+//! far behind, never sees the file Kea started in between if that one is moved aside and
+//! compacted away before the source looks; its rows then reach lqd only as the compacted `.2`
+//! holds them, at the next start. A source that keeps up reads each file within milliseconds
+//! of a write.
+//!
 //! A cleanup can also run while the source starts. `PATH` is opened before the previous files
 //! are read, so a `PATH` renamed to `PATH.1` meanwhile is read once, through that handle. And
 //! kea-lfc may finish between the reads of `PATH.2` and `PATH.1` (it deletes `PATH.1` and
@@ -100,6 +108,13 @@
 //! `lease_type` or `state`) is logged as a warning with the file name and line number, and
 //! skipped. A file whose first line is not a header with the needed columns has all its rows
 //! skipped, with one warning.
+//!
+//! # What the source reports
+//!
+//! Its [`SourceStats`] (lqd's metrics, `docs/metrics.md`): every skipped row counts as
+//! rejected; after each read pass the lag is the lease file's size less the octets taken as
+//! rows (a row Kea has not finished writing counts); and the newest row time is the largest
+//! `expire − valid_lifetime` of any row read.
 
 use std::collections::HashMap;
 use std::io;
@@ -110,7 +125,8 @@ use std::thread::JoinHandle;
 
 use super::FeedHandle;
 use super::follow::{Event, FileId, FileReader, Follower, NumberedLine};
-use super::watch::FileWatch;
+use super::stats::SourceStats;
+use super::watch::{FileWatch, Wake};
 
 pub mod config;
 pub mod csv;
@@ -135,6 +151,7 @@ struct Sink {
     name: String,
     handle: FeedHandle,
     mapper: KeaMapper,
+    stats: SourceStats,
     sent: u64,
     skipped: u64,
 }
@@ -171,6 +188,7 @@ impl Sink {
             }
             Header::Bad => {
                 self.skipped += 1;
+                self.stats.reject();
                 return ControlFlow::Continue(());
             }
             Header::Good(h) => h,
@@ -191,6 +209,8 @@ impl Sink {
                 return ControlFlow::Continue(());
             }
         };
+        self.stats
+            .saw_time(row.expire.saturating_sub(i64::from(row.valid_lifetime)));
         match self.mapper.apply(&row) {
             Applied::Change(c) => {
                 if self.handle.send(c).is_err() {
@@ -238,6 +258,7 @@ impl Sink {
 
     fn skip(&mut self, file: &str, number: u64, why: &str) {
         self.skipped += 1;
+        self.stats.reject();
         tracing::warn!(source = %self.name, line = number, "{}: {file}: line {number} skipped: {why}", self.name);
     }
 }
@@ -280,7 +301,8 @@ pub fn spawn_kea_csv(path: PathBuf, handle: FeedHandle) -> io::Result<JoinHandle
     spawn_kea_csv_with(path, subnets, handle)
 }
 
-/// Starts the `kea-csv` source with the given subnets (subnet id → link address).
+/// Starts the `kea-csv` source with the given subnets (subnet id → link address): a
+/// [`KeaCsvSource`] with its defaults otherwise.
 ///
 /// # Errors
 ///
@@ -290,7 +312,7 @@ pub fn spawn_kea_csv_with(
     subnets: HashMap<u32, Ipv6Addr>,
     handle: FeedHandle,
 ) -> io::Result<JoinHandle<u64>> {
-    spawn(path, subnets, handle, true)
+    KeaCsvSource::new(path).subnets(subnets).spawn(handle)
 }
 
 /// [`spawn_kea_csv_with`] without inotify: the file is looked at every [`POLL_INTERVAL`] only,
@@ -304,25 +326,81 @@ pub fn spawn_kea_csv_polling(
     subnets: HashMap<u32, Ipv6Addr>,
     handle: FeedHandle,
 ) -> io::Result<JoinHandle<u64>> {
-    spawn(path, subnets, handle, false)
+    KeaCsvSource::new(path)
+        .subnets(subnets)
+        .wake(Wake::Polling)
+        .spawn(handle)
 }
 
-fn spawn(
+/// A `kea-csv` source to start: the lease file, the subnets of Kea's configuration, what wakes
+/// it, and the counters it keeps.
+#[derive(Debug, Clone)]
+pub struct KeaCsvSource {
     path: PathBuf,
     subnets: HashMap<u32, Ipv6Addr>,
-    handle: FeedHandle,
-    notify: bool,
-) -> io::Result<JoinHandle<u64>> {
-    let mut sink = Sink {
-        name: format!("kea-csv:{}", path.display()),
-        handle,
-        mapper: KeaMapper::new(subnets),
-        sent: 0,
-        skipped: 0,
-    };
-    std::thread::Builder::new()
-        .name("lqd-feed-kea".into())
-        .spawn(move || follow(&mut sink, &path, notify))
+    wake: Wake,
+    stats: SourceStats,
+}
+
+impl KeaCsvSource {
+    /// Follows the lease file `path`: no subnets, woken by inotify, counters of its own.
+    #[must_use]
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            subnets: HashMap::new(),
+            wake: Wake::default(),
+            stats: SourceStats::default(),
+        }
+    }
+
+    /// Kea's subnet ids and their links (from [`load_kea_links`]).
+    #[must_use]
+    pub fn subnets(mut self, subnets: HashMap<u32, Ipv6Addr>) -> Self {
+        self.subnets = subnets;
+        self
+    }
+
+    /// What wakes the source ([`Wake::Inotify`] unless told).
+    #[must_use]
+    pub const fn wake(mut self, wake: Wake) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    /// The counters the source sets: rejected rows, the lease file's lag, the newest row time
+    /// (lqd passes its metrics' ones).
+    #[must_use]
+    pub fn stats(mut self, stats: SourceStats) -> Self {
+        self.stats = stats;
+        self
+    }
+
+    /// Starts the source on its own thread; the thread returns how many changes it sent, when
+    /// the feed closes.
+    ///
+    /// # Errors
+    ///
+    /// When the thread cannot be started.
+    pub fn spawn(self, handle: FeedHandle) -> io::Result<JoinHandle<u64>> {
+        let Self {
+            path,
+            subnets,
+            wake,
+            stats,
+        } = self;
+        let mut sink = Sink {
+            name: format!("kea-csv:{}", path.display()),
+            handle,
+            mapper: KeaMapper::new(subnets),
+            stats,
+            sent: 0,
+            skipped: 0,
+        };
+        std::thread::Builder::new()
+            .name("lqd-feed-kea".into())
+            .spawn(move || follow(&mut sink, &path, wake))
+    }
 }
 
 /// The files Kea loads before the lease file, as they are at one moment: which exist, and
@@ -413,16 +491,13 @@ fn load_file(sink: &mut Sink, path: &Path, read: &mut Vec<FileId>) -> ControlFlo
     ControlFlow::Continue(())
 }
 
-fn follow(sink: &mut Sink, path: &Path, notify: bool) -> u64 {
+fn follow(sink: &mut Sink, path: &Path, wake: Wake) -> u64 {
     // The lease file is opened first: if a cleanup renames it to `.1` while the previous files
     // are read, the open handle still reads all of it, once. The watch starts before the
     // previous files are read, so that what Kea writes meanwhile wakes the first poll.
-    let mut watch = if notify {
-        FileWatch::new(path, &sink.name)
-    } else {
-        FileWatch::polling(path)
-    };
+    let mut watch = FileWatch::with(path, &sink.name, wake);
     let mut follower = Follower::new(path);
+    sink.stats.set_lag(follower.unread());
     if load_previous(sink, path, follower.id()).is_continue() {
         let mut header = Header::None;
         while follower
@@ -430,6 +505,7 @@ fn follow(sink: &mut Sink, path: &Path, notify: bool) -> u64 {
             .is_continue()
             && !sink.handle.is_closed()
         {
+            sink.stats.set_lag(follower.unread());
             watch.follow(follower.id());
             watch.wait(POLL_INTERVAL);
         }

@@ -99,6 +99,7 @@ pub mod follow;
 pub mod jsonl;
 pub mod kea;
 mod pace;
+pub mod stats;
 pub mod watch;
 
 use std::collections::HashSet;
@@ -115,9 +116,12 @@ pub use ack::{Writer, Writers};
 pub use demo::{ChurnMix, DemoConfig, DemoSource, spawn_demo, system_time};
 pub use jsonl::{BoundJsonl, JsonlInput, SocketFile, bind_jsonl, spawn_jsonl};
 pub use kea::{
-    PgTarget, spawn_kea_csv, spawn_kea_csv_polling, spawn_kea_csv_with, spawn_kea_pgsql,
+    KeaCsvSource, PgTarget, spawn_kea_csv, spawn_kea_csv_polling, spawn_kea_csv_with,
+    spawn_kea_pgsql,
 };
 pub use pace::Pacer;
+pub use stats::SourceStats;
+pub use watch::Wake;
 
 /// Creates a feed: a channel holding at most `capacity` changes (at least one), whose sends
 /// wake `waker`.

@@ -32,6 +32,18 @@ use super::follow::{FileId, POLL_INTERVAL};
 
 const INOTIFY: Token = Token(0);
 
+/// What wakes a file source: inotify with polling as the fallback (the default), or polling
+/// only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wake {
+    /// inotify on the file and its directory, and a poll every [`POLL_INTERVAL`] in any case.
+    #[default]
+    Inotify,
+    /// A poll every [`POLL_INTERVAL`] only: as on a file system without inotify (and to measure
+    /// what inotify saves).
+    Polling,
+}
+
 /// What wakes a source following one path: see the [module documentation](self).
 #[derive(Debug)]
 pub struct FileWatch {
@@ -88,6 +100,15 @@ impl FileWatch {
         };
         watch.follow(FileId::at(path));
         watch
+    }
+
+    /// A watch of `path` woken as `wake` says ([`new`](Self::new) or [`polling`](Self::polling)).
+    #[must_use]
+    pub fn with(path: &Path, what: &str, wake: Wake) -> Self {
+        match wake {
+            Wake::Inotify => Self::new(path, what),
+            Wake::Polling => Self::polling(path),
+        }
     }
 
     /// A watch that only polls (for file systems without inotify, and for comparisons).

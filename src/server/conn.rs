@@ -1,17 +1,22 @@
 //! One requestor's TCP connection: its socket, its buffers and its engine session.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::net::TcpStream;
+use rustls::ServerConnection;
 use tracing::info;
 
 use super::ServerConfig;
+use super::metrics::{Metrics, unix_now};
 use crate::codec::ServerTime;
 use crate::config::QueryTypes;
 use crate::engine::active::{ActiveQuery, EncodeCache};
-use crate::engine::session::{Ctx, Event, Session};
+use crate::engine::session::{Ctx, Event, Session, TlsOffer};
+use crate::engine::tally::Tally;
 use crate::store::Log;
 
 /// Octets of queries buffered per connection before lqd stops reading it (D22): a few whole
@@ -20,6 +25,26 @@ const INBUF_CAP: usize = 4 * 65_537;
 
 /// Capacity an emptied input buffer may keep; more is given back.
 const KEEP_CAPACITY: usize = 8 * 1024;
+
+/// Encrypted octets a TLS session may hold for the socket: past that, the session's plain
+/// output waits in `outbuf` like a plain connection's, and the send timeout sees it.
+const TLS_BUFFER: usize = 64 * 1024;
+
+/// A connection's TLS, once STARTTLS was accepted (D25).
+enum Tls {
+    /// Plain text.
+    Plain,
+    /// A rustls session: the handshake, then the records.
+    Up {
+        session: Box<ServerConnection>,
+        /// When STARTTLS was accepted (the handshake timeout counts from there).
+        since: Instant,
+        /// The handshake finished and the server has yet to look at the certificate.
+        identify: bool,
+        /// The handshake finished.
+        done: bool,
+    },
+}
 
 /// A connection and what the loop knows about it.
 pub(super) struct Conn {
@@ -30,6 +55,11 @@ pub(super) struct Conn {
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     out_pos: usize,
+    /// Plain octets to send before any TLS record: the STARTTLS answer.
+    plain_out: Vec<u8>,
+    tls: Tls,
+    /// The rustls configuration a STARTTLS starts from (`None`: TLS is off).
+    tls_config: Option<Arc<rustls::ServerConfig>>,
     /// Last readiness seen and not yet used up (edge-triggered: cleared on WouldBlock).
     pub(super) readable: bool,
     pub(super) writable: bool,
@@ -43,6 +73,39 @@ pub(super) struct Conn {
     /// How many of the session's Active queries the server's watchers know of (queries are
     /// only ever added at the end, and all end together).
     pub(super) watched: usize,
+    /// Admitted only because a certificate table may match: its certificate must.
+    pub(super) needs_certificate: bool,
+    /// The certificate table whose connection count this connection is in.
+    pub(super) table: Option<usize>,
+    /// The requestor's name by its certificate: the name that matched a table.
+    pub(super) requestor_name: Option<String>,
+    /// Its certificate, for the requestor view.
+    pub(super) certificate: Option<String>,
+    /// When it connected (Unix time).
+    pub(super) connected_since: u64,
+    /// Octets written so far (before TLS).
+    pub(super) written: u64,
+    /// Octets already added to the metrics.
+    written_reported: u64,
+    /// What the session did, not yet added to the metrics.
+    tally: Tally,
+    /// Deliveries waiting in the output: where they end (in `written` terms), when their
+    /// change arrived, how many.
+    in_flight: VecDeque<(u64, Instant, u32)>,
+}
+
+/// What the server watches a connection's work with.
+pub(super) struct Observe<'a> {
+    pub(super) metrics: &'a Metrics,
+    /// When each run of journal records arrived: (first sequence number, instant).
+    pub(super) arrivals: &'a VecDeque<(u64, Instant)>,
+}
+
+impl Observe<'_> {
+    fn arrival(&self, seq: u64) -> Option<Instant> {
+        let i = self.arrivals.partition_point(|(s, _)| *s <= seq);
+        self.arrivals.get(i.checked_sub(1)?).map(|(_, at)| *at)
+    }
 }
 
 impl Conn {
@@ -60,6 +123,9 @@ impl Conn {
             inbuf: Vec::new(),
             outbuf: Vec::new(),
             out_pos: 0,
+            plain_out: Vec::new(),
+            tls: Tls::Plain,
+            tls_config: None,
             readable: false,
             writable: false,
             hung_up: false,
@@ -67,14 +133,76 @@ impl Conn {
             progress: Instant::now(),
             activity: Instant::now(),
             watched: 0,
+            needs_certificate: false,
+            table: None,
+            requestor_name: None,
+            certificate: None,
+            connected_since: unix_now(),
+            written: 0,
+            written_reported: 0,
+            tally: Tally::default(),
+            in_flight: VecDeque::new(),
         }
+    }
+
+    /// Offers STARTTLS with `config` (D25): `require` refuses plain queries.
+    pub(super) fn offer_tls(&mut self, config: Arc<rustls::ServerConfig>, require: bool) {
+        self.session.set_tls(if require {
+            TlsOffer::Require
+        } else {
+            TlsOffer::Offer
+        });
+        self.tls_config = Some(config);
+    }
+
+    /// Replaces what queries the requestor may run (its certificate matched a table).
+    pub(super) fn set_policy(&mut self, policy: QueryTypes) {
+        self.policy = policy;
+    }
+
+    /// The requestor's certificate chain, once the handshake finished and until
+    /// [`identified`](Self::identified): the server decides what it may do.
+    pub(super) fn to_identify(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        match &self.tls {
+            Tls::Up {
+                session,
+                identify: true,
+                ..
+            } => Some(session.peer_certificates().unwrap_or_default()),
+            _ => None,
+        }
+    }
+
+    /// The server has looked at the certificate: queries are read from now on.
+    pub(super) fn identified(&mut self) {
+        if let Tls::Up { identify, .. } = &mut self.tls {
+            *identify = false;
+        }
+    }
+
+    /// How long the TLS handshake has been running, if it has not finished.
+    pub(super) fn handshaking_for(&self) -> Option<Duration> {
+        match &self.tls {
+            Tls::Up {
+                since, done: false, ..
+            } => Some(since.elapsed()),
+            _ if self.session.upgrading() => Some(Duration::ZERO),
+            _ => None,
+        }
+    }
+
+    /// True while octets wait to go out: the session's, the STARTTLS answer, or TLS records.
+    fn output_pending(&self) -> bool {
+        self.out_pos < self.outbuf.len()
+            || !self.plain_out.is_empty()
+            || matches!(&self.tls, Tls::Up { session, .. } if session.wants_write())
     }
 
     /// How long the connection has been blocked (BULK_LQ_DATA_TIMEOUT): output waiting without
     /// moving, or, with no query running, nothing read or written (a requestor gone quiet,
     /// possibly half-way through sending a query).
     pub(super) fn blocked_for(&self) -> Duration {
-        if self.out_pos < self.outbuf.len() {
+        if self.output_pending() {
             self.progress.elapsed()
         } else if self.session.has_active() {
             // An Active stream is quiet when nothing changes: that is not being blocked.
@@ -93,6 +221,31 @@ impl Conn {
         ctx: &Ctx<'_, L>,
         cache: &mut EncodeCache,
         cfg: &ServerConfig,
+        obs: Option<&Observe<'_>>,
+    ) -> Result<bool, String> {
+        let result = self.serve_turn(ctx, cache, cfg, obs);
+        // What the session did goes to the metrics, also when the connection closes now.
+        self.session.take_tally(&mut self.tally);
+        if let Some(o) = obs {
+            o.metrics.add(&self.tally);
+            let sent = self.written.saturating_sub(self.written_reported);
+            if sent > 0 {
+                o.metrics
+                    .sent_tcp
+                    .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.written_reported = self.written;
+        self.tally.clear();
+        result
+    }
+
+    fn serve_turn<L: Log>(
+        &mut self,
+        ctx: &Ctx<'_, L>,
+        cache: &mut EncodeCache,
+        cfg: &ServerConfig,
+        obs: Option<&Observe<'_>>,
     ) -> Result<bool, String> {
         let mut more = false;
         if std::mem::take(&mut self.hung_up) {
@@ -111,7 +264,11 @@ impl Conn {
         // past that, queries wait in the requestor's socket, not in lqd's memory (D22).
         if self.readable && self.session.wants_read() && self.inbuf.len() < INBUF_CAP {
             let was_closed = self.read_closed;
-            more |= self.read(cfg)?;
+            more |= if matches!(self.tls, Tls::Up { .. }) {
+                self.read_tls(cfg)?
+            } else {
+                self.read(cfg)?
+            };
             if self.read_closed && !was_closed && self.session.has_active() {
                 // The requestor closed its side while an Active stream runs. It may only have
                 // half-closed after its query (the digest allows that), so the stream goes on;
@@ -122,8 +279,13 @@ impl Conn {
             }
         }
         // Queries already read, also those left from a turn where the session was at its
-        // limit (pipelined requestors: the socket may have nothing new to say).
-        if !self.inbuf.is_empty() && self.session.wants_read() {
+        // limit (pipelined requestors: the socket may have nothing new to say). Under TLS,
+        // only once the handshake is done and the server has looked at the certificate.
+        let reading = match &self.tls {
+            Tls::Plain => !self.session.upgrading(),
+            Tls::Up { done, identify, .. } => *done && !*identify,
+        };
+        if reading && !self.inbuf.is_empty() && self.session.wants_read() {
             let mut events = Vec::new();
             let consumed = self.session.handle_bytes(
                 &self.inbuf,
@@ -146,6 +308,10 @@ impl Conn {
                     if self.inbuf.is_empty() && self.inbuf.capacity() > KEEP_CAPACITY {
                         self.inbuf = Vec::new();
                     }
+                    if self.session.upgrading() && matches!(self.tls, Tls::Plain) {
+                        self.start_tls()?;
+                        more = true;
+                    }
                 }
                 Err(reason) => {
                     // Say what we can (a refusal may be queued), then close.
@@ -165,15 +331,25 @@ impl Conn {
             unsent = self
                 .session
                 .fill(ctx, cache, &mut self.outbuf, cfg.high_water);
+            if let Some(o) = obs {
+                self.note_deliveries(o);
+            }
         }
         if self.writable {
             self.write().map_err(|e| format!("write failed: {e}"))?;
+        }
+        if let Some(o) = obs {
+            self.observe_written(o.metrics);
+        }
+        if self.to_identify().is_some() {
+            // The server decides on the certificate before any query is read.
+            return Ok(true);
         }
         // Still writable after the write: no readiness event will come, so come back next turn
         // for what is left (an Active query's records behind a full buffer, say). Not
         // writable: the socket's next writable edge brings the connection back.
         more |= unsent && self.writable;
-        let idle = self.session.running() == 0 && self.out_pos == self.outbuf.len();
+        let idle = self.session.running() == 0 && !self.output_pending();
         if self.read_closed && idle && !self.session.holds_whole_frame(&self.inbuf) {
             // Nothing runs, nothing is left to send, and what is buffered is at most part of
             // a frame that can no longer complete.
@@ -181,15 +357,153 @@ impl Conn {
         }
         // Output left and the socket still writable (the fill stopped at high water), or
         // queries waiting while the session can take more: come back next turn.
-        more |=
-            self.writable && (self.out_pos < self.outbuf.len() || self.session.bulk_running() > 0);
+        more |= self.writable && (self.output_pending() || self.session.bulk_running() > 0);
         // Readiness not used up while the session could take more (for instance a query
         // finished this turn and freed a slot): edge-triggered, it will not be reported again.
         // Likewise whole queries already buffered, waiting for a slot that is now free.
         more |= self.session.wants_read()
             && ((self.readable && self.inbuf.len() < INBUF_CAP)
-                || self.session.holds_whole_frame(&self.inbuf));
+                || (reading && self.session.holds_whole_frame(&self.inbuf)));
         Ok(more)
+    }
+
+    /// Notes where the deliveries just filled end in the output, and when their changes
+    /// arrived, so that the write that sends them can time them.
+    fn note_deliveries(&mut self, o: &Observe<'_>) {
+        self.session.take_tally(&mut self.tally);
+        if self.tally.delivered.is_empty() {
+            return;
+        }
+        let end = self
+            .written
+            .saturating_add(self.outbuf.len().saturating_sub(self.out_pos) as u64);
+        for seq in self.tally.delivered.drain(..) {
+            let Some(at) = o.arrival(seq) else {
+                continue;
+            };
+            match self.in_flight.back_mut() {
+                Some((e, a, n)) if *e == end && *a == at => *n = n.saturating_add(1),
+                _ => self.in_flight.push_back((end, at, 1)),
+            }
+        }
+    }
+
+    /// Times the deliveries the writes have sent.
+    fn observe_written(&mut self, metrics: &Metrics) {
+        let now = Instant::now();
+        while let Some(&(end, at, n)) = self.in_flight.front() {
+            if end > self.written {
+                break;
+            }
+            self.in_flight.pop_front();
+            let nanos =
+                u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
+            metrics.fanout.observe(nanos, u64::from(n));
+        }
+    }
+
+    /// STARTTLS was accepted: the answer goes out in plain text, then everything is TLS. The
+    /// octets already read after the STARTTLS frame are the start of the handshake.
+    fn start_tls(&mut self) -> Result<(), String> {
+        let config = self
+            .tls_config
+            .clone()
+            .ok_or("STARTTLS accepted without a TLS configuration")?;
+        let mut session =
+            ServerConnection::new(config).map_err(|e| format!("TLS session not created: {e}"))?;
+        session.set_buffer_limit(Some(TLS_BUFFER));
+        self.compact();
+        self.plain_out = std::mem::take(&mut self.outbuf);
+        let early = std::mem::take(&mut self.inbuf);
+        self.tls = Tls::Up {
+            session: Box::new(session),
+            since: Instant::now(),
+            identify: false,
+            done: false,
+        };
+        if !early.is_empty() {
+            self.absorb_tls(&mut early.as_slice())?;
+        }
+        Ok(())
+    }
+
+    /// Reads TLS records up to the budget; true when the budget ran out before WouldBlock.
+    fn read_tls(&mut self, cfg: &ServerConfig) -> Result<bool, String> {
+        for _ in 0..cfg.read_budget {
+            let Tls::Up { session, .. } = &mut self.tls else {
+                return Ok(false);
+            };
+            match session.read_tls(&mut self.stream) {
+                Ok(0) => {
+                    self.read_closed = true;
+                    self.readable = false;
+                    return Ok(false);
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable = false;
+                    return Ok(false);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+            self.absorb_tls(&mut io::empty())?;
+            if self.inbuf.len() >= INBUF_CAP {
+                return Ok(true);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Hands `early` (octets read before the switch) to the TLS session, processes what it
+    /// holds, and moves the decrypted octets to `inbuf`. A TLS error closes the connection,
+    /// after the alert that says why is sent.
+    fn absorb_tls(&mut self, early: &mut dyn Read) -> Result<(), String> {
+        let Tls::Up {
+            session,
+            identify,
+            done,
+            ..
+        } = &mut self.tls
+        else {
+            return Ok(());
+        };
+        // Octets in, processed, the plain text out, until `early` is used up: rustls holds
+        // a bounded amount of undecrypted input, so it is given in turns.
+        loop {
+            let n = session.read_tls(early).map_err(|e| format!("TLS: {e}"))?;
+            let state = match session.process_new_packets() {
+                Ok(state) => state,
+                Err(e) => {
+                    // The alert, if the socket takes it.
+                    let _ = session.write_tls(&mut self.stream);
+                    return Err(format!("TLS handshake failed: {e}"));
+                }
+            };
+            let plain = state.plaintext_bytes_to_read();
+            if state.peer_has_closed() {
+                self.read_closed = true;
+            }
+            if plain > 0 {
+                let start = self.inbuf.len();
+                self.inbuf.resize(start.saturating_add(plain), 0);
+                let got = session
+                    .reader()
+                    .read(self.inbuf.get_mut(start..).unwrap_or_default())
+                    .map_err(|e| format!("TLS: {e}"))?;
+                self.inbuf.truncate(start.saturating_add(got));
+            }
+            if n == 0 {
+                break;
+            }
+        }
+        if !*done && !session.is_handshaking() {
+            *done = true;
+            *identify = true;
+            self.session.secured();
+            self.activity = Instant::now();
+        }
+        Ok(())
     }
 
     /// Reads up to the budget; true when the budget ran out before WouldBlock.
@@ -219,6 +533,25 @@ impl Conn {
     }
 
     fn write(&mut self) -> io::Result<()> {
+        // The STARTTLS answer, in plain text, before any TLS record.
+        while !self.plain_out.is_empty() {
+            match self.stream.write(&self.plain_out) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.plain_out.drain(..n.min(self.plain_out.len()));
+                    self.progress = Instant::now();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if matches!(self.tls, Tls::Up { .. }) {
+            return self.write_tls();
+        }
         while self.out_pos < self.outbuf.len() {
             match self
                 .stream
@@ -227,6 +560,7 @@ impl Conn {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.out_pos += n;
+                    self.written = self.written.saturating_add(n as u64);
                     self.progress = Instant::now();
                     self.activity = self.progress;
                 }
@@ -249,11 +583,68 @@ impl Conn {
         Ok(())
     }
 
+    /// Moves the session's output into the TLS session (several messages per record: the
+    /// cached frames are copied, never encoded again) and its records to the socket.
+    fn write_tls(&mut self) -> io::Result<()> {
+        let Tls::Up { session, .. } = &mut self.tls else {
+            return Ok(());
+        };
+        loop {
+            if self.out_pos < self.outbuf.len() && !session.is_handshaking() {
+                let n = session
+                    .writer()
+                    .write(self.outbuf.get(self.out_pos..).unwrap_or(&[]))?;
+                self.out_pos += n;
+                self.written = self.written.saturating_add(n as u64);
+            }
+            if !session.wants_write() {
+                break;
+            }
+            match session.write_tls(&mut self.stream) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {
+                    self.progress = Instant::now();
+                    self.activity = self.progress;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.out_pos < self.outbuf.len() {
+            // Handshaking: the output waits for it.
+            return Ok(());
+        }
+        self.progress = Instant::now();
+        self.out_pos = 0;
+        self.outbuf.clear();
+        if self.session.bulk_running() == 0 {
+            self.outbuf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Tells a TLS requestor the connection ends (close_notify), if the socket takes it.
+    pub(super) fn close_tls(&mut self) {
+        if let Tls::Up { session, .. } = &mut self.tls {
+            session.send_close_notify();
+            let _ = session.write_tls(&mut self.stream);
+        }
+    }
+
     fn compact(&mut self) {
         if self.out_pos > 0 {
             self.outbuf.drain(..self.out_pos.min(self.outbuf.len()));
             self.out_pos = 0;
         }
+    }
+
+    /// The connection's protocol state (for the requestor view).
+    pub(super) fn session(&self) -> &Session {
+        &self.session
     }
 
     /// True while an Active query runs on this connection.
@@ -294,6 +685,7 @@ fn log_event(peer: SocketAddr, e: &Event) {
         }
         Event::DuplicateXid(xid) => info!(%peer, %xid, "query dropped: its xid is already running"),
         Event::StartTlsRefused => info!(%peer, "STARTTLS refused: TLS is not configured"),
+        Event::StartTls => info!(%peer, "STARTTLS accepted: TLS handshake"),
         Event::ActiveStarted { xid, catching_up } => {
             info!(%peer, %xid, catching_up, "Active query started");
         }

@@ -2,7 +2,7 @@
 //!
 //! lqd's links (D16, [`LinkDef`]) can be taken from Kea's configuration file instead of being
 //! copied into `[[link]]` tables by hand: lqd then knows every link Kea knows, by the same
-//! addresses Kea selects a subnet by.
+//! addresses Kea selects a subnet by (decision D30).
 //!
 //! # What a Kea subnet gives
 //!

@@ -3,7 +3,7 @@
 //! from its lease6 table).
 //!
 //! See the [`kea`](super) module documentation for the mapping table, the link of a lease and
-//! the relays; [`relay_chain`] rebuilds the relayed message for OPTION_LQ_RELAY_DATA (D27).
+//! the relays; [`relay_chain`] rebuilds the relayed message for OPTION_LQ_RELAY_DATA (D29).
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -149,7 +149,7 @@ const OPTION_RELAY_MSG: u16 = 9;
 const RELAY_FORW: u8 = 12;
 
 /// Rebuilds the relayed message of OPTION_LQ_RELAY_DATA from Kea's relay layers (outer relay
-/// first, as Kea keeps them), as Kea's own lease_query hook does (D27): one RELAY-FORW per
+/// first, as Kea keeps them), as Kea's own lease_query hook does (D29): one RELAY-FORW per
 /// layer with its hop-count, link-address, peer-address and options, each holding the next
 /// layer in an OPTION_RELAY_MSG, the innermost without one (RFC 5007 §4.1.2.4: the client's
 /// message is removed). The peer-address of the option is the outermost relay's link-address
