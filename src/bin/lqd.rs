@@ -235,10 +235,34 @@ fn run(config: Config) -> Result<(), String> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, server.reload_flag())
         .map_err(|e| format!("signal handler: {e}"))?;
-    server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
+    // Listening, the journal open, the source running: a Type=notify unit is started.
+    let serving = server
+        .local_addrs()
+        .map(|a| {
+            a.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    notify(&format!("READY=1\nSTATUS=serving on {serving}"));
+    let result = server.run(&stop).map_err(|e| format!("event loop: {e}"));
+    notify("STOPPING=1");
+    result?;
     drop(socket_file);
     info!("stopped");
     Ok(())
+}
+
+/// Tells the service manager (`NOTIFY_SOCKET`, a `Type=notify` unit) lqd's state; a failure is
+/// logged and lqd goes on.
+fn notify(state: &str) {
+    if let Err(e) = lqd::server::notify::notify(state) {
+        warn!(
+            "cannot notify the service manager ({}): {e}",
+            state.replace('\n', " ")
+        );
+    }
 }
 
 /// `lqd journal check|resize`: prints what it found or did; 0 for a clean journal or a done

@@ -9,6 +9,7 @@
 mod conn;
 pub mod duid;
 pub mod metrics;
+pub mod notify;
 pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
