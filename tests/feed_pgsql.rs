@@ -222,12 +222,14 @@ fn snapshot_then_stream_then_kill9_resumes_from_the_slot() {
         10,
     );
 
-    // kill -9 during a burst of 400 transactions, each one lease.
-    let burst: String = (0..400)
+    // kill -9 during a burst of transactions, each one lease of a new client.
+    const BURST: usize = 3000;
+    let burst: String = (0..u32::try_from(BURST).unwrap())
         .map(|i| {
             insert(
                 &format!("2001:db8:1::1:{i:x}"),
-                DUID_A,
+                // A client each, as Kea's clients are.
+                &format!("00030001{:012x}", 0x0010_0000 + i),
                 3600,
                 1,
                 0,
@@ -256,21 +258,27 @@ fn snapshot_then_stream_then_kill9_resumes_from_the_slot() {
             String::from_utf8_lossy(&out.stderr)
         );
     });
-    wait_for_log(&lqd, "following the stream", 5);
-    std::thread::sleep(Duration::from_millis(150));
-    let at_kill: usize = pg
-        .sql("kea", "SELECT count(*) FROM lease6 WHERE iaid >= 100")
-        .trim()
-        .parse()
-        .unwrap();
+    // Killed once a tenth of the burst is written.
+    let written = || -> usize {
+        pg.sql("kea", "SELECT count(*) FROM lease6 WHERE iaid >= 100")
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while written() < BURST / 10 {
+        assert!(Instant::now() < deadline, "the burst did not start");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     lqd.kill9_and_restart_until("streaming");
+    let at_kill = written();
     assert!(
-        at_kill < 400,
-        "lqd was killed during the burst ({at_kill} of 400 written)"
+        at_kill < BURST,
+        "lqd was killed during the burst ({at_kill} of {BURST} written by its restart)"
     );
     writer.join().unwrap();
     let after = wait_equal(&lqd, &pg, "kea", 20);
-    assert_eq!(after.len(), second.len() + 400);
+    assert_eq!(after.len(), second.len() + BURST);
     let log = lqd.log();
     assert!(log.contains("resuming slot lqd_a"), "{log}");
     assert!(
