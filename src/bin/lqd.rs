@@ -7,15 +7,18 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
 use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
-use lqd::feed::{BoundJsonl, JsonlInput, KeaCsvSource, bind_jsonl, feed, spawn_demo, system_time};
+use lqd::feed::{
+    BoundJsonl, JsonlInput, KeaCsvSource, PgTarget, bind_jsonl, feed, spawn_demo, spawn_kea_pgsql,
+    system_time,
+};
 use lqd::server::metrics::Metrics;
 use lqd::server::{JournalSettings, Live, Reloader, Server, ServerConfig, SetLogFilter};
 use tracing::{error, info, warn};
 
 /// Why lqd does not start without a source (issue 13: no made-up leases unless asked for).
-const NO_SOURCE: &str = "no lease source: give --source kea-csv:PATH, jsonl:PATH, \
-                         jsonl:unix:PATH or jsonl:- (or `source = \"...\"` in the \
-                         configuration); to try lqd with made-up leases, --source demo";
+const NO_SOURCE: &str = "no lease source: give --source kea-csv:PATH, kea-pgsql:URI, \
+                         jsonl:PATH, jsonl:unix:PATH or jsonl:- (or `source = \"...\"` in \
+                         the configuration); to try lqd with made-up leases, --source demo";
 
 /// Changes the feed holds before a source has to wait for the loop.
 const FEED_CAPACITY: usize = 65_536;
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
     if let Some(Command::Journal { action }) = &cli.command {
         return journal(action, &config);
     }
-    let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
+    let filter = match log_filter(&config.log) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("lqd: log level '{}': {e}", config.log);
@@ -51,7 +54,7 @@ fn main() -> ExitCode {
     subscriber.init();
     // A reload replaces the filter (D31).
     let set_log_filter = Box::new(move |log: &str| {
-        let filter = tracing_subscriber::EnvFilter::try_new(log).map_err(|e| e.to_string())?;
+        let filter = log_filter(log).map_err(|e| e.to_string())?;
         filter_handle.reload(filter).map_err(|e| e.to_string())
     });
     for w in config.warnings() {
@@ -163,7 +166,7 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
         SourceSpec::Jsonl(path) => Some(JsonlInput::File(path.clone())),
         SourceSpec::JsonlUnix(path) => Some(JsonlInput::Unix(path.clone())),
         SourceSpec::JsonlStdin => Some(JsonlInput::Stdin),
-        SourceSpec::Demo | SourceSpec::KeaCsv(_) => None,
+        SourceSpec::Demo | SourceSpec::KeaCsv(_) | SourceSpec::KeaPgsql(_) => None,
     }
     .map(|input| {
         let name = input.to_string();
@@ -188,6 +191,13 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
             bound
                 .stats(stats)
                 .spawn(handle, server.writers())
+                .map_err(|e| format!("source {name}: {e}"))?;
+            info!("source: {name}");
+        }
+        SourceSpec::KeaPgsql(uri) => {
+            let target = PgTarget::parse(&uri).map_err(|e| format!("source kea-pgsql: {e}"))?;
+            let name = format!("kea-pgsql:{target}");
+            spawn_kea_pgsql(target, kea_subnets, handle, &server.writers())
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
@@ -241,6 +251,21 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
     drop(socket_file);
     info!("stopped");
     Ok(())
+}
+
+/// The log filter of `log` (tracing's `EnvFilter` syntax), at start and on a reload. The
+/// kea-pgsql source reports its connection's failures itself, once per outage; the replication
+/// client's own error line at each failed attempt would repeat it, so it is off unless `log`
+/// names it.
+fn log_filter(log: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(log).map_err(|e| e.to_string())?;
+    if log.contains("pgwire_replication") {
+        return Ok(filter);
+    }
+    Ok(match "pgwire_replication=off".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    })
 }
 
 /// `lqd --check-config [FILE]`: prints the settings lqd would run with and where each came
