@@ -161,6 +161,11 @@ impl Conn {
         self.tls_config = Some(config);
     }
 
+    /// Times this connection's deliveries for the fan-out latency (metrics on).
+    pub(super) fn time_deliveries(&mut self) {
+        self.session.time_deliveries(true);
+    }
+
     /// Replaces what queries the requestor may run (its certificate matched a table, or a
     /// reload changed its policy).
     pub(super) fn set_policy(&mut self, policy: QueryTypes) {
@@ -440,6 +445,10 @@ impl Conn {
                 break;
             }
             self.in_flight.pop_front();
+            if self.in_flight.is_empty() && self.in_flight.capacity() > 16 {
+                // An idle session holds no large queue.
+                self.in_flight = VecDeque::new();
+            }
             let nanos =
                 u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
             metrics.fanout.observe(nanos, u64::from(n));
