@@ -86,6 +86,7 @@ fn defaults_are_the_rfc_and_decision_values() {
     assert_eq!(c.journal_path(), PathBuf::from("./lqd-journal"));
     assert_eq!(c.journal_size, 128 << 20);
     assert_eq!(c.journal_flush, FlushPolicy::Os);
+    assert_eq!(c.catch_up_window, Duration::from_secs(3600));
     assert_eq!(c.log, "info");
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
 
@@ -116,6 +117,7 @@ catch_up = false
 journal_file = "/var/lib/lqd/changes"
 journal_size = 536870912
 journal_flush = "250ms"
+catch_up_window = 1800
 high_water = 131072
 read_budget = 32
 udp_receive_buffer = 1048576
@@ -171,6 +173,7 @@ fn a_full_file_gives_every_setting() {
         journal_file: "/var/lib/lqd/changes".into(),
         journal_size: 512 << 20,
         journal_flush: FlushPolicy::Interval(Duration::from_millis(250)),
+        catch_up_window: Duration::from_secs(1800),
         requestors: vec![
             Requestor {
                 prefix: Some("2001:db8::/32".parse().unwrap()),

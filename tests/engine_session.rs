@@ -392,12 +392,13 @@ fn a_link_is_named_by_any_address_on_it_and_an_unknown_one_is_not_configured_d16
     }])
     .unwrap();
     let mut s = Store::with_links(links);
-    for (_, b) in plain_store(5).iter() {
+    let plain = plain_store(5);
+    for (_, b) in plain.iter() {
         s.apply(
             &Change {
-                client_id: b.key.client_id.clone(),
+                client_id: b.client_id().into(),
                 link: "2001:db8:1::fe".parse().unwrap(),
-                lease: b.leases[0],
+                lease: b.leases()[0],
                 relay: None,
             },
             ServerTime(1000),

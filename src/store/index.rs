@@ -21,7 +21,8 @@
 //! relayed message. The indexes hold 32-bit binding numbers and 32-bit keys: the hash tables
 //! keep no copy of a DUID or an address (they compare against the binding's own), links and
 //! relay-ids are interned, and a remote-id (one per subscriber line, so not shared) is
-//! indexed by its 64-bit hash, each hit checked against the binding. `loadgen scale`
+//! indexed by 32 bits of its hash, each hit checked against the binding. Bindings live in pages
+//! of slots, so the store grows a page at a time. `loadgen scale`
 //! measures it (BENCHMARKS.md).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -30,7 +31,6 @@ use std::net::Ipv6Addr;
 use std::ops::Bound;
 
 use hashbrown::HashTable;
-use slab::Slab;
 use smallvec::SmallVec;
 
 use super::links::LinkMap;
@@ -366,13 +366,88 @@ impl<'s> BindingView<'s> for BindingRef<'s> {
     }
 }
 
+/// Slots in a page hold this many bindings.
+const PAGE: usize = 4096;
+
+/// The bindings' slots, in pages of [`PAGE`]: the store grows a page at a time, never by
+/// doubling and copying a vector (which at ten million bindings would leave up to 40 % of the
+/// largest allocation unused, and need twice the memory while it copies). A freed slot is
+/// reused first.
+#[derive(Debug, Default)]
+struct Slots {
+    pages: Vec<Box<[Option<Slot>]>>,
+    /// Free slots, the next to use last.
+    free: Vec<u32>,
+    len: usize,
+}
+
+impl Slots {
+    fn get(&self, i: usize) -> Option<&Slot> {
+        self.pages.get(i / PAGE)?.get(i % PAGE)?.as_ref()
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut Slot> {
+        self.pages.get_mut(i / PAGE)?.get_mut(i % PAGE)?.as_mut()
+    }
+
+    /// Puts `slot` in a free place; its number, or the slot back when 2³² are in use.
+    fn insert(&mut self, slot: Slot) -> Result<u32, Slot> {
+        if self.free.is_empty() {
+            let first = self.pages.len() * PAGE;
+            let Ok(last) = u32::try_from(first + PAGE - 1) else {
+                return Err(slot);
+            };
+            self.pages.push((0..PAGE).map(|_| None).collect());
+            self.free.extend((first as u32..=last).rev());
+        }
+        let Some(i) = self.free.pop() else {
+            return Err(slot);
+        };
+        match self
+            .pages
+            .get_mut(i as usize / PAGE)
+            .and_then(|p| p.get_mut(i as usize % PAGE))
+        {
+            Some(place) => {
+                *place = Some(slot);
+                self.len += 1;
+                Ok(i)
+            }
+            None => Err(slot),
+        }
+    }
+
+    fn remove(&mut self, i: usize) -> Option<Slot> {
+        let slot = self.pages.get_mut(i / PAGE)?.get_mut(i % PAGE)?.take()?;
+        self.len -= 1;
+        self.free.push(u32::try_from(i).unwrap_or(u32::MAX));
+        Some(slot)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (usize, &Slot)> + '_ {
+        self.pages.iter().enumerate().flat_map(|(p, page)| {
+            page.iter()
+                .enumerate()
+                .filter_map(move |(j, s)| s.as_ref().map(|s| (p * PAGE + j, s)))
+        })
+    }
+}
+
 /// The lease tables' entries: a binding and the position of the lease in it.
 type LeaseEntry = (u32, u32);
 
 /// The lease mirror: every binding, indexed for every query type.
 #[derive(Debug, Default)]
 pub struct Store {
-    bindings: Slab<Slot>,
+    bindings: Slots,
     hasher: RandomState,
     /// Each client's first binding (in link order), by the hash of its DUID.
     clients: HashTable<u32>,
@@ -386,8 +461,8 @@ pub struct Store {
     relay_ids: Interner,
     by_link: BTreeSet<(u32, BindingId)>,
     by_relay_id: BTreeSet<(u32, BindingId)>,
-    /// Remote-ids by their hash (enterprise number and value), checked on each hit.
-    by_remote_id: BTreeSet<(u64, BindingId)>,
+    /// Remote-ids by 32 bits of their hash (enterprise number and value), checked on each hit.
+    by_remote_id: BTreeSet<(u32, BindingId)>,
     by_change: BTreeSet<(ServerTime, BindingId)>,
     /// One entry per binding and expiry time its leases have.
     expiries: BTreeSet<(ServerTime, BindingId)>,
@@ -518,8 +593,10 @@ impl Store {
         self.hasher.hash_one(b)
     }
 
-    fn hash_remote(&self, enterprise: u32, value: &[u8]) -> u64 {
-        self.hasher.hash_one((enterprise, value))
+    /// A remote-id's key in its index: 32 bits of its hash (a remote-id is one subscriber's
+    /// line, so keys are many and each is checked against the binding on a hit).
+    fn hash_remote(&self, enterprise: u32, value: &[u8]) -> u32 {
+        (self.hasher.hash_one((enterprise, value)) >> 32) as u32
     }
 
     fn lease_at(&self, (id, i): LeaseEntry) -> Option<&Lease> {
@@ -647,21 +724,23 @@ impl Store {
             let link = self.link_number(change.link);
             let mut leases = SmallVec::new();
             leases.push(lease);
-            let entry = self.bindings.vacant_entry();
-            let Ok(n) = u32::try_from(entry.key()) else {
-                self.release_blob(&data);
-                return Outcome {
-                    applied: Applied::Unchanged,
-                    displaced,
-                };
-            };
-            entry.insert(Slot {
+            let slot = Slot {
                 data,
                 leases,
                 link,
                 last_change: now,
                 next: NONE,
-            });
+            };
+            let n = match self.bindings.insert(slot) {
+                Ok(n) => n,
+                Err(slot) => {
+                    self.release_blob(&slot.data);
+                    return Outcome {
+                        applied: Applied::Unchanged,
+                        displaced,
+                    };
+                }
+            };
             let id = BindingId(n);
             self.chain_client(id);
             self.index_binding(id);
@@ -778,8 +857,9 @@ impl Store {
             self.by_link.remove(&(link, id));
             self.by_change.remove(&(changed, id));
             self.unchain_client(id);
-            let slot = self.bindings.remove(id.index());
-            self.release_blob(&slot.data);
+            if let Some(slot) = self.bindings.remove(id.index()) {
+                self.release_blob(&slot.data);
+            }
             if let Some(l) = gone.leases.first_mut() {
                 *l = ended;
             }
@@ -1018,7 +1098,7 @@ impl Store {
         for n in b.relay_ids() {
             self.by_relay_id.insert((n, id));
         }
-        let remote: Vec<u64> = b
+        let remote: Vec<u32> = b
             .remote_ids()
             .map(|(e, v)| self.hash_remote(e, v))
             .collect();
@@ -1034,7 +1114,7 @@ impl Store {
         };
         let b = Blob(&s.data);
         let relay: Vec<u32> = b.relay_ids().collect();
-        let remote: Vec<u64> = b
+        let remote: Vec<u32> = b
             .remote_ids()
             .map(|(e, v)| self.hash_remote(e, v))
             .collect();
@@ -1212,5 +1292,41 @@ impl Store {
     #[must_use]
     pub fn relay(&self, id: BindingId) -> Option<RelayInfo> {
         self.get(id).map(|b| b.relay())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(n: u8) -> Slot {
+        Slot {
+            data: vec![n].into_boxed_slice(),
+            leases: SmallVec::new(),
+            link: 0,
+            last_change: ServerTime(0),
+            next: NONE,
+        }
+    }
+
+    /// Slots grow a page at a time, reuse the place freed last, and iterate in place order.
+    #[test]
+    fn slots_grow_by_pages_and_reuse_freed_places() {
+        let mut s = Slots::default();
+        for i in 0..PAGE + 2 {
+            assert_eq!(s.insert(slot(i as u8)).ok(), Some(i as u32));
+        }
+        assert_eq!((s.len(), s.pages.len()), (PAGE + 2, 2));
+        assert_eq!(s.remove(3).map(|x| x.data[0]), Some(3));
+        assert!(s.remove(3).is_none() && s.get(3).is_none());
+        assert_eq!(s.remove(PAGE + 1).map(|x| x.data[0]), Some((PAGE + 1) as u8));
+        assert_eq!(s.len(), PAGE);
+        assert_eq!(s.insert(slot(200)).ok(), Some((PAGE + 1) as u32));
+        assert_eq!(s.insert(slot(201)).ok(), Some(3));
+        assert_eq!(s.get(3).map(|x| x.data[0]), Some(201));
+        let order: Vec<usize> = s.iter().map(|(i, _)| i).take(5).collect();
+        assert_eq!(order, vec![0, 1, 2, 3, 4]);
+        assert_eq!(s.iter().count(), PAGE + 2);
+        assert!(s.get(2 * PAGE).is_none() && s.get_mut(usize::MAX).is_none());
     }
 }
