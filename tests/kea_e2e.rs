@@ -378,7 +378,7 @@ fn leases_of(v: &Value) -> BTreeSet<Lease> {
                     (
                         l["address"].as_str().unwrap().parse().unwrap(),
                         u8::try_from(l["prefix_len"].as_u64().unwrap()).unwrap(),
-                        l["valid_until"].as_i64().unwrap_or(0),
+                        l["valid_until_unix_s"].as_i64().unwrap_or(0),
                     )
                 })
                 .collect()

@@ -16,6 +16,11 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+/// The convention for times in every JSON the project writes (issue 17), shared with lqd's
+/// tests.
+#[path = "../../tests/common/json_times.rs"]
+mod json_times;
+
 /// The lqd binary to run, built if needed.
 fn lqd() -> &'static Path {
     static LQD: OnceLock<PathBuf> = OnceLock::new();
@@ -97,6 +102,8 @@ fn loadgen_report(name: &str, args: &[&str]) -> (Value, String) {
     let _ = std::fs::remove_file(&json);
     let report: Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(report["failures"], Value::Array(Vec::new()), "{text}");
+    // No point in time in a loadgen report; its durations name their units.
+    json_times::check(&report, &format!("loadgen {name}"));
     (report, stdout.into_owned())
 }
 

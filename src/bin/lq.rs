@@ -45,10 +45,19 @@
 //! client (`query`, `bulk`) or per event (`watch`, field `"event"`: `added`, `updated`,
 //! `removed`, `loaded`, `connected`, `synced`, `catch_up_complete`, `data_missing`,
 //! `disconnected`; `connected`, `catch_up_complete` and `data_missing` name the stream's query
-//! in `scope`, `synced` the streams synced in `scopes`). Local times are Unix seconds (`null`: infinite lifetime); `base_time`,
-//! `start_time`, `start` and `end` are server times (seconds since 2000-01-01 UTC, the
-//! server's clock), the values `--start`/`--end` take. Client and relay DUIDs are lowercase
+//! in `scope`, `synced` the streams synced in `scopes`). Client and relay DUIDs are lowercase
 //! hex; `--client-id` and `--relay-id` also accept `:` or `-` between octets.
+//!
+//! # Times in JSON
+//!
+//! One convention in every JSON `lq` and `lqd` write (this output, the `--state` file, lqd's
+//! `/requestors`): a point in time is whole Unix seconds (UTC), in a field whose name ends in
+//! `_unix_s`; `null` is an infinite lifetime, or a time not known. A duration names its unit
+//! (`retry_in_ms`, `skew_ms`). `base_time_unix_s`, `start_time_unix_s`, `start_unix_s` and
+//! `end_unix_s` are on the server's clock (its DHCPv6 time, seconds since 2000, is that minus
+//! 946,684,800); they are what `--start`/`--end` take. The others (`valid_until_unix_s`,
+//! `preferred_until_unix_s`, `last_transaction_unix_s`, `local_time_unix_s`) are on the local
+//! clock: lifetimes counted from the message's arrival, or its base-time moved by the skew.
 //!
 //! # Exit codes
 //!
@@ -92,12 +101,22 @@ Exit codes:
   6  watch: the state file could not be read or written
   7  TLS: the server refused STARTTLS, or the handshake failed (certificate not accepted)";
 
-const TIME_HELP: &str = "a server time: seconds since 2000-01-01 UTC on the server's clock (as \
-printed in base_time), @UNIX-SECONDS, or YYYY-MM-DDTHH:MM:SSZ (local clock, assumed to agree)";
+const TIME_HELP: &str = "a time on the server's clock: Unix seconds (as printed in the JSON \
+fields ending in _unix_s, such as base_time_unix_s; @UNIX-SECONDS works too), or \
+YYYY-MM-DDTHH:MM:SSZ";
+
+/// How every JSON output gives times, for `lq --help`.
+const JSON_TIMES: &str = "\
+Times in JSON (--json, the --state file; lqd's /requestors alike):
+  every point in time is whole Unix seconds (UTC) in a field ending in _unix_s, null for an
+  infinite lifetime or a time not known; durations name their unit (retry_in_ms, skew_ms).
+  base_time_unix_s, start_time_unix_s, start_unix_s and end_unix_s are on the server's clock
+  (what --start and --end take); valid_until_unix_s, preferred_until_unix_s,
+  last_transaction_unix_s and local_time_unix_s on the local clock.";
 
 /// A DHCPv6 leasequery requestor: UDP, Bulk and Active Leasequery (RFC 5007, 5460, 7653).
 #[derive(Debug, Parser)]
-#[command(name = "lq", version, after_help = EXIT_CODES)]
+#[command(name = "lq", version, after_help = format!("{EXIT_CODES}\n\n{JSON_TIMES}"))]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,14 +125,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// One UDP Leasequery: the client holding an address, or a client's bindings.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = format!("{EXIT_CODES}\n\n{JSON_TIMES}"))]
     Query(QueryArgs),
     /// One Bulk Leasequery over TCP: every binding matching a key.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = format!("{EXIT_CODES}\n\n{JSON_TIMES}"))]
     Bulk(BulkArgs),
     /// Keep a replica of the server's bindings in sync over Active Leasequery, printing each
     /// change, until SIGINT or SIGTERM.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = format!("{EXIT_CODES}\n\n{JSON_TIMES}"))]
     Watch(WatchArgs),
 }
 
@@ -419,18 +438,25 @@ fn parse_filter(s: &str) -> Result<Query, String> {
 }
 
 fn parse_time(s: &str) -> Result<ServerTime, String> {
-    if let Ok(v) = s.parse::<u32>() {
-        return Ok(ServerTime(v));
+    let unix = match s.strip_prefix('@').unwrap_or(s).parse::<u64>() {
+        Ok(unix) => unix,
+        Err(_) if s.starts_with('@') => return Err(format!("'{s}' is not @UNIX-SECONDS")),
+        Err(_) => parse_rfc3339(s)
+            .and_then(|unix| u64::try_from(unix).ok())
+            .ok_or_else(|| format!("'{s}' is not a time: {TIME_HELP}"))?,
+    };
+    if unix < ServerTime::UNIX_OFFSET {
+        // Before 2000, which DHCPv6 cannot express: most likely a server time in the DHCPv6
+        // epoch, which lq took here before every time became Unix seconds.
+        return Err(format!(
+            "'{s}' is before 2000-01-01, which DHCPv6 cannot express; times are Unix seconds \
+             now (a server time in seconds since 2000 is {} in Unix seconds)",
+            unix.saturating_add(ServerTime::UNIX_OFFSET)
+        ));
     }
-    if let Some(unix) = s.strip_prefix('@') {
-        return unix
-            .parse::<u64>()
-            .map(ServerTime::from_unix)
-            .map_err(|_| format!("'{s}' is not @UNIX-SECONDS"));
-    }
-    parse_rfc3339(s)
-        .map(|unix| ServerTime::from_unix(u64::try_from(unix).unwrap_or(0)))
-        .ok_or_else(|| format!("'{s}' is not a time: {TIME_HELP}"))
+    u32::try_from(unix - ServerTime::UNIX_OFFSET)
+        .map(ServerTime)
+        .map_err(|_| format!("'{s}' is after 2136, which DHCPv6 cannot express"))
 }
 
 // ---- times -----------------------------------------------------------------------------
@@ -536,17 +562,22 @@ fn lease_json(l: &Lease) -> Value {
         "type": match l.kind { LeaseKind::Address => "address", LeaseKind::Prefix => "prefix" },
         "address": l.address.to_string(),
         "prefix_len": l.prefix_len,
-        "preferred_until": l.preferred_until.map(unix),
-        "valid_until": l.valid_until.map(unix),
+        "preferred_until_unix_s": l.preferred_until.map(unix),
+        "valid_until_unix_s": l.valid_until.map(unix),
     })
+}
+
+/// A server time (on the server's clock) as Unix seconds, for JSON.
+fn server_unix(t: Option<ServerTime>) -> Option<u64> {
+    t.map(ServerTime::to_unix)
 }
 
 fn client_json(d: &ClientData) -> Value {
     json!({
         "client_id": hex::encode(&d.client_id),
         "leases": d.leases.iter().map(lease_json).collect::<Vec<_>>(),
-        "last_transaction": d.last_transaction.map(unix),
-        "base_time": d.time.base_time.map(|t| t.0),
+        "last_transaction_unix_s": d.last_transaction.map(unix),
+        "base_time_unix_s": server_unix(d.time.base_time),
     })
 }
 
@@ -837,12 +868,12 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
                 "event": kind,
                 "client_id": hex::encode(change.client_id()),
                 "leases": leases,
-                "last_transaction": last,
-                "base_time": time.base_time.map(|t| t.0),
+                "last_transaction_unix_s": last,
+                "base_time_unix_s": server_unix(time.base_time),
             })
         }
         WatchEvent::Loaded { clients, base_time } => json!({
-            "event": "loaded", "clients": clients, "base_time": base_time.map(|t| t.0),
+            "event": "loaded", "clients": clients, "base_time_unix_s": server_unix(*base_time),
         }),
         WatchEvent::Connected {
             server,
@@ -851,7 +882,7 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
             scope,
         } => json!({
             "event": "connected", "server": server.to_string(), "xid": xid.to_string(),
-            "start_time": start_time.map(|t| t.0), "scope": scope_json(scope.as_ref()),
+            "start_time_unix_s": server_unix(*start_time), "scope": scope_json(scope.as_ref()),
         }),
         WatchEvent::Synced {
             recovery,
@@ -867,8 +898,8 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
         WatchEvent::CatchUpComplete { time, scope } => json!({
             "event": "catch_up_complete",
             "scope": scope_json(scope.as_ref()),
-            "base_time": time.base_time.map(|t| t.0),
-            "local_time": time.base_time.map(|t| unix(time.to_local(t))),
+            "base_time_unix_s": server_unix(time.base_time),
+            "local_time_unix_s": time.base_time.map(|t| unix(time.to_local(t))),
             "skew_ms": time.skew_ms(),
         }),
         WatchEvent::DataMissing {
@@ -880,8 +911,8 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
         } => json!({
             "event": "data_missing",
             "scope": scope_json(scope.as_ref()),
-            "start": start.map(|t| t.0),
-            "end": end.map(|t| t.0),
+            "start_unix_s": server_unix(*start),
+            "end_unix_s": server_unix(*end),
             "recovery": recovery.map(|r| match r { Recovery::Resync => "resync", Recovery::Window => "window" }),
         }),
         WatchEvent::Disconnected { reason, retry_in } => json!({
@@ -902,8 +933,12 @@ fn for_scope(scope: Option<&Query>) -> String {
     scope.map_or_else(String::new, |q| format!(" for {q}"))
 }
 
+/// A time on the server's clock as RFC 3339 (what `--start` and `--end` take), `-` for none.
 fn server_time(t: Option<ServerTime>) -> String {
-    t.map_or_else(|| "-".to_owned(), |t| t.0.to_string())
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| rfc3339(UNIX_EPOCH + Duration::from_secs(t.to_unix())),
+    )
 }
 
 fn event_text(e: &WatchEvent) -> Option<String> {
@@ -930,7 +965,7 @@ fn event_text(e: &WatchEvent) -> Option<String> {
             match start_time {
                 Some(t) => format!(
                     "{now} # connected to {server}{scope}, catching up from server time {}",
-                    t.0
+                    server_time(Some(*t))
                 ),
                 None => format!("{now} # connected to {server}{scope}"),
             }
@@ -993,8 +1028,15 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(1_735_689_600)),
             "2025-01-01T00:00:00Z"
         );
-        assert_eq!(parse_time("789004800"), Ok(ServerTime(789_004_800)));
+        // Unix seconds, as every JSON field ending in _unix_s prints them (issue 17).
+        assert_eq!(parse_time("1735689600"), Ok(ServerTime(789_004_800)));
         assert_eq!(parse_time("@1735689600"), Ok(ServerTime(789_004_800)));
+        // A DHCPv6 server time (seconds since 2000), as lq printed before: before 2000 in
+        // Unix seconds, refused with the Unix value it stands for.
+        let e = parse_time("789004800").unwrap_err();
+        assert!(e.contains("1735689600"), "{e}");
+        assert!(parse_time("@99").is_err());
+        assert!(parse_time("9999999999").is_err(), "after 2136");
         assert_eq!(
             parse_time("2025-01-01T00:00:00Z"),
             Ok(ServerTime(789_004_800))
@@ -1023,6 +1065,28 @@ mod tests {
             }
         );
         assert!(parse_filter("color=blue").is_err());
+    }
+
+    /// `lq --help` and each subcommand's say how JSON gives times (issue 17).
+    #[test]
+    fn help_documents_the_json_time_convention() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let mut helps = vec![cmd.render_long_help().to_string()];
+        for sub in ["query", "bulk", "watch"] {
+            let sub = cmd.find_subcommand_mut(sub).expect("subcommand");
+            helps.push(sub.render_long_help().to_string());
+        }
+        for help in helps {
+            for needle in [
+                "Unix seconds",
+                "_unix_s",
+                "base_time_unix_s",
+                "server's clock",
+            ] {
+                assert!(help.contains(needle), "{needle:?} missing:\n{help}");
+            }
+        }
     }
 
     #[test]
