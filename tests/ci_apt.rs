@@ -17,7 +17,12 @@ const HELD: Duration = Duration::from_secs(3);
 
 /// An apt configuration pointing every state apt keeps into `dir`.
 fn sandbox(dir: &Path) -> std::path::PathBuf {
-    for sub in ["dpkg", "lists/partial", "cache/archives/partial", "sources.list.d"] {
+    for sub in [
+        "dpkg",
+        "lists/partial",
+        "cache/archives/partial",
+        "sources.list.d",
+    ] {
         std::fs::create_dir_all(dir.join(sub)).unwrap();
     }
     std::fs::write(dir.join("dpkg/status"), "").unwrap();
@@ -91,7 +96,10 @@ fn apt_get_waits_for_the_dpkg_lock_another_apt_holds() {
     let (ok, took, said) = apt_sh(&conf, "apt_get install -y");
     other.wait().unwrap();
     assert!(ok, "{said}");
-    assert!(took >= HELD - Duration::from_millis(500), "did not wait: {took:?} {said}");
+    assert!(
+        took >= HELD - Duration::from_millis(500),
+        "did not wait: {took:?} {said}"
+    );
 }
 
 #[test]
@@ -104,6 +112,9 @@ fn apt_update_waits_for_the_lists_lock_another_apt_holds() {
     let (ok, took, said) = apt_sh(&conf, "apt_update");
     other.wait().unwrap();
     assert!(ok, "{said}");
-    assert!(took >= HELD - Duration::from_millis(500), "did not wait: {took:?} {said}");
+    assert!(
+        took >= HELD - Duration::from_millis(500),
+        "did not wait: {took:?} {said}"
+    );
     assert!(said.contains("waiting"), "{said}");
 }
