@@ -48,6 +48,7 @@ use crate::codec::{Duid, QueryType};
 use crate::feed::DemoConfig;
 use crate::feed::demo::DemoSource;
 use crate::feed::demo::MAX_CLIENTS;
+use crate::feed::kea::{KEA_LEASE_FILE_DEFAULT, KeaLinks, kea_config_path, load_kea_links};
 use crate::store::journal::FlushPolicy;
 use crate::store::{LinkDef, LinkMap};
 
@@ -208,6 +209,11 @@ pub struct Config {
     /// configured links (links are taken as the source names them; nothing is NotConfigured).
     #[serde(rename = "link")]
     pub links: Vec<LinkDef>,
+    /// `kea_config`: Kea's DHCPv6 configuration file, whose subnets become lqd's links when
+    /// there is no `[[link]]` table (issue 15, `feed::kea::config`). Default: the
+    /// `LQD_KEA_CONFIG` environment variable, else `/etc/kea/kea-dhcp6.conf` when it exists
+    /// and is the configuration of the `kea-csv` source's lease file.
+    pub kea_config: Option<PathBuf>,
     /// `[demo]`: the demo source's population and churn.
     pub demo: DemoSettings,
     /// `high_water`: outbound bytes queued per connection before lqd stops producing more;
@@ -260,6 +266,7 @@ impl Default for Config {
             requestors: Vec::new(),
             tls: TlsSettings::default(),
             links: Vec::new(),
+            kea_config: None,
             demo: DemoSettings::default(),
             high_water: DEFAULT_HIGH_WATER,
             read_budget: DEFAULT_READ_BUDGET,
@@ -480,6 +487,73 @@ impl Config {
             origin: "config".to_owned(),
             message: e.to_string(),
         })
+    }
+
+    /// Kea's configuration, read for its links and subnets (issue 15): `kea_config`, else
+    /// `LQD_KEA_CONFIG`, else `/etc/kea/kea-dhcp6.conf` when it exists, the source is
+    /// `kea-csv`, and that configuration's memfile is the followed lease file (an unreadable
+    /// default file is then logged and left out). `None` when there is none to read.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or is not a Kea DHCPv6 configuration: the error names the file
+    /// and the reason.
+    pub fn kea_links(&self) -> Result<Option<(PathBuf, KeaLinks)>, ConfigError> {
+        let Some((path, explicit)) = kea_config_path(self.kea_config.as_deref()) else {
+            return Ok(None);
+        };
+        let followed = match &self.source {
+            Some(SourceSpec::KeaCsv(p)) => Some(p),
+            _ if explicit => None,
+            _ => return Ok(None),
+        };
+        let links = match load_kea_links(&path) {
+            Ok(l) => l,
+            Err(e) if explicit => {
+                return Err(ConfigError::Invalid {
+                    origin: format!("Kea's configuration {}", e.file.display()),
+                    message: e.reason,
+                });
+            }
+            Err(e) => {
+                tracing::warn!("{e}; not used");
+                return Ok(None);
+            }
+        };
+        // The default file is Kea's configuration only for the lease file it names.
+        if !explicit {
+            let kea_file = links
+                .lease_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(KEA_LEASE_FILE_DEFAULT));
+            let same = |a: &Path, b: &Path| {
+                a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+            };
+            if let Some(f) = followed.filter(|f| !same(f, &kea_file)) {
+                tracing::info!(
+                    "Kea's configuration {} is for the lease file {}, not {}: not used (set \
+                     kea_config or LQD_KEA_CONFIG to use it)",
+                    path.display(),
+                    kea_file.display(),
+                    f.display()
+                );
+                return Ok(None);
+            }
+        }
+        Ok(Some((path, links)))
+    }
+
+    /// The links lqd serves: the `[[link]]` tables when there are any (they win), else Kea's
+    /// links when `kea` has some, else as [`link_map`](Self::link_map) says.
+    pub fn link_map_with(&self, kea: Option<&KeaLinks>) -> Result<LinkMap, ConfigError> {
+        match kea {
+            Some(k) if self.links.is_empty() && !k.links.is_empty() => LinkMap::new(&k.links)
+                .map_err(|e| ConfigError::Invalid {
+                    origin: "Kea's configuration".to_owned(),
+                    message: e.to_string(),
+                }),
+            _ => self.link_map(),
+        }
     }
 
     /// Settings that are accepted but unwise, one sentence each, for the log.

@@ -104,6 +104,7 @@ fn defaults_are_the_rfc_and_decision_values() {
 const FULL: &str = r#"
 listen = ["[::1]:5470", "127.0.0.1:5471"]
 source = "kea-csv:/var/lib/kea/kea-leases6.csv"
+kea_config = "/etc/kea/kea-dhcp6.conf"
 server_duid = "00:02:00:00:ab:11:de:ad:be:ef"
 duid_file = "/etc/lqd/duid"
 state_dir = "/var/lib/lqd"
@@ -217,6 +218,7 @@ fn a_full_file_gives_every_setting() {
                 pd_pools: vec![],
             },
         ],
+        kea_config: Some("/etc/kea/kea-dhcp6.conf".into()),
         demo: DemoSettings {
             clients: 1000,
             links: 4,
@@ -959,4 +961,72 @@ fn lqd_without_a_source_refuses_to_start_and_names_the_demo() {
         !dir.path().join("lqd-journal").exists(),
         "nothing was created"
     );
+}
+
+#[test]
+fn kea_s_subnets_are_the_links_unless_link_tables_are_given() {
+    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    let kea = TempFile::new(
+        "kea-dhcp6.conf",
+        r#"{ "Dhcp6": {
+  // Kea's comments and trailing commas, as Kea reads them.
+  "lease-database": { "type": "memfile", "name": "/var/lib/kea/kea-leases6.csv", },
+  "subnet6": [
+    { "id": 1, "subnet": "2001:db8:1::/64", "relay": { "ip-addresses": [ "2001:db8:ff::1" ] },
+      "pd-pools": [ { "prefix": "2001:db8:100::", "prefix-len": 40, "delegated-len": 56 } ] },
+  ],
+  "shared-networks": [ { "name": "floor-2", "subnet6": [
+    { "id": 4, "subnet": "2001:db8:4::/64" },  # both subnets are one link
+    { "id": 5, "subnet": "2001:db8:5::/64" } ] } ]
+} }"#,
+    );
+    let source = "source = \"kea-csv:/var/lib/kea/kea-leases6.csv\"\n";
+    let c = Config::from_toml(&format!(
+        "{source}kea_config = \"{}\"\n",
+        kea.path().display()
+    ))
+    .unwrap();
+    let (path, k) = c.kea_links().unwrap().expect("Kea's configuration is read");
+    assert_eq!(path, kea.path());
+    let m = c.link_map_with(Some(&k)).unwrap();
+    assert_eq!(m.len(), 2, "one link per subnet, one per shared network");
+    // Any address of the prefix, and the listed relay address, name the subnet's link.
+    for x in [
+        "2001:db8:1::",
+        "2001:db8:1::1",
+        "2001:db8:1::2",
+        "2001:db8:ff::1",
+    ] {
+        assert_eq!(m.link_of(a(x)), Some(a("2001:db8:1::")), "{x}");
+    }
+    for x in ["2001:db8:4::1", "2001:db8:5::1"] {
+        assert_eq!(m.link_of(a(x)), Some(a("2001:db8:4::")), "{x}");
+    }
+    assert_eq!(m.link_of(a("2001:db8:6::1")), None);
+    assert!(
+        m.manages(a("2001:db8:100:ab00::")),
+        "a pd-pool is managed space"
+    );
+    assert_eq!(k.subnets[&5], a("2001:db8:4::"));
+
+    // [[link]] tables win; Kea's subnet ids still map to links.
+    let c = Config::from_toml(&format!(
+        "{source}kea_config = \"{}\"\n[[link]]\naddress = \"2001:db8:0:9::1\"\n",
+        kea.path().display()
+    ))
+    .unwrap();
+    let (_, k) = c.kea_links().unwrap().unwrap();
+    let m = c.link_map_with(Some(&k)).unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m.link_of(a("2001:db8:0:9::1")), Some(a("2001:db8:0:9::1")));
+    assert_eq!(m.link_of(a("2001:db8:1::1")), None);
+    assert_eq!(k.subnets[&1], a("2001:db8:1::"));
+
+    // A Kea configuration named explicitly that cannot be read stops the start.
+    let c = Config::from_toml(&format!(
+        "{source}kea_config = \"/nonexistent/kea-dhcp6.conf\"\n"
+    ))
+    .unwrap();
+    let e = c.kea_links().unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/kea-dhcp6.conf"), "{e}");
 }

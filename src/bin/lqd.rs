@@ -8,7 +8,9 @@ use std::sync::atomic::AtomicBool;
 use clap::Parser;
 use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
 use lqd::engine::session::ActiveSettings;
-use lqd::feed::{BoundJsonl, JsonlInput, bind_jsonl, feed, spawn_demo, spawn_kea_csv, system_time};
+use lqd::feed::{
+    BoundJsonl, JsonlInput, KeaCsvSource, SourceStats, bind_jsonl, feed, spawn_demo, system_time,
+};
 use lqd::server::{JournalSettings, Server, ServerConfig};
 use tracing::{error, info, warn};
 
@@ -77,8 +79,34 @@ fn run(config: Config) -> Result<(), String> {
     info!(duid = %lqd::codec::Duid(&server_id), "server DUID");
     let demo = config.demo.demo_config();
     raise_fd_limit(config.max_connections);
-    let links = config.link_map().map_err(|e| e.to_string())?;
-    info!(links = links.len(), "links configured");
+    let kea = config.kea_links().map_err(|e| e.to_string())?;
+    if let Some((path, k)) = &kea {
+        for w in &k.warnings {
+            warn!("Kea's configuration {}: {w}", path.display());
+        }
+    }
+    let links = config
+        .link_map_with(kea.as_ref().map(|(_, k)| k))
+        .map_err(|e| e.to_string())?;
+    match &kea {
+        Some((path, k)) if config.links.is_empty() && !k.links.is_empty() => info!(
+            links = links.len(),
+            subnets = k.subnets.len(),
+            "{} links taken from Kea's configuration {} ({} subnets)",
+            links.len(),
+            path.display(),
+            k.subnets.len()
+        ),
+        Some((path, _)) if !config.links.is_empty() => info!(
+            links = links.len(),
+            "{} links configured by [[link]] tables; Kea's configuration {} gives only its \
+             subnet ids",
+            links.len(),
+            path.display()
+        ),
+        _ => info!(links = links.len(), "links configured"),
+    }
+    let kea_subnets = kea.map(|(_, k)| k.subnets).unwrap_or_default();
     let active = ActiveSettings {
         enabled: config.active,
         catch_up: config.catch_up,
@@ -113,6 +141,11 @@ fn run(config: Config) -> Result<(), String> {
         }
         None => None,
     };
+    // What the source counts (rejected rows, lag, newest row time): the metrics' own counters,
+    // or counters nobody reads.
+    let stats = metrics
+        .as_ref()
+        .map_or_else(SourceStats::default, |m| m.source_stats());
     let server_cfg = ServerConfig {
         listen: config.listen.clone(),
         server_id,
@@ -162,13 +195,18 @@ fn run(config: Config) -> Result<(), String> {
             };
             let name = bound.input().to_string();
             bound
+                .stats(stats)
                 .spawn(handle, server.writers())
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
         SourceSpec::KeaCsv(path) => {
             let name = format!("kea-csv:{}", path.display());
-            spawn_kea_csv(path, handle).map_err(|e| format!("source {name}: {e}"))?;
+            KeaCsvSource::new(path)
+                .subnets(kea_subnets)
+                .stats(stats)
+                .spawn(handle)
+                .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
     }
@@ -187,7 +225,20 @@ fn run(config: Config) -> Result<(), String> {
             signal_hook::consts::SIGHUP,
         ])
         .map_err(|e| format!("signal handler: {e}"))?;
-    server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
+    // Listening, the journal open, the source running: a Type=notify unit is started.
+    let serving = server
+        .local_addrs()
+        .map(|a| {
+            a.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    notify(&format!("READY=1\nSTATUS=serving on {serving}"));
+    let result = server.run(&stop).map_err(|e| format!("event loop: {e}"));
+    notify("STOPPING=1");
+    result?;
     drop(socket_file);
     info!("stopped");
     // The journal is flushed and closed cleanly by `run`; what dropping the server would do
@@ -195,6 +246,17 @@ fn run(config: Config) -> Result<(), String> {
     // population, while the process exits (and the kernel takes its memory back) at once.
     std::mem::forget(server);
     Ok(())
+}
+
+/// Tells the service manager (`NOTIFY_SOCKET`, a `Type=notify` unit) lqd's state; a failure is
+/// logged and lqd goes on.
+fn notify(state: &str) {
+    if let Err(e) = lqd::server::notify::notify(state) {
+        warn!(
+            "cannot notify the service manager ({}): {e}",
+            state.replace('\n', " ")
+        );
+    }
 }
 
 /// `lqd journal check|resize`: prints what it found or did; 0 for a clean journal or a done

@@ -99,6 +99,8 @@ pub mod follow;
 pub mod jsonl;
 pub mod kea;
 mod pace;
+pub mod stats;
+pub mod watch;
 
 use std::fmt;
 use std::sync::Arc;
@@ -111,8 +113,10 @@ use crate::store::Change;
 pub use ack::{Writer, Writers};
 pub use demo::{ChurnMix, DemoConfig, DemoSource, spawn_demo, system_time};
 pub use jsonl::{BoundJsonl, JsonlInput, SocketFile, bind_jsonl, spawn_jsonl};
-pub use kea::{spawn_kea_csv, spawn_kea_csv_with};
+pub use kea::{KeaCsvSource, spawn_kea_csv, spawn_kea_csv_polling, spawn_kea_csv_with};
 pub use pace::Pacer;
+pub use stats::SourceStats;
+pub use watch::Wake;
 
 /// Creates a feed: a channel holding at most `capacity` changes (at least one), whose sends
 /// wake `waker`.

@@ -171,6 +171,9 @@ pub struct Metrics {
     data_missing: AtomicU64,
     deliveries: AtomicU64,
     coalesced: AtomicU64,
+    /// Active messages built by the encode-once cache (its misses): the loop stores the
+    /// cache's count after each connection's turn.
+    pub(super) encoded: AtomicU64,
     pub(super) appends: AtomicU64,
     pub(super) flushes: AtomicU64,
     pub(super) sent_tcp: AtomicU64,
@@ -212,6 +215,7 @@ impl Metrics {
             data_missing: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
+            encoded: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             sent_tcp: AtomicU64::new(0),
@@ -227,6 +231,17 @@ impl Metrics {
             last_read: AtomicU64::new(0),
             epoch: Instant::now(),
             requestor_series,
+        }
+    }
+
+    /// The counters the source's thread sets (rejected rows, lag, newest row time), shared
+    /// with these metrics: hand them to the source when starting it.
+    #[must_use]
+    pub fn source_stats(&self) -> crate::feed::SourceStats {
+        crate::feed::SourceStats {
+            rejected: Arc::clone(&self.feed_rejected),
+            lag_bytes: Arc::clone(&self.source_lag_bytes),
+            newest_time: Arc::clone(&self.source_newest_time),
         }
     }
 
@@ -386,6 +401,11 @@ impl Metrics {
                 "lqd_active_coalesced_total",
                 "Journal records Active streams skipped because a newer record of the binding superseded them.",
                 &self.coalesced,
+            ),
+            (
+                "lqd_active_messages_encoded_total",
+                "Active stream messages encoded; each is copied to every stream that carries it (encode-once).",
+                &self.encoded,
             ),
             (
                 "lqd_journal_appends_total",

@@ -9,6 +9,7 @@
 mod conn;
 pub mod duid;
 pub mod metrics;
+pub mod notify;
 pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
@@ -832,6 +833,9 @@ impl Server {
             arrivals: &self.arrivals,
         });
         let served = conn.service(&ctx, &mut self.cache, &self.cfg, obs.as_ref());
+        if let Some(m) = self.cfg.metrics.as_deref() {
+            m.encoded.store(self.cache.built(), Ordering::Relaxed);
+        }
         let served = match served {
             Ok(more) if conn.to_identify().is_some() => self.identify(key).map(|()| more),
             other => other,
