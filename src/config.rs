@@ -792,7 +792,7 @@ fn flush_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FlushPolicy, D::Error
 
 /// Where lease changes come from: the `source` setting.
 ///
-/// Written `demo`, `kea-csv:PATH`, `jsonl:PATH`, `jsonl:-` (standard input) or
+/// Written `demo`, `kea-csv:PATH`, `kea-pgsql:URI`, `jsonl:PATH`, `jsonl:-` (standard input) or
 /// `jsonl:unix:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(try_from = "String")]
@@ -808,6 +808,9 @@ pub enum SourceSpec {
     JsonlStdin,
     /// `jsonl:unix:PATH`: one JSON change per line, from a Unix stream socket.
     JsonlUnix(PathBuf),
+    /// `kea-pgsql:URI`: Kea's PostgreSQL lease database, followed through logical replication
+    /// (the URI as [`PgTarget`](crate::feed::PgTarget) reads it; never with a password).
+    KeaPgsql(String),
 }
 
 impl FromStr for SourceSpec {
@@ -827,6 +830,9 @@ impl FromStr for SourceSpec {
                 "source `{s}`: demo takes no argument; set its [demo] table instead"
             ))),
             Some(("kea-csv", rest)) => path(rest, "kea-csv:PATH").map(Self::KeaCsv),
+            Some(("kea-pgsql", uri)) => crate::feed::PgTarget::parse(uri)
+                .map(|_| Self::KeaPgsql(uri.to_owned()))
+                .map_err(|e| InvalidValue(format!("source kea-pgsql: {e}"))),
             Some(("jsonl", "-")) => Ok(Self::JsonlStdin),
             Some(("jsonl", "unix")) => Err(InvalidValue(format!(
                 "source `{s}` needs a socket path: jsonl:unix:PATH"
@@ -836,8 +842,8 @@ impl FromStr for SourceSpec {
                 None => path(rest, "jsonl:PATH").map(Self::Jsonl),
             },
             _ => Err(InvalidValue(format!(
-                "unknown source `{s}`: expected demo, kea-csv:PATH, jsonl:PATH, jsonl:- \
-                 (standard input) or jsonl:unix:PATH"
+                "unknown source `{s}`: expected demo, kea-csv:PATH, kea-pgsql:URI, jsonl:PATH, \
+                 jsonl:- (standard input) or jsonl:unix:PATH"
             ))),
         }
     }
@@ -860,6 +866,7 @@ impl fmt::Display for SourceSpec {
             Self::Jsonl(p) => write!(f, "jsonl:{}", p.display()),
             Self::JsonlStdin => f.write_str("jsonl:-"),
             Self::JsonlUnix(p) => write!(f, "jsonl:unix:{}", p.display()),
+            Self::KeaPgsql(uri) => write!(f, "kea-pgsql:{uri}"),
         }
     }
 }
@@ -1418,9 +1425,9 @@ pub struct Cli {
                 file's `listen` list [default: [::]:547]"
     )]
     pub listen: Vec<SocketAddr>,
-    /// Where lease changes come from: kea-csv:PATH, jsonl:PATH, jsonl:- (stdin),
-    /// jsonl:unix:PATH, or demo (made-up leases, to try lqd) [default: none: lqd will not
-    /// start without one]
+    /// Where lease changes come from: kea-csv:PATH, kea-pgsql:URI (no password in it:
+    /// password_file=PATH or LQD_PGPASSWORD), jsonl:PATH, jsonl:- (stdin), jsonl:unix:PATH, or
+    /// demo (made-up leases, to try lqd) [default: none: lqd will not start without one]
     #[arg(long, value_name = "SPEC")]
     pub source: Option<SourceSpec>,
     /// Server DUID in hex, plain or colon-separated [default: generated once and kept in

@@ -9,7 +9,8 @@ use clap::Parser;
 use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
 use lqd::engine::session::ActiveSettings;
 use lqd::feed::{
-    BoundJsonl, JsonlInput, KeaCsvSource, SourceStats, bind_jsonl, feed, spawn_demo, system_time,
+    BoundJsonl, JsonlInput, KeaCsvSource, PgTarget, SourceStats, bind_jsonl, feed, spawn_demo,
+    spawn_kea_pgsql, system_time,
 };
 use lqd::server::{JournalSettings, Server, ServerConfig};
 use tracing::{error, info, warn};
@@ -36,6 +37,16 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The kea-pgsql source reports its connection's failures itself, once per outage; the
+    // replication client's own error line at each failed attempt would repeat it.
+    let filter = if config.log.contains("pgwire_replication") {
+        filter
+    } else {
+        match "pgwire_replication=off".parse() {
+            Ok(d) => filter.add_directive(d),
+            Err(_) => filter,
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -57,7 +68,7 @@ fn run(config: Config) -> Result<(), String> {
     // Safe by default (issue 13): no made-up leases unless asked for.
     let Some(source) = config.source.clone() else {
         return Err(
-            "no lease source: give --source kea-csv:PATH, jsonl:PATH, jsonl:unix:PATH \
+            "no lease source: give --source kea-csv:PATH, kea-pgsql:URI, jsonl:PATH, jsonl:unix:PATH \
                     or jsonl:- (or `source = \"...\"` in the configuration); to try lqd with \
                     made-up leases, --source demo"
                 .into(),
@@ -172,7 +183,7 @@ fn run(config: Config) -> Result<(), String> {
         SourceSpec::Jsonl(path) => Some(JsonlInput::File(path.clone())),
         SourceSpec::JsonlUnix(path) => Some(JsonlInput::Unix(path.clone())),
         SourceSpec::JsonlStdin => Some(JsonlInput::Stdin),
-        SourceSpec::Demo | SourceSpec::KeaCsv(_) => None,
+        SourceSpec::Demo | SourceSpec::KeaCsv(_) | SourceSpec::KeaPgsql(_) => None,
     }
     .map(|input| {
         let name = input.to_string();
@@ -197,6 +208,13 @@ fn run(config: Config) -> Result<(), String> {
             bound
                 .stats(stats)
                 .spawn(handle, server.writers())
+                .map_err(|e| format!("source {name}: {e}"))?;
+            info!("source: {name}");
+        }
+        SourceSpec::KeaPgsql(uri) => {
+            let target = PgTarget::parse(&uri).map_err(|e| format!("source kea-pgsql: {e}"))?;
+            let name = format!("kea-pgsql:{target}");
+            spawn_kea_pgsql(target, kea_subnets, handle, &server.writers())
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }

@@ -131,6 +131,8 @@ use super::watch::{FileWatch, Wake};
 pub mod config;
 pub mod csv;
 pub mod mapper;
+pub mod pgoutput;
+pub mod pgsql;
 
 pub use super::follow::POLL_INTERVAL;
 pub use config::{
@@ -142,6 +144,7 @@ pub use mapper::{
     Applied, KeaMapper, KeaRelays, KeaRow, RECENT_ROWS, RelayHop, relay_chain,
     relays_from_user_context, walk_relay_options,
 };
+pub use pgsql::{PgTarget, spawn_kea_pgsql};
 
 /// Sends the changes of rows, counting and logging.
 struct Sink {

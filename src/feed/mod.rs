@@ -102,18 +102,23 @@ mod pace;
 pub mod stats;
 pub mod watch;
 
+use std::collections::HashSet;
 use std::fmt;
+use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::store::Change;
+use crate::store::{Change, LeaseKind};
 
 pub use ack::{Writer, Writers};
 pub use demo::{ChurnMix, DemoConfig, DemoSource, spawn_demo, system_time};
 pub use jsonl::{BoundJsonl, JsonlInput, SocketFile, bind_jsonl, spawn_jsonl};
-pub use kea::{KeaCsvSource, spawn_kea_csv, spawn_kea_csv_polling, spawn_kea_csv_with};
+pub use kea::{
+    KeaCsvSource, PgTarget, spawn_kea_csv, spawn_kea_csv_polling, spawn_kea_csv_with,
+    spawn_kea_pgsql,
+};
 pub use pace::Pacer;
 pub use stats::SourceStats;
 pub use watch::Wake;
@@ -154,6 +159,15 @@ pub(crate) enum Fed {
     /// Once the loop takes this, everything sent before it is applied and journaled: the loop
     /// makes its pending marks durable, publishes them, then says so through the sender.
     Sync(Sender<()>),
+    /// The source has just re-sent its whole state (a database snapshot): every lease lqd holds
+    /// that is not in `keep` ended meanwhile and is deleted; then `line` is taken (the
+    /// snapshot's position, for the source's mark).
+    Reconcile {
+        /// The leases (kind, address or prefix) the snapshot holds.
+        keep: HashSet<(LeaseKind, Ipv6Addr)>,
+        /// The writer's mark the snapshot stands for.
+        line: Option<Numbered>,
+    },
 }
 
 impl Fed {
@@ -162,7 +176,9 @@ impl Fed {
     fn into_change(self) -> Change {
         match self {
             Self::Change(c, _) => c,
-            Self::Rejected(_) | Self::Sync(_) => unreachable!("send and try_send queue changes"),
+            Self::Rejected(_) | Self::Sync(_) | Self::Reconcile { .. } => {
+                unreachable!("send and try_send queue changes")
+            }
         }
     }
 }
@@ -343,7 +359,7 @@ impl FeedReceiver {
     pub fn drain(&mut self, budget: usize, mut f: impl FnMut(Change)) -> Drained {
         self.drain_fed(budget, |fed| match fed {
             Fed::Change(change, _) => f(change),
-            Fed::Rejected(_) => {}
+            Fed::Rejected(_) | Fed::Reconcile { .. } => {}
             Fed::Sync(done) => {
                 let _ = done.try_send(());
             }

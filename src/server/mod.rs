@@ -578,6 +578,24 @@ impl Server {
                     history.reject_numbered(line.writer.name(), line.seq);
                     Ok(())
                 }
+                Fed::Reconcile { keep, line } => {
+                    let result = history
+                        .reconcile(|kind, address| keep.contains(&(kind, address)), now)
+                        .map(|ended| {
+                            if ended > 0 {
+                                info!(
+                                    ended,
+                                    "the source's snapshot ended the leases lqd held that it no \
+                                     longer has"
+                                );
+                            }
+                        });
+                    if let Some(line) = line {
+                        know(named, &line.writer);
+                        history.reject_numbered(line.writer.name(), line.seq);
+                    }
+                    result
+                }
                 Fed::Sync(done) => {
                     // Everything before the sync is applied; its pending marks become durable
                     // and published before the source is told.

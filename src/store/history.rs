@@ -56,7 +56,7 @@ use std::net::Ipv6Addr;
 
 use super::index::{Applied, BindingId, Store};
 use super::journal::{Journal, JournalError, JournalFile};
-use super::model::{Binding, Change, LeaseState};
+use super::model::{Binding, Change, Lease, LeaseKind, LeaseState};
 use super::postings::{PostingKey, Postings};
 use super::record;
 use crate::codec::ServerTime;
@@ -429,6 +429,42 @@ impl<L: Log> History<L> {
     /// even when journaling fails (the error says why), so queries stay right.
     pub fn apply(&mut self, change: &Change, now: ServerTime) -> Result<usize, JournalError> {
         self.apply_marked(change, now, None)
+    }
+
+    /// Ends, at `now`, every lease the store holds that `keep` does not: a source that re-sent
+    /// its whole state (a database snapshot) tells lqd this way which leases ended while it
+    /// could not say so. Each is journaled as deleted (D5); the number of records written.
+    pub fn reconcile(
+        &mut self,
+        keep: impl Fn(LeaseKind, Ipv6Addr) -> bool,
+        now: ServerTime,
+    ) -> Result<usize, JournalError> {
+        let gone: Vec<Change> = self
+            .store
+            .iter()
+            .flat_map(|(_, b)| {
+                b.leases
+                    .iter()
+                    .filter(|l| !keep(l.kind, l.address))
+                    .map(|l| Change {
+                        client_id: b.key.client_id.clone(),
+                        link: b.key.link,
+                        lease: Lease {
+                            preferred_lifetime: 0,
+                            valid_lifetime: 0,
+                            cltt: now,
+                            state: LeaseState::Deleted,
+                            ..*l
+                        },
+                        relay: None,
+                    })
+            })
+            .collect();
+        let mut written = 0;
+        for change in &gone {
+            written += self.apply(change, now)?;
+        }
+        Ok(written)
     }
 
     /// Applies line `seq` of the writer named `writer` (see the [module documentation](self)):
