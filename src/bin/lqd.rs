@@ -314,7 +314,8 @@ fn journal(action: &JournalAction, config: &Config) -> ExitCode {
     }
 }
 
-/// Descriptors lqd needs besides its connections: listeners, the poll, the journal, logs.
+/// Descriptors lqd needs besides its connections: listeners, the poll and its waker, the
+/// signal pipe (four), the journal, logs, the metrics listener's connections, the sources'.
 const FD_HEADROOM: u64 = 64;
 
 /// Raises the open-file limit (RLIMIT_NOFILE) to what `max_connections` needs, as far as the
