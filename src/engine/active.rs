@@ -197,6 +197,9 @@ pub struct ActiveQuery {
     read: u64,
     /// Counts for the metrics, since the session last took them.
     pub(crate) tally: Tally,
+    /// Whether the tally lists the sequence numbers delivered (for the fan-out latency of
+    /// the metrics; off, nothing is gathered that nobody reads).
+    pub(crate) time_deliveries: bool,
     /// When it started.
     started: ServerTime,
 }
@@ -285,6 +288,7 @@ impl ActiveQuery {
             read: 0,
             tally,
             started: now,
+            time_deliveries: false,
         }
     }
 
@@ -556,7 +560,7 @@ impl ActiveQuery {
                 self.sent = self.sent.saturating_add(1);
                 self.tally.deliveries = self.tally.deliveries.saturating_add(1);
                 // Bounded, for a caller that never takes the tally.
-                if self.tally.delivered.len() < 4096 {
+                if self.time_deliveries && self.tally.delivered.len() < 4096 {
                     self.tally.delivered.push(seq);
                 }
             }

@@ -10,7 +10,10 @@ mod conn;
 pub mod duid;
 pub mod metrics;
 pub mod notify;
+mod reload;
 pub mod tls;
+
+pub use reload::{Live, LiveHandle, Reloader, SetLogFilter};
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read};
@@ -180,8 +183,10 @@ pub struct Server {
     named: HashMap<Box<str>, Arc<Writer>>,
     /// When pending marks were last written in a record of their own.
     marks_flushed: Instant,
-    /// Set (by SIGHUP) to read the TLS certificates, key and CA again.
-    reload: Arc<AtomicBool>,
+    /// New settings from a reload (D31), sent by [`LiveHandle`]s.
+    live_rx: crossbeam_channel::Receiver<Live>,
+    /// The sending side, cloned into each [`LiveHandle`].
+    live_tx: crossbeam_channel::Sender<Live>,
     /// Connections held by the requestors of each certificate table (by its index).
     per_table: HashMap<usize, usize>,
     /// When runs of journal records arrived: (first sequence number, instant), for the
@@ -265,6 +270,7 @@ impl Server {
             tcp.push(l);
             udp.push(u);
         }
+        let (live_tx, live_rx) = reload::channel();
         Ok(Self {
             poll,
             cfg,
@@ -282,38 +288,14 @@ impl Server {
             writers,
             named,
             marks_flushed: Instant::now(),
-            reload: Arc::new(AtomicBool::new(false)),
+            live_rx,
+            live_tx,
             per_table: HashMap::new(),
             arrivals: VecDeque::new(),
             closed: VecDeque::new(),
             first_seq: 0,
             signals: None,
         })
-    }
-
-    /// A flag that, once set (by a SIGHUP handler, say), makes the loop read the TLS
-    /// certificate, key and client CA again: new connections get them, running ones keep
-    /// their sessions. A file that fails to load is logged and the running ones stay.
-    #[must_use]
-    pub fn reload_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.reload)
-    }
-
-    fn reload_tls(&mut self) {
-        let Some(current) = &self.cfg.tls else {
-            info!("reload: TLS is not configured; nothing to read again");
-            return;
-        };
-        match TlsServer::load(&current.settings) {
-            Ok(Some(new)) => {
-                info!(
-                    "reload: TLS certificate, key and client CA read again; new connections use them"
-                );
-                self.cfg.tls = Some(new);
-            }
-            Ok(None) => {}
-            Err(e) => warn!("reload: {e}; the running TLS certificates stay"),
-        }
     }
 
     /// Decides on a requestor's TLS client certificate once its handshake is done (D27):
@@ -341,6 +323,7 @@ impl Server {
         let names = tls::certificate_names(leaf);
         let who = tls::describe(leaf);
         conn.certificate = Some(who.clone());
+        conn.certificate_names.clone_from(&names);
         match self.cfg.access.identify(peer.ip(), &names) {
             Identified::Unchanged => {
                 if conn.needs_certificate {
@@ -399,10 +382,10 @@ impl Server {
     }
 
     /// Wakes the loop at once when one of `signals` arrives, through a pipe the signal handler
-    /// writes a byte to (the self-pipe pattern): the flags those signals set (`stop`, the
-    /// reload flag) are then seen on that turn, not when the loop's poll times out (up to
-    /// 250 ms later). Register the handlers that set the flags first, so that a flag is set
-    /// before the byte that wakes the loop is written.
+    /// writes a byte to (the self-pipe pattern): the flag those signals set (`stop`) is then
+    /// seen on that turn, not when the loop's poll times out (up to 250 ms later). Register
+    /// the handlers that set the flags first, so that a flag is set before the byte that wakes
+    /// the loop is written.
     pub fn wake_on_signals(&mut self, signals: &[std::ffi::c_int]) -> io::Result<()> {
         let (read, write) = std::os::unix::net::UnixStream::pair()?;
         read.set_nonblocking(true)?;
@@ -527,9 +510,7 @@ impl Server {
                     info!("accepting connections again");
                 }
             }
-            if self.reload.swap(false, Ordering::Relaxed) {
-                self.reload_tls();
-            }
+            self.take_live(now);
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 last_sweep = Instant::now();
                 self.sweep_timeouts();
@@ -748,6 +729,9 @@ impl Server {
             let entry = self.conns.vacant_entry();
             let token = Token(FIRST_CONN + entry.key());
             let mut conn = Conn::new(stream, peer, policy, self.cfg.max_concurrent_queries);
+            if self.cfg.metrics.is_some() {
+                conn.time_deliveries();
+            }
             if let Some(tls) = &self.cfg.tls {
                 // Admitted only for a certificate: TLS first, whatever the mode.
                 let require = needs_certificate || tls.mode == crate::config::TlsMode::Require;
@@ -1021,7 +1005,7 @@ impl Server {
                 .cmp(&a.lag_records)
                 .then_with(|| a.requestor.cmp(&b.requestor))
         });
-        let cap = metrics.requestor_series;
+        let cap = metrics.requestor_series();
         snap.requestors_dropped = requestors.len().saturating_sub(cap) as u64;
         requestors.truncate(cap);
         snap.requestors = requestors;
