@@ -176,6 +176,7 @@ fn run(config: Config) -> Result<(), String> {
         journal,
         tls,
         metrics,
+        source_times: matches!(source, SourceSpec::KeaPgsql(_)),
     };
     // The feed's socket first: when lqd's TCP port answers, writers can connect too (they wait
     // in the socket's backlog until the journal is read and the source starts).
@@ -214,7 +215,7 @@ fn run(config: Config) -> Result<(), String> {
         SourceSpec::KeaPgsql(uri) => {
             let target = PgTarget::parse(&uri).map_err(|e| format!("source kea-pgsql: {e}"))?;
             let name = format!("kea-pgsql:{target}");
-            spawn_kea_pgsql(target, kea_subnets, handle, &server.writers())
+            spawn_kea_pgsql(target, kea_subnets, handle, &server.writers(), stats)
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
