@@ -30,6 +30,11 @@
 //!
 //! The stable command-line contract that scripts rely on is `lqd --listen ADDR:PORT` (TCP and
 //! UDP), `--source demo` and `--config FILE`.
+//!
+//! `lqd --check-config [FILE]` ([`check`]) prints the settings lqd would run with and where
+//! each came from; an error names the file, the line and, for an unknown key, the nearest known
+//! one. On SIGHUP lqd reads the file again and applies all but the settings in
+//! [`RESTART_ONLY`] (decision D31).
 
 use core::fmt;
 use std::error::Error;
@@ -41,8 +46,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use ipnet::{IpNet, Ipv6Net};
-use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::codec::{Duid, QueryType};
 use crate::feed::DemoConfig;
@@ -51,6 +57,11 @@ use crate::feed::demo::MAX_CLIENTS;
 use crate::feed::kea::{KEA_LEASE_FILE_DEFAULT, KeaLinks, kea_config_path, load_kea_links};
 use crate::store::journal::FlushPolicy;
 use crate::store::{LinkDef, LinkMap};
+
+pub mod check;
+mod live;
+
+pub use live::RESTART_ONLY;
 
 /// The leasequery port for TCP and UDP (RFC 5007, RFC 5460).
 pub const DEFAULT_PORT: u16 = 547;
@@ -87,7 +98,7 @@ pub const DEFAULT_DUID_FILE: &str = "lqd-server-duid";
 ///
 /// In TOML each field is a top-level key of the same name, except `requestors`, written as
 /// `[[requestor]]` tables, and `demo`, a `[demo]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `listen`: socket addresses served for both TCP (Bulk) and UDP; default `[::]:547`.
@@ -111,13 +122,13 @@ pub struct Config {
     /// connection is not read while at the limit (D22).
     pub max_concurrent_queries: usize,
     /// `bulk_data_timeout`: BULK_LQ_DATA_TIMEOUT in seconds; default 300.
-    #[serde(deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds", serialize_with = "write_seconds")]
     pub bulk_data_timeout: Duration,
     /// `active_send_timeout`: ACTIVE_LQ_SEND_TIMEOUT in seconds; default 120.
-    #[serde(deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds", serialize_with = "write_seconds")]
     pub active_send_timeout: Duration,
     /// `active_idle_timeout`: ACTIVE_LQ_IDLE_TIMEOUT in seconds; default 60.
-    #[serde(deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds", serialize_with = "write_seconds")]
     pub active_idle_timeout: Duration,
     /// `active`: serve ACTIVELEASEQUERY; default true. Off: NotSupported (D10).
     pub active: bool,
@@ -133,7 +144,10 @@ pub struct Config {
     /// `journal_flush`: when journal records are forced to disk: `"os"` (the kernel decides;
     /// survives a crash of lqd, not of the machine), `"always"` (each change), or an interval
     /// such as `"100ms"` or `"1s"` (a power loss costs at most that much). Default `"os"`.
-    #[serde(deserialize_with = "flush_policy")]
+    #[serde(
+        deserialize_with = "flush_policy",
+        serialize_with = "write_flush_policy"
+    )]
     pub journal_flush: FlushPolicy,
     /// `[[requestor]]` tables: who may query, and which types (D23). Empty lets everyone ask
     /// every type; see [`access`](Self::access).
@@ -247,10 +261,16 @@ impl Config {
     fn parse(text: &str, origin: String) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             position: e.span().map(|span| line_column(text, span.start)),
-            message: one_line(e.message()),
+            message: check::suggest(&one_line(e.message())),
             origin: origin.clone(),
         })?;
-        config.validate(&origin)?;
+        config
+            .check_values()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                position: key.and_then(|k| check::locate(text, &k)),
+                origin,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -293,14 +313,20 @@ impl Config {
 
     /// Rejects values lqd cannot run with; `origin` says where they came from.
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |message: String| {
-            Err(ConfigError::Invalid {
+        self.check_values()
+            .map_err(|(_, message)| ConfigError::Invalid {
                 origin: origin.to_owned(),
+                position: None,
                 message,
             })
-        };
+    }
+
+    /// Rejects values lqd cannot run with: the reason, and the key it concerns (`tls.mode`,
+    /// `requestor.2` for the second `[[requestor]]` table) so that a file's line can be named.
+    fn check_values(&self) -> Result<(), (Option<String>, String)> {
+        let invalid = |key: &str, message: String| Err((Some(key.to_owned()), message));
         if self.listen.is_empty() {
-            return invalid("listen needs at least one address".to_owned());
+            return invalid("listen", "listen needs at least one address".to_owned());
         }
         let counts = [
             ("max_connections", self.max_connections),
@@ -316,21 +342,25 @@ impl Config {
             ("demo.links", usize::from(self.demo.links)),
         ];
         if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
-            return invalid(format!("{key} must be at least 1, not 0"));
+            return invalid(key, format!("{key} must be at least 1, not 0"));
         }
         let timeouts = [
             ("bulk_data_timeout", self.bulk_data_timeout),
             ("active_send_timeout", self.active_send_timeout),
             ("active_idle_timeout", self.active_idle_timeout),
+            ("tls.handshake_timeout", self.tls.handshake_timeout),
         ];
         if let Some((key, _)) = timeouts.iter().find(|(_, t)| t.is_zero()) {
-            return invalid(format!("{key} must be at least 1 second, not 0"));
+            return invalid(key, format!("{key} must be at least 1 second, not 0"));
         }
         if self.demo.clients > MAX_CLIENTS {
-            return invalid(format!(
-                "demo.clients is {}, above the demo source's limit of {MAX_CLIENTS}",
-                self.demo.clients
-            ));
+            return invalid(
+                "demo.clients",
+                format!(
+                    "demo.clients is {}, above the demo source's limit of {MAX_CLIENTS}",
+                    self.demo.clients
+                ),
+            );
         }
         for (key, path) in [
             ("state_dir", &self.state_dir),
@@ -338,48 +368,61 @@ impl Config {
             ("journal_file", &self.journal_file),
         ] {
             if path.as_os_str().is_empty() {
-                return invalid(format!("{key} must not be empty"));
+                return invalid(key, format!("{key} must not be empty"));
             }
         }
         if self.log.trim().is_empty() {
-            return invalid("log must not be empty (try \"info\")".to_owned());
+            return invalid("log", "log must not be empty (try \"info\")".to_owned());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return invalid("log", format!("log filter `{}`: {e}", self.log));
         }
         for (i, a) in self.requestors.iter().enumerate() {
+            let key = format!("requestor.{}", i + 1);
             if a.by_certificate() {
                 if self.tls.client_ca.is_none() || self.tls.mode == TlsMode::Off {
-                    return invalid(format!(
-                        "requestor table {} names certificates ({}), which needs TLS with \
-                         client certificates: set [tls] mode and client_ca",
-                        i + 1,
-                        a.certificate.join(", ")
-                    ));
+                    return invalid(
+                        &key,
+                        format!(
+                            "requestor table {} names certificates ({}), which needs TLS with \
+                             client certificates: set [tls] mode and client_ca",
+                            i + 1,
+                            a.certificate.join(", ")
+                        ),
+                    );
                 }
                 if a.certificate.iter().any(|n| n.trim().is_empty()) {
-                    return invalid(format!(
-                        "requestor table {} has an empty certificate name",
-                        i + 1
-                    ));
+                    return invalid(
+                        &key,
+                        format!("requestor table {} has an empty certificate name", i + 1),
+                    );
                 }
                 if a.max_connections == Some(0) {
-                    return invalid(format!(
-                        "requestor table {}: max_connections must be at least 1, not 0",
-                        i + 1
-                    ));
+                    return invalid(
+                        &key,
+                        format!(
+                            "requestor table {}: max_connections must be at least 1, not 0",
+                            i + 1
+                        ),
+                    );
                 }
                 continue;
             }
             let Some(prefix) = a.prefix else {
-                return invalid(format!(
-                    "requestor table {} needs a prefix or a certificate",
-                    i + 1
-                ));
+                return invalid(
+                    &key,
+                    format!("requestor table {} needs a prefix or a certificate", i + 1),
+                );
             };
             if a.max_connections.is_some() {
-                return invalid(format!(
-                    "requestor table {} ({prefix}): max_connections applies to certificate \
-                     tables; address tables share max_connections_per_requestor",
-                    i + 1
-                ));
+                return invalid(
+                    &key,
+                    format!(
+                        "requestor table {} ({prefix}): max_connections applies to certificate \
+                         tables; address tables share max_connections_per_requestor",
+                        i + 1
+                    ),
+                );
             }
             let net = mapped_net(prefix);
             if let Some(b) = self.requestors[..i]
@@ -387,30 +430,38 @@ impl Config {
                 .filter(|b| !b.by_certificate())
                 .find(|b| b.prefix.map(mapped_net) == Some(net))
             {
-                return invalid(format!(
-                    "requestor prefix {prefix} is listed twice (also as {})",
-                    b.prefix.map_or_else(String::new, |p| p.to_string())
-                ));
+                return invalid(
+                    &key,
+                    format!(
+                        "requestor prefix {prefix} is listed twice (also as {})",
+                        b.prefix.map_or_else(String::new, |p| p.to_string())
+                    ),
+                );
             }
         }
         if self.tls.mode != TlsMode::Off
             && (self.tls.certificate.is_none() || self.tls.key.is_none())
         {
             return invalid(
+                "tls.mode",
                 "[tls] mode is on, so certificate and key are needed (PEM files)".to_owned(),
             );
         }
-        if self.tls.handshake_timeout.is_zero() {
-            return invalid("tls.handshake_timeout must be at least 1 second, not 0".to_owned());
-        }
         if self.journal_size < MIN_JOURNAL_SIZE {
-            return invalid(format!(
-                "journal_size is {}, below the minimum of {MIN_JOURNAL_SIZE} octets",
-                self.journal_size
-            ));
+            return invalid(
+                "journal_size",
+                format!(
+                    "journal_size is {}, below the minimum of {MIN_JOURNAL_SIZE} octets",
+                    self.journal_size
+                ),
+            );
         }
         if let Err(e) = LinkMap::new(&self.links) {
-            return invalid(e.to_string());
+            // The first table that makes the set unusable.
+            let bad = (1..=self.links.len())
+                .find(|&n| LinkMap::new(&self.links[..n]).is_err())
+                .unwrap_or(1);
+            return invalid(&format!("link.{bad}"), e.to_string());
         }
         Ok(())
     }
@@ -424,6 +475,7 @@ impl Config {
         };
         LinkMap::new(&defs).map_err(|e| ConfigError::Invalid {
             origin: "config".to_owned(),
+            position: None,
             message: e.to_string(),
         })
     }
@@ -450,6 +502,7 @@ impl Config {
             Ok(l) => l,
             Err(e) if explicit => {
                 return Err(ConfigError::Invalid {
+                    position: None,
                     origin: format!("Kea's configuration {}", e.file.display()),
                     message: e.reason,
                 });
@@ -488,6 +541,7 @@ impl Config {
         match kea {
             Some(k) if self.links.is_empty() && !k.links.is_empty() => LinkMap::new(&k.links)
                 .map_err(|e| ConfigError::Invalid {
+                    position: None,
                     origin: "Kea's configuration".to_owned(),
                     message: e.to_string(),
                 }),
@@ -703,6 +757,22 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_secs)
 }
 
+fn write_seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// The written form of a flush policy, which parses back to the same value.
+fn write_flush_policy<S: Serializer>(p: &FlushPolicy, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        FlushPolicy::Os => s.serialize_str("os"),
+        FlushPolicy::Always => s.serialize_str("always"),
+        FlushPolicy::Interval(d) if d.subsec_nanos() == 0 => {
+            s.collect_str(&format_args!("{}s", d.as_secs()))
+        }
+        FlushPolicy::Interval(d) => s.collect_str(&format_args!("{}ms", d.as_millis())),
+    }
+}
+
 fn flush_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FlushPolicy, D::Error> {
     let s = String::deserialize(d)?;
     let interval = |digits: &str, unit: fn(u64) -> Duration| {
@@ -788,6 +858,13 @@ impl FromStr for SourceSpec {
     }
 }
 
+/// The written form, as in the file.
+impl Serialize for SourceSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl TryFrom<String> for SourceSpec {
     type Error = InvalidValue;
 
@@ -868,6 +945,13 @@ impl FromStr for ServerDuid {
     }
 }
 
+/// Colon-separated hex, as in the file.
+impl Serialize for ServerDuid {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl TryFrom<String> for ServerDuid {
     type Error = InvalidValue;
 
@@ -903,7 +987,7 @@ impl Error for InvalidValue {}
 
 /// One `[[requestor]]` table: who may ask (a prefix requestors connect from, or names their
 /// TLS client certificate carries, or both), and what they may ask (D27).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Requestor {
     /// `prefix`: CIDR (`2001:db8::/32`, `192.0.2.0/24`, `::ffff:192.0.2.0/120`) or a single
@@ -914,7 +998,7 @@ pub struct Requestor {
     /// `certificate`: names of a TLS client certificate (a SAN DNS name, a SAN URI, or the
     /// subject CN), any of which matches; needs `[tls] client_ca`. Such a table is chosen
     /// after the handshake, by the certificate, and only over TLS.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificate: Vec<String>,
     /// `query_types`: the types allowed (names or numbers 1–5); default all. An empty list
     /// denies the prefix outright, which carves it out of a shorter allowed one.
@@ -952,7 +1036,7 @@ impl Requestor {
 }
 
 /// How lqd offers TLS on its TCP connections (RFC 7653 STARTTLS, D25).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// STARTTLS is answered with TLSConnectionRefused.
@@ -966,7 +1050,7 @@ pub enum TlsMode {
 }
 
 /// The `[tls]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsSettings {
     /// `mode`: `"off"` (default), `"offer"` or `"require"`.
@@ -980,7 +1064,7 @@ pub struct TlsSettings {
     /// TLS requestor must present a certificate it signed (mutual TLS). Read again on SIGHUP.
     pub client_ca: Option<PathBuf>,
     /// `handshake_timeout`: seconds from STARTTLS to a finished handshake; default 10.
-    #[serde(deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds", serialize_with = "write_seconds")]
     pub handshake_timeout: Duration,
 }
 
@@ -1156,6 +1240,17 @@ impl fmt::Debug for QueryTypes {
     }
 }
 
+/// The list of names, as in the file.
+impl Serialize for QueryTypes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        for qt in self.iter() {
+            seq.serialize_element(TYPE_NAMES[usize::from(qt.value() - 1)])?;
+        }
+        seq.end()
+    }
+}
+
 impl<'de> Deserialize<'de> for QueryTypes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_seq(TypesVisitor)
@@ -1231,7 +1326,7 @@ impl Visitor<'_> for EntryVisitor {
 }
 
 /// The `[demo]` table: the demo source's population and churn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DemoSettings {
     /// `clients`: clients in the population; default 10000.
@@ -1299,6 +1394,8 @@ pub enum ConfigError {
     Invalid {
         /// Where the value came from: the file, or `command line`.
         origin: String,
+        /// One-based line and column of the key or table in the file, when known.
+        position: Option<(usize, usize)>,
         /// What is wrong, naming the setting.
         message: String,
     },
@@ -1314,11 +1411,18 @@ impl fmt::Display for ConfigError {
                 origin,
                 position: Some((line, column)),
                 message,
+            }
+            | Self::Invalid {
+                origin,
+                position: Some((line, column)),
+                message,
             } => write!(f, "{origin}, line {line}, column {column}: {message}"),
             Self::Syntax {
                 origin, message, ..
             }
-            | Self::Invalid { origin, message } => {
+            | Self::Invalid {
+                origin, message, ..
+            } => {
                 write!(f, "{origin}: {message}")
             }
         }
@@ -1395,6 +1499,12 @@ pub struct Cli {
     /// `[[requestor]]` table, loopback only]
     #[arg(long, value_name = "PREFIX")]
     pub allow: Vec<IpNet>,
+    /// Check the configuration instead of serving: FILE (default: the --config file) with the
+    /// other flags applied, printing every setting lqd would run with and where it came from
+    /// (default, file, flag, env). Exits 0 when lqd would start with them, 2 with the file, line
+    /// and reason when not
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pub check_config: Option<Option<PathBuf>>,
     /// A maintenance command instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,

@@ -432,7 +432,8 @@ fn bad_prefixes_are_rejected() {
     );
     assert_eq!(
         m,
-        "config: requestor prefix ::ffff:10.0.0.0/104 is listed twice (also as 10.0.0.0/8)"
+        "config, line 3, column 1: requestor prefix ::ffff:10.0.0.0/104 is listed twice (also \
+         as 10.0.0.0/8)"
     );
 }
 
@@ -454,7 +455,7 @@ fn journal_flush_policies() {
     let m = rejected("journal_size = 4096\n");
     assert_eq!(
         m,
-        "config: journal_size is 4096, below the minimum of 1048576 octets"
+        "config, line 1, column 1: journal_size is 4096, below the minimum of 1048576 octets"
     );
 }
 
@@ -485,14 +486,18 @@ fn links_come_from_link_tables_or_the_demo() {
     assert_eq!(m.link_of(a("2001:db8:0:3::1")), None);
 
     let m = rejected("[[link]]\naddress = \"2001:db8::1\"\n[[link]]\naddress = \"2001:db8::1\"\n");
-    assert_eq!(m, "config: link 2001:db8::1 is configured twice");
+    assert_eq!(
+        m,
+        "config, line 3, column 1: link 2001:db8::1 is configured twice"
+    );
     let m = rejected(
         "[[link]]\naddress = \"2001:db8::1\"\nprefixes = [\"2001:db8::/64\"]\n\
          [[link]]\naddress = \"2001:db8::2\"\nprefixes = [\"2001:db8::/64\"]\n",
     );
     assert_eq!(
         m,
-        "config: prefix 2001:db8::/64 is on two links, 2001:db8::1 and 2001:db8::2"
+        "config, line 4, column 1: prefix 2001:db8::/64 is on two links, 2001:db8::1 and \
+         2001:db8::2"
     );
     let m = rejected("[[link]]\naddress = \"2001:db8::1\"\nprefixes = [\"2001:db8::/129\"]\n");
     assert!(m.starts_with("config, line 3"), "{m}");
@@ -697,41 +702,45 @@ fn warnings_report_values_below_the_rfc_defaults() {
 
 #[test]
 fn unusable_values_are_rejected_naming_their_origin() {
-    for (toml, expect) in [
-        ("listen = []", "config: listen needs at least one address"),
+    // Each names the line of its key (the table's key for a table's).
+    for (toml, line, expect) in [
+        ("listen = []", 1, "listen needs at least one address"),
         (
             "max_connections = 0",
-            "config: max_connections must be at least 1, not 0",
+            1,
+            "max_connections must be at least 1, not 0",
         ),
         (
             "max_concurrent_queries = 0",
-            "config: max_concurrent_queries must be at least 1",
+            1,
+            "max_concurrent_queries must be at least 1",
         ),
-        ("read_budget = 0", "config: read_budget must be at least 1"),
-        ("high_water = 0", "config: high_water must be at least 1"),
-        ("[demo]\nlinks = 0", "config: demo.links must be at least 1"),
-        (
-            "[demo]\nclients = 0",
-            "config: demo.clients must be at least 1",
-        ),
+        ("read_budget = 0", 1, "read_budget must be at least 1"),
+        ("high_water = 0", 1, "high_water must be at least 1"),
+        ("[demo]\nlinks = 0", 2, "demo.links must be at least 1"),
+        ("[demo]\nclients = 0", 2, "demo.clients must be at least 1"),
         (
             "[demo]\nclients = 100000000",
+            2,
             "above the demo source's limit",
         ),
         (
             "bulk_data_timeout = 0",
-            "config: bulk_data_timeout must be at least 1 second",
+            1,
+            "bulk_data_timeout must be at least 1 second",
         ),
         (
-            "active_idle_timeout = 0",
-            "config: active_idle_timeout must be at least 1 second",
+            "\nactive_idle_timeout = 0",
+            2,
+            "active_idle_timeout must be at least 1 second",
         ),
-        ("state_dir = \"\"", "config: state_dir must not be empty"),
-        ("log = \" \"", "config: log must not be empty"),
+        ("state_dir = \"\"", 1, "state_dir must not be empty"),
+        ("log = \" \"", 1, "log must not be empty"),
+        ("[tls]\nhandshake_timeout = 0", 2, "tls.handshake_timeout"),
     ] {
         let m = rejected(toml);
         assert!(
-            m.starts_with("config: ") && m.contains(expect),
+            m.starts_with(&format!("config, line {line}, column 1: ")) && m.contains(expect),
             "{toml}: {m}"
         );
     }
@@ -741,7 +750,8 @@ fn unusable_values_are_rejected_naming_their_origin() {
     assert_eq!(
         err,
         format!(
-            "config file {}: max_connections_per_requestor must be at least 1, not 0",
+            "config file {}, line 2, column 1: max_connections_per_requestor must be at least 1, \
+             not 0",
             file.path().display()
         )
     );

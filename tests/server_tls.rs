@@ -573,7 +573,7 @@ fn sighup_reads_a_new_certificate_and_running_sessions_keep_theirs() {
                 .unwrap()
                 .success()
         );
-        wait_for_log(&lqd, "the running TLS certificates stay", 5);
+        wait_for_log(&lqd, "the running settings stay", 5);
         let mut py = Py::new(&lqd, &next_ca.cert);
         py.sends = vec![by_link(5, link(1))];
         py.until = vec![MessageType::LeasequeryDone.into()];
@@ -677,6 +677,101 @@ fn python_link_addresses(lqd: &Lqd, p: &Pki, l: Ipv6Addr) -> BTreeSet<Ipv6Addr> 
     let run = py.run();
     assert_eq!(run.error, None, "{run:?}");
     addresses(&run.frames)
+}
+
+/// A reload (D31) decides TLS requestors again by their certificates: one whose table is gone
+/// is closed, one whose table stays streams on; `mode = "require"` closes plain connections.
+#[test]
+fn a_reload_decides_certificates_again_and_require_closes_plain_connections() {
+    let p = pki();
+    let tables = "[[requestor]]\nprefix = \"::1/128\"\n\n\
+                  [[requestor]]\ncertificate = [\"gw-1.example.net\"]\nquery_types = [\"link-address\"]\n\n\
+                  [[requestor]]\ncertificate = [\"gw-2.example.net\"]\nquery_types = [\"link-address\"]\n";
+    let extra = format!("{}{tables}", tls_table(&p, "offer", true));
+    let lqd = Lqd::start_with_demo("tls-reload-tables", &extra, CHURNING);
+    let gw1 = p
+        .authority
+        .client("gw1", "gw-1", &["gw-1.example.net"], &[]);
+    let gw2 = p
+        .authority
+        .client("gw2", "gw-2", &["gw-2.example.net"], &[]);
+    let stream = |cert| Py {
+        sends: vec![
+            MessageBuilder::active_leasequery(8)
+                .client_id(&REQUESTOR)
+                .lq_query(QueryType::ByLinkAddress, link(1), |q| q)
+                .build_frame()
+                .unwrap(),
+        ],
+        frames: 100_000,
+        seconds: 6.0,
+        cert: Some(cert),
+        ..Py::new(&lqd, &p.ca)
+    };
+    let (one, two) = (stream(&gw1), stream(&gw2));
+    std::thread::scope(|s| {
+        let h1 = s.spawn(|| one.run());
+        let h2 = s.spawn(|| two.run());
+        // A plain requestor's Active stream.
+        let mut plain = lqd.connect();
+        plain
+            .write_all(
+                &MessageBuilder::active_leasequery(9)
+                    .client_id(&REQUESTOR)
+                    .build_frame()
+                    .unwrap(),
+            )
+            .unwrap();
+        wait_for_log(&lqd, "name=\"gw-2.example.net\"", 5);
+        wait_for_log(&lqd, "name=\"gw-1.example.net\"", 5);
+        std::thread::sleep(Duration::from_millis(500));
+
+        let config = lqd.dir.join("lqd.toml");
+        let text = std::fs::read_to_string(&config).unwrap();
+        let gone = "[[requestor]]\ncertificate = [\"gw-2.example.net\"]\nquery_types = [\"link-address\"]\n";
+        assert!(text.contains(gone));
+        let text = text
+            .replace(gone, "")
+            .replace("mode = \"offer\"", "mode = \"require\"");
+        std::fs::write(&config, text).unwrap();
+        let pid = lqd.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        wait_for_log(&lqd, "reload: new settings applied", 10);
+        // The plain connection: its query ended, then closed.
+        plain
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = plain.read_to_end(&mut rest);
+        let log = lqd.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("connection closed") && l.contains("TLS is required now")),
+            "{log}"
+        );
+        assert!(
+            log.lines().any(|l| l.contains("connection closed")
+                && l.contains("matches no requestor table now")
+                && l.contains("gw-2.example.net")),
+            "{log}"
+        );
+        let two = h2.join().unwrap();
+        assert!(two.closed, "gw-2's stream was closed: {two:?}");
+        let one = h1.join().unwrap();
+        assert_eq!(one.error, None, "{one:?}");
+        assert!(!one.closed, "gw-1 streamed on: {one:?}");
+        let data = types(&one.frames)
+            .iter()
+            .filter(|m| **m == MessageType::LeasequeryData)
+            .count();
+        assert!(data >= 5, "{data} changes of link 1 in 6 s");
+    });
 }
 
 /// A socket's reader that notes the TLS record layer of what passes through: the type and
@@ -825,9 +920,16 @@ fn tls_streams_carry_the_cached_frames_several_to_a_record() {
         )
     };
     let (encoded0, delivered0) = scrape();
+    // lqd's threads, without the metrics endpoint's short-lived one per HTTP connection
+    // (a scrape's may still be ending), and without one that ended while being read.
     let threads = || {
         std::fs::read_dir(format!("/proc/{}/task", lqd.child.id()))
             .unwrap()
+            .filter(|t| {
+                let comm = t.as_ref().map(|t| t.path().join("comm")).ok();
+                comm.and_then(|c| std::fs::read_to_string(c).ok())
+                    .is_some_and(|name| name.trim() != "lqd-metrics-con")
+            })
             .count()
     };
     let threads_before = threads();

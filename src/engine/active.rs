@@ -200,6 +200,9 @@ pub struct ActiveQuery {
     read: u64,
     /// Counts for the metrics, since the session last took them.
     pub(crate) tally: Tally,
+    /// Whether the tally lists the sequence numbers delivered (for the fan-out latency of
+    /// the metrics; off, nothing is gathered that nobody reads).
+    pub(crate) time_deliveries: bool,
     /// When it started.
     started: ServerTime,
 }
@@ -288,6 +291,7 @@ impl ActiveQuery {
             read: 0,
             tally,
             started: now,
+            time_deliveries: false,
         }
     }
 
@@ -565,7 +569,7 @@ impl ActiveQuery {
                 self.sent = self.sent.saturating_add(1);
                 self.tally.deliveries = self.tally.deliveries.saturating_add(1);
                 // Bounded, for a caller that never takes the tally.
-                if self.tally.delivered.len() < 4096 {
+                if self.time_deliveries && self.tally.delivered.len() < 4096 {
                     self.tally.delivered.push(seq);
                 }
             }

@@ -160,6 +160,8 @@ pub struct Session {
     upgrading: bool,
     /// Counts for the metrics (the Active queries keep their own).
     tally: Tally,
+    /// Active queries list the records they deliver, for the fan-out latency.
+    time_deliveries: bool,
 }
 
 impl Session {
@@ -177,7 +179,14 @@ impl Session {
             secured: false,
             upgrading: false,
             tally: Tally::default(),
+            time_deliveries: false,
         }
+    }
+
+    /// Has this session's Active queries list the journal records they deliver (in the
+    /// tally's `delivered`), for a server that times its fan-out.
+    pub fn time_deliveries(&mut self, on: bool) {
+        self.time_deliveries = on;
     }
 
     /// What this session did since the last call, for the metrics; the counts start again.
@@ -452,6 +461,8 @@ impl Session {
             xid: query.xid(),
             catching_up: query.catching_up(),
         });
+        let mut query = query;
+        query.time_deliveries = self.time_deliveries;
         self.active.push(query);
         Ok(())
     }

@@ -10,7 +10,10 @@ mod conn;
 pub mod duid;
 pub mod metrics;
 pub mod notify;
+mod reload;
 pub mod tls;
+
+pub use reload::{Live, LiveHandle, Reloader, SetLogFilter};
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -182,8 +185,10 @@ pub struct Server {
     named: HashMap<Box<str>, Arc<Writer>>,
     /// When pending marks were last written in a record of their own.
     marks_flushed: Instant,
-    /// Set (by SIGHUP) to read the TLS certificates, key and CA again.
-    reload: Arc<AtomicBool>,
+    /// New settings from a reload (D31), sent by [`LiveHandle`]s.
+    live_rx: crossbeam_channel::Receiver<Live>,
+    /// The sending side, cloned into each [`LiveHandle`].
+    live_tx: crossbeam_channel::Sender<Live>,
     /// Connections held by the requestors of each certificate table (by its index).
     per_table: HashMap<usize, usize>,
     /// When runs of journal records arrived: (first sequence number, instant), for the
@@ -271,6 +276,7 @@ impl Server {
             tcp.push(l);
             udp.push(u);
         }
+        let (live_tx, live_rx) = reload::channel();
         Ok(Self {
             poll,
             cfg,
@@ -288,38 +294,14 @@ impl Server {
             writers,
             named,
             marks_flushed: Instant::now(),
-            reload: Arc::new(AtomicBool::new(false)),
+            live_rx,
+            live_tx,
             per_table: HashMap::new(),
             arrivals: VecDeque::new(),
             closed: VecDeque::new(),
             first_seq: 0,
             clock: None,
         })
-    }
-
-    /// A flag that, once set (by a SIGHUP handler, say), makes the loop read the TLS
-    /// certificate, key and client CA again: new connections get them, running ones keep
-    /// their sessions. A file that fails to load is logged and the running ones stay.
-    #[must_use]
-    pub fn reload_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.reload)
-    }
-
-    fn reload_tls(&mut self) {
-        let Some(current) = &self.cfg.tls else {
-            info!("reload: TLS is not configured; nothing to read again");
-            return;
-        };
-        match TlsServer::load(&current.settings) {
-            Ok(Some(new)) => {
-                info!(
-                    "reload: TLS certificate, key and client CA read again; new connections use them"
-                );
-                self.cfg.tls = Some(new);
-            }
-            Ok(None) => {}
-            Err(e) => warn!("reload: {e}; the running TLS certificates stay"),
-        }
     }
 
     /// Decides on a requestor's TLS client certificate once its handshake is done (D27):
@@ -347,6 +329,7 @@ impl Server {
         let names = tls::certificate_names(leaf);
         let who = tls::describe(leaf);
         conn.certificate = Some(who.clone());
+        conn.certificate_names.clone_from(&names);
         match self.cfg.access.identify(peer.ip(), &names) {
             Identified::Unchanged => {
                 if conn.needs_certificate {
@@ -490,9 +473,7 @@ impl Server {
                     info!("accepting connections again");
                 }
             }
-            if self.reload.swap(false, Ordering::Relaxed) {
-                self.reload_tls();
-            }
+            self.take_live(now);
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 last_sweep = Instant::now();
                 self.sweep_timeouts();
@@ -750,6 +731,9 @@ impl Server {
             let entry = self.conns.vacant_entry();
             let token = Token(FIRST_CONN + entry.key());
             let mut conn = Conn::new(stream, peer, policy, self.cfg.max_concurrent_queries);
+            if self.cfg.metrics.is_some() {
+                conn.time_deliveries();
+            }
             if let Some(tls) = &self.cfg.tls {
                 // Admitted only for a certificate: TLS first, whatever the mode.
                 let require = needs_certificate || tls.mode == crate::config::TlsMode::Require;
@@ -1019,7 +1003,7 @@ impl Server {
                 .cmp(&a.lag_records)
                 .then_with(|| a.requestor.cmp(&b.requestor))
         });
-        let cap = metrics.requestor_series;
+        let cap = metrics.requestor_series();
         snap.requestors_dropped = requestors.len().saturating_sub(cap) as u64;
         requestors.truncate(cap);
         snap.requestors = requestors;

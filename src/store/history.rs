@@ -56,6 +56,7 @@ use std::net::Ipv6Addr;
 
 use super::index::{Applied, BindingId, Store};
 use super::journal::{Hole, Journal, JournalError, JournalFile};
+use super::links::LinkMap;
 use super::model::{Binding, Change, Lease, LeaseKind, LeaseState};
 use super::postings::{PostingKey, Postings};
 use super::record;
@@ -429,6 +430,11 @@ impl<L: Log> History<L> {
     #[must_use]
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Replaces the configured links (a reload, D31); see [`Store::set_link_map`].
+    pub fn set_link_map(&mut self, link_map: LinkMap) {
+        self.store.set_link_map(link_map);
     }
 
     /// The journal.
