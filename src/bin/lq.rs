@@ -5,7 +5,7 @@
 //! lq query --server ADDR:PORT (--address A | --client-id HEX) [--link A] [--json]
 //! lq bulk  --server ADDR:PORT (--address A | --client-id HEX | --relay-id HEX
 //!          | --link-address A | --remote-id ENT:HEX) [--link A] [--start T] [--end T] [--json]
-//! lq watch --server ADDR:PORT [--state FILE] [--link A]... [--relay-id HEX]...
+//! lq watch --server ADDR:PORT [--server ADDR:PORT]... [--state FILE] [--link A]... [--relay-id HEX]...
 //!          [--remote-id ENT:HEX]... [--filter KIND=VALUE] [--queries-per-connection N]
 //!          [--recovery resync|window] [--rcv-timeout SECS] [--save-interval SECS] [--json]
 //! TLS, for bulk and watch:
@@ -26,6 +26,10 @@
 //! unread, which `watch` reports as no LEASEQUERY-REPLY after `--rcv-timeout`). Ten links
 //! thus take three connections, and a DataMissing recovery one more while it runs; a server
 //! also limits the connections of one requestor (lqd: 10 by default).
+//!
+//! `watch` takes `--server` more than once: lqd instances following one lease database, whose
+//! times agree (decision D33). A connection lost or refused moves to the next server in turn,
+//! each stream resuming there from its saved base-time; a sync that fails is asked of the next.
 //!
 //! # TLS
 //!
@@ -95,10 +99,18 @@ use serde_json::{Value, json};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Query(QueryArgs { common, .. }) | Command::Bulk(BulkArgs { common, .. }) =
+        &cli.command
+    {
+        if common.server.len() > 1 {
+            eprintln!("lq: query and bulk take one --server (watch takes several)");
+            return ExitCode::from(2);
+        }
+    }
     let (server, result) = match cli.command {
-        Command::Query(a) => (a.common.server, query(&a)),
-        Command::Bulk(a) => (a.common.server, bulk(&a)),
-        Command::Watch(a) => (a.common.server, watch(&a)),
+        Command::Query(a) => (a.common.server(), query(&a)),
+        Command::Bulk(a) => (a.common.server(), bulk(&a)),
+        Command::Watch(a) => (a.common.server(), watch(&a)),
     };
     match result {
         Ok(code) => code,
@@ -316,7 +328,7 @@ fn query(a: &QueryArgs) -> Result<ExitCode, Error> {
         },
         (None, None) => return Err(Error::Invalid("give --address or --client-id".into())),
     };
-    let mut r = UdpRequestor::from_port(a.common.server, &duid(&a.common), a.source_port)?;
+    let mut r = UdpRequestor::from_port(a.common.server(), &duid(&a.common), a.source_port)?;
     let answer = r.query(&q)?;
     let mut p = Printer::new(a.common.json);
     for c in &answer.clients {
@@ -366,7 +378,7 @@ fn bulk(a: &BulkArgs) -> Result<ExitCode, Error> {
         end: a.end,
     };
     let tls = a.tls.client()?;
-    let mut conn = Connection::open(a.common.server, &duid(&a.common), tls.as_ref())?;
+    let mut conn = Connection::open(a.common.server(), &duid(&a.common), tls.as_ref())?;
     let answer = conn.bulk(&q, window)?;
     let show_bar =
         !a.common.json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
@@ -420,7 +432,8 @@ fn watch(a: &WatchArgs) -> Result<ExitCode, Error> {
     active.rcv_timeout = a.rcv_timeout;
     active.stop = Some(Arc::clone(&stop));
     active.tls = a.tls.client()?;
-    let mut settings = WatchSettings::new(a.common.server, active);
+    active.failover = a.common.failover();
+    let mut settings = WatchSettings::new(a.common.server(), active);
     settings.links = a.link.clone();
     settings.relay_ids = a.relay_id.iter().map(|h| h.0.clone()).collect();
     settings.remote_ids = a

@@ -153,13 +153,15 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
     // What the source counts (rejected rows, lag, newest row time): the metrics' own counters,
     // there whether a reload turns the listener on or off.
     let stats = metrics.source_stats();
-    let server_cfg = ServerConfig::new(
+    let mut server_cfg = ServerConfig::new(
         config.listen.clone(),
         server_id,
         config.udp_receive_buffer,
         journal,
         live,
     );
+    // D33: a lease database's times, not lqd's clock.
+    server_cfg.source_times = matches!(source, SourceSpec::KeaPgsql(_));
     // The feed's socket first: when lqd's TCP port answers, writers can connect too (they wait
     // in the socket's backlog until the journal is read and the source starts).
     let mut jsonl = match &source {
@@ -197,7 +199,7 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
         SourceSpec::KeaPgsql(uri) => {
             let target = PgTarget::parse(&uri).map_err(|e| format!("source kea-pgsql: {e}"))?;
             let name = format!("kea-pgsql:{target}");
-            spawn_kea_pgsql(target, kea_subnets, handle, &server.writers())
+            spawn_kea_pgsql(target, kea_subnets, handle, &server.writers(), stats)
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }

@@ -72,15 +72,33 @@ pub enum Command {
 /// The arguments every subcommand takes.
 #[derive(Debug, Args)]
 pub struct Common {
-    /// The server: ADDR:PORT (an address alone means port 547).
-    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_server)]
-    pub server: SocketAddr,
+    /// The server: ADDR:PORT (an address alone means port 547). `watch` takes it more than
+    /// once: lqd instances following the same lease database, failed over in turn.
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_server, required = true)]
+    pub server: Vec<SocketAddr>,
     /// Our DUID, in hex (default: a random DUID-UUID).
     #[arg(long, value_name = "HEX", value_parser = parse_hex)]
     pub duid: Option<Hex>,
     /// JSON Lines instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+impl Common {
+    /// The (first) `--server`.
+    #[must_use]
+    pub fn server(&self) -> SocketAddr {
+        self.server
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0u16; 8], 547)))
+    }
+
+    /// The `--server`s after the first: where a watch fails over to (D33).
+    #[must_use]
+    pub fn failover(&self) -> Vec<SocketAddr> {
+        self.server.iter().skip(1).copied().collect()
+    }
 }
 
 /// TLS for the TCP subcommands (STARTTLS, RFC 7653).

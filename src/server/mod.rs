@@ -125,6 +125,10 @@ pub struct ServerConfig {
     pub tls: Option<TlsServer>,
     /// The counters and snapshots the metrics endpoint serves; `None` keeps none.
     pub metrics: Option<Arc<Metrics>>,
+    /// Record times and base-times are the source's (a database's commit times, D33) rather
+    /// than lqd's clock: lqd's own expiry (D6) is off, and an empty journal begins at the
+    /// source's first snapshot.
+    pub source_times: bool,
 }
 
 /// Where the change journal lives and how it is flushed.
@@ -200,6 +204,8 @@ pub struct Server {
     /// The read end of the pipe the signal handlers write to, once
     /// [`wake_on_signals`](Self::wake_on_signals) made one.
     signals: Option<mio::net::UnixStream>,
+    /// With source times (D33): the newest time the source gave (never going back).
+    clock: Option<ServerTime>,
 }
 
 impl Server {
@@ -209,9 +215,13 @@ impl Server {
         let j = &cfg.journal;
         let (mut file, recovered) = JournalFile::open(&j.path, j.size, j.flush)
             .map_err(|e| io::Error::other(format!("journal {}: {e}", j.path.display())))?;
-        // Nothing from before the journal began can be caught up (D19, issue 13).
-        let began = file.journal().oldest_time().unwrap_or_else(server_time);
-        file.mark_began(began);
+        // Nothing from before the journal began can be caught up (D19, issue 13). With source
+        // times an empty journal begins at the source's first snapshot (D33).
+        match file.journal().oldest_time() {
+            Some(oldest) => file.mark_began(oldest),
+            None if !cfg.source_times => file.mark_began(server_time()),
+            None => {}
+        }
         if let Some(why) = &recovered.discarded {
             warn!(journal = %j.path.display(), "journal recovery stopped early: {why}");
         }
@@ -227,7 +237,8 @@ impl Server {
                  catch-up from before the damage gets DataMissing"
             );
         }
-        let (history, restored) = History::open(store, file);
+        let (mut history, restored) = History::open(store, file);
+        history.set_source_times(cfg.source_times);
         info!(
             journal = %j.path.display(),
             records = restored.records,
@@ -295,6 +306,7 @@ impl Server {
             closed: VecDeque::new(),
             first_seq: 0,
             signals: None,
+            clock: None,
         })
     }
 
@@ -449,7 +461,7 @@ impl Server {
                 }
                 return Err(e);
             }
-            let now = server_time();
+            let wall = server_time();
             for event in &events {
                 match event.token() {
                     // The feed is drained below, every turn.
@@ -478,8 +490,9 @@ impl Server {
             }
             // Changes keep arriving while requestors are served: take a budget each turn.
             let before = self.history.journal().next_seq();
-            feed_more = self.drain_feed(now);
+            feed_more = self.drain_feed(wall);
             self.note_arrivals(before);
+            let now = self.now(wall);
             if self.history.marks_pending() && self.marks_flushed.elapsed() >= MARKS_INTERVAL {
                 self.flush_marks(now);
             }
@@ -527,13 +540,27 @@ impl Server {
         self.shutdown()
     }
 
+    /// The server time: lqd's clock `wall`, or with source times (D33) the newest time the
+    /// source gave (its newest record's after a restart; before any, 1: the start of time,
+    /// which every catch-up's START_TIME comes after).
+    fn now(&self, wall: ServerTime) -> ServerTime {
+        if !self.cfg.source_times {
+            return wall;
+        }
+        self.clock
+            .max(self.history.journal().newest_time())
+            .unwrap_or(ServerTime(1))
+    }
+
     /// Applies a budget of waiting changes; true when more are waiting (no wake-up will come
     /// for them, so the loop must not sleep).
-    fn drain_feed(&mut self, now: ServerTime) -> bool {
+    fn drain_feed(&mut self, wall: ServerTime) -> bool {
+        let mut now = self.now(wall);
+        let source_times = self.cfg.source_times;
         let Some(feed) = self.feed.as_mut() else {
             return false;
         };
-        let (history, named) = (&mut self.history, &mut self.named);
+        let (history, named, clock) = (&mut self.history, &mut self.named, &mut self.clock);
         let mut failed = 0usize;
         let mut last_error = None;
         let mut again = 0usize;
@@ -543,6 +570,25 @@ impl Server {
             let change = matches!(fed, Fed::Change(..));
             received += u64::from(change);
             let result = match fed {
+                Fed::Clock(t) if source_times => {
+                    now = now.max(t);
+                    *clock = Some(now);
+                    Ok(())
+                }
+                Fed::Snapshot { at, reaches } if source_times => {
+                    now = now.max(at);
+                    *clock = Some(now);
+                    history.source_gap(reaches, now).map(|marked| {
+                        if marked {
+                            info!(
+                                reaches = reaches.to_unix(),
+                                "the source takes a new snapshot: a catch-up from before it \
+                                 gets DataMissing"
+                            );
+                        }
+                    })
+                }
+                Fed::Clock(_) | Fed::Snapshot { .. } => Ok(()),
                 Fed::Change(change, None) => history.apply(&change, now).map(drop),
                 Fed::Change(change, Some(line)) => {
                     know(named, &line.writer);
@@ -657,10 +703,16 @@ impl Server {
         pending.dedup();
     }
 
-    /// Once a second: expiries nobody reported (D6), tombstones the ring has passed, and the
-    /// journal's flush policy.
+    /// Once a second: expiries nobody reported (D6; not with source times, whose source
+    /// reports its expiries itself, D33), tombstones the ring has passed, and the journal's
+    /// flush policy.
     fn housekeeping(&mut self, now: ServerTime) {
-        match self.history.expire(now) {
+        let expired = if self.cfg.source_times {
+            Ok(0)
+        } else {
+            self.history.expire(now)
+        };
+        match expired {
             Ok(0) => {}
             Ok(n) => debug!(leases = n, "expired"),
             Err(e) => warn!("expiries applied but not journaled: {e}"),
@@ -923,8 +975,8 @@ impl Server {
             return;
         }
         let mut snap = Snapshot::now();
+        let now = self.now(server_time());
         let history = &self.history;
-        let now = server_time();
         let mut by_requestor: HashMap<String, (u64, u64)> = HashMap::new();
         for (_, c) in &self.conns {
             let session = c.session();
@@ -1090,7 +1142,7 @@ impl Server {
 
     fn shutdown(&mut self) -> io::Result<()> {
         info!(connections = self.conns.len(), "shutting down");
-        let now = server_time();
+        let now = self.now(server_time());
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(conn) = self.conns.get_mut(key) {
