@@ -254,7 +254,11 @@ impl KeaLab {
             is_root(),
             "the Kea end-to-end test needs root (network namespaces)"
         );
-        let tag = format!("lqk{}", std::process::id());
+        // One lab per test: the tests of this file run side by side in one process, so the
+        // process id alone would give both the same namespaces (and one would delete the other's).
+        static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("lqk{}{n}", std::process::id() % 1_000_000);
         let lab = Self {
             tag: tag.clone(),
             dir: dir.to_owned(),
