@@ -92,6 +92,7 @@ impl Lab {
             },
             tls: None,
             metrics: None,
+            source_times: false,
         })
         .unwrap();
         let addr: SocketAddr = server.local_addrs().unwrap()[0];

@@ -6,8 +6,12 @@
 
 #[path = "common/lqd.rs"]
 mod common;
+#[path = "common/lq.rs"]
+mod lq;
 #[path = "common/pg.rs"]
 mod pg;
+#[path = "common/watching.rs"]
+mod watching;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -17,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::{Lqd, by_link, read_answers, start_with_source_env, wait_for_log};
 use lqd::codec::{DhcpOption, MessageRepr, OptionCode};
+use lqd::requestor::Query;
 use pg::{KEA_PASSWORD, Pg};
+use watching::{Seen, Watching, base};
 
 /// Kea's configuration lqd takes its subnets from: subnet 1 is 2001:db8:1::/64, subnet 2 is
 /// 2001:db8:2::/64 with a pd-pool.
@@ -140,6 +146,11 @@ fn prepare(dir: &Path) {
 
 /// Starts lqd following `db` with slot `slot`, the password from a file.
 fn start_lqd(name: &str, pg: &Pg, db: &str, slot: &str, ready: &str) -> Lqd {
+    start_lqd_with(name, pg, db, slot, ready, "")
+}
+
+/// The same with `more` TOML in lqd's configuration.
+fn start_lqd_with(name: &str, pg: &Pg, db: &str, slot: &str, ready: &str, more: &str) -> Lqd {
     let dir = std::env::temp_dir().join(format!("lqd-pgsrc-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     prepare(&dir);
@@ -150,7 +161,7 @@ fn start_lqd(name: &str, pg: &Pg, db: &str, slot: &str, ready: &str) -> Lqd {
     );
     // In the configuration file, so that a restart after kill -9 runs the same.
     let extra = format!(
-        "source = \"{source}\"\nkea_config = \"{}\"\n",
+        "source = \"{source}\"\nkea_config = \"{}\"\n{more}",
         dir.join("kea-dhcp6.conf").display()
     );
     start_with_source_env(name, &[], &extra, ready, &[])
@@ -306,7 +317,15 @@ fn unreachable_at_start_postgres_restarted_a_bad_row_and_a_dropped_slot() {
     );
     // The database unreachable at start: a clear error, then retries until it answers.
     pg.stop();
-    let mut lqd = start_lqd("faults", &pg, "kea", "lqd_f", "retrying with a backoff");
+    let metrics = common::free_metrics_addr();
+    let mut lqd = start_lqd_with(
+        "faults",
+        &pg,
+        "kea",
+        "lqd_f",
+        "retrying with a backoff",
+        &format!("metrics_listen = \"{metrics}\"\n"),
+    );
     let log = lqd.log();
     assert!(log.contains("cannot connect"), "{log}");
     std::thread::sleep(Duration::from_millis(1500));
@@ -362,10 +381,42 @@ fn unreachable_at_start_postgres_restarted_a_bad_row_and_a_dropped_slot() {
         "{log}"
     );
     assert!(log.contains("prefix_len is \"0\""), "{log}");
+    // The source's metrics: the two rows rejected, no WAL held once idle (every position
+    // confirmed), the newest commit time (the database's clock: this machine's).
+    let deadline = Instant::now() + Duration::from_secs(25);
+    let m = loop {
+        let m = common::source_metrics(metrics);
+        if m.get("lqd_feed_changes_rejected_total") == Some(&2.0)
+            && m.get("lqd_source_lag_bytes") == Some(&0.0)
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "{m:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let newest = m["lqd_source_newest_row_timestamp_seconds"];
+    assert!(
+        (unix_now - newest).abs() < 10.0,
+        "newest commit {newest}, now {unix_now}"
+    );
     pg.sql(
         "kea",
         "DELETE FROM lease6 WHERE address IN ('not-an-address', '2001:db8:101::')",
     );
+
+    // A requestor's base-time from before the slot is dropped.
+    let w = Watching::start(&lqd, None);
+    std::thread::sleep(Duration::from_millis(300));
+    pg.sql(
+        "kea",
+        &insert("2001:db8:1::105", DUID_A, 4000, 1, 0, 9, 128, 0, ""),
+    );
+    let before_gap = base(&w.bindings("before the gap", 1)[0]).unwrap();
+    drop(w);
 
     // The slot dropped by an administrator while lqd is down, and leases changed meanwhile:
     // lqd says so, takes a new snapshot, and ends what the table no longer has.
@@ -392,6 +443,43 @@ fn unreachable_at_start_postgres_restarted_a_bad_row_and_a_dropped_slot() {
     assert!(
         !now.iter()
             .any(|l| l.1 == "2001:db8:1::101".parse::<Ipv6Addr>().unwrap())
+    );
+    assert!(log.contains("the source takes a new snapshot"), "{log}");
+
+    // D33: lqd cannot honour a START_TIME from before the new snapshot (a lease that came and
+    // went meanwhile is unknown to it): DataMissing.
+    let w = Watching::start(&lqd, Some(before_gap));
+    let seen = w.until("a catch-up across the gap", 10, |s| {
+        s.iter()
+            .any(|x| matches!(x, Seen::DataMissing | Seen::CatchUpComplete(_)))
+    });
+    assert!(seen.contains(&Seen::DataMissing), "{seen:#?}");
+    drop(w);
+    // A requestor that has a change made after the snapshot's second resumes without.
+    std::thread::sleep(Duration::from_millis(1100));
+    let w = Watching::start(&lqd, None);
+    std::thread::sleep(Duration::from_millis(300));
+    pg.sql(
+        "kea",
+        &insert("2001:db8:1::106", DUID_B, 4000, 1, 0, 10, 128, 0, ""),
+    );
+    let after_gap = base(&w.bindings("after the gap", 1)[0]).unwrap();
+    drop(w);
+    pg.sql(
+        "kea",
+        &insert("2001:db8:1::107", DUID_A, 4000, 1, 0, 11, 128, 0, ""),
+    );
+    wait_equal(&lqd, &pg, "kea", 10);
+    let w = Watching::start(&lqd, Some(after_gap));
+    let seen = w.until("a catch-up after the gap", 10, |s| {
+        s.iter()
+            .any(|x| matches!(x, Seen::DataMissing | Seen::CatchUpComplete(_)))
+    });
+    assert!(!seen.contains(&Seen::DataMissing), "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|x| matches!(x, Seen::Binding { client, .. } if client == DUID_A)),
+        "{seen:#?}"
     );
 }
 
@@ -521,5 +609,293 @@ fn pgoutput_of_real_wal_decodes_into_kea_rows() {
         messages.iter().any(
             |m| matches!(m, Message::Truncate { relations } if relations.contains(&relation.id))
         )
+    );
+}
+
+/// Writes one transaction per lease, `gap` apart, each a new client.
+fn spaced_leases(pg: &Pg, first: u32, n: u32, gap: Duration) {
+    for i in first..first + n {
+        pg.sql(
+            "kea",
+            &insert(
+                &format!("2001:db8:1::2:{i:x}"),
+                &format!("00030001{:012x}", 0x0020_0000 + i),
+                3600,
+                1,
+                0,
+                200 + i,
+                128,
+                0,
+                "",
+            ),
+        );
+        std::thread::sleep(gap);
+    }
+}
+
+/// D33: two lqd instances on one database journal each change at its commit time, so they
+/// send the same Active stream, change for change, with the same base-times; one that was
+/// down while changes were made, and got them late from its slot, still gives them their
+/// commit times; and a requestor's base-time from one is a START_TIME at the other, which
+/// catches it up with what it missed and nothing more, without DataMissing.
+#[test]
+fn two_instances_give_the_same_times_and_a_base_time_from_one_catches_up_at_the_other() {
+    let pg = Pg::start("times");
+    pg.kea_db("kea");
+    pg.sql(
+        "kea",
+        &[
+            insert("2001:db8:1::100", DUID_A, 4000, 1, 0, 1, 128, 0, ""),
+            insert("2001:db8:100::", DUID_B, 4000, 2, 2, 2, 56, 0, ""),
+        ]
+        .concat(),
+    );
+    let a = start_lqd("times-a", &pg, "kea", "lqd_ta", "following the stream");
+    // B's snapshot is taken a while after A's, at another point of the WAL.
+    std::thread::sleep(Duration::from_millis(1100));
+    spaced_leases(&pg, 0, 2, Duration::from_millis(100));
+    let mut b = start_lqd("times-b", &pg, "kea", "lqd_tb", "following the stream");
+    wait_equal(&a, &pg, "kea", 10);
+    wait_equal(&b, &pg, "kea", 10);
+
+    // Both live: the same changes, in the same order, with the same base-times. The
+    // transactions span seconds, so the base-times differ between changes.
+    let (wa, wb) = (Watching::start(&a, None), Watching::start(&b, None));
+    std::thread::sleep(Duration::from_millis(300));
+    spaced_leases(&pg, 2, 6, Duration::from_millis(400));
+    let (sa, sb) = (wa.bindings("A live", 6), wb.bindings("B live", 6));
+    assert_eq!(sa, sb, "the same Active stream from both instances");
+    let seconds: BTreeSet<_> = sa.iter().filter_map(base).collect();
+    assert!(seconds.len() >= 2, "changes over seconds: {sa:#?}");
+    drop(wb);
+
+    // B is down while more changes are made; A sends them with their base-times.
+    let resume_at = base(sa.last().unwrap()).unwrap();
+    assert!(b.sigterm().success());
+    spaced_leases(&pg, 8, 5, Duration::from_millis(500));
+    let missed = wa.bindings("A while B is down", 5);
+    let missed_seconds: BTreeSet<_> = missed.iter().filter_map(base).collect();
+    assert!(missed_seconds.len() >= 2, "{missed:#?}");
+    drop(wa);
+    std::thread::sleep(Duration::from_millis(1100));
+
+    // B resumes its slot and gets those changes seconds after their commits, yet journals
+    // them at their commit times: a requestor that followed A catches up at B from A's
+    // base-time, and gets the changes it missed with the base-times A gave them.
+    b.kill9_and_restart_until("streaming");
+    wait_equal(&b, &pg, "kea", 10);
+    let wb = Watching::start(&b, Some(resume_at));
+    let caught = wb.until("catch-up at B", 20, |s| {
+        s.iter()
+            .any(|x| matches!(x, Seen::CatchUpComplete(_) | Seen::DataMissing))
+    });
+    assert!(
+        !caught.contains(&Seen::DataMissing),
+        "a base-time from A is a START_TIME at B: {caught:#?}"
+    );
+    for m in &missed {
+        assert!(
+            caught.contains(m),
+            "missed at A, caught up at B: {m:?} in {caught:#?}"
+        );
+    }
+    let total = db_leases(&pg, "kea").len();
+    let sent = caught
+        .iter()
+        .filter(|x| matches!(x, Seen::Binding { .. }))
+        .count();
+    assert!(
+        sent <= missed.len() + 3 && sent < total,
+        "only what changed since (and the changes of the base-time's second again), not \
+         all {total}: {caught:#?}"
+    );
+}
+
+/// A relay layer with a relay-id (option 53: DUID 00020000000901) and a Remote-ID (option 37:
+/// enterprise 2495, "juni").
+const RELAYED_BOTH: &str = r#"{"ISC": {"relays": [{"hop": 0, "link": "2001:db8:1::1", "peer": "fe80::1", "options": "0x003500070002000000090100250008000009bf6a756e69"}]}}"#;
+
+/// Every query type's Bulk answer from `lqd`.
+fn bulk_answers(lqd: &Lqd) -> Vec<(String, watching::Answer)> {
+    let any = Ipv6Addr::UNSPECIFIED;
+    let link1: Ipv6Addr = "2001:db8:1::".parse().unwrap();
+    let queries = [
+        Query::LinkAddress(link1),
+        Query::LinkAddress("2001:db8:2::".parse().unwrap()),
+        Query::Address {
+            address: "2001:db8:1::100".parse().unwrap(),
+            link: any,
+        },
+        Query::Address {
+            address: "2001:db8:100:ab00::5".parse().unwrap(),
+            link: any,
+        },
+        Query::ClientId {
+            duid: hex::decode(DUID_B).unwrap(),
+            link: any,
+        },
+        Query::RelayId {
+            duid: hex::decode("00020000000901").unwrap(),
+            link: any,
+        },
+        Query::RemoteId {
+            enterprise_number: 2495,
+            remote_id: b"juni".to_vec(),
+            link: any,
+        },
+    ];
+    watching::bulk_answers(lqd, &queries)
+}
+
+/// Issue 18, real parts: two lqd instances on one database give the same Bulk answer to every
+/// query type (bindings, lifetimes, relay data, base-time), and `lq watch` with both as
+/// `--server` fails over from one to the other when the first is killed mid-stream,
+/// resuming from its base-time there (no DataMissing, no resync), its replica equal to the
+/// table at the end.
+#[test]
+fn two_instances_answer_alike_and_lq_watch_fails_over_between_them() {
+    let pg = Pg::start("failover");
+    pg.kea_db("kea");
+    pg.sql(
+        "kea",
+        &[
+            insert(
+                "2001:db8:1::100",
+                DUID_A,
+                4000,
+                1,
+                0,
+                1,
+                128,
+                0,
+                RELAYED_BOTH,
+            ),
+            insert("2001:db8:1::101", DUID_B, 4000, 1, 0, 2, 128, 0, RELAYED),
+            insert(
+                "2001:db8:100:ab00::",
+                DUID_B,
+                4000,
+                2,
+                2,
+                3,
+                56,
+                0,
+                RELAYED_BOTH,
+            ),
+            insert("2001:db8:100:cd00::", DUID_A, 4000, 2, 2, 4, 56, 0, ""),
+        ]
+        .concat(),
+    );
+    let mut a = start_lqd("fo-a", &pg, "kea", "lqd_fa", "following the stream");
+    let b = start_lqd("fo-b", &pg, "kea", "lqd_fb", "following the stream");
+    // A change after both snapshots: both hold the same newest time.
+    std::thread::sleep(Duration::from_millis(1100));
+    pg.sql(
+        "kea",
+        &insert(
+            "2001:db8:1::102",
+            DUID_A,
+            4000,
+            1,
+            0,
+            5,
+            128,
+            0,
+            RELAYED_BOTH,
+        ),
+    );
+    wait_equal(&a, &pg, "kea", 10);
+    wait_equal(&b, &pg, "kea", 10);
+    let (from_a, from_b) = (bulk_answers(&a), bulk_answers(&b));
+    for (qa, qb) in from_a.iter().zip(&from_b) {
+        assert!(!qa.1.0.is_empty(), "{} answered nothing", qa.0);
+        assert_eq!(qa, qb, "the same Bulk answer from both instances");
+    }
+
+    // lq watch on both links with both servers; A killed while changes flow.
+    let state = a.dir.join("replica.json");
+    let watch = lq::LqWatch::start(
+        &a.dir,
+        "failover",
+        a.addr,
+        &[
+            "--server",
+            &b.addr.to_string(),
+            "--link",
+            LINKS[0],
+            "--link",
+            LINKS[1],
+            "--state",
+            state.to_str().unwrap(),
+        ],
+    );
+    watch.wait_events("catch_up_complete", 2, 20);
+    let writer = {
+        let socket = pg.socket_dir().to_owned();
+        let port = pg.port;
+        std::thread::spawn(move || {
+            for i in 0..30u32 {
+                let sql = insert(
+                    &format!("2001:db8:1::3:{i:x}"),
+                    &format!("00030001{:012x}", 0x0030_0000 + i),
+                    3600,
+                    1,
+                    0,
+                    300 + i,
+                    128,
+                    0,
+                    "",
+                );
+                let out = std::process::Command::new("psql")
+                    .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+                    .arg(&socket)
+                    .args(["-p", &port.to_string(), "-U", "postgres", "-d", "kea", "-c"])
+                    .arg(&sql)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success());
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(1200));
+    a.child.kill().unwrap();
+    a.child.wait().unwrap();
+    writer.join().unwrap();
+    let want: lq::Bindings = {
+        let mut m = lq::Bindings::new();
+        for (id, addr, plen) in db_leases(&pg, "kea") {
+            m.entry(id).or_default().insert((addr, plen));
+        }
+        m
+    };
+    let equal = lq::wait_until(20, || lq::state(&state).is_some_and(|(_, r)| r == want));
+    assert!(
+        equal,
+        "the replica equals the table: {}\n{}",
+        lq::diff(&lq::state(&state).map(|s| s.1).unwrap_or_default(), &want),
+        watch.transcript()
+    );
+    let connected = watch.events_of("connected");
+    let b_addr = b.addr.to_string();
+    let at_b: Vec<_> = connected
+        .iter()
+        .filter(|e| e["server"] == b_addr.as_str())
+        .collect();
+    assert!(
+        at_b.iter().any(|e| e["start_time_unix_s"].is_number()),
+        "the watch moved to B, resuming from its base-time: {}",
+        watch.transcript()
+    );
+    assert!(
+        watch.events_of("data_missing").is_empty(),
+        "no DataMissing: {}",
+        watch.transcript()
+    );
+    assert_eq!(
+        watch.events_of("synced").len(),
+        1,
+        "one sync, the first: {}",
+        watch.transcript()
     );
 }

@@ -41,6 +41,10 @@ mod common;
 mod lq;
 #[path = "common/peers.rs"]
 mod peers;
+#[path = "common/pg.rs"]
+mod pg;
+#[path = "common/watching.rs"]
+mod watching;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -241,11 +245,20 @@ impl KeaLab {
     }
 
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, None)
+    }
+
+    /// The lab with `lease_db` as Kea's `lease-database` (JSON) instead of its memfile.
+    fn start_with(dir: &Path, lease_db: Option<&str>) -> Self {
         assert!(
             is_root(),
             "the Kea end-to-end test needs root (network namespaces)"
         );
-        let tag = format!("lqk{}", std::process::id());
+        // One lab per test: the tests of this file run side by side in one process, so the
+        // process id alone would give both the same namespaces (and one would delete the other's).
+        static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("lqk{}{n}", std::process::id() % 1_000_000);
         let lab = Self {
             tag: tag.clone(),
             dir: dir.to_owned(),
@@ -299,7 +312,11 @@ impl KeaLab {
             })
         });
         assert!(settled, "the veth link-local addresses stayed tentative");
-        std::fs::write(&lab.config, kea_config(&s_if, &lab.lease_file, dir)).unwrap();
+        std::fs::write(
+            &lab.config,
+            kea_config(&s_if, &lab.lease_file, dir, lease_db),
+        )
+        .unwrap();
         lab
     }
 
@@ -369,7 +386,11 @@ impl Drop for KeaLab {
 /// hold one lease each), each with an address pool and a prefix-delegation pool; extended info
 /// stored; lease file cleanup every 2 seconds. Kea's own syntax: comments, a trailing comma,
 /// and the shared network in a file of its own, included.
-fn kea_config(interface: &str, lease_file: &Path, dir: &Path) -> String {
+fn kea_config(interface: &str, lease_file: &Path, dir: &Path, lease_db: Option<&str>) -> String {
+    let memfile = format!(
+        r#"{{ "type": "memfile", "persist": true, "name": "{}", "lfc-interval": 2 }}"#,
+        lease_file.display()
+    );
     std::fs::write(
         dir.join("kea-shared.json"),
         r#"# The shared network, included by kea-dhcp6.conf.
@@ -390,9 +411,7 @@ fn kea_config(interface: &str, lease_file: &Path, dir: &Path) -> String {
 {{
   "Dhcp6": {{
     "interfaces-config": {{ "interfaces": [ "{interface}/2001:db8:1::1" ] }},
-    "lease-database": {{
-      "type": "memfile", "persist": true, "name": "{lease}", "lfc-interval": 2
-    }},
+    "lease-database": {lease_db},
     "store-extended-info": true,
     "preferred-lifetime": 1800, "valid-lifetime": {VALID},
     "renew-timer": 900, "rebind-timer": 1400,
@@ -416,7 +435,7 @@ fn kea_config(interface: &str, lease_file: &Path, dir: &Path) -> String {
   }}
 }}
 "#,
-        lease = lease_file.display(),
+        lease_db = lease_db.unwrap_or(&memfile),
         shared = dir.join("kea-shared.json").display(),
     )
 }
@@ -492,7 +511,7 @@ fn leases_of(v: &Value) -> BTreeSet<Lease> {
                     (
                         l["address"].as_str().unwrap().parse().unwrap(),
                         u8::try_from(l["prefix_len"].as_u64().unwrap()).unwrap(),
-                        l["valid_until"].as_i64().unwrap_or(0),
+                        l["valid_until_unix_s"].as_i64().unwrap_or(0),
                     )
                 })
                 .collect()
@@ -832,6 +851,11 @@ fn same_with_times(
 
 /// Starts lqd with no configuration file: its links come from Kea's (`LQD_KEA_CONFIG`).
 fn start_lqd(dir: &Path, source: &str, kea_config: &Path) -> Lqd {
+    start_lqd_until(dir, source, kea_config, &format!("source: {source}"))
+}
+
+/// The same, waiting for a log line holding `ready`.
+fn start_lqd_until(dir: &Path, source: &str, kea_config: &Path, ready: &str) -> Lqd {
     let port = std::net::TcpListener::bind("[::1]:0")
         .unwrap()
         .local_addr()
@@ -861,7 +885,7 @@ fn start_lqd(dir: &Path, source: &str, kea_config: &Path) -> Lqd {
         addr,
         dir: state,
     };
-    wait_for_log(&lqd, &format!("source: {source}"), 20);
+    wait_for_log(&lqd, ready, 20);
     lqd
 }
 
@@ -1235,4 +1259,170 @@ fn wait_for_replacements(lqd: &Lqd, n: usize) -> usize {
     let count = || lqd.log().matches("the lease file was replaced").count();
     wait_until(10, || count() >= n);
     count()
+}
+
+/// Issue 18, real parts: Kea 2.2 with its leases in PostgreSQL (`lease-database` type
+/// `postgresql`, the database made by `kea-admin db-init pgsql`), serving real clients and
+/// relays in the lab's namespaces, followed by two lqd instances through logical replication,
+/// each with its own slot. Both must end with the table's leases, report each client's last
+/// change with the same base-time (its commit time, D33), and give the same Bulk answer to
+/// every query type (bindings, lifetimes, relay data, base-time).
+#[test]
+fn two_lqd_instances_follow_kea_on_postgresql_alike() {
+    use lqd::requestor::Query;
+    use watching::{Seen, Watching};
+
+    let dir = std::env::temp_dir().join(format!("lqd-kea-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let pg = pg::Pg::start("kea-e2e");
+    pg.kea_db("kea");
+    // Kea in its namespace reaches PostgreSQL by its Unix socket (trust: the test's cluster).
+    let lease_db = format!(
+        r#"{{ "type": "postgresql", "name": "kea", "host": "{}", "port": {}, "user": "kea", "password": "{}" }}"#,
+        pg.socket_dir().display(),
+        pg.port,
+        pg::KEA_PASSWORD
+    );
+    let mut lab = KeaLab::start_with(&dir, Some(&lease_db));
+    lab.start_kea();
+    let secret = dir.join("pgpass");
+    std::fs::write(&secret, format!("{}\n", pg::KEA_PASSWORD)).unwrap();
+    let source = |slot: &str| {
+        format!(
+            "kea-pgsql:{}&password_file={}",
+            pg.uri("kea", slot),
+            secret.display()
+        )
+    };
+    let a = start_lqd_until(
+        &dir.join("a"),
+        &source("lqd_ka"),
+        &lab.config,
+        "following the stream",
+    );
+    let b = start_lqd_until(
+        &dir.join("b"),
+        &source("lqd_kb"),
+        &lab.config,
+        "following the stream",
+    );
+    let (wa, wb) = (Watching::start(&a, None), Watching::start(&b, None));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let scripted = clients();
+    let chosen: Vec<&Scripted> = scripted
+        .iter()
+        .filter(|c| ["d1", "d2", "a1", "a5", "b1", "c1", "s1", "s3"].contains(&c.name))
+        .collect();
+    let mut client = ClientProcess::start(&lab);
+    let mut duids = BTreeMap::new();
+    for c in &chosen {
+        let answer = client.run(&c.bind_command(), &lab);
+        duids.insert(c.name, answer["duid"].as_str().unwrap().to_owned());
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    for name in ["a1", "c1"] {
+        client.run(&json!({"op": "renew", "name": name}), &lab);
+    }
+    client.run(&json!({"op": "release", "name": "d2"}), &lab);
+
+    // Both instances hold the table's leases, link by link.
+    let table: BTreeSet<(String, Ipv6Addr, u8)> = pg
+        .sql(
+            "kea",
+            "SELECT encode(duid, 'hex'), address, CASE WHEN lease_type = 2 THEN prefix_len \
+             ELSE 128 END FROM lease6 WHERE state = 0 AND valid_lifetime > 0",
+        )
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            (
+                f[0].to_owned(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    assert!(table.len() >= 10, "{table:?}");
+    let links: Vec<Query> = LINKS
+        .iter()
+        .map(|(_, addresses)| Query::LinkAddress(addresses[0].parse().unwrap()))
+        .collect();
+    let held = |lqd: &Lqd| -> BTreeSet<(String, Ipv6Addr, u8)> {
+        let mut conn =
+            lqd::requestor::Connection::open(lqd.addr, &common::REQUESTOR, None).unwrap();
+        let mut all = BTreeSet::new();
+        for q in &links {
+            for d in &mut conn.bulk(q, lqd::requestor::TimeWindow::ALL).unwrap() {
+                let d = d.unwrap();
+                for l in &d.leases {
+                    all.insert((hex::encode(&d.client_id), l.address, l.prefix_len));
+                }
+            }
+        }
+        all
+    };
+    for (name, lqd) in [("A", &a), ("B", &b)] {
+        let equal = wait_until(10, || held(lqd) == table);
+        assert!(
+            equal,
+            "{name} holds the table's leases: {:?} vs {table:?}",
+            held(lqd)
+        );
+    }
+
+    // Each client's last change reported alike by both, with the same base-time.
+    let last = |w: &Watching| -> BTreeMap<String, Seen> {
+        let mut m = BTreeMap::new();
+        for s in w.drain(Duration::from_secs(1)) {
+            if let Seen::Binding { client, .. } = &s {
+                m.insert(client.clone(), s.clone());
+            }
+        }
+        m
+    };
+    let (la, lb) = (last(&wa), last(&wb));
+    assert_eq!(la.len(), chosen.len(), "every client reported: {la:#?}");
+    assert_eq!(
+        la, lb,
+        "each client's last change alike, base-time included"
+    );
+
+    // Every query type's Bulk answer alike.
+    let any = Ipv6Addr::UNSPECIFIED;
+    let a1 = chosen.iter().find(|c| c.name == "a1").unwrap();
+    let mut queries = links.clone();
+    queries.extend([
+        Query::ClientId {
+            duid: hex::decode(&duids["a1"]).unwrap(),
+            link: any,
+        },
+        Query::RelayId {
+            duid: hex::decode(RELAY_B.relay_id).unwrap(),
+            link: any,
+        },
+        Query::RemoteId {
+            enterprise_number: REMOTE_ID_ENTERPRISE,
+            remote_id: hex::decode(a1.remote_id()).unwrap(),
+            link: any,
+        },
+    ]);
+    if let Some((_, addr, _)) = table.iter().find(|(d, _, l)| *d == duids["c1"] && *l < 128) {
+        queries.push(Query::Address {
+            address: *addr,
+            link: any,
+        });
+    }
+    let (qa, qb) = (
+        watching::bulk_answers(&a, &queries),
+        watching::bulk_answers(&b, &queries),
+    );
+    for (x, y) in qa.iter().zip(&qb) {
+        assert!(!x.1.0.is_empty(), "{} answered nothing", x.0);
+        assert_eq!(x, y, "the same Bulk answer from both instances");
+    }
+    assert_eq!(qa.len(), queries.len());
+    lab.stop_kea();
 }

@@ -154,13 +154,15 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
     // What the source counts (rejected rows, lag, newest row time): the metrics' own counters,
     // there whether a reload turns the listener on or off.
     let stats = metrics.source_stats();
-    let server_cfg = ServerConfig::new(
+    let mut server_cfg = ServerConfig::new(
         config.listen.clone(),
         server_id,
         config.udp_receive_buffer,
         journal,
         live,
     );
+    // D33: a lease database's times, not lqd's clock.
+    server_cfg.source_times = matches!(source, SourceSpec::KeaPgsql(_));
     // The feed's socket first: when lqd's TCP port answers, writers can connect too (they wait
     // in the socket's backlog until the journal is read and the source starts).
     let mut jsonl = match &source {
@@ -198,7 +200,7 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
         SourceSpec::KeaPgsql(uri) => {
             let target = PgTarget::parse(&uri).map_err(|e| format!("source kea-pgsql: {e}"))?;
             let name = format!("kea-pgsql:{target}");
-            spawn_kea_pgsql(target, kea_subnets, handle, &server.writers())
+            spawn_kea_pgsql(target, kea_subnets, handle, &server.writers(), stats)
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
@@ -217,6 +219,11 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
+    // After the flags: SIGTERM or SIGINT sets the stop flag, then wakes the loop to look at it
+    // (SIGHUP is the reload thread's, below).
+    server
+        .wake_on_signals(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| format!("signal handler: {e}"))?;
     let mut reloader = Reloader::new(
         cli,
         config,
@@ -251,6 +258,10 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
     result?;
     drop(socket_file);
     info!("stopped");
+    // The journal is flushed and closed cleanly by `run`; what dropping the server would do
+    // now is free the store and its indexes one allocation at a time, seconds for a large
+    // population, while the process exits (and the kernel takes its memory back) at once.
+    std::mem::forget(server);
     Ok(())
 }
 
@@ -359,7 +370,9 @@ fn journal(action: &JournalAction, config: &Config) -> ExitCode {
     }
 }
 
-/// Descriptors lqd needs besides its connections: listeners, the poll, the journal, logs.
+/// Descriptors lqd needs besides its connections: listeners, the poll and its waker, the
+/// signal pipes (the loop's three, the reload thread's), the journal, logs, the metrics
+/// listener's connections, the sources'.
 const FD_HEADROOM: u64 = 64;
 
 /// Raises the open-file limit (RLIMIT_NOFILE) to what `max_connections` needs, as far as the

@@ -19,6 +19,9 @@
 //! Base-time is the time the message is built, except while older changes still wait behind
 //! the cursor: then it is the time of the next of them, so a requestor that saves it and
 //! reconnects with it as START_TIME misses nothing (a refinement of D18 for a lagging stream).
+//! With source times (a database source, D33) the time "now" is the source's newest, and a
+//! change's message carries its own record's time, so every lqd following the source sends the
+//! same base-time with the same change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -504,7 +507,13 @@ impl ActiveQuery {
             scanned = scanned.saturating_add(1);
             self.read = self.read.saturating_add(1);
             let (seq, payload) = (record.seq, record.payload);
-            let stamp = self.stamp(history, now);
+            // With source times (D33) a change carries its own record's time, the same at
+            // every lqd following the source, whoever lags.
+            let stamp = if history.source_times() {
+                record.time
+            } else {
+                self.stamp(history, now)
+            };
             let Some(entry) = cache.entry(history, seq, payload, stamp) else {
                 continue;
             };

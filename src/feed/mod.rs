@@ -110,6 +110,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
+use crate::codec::ServerTime;
 use crate::store::{Change, LeaseKind};
 
 pub use ack::{Writer, Writers};
@@ -159,6 +160,20 @@ pub(crate) enum Fed {
     /// Once the loop takes this, everything sent before it is applied and journaled: the loop
     /// makes its pending marks durable, publishes them, then says so through the sender.
     Sync(Sender<()>),
+    /// The source's time for the items that follow (a database's commit time): with source
+    /// times (D33) the loop's clock moves to it, never back, and what follows is journaled at
+    /// the clock.
+    Clock(ServerTime),
+    /// A snapshot of the source's whole state follows, taken at `at` (the source's time):
+    /// the loop's clock moves to `at`, and lqd cannot honour a START_TIME at or before
+    /// `reaches` (D33): a journal that holds records gets a gap marker saying so, an empty
+    /// one begins there.
+    Snapshot {
+        /// The source's time just before the snapshot: every change after it is later.
+        at: ServerTime,
+        /// The source's time just after it: every change in it is at or before.
+        reaches: ServerTime,
+    },
     /// The source has just re-sent its whole state (a database snapshot): every lease lqd holds
     /// that is not in `keep` ended meanwhile and is deleted; then `line` is taken (the
     /// snapshot's position, for the source's mark).
@@ -176,7 +191,11 @@ impl Fed {
     fn into_change(self) -> Change {
         match self {
             Self::Change(c, _) => c,
-            Self::Rejected(_) | Self::Sync(_) | Self::Reconcile { .. } => {
+            Self::Rejected(_)
+            | Self::Sync(_)
+            | Self::Reconcile { .. }
+            | Self::Clock(_)
+            | Self::Snapshot { .. } => {
                 unreachable!("send and try_send queue changes")
             }
         }
@@ -359,7 +378,7 @@ impl FeedReceiver {
     pub fn drain(&mut self, budget: usize, mut f: impl FnMut(Change)) -> Drained {
         self.drain_fed(budget, |fed| match fed {
             Fed::Change(change, _) => f(change),
-            Fed::Rejected(_) | Fed::Reconcile { .. } => {}
+            Fed::Rejected(_) | Fed::Reconcile { .. } | Fed::Clock(_) | Fed::Snapshot { .. } => {}
             Fed::Sync(done) => {
                 let _ = done.try_send(());
             }

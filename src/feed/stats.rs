@@ -8,9 +8,9 @@
 //!
 //! | field | metric | set by |
 //! |---|---|---|
-//! | [`rejected`](SourceStats::rejected) | `lqd_feed_changes_rejected_total` | each line or row skipped as malformed (a bad field, an unknown state, a bad header's rows) |
-//! | [`lag_bytes`](SourceStats::lag_bytes) | `lqd_source_lag_bytes` | file sources, after each read pass: the followed file's size now less the octets taken from it as lines (a last line still without its newline counts as lag) |
-//! | [`newest_time`](SourceStats::newest_time) | `lqd_source_newest_row_timestamp_seconds` | each row read: the largest row time so far (Kea: `expire − valid_lifetime`; a JSON line: `cltt`), Unix seconds; 0 until a row is read |
+//! | [`rejected`](SourceStats::rejected) | `lqd_feed_changes_rejected_total` | each line or row skipped as malformed (a bad field, an unknown state, a bad header's rows; a `lease6` row lqd cannot map) |
+//! | [`lag_bytes`](SourceStats::lag_bytes) | `lqd_source_lag_bytes` | file sources, after each read pass: the followed file's size now less the octets taken from it as lines (a last line still without its newline counts as lag); `kea-pgsql`, at each confirmation to the slot: the server's WAL end as it last said less the position lqd confirmed (octets of WAL the slot holds for lqd) |
+//! | [`newest_time`](SourceStats::newest_time) | `lqd_source_newest_row_timestamp_seconds` | each row read: the largest row time so far (Kea: `expire − valid_lifetime`; a JSON line: `cltt`; `kea-pgsql`: the newest commit time, or the snapshot's), Unix seconds; 0 until a row is read |
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

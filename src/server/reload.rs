@@ -114,6 +114,7 @@ impl ServerConfig {
             journal,
             tls: live.tls,
             metrics: live.metrics,
+            source_times: false,
         }
     }
 }

@@ -1319,7 +1319,10 @@ mod tests {
         assert_eq!((s.len(), s.pages.len()), (PAGE + 2, 2));
         assert_eq!(s.remove(3).map(|x| x.data[0]), Some(3));
         assert!(s.remove(3).is_none() && s.get(3).is_none());
-        assert_eq!(s.remove(PAGE + 1).map(|x| x.data[0]), Some((PAGE + 1) as u8));
+        assert_eq!(
+            s.remove(PAGE + 1).map(|x| x.data[0]),
+            Some((PAGE + 1) as u8)
+        );
         assert_eq!(s.len(), PAGE);
         assert_eq!(s.insert(slot(200)).ok(), Some((PAGE + 1) as u32));
         assert_eq!(s.insert(slot(201)).ok(), Some(3));

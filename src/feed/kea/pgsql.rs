@@ -34,6 +34,17 @@
 //!    mark too (everything before it has reached lqd), so an idle slot holds no WAL back and a
 //!    PostgreSQL shutting down, which waits for its replicas to confirm all it sent, can stop.
 //!
+//! # Times (D33)
+//!
+//! Every time lqd journals for this source is the database's, so that every lqd following
+//! one database gives a change the same time, and a requestor's base-time from one instance
+//! is a START_TIME at another. Each transaction's changes go to the loop after a
+//! [`Fed::Clock`] with its commit time (whole seconds; the loop keeps the running maximum). A
+//! snapshot is announced by [`Fed::Snapshot`]: the database's clock read before the slot is
+//! created (its rows are journaled at that time) and after (a START_TIME at or before it gets
+//! DataMissing: lqd does not know what came and went before its snapshot). lqd's own expiry
+//! of leases (D6) is off: Kea reclaims expired leases and writes that to `lease6`.
+//!
 //! # When the slot and the journal disagree
 //!
 //! | slot | lqd's mark | what the source does |
@@ -85,7 +96,9 @@ use pgwire_replication::{Lsn, QueryRow, ReplicationClient, ReplicationConfig, Re
 
 use super::mapper::{Applied, KeaMapper, KeaRow};
 use super::pgoutput::{self, Message, Relation, Tuple, Value};
+use crate::codec::ServerTime;
 use crate::feed::ack::{Writer, Writers};
+use crate::feed::stats::SourceStats;
 use crate::feed::{Fed, FeedHandle, Numbered};
 use crate::store::{Change, LeaseKind};
 
@@ -134,6 +147,12 @@ struct Source {
     /// A session has failed since the source last streamed: it said so, and will say when it
     /// streams again.
     failing: Option<Instant>,
+    /// The newest time sent to the loop ([`Fed::Clock`], D33).
+    clock: ServerTime,
+    /// Rows skipped, WAL not yet confirmed, the newest commit time (`docs/metrics.md`).
+    stats: SourceStats,
+    /// The server's WAL end as it last said (a keepalive, a message's header).
+    server_end: u64,
 }
 
 /// The writer name under which the journal keeps a slot's confirmed position.
@@ -144,7 +163,9 @@ pub fn writer_name(slot: &str) -> String {
 
 /// Starts the `kea-pgsql` source on its own thread (see the module documentation). `subnets`
 /// maps Kea's subnet ids to links (from Kea's configuration, D28); `writers` are the loop's
-/// named writers ([`crate::server::Server::writers`]), holding the position lqd's journal has.
+/// named writers ([`crate::server::Server::writers`]), holding the position lqd's journal has;
+/// `stats` gets the rows skipped, the WAL between the server's end and the position lqd
+/// confirmed (lag, octets), and the newest commit time.
 /// The thread returns how many changes it sent, once the feed closes.
 ///
 /// # Errors
@@ -155,6 +176,7 @@ pub fn spawn_kea_pgsql(
     subnets: HashMap<u32, Ipv6Addr>,
     handle: FeedHandle,
     writers: &Writers,
+    stats: SourceStats,
 ) -> io::Result<JoinHandle<u64>> {
     let writer = writers
         .named(&writer_name(&target.slot))
@@ -169,6 +191,9 @@ pub fn spawn_kea_pgsql(
         sent: 0,
         skipped: 0,
         failing: None,
+        clock: ServerTime(0),
+        stats,
+        server_end: 0,
     };
     std::thread::Builder::new()
         .name("lqd-feed-pgsql".into())
@@ -454,9 +479,31 @@ impl Source {
         .map_err(|f| f.or(|e| End::Retry(format!("cannot drop slot {}: {e}", self.target.slot))))
     }
 
+    /// The database's clock now, as a server time (D33: the source's times are the
+    /// database's).
+    async fn db_clock(client: &mut ReplicationClient) -> Result<ServerTime, End> {
+        let rows = query(
+            client,
+            "SELECT floor(extract(epoch FROM clock_timestamp()))::bigint",
+        )
+        .await?;
+        rows.first()
+            .and_then(|r| text(r, 0))
+            .and_then(|t| t.parse::<u64>().ok())
+            .map(ServerTime::from_unix)
+            .ok_or_else(|| End::Retry("the database did not tell its clock".into()))
+    }
+
     /// Creates the slot and loads `lease6` as of its consistent point, in one transaction.
+    ///
+    /// Times (D33): the database's clock is read before the slot is created (`at`: every
+    /// transaction the stream will bring commits after it) and after (`reaches`: every one the
+    /// snapshot holds committed before it). The snapshot's rows are journaled at `at`, and a
+    /// catch-up from a START_TIME at or before `reaches` gets DataMissing.
     async fn snapshot(&mut self, client: &mut ReplicationClient) -> Result<(), End> {
         let started = Instant::now();
+        // CREATE_REPLICATION_SLOT … USE_SNAPSHOT must be its transaction's first command.
+        let at = Self::db_clock(client).await?;
         query(client, "BEGIN READ ONLY ISOLATION LEVEL REPEATABLE READ").await?;
         let created = query(
             client,
@@ -474,6 +521,11 @@ impl Source {
             .and_then(|r| text(r, 1))
             .and_then(|s| Lsn::parse(s).ok())
             .ok_or_else(|| End::Retry("CREATE_REPLICATION_SLOT gave no consistent point".into()))?;
+        let reaches = Self::db_clock(client).await?;
+        self.send(Fed::Snapshot { at, reaches })?;
+        self.stats
+            .saw_time(i64::try_from(at.to_unix()).unwrap_or(i64::MAX));
+        self.clock = at.max(self.clock);
         query(
             client,
             &format!(
@@ -535,6 +587,7 @@ impl Source {
 
     fn skip(&mut self, at: &str, why: &str) {
         self.skipped += 1;
+        self.stats.reject();
         tracing::warn!(source = %self.name, "{}: {at}: a lease6 row skipped: {why}", self.name);
     }
 
@@ -555,6 +608,7 @@ impl Source {
         self.handle.sync().map_err(|_| End::FeedClosed)?;
         if let Some(m) = self.writer.acked() {
             client.update_applied_lsn(Lsn(m));
+            self.stats.set_lag(self.server_end.saturating_sub(m));
         }
         Ok(())
     }
@@ -567,6 +621,7 @@ impl Source {
         let mut unconfirmed = 0u32;
         let mut since = Instant::now();
         let mut commit_unix = 0i64;
+        let mut commit_time = ServerTime(0);
         let mut in_txn = false;
         loop {
             let event = match tokio::time::timeout(CONFIRM_IDLE, client.recv()).await {
@@ -583,6 +638,13 @@ impl Source {
                 Ok(Ok(None)) => return End::Retry("the server ended the stream".into()),
                 Ok(Err(e)) => return End::Retry(format!("the stream failed: {e}")),
             };
+            match &event {
+                ReplicationEvent::KeepAlive { wal_end, .. }
+                | ReplicationEvent::XLogData { wal_end, .. } => {
+                    self.server_end = self.server_end.max(wal_end.as_u64());
+                }
+                _ => {}
+            }
             if let ReplicationEvent::KeepAlive {
                 wal_end,
                 reply_requested,
@@ -614,6 +676,7 @@ impl Source {
                     in_txn = true;
                     txn.clear();
                     commit_unix = pg_micros_to_unix(commit_time_micros);
+                    commit_time = pg_micros_to_server_time(commit_time_micros);
                 }
                 ReplicationEvent::XLogData {
                     data, wal_start, ..
@@ -626,6 +689,14 @@ impl Source {
                     if end_lsn.as_u64() <= skip_to {
                         txn.clear();
                         continue;
+                    }
+                    // D33: the transaction's changes are journaled at its commit time.
+                    self.stats.saw_time(commit_unix);
+                    if commit_time > self.clock {
+                        self.clock = commit_time;
+                        if let Err(e) = self.send(Fed::Clock(commit_time)) {
+                            return e;
+                        }
                     }
                     let line = self.numbered(end_lsn);
                     let last = txn.pop();
@@ -761,4 +832,9 @@ fn lease_kind(row: &KeaRow) -> Option<LeaseKind> {
 /// PostgreSQL's timestamps count microseconds from 2000-01-01 UTC.
 fn pg_micros_to_unix(micros: i64) -> i64 {
     micros.div_euclid(1_000_000) + 946_684_800
+}
+
+/// A PostgreSQL timestamp as a server time, which counts seconds from the same 2000-01-01 UTC.
+fn pg_micros_to_server_time(micros: i64) -> ServerTime {
+    ServerTime(u32::try_from(micros.div_euclid(1_000_000).max(0)).unwrap_or(u32::MAX))
 }

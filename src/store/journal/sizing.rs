@@ -57,7 +57,7 @@ pub fn reach<B: AsRef<[u8]> + AsMut<[u8]>>(journal: &Journal<B>) -> Option<Reach
     Some(Reach {
         records,
         span_secs,
-        changes_per_sec: (records - 1) as f64 / f64::from(span_secs),
+        changes_per_sec: records.saturating_sub(1) as f64 / f64::from(span_secs),
         octets_per_record: journal.used_bytes() as f64 / records as f64,
         ring_len: journal.capacity() as u64,
     })
