@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use lqd::codec::ServerTime;
 use lqd::feed::{DemoConfig, DemoSource};
 use lqd::store::journal::Journal;
-use lqd::store::{Binding, BindingKey, Change, History, LeaseState, Store};
+use lqd::store::{Binding, BindingKey, Change, History, LeaseState, Store, record};
 
 type Hist = History<Journal<Vec<u8>>>;
 
@@ -19,6 +19,16 @@ fn snapshot(store: &Store) -> BTreeMap<BindingKey, Binding> {
             (b.key.clone(), b)
         })
         .collect()
+}
+
+/// The records of relay templates' definitions in `j`.
+fn definitions(j: &Journal<Vec<u8>>) -> u64 {
+    let mut cursor = j.tail();
+    let mut n = 0;
+    while let Ok(Some(r)) = j.read(&mut cursor) {
+        n += u64::from(record::definition_of(r.payload).is_some());
+    }
+    n
 }
 
 /// What a lease store holds for these bindings: one change per lease, as a source re-sends it.
@@ -55,9 +65,12 @@ fn the_mirror_is_rebuilt_from_the_journal_and_a_resend_is_not_a_change() {
         let now = ServerTime(t0 + k / 10);
         written += h.apply(&demo.next_change(now), now).unwrap();
     }
+    // Besides them, the definitions of the relay templates the records name (D42).
+    let definitions = definitions(h.journal());
+    assert!(definitions > 0);
     assert_eq!(
         h.journal().len(),
-        written as u64,
+        written as u64 + definitions,
         "one record per altered binding"
     );
     let before = snapshot(h.store());
@@ -103,7 +116,43 @@ fn an_address_moving_to_another_client_journals_both_bindings() {
     let mut cursor = h.journal().tail();
     let mut latest = Vec::new();
     while let Ok(Some(r)) = h.journal().read(&mut cursor) {
-        latest.push(h.is_latest(r.seq, r.payload));
+        if record::definition_of(r.payload).is_none() {
+            latest.push(h.is_latest(r.seq, r.payload));
+        }
     }
     assert_eq!(latest, vec![false, true, true]);
+}
+
+#[test]
+fn relay_templates_outlive_the_ring_wrapping_many_times() {
+    // A small ring that the churn of relayed clients overwrites many times: every record left
+    // in it still finds its template's definition, at start and through the history (D42).
+    let mut h: Hist = History::open(Store::new(), Journal::format(vec![0; 96 << 10]).unwrap()).0;
+    let mut demo = DemoSource::new(DemoConfig {
+        clients: 60,
+        links: 6,
+        seed: 5,
+        relay_share: 1.0,
+        two_hop_share: 0.5,
+        pd_share: 0.5,
+        ..DemoConfig::default()
+    });
+    let t0 = 800_000_000u32;
+    for k in 0..30_000u32 {
+        let now = ServerTime(t0 + k / 10);
+        h.apply(&demo.next_change(now), now).unwrap();
+    }
+    assert!(h.journal().first_seq().unwrap() > 1_000, "the ring wrapped");
+    let mut cursor = h.journal().tail();
+    while let Ok(Some(r)) = h.journal().read(&mut cursor) {
+        if record::definition_of(r.payload).is_none() {
+            h.read_payload(r.payload).expect("every record reads");
+        }
+    }
+    let before = snapshot(h.store());
+    let (_, journal) = h.into_parts();
+    let (journal, _) = Journal::open(journal.into_inner()).unwrap();
+    let (h, restored) = History::open(Store::new(), journal);
+    assert_eq!(restored.unreadable, 0);
+    assert_eq!(snapshot(h.store()), before, "the mirror as it was");
 }

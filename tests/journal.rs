@@ -447,6 +447,7 @@ fn reopen_gives_the_same_journal() {
             discarded: None,
             holes: Vec::new(),
             kept: None,
+            migrated_from: None,
         };
         assert_eq!(rec, want);
         assert_eq!(contents(&j), before);
@@ -611,12 +612,12 @@ fn bad_headers_are_errors() {
     b[0] = b'X';
     assert!(matches!(open(b), JournalError::BadHeader(_)));
     let mut b = good.clone();
-    b[8] = 2;
+    b[8] = 3;
     assert!(matches!(
         open(b),
         JournalError::WrongVersion {
-            found: 2,
-            supported: 1
+            found: 3,
+            supported: 2
         }
     ));
     let mut b = good.clone();
@@ -837,6 +838,7 @@ fn a_file_journal_survives_reopening() {
                 discarded: None,
                 holes: Vec::new(),
                 kept: None,
+                migrated_from: None,
             }
         );
         for s in 0..2000u64 {
@@ -1061,4 +1063,48 @@ fn kill_9_loses_no_reported_record() {
         }
         next = rec.next_seq;
     }
+}
+
+/// `b`'s header as an lqd before format 2 wrote it: version 1, both slots' CRCs to match.
+fn as_version_1(mut b: Vec<u8>) -> Vec<u8> {
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    for at in [64usize, 128] {
+        let mut covered = b[0..24].to_vec();
+        covered.extend_from_slice(&b[at..at + 60]);
+        let crc = crc32c(&covered);
+        b[at + 60..at + 64].copy_from_slice(&crc.to_le_bytes());
+    }
+    b
+}
+
+#[test]
+fn a_version_1_journal_is_migrated_and_keeps_its_records() {
+    let (j, before) = filled(4096, 10);
+    let v1 = as_version_1(j.into_inner());
+    let (j, rec) = Journal::open(v1.clone()).expect("a version-1 journal opens");
+    assert_eq!(rec.migrated_from, Some(1));
+    assert_eq!(rec.records, before.len() as u64);
+    let b = j.into_inner();
+    assert_eq!(&b[8..12], &2u32.to_le_bytes(), "written as version 2");
+    // An lqd that knows only version 1 compares the version and refuses the file.
+    let (j, rec) = Journal::open(b.clone()).expect("reopens");
+    assert_eq!(
+        (rec.migrated_from, rec.records),
+        (None, before.len() as u64)
+    );
+    drop(j);
+    // A kill -9 in the middle of the migration: the version changed and only the slot written
+    // for it is valid (the other still has the version-1 CRC), or the version not yet
+    // changed: either opens with every record.
+    let mut mid = b.clone();
+    let (old_slot, _) = if u64::from_le_bytes(b[64..72].try_into().unwrap())
+        > u64::from_le_bytes(b[128..136].try_into().unwrap())
+    {
+        (128usize, 64usize)
+    } else {
+        (64, 128)
+    };
+    mid[old_slot + 60] ^= 0xff;
+    let (_, rec) = Journal::open(mid).expect("one valid slot is enough");
+    assert_eq!(rec.records, before.len() as u64);
 }

@@ -286,7 +286,7 @@ pub fn journal_file(data: &[u8]) -> Vec<u8> {
     }
     let mut file = vec![0u8; HEADER_LEN + ring_len];
     file[..8].copy_from_slice(JOURNAL_MAGIC);
-    file[8..12].copy_from_slice(&1u32.to_le_bytes());
+    file[8..12].copy_from_slice(&2u32.to_le_bytes());
     file[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
     file[16..24].copy_from_slice(&(ring_len as u64).to_le_bytes());
     let i = (slot.generation % 2) as usize;

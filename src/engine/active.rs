@@ -33,7 +33,7 @@ use crate::codec::{
     DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode, Xid,
 };
 use crate::store::journal::{Cursor, Record};
-use crate::store::{Binding, BindingId, History, Log, PostingKey, Postings, record};
+use crate::store::{Binding, BindingId, History, Log, PostingKey, Postings};
 
 /// Records a query examines per fill before it lets other connections have the loop.
 const SCAN_BUDGET: usize = 4096;
@@ -129,7 +129,7 @@ impl EncodeCache {
                 binding: if superseded {
                     None
                 } else {
-                    record::decode(payload).ok()
+                    history.decode(payload).ok()
                 },
                 id,
                 superseded,

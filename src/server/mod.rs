@@ -272,6 +272,13 @@ impl Server {
         if let Some(why) = &recovered.discarded {
             warn!(journal = %j.path.display(), "journal recovery stopped early: {why}");
         }
+        if let Some(v) = recovered.migrated_from {
+            info!(
+                journal = %j.path.display(),
+                "journal format {v} migrated to format 2: its records read as before, new \
+                 records are written packed (D42); an lqd older than this one refuses it now"
+            );
+        }
         let kept = recovered
             .kept
             .as_ref()

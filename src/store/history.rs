@@ -60,6 +60,7 @@ use super::links::LinkMap;
 use super::model::{Binding, Change, Lease, LeaseKind, LeaseState};
 use super::postings::{PostingKey, Postings};
 use super::record;
+use super::record::template::{self, Templates};
 use crate::codec::ServerTime;
 
 /// Where the journal's records go: a ring in memory, or one in a mapped file.
@@ -293,6 +294,8 @@ pub struct History<L: Log> {
     marks: Marks,
     /// Record times are the source's (D33), not lqd's clock.
     source_times: bool,
+    /// The relay templates the journal's records name (D42).
+    templates: Templates,
     scratch: Vec<u8>,
 }
 
@@ -309,9 +312,18 @@ impl<L: Log> History<L> {
             postings: Postings::new(first),
             marks: Marks::default(),
             source_times: false,
+            templates: Templates::new(),
             scratch: Vec::new(),
         };
         let mut restored = Restored::default();
+        // The relay templates first: a record may be older than the newest definition of the
+        // template it names (the ring dropped the one before it).
+        let mut cursor = h.log.journal().tail();
+        while let Ok(Some(r)) = h.log.journal().read(&mut cursor) {
+            if let Some((id, body)) = record::definition_of(r.payload) {
+                h.templates.learn(id, body, r.seq);
+            }
+        }
         let mut cursor = h.log.journal().tail();
         let mut replay = Vec::new();
         // The store's size the last record gives (none for a version-1 or unreadable one).
@@ -323,13 +335,14 @@ impl<L: Log> History<L> {
                 h.postings.file(r.seq, None);
                 continue;
             }
-            match record::read(r.payload) {
+            match record::read_in(r.payload, &h.templates) {
+                Ok(p) if p.definition.is_some() => h.postings.file(r.seq, None),
                 Ok(p) => {
                     h.postings.file(r.seq, p.binding.as_ref());
                     if let Some(b) = p.binding {
                         replay.push((r.seq, b));
                     }
-                    last_count = p.trailer.as_ref().map(|t| t.bindings);
+                    last_count = p.trailer.as_ref().filter(|t| t.counted).map(|t| t.bindings);
                     if let Some(t) = &p.trailer {
                         h.marks.replay(r.seq, t);
                     }
@@ -576,6 +589,7 @@ impl<L: Log> History<L> {
             &mut self.log,
             &mut self.postings,
             &mut self.marks,
+            &mut self.templates,
             &mut self.scratch,
             (None, count),
             now,
@@ -689,12 +703,28 @@ impl<L: Log> History<L> {
         self.tombstones.values().map(Vec::len).sum()
     }
 
+    /// The binding a record of this journal holds (see [`record::decode_in`]).
+    pub fn decode(&self, payload: &[u8]) -> Result<Binding, record::RecordError> {
+        record::decode_in(payload, &self.templates)
+    }
+
+    /// A record of this journal read back (see [`record::read_in`]).
+    pub fn read_payload(&self, payload: &[u8]) -> Result<record::Payload, record::RecordError> {
+        record::read_in(payload, &self.templates)
+    }
+
+    /// The relay templates the journal's records name (D42).
+    #[must_use]
+    pub const fn templates(&self) -> &Templates {
+        &self.templates
+    }
+
     /// The binding a record is about, while the store holds it: a key for
     /// [`is_latest_of`](Self::is_latest_of), which is cheap, where [`is_latest`](Self::is_latest)
     /// looks the binding up by client and link each time.
     #[must_use]
     pub fn binding_of(&self, payload: &[u8]) -> Option<BindingId> {
-        let (link, client_id) = record::key(payload).ok()?;
+        let (link, client_id) = record::key_in(payload, &self.templates).ok()?;
         self.store.by_client_link(client_id, link)
     }
 
@@ -712,7 +742,7 @@ impl<L: Log> History<L> {
     /// the newest.
     #[must_use]
     pub fn is_latest(&self, seq: u64, payload: &[u8]) -> bool {
-        let Ok((link, client_id)) = record::key(payload) else {
+        let Ok((link, client_id)) = record::key_in(payload, &self.templates) else {
             return false;
         };
         match self.store.by_client_link(client_id, link) {
@@ -749,6 +779,7 @@ impl<L: Log> History<L> {
             &mut self.log,
             &mut self.postings,
             &mut self.marks,
+            &mut self.templates,
             &mut self.scratch,
             (Some(recorded), count),
             now,
@@ -764,19 +795,36 @@ impl<L: Log> History<L> {
         Ok(true)
     }
 
-    /// Appends a record of `binding` (none: marks only) carrying the store's size `count` and
-    /// the pending marks, and files it; its sequence number. Over the fields it writes, so that
-    /// `binding` may be borrowed from the store.
+    /// Appends a record of `binding` (none: marks only) carrying the store's size `count` (when
+    /// there are writers' marks) and the pending marks, and files it; its sequence number.
+    /// Before it, the definition of its relay template when the ring holds none; after it, the
+    /// definitions the ring is about to drop while newer records name them (D42). Over the
+    /// fields it writes, so that `binding` may be borrowed from the store.
     fn write_to(
         log: &mut L,
         postings: &mut Postings,
         marks: &mut Marks,
+        templates: &mut Templates,
         scratch: &mut Vec<u8>,
         (binding, count): (Option<&Binding>, u32),
         now: ServerTime,
     ) -> Result<u64, JournalError> {
+        let split = binding
+            .and_then(|b| b.relay.relay_message.as_ref())
+            .and_then(|(from, m)| template::split(*from, m));
+        let mut relay = None;
+        if let Some(s) = &split {
+            let first = log.journal().first_seq().unwrap_or(0);
+            if let Some((id, define)) = templates.number(&s.body, first) {
+                if define {
+                    Self::define(log, postings, templates, scratch, id, now)?;
+                }
+                relay = Some((id, s));
+            }
+        }
+        let count = (!marks.writers.is_empty() || marks.reset).then_some(count);
         scratch.clear();
-        if record::encode(binding, count, marks.reset, marks.carried(), scratch).is_err() {
+        if record::encode(binding, relay, count, marks.reset, marks.carried(), scratch).is_err() {
             return Err(JournalError::RecordTooLarge {
                 len: scratch.len(),
                 max: log.journal().max_payload(),
@@ -785,10 +833,35 @@ impl<L: Log> History<L> {
         let seq = log.append(now, scratch)?;
         marks.written(seq);
         postings.file(seq, binding);
+        if let Some((id, _)) = relay {
+            templates.used(id, seq);
+        }
         let first = log.journal().first_seq().unwrap_or(seq);
         postings.evict_before(first);
         marks.refresh(first, seq.saturating_add(1));
+        for id in templates.due(first, seq.saturating_add(1)) {
+            Self::define(log, postings, templates, scratch, id, now)?;
+        }
         Ok(seq)
+    }
+
+    /// Appends the definition of relay template `id`.
+    fn define(
+        log: &mut L,
+        postings: &mut Postings,
+        templates: &mut Templates,
+        scratch: &mut Vec<u8>,
+        id: u32,
+        now: ServerTime,
+    ) -> Result<(), JournalError> {
+        scratch.clear();
+        record::encode_definition(id, templates.body(id).unwrap_or_default(), scratch);
+        let seq = log.append(now, scratch)?;
+        templates.defined(id, seq);
+        postings.file(seq, None);
+        let first = log.journal().first_seq().unwrap_or(seq);
+        postings.evict_before(first);
+        Ok(())
     }
 
     fn set_seq(&mut self, id: BindingId, seq: u64) {

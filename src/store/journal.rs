@@ -17,7 +17,7 @@
 //! | offset | size | field |
 //! |---:|---:|---|
 //! | 0 | 8 | magic `LQDJRNL\0` |
-//! | 8 | 4 | format version, 1 |
+//! | 8 | 4 | format version, 2 (1 before the packed records of D42: read, and raised to 2 when opened) |
 //! | 12 | 4 | header length, 4096 |
 //! | 16 | 8 | ring length in octets |
 //! | 24 | 40 | zero |
@@ -156,6 +156,9 @@ pub struct Recovered {
     pub holes: Vec<Hole>,
     /// Where the damaged file was copied before its repair (file journals).
     pub kept: Option<PathBuf>,
+    /// The header's format version before this open raised it to the current one (an older
+    /// lqd's journal; decision D42).
+    pub migrated_from: Option<u32>,
 }
 
 /// Records lost to damage between two intact ones.
@@ -198,7 +201,7 @@ impl fmt::Display for Hole {
 }
 
 /// The first octets of a hole marker's payload: never a binding record (whose first octet is
-/// its version, 1), so readers skip it.
+/// its version, 1 to 3), so readers skip it.
 const HOLE_MAGIC: &[u8; 5] = b"\xffLOST";
 
 impl Hole {
@@ -330,7 +333,7 @@ impl fmt::Display for JournalError {
             Self::BadHeader(why) => write!(f, "not a valid lqd journal: {why}"),
             Self::WrongVersion { found, supported } => write!(
                 f,
-                "journal format version {found} is not supported (this lqd reads version {supported})"
+                "journal format version {found} is not supported (this lqd reads versions 1 to {supported})"
             ),
             Self::GeometryMismatch { header, buffer } => write!(
                 f,

@@ -170,6 +170,7 @@ impl JournalFile {
             discarded: None,
             holes: Vec::new(),
             kept: None,
+            migrated_from: None,
         };
         Ok((Self::new(journal, file, path, policy), recovered))
     }

@@ -11,7 +11,12 @@ pub const MIN_RING_LEN: usize = 256;
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 
 pub(super) const MAGIC: [u8; 8] = *b"LQDJRNL\0";
-pub(super) const VERSION: u32 = 1;
+/// The header format written now. Version 2 is version 1's layout whose records may be of the
+/// packed payload format (record version 3, decision D42): an lqd that reads only version 1
+/// refuses it rather than starting without the bindings of records it cannot read.
+pub(super) const VERSION: u32 = 2;
+/// The header format before the packed records; opened and migrated to [`VERSION`].
+pub(super) const VERSION_1: u32 = 1;
 /// The record header: length, CRC32C, sequence number, server time.
 pub(super) const RECORD_HEADER: usize = 20;
 /// A `len` value that marks the rest of the ring as unused: continue at offset 0.
@@ -114,9 +119,18 @@ pub(super) struct Slot {
 }
 
 fn slot_crc(header: &[u8], slot: &[u8]) -> Option<u32> {
-    let fixed = header.get(field::FIXED)?;
+    slot_crc_as(header, slot, None)
+}
+
+/// The slot CRC, over the fixed part as it is or with its version replaced by `version`.
+fn slot_crc_as(header: &[u8], slot: &[u8], version: Option<u32>) -> Option<u32> {
+    let mut fixed = [0u8; 24];
+    fixed.copy_from_slice(header.get(field::FIXED)?);
+    if let Some(v) = version {
+        put(&mut fixed, field::VERSION, &v.to_le_bytes());
+    }
     let body = slot.get(field::SLOT_BODY)?;
-    Some(crc32c::crc32c_append(crc32c::crc32c(fixed), body))
+    Some(crc32c::crc32c_append(crc32c::crc32c(&fixed), body))
 }
 
 impl Slot {
@@ -152,6 +166,12 @@ impl Slot {
 
     /// Writes this slot into slot `generation % 2` of `header`, CRC last.
     pub(super) fn write(&self, header: &mut [u8]) -> bool {
+        self.write_as(header, None)
+    }
+
+    /// [`write`](Self::write), its CRC computed as if the header's version were `version`
+    /// (the first step of a migration: the slot is valid once the version is changed).
+    pub(super) fn write_as(&self, header: &mut [u8], version: Option<u32>) -> bool {
         let i = usize::from(self.generation % 2 == 1);
         let Some(&at) = field::SLOTS.get(i) else {
             return false;
@@ -168,7 +188,7 @@ impl Slot {
             && put(&mut s, field::HEAD_SEQ, &self.head_seq.to_le_bytes())
             && put(&mut s, field::FLAGS, &flags.to_le_bytes())
             && put(&mut s, field::EVICTED_TIME, &evicted.to_le_bytes());
-        let Some(crc) = slot_crc(header, &s) else {
+        let Some(crc) = slot_crc_as(header, &s, version) else {
             return false;
         };
         ok && put(&mut s, field::SLOT_CRC, &crc.to_le_bytes())

@@ -201,7 +201,19 @@ pub fn resize(path: &Path, size: u64) -> Result<Resized, JournalError> {
             len: size,
             min: (HEADER_LEN + layout::MIN_RING_LEN) as u64,
         })?;
-    let (records, evicted) = super::ring::intact_records(&buf)?;
+    let (mut records, evicted) = super::ring::intact_records(&buf)?;
+    // The relay templates' definitions again after the newest records, so that the records the
+    // new ring keeps find theirs even when the ring drops the older definitions (D42).
+    let newest = records.last().map(|(t, _)| *t);
+    let mut defs = std::collections::BTreeMap::new();
+    for (_, payload) in &records {
+        if let Some((id, _)) = crate::store::record::definition_of(payload) {
+            defs.insert(id, payload.clone());
+        }
+    }
+    if let Some(t) = newest {
+        records.extend(defs.into_values().map(|p| (t, p)));
+    }
     let mut journal = Journal::rebuilt(vec![0u8; new_len], evicted, &records)?;
     journal.sync_header();
     let records_after = journal.len();

@@ -5,7 +5,7 @@ use std::io;
 
 use super::layout::{
     self, ALIGN, Entry, HEADER_LEN, MAGIC, RECORD_HEADER as RECORD_HEADER_LEN, RawRecord,
-    SEQ_LIMIT, Slot, VERSION, WRAP_LEN, field,
+    SEQ_LIMIT, Slot, VERSION, VERSION_1, WRAP_LEN, field,
 };
 use super::salvage;
 use super::{Cursor, Hole, JournalError, Overrun, Record, Recovered, TooOld};
@@ -128,6 +128,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             ring_len,
             slot,
             tail_off,
+            version,
         } = read_header(b)?;
         let start = Mark {
             off: tail_off,
@@ -157,6 +158,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         }
         j.scrub_free();
         j.write_header();
+        if version == VERSION_1 {
+            j.migrate();
+        }
         let rec = Recovered {
             records: j.len(),
             first_seq: j.first_seq(),
@@ -164,6 +168,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             discarded,
             holes: Vec::new(),
             kept: None,
+            migrated_from: (version != VERSION).then_some(version),
         };
         Ok((j, rec))
     }
@@ -187,6 +192,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             discarded: None,
             holes: scan.holes.clone(),
             kept: None,
+            migrated_from: None,
         };
         Ok((j, rec))
     }
@@ -507,6 +513,29 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         }
     }
 
+    /// Raises a version-1 header to [`VERSION`] so that at every moment one slot is valid:
+    /// the slot not written last is written with its CRC computed for the new version (the old
+    /// one stays valid), then the version is changed (the new slot becomes the valid one), then
+    /// the other slot is written again. A `kill -9` anywhere in between leaves a header that
+    /// opens.
+    fn migrate(&mut self) {
+        let slot = Slot {
+            generation: self.generation,
+            tail_off: self.durable.off as u64,
+            tail_seq: self.durable.seq,
+            head_off: self.head as u64,
+            head_seq: self.next_seq,
+            evicted: self.durable.evicted,
+        };
+        self.generation = self.generation.wrapping_add(1);
+        if let Some(h) = self.buf.as_mut().get_mut(..HEADER_LEN) {
+            if slot.write_as(h, Some(VERSION)) {
+                layout::put(h, field::VERSION, &VERSION.to_le_bytes());
+            }
+        }
+        self.write_header();
+    }
+
     fn write_header(&mut self) {
         let slot = Slot {
             generation: self.generation,
@@ -817,6 +846,8 @@ struct Header {
     ring_len: usize,
     slot: Slot,
     tail_off: usize,
+    /// [`VERSION`], or [`VERSION_1`] (migrated when opened for writing).
+    version: u32,
 }
 
 /// Checks the header of the journal in `b`.
@@ -826,7 +857,7 @@ fn read_header(b: &[u8]) -> Result<Header, JournalError> {
         return Err(JournalError::BadHeader("no journal magic".into()));
     }
     let version = layout::get_u32(b, field::VERSION).unwrap_or(0);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return Err(JournalError::WrongVersion {
             found: version,
             supported: VERSION,
@@ -884,6 +915,7 @@ fn read_header(b: &[u8]) -> Result<Header, JournalError> {
         ring_len,
         slot,
         tail_off,
+        version,
     })
 }
 

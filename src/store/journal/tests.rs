@@ -63,7 +63,7 @@ fn header_bytes() {
     let j = ring(1024);
     let b = j.into_inner();
     assert_eq!(&b[0..8], b"LQDJRNL\0");
-    assert_eq!(&b[8..12], &[1, 0, 0, 0]);
+    assert_eq!(&b[8..12], &[2, 0, 0, 0]);
     assert_eq!(&b[12..16], &4096u32.to_le_bytes());
     assert_eq!(&b[16..24], &1024u64.to_le_bytes());
     let s = Slot::read(&b, 0).expect("slot 0 written by format");
