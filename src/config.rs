@@ -200,8 +200,8 @@ pub struct Config {
     /// `lqd-journal`.
     pub journal_file: PathBuf,
     /// `journal_size`: the journal's size in octets, fixed when the file is created; default
-    /// 128 MiB (about 569,000 changes of the demo's mix of clients, 236 octets a record;
-    /// docs/operations.md sizes it).
+    /// 128 MiB (about 1.5 million changes of a carrier's relayed mix, 87 octets a packed
+    /// record, D42; docs/operations.md sizes it).
     pub journal_size: u64,
     /// `journal_flush`: when journal records are forced to disk: `"os"` (the kernel decides;
     /// survives a crash of lqd, not of the machine), `"always"` (each change), or an interval
