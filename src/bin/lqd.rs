@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
-use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
+use lqd::config::{Cli, Command, Config, JournalAction, LogFormat, SourceSpec};
 use lqd::engine::session::ActiveSettings;
 use lqd::feed::{BoundJsonl, JsonlInput, bind_jsonl, feed, spawn_demo, spawn_kea_csv, system_time};
 use lqd::server::{JournalSettings, Server, ServerConfig};
@@ -34,11 +34,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        // The same content as a text line, one object a line: the event's fields (message,
+        // peer, reason, ...) at the top level beside timestamp, level and target.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+    }
     for w in config.warnings() {
         warn!("{w}");
     }
