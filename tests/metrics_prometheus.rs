@@ -375,7 +375,10 @@ fn prometheus_scraping_lqd_under_load_sees_what_the_test_knows() {
     let mut prom = Prometheus::start("metrics", metrics_addr);
     let mut lqd = Lqd::start_with_demo(
         "metrics-prom",
-        &format!("metrics_listen = \"{metrics_addr}\"\njournal_size = {JOURNAL_SIZE}\n"),
+        &format!(
+            "metrics_listen = \"{metrics_addr}\"\njournal_size = {JOURNAL_SIZE}\n\
+             max_connections_per_requestor = 50\n"
+        ),
         &format!(
             "clients = 2000\nlinks = {LINKS}\nchanges_per_sec = {CHANGES_PER_SEC}\nseed = 16\n\
              churn_limit = {}\n",
