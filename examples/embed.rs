@@ -42,6 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             flush: FlushPolicy::Os,
         },
         tls: None,
+        metrics: None,
     })?;
     let addr = server.local_addrs()?[0];
     let (leases, receiver) = feed(4096, server.waker());

@@ -169,6 +169,12 @@ pub struct Config {
     /// `log_format`: how log lines are written: `"text"` (default, for people) or `"json"`
     /// (one JSON object a line, for log shippers).
     pub log_format: LogFormat,
+    /// `metrics_listen`: where to serve `GET /metrics` (Prometheus) and `GET /requestors`
+    /// (JSON) over HTTP, such as `"[::1]:9547"`; off unless set (docs/metrics.md).
+    pub metrics_listen: Option<SocketAddr>,
+    /// `metrics_requestor_series`: the most lagged requestors given series of their own;
+    /// default 100. The rest are counted in `lqd_requestor_series_dropped`.
+    pub metrics_requestor_series: usize,
 }
 
 impl Default for Config {
@@ -203,6 +209,8 @@ impl Default for Config {
             tcp_send_buffer: DEFAULT_TCP_SEND_BUFFER,
             log: "info".to_owned(),
             log_format: LogFormat::Text,
+            metrics_listen: None,
+            metrics_requestor_series: 100,
         }
     }
 }
@@ -277,6 +285,9 @@ impl Config {
         }
         if let Some(format) = cli.log_format {
             self.log_format = format;
+        }
+        if let Some(addr) = cli.metrics_listen {
+            self.metrics_listen = Some(addr);
         }
     }
 
@@ -1340,6 +1351,10 @@ pub struct Cli {
     /// shippers) [default: text]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Serve GET /metrics (Prometheus) and GET /requestors (JSON) on this address, e.g.
+    /// "[::1]:9547" [default: off]
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
     /// TCP connections open at once, over all requestors [default: 10000]
     #[arg(long, value_name = "N")]
     pub max_connections: Option<usize>,

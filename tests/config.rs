@@ -197,6 +197,8 @@ fn a_full_file_gives_every_setting() {
             },
         ],
         tls: Default::default(),
+        metrics_listen: None,
+        metrics_requestor_series: 100,
         links: vec![
             LinkDef {
                 address: "2001:db8:0:1::1".parse().unwrap(),

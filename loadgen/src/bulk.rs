@@ -35,6 +35,12 @@ pub(crate) struct Args {
     /// Rounds per concurrency value.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) rounds: u32,
+    /// Also over TLS: lqd offers TLS (a throwaway CA and server certificate), and every round
+    /// runs twice against the same lqd, in cleartext and with each query's connection on
+    /// STARTTLS and a rustls handshake (the order alternating from round to round), so that
+    /// the two are side by side.
+    #[arg(long)]
+    pub(crate) tls: bool,
     #[command(flatten)]
     pub(crate) common: Common,
 }
@@ -111,6 +117,24 @@ pub(crate) fn query_link(
     s.write_all(&query)
         .map_err(|e| format!("sending the query: {e}"))?;
     read_answer(&mut s, population, xid, collect, started)
+}
+
+/// [`query_link`] over TLS: STARTTLS and the handshake first (not counted in the answer's
+/// times, which start when the query is sent), then the query and its answer inside TLS.
+pub(crate) fn query_link_tls(
+    addr: SocketAddr,
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    population: &impl Clients,
+    xid: u32,
+) -> Result<(Answer, crate::tls::Timing), String> {
+    let (mut s, timing) = crate::tls::connect(addr, config, xid, Duration::from_secs(30))?;
+    let query = link_query(population, xid)?;
+    let started = Instant::now();
+    s.write_all(&query)
+        .and_then(|()| s.flush())
+        .map_err(|e| format!("sending the query: {e}"))?;
+    let answer = read_answer(&mut s, population, xid, false, started)?;
+    Ok((answer, timing))
 }
 
 /// Reads, from `s`, the whole answer to the by-link query `xid` sent at `started`, and not an
@@ -324,6 +348,10 @@ struct QueryRow {
 struct RoundRow {
     concurrent: u32,
     round: u32,
+    /// Each query on STARTTLS and TLS.
+    tls: bool,
+    /// Under TLS, each query's STARTTLS exchange and handshake, ms (slowest of the round).
+    handshake_ms: Option<f64>,
     queries: Vec<QueryRow>,
     /// From the first query sent to the last answer ended.
     wall_seconds: f64,
@@ -345,16 +373,32 @@ struct RoundRow {
 pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     let max_concurrent = args.concurrent.iter().copied().max().unwrap_or(1);
     // BULK_LQ_MAX_CONNS (10 per requestor by default) must not refuse our connections.
+    let pki = args.tls.then(crate::tls::Pki::new).transpose()?;
     let extra = format!(
-        "max_connections_per_requestor = {}",
-        (max_concurrent as usize + 1).max(10)
+        "max_connections_per_requestor = {}\n{}",
+        (max_concurrent as usize + 1).max(10),
+        pki.as_ref().map_or(String::new(), |p| p.lqd_table("offer"))
     );
     let (mut lqd, mut population, ready) = Lqd::start(&args.common, args.bindings, &extra)?;
+    let client = pki
+        .as_ref()
+        .map(crate::tls::Pki::client_config)
+        .transpose()?;
+    // Cleartext, then TLS; the next round TLS first.
+    let passes = |round: u32| -> Vec<bool> {
+        match (&client, round % 2) {
+            (None, _) => vec![false],
+            (Some(_), 1) => vec![false, true],
+            (Some(_), _) => vec![true, false],
+        }
+    };
     let mut rows = Vec::new();
     let mut failures = Vec::new();
     let mut xid = 1u32;
     for &concurrent in &args.concurrent {
-        for round in 1..=args.rounds {
+        for (round, tls) in
+            (1..=args.rounds).flat_map(|r| passes(r).into_iter().map(move |t| (r, t)))
+        {
             let before = lqd.stats()?;
             let reset = lqd.reset_peak();
             let own_before = own_cpu_secs();
@@ -362,14 +406,22 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
             let started = Instant::now();
             let base = xid;
             xid += concurrent;
-            let results: Vec<Result<Answer, String>> = std::thread::scope(|scope| {
+            let client = client.as_ref().filter(|_| tls);
+            type Timed = Result<(Answer, Option<crate::tls::Timing>), String>;
+            let results: Vec<Timed> = std::thread::scope(|scope| {
                 let handles: Vec<_> = (0..concurrent)
                     .map(|q| {
                         let (barrier, population) = (&barrier, &population);
                         let addr = lqd.addr;
                         scope.spawn(move || {
                             barrier.wait();
-                            query_link(addr, population, base + q, false)
+                            match client {
+                                Some(c) => query_link_tls(addr, c, population, base + q)
+                                    .map(|(a, t)| (a, Some(t))),
+                                None => {
+                                    query_link(addr, population, base + q, false).map(|a| (a, None))
+                                }
+                            }
                         })
                     })
                     .collect();
@@ -388,10 +440,19 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
             population.replay_until(&ready.churn, Instant::now());
             let mut queries = Vec::new();
             let mut total = 0u64;
+            let mut handshake: Option<Duration> = None;
             for (q, result) in results.into_iter().enumerate() {
-                let what = format!("concurrent {concurrent}, round {round}, query {}", q + 1);
+                let what = format!(
+                    "concurrent {concurrent}, round {round}{}, query {}",
+                    if tls { " (TLS)" } else { "" },
+                    q + 1
+                );
                 match result {
-                    Ok(a) => {
+                    Ok((a, timing)) => {
+                        if let Some(t) = timing {
+                            let took = t.starttls + t.handshake;
+                            handshake = Some(handshake.map_or(took, |h| h.max(took)));
+                        }
                         failures.extend(a.check(&population, &what));
                         total += a.bindings;
                         queries.push(QueryRow {
@@ -409,6 +470,8 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
             let row = RoundRow {
                 concurrent,
                 round,
+                tls,
+                handshake_ms: handshake.map(|h| h.as_secs_f64() * 1e3),
                 queries,
                 wall_seconds: wall.as_secs_f64(),
                 aggregate_bindings_per_sec: rate(total, wall),
@@ -422,7 +485,8 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
                 rss_end_kib: after.rss_kib,
             };
             eprintln!(
-                "loadgen: concurrent {concurrent} round {round}: {total} bindings in {:.2} s",
+                "loadgen: concurrent {concurrent} round {round}{}: {total} bindings in {:.2} s",
+                if tls { " over TLS" } else { "" },
                 row.wall_seconds
             );
             rows.push(row);
@@ -474,11 +538,11 @@ fn table(
     );
     let _ = writeln!(
         out,
-        "| concurrent | round | bindings/query | per query, bindings/s | aggregate bindings/s | wall s | lqd CPU s | loadgen CPU s | RSS before MiB | peak RSS MiB | RSS end MiB |"
+        "| concurrent | round | TLS | bindings/query | per query, bindings/s | aggregate bindings/s | wall s | lqd CPU s | loadgen CPU s | RSS before MiB | peak RSS MiB | RSS end MiB |"
     );
     let _ = writeln!(
         out,
-        "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+        "|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in rows {
         let per: Vec<String> = r
@@ -493,9 +557,14 @@ fn table(
         };
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1}{} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.1} | {:.1}{} | {:.1} |",
             r.concurrent,
             r.round,
+            match r.handshake_ms {
+                Some(ms) if r.tls => format!("yes (handshakes ≤ {ms:.1} ms)"),
+                _ if r.tls => "yes".to_owned(),
+                _ => "no".to_owned(),
+            },
             counts.join(" / "),
             per.join(" / "),
             r.aggregate_bindings_per_sec,
@@ -510,6 +579,52 @@ fn table(
                 " (since start)"
             },
             mib(r.rss_end_kib),
+        );
+    }
+    out.push_str(&tls_ratios(rows));
+    out
+}
+
+/// TLS against cleartext, per concurrency: the mean over its rounds of the aggregate
+/// bindings/s, of lqd's CPU seconds and of its peak RSS; empty without TLS rounds.
+fn tls_ratios(rows: &[RoundRow]) -> String {
+    use std::fmt::Write as _;
+    let mean = |c: u32, tls: bool, f: &dyn Fn(&RoundRow) -> f64| -> Option<f64> {
+        let v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.concurrent == c && r.tls == tls)
+            .map(f)
+            .collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let mut concurrent: Vec<u32> = rows
+        .iter()
+        .filter(|r| r.tls)
+        .map(|r| r.concurrent)
+        .collect();
+    concurrent.dedup();
+    if concurrent.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nTLS against cleartext, the mean of each one's rounds (above 1: TLS is faster, \
+         costs more CPU, holds more memory):\n\n\
+         | concurrent | TLS/cleartext aggregate bindings/s | lqd CPU s | peak RSS |\n\
+         |---:|--:|--:|--:|\n",
+    );
+    for c in concurrent {
+        let ratio = |f: &dyn Fn(&RoundRow) -> f64| {
+            mean(c, true, f)
+                .zip(mean(c, false, f))
+                .filter(|(_, p)| *p > 0.0)
+                .map_or_else(|| "–".to_owned(), |(t, p)| format!("{:.2}×", t / p))
+        };
+        let _ = writeln!(
+            out,
+            "| {c} | {} | {} | {} |",
+            ratio(&|r| r.aggregate_bindings_per_sec),
+            ratio(&|r| r.lqd_cpu_seconds),
+            ratio(&|r| r.peak_rss_kib as f64),
         );
     }
     out

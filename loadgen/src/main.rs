@@ -31,12 +31,14 @@
 mod bulk;
 mod fanout;
 mod hostile;
+mod nats;
 mod plot;
 mod population;
 mod process;
 mod redis;
 mod report;
 mod summary;
+mod tls;
 mod udp;
 
 use std::path::PathBuf;

@@ -127,10 +127,10 @@ pub(crate) fn latency_vs_rate(runs: &[RunSummary], path: &Path) -> Result<(), St
 
 /// Systems in plot order: lqd and the baselines first, then any other by name.
 fn system_rank(system: &str) -> (usize, &str) {
-    let rank = ["lqd", "raw", "redis"]
+    let rank = ["lqd", "lqd-tls", "raw", "redis", "nats"]
         .iter()
         .position(|s| *s == system)
-        .unwrap_or(3);
+        .unwrap_or(5);
     (rank, system)
 }
 
@@ -140,6 +140,8 @@ fn colour(system: &str, index: usize) -> RGBColor {
         "lqd" => RGBColor(31, 119, 180),
         "raw" => RGBColor(44, 160, 44),
         "redis" => RGBColor(214, 39, 40),
+        "lqd-tls" => RGBColor(148, 103, 189),
+        "nats" => RGBColor(255, 127, 14),
         _ => {
             let c = Palette99::pick(index).to_rgba();
             RGBColor(c.0, c.1, c.2)

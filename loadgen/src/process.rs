@@ -33,6 +33,9 @@ pub(crate) struct Lqd {
     pub(crate) addr_v4: Option<SocketAddr>,
     dir: PathBuf,
     keep: bool,
+    /// Its certificate and key (`[tls]`), and the requestors' client configuration, when
+    /// started with TLS ([`with_tls`](Self::with_tls)).
+    tls: Option<(crate::tls::Pki, std::sync::Arc<rustls::ClientConfig>)>,
 }
 
 /// Memory and CPU of a process, from /proc.
@@ -189,7 +192,21 @@ impl Lqd {
             addr_v4,
             dir,
             keep,
+            tls: None,
         })
+    }
+
+    /// Keeps `pki` (whose `[tls]` table is in this lqd's config) for as long as lqd runs, and
+    /// its client configuration for the requestors.
+    pub(crate) fn with_tls(mut self, pki: crate::tls::Pki) -> Result<Self, String> {
+        let config = pki.client_config()?;
+        self.tls = Some((pki, config));
+        Ok(self)
+    }
+
+    /// The requestors' TLS client configuration, when lqd runs with TLS.
+    pub(crate) fn tls_client(&self) -> Option<std::sync::Arc<rustls::ClientConfig>> {
+        self.tls.as_ref().map(|(_, c)| std::sync::Arc::clone(c))
     }
 
     /// Waits until lqd holds the whole initial population.

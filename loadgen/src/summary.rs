@@ -7,6 +7,8 @@ use serde_json::Value;
 
 /// The system whose name marks lqd's runs; the others are baselines.
 const LQD: &str = "lqd";
+/// lqd with its requestors on TLS.
+const LQD_TLS: &str = "lqd-tls";
 
 /// What one run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -87,6 +89,57 @@ pub(crate) struct Ratio {
     pub(crate) raw: Option<Versus>,
     /// lqd over Redis, when there is a Redis run at this load.
     pub(crate) redis: Option<Versus>,
+    /// lqd over NATS, when there is a NATS run at this load.
+    pub(crate) nats: Option<Versus>,
+}
+
+/// lqd with its requestors on TLS against lqd in cleartext at one load (`--tls`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct TlsRatio {
+    pub(crate) mode: String,
+    pub(crate) filter: Option<String>,
+    pub(crate) requestors: usize,
+    pub(crate) rate: f64,
+    /// TLS over cleartext (above 1: TLS delivers more, is slower, costs more, holds more).
+    pub(crate) deliveries_per_sec: Option<f64>,
+    pub(crate) p99: Option<f64>,
+    pub(crate) server_cpu_per_change: Option<f64>,
+    pub(crate) server_peak_rss: Option<f64>,
+}
+
+/// One [`TlsRatio`] per `lqd-tls` run that has an `lqd` run at the same load (the first of
+/// each).
+pub(crate) fn tls_ratios(runs: &[RunSummary]) -> Vec<TlsRatio> {
+    let mut out: Vec<TlsRatio> = Vec::new();
+    for tls in runs.iter().filter(|r| r.system == LQD_TLS) {
+        if out.iter().any(|r| {
+            r.mode == tls.mode
+                && r.filter == tls.filter
+                && r.requestors == tls.requestors
+                && r.rate.to_bits() == tls.rate.to_bits()
+        }) {
+            continue;
+        }
+        let Some(plain) = runs.iter().find(|r| r.system == LQD && same_load(r, tls)) else {
+            continue;
+        };
+        let opt = |a: Option<f64>, b: Option<f64>| a.zip(b).and_then(|(a, b)| ratio(a, b));
+        let rss = |r: &RunSummary| r.server_peak_rss_kib.map(|k| k as f64);
+        out.push(TlsRatio {
+            mode: tls.mode.clone(),
+            filter: tls.filter.clone(),
+            requestors: tls.requestors,
+            rate: tls.rate,
+            deliveries_per_sec: ratio(tls.deliveries_per_sec, plain.deliveries_per_sec),
+            p99: ratio(tls.p99_us, plain.p99_us),
+            server_cpu_per_change: opt(
+                tls.server_cpu_us_per_change,
+                plain.server_cpu_us_per_change,
+            ),
+            server_peak_rss: opt(rss(tls), rss(plain)),
+        });
+    }
+    out
 }
 
 /// Whether `a` and `b` ran at the same load (same mode, filter, requestors and intended
@@ -125,8 +178,8 @@ pub(crate) fn ratios(runs: &[RunSummary]) -> Vec<Ratio> {
                     p99: ratio(lqd.p99_us, b.p99_us),
                 })
         };
-        let (raw, redis) = (versus("raw"), versus("redis"));
-        if raw.is_some() || redis.is_some() {
+        let (raw, redis, nats) = (versus("raw"), versus("redis"), versus("nats"));
+        if raw.is_some() || redis.is_some() || nats.is_some() {
             out.push(Ratio {
                 mode: lqd.mode.clone(),
                 filter: lqd.filter.clone(),
@@ -134,6 +187,7 @@ pub(crate) fn ratios(runs: &[RunSummary]) -> Vec<Ratio> {
                 rate: lqd.rate,
                 raw,
                 redis,
+                nats,
             });
         }
     }
@@ -231,6 +285,28 @@ pub(crate) fn markdown(runs: &[RunSummary]) -> String {
                 .map_or_else(|| "–".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0)),
         ));
     }
+    let tls = tls_ratios(runs);
+    if !tls.is_empty() {
+        out.push_str(
+            "\nlqd with every requestor on TLS (STARTTLS, rustls) against lqd in cleartext at the \
+             same load (above 1: TLS delivers more, is slower, costs more CPU, holds more \
+             memory):\n\n\
+             | mode | N | rate/s | TLS/cleartext deliveries/s | p99 | server CPU µs/change \
+             | server peak RSS |\n|---|--:|--:|--:|--:|--:|--:|\n",
+        );
+        for r in &tls {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                r.mode,
+                number(r.requestors as f64),
+                number(r.rate),
+                times(r.deliveries_per_sec),
+                times(r.p99),
+                times(r.server_cpu_per_change),
+                times(r.server_peak_rss),
+            ));
+        }
+    }
     let ratios = ratios(runs);
     if ratios.is_empty() {
         return out;
@@ -238,21 +314,23 @@ pub(crate) fn markdown(runs: &[RunSummary]) -> String {
     out.push_str(
         "\nlqd against the baselines at the same load (deliveries/s: above 1 is lqd delivering \
          more; p99: above 1 is lqd slower):\n\n\
-         | mode | N | rate/s | lqd/raw deliveries/s | lqd/redis deliveries/s | lqd/raw p99 \
-         | lqd/redis p99 |\n\
-         |---|--:|--:|--:|--:|--:|--:|\n",
+         | mode | N | rate/s | lqd/raw deliveries/s | lqd/redis deliveries/s \
+         | lqd/nats deliveries/s | lqd/raw p99 | lqd/redis p99 | lqd/nats p99 |\n\
+         |---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in &ratios {
-        let (raw, redis) = (r.raw, r.redis);
+        let (raw, redis, nats) = (r.raw, r.redis, r.nats);
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.mode,
             number(r.requestors as f64),
             number(r.rate),
             times(raw.and_then(|v| v.deliveries_per_sec)),
             times(redis.and_then(|v| v.deliveries_per_sec)),
+            times(nats.and_then(|v| v.deliveries_per_sec)),
             times(raw.and_then(|v| v.p99)),
             times(redis.and_then(|v| v.p99)),
+            times(nats.and_then(|v| v.p99)),
         ));
     }
     out
@@ -270,6 +348,10 @@ pub(crate) fn json(runs: &[RunSummary]) -> Value {
     doc.insert(
         "ratios".to_owned(),
         serde_json::to_value(ratios(runs)).unwrap_or_default(),
+    );
+    doc.insert(
+        "tls_ratios".to_owned(),
+        serde_json::to_value(tls_ratios(runs)).unwrap_or_default(),
     );
     Value::Object(doc)
 }
@@ -377,6 +459,44 @@ mod tests {
     }
 
     #[test]
+    fn nats_and_tls_ratios() {
+        let mut lqd = run("lqd", "active", 1000, 100.0);
+        lqd.server_cpu_us_per_change = Some(100.0);
+        lqd.server_peak_rss_kib = Some(1000);
+        let mut tls = run("lqd-tls", "active", 1000, 100.0);
+        tls.deliveries_per_sec = lqd.deliveries_per_sec * 0.8;
+        tls.p99_us = 600.0;
+        tls.server_cpu_us_per_change = Some(150.0);
+        tls.server_peak_rss_kib = Some(3000);
+        let mut nats = run("nats", "active", 1000, 100.0);
+        nats.deliveries_per_sec = lqd.deliveries_per_sec / 2.0;
+        let runs = vec![
+            lqd,
+            tls,
+            nats,
+            // TLS alone at a load: no ratio.
+            run("lqd-tls", "active", 10, 100.0),
+        ];
+        let r = ratios(&runs);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].nats.and_then(|v| v.deliveries_per_sec), Some(2.0));
+        assert_eq!((r[0].raw, r[0].redis), (None, None));
+        let t = tls_ratios(&runs);
+        assert_eq!(t.len(), 1, "{t:?}");
+        assert!((t[0].deliveries_per_sec.expect("ratio") - 0.8).abs() < 1e-12);
+        assert_eq!(t[0].p99, Some(1.5));
+        assert_eq!(t[0].server_cpu_per_change, Some(1.5));
+        assert_eq!(t[0].server_peak_rss, Some(3.0));
+        let md = markdown(&runs);
+        assert!(
+            md.contains("| active | 1,000 | 100 | 0.80× | 1.50× | 1.50× | 3.00× |"),
+            "{md}"
+        );
+        assert!(md.contains("lqd/nats deliveries/s"), "{md}");
+        assert_eq!(json(&runs)["tls_ratios"][0]["p99"], 1.5);
+    }
+
+    #[test]
     fn markdown_table_shape() {
         let runs = vec![
             run("lqd", "active", 1000, 100.0),
@@ -417,7 +537,9 @@ mod tests {
         assert_eq!(cells(all[4])[14], "–");
         assert_eq!(
             cells(ratio[2]),
-            ["active", "1,000", "100", "–", "1.00×", "–", "1.00×"]
+            [
+                "active", "1,000", "100", "–", "1.00×", "–", "–", "1.00×", "–"
+            ]
         );
         // No lqd run: no ratio table.
         assert!(!markdown(&runs[1..]).contains("lqd/redis"));

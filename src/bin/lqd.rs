@@ -109,6 +109,21 @@ fn run(config: Config) -> Result<(), String> {
             "TLS offered by STARTTLS; SIGHUP reads the certificate, key and client CA again"
         );
     }
+    // The metrics listener first: a bad address fails the start, before anything runs.
+    let metrics = match config.metrics_listen {
+        Some(addr) => {
+            let listener = lqd::server::metrics::bind(addr)
+                .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
+            let m = Arc::new(lqd::server::metrics::Metrics::new(
+                config.metrics_requestor_series,
+            ));
+            m.set_source(&source.to_string());
+            lqd::server::metrics::serve(listener, Arc::clone(&m))
+                .map_err(|e| format!("metrics thread: {e}"))?;
+            Some(m)
+        }
+        None => None,
+    };
     let server_cfg = ServerConfig {
         listen: config.listen.clone(),
         server_id,
@@ -127,6 +142,7 @@ fn run(config: Config) -> Result<(), String> {
         active_send_timeout,
         journal,
         tls,
+        metrics,
     };
     // The feed's socket first: when lqd's TCP port answers, writers can connect too (they wait
     // in the socket's backlog until the journal is read and the source starts).

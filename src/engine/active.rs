@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use super::query::{ActiveRequest, Selector};
 use super::reply::{client_data, push_frame};
+use super::tally::Tally;
 use crate::codec::{
     DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode, Xid,
 };
@@ -194,6 +195,10 @@ pub struct ActiveQuery {
     sent: u64,
     /// Journal records read so far (sent or not): the query's share of the work.
     read: u64,
+    /// Counts for the metrics, since the session last took them.
+    pub(crate) tally: Tally,
+    /// When it started.
+    started: ServerTime,
 }
 
 impl ActiveQuery {
@@ -241,6 +246,11 @@ impl ActiveQuery {
             },
         };
         let data_missing = status.status == Status::DataMissing;
+        let tally = Tally {
+            data_missing: u64::from(data_missing),
+            catch_ups_started: u64::from(request.start.is_some()),
+            ..Tally::default()
+        };
         let mut top = vec![DhcpOption::ServerId(Duid(server_id))];
         if let Some(r) = &request.requestor_id {
             top.push(DhcpOption::ClientId(Duid(r)));
@@ -273,6 +283,8 @@ impl ActiveQuery {
             last_sent: mono,
             sent: 0,
             read: 0,
+            tally,
+            started: now,
         }
     }
 
@@ -286,6 +298,27 @@ impl ActiveQuery {
     #[must_use]
     pub const fn filter(&self) -> Option<&Selector> {
         self.filter.as_ref()
+    }
+
+    /// When the query started.
+    #[must_use]
+    pub const fn started(&self) -> ServerTime {
+        self.started
+    }
+
+    /// How far behind the head the query is: the journal records from the next one it will
+    /// send to the head, and that record's time (`(0, None)` at the head).
+    #[must_use]
+    pub fn lag<L: Log>(&self, history: &History<L>) -> (u64, Option<ServerTime>) {
+        let journal = history.journal();
+        let Some(next) = self.upcoming(history) else {
+            return (0, None);
+        };
+        let time = journal
+            .cursor_at(next)
+            .ok()
+            .and_then(|mut c| journal.read(&mut c).ok().flatten().map(|r| r.time));
+        (journal.next_seq().saturating_sub(next), time)
     }
 
     /// The sequence number of the next record this query considers.
@@ -438,6 +471,8 @@ impl ActiveQuery {
                     self.catch_up_until = None;
                     let stamp = self.stamp(history, now);
                     self.status_data(Status::CatchUpComplete, "catch-up complete", stamp, out);
+                    self.tally.catch_ups_completed =
+                        self.tally.catch_ups_completed.saturating_add(1);
                     continue;
                 }
             }
@@ -458,6 +493,7 @@ impl ActiveQuery {
                         now,
                         out,
                     );
+                    self.tally.data_missing = self.tally.data_missing.saturating_add(1);
                     continue;
                 }
             };
@@ -471,10 +507,12 @@ impl ActiveQuery {
             // Only a binding's newest record is sent (its current state): a cheap check by the
             // entry's binding id first, the full one (ended bindings' tombstones) otherwise.
             if entry.superseded {
+                self.tally.coalesced = self.tally.coalesced.saturating_add(1);
                 continue;
             }
             if !is_latest(history, entry.id, seq, payload) {
                 entry.superseded = true;
+                self.tally.coalesced = self.tally.coalesced.saturating_add(1);
                 continue;
             }
             let Some(binding) = &entry.binding else {
@@ -516,6 +554,11 @@ impl ActiveQuery {
                     x.copy_from_slice(&self.xid.to_bytes());
                 }
                 self.sent = self.sent.saturating_add(1);
+                self.tally.deliveries = self.tally.deliveries.saturating_add(1);
+                // Bounded, for a caller that never takes the tally.
+                if self.tally.delivered.len() < 4096 {
+                    self.tally.delivered.push(seq);
+                }
             }
         }
         cache.built = cache.built.saturating_add(built);

@@ -49,6 +49,7 @@ pub struct BulkAnswer {
     query: Query,
     position: Position,
     sent: u64,
+    started: Option<ServerTime>,
 }
 
 impl BulkAnswer {
@@ -57,9 +58,23 @@ impl BulkAnswer {
     pub const fn new(query: Query) -> Self {
         Self {
             query,
+            started: None,
             position: Position::Start,
             sent: 0,
         }
+    }
+
+    /// Notes when the query arrived (for the requestor view).
+    #[must_use]
+    pub const fn started_at(mut self, t: ServerTime) -> Self {
+        self.started = Some(t);
+        self
+    }
+
+    /// When the query arrived, if noted.
+    #[must_use]
+    pub const fn started(&self) -> Option<ServerTime> {
+        self.started
     }
 
     /// The query being answered.

@@ -10,4 +10,5 @@ pub mod bulk;
 pub mod query;
 pub mod reply;
 pub mod session;
+pub mod tally;
 pub mod udp;

@@ -67,6 +67,18 @@ pub enum Selector {
 }
 
 impl Selector {
+    /// The query type that asks for this selection.
+    #[must_use]
+    pub const fn query_type(&self) -> QueryType {
+        match self {
+            Self::Address { .. } => QueryType::ByAddress,
+            Self::ClientId { .. } => QueryType::ByClientId,
+            Self::RelayId { .. } => QueryType::ByRelayId,
+            Self::LinkAddress { .. } => QueryType::ByLinkAddress,
+            Self::RemoteId { .. } => QueryType::ByRemoteId,
+        }
+    }
+
     /// True when `binding` is one this selector asks for: the filter of an Active query
     /// (digest §10.4 item 10), the same rules as the Bulk query types.
     #[must_use]

@@ -18,6 +18,7 @@ use super::query::{
     resolve_links,
 };
 use super::reply::{push_frame, refusal_options};
+use super::tally::{QueryMessage, Tally};
 use crate::codec::{
     Decoded, DhcpOption, Duid, FrameDecoder, MessageRepr, MessageType, Options, QueryType,
     ServerTime, Status, StatusCode, Xid,
@@ -157,6 +158,8 @@ pub struct Session {
     /// STARTTLS was accepted and the server has not switched to TLS yet: no frame after it is
     /// read as plain text (the octets after it belong to the handshake).
     upgrading: bool,
+    /// Counts for the metrics (the Active queries keep their own).
+    tally: Tally,
 }
 
 impl Session {
@@ -173,6 +176,15 @@ impl Session {
             tls: TlsOffer::Off,
             secured: false,
             upgrading: false,
+            tally: Tally::default(),
+        }
+    }
+
+    /// What this session did since the last call, for the metrics; the counts start again.
+    pub fn take_tally(&mut self, into: &mut Tally) {
+        into.absorb(&mut self.tally);
+        for q in &mut self.active {
+            into.absorb(&mut q.tally);
         }
     }
 
@@ -236,6 +248,12 @@ impl Session {
         &self.active
     }
 
+    /// The Bulk answers in progress.
+    #[must_use]
+    pub fn bulk_answers(&self) -> &[BulkAnswer] {
+        &self.answers
+    }
+
     /// Consumes whole frames from `buf` while the session can take queries; returns the octets
     /// consumed (the caller keeps the rest). Refusals and other immediate replies go to `out`,
     /// log-worthy events to `events`. An error means: close the connection.
@@ -292,6 +310,13 @@ impl Session {
                     "TLS is required: send STARTTLS first",
                     out,
                 );
+                let message = if msg.msg_type() == MessageType::ActiveLeasequery {
+                    QueryMessage::Active
+                } else {
+                    QueryMessage::Leasequery
+                };
+                let query_type = msg.options.lq_query().map(|q| q.query_type);
+                self.tally.outcome(message, query_type, Status::NotAllowed);
                 return Err(CloseReason::TlsRequired);
             }
             MessageType::Leasequery => {}
@@ -306,6 +331,7 @@ impl Session {
                     out,
                 );
                 self.upgrading = true;
+                self.tally.starttls_accepted = self.tally.starttls_accepted.saturating_add(1);
                 events.push(Event::StartTls);
                 return Ok(());
             }
@@ -321,6 +347,7 @@ impl Session {
                     "TLS is not configured",
                     out,
                 );
+                self.tally.starttls_refused = self.tally.starttls_refused.saturating_add(1);
                 events.push(Event::StartTlsRefused);
                 return Ok(());
             }
@@ -345,6 +372,8 @@ impl Session {
                 reason,
             }) => {
                 reply_status(xid, requestor_id.as_deref(), server_id, status, reason, out);
+                self.tally
+                    .outcome(QueryMessage::Leasequery, Some(query_type), status);
                 events.push(Event::Refused {
                     xid,
                     status,
@@ -357,7 +386,8 @@ impl Session {
             events.push(Event::DuplicateXid(query.xid));
             return Ok(());
         }
-        self.answers.push(BulkAnswer::new(query));
+        self.answers
+            .push(BulkAnswer::new(query).started_at(ctx.now));
         Ok(())
     }
 
@@ -396,6 +426,8 @@ impl Session {
                     reason,
                     out,
                 );
+                let query_type = msg.options.lq_query().map(|q| q.query_type);
+                self.tally.outcome(QueryMessage::Active, query_type, status);
                 events.push(Event::Refused {
                     xid,
                     status,
@@ -408,7 +440,14 @@ impl Session {
             events.push(Event::DuplicateXid(request.xid));
             return Ok(());
         }
+        let query_type = request.query_type;
         let query = ActiveQuery::start(request, ctx.history, ctx.server_id, ctx.now, ctx.mono, out);
+        let status = if query.tally.data_missing > 0 {
+            Status::DataMissing
+        } else {
+            Status::Success
+        };
+        self.tally.outcome(QueryMessage::Active, query_type, status);
         events.push(Event::ActiveStarted {
             xid: query.xid(),
             catching_up: query.catching_up(),
@@ -451,6 +490,9 @@ impl Session {
                 break;
             };
             if answer.fill(store, server_id, now, out, share) == Fill::Finished {
+                let query_type = answer.query().selector.query_type();
+                self.tally
+                    .outcome(QueryMessage::Leasequery, Some(query_type), Status::Success);
                 self.answers.remove(self.next);
             } else {
                 self.next += 1;

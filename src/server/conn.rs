@@ -1,5 +1,6 @@
 //! One requestor's TCP connection: its socket, its buffers and its engine session.
 
+use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,10 +11,12 @@ use rustls::ServerConnection;
 use tracing::info;
 
 use super::ServerConfig;
+use super::metrics::{Metrics, unix_now};
 use crate::codec::ServerTime;
 use crate::config::QueryTypes;
 use crate::engine::active::{ActiveQuery, EncodeCache};
 use crate::engine::session::{Ctx, Event, Session, TlsOffer};
+use crate::engine::tally::Tally;
 use crate::store::Log;
 
 /// Octets of queries buffered per connection before lqd stops reading it (D22): a few whole
@@ -74,6 +77,35 @@ pub(super) struct Conn {
     pub(super) needs_certificate: bool,
     /// The certificate table whose connection count this connection is in.
     pub(super) table: Option<usize>,
+    /// The requestor's name by its certificate: the name that matched a table.
+    pub(super) requestor_name: Option<String>,
+    /// Its certificate, for the requestor view.
+    pub(super) certificate: Option<String>,
+    /// When it connected (Unix time).
+    pub(super) connected_since: u64,
+    /// Octets written so far (before TLS).
+    pub(super) written: u64,
+    /// Octets already added to the metrics.
+    written_reported: u64,
+    /// What the session did, not yet added to the metrics.
+    tally: Tally,
+    /// Deliveries waiting in the output: where they end (in `written` terms), when their
+    /// change arrived, how many.
+    in_flight: VecDeque<(u64, Instant, u32)>,
+}
+
+/// What the server watches a connection's work with.
+pub(super) struct Observe<'a> {
+    pub(super) metrics: &'a Metrics,
+    /// When each run of journal records arrived: (first sequence number, instant).
+    pub(super) arrivals: &'a VecDeque<(u64, Instant)>,
+}
+
+impl Observe<'_> {
+    fn arrival(&self, seq: u64) -> Option<Instant> {
+        let i = self.arrivals.partition_point(|(s, _)| *s <= seq);
+        self.arrivals.get(i.checked_sub(1)?).map(|(_, at)| *at)
+    }
 }
 
 impl Conn {
@@ -103,6 +135,13 @@ impl Conn {
             watched: 0,
             needs_certificate: false,
             table: None,
+            requestor_name: None,
+            certificate: None,
+            connected_since: unix_now(),
+            written: 0,
+            written_reported: 0,
+            tally: Tally::default(),
+            in_flight: VecDeque::new(),
         }
     }
 
@@ -182,6 +221,31 @@ impl Conn {
         ctx: &Ctx<'_, L>,
         cache: &mut EncodeCache,
         cfg: &ServerConfig,
+        obs: Option<&Observe<'_>>,
+    ) -> Result<bool, String> {
+        let result = self.serve_turn(ctx, cache, cfg, obs);
+        // What the session did goes to the metrics, also when the connection closes now.
+        self.session.take_tally(&mut self.tally);
+        if let Some(o) = obs {
+            o.metrics.add(&self.tally);
+            let sent = self.written.saturating_sub(self.written_reported);
+            if sent > 0 {
+                o.metrics
+                    .sent_tcp
+                    .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        self.written_reported = self.written;
+        self.tally.clear();
+        result
+    }
+
+    fn serve_turn<L: Log>(
+        &mut self,
+        ctx: &Ctx<'_, L>,
+        cache: &mut EncodeCache,
+        cfg: &ServerConfig,
+        obs: Option<&Observe<'_>>,
     ) -> Result<bool, String> {
         let mut more = false;
         if std::mem::take(&mut self.hung_up) {
@@ -267,9 +331,15 @@ impl Conn {
             unsent = self
                 .session
                 .fill(ctx, cache, &mut self.outbuf, cfg.high_water);
+            if let Some(o) = obs {
+                self.note_deliveries(o);
+            }
         }
         if self.writable {
             self.write().map_err(|e| format!("write failed: {e}"))?;
+        }
+        if let Some(o) = obs {
+            self.observe_written(o.metrics);
         }
         if self.to_identify().is_some() {
             // The server decides on the certificate before any query is read.
@@ -295,6 +365,41 @@ impl Conn {
             && ((self.readable && self.inbuf.len() < INBUF_CAP)
                 || (reading && self.session.holds_whole_frame(&self.inbuf)));
         Ok(more)
+    }
+
+    /// Notes where the deliveries just filled end in the output, and when their changes
+    /// arrived, so that the write that sends them can time them.
+    fn note_deliveries(&mut self, o: &Observe<'_>) {
+        self.session.take_tally(&mut self.tally);
+        if self.tally.delivered.is_empty() {
+            return;
+        }
+        let end = self
+            .written
+            .saturating_add(self.outbuf.len().saturating_sub(self.out_pos) as u64);
+        for seq in self.tally.delivered.drain(..) {
+            let Some(at) = o.arrival(seq) else {
+                continue;
+            };
+            match self.in_flight.back_mut() {
+                Some((e, a, n)) if *e == end && *a == at => *n = n.saturating_add(1),
+                _ => self.in_flight.push_back((end, at, 1)),
+            }
+        }
+    }
+
+    /// Times the deliveries the writes have sent.
+    fn observe_written(&mut self, metrics: &Metrics) {
+        let now = Instant::now();
+        while let Some(&(end, at, n)) = self.in_flight.front() {
+            if end > self.written {
+                break;
+            }
+            self.in_flight.pop_front();
+            let nanos =
+                u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
+            metrics.fanout.observe(nanos, u64::from(n));
+        }
     }
 
     /// STARTTLS was accepted: the answer goes out in plain text, then everything is TLS. The
@@ -455,6 +560,7 @@ impl Conn {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.out_pos += n;
+                    self.written = self.written.saturating_add(n as u64);
                     self.progress = Instant::now();
                     self.activity = self.progress;
                 }
@@ -489,6 +595,7 @@ impl Conn {
                     .writer()
                     .write(self.outbuf.get(self.out_pos..).unwrap_or(&[]))?;
                 self.out_pos += n;
+                self.written = self.written.saturating_add(n as u64);
             }
             if !session.wants_write() {
                 break;
@@ -533,6 +640,11 @@ impl Conn {
             self.outbuf.drain(..self.out_pos.min(self.outbuf.len()));
             self.out_pos = 0;
         }
+    }
+
+    /// The connection's protocol state (for the requestor view).
+    pub(super) fn session(&self) -> &Session {
+        &self.session
     }
 
     /// True while an Active query runs on this connection.

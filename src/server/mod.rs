@@ -8,9 +8,10 @@
 
 mod conn;
 pub mod duid;
+pub mod metrics;
 pub mod tls;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -30,7 +31,8 @@ use crate::engine::udp::{UdpAnswer, answer};
 use crate::feed::{Fed, FeedReceiver, Writer, Writers, system_time as server_time};
 use crate::store::journal::{FlushPolicy, JournalFile};
 use crate::store::{History, LinkMap, Store};
-use conn::Conn;
+use conn::{Conn, Observe};
+use metrics::{ClosedView, ConnView, Metrics, QueryView, Refused, RequestorLag, Snapshot, TlsView};
 use tls::TlsServer;
 
 /// Who may connect, and what they may ask (decisions D23, D27).
@@ -117,6 +119,8 @@ pub struct ServerConfig {
     pub journal: JournalSettings,
     /// STARTTLS (D25): `None` refuses it.
     pub tls: Option<TlsServer>,
+    /// The counters and snapshots the metrics endpoint serves; `None` keeps none.
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// Where the change journal lives and how it is flushed.
@@ -131,6 +135,12 @@ pub struct JournalSettings {
 }
 
 const WAKER: Token = Token(0);
+/// Closed connections the requestor view keeps.
+const CLOSED_KEPT: usize = 256;
+/// Runs of arrivals kept for the fan-out latency, and for how long: a delivery later than
+/// that is a catch-up, not fan-out.
+const ARRIVALS_KEPT: usize = 100_000;
+const ARRIVAL_AGE: Duration = Duration::from_secs(120);
 const LISTENER_BASE: usize = 1;
 const FIRST_CONN: usize = 1 << 16;
 /// How often a listener whose accept failed is tried again.
@@ -171,6 +181,14 @@ pub struct Server {
     reload: Arc<AtomicBool>,
     /// Connections held by the requestors of each certificate table (by its index).
     per_table: HashMap<usize, usize>,
+    /// When runs of journal records arrived: (first sequence number, instant), for the
+    /// fan-out latency; only with metrics.
+    arrivals: VecDeque<(u64, Instant)>,
+    /// The last connections closed, for the requestor view.
+    closed: VecDeque<ClosedView>,
+    /// The journal's next sequence number when the server started (appends are counted from
+    /// there).
+    first_seq: u64,
 }
 
 impl Server {
@@ -260,6 +278,9 @@ impl Server {
             marks_flushed: Instant::now(),
             reload: Arc::new(AtomicBool::new(false)),
             per_table: HashMap::new(),
+            arrivals: VecDeque::new(),
+            closed: VecDeque::new(),
+            first_seq: 0,
         })
     }
 
@@ -312,6 +333,7 @@ impl Server {
         };
         let names = tls::certificate_names(leaf);
         let who = tls::describe(leaf);
+        conn.certificate = Some(who.clone());
         match self.cfg.access.identify(peer.ip(), &names) {
             Identified::Unchanged => {
                 if conn.needs_certificate {
@@ -337,6 +359,7 @@ impl Server {
                 }
                 *held += 1;
                 conn.table = Some(index);
+                conn.requestor_name = Some(name.clone());
                 conn.set_policy(query_types);
                 info!(%peer, certificate = %who, table = index + 1, name, "TLS requestor identified");
             }
@@ -371,6 +394,7 @@ impl Server {
     /// Runs until `stop` is set (by SIGTERM / SIGINT), then ends every running query with
     /// QueryTerminated (decision D9) and closes.
     pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
+        self.first_seq = self.history.journal().next_seq();
         let mut events = Events::with_capacity(1024);
         let mut pending: Vec<usize> = Vec::new();
         let mut udp_pending: Vec<usize> = Vec::new();
@@ -421,6 +445,7 @@ impl Server {
             // Changes keep arriving while requestors are served: take a budget each turn.
             let before = self.history.journal().next_seq();
             feed_more = self.drain_feed(now);
+            self.note_arrivals(before);
             if self.history.marks_pending() && self.marks_flushed.elapsed() >= MARKS_INTERVAL {
                 self.flush_marks(now);
             }
@@ -459,6 +484,8 @@ impl Server {
                 self.sweep_timeouts();
                 let before = self.history.journal().next_seq();
                 self.housekeeping(now);
+                self.note_arrivals(before);
+                self.publish_snapshot();
                 self.publish_marks();
                 // The changes housekeeping journaled (expiries), and the keepalives due.
                 self.wake_concerned(before, &mut pending);
@@ -479,7 +506,10 @@ impl Server {
         let mut last_error = None;
         let mut again = 0usize;
         let mut flushed = None;
+        let (mut received, mut applied) = (0u64, 0u64);
         let drained = feed.drain_fed(self.cfg.feed_budget, |fed| {
+            let change = matches!(fed, Fed::Change(..));
+            received += u64::from(change);
             let result = match fed {
                 Fed::Change(change, None) => history.apply(&change, now).map(drop),
                 Fed::Change(change, Some(line)) => {
@@ -507,11 +537,18 @@ impl Server {
                     result
                 }
             };
-            if let Err(e) = result {
-                failed = failed.saturating_add(1);
-                last_error = Some(e);
+            match result {
+                Ok(()) => applied += u64::from(change),
+                Err(e) => {
+                    failed = failed.saturating_add(1);
+                    last_error = Some(e);
+                }
             }
         });
+        if let Some(m) = &self.cfg.metrics {
+            m.feed_received.fetch_add(received, Ordering::Relaxed);
+            m.feed_applied.fetch_add(applied, Ordering::Relaxed);
+        }
         publish(history, named);
         if let Some(at) = flushed {
             self.marks_flushed = at;
@@ -611,16 +648,19 @@ impl Server {
                 Admission::NeedsCertificate if mutual => (QueryTypes::NONE, true),
                 Admission::NeedsCertificate | Admission::Denied => {
                     info!(%peer, "connection refused: requestor not allowed");
+                    self.count_refused(Refused::Acl);
                     continue;
                 }
             };
             if self.conns.len() >= self.cfg.max_connections {
                 warn!(%peer, limit = self.cfg.max_connections, "connection refused: global limit");
+                self.count_refused(Refused::GlobalLimit);
                 continue;
             }
             let count = self.per_peer.entry(ip).or_insert(0);
             if *count >= self.cfg.max_connections_per_requestor {
                 warn!(%peer, limit = self.cfg.max_connections_per_requestor, "connection refused: per-requestor limit");
+                self.count_refused(Refused::RequestorLimit);
                 continue;
             }
             *count += 1;
@@ -655,6 +695,9 @@ impl Server {
                 continue;
             }
             info!(%peer, "connection opened");
+            if let Some(m) = &self.cfg.metrics {
+                m.accepted.fetch_add(1, Ordering::Relaxed);
+            }
             entry.insert(conn);
         }
     }
@@ -692,6 +735,22 @@ impl Server {
             if let UdpAnswer::Refused(status, reason) = verdict {
                 info!(%peer, %status, reason, "UDP query refused");
             }
+            if let Some(m) = &self.cfg.metrics {
+                let status = match verdict {
+                    UdpAnswer::Reply => Some(crate::codec::Status::Success),
+                    UdpAnswer::Refused(status, _) => Some(status),
+                    UdpAnswer::Drop(_) => None,
+                };
+                if let Some(status) = status {
+                    let query_type = crate::codec::MessageRepr::parse(datagram)
+                        .ok()
+                        .and_then(|msg| msg.options.lq_query().map(|q| q.query_type));
+                    let mut t = crate::engine::tally::Tally::default();
+                    t.outcome(crate::engine::tally::QueryMessage::Udp, query_type, status);
+                    m.add(&t);
+                    m.sent_udp.fetch_add(out.len() as u64, Ordering::Relaxed);
+                }
+            }
             match verdict {
                 UdpAnswer::Reply | UdpAnswer::Refused(..) => {
                     if let Err(e) = sock.send_to(&out, peer) {
@@ -718,7 +777,11 @@ impl Server {
             mono: Instant::now(),
             active: self.cfg.active,
         };
-        let served = conn.service(&ctx, &mut self.cache, &self.cfg);
+        let obs = self.cfg.metrics.as_deref().map(|metrics| Observe {
+            metrics,
+            arrivals: &self.arrivals,
+        });
+        let served = conn.service(&ctx, &mut self.cache, &self.cfg, obs.as_ref());
         let served = match served {
             Ok(more) if conn.to_identify().is_some() => self.identify(key).map(|()| more),
             other => other,
@@ -763,6 +826,170 @@ impl Server {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         info!(peer = %conn.peer, reason, "connection closed");
         self.release_peer(conn.peer.ip());
+        if let Some(m) = &self.cfg.metrics {
+            m.closed.fetch_add(1, Ordering::Relaxed);
+            if reason.starts_with("TLS handshake failed")
+                || reason.starts_with("certificate matches no")
+                || reason.starts_with("no client certificate")
+            {
+                m.refused(Refused::Tls);
+            } else if reason.starts_with("per-requestor limit") {
+                m.refused(Refused::RequestorLimit);
+            }
+            if self.closed.len() >= CLOSED_KEPT {
+                self.closed.pop_front();
+            }
+            self.closed.push_back(ClosedView {
+                peer: conn.peer.to_string(),
+                closed_at: metrics::unix_now(),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    fn count_refused(&self, why: Refused) {
+        if let Some(m) = &self.cfg.metrics {
+            m.refused(why);
+        }
+    }
+
+    /// Builds the snapshot the metrics endpoint serves: connections by state, every query's
+    /// lag, the most lagged requestors, the journal and the store.
+    fn publish_snapshot(&mut self) {
+        let Some(metrics) = self.cfg.metrics.clone() else {
+            return;
+        };
+        if !metrics.wanted() {
+            return;
+        }
+        let mut snap = Snapshot::now();
+        let history = &self.history;
+        let now = server_time();
+        let mut by_requestor: HashMap<String, (u64, u64)> = HashMap::new();
+        for (_, c) in &self.conns {
+            let session = c.session();
+            let state = if c.handshaking_for().is_some() {
+                0
+            } else if session.has_active() {
+                3
+            } else if session.bulk_running() > 0 {
+                2
+            } else {
+                1
+            };
+            if let Some(n) = snap.connections.get_mut(state) {
+                *n += 1;
+            }
+            let requestor = c
+                .requestor_name
+                .clone()
+                .unwrap_or_else(|| c.peer.ip().to_string());
+            let mut queries = Vec::new();
+            let mut conn_lag = 0u64;
+            for q in session.active_queries() {
+                snap.active_queries += 1;
+                let (lag, oldest) = q.lag(history);
+                snap.observe_lag(lag);
+                conn_lag = conn_lag.max(lag);
+                queries.push(QueryView {
+                    xid: format!("{:#08x}", q.xid().value()),
+                    kind: "active",
+                    query_type: metrics::query_type_label(
+                        q.filter().map(crate::engine::query::Selector::query_type),
+                    ),
+                    running_since: unix_of(q.started()),
+                    state: if q.catching_up() {
+                        "catching_up"
+                    } else {
+                        "live"
+                    },
+                    lag_records: lag,
+                    lag_seconds: oldest.map_or(0, |t| u64::from(now.0.saturating_sub(t.0))),
+                });
+            }
+            for a in session.bulk_answers() {
+                queries.push(QueryView {
+                    xid: format!("{:#08x}", a.query().xid.value()),
+                    kind: "bulk",
+                    query_type: metrics::query_type_label(Some(a.query().selector.query_type())),
+                    running_since: a.started().map_or(0, unix_of),
+                    state: "answering",
+                    lag_records: 0,
+                    lag_seconds: 0,
+                });
+            }
+            let e = by_requestor.entry(requestor.clone()).or_insert((0, 0));
+            e.0 = e.0.max(conn_lag);
+            e.1 += 1;
+            snap.conns.push(ConnView {
+                peer: c.peer.to_string(),
+                requestor,
+                tls: c.certificate.clone().map(|certificate| TlsView {
+                    certificate: Some(certificate),
+                }),
+                connected_since: c.connected_since,
+                bytes_sent: c.written,
+                queries,
+            });
+        }
+        let mut requestors: Vec<RequestorLag> = by_requestor
+            .into_iter()
+            .map(|(requestor, (lag_records, connections))| RequestorLag {
+                requestor,
+                lag_records,
+                connections,
+            })
+            .collect();
+        requestors.sort_by(|a, b| {
+            b.lag_records
+                .cmp(&a.lag_records)
+                .then_with(|| a.requestor.cmp(&b.requestor))
+        });
+        let cap = metrics.requestor_series;
+        snap.requestors_dropped = requestors.len().saturating_sub(cap) as u64;
+        requestors.truncate(cap);
+        snap.requestors = requestors;
+        let journal = history.journal();
+        snap.journal = metrics::JournalView {
+            size: journal.capacity() as u64,
+            used: journal.used_bytes() as u64,
+            oldest_unix: journal.oldest_time().map_or(0, unix_of),
+            head_seq: journal.next_seq(),
+        };
+        let store = history.store();
+        snap.bindings = store.len() as u64;
+        let (a, p) = store.lease_counts();
+        snap.leases = (a as u64, p as u64);
+        snap.closed = self.closed.clone();
+        metrics
+            .flushes
+            .store(self.history.log_mut().flushes(), Ordering::Relaxed);
+        metrics.publish(snap);
+    }
+
+    /// Notes when the records from `before` on arrived (for the fan-out latency), and counts
+    /// the appends.
+    fn note_arrivals(&mut self, before: u64) {
+        let Some(metrics) = &self.cfg.metrics else {
+            return;
+        };
+        let next = self.history.journal().next_seq();
+        metrics
+            .appends
+            .store(next.saturating_sub(self.first_seq), Ordering::Relaxed);
+        if next == before {
+            return;
+        }
+        let now = Instant::now();
+        self.arrivals.push_back((before, now));
+        while self.arrivals.len() > ARRIVALS_KEPT
+            || self
+                .arrivals
+                .front()
+                .is_some_and(|(_, at)| now.saturating_duration_since(*at) > ARRIVAL_AGE)
+        {
+            self.arrivals.pop_front();
+        }
     }
 
     fn release_peer(&mut self, ip: IpAddr) {
@@ -819,6 +1046,11 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// Unix time of a server time (seconds since 2000-01-01 UTC).
+fn unix_of(t: ServerTime) -> u64 {
+    u64::from(t.0).saturating_add(946_684_800)
 }
 
 /// The loop learns a named writer from its lines, to publish its marks.

@@ -134,6 +134,15 @@ impl Store {
         self.bindings.len()
     }
 
+    /// Leases held: addresses and delegated prefixes.
+    #[must_use]
+    pub fn lease_counts(&self) -> (usize, usize) {
+        (
+            self.addresses.len(),
+            self.prefixes.values().map(HashMap::len).sum(),
+        )
+    }
+
     /// True when there are no bindings.
     #[must_use]
     pub fn is_empty(&self) -> bool {

@@ -11,7 +11,7 @@
 //! server's peak RSS.
 
 use super::progress::Progress;
-use super::run::{Ctx, Detail, live, preload_note, timeout_notes};
+use super::run::{Ctx, Detail, connect_notes, live, preload_note, timeout_notes};
 use super::{FanoutCommon, filter_note, plots, positive};
 use crate::Outcome;
 use crate::summary::{self, RunSummary};
@@ -50,7 +50,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     let mut failures = Vec::new();
     for &n in &args.requestors {
         for &rate in &args.rate {
-            for &system in &args.common.systems {
+            for system in args.common.systems() {
                 match live(&ctx, system, n as usize, rate, args.seconds, "active") {
                     Ok(o) => {
                         runs.push(o.summary);
@@ -79,13 +79,14 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
             format!(
                 "Active Leasequery fan-out: {} s of changes per run over {} bindings, {} \
                  receiver threads; latency from each change's intended injection time{}{}\n\n\
-                 {md}{}",
+                 {md}{}{}",
                 args.seconds,
                 args.common.bindings,
                 ctx.workers,
                 filter_note(&args.common),
                 preload_note(&args.common, args.preload, &details),
                 timeout_notes(&details),
+                connect_notes(&details),
             )
         },
         extra,

@@ -101,7 +101,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     );
     let k = number(args.changes as f64);
     for &n in &args.requestors {
-        for &system in &args.common.systems {
+        for system in args.common.systems() {
             let row = |what: &str| {
                 format!(
                     "| {} | {} | {k} | {what} |",
@@ -109,8 +109,16 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
                     number(f64::from(n))
                 )
             };
-            if system == System::Redis {
-                let note = "Redis pub/sub keeps no history to catch up from: no redis run.";
+            if matches!(system, System::Redis | System::Nats) {
+                let note = match system {
+                    System::Redis => {
+                        "Redis pub/sub keeps no history to catch up from: no redis run."
+                    }
+                    _ => {
+                        "NATS core pub/sub keeps no history to catch up from (JetStream would, a \
+                          different system): no nats run."
+                    }
+                };
                 if !notes.contains(note) {
                     progress.println(&format!("loadgen: {note}"));
                     notes.push_str(note);
@@ -217,6 +225,7 @@ fn one(
             filtered,
             start_times,
             catch_up: true,
+            tls: server.tls_client(),
         },
         ctx.workers,
     )?;
@@ -315,6 +324,7 @@ fn away(
             filtered: model.keys().is_some(),
             start_times: None,
             catch_up: false,
+            tls: server.tls_client(),
         },
         ctx.workers,
     )?;

@@ -5,9 +5,9 @@
 //! late it was is reported, and the receivers measure each delivery from the intended time
 //! anyway, so lateness here shows in the latencies rather than hiding.
 //!
-//! Two sinks: lqd's JSON-lines UNIX socket ([`JsonlSink`]) and a Redis publisher connection
-//! ([`RedisSink`]), which publishes each change's LEASEQUERY-DATA, the bytes lqd would send
-//! (filtered: on its key's channel).
+//! Three sinks: lqd's JSON-lines UNIX socket ([`JsonlSink`]), and a Redis or NATS publisher
+//! connection ([`RedisSink`], [`NatsSink`]), which publishes each change's LEASEQUERY-DATA,
+//! the bytes lqd would send (filtered: on its key's channel or subject).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -21,6 +21,7 @@ use lqd::feed::system_time;
 
 use super::changes::{Model, Schedule};
 use super::receiver::XID;
+use crate::nats::{NatsDecoder, NatsPush, handshake, subject};
 use crate::redis::{channel, count_integer_replies, publish_command};
 
 /// The most changes written in one go (an "all at once" schedule is written in pieces).
@@ -190,6 +191,129 @@ impl Sink for RedisSink {
             ));
         }
         Ok(())
+    }
+}
+
+/// A NATS publisher: `PUB` per change, pipelined. NATS does not answer a PUB (`verbose` is
+/// off) nor say how many subscribers got it; at the end a PING, whose PONG comes once
+/// nats-server has processed every PUB before it. A thread reads what the server sends
+/// meanwhile, so that an `-ERR` (a closed connection, a payload too large) fails the run.
+pub(crate) struct NatsSink {
+    stream: TcpStream,
+    model: Model,
+    /// The subject of each key (filtered), or the one subject.
+    subjects: Vec<Vec<u8>>,
+    buf: Vec<u8>,
+    reader: Option<JoinHandle<Result<(), String>>>,
+    /// Set once the final PING is sent, or to stop the reader when the sink is dropped.
+    pinged: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl NatsSink {
+    /// Publishes on `stream`, a new connection to nats-server: CONNECT and a first PING
+    /// answered before the first PUB.
+    pub(crate) fn new(mut stream: TcpStream, model: Model) -> Result<Self, String> {
+        handshake(&mut stream).map_err(|e| format!("the NATS publisher: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let mut replies = stream
+            .try_clone()
+            .map_err(|e| format!("the NATS publisher connection: {e}"))?;
+        replies
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .map_err(|e| format!("the NATS publisher connection: {e}"))?;
+        let pinged = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ping_seen, stop_seen) = (Arc::clone(&pinged), Arc::clone(&stop));
+        let reader = std::thread::Builder::new()
+            .name("loadgen-nats-pub".into())
+            .spawn(move || -> Result<(), String> {
+                let mut decoder = NatsDecoder::new();
+                let mut chunk = vec![0u8; 4096];
+                let mut since: Option<Instant> = None;
+                while !stop_seen.load(Ordering::Acquire) {
+                    if since.is_none() && ping_seen.load(Ordering::Acquire) {
+                        since = Some(Instant::now());
+                    }
+                    match replies.read(&mut chunk) {
+                        Ok(0) => return Err("nats-server closed the publisher connection".into()),
+                        Ok(n) => decoder.feed(chunk.get(..n).unwrap_or_default()),
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock
+                                    | std::io::ErrorKind::TimedOut
+                                    | std::io::ErrorKind::Interrupted
+                            ) =>
+                        {
+                            if since.is_some_and(|t| t.elapsed() > REPLY_TIMEOUT) {
+                                return Err(format!(
+                                    "no PONG from nats-server {REPLY_TIMEOUT:?} after the last PUB"
+                                ));
+                            }
+                            continue;
+                        }
+                        Err(e) => return Err(format!("reading from nats-server: {e}")),
+                    }
+                    while let Some(op) = decoder.next()? {
+                        match op {
+                            NatsPush::Pong => return Ok(()),
+                            NatsPush::Err(e) => return Err(format!("nats-server: -ERR {e}")),
+                            NatsPush::Info | NatsPush::Ping | NatsPush::Ok | NatsPush::Msg(_) => {}
+                        }
+                    }
+                }
+                Err("stopped before the final PONG".to_owned())
+            })
+            .map_err(|e| format!("cannot start the publisher's reader: {e}"))?;
+        let subjects = match model.keys() {
+            Some(keys) => (0..keys.count).map(|i| subject(Some(i))).collect(),
+            None => vec![subject(None)],
+        };
+        Ok(Self {
+            stream,
+            model,
+            subjects,
+            buf: Vec::with_capacity(1 << 20),
+            reader: Some(reader),
+            pinged,
+            stop,
+        })
+    }
+}
+
+impl Sink for NatsSink {
+    fn write(&mut self, first: u64, end: u64) -> Result<(), String> {
+        let now = system_time();
+        self.buf.clear();
+        for k in first..end {
+            let payload = self.model.data_message(k, XID, now)?;
+            let key = self.model.key(k).unwrap_or(0) as usize;
+            let subject = self.subjects.get(key).ok_or("a key without a subject")?;
+            crate::nats::publish_command(subject, &payload, &mut self.buf);
+        }
+        self.stream
+            .write_all(&self.buf)
+            .map_err(|e| format!("publishing to nats-server: {e}"))
+    }
+
+    fn finish(&mut self) -> Result<(), String> {
+        self.stream
+            .write_all(b"PING\r\n")
+            .map_err(|e| format!("the final PING to nats-server: {e}"))?;
+        self.pinged.store(true, Ordering::Release);
+        let Some(reader) = self.reader.take() else {
+            return Ok(());
+        };
+        reader
+            .join()
+            .unwrap_or_else(|_| Err("the publisher's reader panicked".to_owned()))
+    }
+}
+
+impl Drop for NatsSink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
     }
 }
 

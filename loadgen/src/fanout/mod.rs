@@ -68,6 +68,12 @@ pub(crate) enum System {
     Raw,
     /// Redis 7 pub/sub (Debian's redis-server), the same payloads to N subscribers.
     Redis,
+    /// lqd with every requestor on TLS: STARTTLS, a rustls handshake, the query inside it
+    /// (`--tls` adds it beside `lqd`).
+    #[value(name = "lqd-tls")]
+    LqdTls,
+    /// NATS 2.9 core pub/sub (Debian's nats-server), the same payloads to N subscribers.
+    Nats,
 }
 
 impl System {
@@ -77,7 +83,14 @@ impl System {
             Self::Lqd => "lqd",
             Self::Raw => "raw",
             Self::Redis => "redis",
+            Self::LqdTls => "lqd-tls",
+            Self::Nats => "nats",
         }
+    }
+
+    /// lqd, over TLS or not.
+    pub(crate) const fn is_lqd(self) -> bool {
+        matches!(self, Self::Lqd | Self::LqdTls)
     }
 }
 
@@ -112,10 +125,17 @@ pub(crate) struct FanoutCommon {
     /// The lqd binary to run.
     #[arg(long, default_value = "target/release/lqd")]
     pub(crate) lqd: PathBuf,
-    /// The systems to measure, each in turn at every load: lqd, raw (loadgen's own epoll
-    /// sender), redis (redis-server pub/sub).
+    /// The systems to measure, each in turn at every load: lqd, lqd-tls (lqd with every
+    /// requestor on STARTTLS), raw (loadgen's own epoll sender), redis (redis-server pub/sub),
+    /// nats (nats-server core pub/sub).
     #[arg(long, value_delimiter = ',', default_value = "lqd,raw")]
     pub(crate) systems: Vec<System>,
+    /// Also measure lqd over TLS: `lqd-tls` right after `lqd` in `--systems` (or first, when
+    /// lqd is not among them), side by side at every load. Each run gets a throwaway CA and
+    /// server certificate; lqd offers TLS and every measured requestor sends STARTTLS, then
+    /// does a rustls handshake (TLS 1.2+) and runs its query inside TLS.
+    #[arg(long)]
+    pub(crate) tls: bool,
     /// Bindings the changes cycle over: change k is for binding k mod M. Keep it above the
     /// changes a requestor could fall behind by, or lqd rightly coalesces (RFC 7653 sends a
     /// binding's current state only), which counts as lost here.
@@ -149,6 +169,19 @@ pub(crate) struct FanoutCommon {
 }
 
 impl FanoutCommon {
+    /// The systems to run, in order: `--systems`, with `lqd-tls` added by `--tls`.
+    pub(crate) fn systems(&self) -> Vec<System> {
+        let mut out = self.systems.clone();
+        if self.tls && !out.contains(&System::LqdTls) {
+            let at = out
+                .iter()
+                .position(|s| *s == System::Lqd)
+                .map_or(0, |i| i + 1);
+            out.insert(at, System::LqdTls);
+        }
+        out.dedup();
+        out
+    }
     fn workers(&self) -> usize {
         self.workers.map_or_else(
             || std::thread::available_parallelism().map_or(2, std::num::NonZero::get),

@@ -96,7 +96,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     let mut failures = Vec::new();
     for &n in &args.requestors {
         let n = n as usize;
-        for &system in &args.common.systems {
+        for system in args.common.systems() {
             let mut rate = args.start_rate;
             let mut best = None;
             let mut missed_at = None;

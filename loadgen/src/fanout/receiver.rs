@@ -38,7 +38,10 @@ use lqd::codec::{
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 
+use rustls::{ClientConfig, ClientConnection};
+
 use super::changes::{Model, Schedule, Seen};
+use crate::nats::{NatsDecoder, NatsPush, subject, subscribe_commands};
 use crate::process::REQUESTOR;
 use crate::redis::{Push, RespDecoder, channel, subscribe_command};
 
@@ -57,7 +60,7 @@ const CONNECT_BATCH: usize = 32;
 /// Connections, over all workers, whose handshake may be under way at once. Below the
 /// servers' accept queue (lqd's is mio's default of 128): a full queue drops the SYN, and the
 /// connect waits a second for its retransmission.
-const MAX_HANDSHAKES: usize = 96;
+pub(crate) const MAX_HANDSHAKES: usize = 96;
 
 /// How a connection's stream is opened and framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +71,8 @@ pub(crate) enum Protocol {
     Raw,
     /// A Redis SUBSCRIBE; pushes whose payloads are messages.
     Redis,
+    /// A NATS CONNECT, SUB and PING; MSG payloads are messages, the PONG confirms the SUB.
+    Nats,
 }
 
 /// What the receivers are to do.
@@ -87,6 +92,9 @@ pub(crate) struct Plan {
     pub(crate) start_times: Option<Vec<ServerTime>>,
     /// A connection is complete only after CatchUpComplete (as well as every change).
     pub(crate) catch_up: bool,
+    /// With a client configuration, each Active requestor sends STARTTLS first and runs its
+    /// query inside TLS (`--tls`, [`crate::tls`]).
+    pub(crate) tls: Option<Arc<ClientConfig>>,
 }
 
 impl Plan {
@@ -156,6 +164,9 @@ pub(crate) struct ConnReport {
     pub(crate) base_time: Option<ServerTime>,
     /// From connecting to CatchUpComplete.
     pub(crate) catch_up: Option<Duration>,
+    /// From connecting to the stream's start (the query answered, the subscription
+    /// confirmed).
+    pub(crate) ready_after: Option<Duration>,
     /// Why it failed.
     pub(crate) error: Option<String>,
 }
@@ -229,7 +240,7 @@ impl Receivers {
 enum Unit<'a> {
     /// A DHCPv6 message.
     Message(&'a [u8]),
-    /// Redis confirmed the subscription.
+    /// Redis or NATS confirmed the subscription.
     Subscribed,
 }
 
@@ -239,6 +250,8 @@ enum Framing {
     Frames { decoder: FrameDecoder, buf: Vec<u8> },
     /// Redis pushes.
     Resp(RespDecoder),
+    /// NATS server operations.
+    Nats(NatsDecoder),
 }
 
 impl Framing {
@@ -287,6 +300,32 @@ impl Framing {
                 }
                 Ok(())
             }
+            Self::Nats(decoder) => {
+                decoder.feed(bytes);
+                while let Some(op) = decoder.next()? {
+                    match op {
+                        NatsPush::Msg(payload) => each(Unit::Message(payload))?,
+                        // The one PING of the handshake is answered after the SUB: the
+                        // subscription is in place.
+                        NatsPush::Pong => each(Unit::Subscribed)?,
+                        // nats-server's own PINGs come every `ping_interval`, an hour as
+                        // loadgen runs it: left unanswered, as a run ends long before two are
+                        // missed.
+                        NatsPush::Info | NatsPush::Ping | NatsPush::Ok => {}
+                        NatsPush::Err(e) => return Err(format!("nats-server: -ERR {e}")),
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Octets of an incomplete frame or operation held back.
+    fn pending(&self) -> usize {
+        match self {
+            Self::Frames { buf, .. } => buf.len(),
+            Self::Resp(d) => d.pending(),
+            Self::Nats(d) => d.pending(),
         }
     }
 }
@@ -305,6 +344,7 @@ struct Track {
     base_time: Option<ServerTime>,
     connected_at: Instant,
     caught_up: Option<Instant>,
+    ready_at: Option<Instant>,
     complete: bool,
 }
 
@@ -326,7 +366,10 @@ impl Track {
     fn unit(&mut self, unit: Unit<'_>, cx: &mut Ctx<'_>) -> Result<(), String> {
         let message = match unit {
             Unit::Message(m) => m,
-            Unit::Subscribed if cx.plan.protocol == Protocol::Redis && !self.handshake => {
+            Unit::Subscribed
+                if matches!(cx.plan.protocol, Protocol::Redis | Protocol::Nats)
+                    && !self.handshake =>
+            {
                 self.ready(cx);
                 return Ok(());
             }
@@ -370,6 +413,7 @@ impl Track {
 
     fn ready(&mut self, cx: &mut Ctx<'_>) {
         self.handshake = true;
+        self.ready_at = Some(cx.now);
         cx.shared.ready.fetch_add(1, Ordering::AcqRel);
         self.check_complete(cx);
     }
@@ -433,7 +477,98 @@ struct Conn {
     stream: TcpStream,
     framing: Framing,
     track: Track,
+    tls: Tls,
     error: Option<String>,
+}
+
+/// Where a connection is with TLS.
+enum Tls {
+    /// Cleartext all along.
+    Off,
+    /// STARTTLS sent, its answer awaited in cleartext; the ACTIVELEASEQUERY (framed) to send
+    /// inside TLS once it comes.
+    Awaiting(Vec<u8>),
+    /// The TLS session: the handshake under way, or done and the stream inside it.
+    On(Box<ClientConnection>),
+}
+
+/// Writes what `tls` has for the peer until it has nothing or the socket is full (a
+/// writable event brings the rest).
+fn flush_tls(tls: &mut ClientConnection, stream: &mut TcpStream) -> Result<(), String> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("TLS write: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// Moves the decrypted octets `tls` holds into `chunk`, as many as fit: how many.
+fn drain_plaintext(tls: &mut ClientConnection, chunk: &mut [u8]) -> Result<usize, String> {
+    let mut filled = 0;
+    while let Some(room) = chunk.get_mut(filled..).filter(|r| !r.is_empty()) {
+        match tls.reader().read(room) {
+            Ok(0) => return Err("the server closed the TLS session (close_notify)".to_owned()),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) => return Err(format!("TLS: {e}")),
+        }
+    }
+    Ok(filled)
+}
+
+/// What one read from a connection gave.
+enum Got<'a> {
+    /// Octets of the stream (decrypted, under TLS), maybe none (TLS records of the handshake).
+    Bytes(&'a [u8]),
+    /// Nothing more for now.
+    WouldBlock,
+}
+
+/// One read: cleartext from the socket, or TLS records read, processed and decrypted into
+/// `plain` (the decrypted octets of several records gathered up to its size).
+fn read_once<'a>(
+    stream: &mut TcpStream,
+    tls: Option<&mut ClientConnection>,
+    chunk: &'a mut [u8],
+) -> Result<Got<'a>, String> {
+    let Some(tls) = tls else {
+        return match stream.read(chunk) {
+            Ok(0) => Err("the server closed the connection".to_owned()),
+            Ok(n) => Ok(Got::Bytes(chunk.get(..n).unwrap_or_default())),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Got::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Got::Bytes(&[])),
+            Err(e) => Err(format!("read: {e}")),
+        };
+    };
+    flush_tls(tls, stream)?;
+    // First what rustls holds decrypted already (a previous read filled `chunk`): reading
+    // more records before would overfill its plaintext buffer.
+    let held = drain_plaintext(tls, chunk)?;
+    if held > 0 {
+        return Ok(Got::Bytes(chunk.get(..held).unwrap_or_default()));
+    }
+    let got = match tls.read_tls(stream) {
+        Ok(0) => return Err("the server closed the connection".to_owned()),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => 0,
+        Err(e) => return Err(format!("TLS read: {e}")),
+    };
+    if let Err(e) = tls.process_new_packets() {
+        // rustls queued an alert for the peer: send it, best effort.
+        let _ = flush_tls(tls, stream);
+        return Err(format!("TLS: {e}"));
+    }
+    let filled = drain_plaintext(tls, chunk)?;
+    flush_tls(tls, stream)?;
+    if got == 0 && filled == 0 {
+        return Ok(Got::WouldBlock);
+    }
+    Ok(Got::Bytes(chunk.get(..filled).unwrap_or_default()))
 }
 
 /// Where a worker is with opening its connections.
@@ -544,7 +679,7 @@ impl Worker {
             };
             let keys = self.plan.keys();
             let own = u32::try_from(i).map_err(|_| format!("requestor {i}: too many"))?;
-            let hello = match self.plan.protocol {
+            let mut query = match self.plan.protocol {
                 Protocol::Active => {
                     let mut b = MessageBuilder::active_leasequery(XID)
                         .client_id(&REQUESTOR)
@@ -560,6 +695,16 @@ impl Worker {
                 }
                 Protocol::Raw => keys.map_or_else(Vec::new, |_| own.to_be_bytes().to_vec()),
                 Protocol::Redis => subscribe_command(&channel(keys.map(|_| own))),
+                Protocol::Nats => subscribe_commands(&subject(keys.map(|_| own))),
+            };
+            // Under TLS, STARTTLS goes first, in cleartext, and the query waits for the
+            // session.
+            let (hello, tls) = match &self.plan.tls {
+                Some(_) if self.plan.protocol == Protocol::Active => (
+                    crate::tls::starttls_frame(XID)?,
+                    Tls::Awaiting(std::mem::take(&mut query)),
+                ),
+                _ => (query, Tls::Off),
             };
             let connected_at = Instant::now();
             let stream = connect(self.plan.addr, &hello)
@@ -567,12 +712,18 @@ impl Worker {
             self.shared.connected.fetch_add(1, Ordering::AcqRel);
             let mut stream = TcpStream::from_std(stream);
             let key = self.conns.len();
+            // A TLS connection writes too (its handshake, and what did not fit the socket).
+            let interest = match tls {
+                Tls::Off => Interest::READABLE,
+                _ => Interest::READABLE | Interest::WRITABLE,
+            };
             self.poll
                 .registry()
-                .register(&mut stream, Token(key), Interest::READABLE)
+                .register(&mut stream, Token(key), interest)
                 .map_err(|e| format!("epoll: {e}"))?;
             let framing = match self.plan.protocol {
                 Protocol::Redis => Framing::Resp(RespDecoder::new()),
+                Protocol::Nats => Framing::Nats(NatsDecoder::new()),
                 _ => Framing::Frames {
                     decoder: FrameDecoder::default(),
                     buf: Vec::new(),
@@ -594,8 +745,10 @@ impl Worker {
                     base_time: None,
                     connected_at,
                     caught_up: None,
+                    ready_at: None,
                     complete: false,
                 },
+                tls,
                 error: None,
             });
             if self.plan.protocol == Protocol::Raw {
@@ -655,9 +808,16 @@ impl Worker {
             return false;
         }
         for _ in 0..READ_BUDGET {
-            let result = match conn.stream.read(chunk) {
-                Ok(0) => Err("the server closed the connection".to_owned()),
-                Ok(n) => {
+            let tls = match &mut conn.tls {
+                Tls::On(tls) => Some(&mut **tls),
+                _ => None,
+            };
+            let result = match read_once(&mut conn.stream, tls, chunk) {
+                Ok(Got::WouldBlock) => return false,
+                Ok(Got::Bytes(bytes)) if matches!(conn.tls, Tls::Awaiting(_)) => {
+                    starttls_answer(conn, bytes, plan)
+                }
+                Ok(Got::Bytes(bytes)) => {
                     let mut cx = Ctx {
                         plan,
                         shared,
@@ -670,13 +830,9 @@ impl Worker {
                         last_complete,
                     };
                     let track = &mut conn.track;
-                    conn.framing.input(chunk.get(..n).unwrap_or_default(), |m| {
-                        track.unit(m, &mut cx)
-                    })
+                    conn.framing.input(bytes, |m| track.unit(m, &mut cx))
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-                Err(e) => Err(format!("read: {e}")),
+                Err(e) => Err(e),
             };
             if let Err(e) = result {
                 let _ = poll.registry().deregister(&mut conn.stream);
@@ -709,6 +865,9 @@ impl Worker {
                     catch_up: t
                         .caught_up
                         .map(|at| at.saturating_duration_since(t.connected_at)),
+                    ready_after: t
+                        .ready_at
+                        .map(|at| at.saturating_duration_since(t.connected_at)),
                     error: c.error.clone(),
                 }
             })
@@ -721,6 +880,42 @@ impl Worker {
             last_complete: self.last_complete,
         }
     }
+}
+
+/// Takes cleartext `bytes` of a connection awaiting lqd's answer to STARTTLS: once the whole
+/// answer is in (and nothing after it: the server speaks next inside TLS, after our
+/// ClientHello), checks it, starts the TLS session and queues the ACTIVELEASEQUERY inside it.
+fn starttls_answer(conn: &mut Conn, bytes: &[u8], plan: &Plan) -> Result<(), String> {
+    let mut answered = false;
+    conn.framing.input(bytes, |unit| match unit {
+        Unit::Message(m) if !answered => {
+            crate::tls::check_starttls_answer(m, XID)?;
+            answered = true;
+            Ok(())
+        }
+        _ => Err("cleartext after the STARTTLS answer, before the TLS handshake".to_owned()),
+    })?;
+    if !answered {
+        return Ok(());
+    }
+    if conn.framing.pending() > 0 {
+        return Err("cleartext after the STARTTLS answer, before the TLS handshake".to_owned());
+    }
+    let config = plan
+        .tls
+        .as_ref()
+        .ok_or("STARTTLS without a TLS configuration")?;
+    let mut tls = crate::tls::client(config, plan.addr)?;
+    let Tls::Awaiting(query) = std::mem::replace(&mut conn.tls, Tls::Off) else {
+        return Err("a STARTTLS answer out of turn".to_owned());
+    };
+    // rustls holds it until the handshake is done.
+    tls.writer()
+        .write_all(&query)
+        .map_err(|e| format!("TLS: queueing the ACTIVELEASEQUERY: {e}"))?;
+    flush_tls(&mut tls, &mut conn.stream)?;
+    conn.tls = Tls::On(Box::new(tls));
+    Ok(())
 }
 
 /// Connects to `addr` (retrying briefly: a full accept queue or ephemeral ports in
@@ -772,6 +967,7 @@ mod tests {
             filtered,
             start_times: None,
             catch_up: false,
+            tls: None,
         };
         let shared = Shared::default();
         let mut latency = Histogram::new_with_bounds(1, HIST_MAX_US, 3).unwrap();
@@ -800,6 +996,7 @@ mod tests {
             base_time: None,
             connected_at: Instant::now(),
             caught_up: None,
+            ready_at: None,
             complete: false,
         };
         t.check_complete(&mut cx);
@@ -815,6 +1012,90 @@ mod tests {
             t.misdelivered,
             t.complete,
         )
+    }
+
+    /// Requestors against a small STARTTLS server (rustls, `crate::tls::tests`): each sends
+    /// STARTTLS, does the handshake, and gets its REPLY and `changes` changes inside TLS; or,
+    /// with `refuse`, is refused. The receivers' shared counters and reports.
+    fn against_starttls_server(
+        refuse: bool,
+        requestors: usize,
+        changes: u64,
+    ) -> (Arc<Shared>, Vec<WorkerReport>) {
+        use crate::tls::tests::{read_frame, starttls_server};
+        let pki = crate::tls::Pki::new().expect("PKI");
+        let model = Model::new(100).expect("model");
+        let (addr, server) = starttls_server(&pki, requestors, refuse, move |_, tls| {
+            let query = read_frame(tls).expect("the query inside TLS");
+            let parsed = lqd::codec::MessageRepr::parse(&query).expect("a message");
+            assert_eq!(parsed.msg_type(), lqd::codec::MessageType::ActiveLeasequery);
+            let mut out = MessageBuilder::reply(XID)
+                .server_id(&[0, 3, 0, 1, 1, 2, 3, 4, 5, 6])
+                .build_frame()
+                .expect("REPLY");
+            let now = lqd::feed::system_time();
+            for k in 0..changes {
+                let m = model.data_message(k, XID, now).expect("DATA");
+                out.extend_from_slice(&u16::try_from(m.len()).expect("size").to_be_bytes());
+                out.extend_from_slice(&m);
+            }
+            tls.write_all(&out).expect("answers");
+            tls.flush().expect("flush");
+            // Until the requestor goes.
+            let mut rest = Vec::new();
+            let _ = tls.read_to_end(&mut rest);
+        });
+        let receivers = Receivers::start(
+            Plan {
+                addr,
+                protocol: Protocol::Active,
+                model,
+                requestors,
+                expected: changes,
+                filtered: false,
+                start_times: None,
+                catch_up: false,
+                tls: Some(pki.client_config().expect("client config")),
+            },
+            2,
+        )
+        .expect("receivers");
+        let started = Instant::now();
+        let shared = Arc::clone(&receivers.shared);
+        while shared.complete.load(Ordering::Acquire) + shared.failed.load(Ordering::Acquire)
+            < requestors
+            && started.elapsed() < Duration::from_secs(20)
+        {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let reports = receivers.finish().expect("reports");
+        server.join().expect("the STARTTLS server");
+        (shared, reports)
+    }
+
+    #[test]
+    fn tls_requestors_stream_inside_tls() {
+        let (shared, reports) = against_starttls_server(false, 5, 40);
+        assert_eq!(shared.errors(), Vec::<String>::new());
+        assert_eq!(shared.ready.load(Ordering::Acquire), 5);
+        assert_eq!(shared.complete.load(Ordering::Acquire), 5);
+        let conns: Vec<&ConnReport> = reports.iter().flat_map(|r| &r.conns).collect();
+        assert_eq!(conns.len(), 5);
+        for c in conns {
+            assert_eq!((c.received, c.lost, c.duplicated), (40, 0, 0));
+            assert!(c.ready_after.is_some());
+        }
+    }
+
+    #[test]
+    fn a_refused_starttls_fails_the_requestor() {
+        let (shared, _) = against_starttls_server(true, 2, 1);
+        assert_eq!(shared.failed.load(Ordering::Acquire), 2);
+        let errors = shared.errors();
+        assert!(
+            errors.iter().all(|e| e.contains("TLSConnectionRefused")),
+            "{errors:?}"
+        );
     }
 
     #[test]

@@ -11,12 +11,13 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::changes::{Keys, LINK, LINK_PREFIX, Model, Schedule};
-use super::inject::{self, InjectReport, JsonlSink, RedisSink};
+use super::inject::{self, InjectReport, JsonlSink, NatsSink, RedisSink};
 use super::progress::Progress;
 use super::raw::{Job, RawSender};
 use super::receiver::{HIST_MAX_US, Plan, Protocol, Receivers, WorkerReport};
 use super::sentinel::feed_journaled;
 use super::{FanoutCommon, System};
+use crate::nats::NatsServer;
 use crate::process::{Lqd, ProcStats, own_cpu_secs, proc_stats, reset_peak};
 use crate::redis::{RedisServer, raise_nofile};
 use crate::summary::RunSummary;
@@ -117,6 +118,62 @@ pub(crate) struct Detail {
     /// The raw sender's connections closed by their receiver, or left unfinished, when the
     /// receivers gave up at the drain timeout.
     pub(crate) raw_unfinished: Option<usize>,
+    /// From starting the requestors (all at once, [`MAX_HANDSHAKES`] connecting at a time) to
+    /// every one streaming (its query answered, its subscription confirmed), seconds.
+    ///
+    /// [`MAX_HANDSHAKES`]: super::receiver::MAX_HANDSHAKES
+    pub(crate) connect_seconds: f64,
+    /// The server's CPU time over those seconds.
+    pub(crate) connect_server_cpu_secs: Option<f64>,
+    /// Each requestor's time from its connect to its stream starting (under TLS: TCP,
+    /// STARTTLS, the handshake and the query inside it), median and p99, ms.
+    pub(crate) ready_p50_ms: Option<f64>,
+    pub(crate) ready_p99_ms: Option<f64>,
+    /// The requestors spoke TLS (system `lqd-tls`).
+    pub(crate) tls: bool,
+}
+
+/// The connecting of a run's requestors, measured.
+pub(crate) struct Connecting {
+    started: Instant,
+    pid: Option<u32>,
+    before: Option<ProcStats>,
+}
+
+/// What [`Connecting`] measured.
+pub(crate) struct Connected {
+    pub(crate) took: Duration,
+    pub(crate) server_cpu_secs: Option<f64>,
+}
+
+impl Connecting {
+    /// Starts measuring, just before the receivers start.
+    pub(crate) fn start(pid: Option<u32>) -> Result<Self, String> {
+        Ok(Self {
+            started: Instant::now(),
+            pid,
+            before: pid.map(proc_stats).transpose()?,
+        })
+    }
+
+    /// Once every requestor is streaming.
+    pub(crate) fn stop(self) -> Result<Connected, String> {
+        let took = self.started.elapsed();
+        let after = self.pid.map(proc_stats).transpose()?;
+        Ok(Connected {
+            took,
+            server_cpu_secs: after.zip(self.before).map(|(a, b)| a.cpu_secs - b.cpu_secs),
+        })
+    }
+}
+
+/// The `q` quantile of `values` (sorted in place), none when empty.
+fn quantile(values: &[Duration], q: f64) -> Option<Duration> {
+    let mut v = values.to_vec();
+    v.sort_unstable();
+    let last = v.len().checked_sub(1)?;
+    let i = ((last as f64) * q).round() as usize;
+    v.get(i.min(last)).copied()
 }
 
 /// A run's results.
@@ -131,6 +188,7 @@ pub(crate) enum Server {
     Lqd(Lqd, Option<std::os::unix::net::UnixStream>),
     Raw(RawSender),
     Redis(RedisServer),
+    Nats(NatsServer),
 }
 
 impl Server {
@@ -154,7 +212,7 @@ impl Server {
             ));
         }
         Ok(match system {
-            System::Lqd => {
+            System::Lqd | System::LqdTls => {
                 let conns = n + LQD_CONN_MARGIN;
                 let journal =
                     journal_size.map_or(String::new(), |s| format!("journal_size = {s}\n"));
@@ -167,11 +225,22 @@ impl Server {
                         "\n[[link]]\naddress = \"{LINK}\"\nprefixes = [\"{LINK_PREFIX}\"]\n"
                     ),
                 };
+                // Under TLS, "offer": the measured requestors all send STARTTLS, and the
+                // sentinel of `--preload` (not measured) stays in cleartext.
+                let pki = match system {
+                    System::LqdTls => Some(crate::tls::Pki::new()?),
+                    _ => None,
+                };
+                let tls = pki.as_ref().map_or(String::new(), |p| p.lqd_table("offer"));
                 let extra = format!(
                     "max_connections = {conns}\nmax_connections_per_requestor = {conns}\n\
-                     {journal}{links}"
+                     {journal}{links}{tls}"
                 );
-                let (lqd, feed) = Lqd::start_jsonl(&ctx.common.lqd, ctx.common.keep_state, &extra)?;
+                let (mut lqd, feed) =
+                    Lqd::start_jsonl(&ctx.common.lqd, ctx.common.keep_state, &extra)?;
+                if let Some(pki) = pki {
+                    lqd = lqd.with_tls(pki)?;
+                }
                 Self::Lqd(lqd, Some(feed))
             }
             System::Raw => Self::Raw(RawSender::start(
@@ -195,7 +264,23 @@ impl Server {
                 }
                 Self::Redis(redis)
             }
+            System::Nats => {
+                let nats = NatsServer::start()?;
+                eprintln!(
+                    "loadgen: nats-server {} started for the NATS baseline",
+                    nats.version()
+                );
+                Self::Nats(nats)
+            }
         })
+    }
+
+    /// The requestors' TLS client configuration: lqd under `--tls` (system `lqd-tls`).
+    pub(crate) fn tls_client(&self) -> Option<Arc<rustls::ClientConfig>> {
+        match self {
+            Self::Lqd(l, _) => l.tls_client(),
+            _ => None,
+        }
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {
@@ -203,6 +288,7 @@ impl Server {
             Self::Lqd(l, _) => l.addr,
             Self::Raw(r) => r.addr(),
             Self::Redis(r) => r.addr(),
+            Self::Nats(s) => s.addr(),
         }
     }
 
@@ -211,6 +297,7 @@ impl Server {
             Self::Lqd(..) => Protocol::Active,
             Self::Raw(_) => Protocol::Raw,
             Self::Redis(_) => Protocol::Redis,
+            Self::Nats(_) => Protocol::Nats,
         }
     }
 
@@ -220,6 +307,7 @@ impl Server {
             Self::Lqd(l, _) => l.pid(),
             Self::Raw(r) => r.pid(),
             Self::Redis(r) => r.pid(),
+            Self::Nats(s) => s.pid(),
         })
     }
 
@@ -231,6 +319,7 @@ impl Server {
             Self::Redis(r) => proc_stats(r.pid())
                 .map(|_| ())
                 .map_err(|e| format!("redis-server: {e}; log:\n{}", r.log_tail())),
+            Self::Nats(s) => s.check_alive(),
         }
     }
 
@@ -354,6 +443,8 @@ pub(crate) struct Merged {
     pub(crate) catch_up: Vec<Duration>,
     /// Each requestor's last base-time, by requestor number.
     pub(crate) base_times: Vec<Option<lqd::codec::ServerTime>>,
+    /// Each requestor's time from connecting to streaming, where it got there.
+    pub(crate) ready_after: Vec<Duration>,
 }
 
 pub(crate) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
@@ -371,6 +462,7 @@ pub(crate) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
         last_complete: None,
         catch_up: Vec::new(),
         base_times: Vec::new(),
+        ready_after: Vec::new(),
     };
     for r in reports {
         m.latency
@@ -387,6 +479,7 @@ pub(crate) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
             m.misdelivered += c.misdelivered;
             m.errors.extend(c.error);
             m.catch_up.extend(c.catch_up);
+            m.ready_after.extend(c.ready_after);
             if m.base_times.len() <= c.requestor {
                 m.base_times.resize(c.requestor + 1, None);
             }
@@ -457,7 +550,7 @@ pub(crate) fn live(
     mode: &str,
 ) -> Result<Outcome, String> {
     let total = (rate * seconds).round().max(1.0) as u64;
-    let preloaded = ctx.preload && system == System::Lqd;
+    let preloaded = ctx.preload && system.is_lqd();
     let mut model = ctx.model_for(n)?;
     if preloaded {
         model.after(1).check_changes(total)?;
@@ -477,6 +570,7 @@ pub(crate) fn live(
     } else {
         None
     };
+    let connecting = Connecting::start(server.pid())?;
     let receivers = Receivers::start(
         Plan {
             addr: server.addr(),
@@ -487,14 +581,20 @@ pub(crate) fn live(
             filtered: model.keys().is_some(),
             start_times: None,
             catch_up: false,
+            tls: server.tls_client(),
         },
         ctx.workers,
     )?;
-    let measured = measure(ctx, &mut server, &receivers, model, rate, total, &label);
+    let measured = wait_ready(&mut server, &receivers, n, ctx.progress)
+        .and_then(|()| connecting.stop())
+        .and_then(|c| {
+            let m = measure(ctx, &mut server, &receivers, model, rate, total, &label)?;
+            Ok((c, m))
+        });
     let reports = receivers.finish();
     let mut failures = server.logged_failures();
     let (mut raw_peak_backlog, mut raw_unfinished) = (None, None);
-    let m = measured?;
+    let (connected, m) = measured?;
     let inject = match server {
         Server::Raw(raw) => {
             let r = raw.finish()?;
@@ -563,6 +663,11 @@ pub(crate) fn live(
         clamped: merged.clamped,
         raw_peak_backlog,
         raw_unfinished,
+        connect_seconds: connected.took.as_secs_f64(),
+        connect_server_cpu_secs: connected.server_cpu_secs,
+        ready_p50_ms: quantile(&merged.ready_after, 0.5).map(|d| d.as_secs_f64() * 1e3),
+        ready_p99_ms: quantile(&merged.ready_after, 0.99).map(|d| d.as_secs_f64() * 1e3),
+        tls: system == System::LqdTls,
     };
     let wrong = if model.keys().is_some() {
         format!(", misdelivered {}", merged.misdelivered)
@@ -628,7 +733,6 @@ fn measure(
     label: &str,
 ) -> Result<Measured, String> {
     let n = receivers.requestors();
-    wait_ready(server, receivers, n, ctx.progress)?;
     let shared = &receivers.shared;
     let t0 = Instant::now() + Duration::from_millis(20);
     let schedule = Schedule { t0, rate, total };
@@ -657,6 +761,15 @@ fn measure(
             let subscribers = ctx.deliveries(1, n);
             Some(inject::spawn(
                 Box::new(RedisSink::new(publisher, model, subscribers)?),
+                schedule,
+                Arc::clone(&abort),
+            )?)
+        }
+        Server::Nats(nats) => {
+            let publisher = TcpStream::connect(nats.addr())
+                .map_err(|e| format!("connecting the publisher to nats-server: {e}"))?;
+            Some(inject::spawn(
+                Box::new(NatsSink::new(publisher, model)?),
                 schedule,
                 Arc::clone(&abort),
             )?)
@@ -739,6 +852,47 @@ pub(crate) fn preload_note(common: &FanoutCommon, preload: bool, details: &[Deta
          requestor received them), so each measured change renews a binding lqd holds (new \
          lifetimes) and is delivered live; raw and Redis keep no bindings: nothing preloaded"
     )
+}
+
+/// The connecting of each run's requestors, for the report: until every one was streaming,
+/// connections (for `lqd-tls`: STARTTLS and TLS handshakes) a second, each requestor's own
+/// time (p50, p99), and the server's CPU over it. Requestors are started all at once and
+/// connect [`MAX_HANDSHAKES`] at a time.
+///
+/// [`MAX_HANDSHAKES`]: super::receiver::MAX_HANDSHAKES
+pub(crate) fn connect_notes(details: &[Detail]) -> String {
+    if details.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\nConnecting: all N requestors started at once (at most {} handshakes in flight), until \
+         every one was streaming (its query answered in full: for lqd-tls, TCP, STARTTLS, the \
+         TLS handshake and the ACTIVELEASEQUERY inside it; for redis and nats, the \
+         subscription confirmed):\n\n\
+         | system | N | rate/s | all streaming after | per second | per requestor p50 | p99 \
+         | server CPU s |\n|---|--:|--:|--:|--:|--:|--:|--:|\n",
+        super::receiver::MAX_HANDSHAKES
+    );
+    for d in details {
+        let ms = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |m| format!("{m:.1} ms"));
+        out.push_str(&format!(
+            "| {} | {} | {} | {:.3} s | {} | {} | {} | {} |\n",
+            d.system,
+            crate::summary::number(d.requestors as f64),
+            crate::summary::number(d.rate),
+            d.connect_seconds,
+            crate::summary::number(if d.connect_seconds > 0.0 {
+                (d.requestors as f64 / d.connect_seconds).round()
+            } else {
+                0.0
+            }),
+            ms(d.ready_p50_ms),
+            ms(d.ready_p99_ms),
+            d.connect_server_cpu_secs
+                .map_or_else(|| "–".to_owned(), |c| format!("{c:.2}")),
+        ));
+    }
+    out
 }
 
 /// A line per run that hit the drain timeout or coalesced, for the report.

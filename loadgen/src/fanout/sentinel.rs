@@ -60,6 +60,8 @@ pub(crate) fn feed_journaled(
             filtered: false,
             start_times: None,
             catch_up: false,
+            // Cleartext: lqd under `--tls` offers TLS, and the sentinel is not measured.
+            tls: None,
         },
         1,
     )?;

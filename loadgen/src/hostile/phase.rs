@@ -136,6 +136,7 @@ impl Good<'_> {
                 filtered: false,
                 start_times: None,
                 catch_up: false,
+                tls: None,
             },
             self.workers,
         )?;

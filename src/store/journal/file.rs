@@ -54,6 +54,8 @@ pub struct JournalFile {
     dirty_from: usize,
     /// Octets the head moved since the last flush (wrap gaps included).
     dirty_bytes: u64,
+    /// Forced writes to disk so far (msync of records, and of the header before an eviction).
+    flushes: u64,
 }
 
 pub(super) fn io_err(what: &str, path: &Path, source: io::Error) -> JournalError {
@@ -189,6 +191,7 @@ impl JournalFile {
             policy,
             last_flush: Instant::now(),
             dirty_bytes: 0,
+            flushes: 0,
         }
     }
 
@@ -196,6 +199,12 @@ impl JournalFile {
     #[must_use]
     pub fn journal(&self) -> &Journal<MmapMut> {
         &self.journal
+    }
+
+    /// How many times the journal was forced to disk so far.
+    #[must_use]
+    pub fn flushes(&self) -> u64 {
+        self.flushes
     }
 
     /// The file's path.
@@ -208,13 +217,18 @@ impl JournalFile {
     pub fn append(&mut self, time: ServerTime, payload: &[u8]) -> Result<u64, JournalError> {
         let before = self.journal.head_offset();
         let sync_header = self.policy != FlushPolicy::Os;
+        let mut header_flushed = false;
         let seq = self.journal.append_with(time, payload, |map| {
             if sync_header {
+                header_flushed = true;
                 map.flush_range(0, HEADER_LEN)
             } else {
                 Ok(())
             }
         })?;
+        if header_flushed {
+            self.flushes = self.flushes.saturating_add(1);
+        }
         let after = self.journal.head_offset();
         let moved = if after > before {
             after.saturating_sub(before)
@@ -253,12 +267,14 @@ impl JournalFile {
     /// Brings the header up to date and forces the whole journal to disk now (`msync`),
     /// whatever the policy.
     pub fn flush(&mut self) -> io::Result<()> {
+        self.flushes = self.flushes.saturating_add(1);
         self.journal.sync_header();
         self.journal.buffer().flush()
     }
 
     /// Forces the ring range written since the last flush, then the header, to disk.
     fn flush_dirty(&mut self) -> io::Result<()> {
+        self.flushes = self.flushes.saturating_add(1);
         self.journal.write_head_hint();
         let map = self.journal.buffer();
         let n = self.journal.capacity();
