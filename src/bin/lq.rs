@@ -8,6 +8,8 @@
 //! lq watch --server ADDR:PORT [--state FILE] [--link A]... [--relay-id HEX]...
 //!          [--remote-id ENT:HEX]... [--filter KIND=VALUE] [--queries-per-connection N]
 //!          [--recovery resync|window] [--rcv-timeout SECS] [--save-interval SECS] [--json]
+//! TLS, for bulk and watch:
+//!          [--tls [--ca FILE] [--cert FILE --key FILE] [--server-name NAME]]
 //! ```
 //!
 //! `query` asks one UDP Leasequery (RFC 5007, retransmitted per RFC 8415). `bulk` asks one
@@ -24,6 +26,17 @@
 //! unread, which `watch` reports as no LEASEQUERY-REPLY after `--rcv-timeout`). Ten links
 //! thus take three connections, and a DataMissing recovery one more while it runs; a server
 //! also limits the connections of one requestor (lqd: 10 by default).
+//!
+//! # TLS
+//!
+//! With `--tls`, every TCP connection (`bulk`, and each of `watch`'s connections, reconnects
+//! included) starts with STARTTLS (RFC 7653), then a TLS handshake (1.2 or later) in which `lq`
+//! is the client; a server that refuses (TLSConnectionRefused) is an error, never a fall-back
+//! to plaintext. The server's certificate is checked against the CAs in `--ca` (PEM), or the
+//! system's trust store without it, and must name `--server-name`, by default the address in
+//! `--server` (then as an IP address SAN). `--cert` and `--key` (PEM) present a client
+//! certificate to a server that asks for one (mutual TLS). A TLS failure ends `watch` too:
+//! reconnecting would fail the same way (decision D28).
 //!
 //! # Output
 //!
@@ -43,11 +56,12 @@
 //! |---|---|
 //! | 0 | success: bindings printed; for `watch`, stopped by SIGINT/SIGTERM with the state saved |
 //! | 1 | the server answered, but no binding matched (`query`, `bulk`) |
-//! | 2 | usage error |
+//! | 2 | usage error (also: a `--ca`, `--cert` or `--key` file that cannot be used) |
 //! | 3 | the server refused the query (a status such as NotAllowed, MalformedQuery, NotConfigured, UnknownQueryType, NotSupported) |
 //! | 4 | no answer: the server was unreachable, silent, or broke the connection or the protocol |
 //! | 5 | `bulk`: the answer was cut short (LEASEQUERY-DONE with an error status such as QueryTerminated); what came was printed |
 //! | 6 | `watch`: the state file could not be read or written |
+//! | 7 | TLS: the server refused STARTTLS, or the handshake failed (its certificate not trusted, not for the name, expired; ours not accepted) |
 //!
 //! Every error is one line on stderr, `lq: ...`.
 
@@ -63,7 +77,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use lqd::codec::ServerTime;
 use lqd::requestor::{
     ActiveSettings, Change, Client, ClientData, Connection, Error, Lease, LeaseKind, Query,
-    Recovery, TimeWindow, UdpRequestor, Watch, WatchEvent, WatchSettings,
+    Recovery, TimeWindow, TlsClient, TlsOptions, UdpRequestor, Watch, WatchEvent, WatchSettings,
 };
 use serde_json::{Value, json};
 
@@ -71,11 +85,12 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success: bindings printed; for watch, stopped by SIGINT/SIGTERM with the state saved
   1  the server answered, but no binding matched (query, bulk)
-  2  usage error
+  2  usage error (also: a --ca, --cert or --key file that cannot be used)
   3  the server refused the query (NotAllowed, MalformedQuery, NotConfigured, ...)
   4  no answer: the server was unreachable, silent, or broke the connection or the protocol
   5  bulk: the answer was cut short (LEASEQUERY-DONE with an error status); what came was printed
-  6  watch: the state file could not be read or written";
+  6  watch: the state file could not be read or written
+  7  TLS: the server refused STARTTLS, or the handshake failed (certificate not accepted)";
 
 const TIME_HELP: &str = "a server time: seconds since 2000-01-01 UTC on the server's clock (as \
 printed in base_time), @UNIX-SECONDS, or YYYY-MM-DDTHH:MM:SSZ (local clock, assumed to agree)";
@@ -113,6 +128,45 @@ struct Common {
     /// JSON Lines instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// TLS for the TCP subcommands (STARTTLS, RFC 7653).
+#[derive(Debug, Args)]
+struct TlsArgs {
+    /// Protect the connection with TLS (STARTTLS, then TLS 1.2 or later); fail when the
+    /// server refuses.
+    #[arg(long)]
+    tls: bool,
+    /// Trust the CA certificates in FILE (PEM) instead of the system's trust store.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    ca: Option<PathBuf>,
+    /// Present the certificate chain in FILE (PEM, leaf first) to a server asking for one
+    /// (mutual TLS).
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "key"])]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "cert"])]
+    key: Option<PathBuf>,
+    /// The name the server's certificate must hold: a DNS name or an IP address (default:
+    /// the address of --server, as an IP address SAN).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The TLS setup, `None` without `--tls`.
+    fn client(&self) -> Result<Option<TlsClient>, Error> {
+        if !self.tls {
+            return Ok(None);
+        }
+        TlsClient::new(&TlsOptions {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            server_name: self.server_name.clone(),
+        })
+        .map(Some)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -166,6 +220,8 @@ struct BulkArgs {
     #[command(flatten)]
     common: Common,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     key: BulkKey,
     /// Narrow an address, client-id, relay-id or remote-id query to this link-address.
     #[arg(long, value_name = "A", conflicts_with = "link_address")]
@@ -192,6 +248,8 @@ enum RecoveryArg {
 struct WatchArgs {
     #[command(flatten)]
     common: Common,
+    #[command(flatten)]
+    tls: TlsArgs,
     /// Keep the replica in FILE and resume from it.
     #[arg(long, value_name = "FILE")]
     state: Option<PathBuf>,
@@ -241,7 +299,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             match e {
-                Error::State { .. } | Error::Invalid(_) => eprintln!("lq: {e}"),
+                Error::State { .. } | Error::Invalid(_) | Error::TlsConfig(_) => {
+                    eprintln!("lq: {e}");
+                }
                 _ => eprintln!("lq: {server}: {e}"),
             }
             ExitCode::from(exit_code(&e))
@@ -255,7 +315,8 @@ fn exit_code(e: &Error) -> u8 {
         Error::Refused { .. } => 3,
         Error::Incomplete { .. } => 5,
         Error::State { .. } => 6,
-        Error::Invalid(_) => 2,
+        Error::Invalid(_) | Error::TlsConfig(_) => 2,
+        Error::TlsRefused { .. } | Error::Tls(_) => 7,
         _ => 4,
     }
 }
@@ -661,7 +722,8 @@ fn bulk(a: &BulkArgs) -> Result<ExitCode, Error> {
         start: a.start,
         end: a.end,
     };
-    let mut conn = Connection::connect(a.common.server, &duid(&a.common))?;
+    let tls = a.tls.client()?;
+    let mut conn = Connection::open(a.common.server, &duid(&a.common), tls.as_ref())?;
     let answer = conn.bulk(&q, window)?;
     let show_bar =
         !a.common.json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
@@ -714,6 +776,7 @@ fn watch(a: &WatchArgs) -> Result<ExitCode, Error> {
     active.filter = a.filter.clone();
     active.rcv_timeout = a.rcv_timeout;
     active.stop = Some(Arc::clone(&stop));
+    active.tls = a.tls.client()?;
     let mut settings = WatchSettings::new(a.common.server, active);
     settings.links = a.link.clone();
     settings.relay_ids = a.relay_id.iter().map(|h| h.0.clone()).collect();

@@ -30,6 +30,7 @@ use super::conn::Connection;
 use super::error::{Error, Result};
 use super::query::Query;
 use super::time::TimeBase;
+use super::tls::TlsClient;
 use crate::codec::{
     BuildOptions, MessageBuilder, MessageRepr, MessageType, OptionCode, ServerTime, Status, Xid,
 };
@@ -54,6 +55,9 @@ pub struct ActiveSettings {
     pub reconnect_max: Duration,
     /// When set, blocked calls return `Ok(None)` soon after it becomes true.
     pub stop: Option<Arc<AtomicBool>>,
+    /// TLS (STARTTLS first) on every connection, reconnects included; `None`: plaintext.
+    /// A TLS failure ends the subscription (decision D28).
+    pub tls: Option<TlsClient>,
 }
 
 impl ActiveSettings {
@@ -68,6 +72,7 @@ impl ActiveSettings {
             reconnect_min: Duration::from_millis(200),
             reconnect_max: Duration::from_secs(10),
             stop: None,
+            tls: None,
         }
     }
 
@@ -409,31 +414,35 @@ impl Subscription {
                 return Ok(Next::Idle);
             }
             if self.conn.is_none() {
-                self.try_connect();
+                self.try_connect()?;
                 continue;
             }
             self.receive()?;
         }
     }
 
-    fn try_connect(&mut self) {
+    /// Connects and sends every stream's query; a failure is a disconnect to retry, except a
+    /// TLS failure, which is returned (D28).
+    fn try_connect(&mut self) -> Result<()> {
         if let Some(at) = self.retry_at {
             let left = at.saturating_duration_since(Instant::now());
             if !left.is_zero() {
                 std::thread::sleep(left.min(TICK));
-                return;
+                return Ok(());
             }
         }
         self.retry_at = None;
-        let sent = Connection::connect(self.server, &self.settings.requestor).and_then(|mut c| {
-            let mut xids = Vec::with_capacity(self.streams.len());
-            for s in &self.streams {
-                let xid = c.new_xid();
-                c.send(&self.query_frame(xid, s.filter.as_ref(), s.resume)?)?;
-                xids.push(xid);
-            }
-            Ok((c, xids))
-        });
+        let tls = self.settings.tls.as_ref();
+        let sent =
+            Connection::open(self.server, &self.settings.requestor, tls).and_then(|mut c| {
+                let mut xids = Vec::with_capacity(self.streams.len());
+                for s in &self.streams {
+                    let xid = c.new_xid();
+                    c.send(&self.query_frame(xid, s.filter.as_ref(), s.resume)?)?;
+                    xids.push(xid);
+                }
+                Ok((c, xids))
+            });
         match sent {
             Ok((c, xids)) => {
                 self.conn = Some(c);
@@ -457,8 +466,13 @@ impl Subscription {
                     );
                 }
             }
+            Err(e) if e.is_tls() => {
+                self.retry_at = None;
+                return Err(e);
+            }
             Err(e) => self.lost(Disconnect::Failed(e)),
         }
+        Ok(())
     }
 
     /// One framed ACTIVELEASEQUERY.

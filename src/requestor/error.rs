@@ -46,6 +46,21 @@ pub enum Error {
     Protocol(String),
     /// The stop flag was set while waiting.
     Stopped,
+    /// The server refused STARTTLS: its answer carried an error status (TLSConnectionRefused,
+    /// in a STARTTLS or a LEASEQUERY-REPLY; decision D25). The connection is not used.
+    TlsRefused {
+        /// The status (TLSConnectionRefused, or whatever error the server chose).
+        status: Status,
+        /// The status message, if any.
+        message: String,
+    },
+    /// TLS failed on the connection: the server's certificate was not accepted (untrusted
+    /// CA, a name mismatch, expired), the server did not accept ours, the handshake broke
+    /// down, or the server did not answer STARTTLS.
+    Tls(String),
+    /// The TLS setup cannot be made: a CA, certificate or key file cannot be read or holds
+    /// nothing usable, or the key does not fit the certificate.
+    TlsConfig(String),
     /// The state file could not be read, parsed or written.
     State {
         /// The state file.
@@ -61,6 +76,17 @@ pub type Result<T> = core::result::Result<T, Error>;
 impl Error {
     pub(crate) fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> Self {
         move |source| Self::Io { what, source }
+    }
+
+    /// True for the TLS errors ([`TlsRefused`](Self::TlsRefused), [`Tls`](Self::Tls),
+    /// [`TlsConfig`](Self::TlsConfig)): a reconnect with the same setup would fail the same
+    /// way, so a subscription or a watch ends with them instead of retrying (decision D28).
+    #[must_use]
+    pub const fn is_tls(&self) -> bool {
+        matches!(
+            self,
+            Self::TlsRefused { .. } | Self::Tls(_) | Self::TlsConfig(_)
+        )
     }
 
     pub(crate) fn state(path: &std::path::Path, reason: impl fmt::Display) -> Self {
@@ -99,6 +125,12 @@ impl fmt::Display for Error {
             Self::Invalid(what) => f.write_str(what),
             Self::Stopped => f.write_str("stopped"),
             Self::Protocol(what) => write!(f, "protocol error: {what}"),
+            Self::TlsRefused { status, message } => {
+                f.write_str("the server refused STARTTLS: ")?;
+                with_message(f, *status, message)
+            }
+            Self::Tls(what) => write!(f, "TLS: {what}"),
+            Self::TlsConfig(what) => write!(f, "TLS setup: {what}"),
             Self::State { path, reason } => {
                 write!(f, "state file {}: {reason}", path.display())
             }

@@ -9,6 +9,7 @@
 //! | an Active subscription that reconnects and catches up by itself: one or more filtered streams on one connection | [`Subscription`] | RFC 7653 (digest §10.5, §10.6) |
 //! | a replica: bindings + each stream's saved base-time, persisted atomically | [`Replica`] | |
 //! | a replica of a scope (links, relays, Remote-IDs) kept in sync through anything | [`Watch`] | all of the above |
+//! | TLS on every TCP connection: STARTTLS, then rustls | [`TlsOptions`], [`TlsClient`], [`Connection::connect_tls`], [`ActiveSettings::tls`] | RFC 7653 (digest §12, D25, D28) |
 //!
 //! # Transactions
 //!
@@ -108,6 +109,7 @@ mod follow;
 mod query;
 mod replica;
 mod time;
+mod tls;
 mod udp;
 mod watch;
 
@@ -119,6 +121,7 @@ pub use error::{Error, Result};
 pub use query::{Query, TimeWindow};
 pub use replica::{Change, Client, Replica};
 pub use time::TimeBase;
+pub use tls::{TlsClient, TlsOptions};
 pub use udp::{Retransmission, UdpAnswer, UdpRequestor};
 pub use watch::{Recovery, Watch, WatchEvent, WatchSettings};
 

@@ -362,11 +362,13 @@ impl Watch {
 
     /// The next event, blocking until there is one; `Ok(None)` once the stop flag is set
     /// (the state is saved first). Errors: [`Error::Refused`] when the server refuses an
-    /// Active or a Bulk query (the state is saved first; calling again retries),
+    /// Active or a Bulk query, a TLS error ([`Error::is_tls`]: STARTTLS refused, a
+    /// certificate not accepted) on any of its connections (the state is saved first; calling
+    /// again retries),
     /// [`Error::State`] when the state file cannot be written.
     pub fn next_event(&mut self) -> Result<Option<WatchEvent>> {
         match self.advance() {
-            Err(e @ Error::Refused { .. }) => {
+            Err(e) if matches!(e, Error::Refused { .. }) || e.is_tls() => {
                 self.save()?;
                 Err(e)
             }
@@ -602,6 +604,7 @@ impl Watch {
         let answers = match self.bulk_each(&jobs) {
             Ok(a) => a,
             Err(e @ (Error::Refused { .. } | Error::Invalid(_))) => return Err(e),
+            Err(e) if e.is_tls() => return Err(e),
             // Stopped half-way: nothing applied; the caller sees the flag next.
             Err(Error::Stopped) => return Ok(()),
             Err(e) => {
@@ -703,7 +706,11 @@ impl Watch {
     /// Every job's answer on one connection, with the first base-time of each. A refusal
     /// names the query. [`Error::Stopped`] when stopped half-way.
     fn bulk_each(&self, jobs: &[(usize, Query, TimeWindow)]) -> Result<Vec<Answer>> {
-        let mut conn = Connection::connect(self.settings.server, &self.settings.active.requestor)?;
+        let mut conn = Connection::open(
+            self.settings.server,
+            &self.settings.active.requestor,
+            self.settings.active.tls.as_ref(),
+        )?;
         conn.set_stop(self.settings.active.stop.clone());
         let mut all = Vec::with_capacity(jobs.len());
         for (s, q, window) in jobs {
