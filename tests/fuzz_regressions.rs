@@ -249,3 +249,33 @@ fn inspect_counts_what_open_recovers_when_a_record_overlaps_the_tail_marker() {
         "lqd journal check and open disagree: {seen:?} / {rec:?}"
     );
 }
+
+/// Found by the `journal` target: the header's two slots are written alternately, each with a
+/// generation one more than the last (wrapping at the end of `u64`), and `open` took the slot
+/// with the higher generation. Across the wrap, the slot of generation `u64::MAX` won over the
+/// newer one of generation 0, so after a clean close the journal reopened from the header that
+/// `open` had written before the appends. Here that header's tail is an empty journal's, at ring
+/// offset 248: the first append wrapped (a marker at 248, the record at 0), the last one filled
+/// the ring over that marker, and the reopen, from the old tail, found no record there, rebuilt
+/// the ring and lost the newest record.
+#[test]
+fn the_newer_header_slot_wins_across_the_generation_wrap() {
+    let t = ServerTime(1000);
+    let mut file = Journal::format(vec![0; HEADER_LEN + 256])
+        .unwrap()
+        .into_inner();
+    file[64..192].fill(0);
+    // An empty journal at offset 248, generation u64::MAX - 1 (slot 0). `open` writes
+    // generation u64::MAX (slot 1), the clean close generation 0 (slot 0).
+    write_slot(&mut file, 0, [u64::MAX - 1, 248, 0, 248, 0], 0, 0);
+    let (mut j, _) = Journal::open(file).unwrap();
+    // Four records of 64 octets: a wrap marker at 248, then the whole ring from offset 0.
+    for i in 0..4u8 {
+        assert_eq!(j.append(t, &[i; 44]).unwrap(), u64::from(i));
+    }
+    let before = contents(&j);
+    assert_eq!(before.len(), 4);
+
+    let (j, rec) = Journal::open(j.into_inner()).unwrap();
+    assert_eq!(contents(&j), before, "a clean close lost records: {rec:?}");
+}

@@ -27,11 +27,12 @@
 //!
 //! The two slots are written alternately (slot `generation % 2`), so a write torn by a crash
 //! leaves the previous state readable; [`open`](Journal::open) takes the valid slot with the
-//! higher generation. A slot:
+//! newer generation (generations wrap at the end of `u64`: the newer one is ahead of the other
+//! by less than 2^63). A slot:
 //!
 //! | offset | size | field |
 //! |---:|---:|---|
-//! | 0 | 8 | generation, +1 per header write |
+//! | 0 | 8 | generation, +1 per header write (wrapping) |
 //! | 8 | 8 | tail offset: ring offset of the oldest record (or of the wrap marker before it) |
 //! | 16 | 8 | tail seq: that record's sequence number |
 //! | 24 | 8 | head offset: where the next record goes, when the header was written (a hint) |

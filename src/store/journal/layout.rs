@@ -139,6 +139,17 @@ impl Slot {
         })
     }
 
+    /// Whether this slot was written after `other`. Generations are serial numbers that wrap
+    /// at the end of `u64` (a header write adds one with `wrapping_add`, and `generation % 2`
+    /// keeps alternating across the wrap since 2^64 is even): this one is newer when it is
+    /// ahead by less than half the range. Taking the higher number instead picked the slot of
+    /// generation `u64::MAX` over the newer one of generation 0, and the journal reopened at an
+    /// old tail (a fuzz finding).
+    pub(super) fn newer_than(&self, other: &Self) -> bool {
+        let ahead = self.generation.wrapping_sub(other.generation);
+        ahead != 0 && ahead < 1 << 63
+    }
+
     /// Writes this slot into slot `generation % 2` of `header`, CRC last.
     pub(super) fn write(&self, header: &mut [u8]) -> bool {
         let i = usize::from(self.generation % 2 == 1);

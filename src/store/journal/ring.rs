@@ -841,10 +841,10 @@ fn read_header(b: &[u8]) -> Result<Header, JournalError> {
     }
     let slot = match (Slot::read(b, 0), Slot::read(b, 1)) {
         (Some(a), Some(c)) => {
-            if a.generation >= c.generation {
-                a
-            } else {
+            if c.newer_than(&a) {
                 c
+            } else {
+                a
             }
         }
         (Some(a), None) | (None, Some(a)) => a,
