@@ -889,7 +889,7 @@ impl Server {
             for q in session.active_queries() {
                 snap.active_queries += 1;
                 let (lag, oldest) = q.lag(history);
-                snap.observe_lag(lag);
+                snap.observe_lag(&metrics, lag);
                 conn_lag = conn_lag.max(lag);
                 queries.push(QueryView {
                     xid: format!("{:#08x}", q.xid().value()),
