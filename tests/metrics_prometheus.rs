@@ -32,6 +32,7 @@ use common::{Lqd, REQUESTOR, by_link, link, read_answers, rss_kib, wait_for_log}
 use lqd::codec::{
     BuildOptions, Decoded, DhcpOption, FrameDecoder, MessageBuilder, MessageRepr, OptionCode,
 };
+use lqd::store::journal::HEADER_LEN;
 use prometheus::{Prometheus, free_port, get, promtool_check_metrics};
 use serde_json::Value;
 
@@ -445,9 +446,18 @@ fn prometheus_scraping_lqd_under_load_sees_what_the_test_knows() {
         within(read_rate, deliveries, 5.0),
         "the requestors read {read_rate}/s, lqd says it delivered {deliveries}/s"
     );
-    assert_eq!(
-        coalesced, 0.0,
-        "readers that keep up lose nothing to coalescing"
+    // Each stream reads every record and either sends it or skips it for a newer record of the
+    // same binding appended in the same turn (the demo sometimes changes a client twice in one
+    // batch): the two add up to every record for every requestor, and readers that keep up
+    // skip few.
+    assert!(
+        within(deliveries + coalesced, expected, 2.0),
+        "deliveries/s {deliveries} + coalesced/s {coalesced}, appends/s × {REQUESTORS} = \
+         {expected}"
+    );
+    assert!(
+        coalesced <= expected * 0.02,
+        "readers that keep up lose little to coalescing: {coalesced}/s"
     );
 
     // Gauges and counters during the load.
@@ -493,7 +503,11 @@ fn prometheus_scraping_lqd_under_load_sees_what_the_test_knows() {
         "fan-out p99 {fanout_p99} s"
     );
     assert!(fanout_count > 0.0);
-    assert_eq!(prom.value("lqd_journal_size_bytes"), JOURNAL_SIZE as f64);
+    // The ring: the file's `journal_size` less its header.
+    assert_eq!(
+        prom.value("lqd_journal_size_bytes"),
+        (JOURNAL_SIZE - HEADER_LEN as u64) as f64
+    );
     let version = env!("CARGO_PKG_VERSION");
     assert_eq!(
         prom.value(&format!("lqd_build_info{{version=\"{version}\"}}")),
@@ -524,6 +538,7 @@ fn prometheus_scraping_lqd_under_load_sees_what_the_test_knows() {
         u64::from(CHANGES_PER_SEC * CHURN_SECS)
     );
     let (bindings, addresses, prefixes, bulk_octets) = bulk_census(&lqd);
+    let census_closed = unix_now();
     assert!(bindings > 1000, "{bindings} bindings");
     // Give the readers time to drain, then compare once Prometheus has the final figures.
     std::thread::sleep(Duration::from_millis(500));
@@ -550,8 +565,13 @@ fn prometheus_scraping_lqd_under_load_sees_what_the_test_knows() {
         5,
         |v| v == f64::from(LINKS),
     );
-    let appends_total = prom.value("lqd_journal_appends_total");
-    assert!(prom.value("lqd_journal_head_sequence") >= appends_total);
+    // The head comes from the loop's snapshot (at most a second old), the appends from a live
+    // counter: once a snapshot after the last append is scraped, the head is past them all.
+    prom.wait_for(
+        "lqd_journal_head_sequence - lqd_journal_appends_total",
+        5,
+        |v| v >= 0.0,
+    );
     assert!(prom.value("lqd_journal_used_bytes") <= JOURNAL_SIZE as f64);
     let oldest = prom.value("lqd_journal_oldest_record_timestamp_seconds");
     assert!(
@@ -612,10 +632,24 @@ fn prometheus_scraping_lqd_under_load_sees_what_the_test_knows() {
         disagreements.join("\n")
     );
 
-    // /requestors: the 20 Active requestors by peer, live; the closed Bulk connection.
-    let (status, body) = get(metrics_addr, "/requestors");
-    assert_eq!(status, 200);
-    let view: Value = serde_json::from_str(&body).expect("/requestors is JSON");
+    // /requestors: the 20 Active requestors by peer, live; the closed Bulk connection. The
+    // view is the loop's snapshot: wait for one taken after the census connection closed.
+    let fresh_after = census_closed.floor() + 1.0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (body, view) = loop {
+        let (status, body) = get(metrics_addr, "/requestors");
+        assert_eq!(status, 200);
+        let view: Value = serde_json::from_str(&body).expect("/requestors is JSON");
+        let taken_at = view["taken_at"].as_f64().expect("taken_at");
+        if taken_at >= fresh_after {
+            break (body, view);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no /requestors snapshot after {fresh_after} within 5 s: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
     let peers: BTreeSet<SocketAddr> = view["connections"]
         .as_array()
         .unwrap()
