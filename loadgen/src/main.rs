@@ -37,6 +37,7 @@ mod population;
 mod process;
 mod redis;
 mod report;
+mod scrape;
 mod summary;
 mod tls;
 mod udp;

@@ -638,7 +638,7 @@ fn resident_bytes() -> u64 {
 }
 
 /// What the loop publishes once a second.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Snapshot {
     pub(super) taken_unix: u64,
     /// Connections by state: handshake, idle, bulk, active.
@@ -652,24 +652,6 @@ pub struct Snapshot {
     pub(super) leases: (u64, u64),
     pub(super) conns: Vec<ConnView>,
     pub(super) closed: VecDeque<ClosedView>,
-}
-
-impl Default for Snapshot {
-    fn default() -> Self {
-        Self {
-            taken_unix: 0,
-            connections: [0; 4],
-            active_queries: 0,
-            lag_max: 0,
-            requestors: Vec::new(),
-            requestors_dropped: 0,
-            journal: JournalView::default(),
-            bindings: 0,
-            leases: (0, 0),
-            conns: Vec::new(),
-            closed: VecDeque::new(),
-        }
-    }
 }
 
 impl Snapshot {
