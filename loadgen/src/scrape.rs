@@ -5,8 +5,9 @@
 //!
 //! Every answer is checked (status 200, a body of the announced length; the exposition holds
 //! `lqd_active_deliveries_total`, the view is JSON with a `connections` list), so that a run
-//! whose scrapes failed cannot pass for one with metrics on. At the end, one more scrape reads
-//! lqd's delivery counter, for the run to compare with what its requestors received.
+//! whose scrapes failed cannot pass for one with metrics on. At the end, one more scrape (once
+//! lqd's counters have caught up, a second and a half later) reads lqd's delivery counter, for
+//! the run to compare with what its requestors received.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -19,6 +20,9 @@ use serde::Serialize;
 
 /// How often lqd is scraped: Prometheus's `scrape_interval` of the measurement.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
+/// How long after the run the last scrape waits: lqd adds its connections' counts to the
+/// counters once a second.
+const SETTLE: Duration = Duration::from_millis(1500);
 /// How long one request may take (Prometheus's default `scrape_timeout` is 10 s).
 const TIMEOUT: Duration = Duration::from_secs(10);
 /// A response head may be this long.
@@ -249,7 +253,8 @@ impl Scraper {
         })
     }
 
-    /// Stops the thread, scrapes once more (lqd's counters after the run) and reports.
+    /// Stops the thread, scrapes once more (lqd's counters after the run, once lqd has taken
+    /// its connections' counts: it does once a second) and reports.
     pub(crate) fn finish(mut self) -> Result<ScrapeReport, String> {
         self.stop.store(true, Ordering::Relaxed);
         let mut state = self
@@ -258,6 +263,7 @@ impl Scraper {
             .ok_or("the scraper was finished twice")?
             .join()
             .map_err(|_| "the scraper panicked".to_owned())?;
+        std::thread::sleep(SETTLE);
         state.scrape();
         Ok(state.finish())
     }

@@ -53,40 +53,68 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Adds `other` to these counts.
+    /// Adds `other` to these counts and empties it (its vectors keep their capacity). Called
+    /// for every connection and query after each turn, so it only moves what is there.
     pub fn absorb(&mut self, other: &mut Self) {
-        self.deliveries = self.deliveries.saturating_add(other.deliveries);
-        self.coalesced = self.coalesced.saturating_add(other.coalesced);
-        self.data_missing = self.data_missing.saturating_add(other.data_missing);
-        self.catch_ups_started = self
-            .catch_ups_started
-            .saturating_add(other.catch_ups_started);
-        self.catch_ups_completed = self
-            .catch_ups_completed
-            .saturating_add(other.catch_ups_completed);
-        self.starttls_accepted = self
-            .starttls_accepted
-            .saturating_add(other.starttls_accepted);
-        self.starttls_refused = self.starttls_refused.saturating_add(other.starttls_refused);
-        self.outcomes.append(&mut other.outcomes);
-        self.delivered.append(&mut other.delivered);
-        // The emptied vectors keep their capacity for the next turn.
-        *other = Self {
-            outcomes: std::mem::take(&mut other.outcomes),
-            delivered: std::mem::take(&mut other.delivered),
-            ..Self::default()
-        };
+        // Destructured, so that a new count cannot be forgotten here.
+        let Self {
+            deliveries,
+            coalesced,
+            data_missing,
+            catch_ups_started,
+            catch_ups_completed,
+            starttls_accepted,
+            starttls_refused,
+            outcomes,
+            delivered,
+        } = other;
+        for (to, from) in [
+            (&mut self.deliveries, deliveries),
+            (&mut self.coalesced, coalesced),
+            (&mut self.data_missing, data_missing),
+            (&mut self.catch_ups_started, catch_ups_started),
+            (&mut self.catch_ups_completed, catch_ups_completed),
+            (&mut self.starttls_accepted, starttls_accepted),
+            (&mut self.starttls_refused, starttls_refused),
+        ] {
+            if *from != 0 {
+                *to = to.saturating_add(std::mem::take(from));
+            }
+        }
+        if !outcomes.is_empty() {
+            self.outcomes.append(outcomes);
+        }
+        if !delivered.is_empty() {
+            self.delivered.append(delivered);
+        }
     }
 
     /// Forgets the counts (after they were added to the metrics), keeping the capacity.
     pub fn clear(&mut self) {
-        *self = Self {
-            outcomes: std::mem::take(&mut self.outcomes),
-            delivered: std::mem::take(&mut self.delivered),
-            ..Self::default()
-        };
-        self.outcomes.clear();
-        self.delivered.clear();
+        let Self {
+            deliveries,
+            coalesced,
+            data_missing,
+            catch_ups_started,
+            catch_ups_completed,
+            starttls_accepted,
+            starttls_refused,
+            outcomes,
+            delivered,
+        } = self;
+        for n in [
+            deliveries,
+            coalesced,
+            data_missing,
+            catch_ups_started,
+            catch_ups_completed,
+            starttls_accepted,
+            starttls_refused,
+        ] {
+            *n = 0;
+        }
+        outcomes.clear();
+        delivered.clear();
     }
 
     /// Records a query's final status.

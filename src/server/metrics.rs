@@ -2,9 +2,10 @@
 //! snapshot it publishes once a second, and the HTTP side that serves both as Prometheus text
 //! (`GET /metrics`) and JSON (`GET /requestors`) on its own thread.
 //!
-//! The loop never waits for the HTTP side: counters are atomics (relaxed: each is exact on its
-//! own, and a scrape needs no consistency between them), and the snapshot is swapped in with
-//! `try_lock`, skipped for a second in the rare turn where a scrape is cloning it.
+//! The loop never waits for the HTTP side: counters are atomics (relaxed: a scrape needs no
+//! consistency between them), which the loop adds to in batches (connections' counts once a
+//! second, fan-out latencies once a turn: see `conn::Turn`), and the snapshot is swapped in
+//! with `try_lock`, skipped for a second in the rare turn where a scrape is cloning it.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -100,6 +101,49 @@ const LATENCY_BOUNDS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// [`LATENCY_BOUNDS`] in nanoseconds, for [`LatencyTally`].
+const LATENCY_BOUNDS_NS: [u64; 16] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Fan-out latencies observed during one turn of the loop, in plain integers: the loop adds
+/// them to [`Metrics`]' histogram once a turn ([`AtomicHistogram::add_turn`]) instead of
+/// once a write.
+#[derive(Debug, Default)]
+pub(super) struct LatencyTally {
+    counts: [u64; LATENCY_BOUNDS_NS.len()],
+    sum_ns: u64,
+    count: u64,
+}
+
+impl LatencyTally {
+    /// Counts `n` deliveries that took `nanos`.
+    pub(super) fn observe(&mut self, nanos: u64, n: u64) {
+        if let Some(i) = LATENCY_BOUNDS_NS.iter().position(|b| nanos <= *b) {
+            if let Some(c) = self.counts.get_mut(i) {
+                *c = c.saturating_add(n);
+            }
+        }
+        self.sum_ns = self.sum_ns.saturating_add(nanos.saturating_mul(n));
+        self.count = self.count.saturating_add(n);
+    }
+}
+
 /// Upper bounds of the lag buckets, in journal records.
 const LAG_BOUNDS: [f64; 12] = [
     0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1e6, 1e7, 1e8, 1e9, 1e10,
@@ -138,6 +182,23 @@ impl AtomicHistogram {
         }
         self.sum.fetch_add(raw.saturating_mul(n), Ordering::Relaxed);
         self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds a turn's latencies (kept in nanoseconds, as this histogram's sum is) and empties
+    /// them.
+    pub(super) fn add_turn(&self, t: &mut LatencyTally) {
+        if t.count == 0 {
+            return;
+        }
+        for (c, n) in self.counts.iter().zip(&mut t.counts) {
+            if *n > 0 {
+                c.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
+        }
+        self.sum
+            .fetch_add(std::mem::take(&mut t.sum_ns), Ordering::Relaxed);
+        self.count
+            .fetch_add(std::mem::take(&mut t.count), Ordering::Relaxed);
     }
 
     fn proto(&self) -> Histogram {

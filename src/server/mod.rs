@@ -31,7 +31,7 @@ use crate::engine::udp::{UdpAnswer, answer};
 use crate::feed::{Fed, FeedReceiver, Writer, Writers, system_time as server_time};
 use crate::store::journal::{FlushPolicy, JournalFile};
 use crate::store::{History, LinkMap, Store};
-use conn::{Conn, Observe};
+use conn::{Conn, Observe, Turn};
 use metrics::{ClosedView, ConnView, Metrics, QueryView, Refused, RequestorLag, Snapshot, TlsView};
 use tls::TlsServer;
 
@@ -184,6 +184,8 @@ pub struct Server {
     /// When runs of journal records arrived: (first sequence number, instant), for the
     /// fan-out latency; only with metrics.
     arrivals: VecDeque<(u64, Instant)>,
+    /// What this turn's connections did, for the metrics (added once a turn).
+    turn: Turn,
     /// The last connections closed, for the requestor view.
     closed: VecDeque<ClosedView>,
     /// The journal's next sequence number when the server started (appends are counted from
@@ -279,6 +281,7 @@ impl Server {
             reload: Arc::new(AtomicBool::new(false)),
             per_table: HashMap::new(),
             arrivals: VecDeque::new(),
+            turn: Turn::default(),
             closed: VecDeque::new(),
             first_seq: 0,
         })
@@ -464,6 +467,7 @@ impl Server {
                     pending.push(key);
                 }
             }
+            self.count_turn();
             pending.sort_unstable();
             pending.dedup();
             if !self.accept_retry.is_empty() && last_retry.elapsed() >= ACCEPT_RETRY {
@@ -485,6 +489,7 @@ impl Server {
                 let before = self.history.journal().next_seq();
                 self.housekeeping(now);
                 self.note_arrivals(before);
+                self.take_counts();
                 self.publish_snapshot();
                 self.publish_marks();
                 // The changes housekeeping journaled (expiries), and the keepalives due.
@@ -777,11 +782,11 @@ impl Server {
             mono: Instant::now(),
             active: self.cfg.active,
         };
-        let obs = self.cfg.metrics.as_deref().map(|metrics| Observe {
-            metrics,
+        let mut obs = self.cfg.metrics.is_some().then(|| Observe {
             arrivals: &self.arrivals,
+            turn: &mut self.turn,
         });
-        let served = conn.service(&ctx, &mut self.cache, &self.cfg, obs.as_ref());
+        let served = conn.service(&ctx, &mut self.cache, &self.cfg, obs.as_mut());
         let served = match served {
             Ok(more) if conn.to_identify().is_some() => self.identify(key).map(|()| more),
             other => other,
@@ -811,6 +816,7 @@ impl Server {
             return;
         }
         let mut conn = self.conns.remove(key);
+        conn.take_counts(&mut self.turn);
         conn.close_tls();
         if let Some(index) = conn.table {
             if let Some(n) = self.per_table.get_mut(&index) {
@@ -845,6 +851,29 @@ impl Server {
                 reason: reason.to_owned(),
             });
         }
+    }
+
+    /// Adds what the connections did since the last call to the metrics (without metrics,
+    /// forgets it).
+    fn count_turn(&mut self) {
+        if let Some(m) = &self.cfg.metrics {
+            m.add(&self.turn.tally);
+            m.fanout.add_turn(&mut self.turn.fanout);
+            if self.turn.sent_tcp > 0 {
+                m.sent_tcp.fetch_add(self.turn.sent_tcp, Ordering::Relaxed);
+            }
+        }
+        self.turn.sent_tcp = 0;
+        self.turn.tally.clear();
+    }
+
+    /// Takes every connection's counts (once a second: the counters are at most that old),
+    /// and adds them to the metrics.
+    fn take_counts(&mut self) {
+        for (_, c) in &mut self.conns {
+            c.take_counts(&mut self.turn);
+        }
+        self.count_turn();
     }
 
     fn count_refused(&self, why: Refused) {
