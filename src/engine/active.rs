@@ -197,6 +197,9 @@ pub struct ActiveQuery {
     read: u64,
     /// Counts for the metrics, since the session last took them.
     pub(crate) tally: Tally,
+    /// Whether to note the sequence number of every record sent in `tally.delivered` (for
+    /// the fan-out latency, only with metrics).
+    pub(crate) track_delivered: bool,
     /// When it started.
     started: ServerTime,
 }
@@ -284,6 +287,7 @@ impl ActiveQuery {
             sent: 0,
             read: 0,
             tally,
+            track_delivered: false,
             started: now,
         }
     }
@@ -556,7 +560,7 @@ impl ActiveQuery {
                 self.sent = self.sent.saturating_add(1);
                 self.tally.deliveries = self.tally.deliveries.saturating_add(1);
                 // Bounded, for a caller that never takes the tally.
-                if self.tally.delivered.len() < 4096 {
+                if self.track_delivered && self.tally.delivered.len() < 4096 {
                     self.tally.delivered.push(seq);
                 }
             }

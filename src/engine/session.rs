@@ -160,6 +160,8 @@ pub struct Session {
     upgrading: bool,
     /// Counts for the metrics (the Active queries keep their own).
     tally: Tally,
+    /// Active queries note the records they send ([`track_delivered`](Self::track_delivered)).
+    track_delivered: bool,
 }
 
 impl Session {
@@ -177,6 +179,7 @@ impl Session {
             secured: false,
             upgrading: false,
             tally: Tally::default(),
+            track_delivered: false,
         }
     }
 
@@ -205,6 +208,13 @@ impl Session {
     /// Sets what STARTTLS gets on this connection (before its first message).
     pub fn set_tls(&mut self, offer: TlsOffer) {
         self.tls = offer;
+    }
+
+    /// Has the Active queries started from now on note the sequence number of every record
+    /// they send, for [`take_delivered`](Self::take_delivered) (the server's fan-out
+    /// latency): only with metrics, since nobody takes them otherwise.
+    pub fn track_delivered(&mut self) {
+        self.track_delivered = true;
     }
 
     /// True once STARTTLS was accepted and until [`secured`](Self::secured): the server
@@ -455,7 +465,8 @@ impl Session {
             return Ok(());
         }
         let query_type = request.query_type;
-        let query = ActiveQuery::start(request, ctx.history, ctx.server_id, ctx.now, ctx.mono, out);
+        let mut query =
+            ActiveQuery::start(request, ctx.history, ctx.server_id, ctx.now, ctx.mono, out);
         let status = if query.tally.data_missing > 0 {
             Status::DataMissing
         } else {
@@ -466,6 +477,7 @@ impl Session {
             xid: query.xid(),
             catching_up: query.catching_up(),
         });
+        query.track_delivered = self.track_delivered;
         self.active.push(query);
         Ok(())
     }

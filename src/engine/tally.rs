@@ -48,7 +48,8 @@ pub struct Tally {
     /// Queries that reached their final status.
     pub outcomes: Vec<Outcome>,
     /// The journal sequence numbers of the records delivered into Active streams, in order
-    /// (for the fan-out latency).
+    /// (for the fan-out latency; noted only when the server asks for them,
+    /// `Session::track_delivered`).
     pub delivered: Vec<u64>,
 }
 

@@ -187,6 +187,11 @@ impl Conn {
         self.tls_config = Some(config);
     }
 
+    /// Notes the records the Active queries send, for the fan-out latency (with metrics).
+    pub(super) fn track_delivered(&mut self) {
+        self.session.track_delivered();
+    }
+
     /// Replaces what queries the requestor may run (its certificate matched a table).
     pub(super) fn set_policy(&mut self, policy: QueryTypes) {
         self.policy = policy;

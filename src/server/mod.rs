@@ -684,6 +684,9 @@ impl Server {
             let entry = self.conns.vacant_entry();
             let token = Token(FIRST_CONN + entry.key());
             let mut conn = Conn::new(stream, peer, policy, self.cfg.max_concurrent_queries);
+            if self.cfg.metrics.is_some() {
+                conn.track_delivered();
+            }
             if let Some(tls) = &self.cfg.tls {
                 // Admitted only for a certificate: TLS first, whatever the mode.
                 let require = needs_certificate || tls.mode == crate::config::TlsMode::Require;
