@@ -195,8 +195,14 @@ fn metrics_and_the_requestor_view_say_what_happened() {
     // since they started, and the filtered one adds its link's share.
     let appends = value(&m, "lqd_journal_appends_total");
     assert!(appends > 300.0, "{appends}");
-    assert!(value(&m, "lqd_fanout_latency_seconds_count") > 100.0);
-    assert!(value(&m, "lqd_fanout_latency_seconds_bucket{le=\"1\"}") > 100.0);
+    // One journal record in 16 is timed, for every requestor it goes to.
+    let timed = value(&m, "lqd_fanout_latency_seconds_count");
+    let deliveries = value(&m, "lqd_active_deliveries_total");
+    assert!(
+        timed > 0.0 && timed < deliveries / 4.0,
+        "{timed} deliveries timed of {deliveries}"
+    );
+    assert!(value(&m, "lqd_fanout_latency_seconds_bucket{le=\"1\"}") > 0.0);
     // 300 clients, a few of them between a release and their next lease.
     let bindings = value(&m, "lqd_bindings");
     assert!((250.0..=300.0).contains(&bindings), "{bindings}");

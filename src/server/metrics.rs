@@ -578,7 +578,7 @@ impl Metrics {
         );
         f.histogram(
             "lqd_fanout_latency_seconds",
-            "From a change's arrival from the source to the write that puts it into an Active requestor's socket buffer.",
+            "From a change's arrival from the source to the write that puts it into an Active requestor's socket buffer (one journal record in 16 sampled).",
             self.fanout.proto(),
         );
         f.gauge(
