@@ -43,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         },
         tls: None,
         metrics: None,
+        source_times: false,
     })?;
     let addr = server.local_addrs()?[0];
     let (leases, receiver) = feed(4096, server.waker());

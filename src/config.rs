@@ -30,6 +30,11 @@
 //!
 //! The stable command-line contract that scripts rely on is `lqd --listen ADDR:PORT` (TCP and
 //! UDP), `--source demo` and `--config FILE`.
+//!
+//! `lqd --check-config [FILE]` ([`check`]) prints the settings lqd would run with and where
+//! each came from; an error names the file, the line and, for an unknown key, the nearest known
+//! one. On SIGHUP lqd reads the file again and applies all but the settings in
+//! [`RESTART_ONLY`] (decision D31).
 
 use core::fmt;
 use std::error::Error;
@@ -41,15 +46,22 @@ use std::time::Duration;
 
 use clap::Parser;
 use ipnet::{IpNet, Ipv6Net};
-use serde::Deserialize;
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::{SerializeSeq, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::codec::{Duid, QueryType};
 use crate::feed::DemoConfig;
 use crate::feed::demo::DemoSource;
 use crate::feed::demo::MAX_CLIENTS;
+use crate::feed::kea::{KEA_LEASE_FILE_DEFAULT, KeaLinks, kea_config_path, load_kea_links};
 use crate::store::journal::FlushPolicy;
 use crate::store::{LinkDef, LinkMap};
+
+pub mod check;
+mod live;
+
+pub use live::RESTART_ONLY;
 
 /// The leasequery port for TCP and UDP (RFC 5007, RFC 5460).
 pub const DEFAULT_PORT: u16 = 547;
@@ -86,7 +98,7 @@ pub const DEFAULT_DUID_FILE: &str = "lqd-server-duid";
 ///
 /// In TOML each field is a top-level key of the same name, except `requestors`, written as
 /// `[[requestor]]` tables, and `demo`, a `[demo]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// `listen`: socket addresses served for both TCP (Bulk) and UDP; default `[::]:547`.
@@ -110,13 +122,13 @@ pub struct Config {
     /// connection is not read while at the limit (D22).
     pub max_concurrent_queries: usize,
     /// `bulk_data_timeout`: BULK_LQ_DATA_TIMEOUT in seconds; default 300.
-    #[serde(deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds", serialize_with = "write_seconds")]
     pub bulk_data_timeout: Duration,
     /// `active_send_timeout`: ACTIVE_LQ_SEND_TIMEOUT in seconds; default 120.
-    #[serde(deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds", serialize_with = "write_seconds")]
     pub active_send_timeout: Duration,
     /// `active_idle_timeout`: ACTIVE_LQ_IDLE_TIMEOUT in seconds; default 60.
-    #[serde(deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds", serialize_with = "write_seconds")]
     pub active_idle_timeout: Duration,
     /// `active`: serve ACTIVELEASEQUERY; default true. Off: NotSupported (D10).
     pub active: bool,
@@ -132,7 +144,10 @@ pub struct Config {
     /// `journal_flush`: when journal records are forced to disk: `"os"` (the kernel decides;
     /// survives a crash of lqd, not of the machine), `"always"` (each change), or an interval
     /// such as `"100ms"` or `"1s"` (a power loss costs at most that much). Default `"os"`.
-    #[serde(deserialize_with = "flush_policy")]
+    #[serde(
+        deserialize_with = "flush_policy",
+        serialize_with = "write_flush_policy"
+    )]
     pub journal_flush: FlushPolicy,
     /// `[[requestor]]` tables: who may query, and which types (D23). Empty lets everyone ask
     /// every type; see [`access`](Self::access).
@@ -147,6 +162,11 @@ pub struct Config {
     /// configured links (links are taken as the source names them; nothing is NotConfigured).
     #[serde(rename = "link")]
     pub links: Vec<LinkDef>,
+    /// `kea_config`: Kea's DHCPv6 configuration file, whose subnets become lqd's links when
+    /// there is no `[[link]]` table (issue 15, `feed::kea::config`). Default: the
+    /// `LQD_KEA_CONFIG` environment variable, else `/etc/kea/kea-dhcp6.conf` when it exists
+    /// and is the configuration of the `kea-csv` source's lease file.
+    pub kea_config: Option<PathBuf>,
     /// `[demo]`: the demo source's population and churn.
     pub demo: DemoSettings,
     /// `high_water`: outbound bytes queued per connection before lqd stops producing more;
@@ -202,6 +222,7 @@ impl Default for Config {
             requestors: Vec::new(),
             tls: TlsSettings::default(),
             links: Vec::new(),
+            kea_config: None,
             demo: DemoSettings::default(),
             high_water: DEFAULT_HIGH_WATER,
             read_budget: DEFAULT_READ_BUDGET,
@@ -244,10 +265,16 @@ impl Config {
     fn parse(text: &str, origin: String) -> Result<Self, ConfigError> {
         let config: Self = toml::from_str(text).map_err(|e| ConfigError::Syntax {
             position: e.span().map(|span| line_column(text, span.start)),
-            message: one_line(e.message()),
+            message: check::suggest(&one_line(e.message())),
             origin: origin.clone(),
         })?;
-        config.validate(&origin)?;
+        config
+            .check_values()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                position: key.and_then(|k| check::locate(text, &k)),
+                origin,
+                message,
+            })?;
         Ok(config)
     }
 
@@ -293,14 +320,20 @@ impl Config {
 
     /// Rejects values lqd cannot run with; `origin` says where they came from.
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let invalid = |message: String| {
-            Err(ConfigError::Invalid {
+        self.check_values()
+            .map_err(|(_, message)| ConfigError::Invalid {
                 origin: origin.to_owned(),
+                position: None,
                 message,
             })
-        };
+    }
+
+    /// Rejects values lqd cannot run with: the reason, and the key it concerns (`tls.mode`,
+    /// `requestor.2` for the second `[[requestor]]` table) so that a file's line can be named.
+    fn check_values(&self) -> Result<(), (Option<String>, String)> {
+        let invalid = |key: &str, message: String| Err((Some(key.to_owned()), message));
         if self.listen.is_empty() {
-            return invalid("listen needs at least one address".to_owned());
+            return invalid("listen", "listen needs at least one address".to_owned());
         }
         let counts = [
             ("max_connections", self.max_connections),
@@ -316,21 +349,25 @@ impl Config {
             ("demo.links", usize::from(self.demo.links)),
         ];
         if let Some((key, _)) = counts.iter().find(|(_, n)| *n == 0) {
-            return invalid(format!("{key} must be at least 1, not 0"));
+            return invalid(key, format!("{key} must be at least 1, not 0"));
         }
         let timeouts = [
             ("bulk_data_timeout", self.bulk_data_timeout),
             ("active_send_timeout", self.active_send_timeout),
             ("active_idle_timeout", self.active_idle_timeout),
+            ("tls.handshake_timeout", self.tls.handshake_timeout),
         ];
         if let Some((key, _)) = timeouts.iter().find(|(_, t)| t.is_zero()) {
-            return invalid(format!("{key} must be at least 1 second, not 0"));
+            return invalid(key, format!("{key} must be at least 1 second, not 0"));
         }
         if self.demo.clients > MAX_CLIENTS {
-            return invalid(format!(
-                "demo.clients is {}, above the demo source's limit of {MAX_CLIENTS}",
-                self.demo.clients
-            ));
+            return invalid(
+                "demo.clients",
+                format!(
+                    "demo.clients is {}, above the demo source's limit of {MAX_CLIENTS}",
+                    self.demo.clients
+                ),
+            );
         }
         for (key, path) in [
             ("state_dir", &self.state_dir),
@@ -338,48 +375,61 @@ impl Config {
             ("journal_file", &self.journal_file),
         ] {
             if path.as_os_str().is_empty() {
-                return invalid(format!("{key} must not be empty"));
+                return invalid(key, format!("{key} must not be empty"));
             }
         }
         if self.log.trim().is_empty() {
-            return invalid("log must not be empty (try \"info\")".to_owned());
+            return invalid("log", "log must not be empty (try \"info\")".to_owned());
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+            return invalid("log", format!("log filter `{}`: {e}", self.log));
         }
         for (i, a) in self.requestors.iter().enumerate() {
+            let key = format!("requestor.{}", i + 1);
             if a.by_certificate() {
                 if self.tls.client_ca.is_none() || self.tls.mode == TlsMode::Off {
-                    return invalid(format!(
-                        "requestor table {} names certificates ({}), which needs TLS with \
-                         client certificates: set [tls] mode and client_ca",
-                        i + 1,
-                        a.certificate.join(", ")
-                    ));
+                    return invalid(
+                        &key,
+                        format!(
+                            "requestor table {} names certificates ({}), which needs TLS with \
+                             client certificates: set [tls] mode and client_ca",
+                            i + 1,
+                            a.certificate.join(", ")
+                        ),
+                    );
                 }
                 if a.certificate.iter().any(|n| n.trim().is_empty()) {
-                    return invalid(format!(
-                        "requestor table {} has an empty certificate name",
-                        i + 1
-                    ));
+                    return invalid(
+                        &key,
+                        format!("requestor table {} has an empty certificate name", i + 1),
+                    );
                 }
                 if a.max_connections == Some(0) {
-                    return invalid(format!(
-                        "requestor table {}: max_connections must be at least 1, not 0",
-                        i + 1
-                    ));
+                    return invalid(
+                        &key,
+                        format!(
+                            "requestor table {}: max_connections must be at least 1, not 0",
+                            i + 1
+                        ),
+                    );
                 }
                 continue;
             }
             let Some(prefix) = a.prefix else {
-                return invalid(format!(
-                    "requestor table {} needs a prefix or a certificate",
-                    i + 1
-                ));
+                return invalid(
+                    &key,
+                    format!("requestor table {} needs a prefix or a certificate", i + 1),
+                );
             };
             if a.max_connections.is_some() {
-                return invalid(format!(
-                    "requestor table {} ({prefix}): max_connections applies to certificate \
-                     tables; address tables share max_connections_per_requestor",
-                    i + 1
-                ));
+                return invalid(
+                    &key,
+                    format!(
+                        "requestor table {} ({prefix}): max_connections applies to certificate \
+                         tables; address tables share max_connections_per_requestor",
+                        i + 1
+                    ),
+                );
             }
             let net = mapped_net(prefix);
             if let Some(b) = self.requestors[..i]
@@ -387,30 +437,38 @@ impl Config {
                 .filter(|b| !b.by_certificate())
                 .find(|b| b.prefix.map(mapped_net) == Some(net))
             {
-                return invalid(format!(
-                    "requestor prefix {prefix} is listed twice (also as {})",
-                    b.prefix.map_or_else(String::new, |p| p.to_string())
-                ));
+                return invalid(
+                    &key,
+                    format!(
+                        "requestor prefix {prefix} is listed twice (also as {})",
+                        b.prefix.map_or_else(String::new, |p| p.to_string())
+                    ),
+                );
             }
         }
         if self.tls.mode != TlsMode::Off
             && (self.tls.certificate.is_none() || self.tls.key.is_none())
         {
             return invalid(
+                "tls.mode",
                 "[tls] mode is on, so certificate and key are needed (PEM files)".to_owned(),
             );
         }
-        if self.tls.handshake_timeout.is_zero() {
-            return invalid("tls.handshake_timeout must be at least 1 second, not 0".to_owned());
-        }
         if self.journal_size < MIN_JOURNAL_SIZE {
-            return invalid(format!(
-                "journal_size is {}, below the minimum of {MIN_JOURNAL_SIZE} octets",
-                self.journal_size
-            ));
+            return invalid(
+                "journal_size",
+                format!(
+                    "journal_size is {}, below the minimum of {MIN_JOURNAL_SIZE} octets",
+                    self.journal_size
+                ),
+            );
         }
         if let Err(e) = LinkMap::new(&self.links) {
-            return invalid(e.to_string());
+            // The first table that makes the set unusable.
+            let bad = (1..=self.links.len())
+                .find(|&n| LinkMap::new(&self.links[..n]).is_err())
+                .unwrap_or(1);
+            return invalid(&format!("link.{bad}"), e.to_string());
         }
         Ok(())
     }
@@ -424,8 +482,78 @@ impl Config {
         };
         LinkMap::new(&defs).map_err(|e| ConfigError::Invalid {
             origin: "config".to_owned(),
+            position: None,
             message: e.to_string(),
         })
+    }
+
+    /// Kea's configuration, read for its links and subnets (issue 15): `kea_config`, else
+    /// `LQD_KEA_CONFIG`, else `/etc/kea/kea-dhcp6.conf` when it exists, the source is
+    /// `kea-csv`, and that configuration's memfile is the followed lease file (an unreadable
+    /// default file is then logged and left out). `None` when there is none to read.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or is not a Kea DHCPv6 configuration: the error names the file
+    /// and the reason.
+    pub fn kea_links(&self) -> Result<Option<(PathBuf, KeaLinks)>, ConfigError> {
+        let Some((path, explicit)) = kea_config_path(self.kea_config.as_deref()) else {
+            return Ok(None);
+        };
+        let followed = match &self.source {
+            Some(SourceSpec::KeaCsv(p)) => Some(p),
+            _ if explicit => None,
+            _ => return Ok(None),
+        };
+        let links = match load_kea_links(&path) {
+            Ok(l) => l,
+            Err(e) if explicit => {
+                return Err(ConfigError::Invalid {
+                    position: None,
+                    origin: format!("Kea's configuration {}", e.file.display()),
+                    message: e.reason,
+                });
+            }
+            Err(e) => {
+                tracing::warn!("{e}; not used");
+                return Ok(None);
+            }
+        };
+        // The default file is Kea's configuration only for the lease file it names.
+        if !explicit {
+            let kea_file = links
+                .lease_file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(KEA_LEASE_FILE_DEFAULT));
+            let same = |a: &Path, b: &Path| {
+                a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
+            };
+            if let Some(f) = followed.filter(|f| !same(f, &kea_file)) {
+                tracing::info!(
+                    "Kea's configuration {} is for the lease file {}, not {}: not used (set \
+                     kea_config or LQD_KEA_CONFIG to use it)",
+                    path.display(),
+                    kea_file.display(),
+                    f.display()
+                );
+                return Ok(None);
+            }
+        }
+        Ok(Some((path, links)))
+    }
+
+    /// The links lqd serves: the `[[link]]` tables when there are any (they win), else Kea's
+    /// links when `kea` has some, else as [`link_map`](Self::link_map) says.
+    pub fn link_map_with(&self, kea: Option<&KeaLinks>) -> Result<LinkMap, ConfigError> {
+        match kea {
+            Some(k) if self.links.is_empty() && !k.links.is_empty() => LinkMap::new(&k.links)
+                .map_err(|e| ConfigError::Invalid {
+                    position: None,
+                    origin: "Kea's configuration".to_owned(),
+                    message: e.to_string(),
+                }),
+            _ => self.link_map(),
+        }
     }
 
     /// Settings that are accepted but unwise, one sentence each, for the log.
@@ -636,6 +764,22 @@ fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_secs)
 }
 
+fn write_seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+/// The written form of a flush policy, which parses back to the same value.
+fn write_flush_policy<S: Serializer>(p: &FlushPolicy, s: S) -> Result<S::Ok, S::Error> {
+    match p {
+        FlushPolicy::Os => s.serialize_str("os"),
+        FlushPolicy::Always => s.serialize_str("always"),
+        FlushPolicy::Interval(d) if d.subsec_nanos() == 0 => {
+            s.collect_str(&format_args!("{}s", d.as_secs()))
+        }
+        FlushPolicy::Interval(d) => s.collect_str(&format_args!("{}ms", d.as_millis())),
+    }
+}
+
 fn flush_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FlushPolicy, D::Error> {
     let s = String::deserialize(d)?;
     let interval = |digits: &str, unit: fn(u64) -> Duration| {
@@ -664,7 +808,7 @@ fn flush_policy<'de, D: Deserializer<'de>>(d: D) -> Result<FlushPolicy, D::Error
 
 /// Where lease changes come from: the `source` setting.
 ///
-/// Written `demo`, `kea-csv:PATH`, `jsonl:PATH`, `jsonl:-` (standard input) or
+/// Written `demo`, `kea-csv:PATH`, `kea-pgsql:URI`, `jsonl:PATH`, `jsonl:-` (standard input) or
 /// `jsonl:unix:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(try_from = "String")]
@@ -680,6 +824,9 @@ pub enum SourceSpec {
     JsonlStdin,
     /// `jsonl:unix:PATH`: one JSON change per line, from a Unix stream socket.
     JsonlUnix(PathBuf),
+    /// `kea-pgsql:URI`: Kea's PostgreSQL lease database, followed through logical replication
+    /// (the URI as [`PgTarget`](crate::feed::PgTarget) reads it; never with a password).
+    KeaPgsql(String),
 }
 
 impl FromStr for SourceSpec {
@@ -699,6 +846,9 @@ impl FromStr for SourceSpec {
                 "source `{s}`: demo takes no argument; set its [demo] table instead"
             ))),
             Some(("kea-csv", rest)) => path(rest, "kea-csv:PATH").map(Self::KeaCsv),
+            Some(("kea-pgsql", uri)) => crate::feed::PgTarget::parse(uri)
+                .map(|_| Self::KeaPgsql(uri.to_owned()))
+                .map_err(|e| InvalidValue(format!("source kea-pgsql: {e}"))),
             Some(("jsonl", "-")) => Ok(Self::JsonlStdin),
             Some(("jsonl", "unix")) => Err(InvalidValue(format!(
                 "source `{s}` needs a socket path: jsonl:unix:PATH"
@@ -708,10 +858,17 @@ impl FromStr for SourceSpec {
                 None => path(rest, "jsonl:PATH").map(Self::Jsonl),
             },
             _ => Err(InvalidValue(format!(
-                "unknown source `{s}`: expected demo, kea-csv:PATH, jsonl:PATH, jsonl:- \
-                 (standard input) or jsonl:unix:PATH"
+                "unknown source `{s}`: expected demo, kea-csv:PATH, kea-pgsql:URI, jsonl:PATH, \
+                 jsonl:- (standard input) or jsonl:unix:PATH"
             ))),
         }
+    }
+}
+
+/// The written form, as in the file.
+impl Serialize for SourceSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -732,6 +889,7 @@ impl fmt::Display for SourceSpec {
             Self::Jsonl(p) => write!(f, "jsonl:{}", p.display()),
             Self::JsonlStdin => f.write_str("jsonl:-"),
             Self::JsonlUnix(p) => write!(f, "jsonl:unix:{}", p.display()),
+            Self::KeaPgsql(uri) => write!(f, "kea-pgsql:{uri}"),
         }
     }
 }
@@ -794,6 +952,13 @@ impl FromStr for ServerDuid {
     }
 }
 
+/// Colon-separated hex, as in the file.
+impl Serialize for ServerDuid {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 impl TryFrom<String> for ServerDuid {
     type Error = InvalidValue;
 
@@ -850,6 +1015,13 @@ impl TryFrom<String> for LogFormat {
     }
 }
 
+/// The written form, as in the file.
+impl Serialize for LogFormat {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// The written form, which parses back to the same value.
 impl fmt::Display for LogFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -874,7 +1046,7 @@ impl Error for InvalidValue {}
 
 /// One `[[requestor]]` table: who may ask (a prefix requestors connect from, or names their
 /// TLS client certificate carries, or both), and what they may ask (D27).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Requestor {
     /// `prefix`: CIDR (`2001:db8::/32`, `192.0.2.0/24`, `::ffff:192.0.2.0/120`) or a single
@@ -885,7 +1057,7 @@ pub struct Requestor {
     /// `certificate`: names of a TLS client certificate (a SAN DNS name, a SAN URI, or the
     /// subject CN), any of which matches; needs `[tls] client_ca`. Such a table is chosen
     /// after the handshake, by the certificate, and only over TLS.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificate: Vec<String>,
     /// `query_types`: the types allowed (names or numbers 1–5); default all. An empty list
     /// denies the prefix outright, which carves it out of a shorter allowed one.
@@ -923,7 +1095,7 @@ impl Requestor {
 }
 
 /// How lqd offers TLS on its TCP connections (RFC 7653 STARTTLS, D25).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// STARTTLS is answered with TLSConnectionRefused.
@@ -937,7 +1109,7 @@ pub enum TlsMode {
 }
 
 /// The `[tls]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsSettings {
     /// `mode`: `"off"` (default), `"offer"` or `"require"`.
@@ -951,7 +1123,7 @@ pub struct TlsSettings {
     /// TLS requestor must present a certificate it signed (mutual TLS). Read again on SIGHUP.
     pub client_ca: Option<PathBuf>,
     /// `handshake_timeout`: seconds from STARTTLS to a finished handshake; default 10.
-    #[serde(deserialize_with = "seconds")]
+    #[serde(deserialize_with = "seconds", serialize_with = "write_seconds")]
     pub handshake_timeout: Duration,
 }
 
@@ -1127,6 +1299,17 @@ impl fmt::Debug for QueryTypes {
     }
 }
 
+/// The list of names, as in the file.
+impl Serialize for QueryTypes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        for qt in self.iter() {
+            seq.serialize_element(TYPE_NAMES[usize::from(qt.value() - 1)])?;
+        }
+        seq.end()
+    }
+}
+
 impl<'de> Deserialize<'de> for QueryTypes {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         d.deserialize_seq(TypesVisitor)
@@ -1202,7 +1385,7 @@ impl Visitor<'_> for EntryVisitor {
 }
 
 /// The `[demo]` table: the demo source's population and churn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DemoSettings {
     /// `clients`: clients in the population; default 10000.
@@ -1270,6 +1453,8 @@ pub enum ConfigError {
     Invalid {
         /// Where the value came from: the file, or `command line`.
         origin: String,
+        /// One-based line and column of the key or table in the file, when known.
+        position: Option<(usize, usize)>,
         /// What is wrong, naming the setting.
         message: String,
     },
@@ -1285,11 +1470,18 @@ impl fmt::Display for ConfigError {
                 origin,
                 position: Some((line, column)),
                 message,
+            }
+            | Self::Invalid {
+                origin,
+                position: Some((line, column)),
+                message,
             } => write!(f, "{origin}, line {line}, column {column}: {message}"),
             Self::Syntax {
                 origin, message, ..
             }
-            | Self::Invalid { origin, message } => {
+            | Self::Invalid {
+                origin, message, ..
+            } => {
                 write!(f, "{origin}: {message}")
             }
         }
@@ -1332,8 +1524,9 @@ pub struct Cli {
                 file's `listen` list [default: [::]:547]"
     )]
     pub listen: Vec<SocketAddr>,
-    /// Where lease changes come from: demo, kea-csv:PATH, jsonl:PATH, jsonl:- (stdin) or
-    /// jsonl:unix:PATH [default: demo]
+    /// Where lease changes come from: demo, kea-csv:PATH, kea-pgsql:URI (no password in it:
+    /// password_file=PATH or LQD_PGPASSWORD), jsonl:PATH, jsonl:- (stdin) or jsonl:unix:PATH
+    /// [default: demo]
     #[arg(long, value_name = "SPEC")]
     pub source: Option<SourceSpec>,
     /// Server DUID in hex, plain or colon-separated [default: generated once and kept in
@@ -1369,6 +1562,12 @@ pub struct Cli {
     /// `[[requestor]]` table, loopback only]
     #[arg(long, value_name = "PREFIX")]
     pub allow: Vec<IpNet>,
+    /// Check the configuration instead of serving: FILE (default: the --config file) with the
+    /// other flags applied, printing every setting lqd would run with and where it came from
+    /// (default, file, flag, env). Exits 0 when lqd would start with them, 2 with the file, line
+    /// and reason when not
+    #[arg(long, value_name = "FILE", num_args = 0..=1)]
+    pub check_config: Option<Option<PathBuf>>,
     /// A maintenance command instead of serving.
     #[command(subcommand)]
     pub command: Option<Command>,

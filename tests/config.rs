@@ -100,6 +100,7 @@ fn defaults_are_the_rfc_and_decision_values() {
 const FULL: &str = r#"
 listen = ["[::1]:5470", "127.0.0.1:5471"]
 source = "kea-csv:/var/lib/kea/kea-leases6.csv"
+kea_config = "/etc/kea/kea-dhcp6.conf"
 server_duid = "00:02:00:00:ab:11:de:ad:be:ef"
 duid_file = "/etc/lqd/duid"
 state_dir = "/var/lib/lqd"
@@ -214,6 +215,7 @@ fn a_full_file_gives_every_setting() {
                 pd_pools: vec![],
             },
         ],
+        kea_config: Some("/etc/kea/kea-dhcp6.conf".into()),
         demo: DemoSettings {
             clients: 1000,
             links: 4,
@@ -434,7 +436,8 @@ fn bad_prefixes_are_rejected() {
     );
     assert_eq!(
         m,
-        "config: requestor prefix ::ffff:10.0.0.0/104 is listed twice (also as 10.0.0.0/8)"
+        "config, line 3, column 1: requestor prefix ::ffff:10.0.0.0/104 is listed twice (also \
+         as 10.0.0.0/8)"
     );
 }
 
@@ -456,7 +459,7 @@ fn journal_flush_policies() {
     let m = rejected("journal_size = 4096\n");
     assert_eq!(
         m,
-        "config: journal_size is 4096, below the minimum of 1048576 octets"
+        "config, line 1, column 1: journal_size is 4096, below the minimum of 1048576 octets"
     );
 }
 
@@ -487,14 +490,18 @@ fn links_come_from_link_tables_or_the_demo() {
     assert_eq!(m.link_of(a("2001:db8:0:3::1")), None);
 
     let m = rejected("[[link]]\naddress = \"2001:db8::1\"\n[[link]]\naddress = \"2001:db8::1\"\n");
-    assert_eq!(m, "config: link 2001:db8::1 is configured twice");
+    assert_eq!(
+        m,
+        "config, line 3, column 1: link 2001:db8::1 is configured twice"
+    );
     let m = rejected(
         "[[link]]\naddress = \"2001:db8::1\"\nprefixes = [\"2001:db8::/64\"]\n\
          [[link]]\naddress = \"2001:db8::2\"\nprefixes = [\"2001:db8::/64\"]\n",
     );
     assert_eq!(
         m,
-        "config: prefix 2001:db8::/64 is on two links, 2001:db8::1 and 2001:db8::2"
+        "config, line 4, column 1: prefix 2001:db8::/64 is on two links, 2001:db8::1 and \
+         2001:db8::2"
     );
     let m = rejected("[[link]]\naddress = \"2001:db8::1\"\nprefixes = [\"2001:db8::/129\"]\n");
     assert!(m.starts_with("config, line 3"), "{m}");
@@ -699,41 +706,45 @@ fn warnings_report_values_below_the_rfc_defaults() {
 
 #[test]
 fn unusable_values_are_rejected_naming_their_origin() {
-    for (toml, expect) in [
-        ("listen = []", "config: listen needs at least one address"),
+    // Each names the line of its key (the table's key for a table's).
+    for (toml, line, expect) in [
+        ("listen = []", 1, "listen needs at least one address"),
         (
             "max_connections = 0",
-            "config: max_connections must be at least 1, not 0",
+            1,
+            "max_connections must be at least 1, not 0",
         ),
         (
             "max_concurrent_queries = 0",
-            "config: max_concurrent_queries must be at least 1",
+            1,
+            "max_concurrent_queries must be at least 1",
         ),
-        ("read_budget = 0", "config: read_budget must be at least 1"),
-        ("high_water = 0", "config: high_water must be at least 1"),
-        ("[demo]\nlinks = 0", "config: demo.links must be at least 1"),
-        (
-            "[demo]\nclients = 0",
-            "config: demo.clients must be at least 1",
-        ),
+        ("read_budget = 0", 1, "read_budget must be at least 1"),
+        ("high_water = 0", 1, "high_water must be at least 1"),
+        ("[demo]\nlinks = 0", 2, "demo.links must be at least 1"),
+        ("[demo]\nclients = 0", 2, "demo.clients must be at least 1"),
         (
             "[demo]\nclients = 100000000",
+            2,
             "above the demo source's limit",
         ),
         (
             "bulk_data_timeout = 0",
-            "config: bulk_data_timeout must be at least 1 second",
+            1,
+            "bulk_data_timeout must be at least 1 second",
         ),
         (
-            "active_idle_timeout = 0",
-            "config: active_idle_timeout must be at least 1 second",
+            "\nactive_idle_timeout = 0",
+            2,
+            "active_idle_timeout must be at least 1 second",
         ),
-        ("state_dir = \"\"", "config: state_dir must not be empty"),
-        ("log = \" \"", "config: log must not be empty"),
+        ("state_dir = \"\"", 1, "state_dir must not be empty"),
+        ("log = \" \"", 1, "log must not be empty"),
+        ("[tls]\nhandshake_timeout = 0", 2, "tls.handshake_timeout"),
     ] {
         let m = rejected(toml);
         assert!(
-            m.starts_with("config: ") && m.contains(expect),
+            m.starts_with(&format!("config, line {line}, column 1: ")) && m.contains(expect),
             "{toml}: {m}"
         );
     }
@@ -743,7 +754,8 @@ fn unusable_values_are_rejected_naming_their_origin() {
     assert_eq!(
         err,
         format!(
-            "config file {}: max_connections_per_requestor must be at least 1, not 0",
+            "config file {}, line 2, column 1: max_connections_per_requestor must be at least 1, \
+             not 0",
             file.path().display()
         )
     );
@@ -952,4 +964,72 @@ fn log_format_is_text_or_json() {
     for f in [LogFormat::Text, LogFormat::Json] {
         assert_eq!(f.to_string().parse::<LogFormat>().unwrap(), f);
     }
+}
+
+#[test]
+fn kea_s_subnets_are_the_links_unless_link_tables_are_given() {
+    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+    let kea = TempFile::new(
+        "kea-dhcp6.conf",
+        r#"{ "Dhcp6": {
+  // Kea's comments and trailing commas, as Kea reads them.
+  "lease-database": { "type": "memfile", "name": "/var/lib/kea/kea-leases6.csv", },
+  "subnet6": [
+    { "id": 1, "subnet": "2001:db8:1::/64", "relay": { "ip-addresses": [ "2001:db8:ff::1" ] },
+      "pd-pools": [ { "prefix": "2001:db8:100::", "prefix-len": 40, "delegated-len": 56 } ] },
+  ],
+  "shared-networks": [ { "name": "floor-2", "subnet6": [
+    { "id": 4, "subnet": "2001:db8:4::/64" },  # both subnets are one link
+    { "id": 5, "subnet": "2001:db8:5::/64" } ] } ]
+} }"#,
+    );
+    let source = "source = \"kea-csv:/var/lib/kea/kea-leases6.csv\"\n";
+    let c = Config::from_toml(&format!(
+        "{source}kea_config = \"{}\"\n",
+        kea.path().display()
+    ))
+    .unwrap();
+    let (path, k) = c.kea_links().unwrap().expect("Kea's configuration is read");
+    assert_eq!(path, kea.path());
+    let m = c.link_map_with(Some(&k)).unwrap();
+    assert_eq!(m.len(), 2, "one link per subnet, one per shared network");
+    // Any address of the prefix, and the listed relay address, name the subnet's link.
+    for x in [
+        "2001:db8:1::",
+        "2001:db8:1::1",
+        "2001:db8:1::2",
+        "2001:db8:ff::1",
+    ] {
+        assert_eq!(m.link_of(a(x)), Some(a("2001:db8:1::")), "{x}");
+    }
+    for x in ["2001:db8:4::1", "2001:db8:5::1"] {
+        assert_eq!(m.link_of(a(x)), Some(a("2001:db8:4::")), "{x}");
+    }
+    assert_eq!(m.link_of(a("2001:db8:6::1")), None);
+    assert!(
+        m.manages(a("2001:db8:100:ab00::")),
+        "a pd-pool is managed space"
+    );
+    assert_eq!(k.subnets[&5], a("2001:db8:4::"));
+
+    // [[link]] tables win; Kea's subnet ids still map to links.
+    let c = Config::from_toml(&format!(
+        "{source}kea_config = \"{}\"\n[[link]]\naddress = \"2001:db8:0:9::1\"\n",
+        kea.path().display()
+    ))
+    .unwrap();
+    let (_, k) = c.kea_links().unwrap().unwrap();
+    let m = c.link_map_with(Some(&k)).unwrap();
+    assert_eq!(m.len(), 1);
+    assert_eq!(m.link_of(a("2001:db8:0:9::1")), Some(a("2001:db8:0:9::1")));
+    assert_eq!(m.link_of(a("2001:db8:1::1")), None);
+    assert_eq!(k.subnets[&1], a("2001:db8:1::"));
+
+    // A Kea configuration named explicitly that cannot be read stops the start.
+    let c = Config::from_toml(&format!(
+        "{source}kea_config = \"/nonexistent/kea-dhcp6.conf\"\n"
+    ))
+    .unwrap();
+    let e = c.kea_links().unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/kea-dhcp6.conf"), "{e}");
 }

@@ -11,7 +11,10 @@ use std::net::Ipv6Addr;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Lqd, start_with_source, wait_for_link_addresses, wait_for_log};
+use common::{
+    Lqd, free_metrics_addr, start_with_source, wait_for_link_addresses, wait_for_log,
+    wait_source_metrics,
+};
 use lqd::codec::ServerTime;
 use lqd::feed::jsonl::{LineSplitter, MAX_LINE, parse_line, parse_rfc3339};
 use lqd::store::{LeaseKind, LeaseState, RemoteIdKey};
@@ -404,11 +407,19 @@ fn now_unix() -> u64 {
 
 /// A good line: client `n` holds 2001:db8:0:7::`n` on `LINK`, in `state`.
 fn lease(n: u16, state: &str) -> String {
+    lease_in(n, state, now_unix())
+}
+
+/// An active [`lease`] with its `cltt` given (Unix seconds).
+fn lease_at(n: u16, cltt: u64) -> String {
+    lease_in(n, "active", cltt)
+}
+
+fn lease_in(n: u16, state: &str, cltt: u64) -> String {
     format!(
-        r#"{{"client_id":"00:03:00:01:02:00:00:00:{:02x}:{:02x}","link":"{LINK}","kind":"na","address":"2001:db8:0:7::{n:x}","iaid":1,"preferred_lifetime":3600,"valid_lifetime":86400,"cltt":{},"state":"{state}"}}"#,
+        r#"{{"client_id":"00:03:00:01:02:00:00:00:{:02x}:{:02x}","link":"{LINK}","kind":"na","address":"2001:db8:0:7::{n:x}","iaid":1,"preferred_lifetime":3600,"valid_lifetime":86400,"cltt":{cltt},"state":"{state}"}}"#,
         n >> 8,
         n & 0xff,
-        now_unix()
     )
 }
 
@@ -662,4 +673,56 @@ fn standard_input_is_read_to_its_end() {
     );
     // lqd keeps serving after its source ended.
     assert!(lqd.child.try_wait().unwrap().is_none());
+}
+
+#[test]
+fn lqd_s_metrics_count_rejected_lines_the_lag_and_the_newest_cltt() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("leases.jsonl");
+    let t = now_unix();
+    std::fs::write(
+        &path,
+        format!("{}\n{}\n", lease_at(1, t + 4), lease_at(2, t - 1)),
+    )
+    .unwrap();
+    let metrics = free_metrics_addr();
+    let source = format!("jsonl:{}", path.display());
+    let lqd = start_with_source(
+        "jsonl-metrics",
+        &[],
+        &format!("source = {source:?}\nmetrics_listen = \"{metrics}\"\n"),
+        "read the file to its end",
+    );
+    wait_for_addresses(&lqd, &[1, 2]);
+    wait_source_metrics(
+        metrics,
+        &[
+            ("lqd_feed_changes_rejected_total", 0.0),
+            ("lqd_source_lag_bytes", 0.0),
+            ("lqd_source_newest_row_timestamp_seconds", (t + 4) as f64),
+        ],
+    );
+    // A bad line, then half a good one: the half is lag until its newline comes.
+    let three = format!("{}\n", lease_at(3, t + 9));
+    let (head, tail) = three.split_at(30);
+    append(&path, &format!("{{\"broken\n{head}"));
+    wait_source_metrics(
+        metrics,
+        &[
+            ("lqd_feed_changes_rejected_total", 1.0),
+            ("lqd_source_lag_bytes", head.len() as f64),
+            ("lqd_source_newest_row_timestamp_seconds", (t + 4) as f64),
+        ],
+    );
+    append(&path, tail);
+    wait_for_addresses(&lqd, &[1, 2, 3]);
+    wait_source_metrics(
+        metrics,
+        &[
+            ("lqd_feed_changes_rejected_total", 1.0),
+            ("lqd_source_lag_bytes", 0.0),
+            ("lqd_source_newest_row_timestamp_seconds", (t + 9) as f64),
+        ],
+    );
+    wait_for_log(&lqd, "line 3 skipped: not JSON", 5);
 }

@@ -5,7 +5,7 @@
 #[path = "common/lqd.rs"]
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::net::Ipv6Addr;
@@ -13,13 +13,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{Lqd, start_with_source, wait_for_link_addresses, wait_for_log};
+use common::{
+    Lqd, free_metrics_addr, start_with_source, wait_for_link_addresses, wait_for_log,
+    wait_source_metrics,
+};
 use lqd::codec::ServerTime;
 use lqd::feed::kea::{
     Applied, KeaHeader, KeaMapper, parse_kea_config, parse_row, relays_from_user_context,
     strip_comments, unescape,
 };
-use lqd::feed::{FeedReceiver, feed, spawn_kea_csv_with};
+use lqd::feed::{FeedReceiver, KeaCsvSource, Wake, feed};
 use lqd::store::{Change, LeaseKind, LeaseState, RemoteIdKey};
 use mio::{Poll, Token, Waker};
 
@@ -367,7 +370,42 @@ fn relay_ids_remote_ids_and_the_link_come_from_user_context() {
             remote_id: b"juniper-1".to_vec().into_boxed_slice()
         }]
     );
-    assert_eq!(relay.relay_message, None);
+    // The relayed message, rebuilt (D29): the outer RELAY-FORW (hop 1, its link and peer, its
+    // relay-id) holding the inner one (hop 0, its link and peer, remote-id and interface-id) in
+    // an OPTION_RELAY_MSG, without the client's message; the peer-address is the outer
+    // relay's link-address.
+    let inner = [
+        "0c00",
+        "20010db8000500000000000000000001",
+        "fe800000000000000000000000000002",
+        "0025000d00000009",
+        &hex::encode("juniper-1"),
+        "00120004",
+        &hex::encode("eth0"),
+    ]
+    .concat();
+    let outer = [
+        "0c01",
+        "20010db8009900000000000000000001",
+        "fe800000000000000000000000000001",
+        "003500080002000000090a0b",
+        &format!("0009{:04x}", inner.len() / 2),
+        &inner,
+    ]
+    .concat();
+    let (peer, message) = relay.relay_message.as_ref().expect("the relayed message");
+    assert_eq!(*peer, a("2001:db8:99::1"));
+    assert_eq!(hex::encode(message), outer);
+    lqd::codec::Embedded::parse(message).expect("a RELAY-FORW lqd's codec reads");
+    // A relay without its peer (not Kea's format) gives no relay data rather than a guess.
+    let partial = r#"{"ISC":{"relays":[{"hop":0,"link":"2001:db8:7::1","options":"0x"}]}}"#;
+    assert_eq!(
+        relays_from_user_context(partial)
+            .unwrap()
+            .info
+            .relay_message,
+        None
+    );
     // A release written without the relays stays in the same binding.
     let rel = change(
         &mut m,
@@ -739,22 +777,21 @@ struct Feed {
 }
 
 fn start(path: &Path) -> Feed {
-    start_with_capacity(path, 1024)
+    start_with(path, 1024, Wake::Inotify)
 }
 
-/// A source on a feed of `capacity` changes: with a small one, the source waits in its sends
-/// until the test drains, so the test knows where it is.
-fn start_with_capacity(path: &Path, capacity: usize) -> Feed {
+/// A source woken as `wake` says, on a feed of `capacity` changes: with a small one, the
+/// source waits in its sends until the test drains, so the test knows where it is.
+fn start_with(path: &Path, capacity: usize, wake: Wake) -> Feed {
     capture_logs();
     let poll = Poll::new().unwrap();
     let waker = Arc::new(Waker::new(poll.registry(), Token(0)).unwrap());
     let (handle, rx) = feed(capacity, waker);
-    spawn_kea_csv_with(
-        path.to_owned(),
-        HashMap::from([(1, a("2001:db8:1::"))]),
-        handle,
-    )
-    .unwrap();
+    KeaCsvSource::new(path.to_owned())
+        .subnets(HashMap::from([(1, a("2001:db8:1::"))]))
+        .wake(wake)
+        .spawn(handle)
+        .unwrap();
     Feed {
         _poll: poll,
         rx,
@@ -830,13 +867,43 @@ fn want(ks: std::ops::Range<u64>) -> Vec<u32> {
         .collect()
 }
 
-#[test]
-fn following_through_a_whole_lfc_cycle_loses_and_repeats_nothing() {
+/// Runs a test body once for each [`Wake`]: inotify (lqd's default) and polling only (the
+/// fallback on file systems without inotify). A lease file cleanup must be as safe with either.
+macro_rules! with_each_wake {
+    ($name:ident, $body:ident) => {
+        mod $name {
+            #[test]
+            fn inotify() {
+                super::$body(lqd::feed::Wake::Inotify);
+            }
+
+            #[test]
+            fn polling() {
+                super::$body(lqd::feed::Wake::Polling);
+            }
+        }
+    };
+}
+
+/// With inotify asked for, the source was not left polling (it logs that it cannot watch).
+fn assert_watched(path: &Path, wake: Wake) {
+    let log = wait_logged(path, "read the lease file to its end");
+    if wake == Wake::Inotify {
+        assert!(!log.iter().any(|l| l.contains("cannot watch")), "{log:#?}");
+    }
+}
+
+with_each_wake!(
+    following_through_a_whole_lfc_cycle_loses_and_repeats_nothing,
+    whole_lfc_cycle
+);
+
+fn whole_lfc_cycle(wake: Wake) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kea-leases6.csv");
     append(&path, &[HEADER_22.to_owned()]);
     append(&path, &(0..10).map(nth).collect::<Vec<_>>());
-    let mut feed = start(&path);
+    let mut feed = start_with(&path, 1024, wake);
     assert_eq!(expires(feed.wait_for(10)), want(0..10));
 
     // Kea appends, with a partial last line written in two steps and a bad row.
@@ -882,6 +949,124 @@ fn following_through_a_whole_lfc_cycle_loses_and_repeats_nothing() {
     fs::remove_file(suffixed(&path, ".1")).unwrap();
     append(&path, &[nth(27)]);
     assert_eq!(expires(feed.wait_for(28)), want(0..28));
+    assert_watched(&path, wake);
+}
+
+/// Rows the concurrent cleanup test writes.
+const ROWS: u64 = 4000;
+/// How often Kea moves its lease file aside in that test (when the last cleanup has finished):
+/// Kea's `lfc-interval` is in seconds; this is shorter, and still longer than the polling
+/// fallback's interval, since a source that falls a whole cleanup behind misses the rows of
+/// the file that cleanup deleted (the module documentation of the source says so).
+const LFC_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Row `k` of the concurrent test: lease `k % 64` renewed (every row differs).
+fn nth64(k: u64) -> String {
+    let addr = format!("2001:db8:1::{:x}", 0x1000 + k % 64);
+    row(&addr, DUID_A, 3600, 1_700_000_000 + k, 1, 0, 1, 128, 0, "")
+}
+
+/// kea-lfc: compacts `.2` (if any) and `.1` into `.output` (the last row of each lease), then
+/// `.output` → `.completed`, deletes `.1`, `.completed` → `.2`, pausing between the steps so
+/// that Kea's writes fall between them.
+fn kea_lfc(path: &Path) {
+    let mut last: BTreeMap<String, String> = BTreeMap::new();
+    for suffix in [".2", ".1"] {
+        let Ok(text) = fs::read_to_string(suffixed(path, suffix)) else {
+            continue;
+        };
+        for l in text.lines().skip(1).filter(|l| !l.is_empty()) {
+            let addr = l.split(',').next().unwrap_or_default().to_owned();
+            last.insert(addr, l.to_owned());
+        }
+    }
+    let pause = || std::thread::sleep(Duration::from_millis(3));
+    append(&suffixed(path, ".output"), &header_and(last.into_values()));
+    pause();
+    fs::rename(suffixed(path, ".output"), suffixed(path, ".completed")).unwrap();
+    pause();
+    fs::remove_file(suffixed(path, ".1")).unwrap();
+    pause();
+    fs::rename(suffixed(path, ".completed"), suffixed(path, ".2")).unwrap();
+}
+
+with_each_wake!(
+    cleanups_while_kea_keeps_writing_lose_and_repeat_nothing,
+    cleanups_while_writing
+);
+
+/// Kea (one thread) appends rows one write at a time without stopping, and every
+/// [`LFC_INTERVAL`] closes its file, renames it to `.1`, starts a new one with the header
+/// and starts kea-lfc (another thread), unless the last kea-lfc still runs (`.1` is there), as
+/// Kea's lease file cleanup does. The source must send every row once, in order.
+fn cleanups_while_writing(wake: Wake) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kea-leases6.csv");
+    append(&path, &header_and((0..10).map(nth64)));
+    let mut feed = start_with(&path, 1 << 16, wake);
+    let kea = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let open = || OpenOptions::new().append(true).open(&path).unwrap();
+            let mut file = open();
+            let mut lfcs = Vec::new();
+            let mut last = Instant::now();
+            let mut k = 10;
+            while k < ROWS {
+                if last.elapsed() >= LFC_INTERVAL && !suffixed(&path, ".1").exists() {
+                    // A burst of rows, and at once the cleanup: the source may not have read
+                    // them when the file is renamed and a new one is at the path.
+                    let end = (k + 32).min(ROWS);
+                    let burst: String = (k..end).map(|j| format!("{}\n", nth64(j))).collect();
+                    file.write_all(burst.as_bytes()).unwrap();
+                    k = end;
+                    drop(file);
+                    fs::rename(&path, suffixed(&path, ".1")).unwrap();
+                    fs::write(&path, format!("{HEADER_22}\n")).unwrap();
+                    file = open();
+                    last = Instant::now();
+                    let path = path.clone();
+                    lfcs.push(std::thread::spawn(move || kea_lfc(&path)));
+                    continue;
+                }
+                file.write_all(format!("{}\n", nth64(k)).as_bytes())
+                    .unwrap();
+                if k % 4 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                k += 1;
+            }
+            let cleanups = lfcs.len();
+            for l in lfcs {
+                l.join().unwrap();
+            }
+            cleanups
+        })
+    };
+    let cleanups = kea.join().unwrap();
+    // Every row, then a little longer for any sent twice.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while feed.got.len() < ROWS as usize && Instant::now() < deadline {
+        feed.rx.drain(usize::MAX, |c| feed.got.push(c));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(350));
+    feed.rx.drain(usize::MAX, |c| feed.got.push(c));
+    let got = expires(&feed.got);
+    let expected = want(0..ROWS);
+    let first_wrong = (0..got.len().max(expected.len())).find(|&i| got.get(i) != expected.get(i));
+    assert!(
+        first_wrong.is_none(),
+        "{} changes for {ROWS} rows; from change {first_wrong:?} on: got {:?}, want {:?}",
+        got.len(),
+        &got[first_wrong.unwrap_or(0).min(got.len())..][..got.len().min(8)].to_vec(),
+        &expected[first_wrong.unwrap_or(0).min(expected.len())..][..8.min(expected.len())],
+    );
+    assert!(cleanups >= 3, "only {cleanups} cleanups ran");
+    let log = wait_logged(&path, "was replaced");
+    let replaced = log.iter().filter(|l| l.contains("was replaced")).count();
+    assert!(replaced >= cleanups, "{cleanups} cleanups: {log:#?}");
+    assert_watched(&path, wake);
 }
 
 #[test]
@@ -920,8 +1105,12 @@ fn header_and(rows: impl Iterator<Item = String>) -> Vec<String> {
     std::iter::once(HEADER_22.to_owned()).chain(rows).collect()
 }
 
-#[test]
-fn an_lfc_finishing_between_reading_2_and_1_at_start_loses_nothing() {
+with_each_wake!(
+    an_lfc_finishing_between_reading_2_and_1_at_start_loses_nothing,
+    lfc_finishing_at_start
+);
+
+fn lfc_finishing_at_start(wake: Wake) {
     // Mid-cleanup at start: .2 (the last cleanup's output), .1 (the file Kea moved aside,
     // which kea-lfc is compacting now), and the current file.
     let dir = tempfile::tempdir().unwrap();
@@ -931,7 +1120,7 @@ fn an_lfc_finishing_between_reading_2_and_1_at_start_loses_nothing() {
     append(&path, &header_and((8..10).map(nth)));
     // A feed of one change: once the first change of .2 has come, the source is held in .2's
     // sends until the test drains more.
-    let mut feed = start_with_capacity(&path, 1);
+    let mut feed = start_with(&path, 1, wake);
     feed.take(1);
     // kea-lfc finishes now: .output (the last row of each lease of .2 and .1) becomes
     // .completed, .1 is deleted, .completed becomes .2. Rows 5 to 7 are only in the new .2.
@@ -986,13 +1175,17 @@ fn a_repeated_header_row_is_not_a_bad_row_and_an_unknown_state_is_skipped() {
     assert_eq!(skipped.len(), 1, "{log:#?}");
 }
 
-#[test]
-fn a_rewritten_lease_file_sends_only_what_changed() {
+with_each_wake!(
+    a_rewritten_lease_file_sends_only_what_changed,
+    rewritten_lease_file
+);
+
+fn rewritten_lease_file(wake: Wake) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("leases6.csv");
     append(&path, &[HEADER_22.to_owned()]);
     append(&path, &(0..10).map(nth).collect::<Vec<_>>());
-    let mut feed = start(&path);
+    let mut feed = start_with(&path, 1024, wake);
     feed.wait_for(10);
     // Kea rewrites the file (a new file renamed over it) with the last row of every lease,
     // plus one new row.
@@ -1022,6 +1215,11 @@ fn now_unix() -> u64 {
 /// Client `n` holds 2001:db8:0:7::`n`, relayed from `LINK` (Kea's extended info); `valid` 0
 /// releases it.
 fn client(n: u16, valid: u32) -> String {
+    client_at(n, valid, now_unix())
+}
+
+/// [`client`] with the row's time (`expire − valid_lifetime`) given, Unix seconds.
+fn client_at(n: u16, valid: u32, time: u64) -> String {
     let ctx = format!(
         r#"{{"ISC":{{"relays":[{{"hop":0,"link":"{LINK}","peer":"fe80::1","options":"0x00350004000200aa"}}]}}}}"#
     )
@@ -1030,7 +1228,7 @@ fn client(n: u16, valid: u32) -> String {
         &format!("2001:db8:0:7::{n:x}"),
         &format!("00:03:00:01:02:00:00:00:00:{n:02x}"),
         valid,
-        now_unix() + u64::from(valid),
+        time + u64::from(valid),
         1,
         0,
         1,
@@ -1079,4 +1277,77 @@ fn a_real_lqd_follows_a_kea_lease_file_through_a_cleanup() {
     append(&path, &[HEADER_22.to_owned(), client(4, 7200)]);
     wait_for_addresses(&lqd, &[2, 3, 4]);
     wait_for_log(&lqd, "the lease file was replaced", 5);
+}
+
+#[test]
+fn lqd_s_metrics_count_rejected_rows_the_lag_and_the_newest_row_time() {
+    let data = tempfile::tempdir().unwrap();
+    let path = data.path().join("kea-leases6.csv");
+    let t = now_unix();
+    // The newest row is not the last one: the time only grows.
+    append(
+        &path,
+        &[
+            HEADER_22.to_owned(),
+            client_at(1, 7200, t - 5),
+            client_at(2, 7200, t + 3),
+            client_at(3, 7200, t - 2),
+        ],
+    );
+    let metrics = free_metrics_addr();
+    let source = format!("kea-csv:{}", path.display());
+    let lqd = start_with_source(
+        "kea-csv-metrics",
+        &["--source", &source],
+        &format!("metrics_listen = \"{metrics}\"\n"),
+        &format!("source: {source}"),
+    );
+    wait_for_addresses(&lqd, &[1, 2, 3]);
+    let m = wait_source_metrics(
+        metrics,
+        &[
+            ("lqd_feed_changes_rejected_total", 0.0),
+            ("lqd_source_lag_bytes", 0.0),
+            ("lqd_source_newest_row_timestamp_seconds", (t + 3) as f64),
+        ],
+    );
+    assert_eq!(m["lqd_feed_changes_applied_total"], 3.0, "{m:#?}");
+
+    // A bad row, then a good one.
+    append(
+        &path,
+        &[
+            "2001:db8:0:7::99,not-a-duid,7200,1,1,1,0,1,128,0,0,,,0,,0,0".to_owned(),
+            client_at(4, 7200, t + 7),
+        ],
+    );
+    wait_for_addresses(&lqd, &[1, 2, 3, 4]);
+    wait_source_metrics(
+        metrics,
+        &[
+            ("lqd_feed_changes_rejected_total", 1.0),
+            ("lqd_source_lag_bytes", 0.0),
+            ("lqd_source_newest_row_timestamp_seconds", (t + 7) as f64),
+        ],
+    );
+
+    // Kea has written half a row: that much is not taken yet; the rest of it ends the lag.
+    let row = format!("{}\n", client_at(5, 7200, t + 11));
+    let (first, rest) = row.split_at(40);
+    let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+    f.write_all(first.as_bytes()).unwrap();
+    wait_source_metrics(metrics, &[("lqd_source_lag_bytes", first.len() as f64)]);
+    f.write_all(rest.as_bytes()).unwrap();
+    writeln!(f, "still,not,a,row").unwrap();
+    wait_for_addresses(&lqd, &[1, 2, 3, 4, 5]);
+    wait_source_metrics(
+        metrics,
+        &[
+            ("lqd_feed_changes_rejected_total", 2.0),
+            ("lqd_source_lag_bytes", 0.0),
+            ("lqd_source_newest_row_timestamp_seconds", (t + 11) as f64),
+        ],
+    );
+    wait_for_log(&lqd, "line 5 skipped", 5);
+    wait_for_log(&lqd, "line 8 skipped", 5);
 }

@@ -7,16 +7,27 @@ use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
 use lqd::config::{Cli, Command, Config, JournalAction, LogFormat, SourceSpec};
-use lqd::engine::session::ActiveSettings;
-use lqd::feed::{BoundJsonl, JsonlInput, bind_jsonl, feed, spawn_demo, spawn_kea_csv, system_time};
-use lqd::server::{JournalSettings, Server, ServerConfig};
+use lqd::feed::{
+    BoundJsonl, JsonlInput, KeaCsvSource, PgTarget, bind_jsonl, feed, spawn_demo, spawn_kea_pgsql,
+    system_time,
+};
+use lqd::server::metrics::Metrics;
+use lqd::server::{JournalSettings, Live, Reloader, Server, ServerConfig, SetLogFilter};
 use tracing::{error, info, warn};
+
+/// Why lqd does not start without a source (issue 13: no made-up leases unless asked for).
+const NO_SOURCE: &str = "no lease source: give --source kea-csv:PATH, kea-pgsql:URI, \
+                         jsonl:PATH, jsonl:unix:PATH or jsonl:- (or `source = \"...\"` in \
+                         the configuration); to try lqd with made-up leases, --source demo";
 
 /// Changes the feed holds before a source has to wait for the loop.
 const FEED_CAPACITY: usize = 65_536;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.check_config.is_some() {
+        return check_config(&cli);
+    }
     let config = match Config::load(&cli) {
         Ok(c) => c,
         Err(e) => {
@@ -27,7 +38,7 @@ fn main() -> ExitCode {
     if let Some(Command::Journal { action }) = &cli.command {
         return journal(action, &config);
     }
-    let filter = match tracing_subscriber::EnvFilter::try_new(&config.log) {
+    let filter = match log_filter(&config.log) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("lqd: log level '{}': {e}", config.log);
@@ -36,24 +47,39 @@ fn main() -> ExitCode {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+        .with_writer(std::io::stderr)
+        .with_filter_reloading();
+    // A reload replaces the filter (D31).
+    let set_log_filter: SetLogFilter = match config.log_format {
+        LogFormat::Text => {
+            let subscriber = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            let handle = subscriber.reload_handle();
+            subscriber.init();
+            Box::new(move |log: &str| {
+                let filter = log_filter(log).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }
         // The same content as a text line, one object a line: the event's fields (message,
         // peer, reason, ...) at the top level beside timestamp, level and target.
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .init(),
-    }
+        LogFormat::Json => {
+            let subscriber = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false);
+            let handle = subscriber.reload_handle();
+            subscriber.init();
+            Box::new(move |log: &str| {
+                let filter = log_filter(log).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }
+    };
     for w in config.warnings() {
         warn!("{w}");
     }
-    match run(config) {
+    match run(cli, config, set_log_filter) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -62,15 +88,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(config: Config) -> Result<(), String> {
+fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), String> {
+    // From here on SIGHUP reloads (D31), and one that arrives during the start waits for it.
+    let mut hangups = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(|e| format!("signal handler: {e}"))?;
     // Safe by default (issue 13): no made-up leases unless asked for.
     let Some(source) = config.source.clone() else {
-        return Err(
-            "no lease source: give --source kea-csv:PATH, jsonl:PATH, jsonl:unix:PATH \
-                    or jsonl:- (or `source = \"...\"` in the configuration); to try lqd with \
-                    made-up leases, --source demo"
-                .into(),
-        );
+        return Err(NO_SOURCE.into());
     };
     if config.requestors.is_empty() {
         warn!(
@@ -88,69 +112,82 @@ fn run(config: Config) -> Result<(), String> {
     info!(duid = %lqd::codec::Duid(&server_id), "server DUID");
     let demo = config.demo.demo_config();
     raise_fd_limit(config.max_connections);
-    let links = config.link_map().map_err(|e| e.to_string())?;
-    info!(links = links.len(), "links configured");
-    let active = ActiveSettings {
-        enabled: config.active,
-        catch_up: config.catch_up,
-        idle_timeout: config.active_idle_timeout,
-    };
-    let active_send_timeout = config.active_send_timeout;
+    let kea = config.kea_links().map_err(|e| e.to_string())?;
+    if let Some((path, k)) = &kea {
+        for w in &k.warnings {
+            warn!("Kea's configuration {}: {w}", path.display());
+        }
+    }
+    let links = config
+        .link_map_with(kea.as_ref().map(|(_, k)| k))
+        .map_err(|e| e.to_string())?;
+    match &kea {
+        Some((path, k)) if config.links.is_empty() && !k.links.is_empty() => info!(
+            links = links.len(),
+            subnets = k.subnets.len(),
+            "{} links taken from Kea's configuration {} ({} subnets)",
+            links.len(),
+            path.display(),
+            k.subnets.len()
+        ),
+        Some((path, _)) if !config.links.is_empty() => info!(
+            links = links.len(),
+            "{} links configured by [[link]] tables; Kea's configuration {} gives only its \
+             subnet ids",
+            links.len(),
+            path.display()
+        ),
+        _ => info!(links = links.len(), "links configured"),
+    }
+    let kea_subnets = kea.map(|(_, k)| k.subnets).unwrap_or_default();
+    let mut live = Live::from_config(&config, links)?;
     let journal = JournalSettings {
         path: config.journal_path(),
         size: config.journal_size,
         flush: config.journal_flush,
     };
-    let tls = lqd::server::tls::TlsServer::load(&config.tls)?;
-    if let Some(t) = &tls {
+    if let Some(t) = &live.tls {
         info!(
             mode = ?t.mode,
             mutual = t.mutual(),
             "TLS offered by STARTTLS; SIGHUP reads the certificate, key and client CA again"
         );
     }
+    // One set of counters for the process, whether a reload turns the listener on or off.
+    let metrics = Arc::new(Metrics::new(config.metrics_requestor_series));
+    metrics.set_source(&source.to_string());
     // The metrics listener first: a bad address fails the start, before anything runs.
-    let metrics = match config.metrics_listen {
+    let metrics_server = match config.metrics_listen {
         Some(addr) => {
             let listener = lqd::server::metrics::bind(addr)
                 .map_err(|e| format!("metrics_listen {addr}: {e}"))?;
-            let m = Arc::new(lqd::server::metrics::Metrics::new(
-                config.metrics_requestor_series,
-            ));
-            m.set_source(&source.to_string());
-            lqd::server::metrics::serve(listener, Arc::clone(&m))
-                .map_err(|e| format!("metrics thread: {e}"))?;
-            Some(m)
+            live.metrics = Some(Arc::clone(&metrics));
+            Some(
+                lqd::server::metrics::serve(listener, Arc::clone(&metrics))
+                    .map_err(|e| format!("metrics thread: {e}"))?,
+            )
         }
         None => None,
     };
-    let server_cfg = ServerConfig {
-        listen: config.listen.clone(),
+    // What the source counts (rejected rows, lag, newest row time): the metrics' own counters,
+    // there whether a reload turns the listener on or off.
+    let stats = metrics.source_stats();
+    let mut server_cfg = ServerConfig::new(
+        config.listen.clone(),
         server_id,
-        max_connections: config.max_connections,
-        max_connections_per_requestor: config.max_connections_per_requestor,
-        max_concurrent_queries: config.max_concurrent_queries,
-        bulk_data_timeout: config.bulk_data_timeout,
-        high_water: config.high_water,
-        read_budget: config.read_budget,
-        udp_receive_buffer: config.udp_receive_buffer,
-        tcp_send_buffer: config.tcp_send_buffer,
-        feed_budget: 4096,
-        access: Box::new(config),
-        links,
-        active,
-        active_send_timeout,
+        config.udp_receive_buffer,
         journal,
-        tls,
-        metrics,
-    };
+        live,
+    );
+    // D33: a lease database's times, not lqd's clock.
+    server_cfg.source_times = matches!(source, SourceSpec::KeaPgsql(_));
     // The feed's socket first: when lqd's TCP port answers, writers can connect too (they wait
     // in the socket's backlog until the journal is read and the source starts).
     let mut jsonl = match &source {
         SourceSpec::Jsonl(path) => Some(JsonlInput::File(path.clone())),
         SourceSpec::JsonlUnix(path) => Some(JsonlInput::Unix(path.clone())),
         SourceSpec::JsonlStdin => Some(JsonlInput::Stdin),
-        SourceSpec::Demo | SourceSpec::KeaCsv(_) => None,
+        SourceSpec::Demo | SourceSpec::KeaCsv(_) | SourceSpec::KeaPgsql(_) => None,
     }
     .map(|input| {
         let name = input.to_string();
@@ -173,13 +210,25 @@ fn run(config: Config) -> Result<(), String> {
             };
             let name = bound.input().to_string();
             bound
+                .stats(stats)
                 .spawn(handle, server.writers())
+                .map_err(|e| format!("source {name}: {e}"))?;
+            info!("source: {name}");
+        }
+        SourceSpec::KeaPgsql(uri) => {
+            let target = PgTarget::parse(&uri).map_err(|e| format!("source kea-pgsql: {e}"))?;
+            let name = format!("kea-pgsql:{target}");
+            spawn_kea_pgsql(target, kea_subnets, handle, &server.writers(), stats)
                 .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
         SourceSpec::KeaCsv(path) => {
             let name = format!("kea-csv:{}", path.display());
-            spawn_kea_csv(path, handle).map_err(|e| format!("source {name}: {e}"))?;
+            KeaCsvSource::new(path)
+                .subnets(kea_subnets)
+                .stats(stats)
+                .spawn(handle)
+                .map_err(|e| format!("source {name}: {e}"))?;
             info!("source: {name}");
         }
     }
@@ -188,12 +237,109 @@ fn run(config: Config) -> Result<(), String> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, server.reload_flag())
-        .map_err(|e| format!("signal handler: {e}"))?;
-    server.run(&stop).map_err(|e| format!("event loop: {e}"))?;
+    let mut reloader = Reloader::new(
+        cli,
+        config,
+        server.live_handle(),
+        metrics,
+        metrics_server,
+        set_log_filter,
+    );
+    std::thread::Builder::new()
+        .name("lqd-reload".into())
+        .spawn(move || {
+            for _ in hangups.forever() {
+                if let Ok(config) = reloader.reload() {
+                    raise_fd_limit(config.max_connections);
+                }
+            }
+        })
+        .map_err(|e| format!("reload thread: {e}"))?;
+    // Listening, the journal open, the source running: a Type=notify unit is started.
+    let serving = server
+        .local_addrs()
+        .map(|a| {
+            a.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    notify(&format!("READY=1\nSTATUS=serving on {serving}"));
+    let result = server.run(&stop).map_err(|e| format!("event loop: {e}"));
+    notify("STOPPING=1");
+    result?;
     drop(socket_file);
     info!("stopped");
     Ok(())
+}
+
+/// The log filter of `log` (tracing's `EnvFilter` syntax), at start and on a reload. The
+/// kea-pgsql source reports its connection's failures itself, once per outage; the replication
+/// client's own error line at each failed attempt would repeat it, so it is off unless `log`
+/// names it.
+fn log_filter(log: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(log).map_err(|e| e.to_string())?;
+    if log.contains("pgwire_replication") {
+        return Ok(filter);
+    }
+    Ok(match "pgwire_replication=off".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    })
+}
+
+/// `lqd --check-config [FILE]`: prints the settings lqd would run with and where each came
+/// from; 0 when lqd would start with them, 2 (with the file, line and reason) when not.
+fn check_config(cli: &Cli) -> ExitCode {
+    let checked = match lqd::config::check::Checked::load(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lqd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print!("{checked}");
+    let config = &checked.config;
+    if config.source.is_none() {
+        eprintln!("lqd: {NO_SOURCE}");
+        return ExitCode::from(2);
+    }
+    // The files the settings name must be readable too, as at start.
+    if let Err(e) = lqd::server::tls::TlsServer::load(&config.tls) {
+        eprintln!("lqd: {e}");
+        return ExitCode::from(2);
+    }
+    let links = config.kea_links().and_then(|kea| {
+        let map = config.link_map_with(kea.as_ref().map(|(_, k)| k))?;
+        Ok((kea, map))
+    });
+    match links {
+        Ok((Some((path, k)), map)) if config.links.is_empty() && !k.links.is_empty() => {
+            println!(
+                "# link: no table; {} links from Kea's configuration {}",
+                map.len(),
+                path.display()
+            );
+        }
+        Ok(_) => {}
+        Err(e) => {
+            eprintln!("lqd: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Tells the service manager (`NOTIFY_SOCKET`, a `Type=notify` unit) lqd's state; a failure is
+/// logged and lqd goes on.
+fn notify(state: &str) {
+    if let Err(e) = lqd::server::notify::notify(state) {
+        warn!(
+            "cannot notify the service manager ({}): {e}",
+            state.replace('\n', " ")
+        );
+    }
 }
 
 /// `lqd journal check|resize`: prints what it found or did; 0 for a clean journal or a done

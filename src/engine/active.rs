@@ -19,6 +19,9 @@
 //! Base-time is the time the message is built, except while older changes still wait behind
 //! the cursor: then it is the time of the next of them, so a requestor that saves it and
 //! reconnects with it as START_TIME misses nothing (a refinement of D18 for a lagging stream).
+//! With source times (a database source, D33) the time "now" is the source's newest, and a
+//! change's message carries its own record's time, so every lqd following the source sends the
+//! same base-time with the same change.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -197,9 +200,9 @@ pub struct ActiveQuery {
     read: u64,
     /// Counts for the metrics, since the session last took them.
     pub(crate) tally: Tally,
-    /// Whether to note the sequence number of every record sent in `tally.delivered` (for
-    /// the fan-out latency, only with metrics).
-    pub(crate) track_delivered: bool,
+    /// Whether the tally lists the sequence numbers delivered (for the fan-out latency of
+    /// the metrics; off, nothing is gathered that nobody reads).
+    pub(crate) time_deliveries: bool,
     /// When it started.
     started: ServerTime,
 }
@@ -287,8 +290,8 @@ impl ActiveQuery {
             sent: 0,
             read: 0,
             tally,
-            track_delivered: false,
             started: now,
+            time_deliveries: false,
         }
     }
 
@@ -504,7 +507,13 @@ impl ActiveQuery {
             scanned = scanned.saturating_add(1);
             self.read = self.read.saturating_add(1);
             let (seq, payload) = (record.seq, record.payload);
-            let stamp = self.stamp(history, now);
+            // With source times (D33) a change carries its own record's time, the same at
+            // every lqd following the source, whoever lags.
+            let stamp = if history.source_times() {
+                record.time
+            } else {
+                self.stamp(history, now)
+            };
             let Some(entry) = cache.entry(history, seq, payload, stamp) else {
                 continue;
             };
@@ -561,7 +570,7 @@ impl ActiveQuery {
                 self.tally.deliveries = self.tally.deliveries.saturating_add(1);
                 // The sampled records only (LATENCY_SAMPLE); bounded, for a caller that never
                 // takes the tally.
-                if self.track_delivered
+                if self.time_deliveries
                     && seq % LATENCY_SAMPLE == 0
                     && self.tally.delivered.len() < 4096
                 {

@@ -160,8 +160,8 @@ pub struct Session {
     upgrading: bool,
     /// Counts for the metrics (the Active queries keep their own).
     tally: Tally,
-    /// Active queries note the records they send ([`track_delivered`](Self::track_delivered)).
-    track_delivered: bool,
+    /// Active queries list the records they deliver, for the fan-out latency.
+    time_deliveries: bool,
 }
 
 impl Session {
@@ -179,8 +179,14 @@ impl Session {
             secured: false,
             upgrading: false,
             tally: Tally::default(),
-            track_delivered: false,
+            time_deliveries: false,
         }
+    }
+
+    /// Has this session's Active queries list the journal records they deliver (in the
+    /// tally's `delivered`), for a server that times its fan-out.
+    pub fn time_deliveries(&mut self, on: bool) {
+        self.time_deliveries = on;
     }
 
     /// What this session did since the last call, for the metrics; the counts start again.
@@ -208,13 +214,6 @@ impl Session {
     /// Sets what STARTTLS gets on this connection (before its first message).
     pub fn set_tls(&mut self, offer: TlsOffer) {
         self.tls = offer;
-    }
-
-    /// Has the Active queries started from now on note the sequence number of every record
-    /// they send, for [`take_delivered`](Self::take_delivered) (the server's fan-out
-    /// latency): only with metrics, since nobody takes them otherwise.
-    pub fn track_delivered(&mut self) {
-        self.track_delivered = true;
     }
 
     /// True once STARTTLS was accepted and until [`secured`](Self::secured): the server
@@ -477,7 +476,7 @@ impl Session {
             xid: query.xid(),
             catching_up: query.catching_up(),
         });
-        query.track_delivered = self.track_delivered;
+        query.time_deliveries = self.time_deliveries;
         self.active.push(query);
         Ok(())
     }

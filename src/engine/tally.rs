@@ -34,6 +34,20 @@ pub struct Outcome {
     pub status: Status,
 }
 
+/// Elements a tally's vectors keep allocated between turns. A catch-up delivers thousands of
+/// records in a turn; keeping that capacity would cost an idle session tens of KiB for
+/// nothing (the fan-out test holds an idle Active session under 8 KiB), so more is given back.
+const KEEP: usize = 64;
+
+/// Empties `v`, keeping its allocation only when it is small.
+fn trim<T>(v: &mut Vec<T>) {
+    if v.capacity() > KEEP {
+        *v = Vec::new();
+    } else {
+        v.clear();
+    }
+}
+
 /// Counts since the server last took them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tally {
@@ -56,13 +70,13 @@ pub struct Tally {
     pub outcomes: Vec<Outcome>,
     /// The journal sequence numbers of the sampled records ([`LATENCY_SAMPLE`]) delivered
     /// into Active streams, in order (for the fan-out latency; noted only when the server asks
-    /// for them, `Session::track_delivered`).
+    /// for them, `Session::time_deliveries`).
     pub delivered: Vec<u64>,
 }
 
 impl Tally {
-    /// Adds `other` to these counts and empties it (its vectors keep their capacity). Called
-    /// for every connection and query after each turn, so it only moves what is there.
+    /// Adds `other` to these counts and empties it. Called for every connection and query
+    /// when the server takes the counts, so it only moves what is there.
     pub fn absorb(&mut self, other: &mut Self) {
         // Destructured, so that a new count cannot be forgotten here.
         let Self {
@@ -89,15 +103,24 @@ impl Tally {
                 *to = to.saturating_add(std::mem::take(from));
             }
         }
+        if !delivered.is_empty() {
+            if self.delivered.is_empty() {
+                // The usual case, one query per connection: its vector moves, nothing is
+                // copied.
+                std::mem::swap(&mut self.delivered, delivered);
+            } else {
+                self.delivered.append(delivered);
+            }
+        }
         if !outcomes.is_empty() {
             self.outcomes.append(outcomes);
         }
-        if !delivered.is_empty() {
-            self.delivered.append(delivered);
-        }
+        // The emptied vectors keep a small capacity for the next turn, not a large one.
+        trim(outcomes);
+        trim(delivered);
     }
 
-    /// Forgets the counts (after they were added to the metrics), keeping the capacity.
+    /// Forgets the counts (after they were added to the metrics), keeping a small capacity.
     pub fn clear(&mut self) {
         let Self {
             deliveries,
@@ -121,8 +144,8 @@ impl Tally {
         ] {
             *n = 0;
         }
-        outcomes.clear();
-        delivered.clear();
+        trim(outcomes);
+        trim(delivered);
     }
 
     /// Records a query's final status.

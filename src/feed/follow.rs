@@ -1,7 +1,7 @@
 //! Following a file as it grows: what the `jsonl:PATH` and `kea-csv:PATH` sources share.
 //!
-//! A [`Follower`] watches one path. The source calls [`Follower::poll`] every
-//! [`POLL_INTERVAL`]; each poll looks at the path once and hands what it finds to a callback as
+//! A [`Follower`] watches one path. The source calls [`Follower::poll`] whenever
+//! [`super::watch::FileWatch`] wakes it (inotify), and every [`POLL_INTERVAL`] in any case; each poll looks at the path once and hands what it finds to a callback as
 //! [`Event`]s, in this order:
 //!
 //! 1. **Not open**: the file is opened, or [`Event::Waiting`] is reported (once, until it
@@ -41,7 +41,8 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// How often a followed file is checked for new data, replacement and truncation.
+/// How often a followed file is checked for new data, replacement and truncation when inotify
+/// has said nothing (the fallback: [`super::watch`]).
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The longest line taken, in octets (without its newline); longer lines are skipped.
@@ -93,6 +94,13 @@ impl LineSplitter {
     #[must_use]
     pub const fn lines(&self) -> u64 {
         self.line
+    }
+
+    /// Octets held of a line whose newline has not arrived yet (0 while an overlong line is
+    /// being dropped).
+    #[must_use]
+    pub fn pending(&self) -> usize {
+        self.buf.len()
     }
 
     /// Takes `data`, handing every line it completes to `f`. A part line stays until its
@@ -243,6 +251,16 @@ impl FileReader {
     #[must_use]
     pub const fn offset(&self) -> u64 {
         self.offset
+    }
+
+    /// Octets of the file not yet handed on as lines: its size now less what was read, plus a
+    /// last line read without its newline yet (0 when its size cannot be read).
+    #[must_use]
+    pub fn unread(&self) -> u64 {
+        let taken = self.offset.saturating_sub(self.splitter.pending() as u64);
+        self.file
+            .metadata()
+            .map_or(0, |m| m.len().saturating_sub(taken))
     }
 
     /// Reads what the file has now from where the last read stopped, handing each complete
@@ -431,6 +449,13 @@ impl Follower {
     #[must_use]
     pub fn id(&self) -> Option<FileId> {
         self.reader.as_ref().map(FileReader::id)
+    }
+
+    /// Octets of the open file not yet handed on as lines (see [`FileReader::unread`]; 0 with
+    /// no file open).
+    #[must_use]
+    pub fn unread(&self) -> u64 {
+        self.reader.as_ref().map_or(0, FileReader::unread)
     }
 
     /// Looks at the path once and hands what changed to `f`; see the

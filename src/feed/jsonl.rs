@@ -42,19 +42,22 @@
 //! a bad hex string or address, or a number out of range is logged as a warning naming the
 //! source, the line number (counted from 1, per file, per connection) and what is wrong, and is
 //! skipped: it never stops the feed. A line longer than [`MAX_LINE`] octets is skipped the same
-//! way.
+//! way. Each skipped line counts as rejected in the source's [`SourceStats`] (lqd's metrics),
+//! which also keep the newest `cltt` read and, for a followed file, its lag after each read
+//! pass (its size less the octets taken as lines; a line without its newline yet counts).
 //!
 //! # Inputs
 //!
-//! - `jsonl:PATH`: the file is read from its beginning, then followed as it grows (checked
-//!   every 100 ms; [`super::follow`] has the details). A last line without its newline yet is
-//!   left until the rest arrives. When the file is replaced (a different inode at `PATH`: the
-//!   old file is read to its end first), truncated (shorter than what was read) or rewritten in
-//!   place (the first or last 4 KiB read changed, as when it is truncated and grows past its
-//!   old size between two checks), it is read again from the beginning of the new content, with
-//!   line numbers from 1 again, and the log says so. A file that does not exist yet is waited
-//!   for. A rewrite that keeps both of those 4 KiB windows as they were is not noticed: replace
-//!   files by renaming a new one over them instead.
+//! - `jsonl:PATH`: the file is read from its beginning, then followed as it grows (looked at as
+//!   soon as inotify reports a change of the file or its directory, and every 100 ms in any
+//!   case: [`super::watch`]; [`super::follow`] has the details). A last line without its
+//!   newline yet is left until the rest arrives. When the file is replaced (a different inode
+//!   at `PATH`: the old file is read to its end first), truncated (shorter than what was read)
+//!   or rewritten in place (the first or last 4 KiB read changed, as when it is truncated and
+//!   grows past its old size between two checks), it is read again from the beginning of the
+//!   new content, with line numbers from 1 again, and the log says so. A file that does not
+//!   exist yet is waited for. A rewrite that keeps both of those 4 KiB windows as they were is
+//!   not noticed: replace files by renaming a new one over them instead.
 //! - `jsonl:-`: standard input is read to its end; a last line without a newline is taken.
 //!   Then the source ends, and the log says so (lqd keeps serving what it has).
 //! - `jsonl:unix:PATH`: lqd listens on a UNIX stream socket at `PATH`. A socket file left
@@ -98,6 +101,8 @@ use serde_json::{Map, Value};
 
 use super::ack::Writers;
 use super::follow::{Event, Follower};
+use super::stats::SourceStats;
+use super::watch::{FileWatch, Wake};
 use super::{Fed, FeedHandle, Numbered};
 use crate::codec::ServerTime;
 use crate::store::{Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey};
@@ -590,6 +595,7 @@ struct Sink {
     handle: FeedHandle,
     sent: AtomicU64,
     skipped: AtomicU64,
+    stats: SourceStats,
     logged_unknown: Mutex<HashSet<String>>,
 }
 
@@ -616,6 +622,8 @@ impl Sink {
         match parsed {
             Ok(p) => {
                 self.log_unknown(what, number, &p.unknown_fields);
+                self.stats
+                    .saw_time(i64::try_from(p.change.lease.cltt.to_unix()).unwrap_or(0));
                 if self
                     .handle
                     .send_fed(Fed::Change(p.change, numbered))
@@ -628,6 +636,7 @@ impl Sink {
             }
             Err(e) => {
                 self.skipped.fetch_add(1, Ordering::Relaxed);
+                self.stats.reject();
                 tracing::warn!(source = %self.name, line = number, "{what}: line {number} skipped: {e}");
                 true
             }
@@ -679,6 +688,8 @@ pub struct BoundJsonl {
     input: JsonlInput,
     listener: Option<UnixListener>,
     socket_file: Option<SocketFile>,
+    wake: Wake,
+    stats: SourceStats,
 }
 
 /// Prepares a `jsonl` source: binds the UNIX socket of `jsonl:unix:PATH` (nothing to do for a
@@ -703,6 +714,8 @@ pub fn bind_jsonl(input: JsonlInput) -> io::Result<BoundJsonl> {
         input,
         listener,
         socket_file,
+        wake: Wake::default(),
+        stats: SourceStats::default(),
     })
 }
 
@@ -711,6 +724,22 @@ impl BoundJsonl {
     #[must_use]
     pub fn input(&self) -> &JsonlInput {
         &self.input
+    }
+
+    /// What wakes a followed file's source ([`Wake::Inotify`] unless told; standard input and
+    /// a socket are read as data arrives either way).
+    #[must_use]
+    pub const fn wake(mut self, wake: Wake) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    /// The counters the source sets: rejected lines, a followed file's lag, the newest `cltt`
+    /// (lqd passes its metrics' ones).
+    #[must_use]
+    pub fn stats(mut self, stats: SourceStats) -> Self {
+        self.stats = stats;
+        self
     }
 
     /// For a UNIX socket, the guard that removes the socket file when dropped: hold it until
@@ -736,11 +765,13 @@ impl BoundJsonl {
             handle,
             sent: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            stats: self.stats,
             logged_unknown: Mutex::new(HashSet::new()),
         });
         let builder = std::thread::Builder::new().name("lqd-feed-jsonl".into());
+        let wake = self.wake;
         match (self.input, self.listener) {
-            (JsonlInput::File(path), _) => builder.spawn(move || follow_file(&sink, &path)),
+            (JsonlInput::File(path), _) => builder.spawn(move || follow_file(&sink, &path, wake)),
             (JsonlInput::Stdin, _) => builder.spawn(move || read_stdin(&sink)),
             (JsonlInput::Unix(_), Some(listener)) => {
                 let socket_file = self.socket_file;
@@ -840,8 +871,9 @@ fn read_stdin(sink: &Sink) -> u64 {
 }
 
 /// Follows the file at `path` (see [`super::follow`]) until the feed closes.
-fn follow_file(sink: &Sink, path: &Path) -> u64 {
+fn follow_file(sink: &Sink, path: &Path, wake: Wake) -> u64 {
     let what = sink.name.as_str();
+    let mut watch = FileWatch::with(path, what, wake);
     let mut follower = Follower::new(path);
     loop {
         let flow = follower.poll(|event| match event {
@@ -900,6 +932,8 @@ fn follow_file(sink: &Sink, path: &Path) -> u64 {
         if flow.is_break() || sink.handle.is_closed() {
             return sink.sent.load(Ordering::Relaxed);
         }
-        std::thread::sleep(POLL_INTERVAL);
+        sink.stats.set_lag(follower.unread());
+        watch.follow(follower.id());
+        watch.wait(POLL_INTERVAL);
     }
 }

@@ -99,20 +99,30 @@ pub mod follow;
 pub mod jsonl;
 pub mod kea;
 mod pace;
+pub mod stats;
+pub mod watch;
 
+use std::collections::HashSet;
 use std::fmt;
+use std::net::Ipv6Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::store::Change;
+use crate::codec::ServerTime;
+use crate::store::{Change, LeaseKind};
 
 pub use ack::{Writer, Writers};
 pub use demo::{ChurnMix, DemoConfig, DemoSource, spawn_demo, system_time};
 pub use jsonl::{BoundJsonl, JsonlInput, SocketFile, bind_jsonl, spawn_jsonl};
-pub use kea::{spawn_kea_csv, spawn_kea_csv_with};
+pub use kea::{
+    KeaCsvSource, PgTarget, spawn_kea_csv, spawn_kea_csv_polling, spawn_kea_csv_with,
+    spawn_kea_pgsql,
+};
 pub use pace::Pacer;
+pub use stats::SourceStats;
+pub use watch::Wake;
 
 /// Creates a feed: a channel holding at most `capacity` changes (at least one), whose sends
 /// wake `waker`.
@@ -150,6 +160,29 @@ pub(crate) enum Fed {
     /// Once the loop takes this, everything sent before it is applied and journaled: the loop
     /// makes its pending marks durable, publishes them, then says so through the sender.
     Sync(Sender<()>),
+    /// The source's time for the items that follow (a database's commit time): with source
+    /// times (D33) the loop's clock moves to it, never back, and what follows is journaled at
+    /// the clock.
+    Clock(ServerTime),
+    /// A snapshot of the source's whole state follows, taken at `at` (the source's time):
+    /// the loop's clock moves to `at`, and lqd cannot honour a START_TIME at or before
+    /// `reaches` (D33): a journal that holds records gets a gap marker saying so, an empty
+    /// one begins there.
+    Snapshot {
+        /// The source's time just before the snapshot: every change after it is later.
+        at: ServerTime,
+        /// The source's time just after it: every change in it is at or before.
+        reaches: ServerTime,
+    },
+    /// The source has just re-sent its whole state (a database snapshot): every lease lqd holds
+    /// that is not in `keep` ended meanwhile and is deleted; then `line` is taken (the
+    /// snapshot's position, for the source's mark).
+    Reconcile {
+        /// The leases (kind, address or prefix) the snapshot holds.
+        keep: HashSet<(LeaseKind, Ipv6Addr)>,
+        /// The writer's mark the snapshot stands for.
+        line: Option<Numbered>,
+    },
 }
 
 impl Fed {
@@ -158,7 +191,13 @@ impl Fed {
     fn into_change(self) -> Change {
         match self {
             Self::Change(c, _) => c,
-            Self::Rejected(_) | Self::Sync(_) => unreachable!("send and try_send queue changes"),
+            Self::Rejected(_)
+            | Self::Sync(_)
+            | Self::Reconcile { .. }
+            | Self::Clock(_)
+            | Self::Snapshot { .. } => {
+                unreachable!("send and try_send queue changes")
+            }
         }
     }
 }
@@ -339,7 +378,7 @@ impl FeedReceiver {
     pub fn drain(&mut self, budget: usize, mut f: impl FnMut(Change)) -> Drained {
         self.drain_fed(budget, |fed| match fed {
             Fed::Change(change, _) => f(change),
-            Fed::Rejected(_) => {}
+            Fed::Rejected(_) | Fed::Reconcile { .. } | Fed::Clock(_) | Fed::Snapshot { .. } => {}
             Fed::Sync(done) => {
                 let _ = done.try_send(());
             }

@@ -288,6 +288,30 @@ mod follow {
     }
 
     #[test]
+    fn unread_counts_octets_not_yet_taken_as_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let mut f = Follower::new(&path);
+        assert_eq!(f.unread(), 0, "no file open");
+        append(&path, "a\nbb\n");
+        poll(&mut f);
+        assert_eq!(f.unread(), 0);
+        // Written since the last look: all of it is unread.
+        append(&path, "ccc\n");
+        assert_eq!(f.unread(), 4);
+        poll(&mut f);
+        assert_eq!(f.unread(), 0);
+        // A line without its newline is read but not taken: it counts until it ends.
+        append(&path, "dd");
+        poll(&mut f);
+        assert_eq!(f.unread(), 2);
+        append(&path, "d\n");
+        assert_eq!(f.unread(), 4);
+        assert_eq!(poll(&mut f), ["4:ddd"]);
+        assert_eq!(f.unread(), 0);
+    }
+
+    #[test]
     fn a_replaced_file_is_finished_then_the_new_one_read_from_its_beginning() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("f");

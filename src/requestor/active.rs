@@ -58,6 +58,11 @@ pub struct ActiveSettings {
     /// TLS (STARTTLS first) on every connection, reconnects included; `None`: plaintext.
     /// A TLS failure ends the subscription (decision D28).
     pub tls: Option<TlsClient>,
+    /// Other servers that follow the same lease store and give the same times (lqd
+    /// instances on one lease database, D33): when the connection to one is lost or cannot
+    /// be made, the next in turn is tried, each stream resuming from its saved base-time. Empty:
+    /// only the subscription's own server.
+    pub failover: Vec<SocketAddr>,
 }
 
 impl ActiveSettings {
@@ -73,6 +78,7 @@ impl ActiveSettings {
             reconnect_max: Duration::from_secs(10),
             stop: None,
             tls: None,
+            failover: Vec::new(),
         }
     }
 
@@ -254,7 +260,9 @@ struct Stream {
 /// [`Disconnect::NoReply`] and made again.
 #[derive(Debug)]
 pub struct Subscription {
-    server: SocketAddr,
+    /// The server, then `settings.failover`: connections go to `servers[current]`.
+    servers: Vec<SocketAddr>,
+    current: usize,
     settings: ActiveSettings,
     conn: Option<Connection>,
     streams: Vec<Stream>,
@@ -309,8 +317,12 @@ impl Subscription {
                 resume: None,
             });
         }
+        let servers = std::iter::once(server)
+            .chain(settings.failover.iter().copied().filter(|s| *s != server))
+            .collect();
         Self {
-            server,
+            servers,
+            current: 0,
             settings,
             conn: None,
             streams,
@@ -433,16 +445,16 @@ impl Subscription {
         }
         self.retry_at = None;
         let tls = self.settings.tls.as_ref();
-        let sent =
-            Connection::open(self.server, &self.settings.requestor, tls).and_then(|mut c| {
-                let mut xids = Vec::with_capacity(self.streams.len());
-                for s in &self.streams {
-                    let xid = c.new_xid();
-                    c.send(&self.query_frame(xid, s.filter.as_ref(), s.resume)?)?;
-                    xids.push(xid);
-                }
-                Ok((c, xids))
-            });
+        let server = self.server();
+        let sent = Connection::open(server, &self.settings.requestor, tls).and_then(|mut c| {
+            let mut xids = Vec::with_capacity(self.streams.len());
+            for s in &self.streams {
+                let xid = c.new_xid();
+                c.send(&self.query_frame(xid, s.filter.as_ref(), s.resume)?)?;
+                xids.push(xid);
+            }
+            Ok((c, xids))
+        });
         match sent {
             Ok((c, xids)) => {
                 self.conn = Some(c);
@@ -459,7 +471,7 @@ impl Subscription {
                     self.push(
                         Some(i),
                         Event::Connected {
-                            server: self.server,
+                            server,
                             xid,
                             start_time,
                         },
@@ -534,8 +546,20 @@ impl Subscription {
         }
     }
 
+    /// The server the subscription connects to now.
+    #[must_use]
+    pub fn server(&self) -> SocketAddr {
+        self.servers
+            .get(self.current)
+            .or_else(|| self.servers.first())
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0u16; 8], 547)))
+    }
+
     fn lost(&mut self, reason: Disconnect) {
         self.conn = None;
+        // The next server in turn (D33: the saved base-times are valid there too).
+        self.current = (self.current + 1) % self.servers.len().max(1);
         for s in &mut self.streams {
             s.phase = Phase::Disconnected;
         }

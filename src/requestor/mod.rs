@@ -10,6 +10,7 @@
 //! | a replica: bindings + each stream's saved base-time, persisted atomically | [`Replica`] | |
 //! | a replica of a scope (links, relays, Remote-IDs) kept in sync through anything | [`Watch`] | all of the above |
 //! | TLS on every TCP connection: STARTTLS, then rustls | [`TlsOptions`], [`TlsClient`], [`Connection::connect_tls`], [`ActiveSettings::tls`] | RFC 7653 (digest §12, D25, D28) |
+//! | `lq`'s command line (clap), for the binary and its generated man pages | [`cli::Cli`] | |
 //!
 //! # Transactions
 //!
@@ -103,6 +104,7 @@
 mod active;
 mod binding;
 mod bulk;
+pub mod cli;
 mod conn;
 mod error;
 mod follow;

@@ -67,7 +67,8 @@ pub enum Recovery {
 /// What a [`Watch`] does.
 #[derive(Debug, Clone)]
 pub struct WatchSettings {
-    /// The server's leasequery TCP address.
+    /// The server's leasequery TCP address; others that follow the same lease store are in
+    /// `active.failover` (D33): streams and syncs move to the next when one fails.
     pub server: SocketAddr,
     /// The Active streams' settings (DUID, filter, receive timeout, stop flag). With a
     /// `filter`, it is the one stream, and the links, relay-ids and remote-ids are not used.
@@ -276,6 +277,8 @@ pub struct Watch {
     last_save: Instant,
     sync_failures: u32,
     sync_retry_at: Option<Instant>,
+    /// Which of the servers (the server, then `active.failover`) the next sync asks.
+    sync_server: usize,
 }
 
 impl Watch {
@@ -331,6 +334,7 @@ impl Watch {
             last_save: Instant::now(),
             sync_failures: 0,
             sync_retry_at: None,
+            sync_server: 0,
         })
     }
 
@@ -609,6 +613,8 @@ impl Watch {
             Err(Error::Stopped) => return Ok(()),
             Err(e) => {
                 self.sync_failures = self.sync_failures.saturating_add(1);
+                // The next server in turn (D33).
+                self.sync_server = self.sync_server.wrapping_add(1);
                 let exp = self.sync_failures.saturating_sub(1).min(20);
                 let retry_in = self
                     .settings
@@ -703,11 +709,30 @@ impl Watch {
         Ok(())
     }
 
+    /// The server the next sync asks: the watch's server, then each of `active.failover` in
+    /// turn after a failure.
+    fn sync_target(&self) -> SocketAddr {
+        let servers: Vec<SocketAddr> = std::iter::once(self.settings.server)
+            .chain(
+                self.settings
+                    .active
+                    .failover
+                    .iter()
+                    .copied()
+                    .filter(|s| *s != self.settings.server),
+            )
+            .collect();
+        servers
+            .get(self.sync_server % servers.len().max(1))
+            .copied()
+            .unwrap_or(self.settings.server)
+    }
+
     /// Every job's answer on one connection, with the first base-time of each. A refusal
     /// names the query. [`Error::Stopped`] when stopped half-way.
     fn bulk_each(&self, jobs: &[(usize, Query, TimeWindow)]) -> Result<Vec<Answer>> {
         let mut conn = Connection::open(
-            self.settings.server,
+            self.sync_target(),
             &self.settings.active.requestor,
             self.settings.active.tls.as_ref(),
         )?;

@@ -12,7 +12,7 @@ use tracing::info;
 
 use super::ServerConfig;
 use super::metrics::{LatencyTally, unix_now};
-use crate::codec::ServerTime;
+use crate::codec::{QueryType, ServerTime};
 use crate::config::QueryTypes;
 use crate::engine::active::{ActiveQuery, EncodeCache};
 use crate::engine::session::{Ctx, Event, Session, TlsOffer};
@@ -81,6 +81,10 @@ pub(super) struct Conn {
     pub(super) requestor_name: Option<String>,
     /// Its certificate, for the requestor view.
     pub(super) certificate: Option<String>,
+    /// The names of its certificate, kept to decide on it again after a reload (D31).
+    pub(super) certificate_names: Vec<String>,
+    /// When it was accepted: the oldest connections are kept when a lowered limit closes some.
+    pub(super) opened: Instant,
     /// When it connected (Unix time).
     pub(super) connected_since: u64,
     /// Octets written so far (before TLS).
@@ -169,6 +173,8 @@ impl Conn {
             table: None,
             requestor_name: None,
             certificate: None,
+            certificate_names: Vec::new(),
+            opened: Instant::now(),
             connected_since: unix_now(),
             written: 0,
             written_reported: 0,
@@ -187,14 +193,52 @@ impl Conn {
         self.tls_config = Some(config);
     }
 
-    /// Notes the records the Active queries send, for the fan-out latency (with metrics).
-    pub(super) fn track_delivered(&mut self) {
-        self.session.track_delivered();
+    /// Times this connection's deliveries for the fan-out latency (metrics on).
+    pub(super) fn time_deliveries(&mut self) {
+        self.session.time_deliveries(true);
     }
 
-    /// Replaces what queries the requestor may run (its certificate matched a table).
+    /// Replaces what queries the requestor may run (its certificate matched a table, or a
+    /// reload changed its policy).
     pub(super) fn set_policy(&mut self, policy: QueryTypes) {
         self.policy = policy;
+    }
+
+    /// True while the connection is in plain text and has not asked for STARTTLS.
+    pub(super) fn plain(&self) -> bool {
+        matches!(self.tls, Tls::Plain) && !self.session.upgrading()
+    }
+
+    /// True once the TLS handshake has finished and the server has decided on the
+    /// certificate: its names, if any, are in `certificate_names`.
+    pub(super) fn tls_identified(&self) -> bool {
+        matches!(
+            self.tls,
+            Tls::Up {
+                done: true,
+                identify: false,
+                ..
+            }
+        )
+    }
+
+    /// The first running query the policy `types` does not allow: its type (`None` for an
+    /// Active query without a filter, which needs every type, D23).
+    pub(super) fn query_not_allowed(&self, types: QueryTypes) -> Option<Option<QueryType>> {
+        let active = self
+            .session
+            .active_queries()
+            .iter()
+            .map(|q| q.filter().map(crate::engine::query::Selector::query_type));
+        let bulk = self
+            .session
+            .bulk_answers()
+            .iter()
+            .map(|a| Some(a.query().selector.query_type()));
+        active.chain(bulk).find(|t| match t {
+            Some(t) => !types.allows(*t),
+            None => types != QueryTypes::ALL,
+        })
     }
 
     /// The requestor's certificate chain, once the handshake finished and until
@@ -442,6 +486,10 @@ impl Conn {
                 break;
             }
             self.in_flight.pop_front();
+            if self.in_flight.is_empty() && self.in_flight.capacity() > 16 {
+                // An idle session holds no large queue.
+                self.in_flight = VecDeque::new();
+            }
             let nanos =
                 u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
             fanout.observe(nanos, u64::from(n));

@@ -10,7 +10,7 @@
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -232,6 +232,9 @@ pub struct Metrics {
     data_missing: AtomicU64,
     deliveries: AtomicU64,
     coalesced: AtomicU64,
+    /// Active messages built by the encode-once cache (its misses): the loop stores the
+    /// cache's count after each connection's turn.
+    pub(super) encoded: AtomicU64,
     pub(super) appends: AtomicU64,
     pub(super) flushes: AtomicU64,
     pub(super) sent_tcp: AtomicU64,
@@ -256,8 +259,8 @@ pub struct Metrics {
     /// snapshots only while someone reads them.
     last_read: AtomicU64,
     epoch: Instant,
-    /// The cap on per-requestor series.
-    pub requestor_series: usize,
+    /// The cap on per-requestor series (`metrics_requestor_series`, changed by a reload).
+    requestor_series: AtomicUsize,
 }
 
 impl Metrics {
@@ -277,6 +280,7 @@ impl Metrics {
             data_missing: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
+            encoded: AtomicU64::new(0),
             appends: AtomicU64::new(0),
             flushes: AtomicU64::new(0),
             sent_tcp: AtomicU64::new(0),
@@ -292,7 +296,29 @@ impl Metrics {
             snapshot: Mutex::new(Arc::new(Snapshot::default())),
             last_read: AtomicU64::new(0),
             epoch: Instant::now(),
-            requestor_series,
+            requestor_series: AtomicUsize::new(requestor_series),
+        }
+    }
+
+    /// The cap on per-requestor series.
+    #[must_use]
+    pub fn requestor_series(&self) -> usize {
+        self.requestor_series.load(Ordering::Relaxed)
+    }
+
+    /// Sets the cap on per-requestor series (a reload, D31).
+    pub fn set_requestor_series(&self, cap: usize) {
+        self.requestor_series.store(cap, Ordering::Relaxed);
+    }
+
+    /// The counters the source's thread sets (rejected rows, lag, newest row time), shared
+    /// with these metrics: hand them to the source when starting it.
+    #[must_use]
+    pub fn source_stats(&self) -> crate::feed::SourceStats {
+        crate::feed::SourceStats {
+            rejected: Arc::clone(&self.feed_rejected),
+            lag_bytes: Arc::clone(&self.source_lag_bytes),
+            newest_time: Arc::clone(&self.source_newest_time),
         }
     }
 
@@ -452,6 +478,11 @@ impl Metrics {
                 "lqd_active_coalesced_total",
                 "Journal records Active streams skipped because a newer record of the binding superseded them.",
                 &self.coalesced,
+            ),
+            (
+                "lqd_active_messages_encoded_total",
+                "Active stream messages encoded; each is copied to every stream that carries it (encode-once).",
+                &self.encoded,
             ),
             (
                 "lqd_journal_appends_total",
@@ -808,16 +839,56 @@ const HTTP_HEAD_MAX: usize = 16 * 1024;
 /// How long an HTTP connection may stay silent.
 const HTTP_IDLE: Duration = Duration::from_secs(30);
 
+/// The metrics listener's thread: serving until [`stop`](Self::stop)ped (a reload that moves or
+/// ends `metrics_listen`, D31) or the process ends.
+#[derive(Debug)]
+pub struct MetricsServer {
+    addr: SocketAddr,
+    /// The same socket as the thread's, to wake its `accept` by shutting it down.
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// The address served.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting and closes the listening socket (its port is free when this returns);
+    /// HTTP connections already open finish their requests.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // On Linux a shutdown of a listening socket ends the `accept` blocked on it (EINVAL).
+        if let Err(e) = socket2::SockRef::from(&self.listener).shutdown(std::net::Shutdown::Both) {
+            warn!(addr = %self.addr, "metrics: cannot stop the listener: {e}");
+            return;
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        info!(addr = %self.addr, "metrics: listener closed");
+    }
+}
+
 /// Serves `/metrics` and `/requestors` on `listener`, a thread per connection (at most
-/// [`HTTP_CONNECTIONS`]), until the process ends.
-pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> io::Result<()> {
+/// [`HTTP_CONNECTIONS`]), until the returned server is stopped or the process ends.
+pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> io::Result<MetricsServer> {
     let addr = listener.local_addr()?;
-    std::thread::Builder::new()
+    let handle = listener.try_clone()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
         .name("lqd-metrics".into())
         .spawn(move || {
             info!(%addr, "metrics: serving /metrics and /requestors");
             let open = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
                 let stream = match stream {
                     Ok(s) => s,
                     Err(e) => {
@@ -848,7 +919,12 @@ pub fn serve(listener: TcpListener, metrics: Arc<Metrics>) -> io::Result<()> {
                 }
             }
         })?;
-    Ok(())
+    Ok(MetricsServer {
+        addr,
+        listener: handle,
+        stop,
+        thread: Some(thread),
+    })
 }
 
 /// Binds the metrics listener (before the loop starts, so a bad address fails the start).

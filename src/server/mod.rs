@@ -9,7 +9,11 @@
 mod conn;
 pub mod duid;
 pub mod metrics;
+pub mod notify;
+mod reload;
 pub mod tls;
+
+pub use reload::{Live, LiveHandle, Reloader, SetLogFilter};
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -121,6 +125,10 @@ pub struct ServerConfig {
     pub tls: Option<TlsServer>,
     /// The counters and snapshots the metrics endpoint serves; `None` keeps none.
     pub metrics: Option<Arc<Metrics>>,
+    /// Record times and base-times are the source's (a database's commit times, D33) rather
+    /// than lqd's clock: lqd's own expiry (D6) is off, and an empty journal begins at the
+    /// source's first snapshot.
+    pub source_times: bool,
 }
 
 /// Where the change journal lives and how it is flushed.
@@ -177,8 +185,10 @@ pub struct Server {
     named: HashMap<Box<str>, Arc<Writer>>,
     /// When pending marks were last written in a record of their own.
     marks_flushed: Instant,
-    /// Set (by SIGHUP) to read the TLS certificates, key and CA again.
-    reload: Arc<AtomicBool>,
+    /// New settings from a reload (D31), sent by [`LiveHandle`]s.
+    live_rx: crossbeam_channel::Receiver<Live>,
+    /// The sending side, cloned into each [`LiveHandle`].
+    live_tx: crossbeam_channel::Sender<Live>,
     /// Connections held by the requestors of each certificate table (by its index).
     per_table: HashMap<usize, usize>,
     /// When runs of journal records arrived: (first sequence number, instant), for the
@@ -191,6 +201,8 @@ pub struct Server {
     /// The journal's next sequence number when the server started (appends are counted from
     /// there).
     first_seq: u64,
+    /// With source times (D33): the newest time the source gave (never going back).
+    clock: Option<ServerTime>,
 }
 
 impl Server {
@@ -200,9 +212,13 @@ impl Server {
         let j = &cfg.journal;
         let (mut file, recovered) = JournalFile::open(&j.path, j.size, j.flush)
             .map_err(|e| io::Error::other(format!("journal {}: {e}", j.path.display())))?;
-        // Nothing from before the journal began can be caught up (D19, issue 13).
-        let began = file.journal().oldest_time().unwrap_or_else(server_time);
-        file.mark_began(began);
+        // Nothing from before the journal began can be caught up (D19, issue 13). With source
+        // times an empty journal begins at the source's first snapshot (D33).
+        match file.journal().oldest_time() {
+            Some(oldest) => file.mark_began(oldest),
+            None if !cfg.source_times => file.mark_began(server_time()),
+            None => {}
+        }
         if let Some(why) = &recovered.discarded {
             warn!(journal = %j.path.display(), "journal recovery stopped early: {why}");
         }
@@ -218,7 +234,8 @@ impl Server {
                  catch-up from before the damage gets DataMissing"
             );
         }
-        let (history, restored) = History::open(store, file);
+        let (mut history, restored) = History::open(store, file);
+        history.set_source_times(cfg.source_times);
         info!(
             journal = %j.path.display(),
             records = restored.records,
@@ -261,6 +278,7 @@ impl Server {
             tcp.push(l);
             udp.push(u);
         }
+        let (live_tx, live_rx) = reload::channel();
         Ok(Self {
             poll,
             cfg,
@@ -278,38 +296,15 @@ impl Server {
             writers,
             named,
             marks_flushed: Instant::now(),
-            reload: Arc::new(AtomicBool::new(false)),
+            live_rx,
+            live_tx,
             per_table: HashMap::new(),
             arrivals: VecDeque::new(),
             turn: Turn::default(),
             closed: VecDeque::new(),
             first_seq: 0,
+            clock: None,
         })
-    }
-
-    /// A flag that, once set (by a SIGHUP handler, say), makes the loop read the TLS
-    /// certificate, key and client CA again: new connections get them, running ones keep
-    /// their sessions. A file that fails to load is logged and the running ones stay.
-    #[must_use]
-    pub fn reload_flag(&self) -> Arc<AtomicBool> {
-        Arc::clone(&self.reload)
-    }
-
-    fn reload_tls(&mut self) {
-        let Some(current) = &self.cfg.tls else {
-            info!("reload: TLS is not configured; nothing to read again");
-            return;
-        };
-        match TlsServer::load(&current.settings) {
-            Ok(Some(new)) => {
-                info!(
-                    "reload: TLS certificate, key and client CA read again; new connections use them"
-                );
-                self.cfg.tls = Some(new);
-            }
-            Ok(None) => {}
-            Err(e) => warn!("reload: {e}; the running TLS certificates stay"),
-        }
     }
 
     /// Decides on a requestor's TLS client certificate once its handshake is done (D27):
@@ -337,6 +332,7 @@ impl Server {
         let names = tls::certificate_names(leaf);
         let who = tls::describe(leaf);
         conn.certificate = Some(who.clone());
+        conn.certificate_names.clone_from(&names);
         match self.cfg.access.identify(peer.ip(), &names) {
             Identified::Unchanged => {
                 if conn.needs_certificate {
@@ -420,7 +416,7 @@ impl Server {
                 }
                 return Err(e);
             }
-            let now = server_time();
+            let wall = server_time();
             for event in &events {
                 match event.token() {
                     // The feed is drained below, every turn.
@@ -447,8 +443,9 @@ impl Server {
             }
             // Changes keep arriving while requestors are served: take a budget each turn.
             let before = self.history.journal().next_seq();
-            feed_more = self.drain_feed(now);
+            feed_more = self.drain_feed(wall);
             self.note_arrivals(before);
+            let now = self.now(wall);
             if self.history.marks_pending() && self.marks_flushed.elapsed() >= MARKS_INTERVAL {
                 self.flush_marks(now);
             }
@@ -480,9 +477,7 @@ impl Server {
                     info!("accepting connections again");
                 }
             }
-            if self.reload.swap(false, Ordering::Relaxed) {
-                self.reload_tls();
-            }
+            self.take_live(now);
             if last_sweep.elapsed() >= Duration::from_secs(1) {
                 last_sweep = Instant::now();
                 self.sweep_timeouts();
@@ -500,13 +495,27 @@ impl Server {
         self.shutdown()
     }
 
+    /// The server time: lqd's clock `wall`, or with source times (D33) the newest time the
+    /// source gave (its newest record's after a restart; before any, 1: the start of time,
+    /// which every catch-up's START_TIME comes after).
+    fn now(&self, wall: ServerTime) -> ServerTime {
+        if !self.cfg.source_times {
+            return wall;
+        }
+        self.clock
+            .max(self.history.journal().newest_time())
+            .unwrap_or(ServerTime(1))
+    }
+
     /// Applies a budget of waiting changes; true when more are waiting (no wake-up will come
     /// for them, so the loop must not sleep).
-    fn drain_feed(&mut self, now: ServerTime) -> bool {
+    fn drain_feed(&mut self, wall: ServerTime) -> bool {
+        let mut now = self.now(wall);
+        let source_times = self.cfg.source_times;
         let Some(feed) = self.feed.as_mut() else {
             return false;
         };
-        let (history, named) = (&mut self.history, &mut self.named);
+        let (history, named, clock) = (&mut self.history, &mut self.named, &mut self.clock);
         let mut failed = 0usize;
         let mut last_error = None;
         let mut again = 0usize;
@@ -516,6 +525,25 @@ impl Server {
             let change = matches!(fed, Fed::Change(..));
             received += u64::from(change);
             let result = match fed {
+                Fed::Clock(t) if source_times => {
+                    now = now.max(t);
+                    *clock = Some(now);
+                    Ok(())
+                }
+                Fed::Snapshot { at, reaches } if source_times => {
+                    now = now.max(at);
+                    *clock = Some(now);
+                    history.source_gap(reaches, now).map(|marked| {
+                        if marked {
+                            info!(
+                                reaches = reaches.to_unix(),
+                                "the source takes a new snapshot: a catch-up from before it \
+                                 gets DataMissing"
+                            );
+                        }
+                    })
+                }
+                Fed::Clock(_) | Fed::Snapshot { .. } => Ok(()),
                 Fed::Change(change, None) => history.apply(&change, now).map(drop),
                 Fed::Change(change, Some(line)) => {
                     know(named, &line.writer);
@@ -531,6 +559,24 @@ impl Server {
                     know(named, &line.writer);
                     history.reject_numbered(line.writer.name(), line.seq);
                     Ok(())
+                }
+                Fed::Reconcile { keep, line } => {
+                    let result = history
+                        .reconcile(|kind, address| keep.contains(&(kind, address)), now)
+                        .map(|ended| {
+                            if ended > 0 {
+                                info!(
+                                    ended,
+                                    "the source's snapshot ended the leases lqd held that it no \
+                                     longer has"
+                                );
+                            }
+                        });
+                    if let Some(line) = line {
+                        know(named, &line.writer);
+                        history.reject_numbered(line.writer.name(), line.seq);
+                    }
+                    result
                 }
                 Fed::Sync(done) => {
                     // Everything before the sync is applied; its pending marks become durable
@@ -612,10 +658,16 @@ impl Server {
         pending.dedup();
     }
 
-    /// Once a second: expiries nobody reported (D6), tombstones the ring has passed, and the
-    /// journal's flush policy.
+    /// Once a second: expiries nobody reported (D6; not with source times, whose source
+    /// reports its expiries itself, D33), tombstones the ring has passed, and the journal's
+    /// flush policy.
     fn housekeeping(&mut self, now: ServerTime) {
-        match self.history.expire(now) {
+        let expired = if self.cfg.source_times {
+            Ok(0)
+        } else {
+            self.history.expire(now)
+        };
+        match expired {
             Ok(0) => {}
             Ok(n) => debug!(leases = n, "expired"),
             Err(e) => warn!("expiries applied but not journaled: {e}"),
@@ -685,7 +737,7 @@ impl Server {
             let token = Token(FIRST_CONN + entry.key());
             let mut conn = Conn::new(stream, peer, policy, self.cfg.max_concurrent_queries);
             if self.cfg.metrics.is_some() {
-                conn.track_delivered();
+                conn.time_deliveries();
             }
             if let Some(tls) = &self.cfg.tls {
                 // Admitted only for a certificate: TLS first, whatever the mode.
@@ -790,6 +842,9 @@ impl Server {
             turn: &mut self.turn,
         });
         let served = conn.service(&ctx, &mut self.cache, &self.cfg, obs.as_mut());
+        if let Some(m) = self.cfg.metrics.as_deref() {
+            m.encoded.store(self.cache.built(), Ordering::Relaxed);
+        }
         let served = match served {
             Ok(more) if conn.to_identify().is_some() => self.identify(key).map(|()| more),
             other => other,
@@ -895,8 +950,8 @@ impl Server {
             return;
         }
         let mut snap = Snapshot::now();
+        let now = self.now(server_time());
         let history = &self.history;
-        let now = server_time();
         let mut by_requestor: HashMap<String, (u64, u64)> = HashMap::new();
         for (_, c) in &self.conns {
             let session = c.session();
@@ -977,7 +1032,7 @@ impl Server {
                 .cmp(&a.lag_records)
                 .then_with(|| a.requestor.cmp(&b.requestor))
         });
-        let cap = metrics.requestor_series;
+        let cap = metrics.requestor_series();
         snap.requestors_dropped = requestors.len().saturating_sub(cap) as u64;
         requestors.truncate(cap);
         snap.requestors = requestors;
@@ -1062,7 +1117,7 @@ impl Server {
 
     fn shutdown(&mut self) -> io::Result<()> {
         info!(connections = self.conns.len(), "shutting down");
-        let now = server_time();
+        let now = self.now(server_time());
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             if let Some(conn) = self.conns.get_mut(key) {

@@ -55,8 +55,9 @@ use std::collections::HashMap;
 use std::net::Ipv6Addr;
 
 use super::index::{Applied, BindingId, Store};
-use super::journal::{Journal, JournalError, JournalFile};
-use super::model::{Binding, Change, LeaseState};
+use super::journal::{Hole, Journal, JournalError, JournalFile};
+use super::links::LinkMap;
+use super::model::{Binding, Change, Lease, LeaseKind, LeaseState};
 use super::postings::{PostingKey, Postings};
 use super::record;
 use crate::codec::ServerTime;
@@ -69,6 +70,8 @@ pub trait Log {
     fn journal(&self) -> &Journal<Self::Buf>;
     /// Appends a record; its sequence number.
     fn append(&mut self, time: ServerTime, payload: &[u8]) -> Result<u64, JournalError>;
+    /// Records that the journal holds nothing from before `began` ([`Journal::mark_began`]).
+    fn mark_began(&mut self, began: ServerTime);
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Log for Journal<B> {
@@ -81,6 +84,10 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Log for Journal<B> {
     fn append(&mut self, time: ServerTime, payload: &[u8]) -> Result<u64, JournalError> {
         Self::append(self, time, payload)
     }
+
+    fn mark_began(&mut self, began: ServerTime) {
+        Self::mark_began(self, began);
+    }
 }
 
 impl Log for JournalFile {
@@ -92,6 +99,10 @@ impl Log for JournalFile {
 
     fn append(&mut self, time: ServerTime, payload: &[u8]) -> Result<u64, JournalError> {
         Self::append(self, time, payload)
+    }
+
+    fn mark_began(&mut self, began: ServerTime) {
+        Self::mark_began(self, began);
     }
 }
 
@@ -280,6 +291,8 @@ pub struct History<L: Log> {
     postings: Postings,
     /// The numbered writers' marks.
     marks: Marks,
+    /// Record times are the source's (D33), not lqd's clock.
+    source_times: bool,
     scratch: Vec<u8>,
 }
 
@@ -295,6 +308,7 @@ impl<L: Log> History<L> {
             tombstones: HashMap::new(),
             postings: Postings::new(first),
             marks: Marks::default(),
+            source_times: false,
             scratch: Vec::new(),
         };
         let mut restored = Restored::default();
@@ -304,6 +318,11 @@ impl<L: Log> History<L> {
         let mut last_count = None;
         while let Ok(Some(r)) = h.log.journal().read(&mut cursor) {
             restored.records = restored.records.saturating_add(1);
+            if Hole::from_marker(r.payload).is_some() {
+                // A gap or hole marker: no binding, no marks.
+                h.postings.file(r.seq, None);
+                continue;
+            }
             match record::read(r.payload) {
                 Ok(p) => {
                     h.postings.file(r.seq, p.binding.as_ref());
@@ -413,6 +432,11 @@ impl<L: Log> History<L> {
         &self.store
     }
 
+    /// Replaces the configured links (a reload, D31); see [`Store::set_link_map`].
+    pub fn set_link_map(&mut self, link_map: LinkMap) {
+        self.store.set_link_map(link_map);
+    }
+
     /// The journal.
     #[must_use]
     pub fn journal(&self) -> &Journal<L::Buf> {
@@ -424,11 +448,88 @@ impl<L: Log> History<L> {
         &mut self.log
     }
 
+    /// Takes record times from the source (D33): the time passed with each change is the
+    /// source's (a database's commit time), and Active data messages carry their record's
+    /// time as base-time, so that every lqd following the same source says the same times.
+    pub fn set_source_times(&mut self, on: bool) {
+        self.source_times = on;
+    }
+
+    /// True when record times are the source's (D33).
+    #[must_use]
+    pub const fn source_times(&self) -> bool {
+        self.source_times
+    }
+
+    /// The source re-sends its whole state from a snapshot at `now`, and could not give its
+    /// changes up to `reaches` (D33): a catch-up from a START_TIME at or before `reaches`
+    /// gets DataMissing. An empty journal begins there; one that holds records gets a gap
+    /// marker (as the marker of a damaged journal's hole, which readers skip). True when a
+    /// marker was written.
+    pub fn source_gap(
+        &mut self,
+        reaches: ServerTime,
+        now: ServerTime,
+    ) -> Result<bool, JournalError> {
+        let journal = self.log.journal();
+        if journal.is_empty() && journal.evicted_time().is_none() {
+            self.log.mark_began(ServerTime(reaches.0.saturating_add(1)));
+            return Ok(false);
+        }
+        let marker = Hole {
+            lost: 0,
+            after: journal.newest_time(),
+            before: reaches,
+        }
+        .marker();
+        let seq = self.log.append(now, &marker)?;
+        self.postings.file(seq, None);
+        let first = self.log.journal().first_seq().unwrap_or(seq);
+        self.postings.evict_before(first);
+        Ok(true)
+    }
+
     /// Applies a change at `now` and journals every binding it altered (its own, and one that
     /// lost an address or prefix to it); the number of records written. The store is updated
     /// even when journaling fails (the error says why), so queries stay right.
     pub fn apply(&mut self, change: &Change, now: ServerTime) -> Result<usize, JournalError> {
         self.apply_marked(change, now, None)
+    }
+
+    /// Ends, at `now`, every lease the store holds that `keep` does not: a source that re-sent
+    /// its whole state (a database snapshot) tells lqd this way which leases ended while it
+    /// could not say so. Each is journaled as deleted (D5); the number of records written.
+    pub fn reconcile(
+        &mut self,
+        keep: impl Fn(LeaseKind, Ipv6Addr) -> bool,
+        now: ServerTime,
+    ) -> Result<usize, JournalError> {
+        let gone: Vec<Change> = self
+            .store
+            .iter()
+            .flat_map(|(_, b)| {
+                b.leases
+                    .iter()
+                    .filter(|l| !keep(l.kind, l.address))
+                    .map(|l| Change {
+                        client_id: b.key.client_id.clone(),
+                        link: b.key.link,
+                        lease: Lease {
+                            preferred_lifetime: 0,
+                            valid_lifetime: 0,
+                            cltt: now,
+                            state: LeaseState::Deleted,
+                            ..*l
+                        },
+                        relay: None,
+                    })
+            })
+            .collect();
+        let mut written = 0;
+        for change in &gone {
+            written += self.apply(change, now)?;
+        }
+        Ok(written)
     }
 
     /// Applies line `seq` of the writer named `writer` (see the [module documentation](self)):

@@ -119,6 +119,13 @@ impl Store {
         &self.link_map
     }
 
+    /// Replaces the configured links (a reload, D31): changes from now on are filed, and
+    /// queries resolved, under the new map; bindings already held keep the link they were filed
+    /// under, as after a restart.
+    pub fn set_link_map(&mut self, link_map: LinkMap) {
+        self.link_map = link_map;
+    }
+
     /// True when some binding is on `link`.
     #[must_use]
     pub fn has_link(&self, link: Ipv6Addr) -> bool {

@@ -171,6 +171,13 @@ pub struct Hole {
 impl fmt::Display for Hole {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let unix = |t: ServerTime| t.to_unix();
+        if self.lost == 0 {
+            return write!(
+                f,
+                "the source's changes unknown up to Unix time {}",
+                unix(self.before)
+            );
+        }
         match self.after {
             Some(a) => write!(
                 f,
@@ -194,8 +201,11 @@ impl fmt::Display for Hole {
 const HOLE_MAGIC: &[u8; 5] = b"\xffLOST";
 
 impl Hole {
-    /// The payload of the marker record that stands in a rebuilt ring where the hole was.
-    fn marker(&self) -> Vec<u8> {
+    /// The payload of the marker record that stands in a rebuilt ring where the hole was, or
+    /// where a source could not give its changes (a gap, D33: `lost` 0, `before` the newest
+    /// time a START_TIME cannot be honoured at).
+    #[must_use]
+    pub fn marker(&self) -> Vec<u8> {
         let mut p = HOLE_MAGIC.to_vec();
         p.extend_from_slice(&self.lost.to_be_bytes());
         p.extend_from_slice(&self.after.map_or(0, |t| t.0).to_be_bytes());

@@ -16,11 +16,11 @@ use std::fmt;
 use std::net::Ipv6Addr;
 
 use ipnet::Ipv6Net;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// One link: its canonical address and the address space on it. In lqd's TOML configuration
 /// it is a `[[link]]` table with the same keys.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkDef {
     /// The link's address as bindings and answers name it: the first relay's link-address.

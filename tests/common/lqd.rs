@@ -423,3 +423,52 @@ fn spawn_prepared(
     .unwrap();
     Lqd { child, addr, dir }
 }
+
+/// A free loopback address for `metrics_listen`.
+pub(crate) fn free_metrics_addr() -> SocketAddr {
+    let port = std::net::TcpListener::bind("[::1]:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), port)
+}
+
+/// `/metrics` of lqd's metrics endpoint at `addr` (one plain HTTP GET): each sample whose name
+/// starts with `lqd_feed_` or `lqd_source_`, by its name without labels.
+pub(crate) fn source_metrics(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: lqd\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut all = String::new();
+    s.read_to_string(&mut all).unwrap();
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| l.starts_with("lqd_feed_") || l.starts_with("lqd_source_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            let name = k.split('{').next()?;
+            Some((name.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits up to 5 s until the source's metrics have `want` (name → value); returns them.
+pub(crate) fn wait_source_metrics(
+    addr: SocketAddr,
+    want: &[(&str, f64)],
+) -> std::collections::HashMap<String, f64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let m = source_metrics(addr);
+        if want.iter().all(|(k, v)| m.get(*k) == Some(v)) {
+            return m;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "wanted {want:?}, /metrics has {m:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

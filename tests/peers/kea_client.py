@@ -16,10 +16,14 @@ A RELAY is ``{"link": A, "relay_id": HEX, "remote_id": [ENTERPRISE, HEX], "inter
 HEX}``: the client's messages are then wrapped in a RELAY-FORWARD (hop count 0, that
 link-address, the client's link-local address as peer, and the relay-id (53), remote-id (37)
 and interface-id (18) options), sent from port 547 to the server's unicast address, as a relay
-agent does. Without one, the client sends from its link-local address, port 546, to
+agent does. RELAY may also be a list of such relays, the outer relay first, each but the
+outermost with the ``"address"`` it sends from, which is the peer-address of the relay outside
+it. The chain is then nested as relays nest it (hop counts 0 inside, counting up
+outwards), and the server's RELAY-REPLY is unwrapped layer by layer. Without one, the client sends from its link-local address, port 546, to
 ff02::1:2 on the interface, as a directly attached client does.
 
-Each answer: ``{"ok": true, "name": N, "duid": HEX, "sent": T, "leases": [L...]}`` where
+Each answer: ``{"ok": true, "name": N, "duid": HEX, "link_local": A, "sent": T, "leases":
+[L...]}`` (``link_local``: the client's address, the innermost relay's peer-address) where
 ``sent`` is the Unix time (float) just before the message that makes the server write the
 lease (REQUEST, RENEW, RELEASE) went out, and each L is ``{"type": "address"|"prefix",
 "address": A, "prefix_len": P, "valid": SECONDS}`` (empty after a release). A failure answers
@@ -118,16 +122,21 @@ class Lab:
                 sock = self.direct
                 sock.sendto(message.save(), ("ff02::1:2", 547, 0, self.ifindex))
             else:
-                r = client.relay
-                options = [
-                    InterfaceIdOption(bytes.fromhex(r["interface_id"])),
-                    RemoteIdOption(r["remote_id"][0], bytes.fromhex(r["remote_id"][1])),
-                    RelayIdOption(DUID.parse(bytes.fromhex(r["relay_id"]),
-                                             length=len(r["relay_id"]) // 2)[1]),
-                    RelayMessageOption(message),
-                ]
-                forward = RelayForwardMessage(hop_count=0, link_address=IPv6Address(r["link"]),
-                                              peer_address=client.link_local, options=options)
+                hops = client.relay if isinstance(client.relay, list) else [client.relay]
+                forward = message
+                peer = client.link_local
+                for hop_count, r in enumerate(reversed(hops)):
+                    options = [
+                        InterfaceIdOption(bytes.fromhex(r["interface_id"])),
+                        RemoteIdOption(r["remote_id"][0], bytes.fromhex(r["remote_id"][1])),
+                        RelayIdOption(DUID.parse(bytes.fromhex(r["relay_id"]),
+                                                 length=len(r["relay_id"]) // 2)[1]),
+                        RelayMessageOption(forward),
+                    ]
+                    forward = RelayForwardMessage(hop_count=hop_count,
+                                                  link_address=IPv6Address(r["link"]),
+                                                  peer_address=peer, options=options)
+                    peer = IPv6Address(r.get("address", "::"))
                 sock = self.relay
                 sock.sendto(forward.save(), (self.server, 547))
             deadline = time.monotonic() + TIMEOUT * (attempt + 1)
@@ -143,10 +152,10 @@ class Lab:
                     _, answer = Message.parse(data, length=len(data))
                 except Exception:  # noqa: BLE001 (a stray datagram is skipped, not fatal)
                     continue
-                if isinstance(answer, RelayReplyMessage):
+                while isinstance(answer, RelayReplyMessage):
                     inner = answer.get_option_of_type(RelayMessageOption)
                     if inner is None:
-                        continue
+                        break
                     answer = inner.relayed_message
                 if isinstance(answer, expect) and answer.transaction_id == xid:
                     return answer
@@ -241,7 +250,8 @@ def main():
             cmd = json.loads(line)
             client, sent = ops[cmd["op"]](cmd)
             answer = {"ok": True, "name": client.name, "duid": client.duid_bytes.hex(),
-                      "sent": sent, "leases": client.leases()}
+                      "link_local": str(client.link_local), "sent": sent,
+                      "leases": client.leases()}
         except Exception as e:  # noqa: BLE001 (every failure is reported to the test)
             answer = {"ok": False, "error": "{}: {}".format(type(e).__name__, e)}
         print(json.dumps(answer), flush=True)

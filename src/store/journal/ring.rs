@@ -702,10 +702,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             return Err(TooOld { evicted });
         }
         let found = self.seek_time_in_ring(t);
-        // Records lost to damage at or after the cursor (a hole marker there): the journal
-        // does not hold every change since `t` either.
+        // Records lost to damage at or after the cursor (a hole marker there), or changes
+        // the source could not give at or after `t` (a gap marker reaching `before`, D33): the
+        // journal does not hold every change since `t` either.
         match self.holes.back() {
-            Some(&(seq, before)) if seq >= found.seq => Err(TooOld { evicted: before }),
+            Some(&(seq, before)) if seq >= found.seq || t <= before => {
+                Err(TooOld { evicted: before })
+            }
             _ => Ok(found),
         }
     }
