@@ -93,6 +93,62 @@ pub const DEFAULT_JOURNAL_SIZE: u64 = 128 * 1024 * 1024;
 pub const MIN_JOURNAL_SIZE: u64 = 1024 * 1024;
 /// File name, inside the state directory, of the generated server DUID.
 pub const DEFAULT_DUID_FILE: &str = "lqd-server-duid";
+/// The state directory of lqd run as a system service (root, or systemd's `StateDirectory=`).
+pub const SYSTEM_STATE_DIR: &str = "/var/lib/lqd";
+
+/// Where lqd keeps its state when neither `state_dir` nor `--state-dir` says:
+///
+/// 1. `$STATE_DIRECTORY`, which systemd sets from the unit's `StateDirectory=` (the first of
+///    its directories);
+/// 2. run as root: [`SYSTEM_STATE_DIR`], `/var/lib/lqd`;
+/// 3. otherwise the user's state directory of the XDG base directory specification:
+///    `$XDG_STATE_HOME/lqd`, else `$HOME/.local/state/lqd`;
+/// 4. with none of those (no home), `/var/lib/lqd`.
+///
+/// Never the current directory: the journal (`journal_size`, 128 MiB by default) must not land
+/// wherever lqd happens to be started.
+#[must_use]
+pub fn default_state_dir() -> PathBuf {
+    state_dir_from(|key| std::env::var_os(key), running_as_root())
+}
+
+/// [`default_state_dir`] with the environment read through `env`, and whether lqd runs as
+/// root (its effective uid is 0).
+#[must_use]
+pub fn state_dir_from(env: impl Fn(&str) -> Option<std::ffi::OsString>, root: bool) -> PathBuf {
+    // Relative paths are invalid in these variables (XDG base directory specification).
+    let absolute = |key: &str| env(key).map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(first) = env("STATE_DIRECTORY")
+        .and_then(|dirs| std::env::split_paths(&dirs).next())
+        .filter(|p| p.is_absolute())
+    {
+        return first;
+    }
+    if root {
+        return PathBuf::from(SYSTEM_STATE_DIR);
+    }
+    if let Some(state) = absolute("XDG_STATE_HOME") {
+        return state.join("lqd");
+    }
+    if let Some(home) = absolute("HOME") {
+        return home.join(".local").join("state").join("lqd");
+    }
+    PathBuf::from(SYSTEM_STATE_DIR)
+}
+
+/// True when this process's effective uid is 0 (read from `/proc/self/status`; false where
+/// that cannot be read).
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
 
 /// lqd's complete configuration, every field with a default.
 ///
@@ -112,7 +168,12 @@ pub struct Config {
     /// `duid_file`: where a generated server DUID is kept, relative to `state_dir` unless
     /// absolute; default `lqd-server-duid`.
     pub duid_file: PathBuf,
-    /// `state_dir`: directory for lqd's files; default `.`, so no root is needed.
+    /// `state_dir`: the directory lqd keeps its state in, created if missing: the change
+    /// journal (`journal_file`, `journal_size` octets, 128 MiB by default), the generated
+    /// server DUID (`duid_file`), and the copies `lqd journal` and a damaged journal's
+    /// recovery keep beside the journal (`lqd-journal.damaged-*`, `lqd-journal.before-resize-*`).
+    /// Default: [`default_state_dir`] (`$STATE_DIRECTORY` under systemd, `/var/lib/lqd` for
+    /// root, else `$XDG_STATE_HOME/lqd` or `~/.local/state/lqd`).
     pub state_dir: PathBuf,
     /// `max_connections`: TCP connections open at once over all requestors; default 10000.
     pub max_connections: usize,
@@ -139,7 +200,8 @@ pub struct Config {
     /// `lqd-journal`.
     pub journal_file: PathBuf,
     /// `journal_size`: the journal's size in octets, fixed when the file is created; default
-    /// 128 MiB (about 590,000 changes of the demo's mix of clients, 227 octets a record).
+    /// 128 MiB (about 569,000 changes of the demo's mix of clients, 236 octets a record;
+    /// docs/operations.md sizes it).
     pub journal_size: u64,
     /// `journal_flush`: when journal records are forced to disk: `"os"` (the kernel decides;
     /// survives a crash of lqd, not of the machine), `"always"` (each change), or an interval
@@ -207,7 +269,7 @@ impl Default for Config {
             source: None,
             server_duid: None,
             duid_file: PathBuf::from(DEFAULT_DUID_FILE),
-            state_dir: PathBuf::from("."),
+            state_dir: default_state_dir(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_requestor: BULK_LQ_MAX_CONNS,
             max_concurrent_queries: DEFAULT_MAX_CONCURRENT_QUERIES,
@@ -1502,12 +1564,15 @@ impl Error for ConfigError {
 #[command(
     name = "lqd",
     version,
-    about = "DHCPv6 leasequery server: UDP Leasequery (RFC 5007) and Bulk Leasequery \
-             (RFC 5460, RFC 7653) over a live mirror of a lease store",
+    about = "DHCPv6 leasequery server: UDP Leasequery (RFC 5007), Bulk Leasequery (RFC 5460) \
+             and Active Leasequery (RFC 7653) over a live mirror of a lease store",
     long_about = "lqd is a DHCPv6 leasequery server. It answers from a live in-memory mirror \
-                  of a DHCP server's leases: UDP Leasequery (RFC 5007) and Bulk Leasequery over \
-                  TCP (RFC 5460, with the RFC 7653 time options). Settings come from built-in \
-                  defaults (the RFC values), then the --config file, then these flags.",
+                  of a DHCP server's leases, on UDP and TCP port 547: UDP Leasequery (RFC 5007), \
+                  Bulk Leasequery (RFC 5460) over TCP, with the RFC 7653 time options, and \
+                  Active Leasequery (RFC 7653), a live stream of binding changes with catch-up \
+                  from a change journal. Settings come from built-in defaults (the RFC values), \
+                  then the --config file, then these flags; some exist only in the file (the \
+                  journal, the Active timeouts, links, requestors, TLS, the demo).",
     after_help = "Examples:\n  lqd --listen [::1]:5470 --source demo\n  \
                   lqd --config /etc/lqd/lqd.toml --log lqd=debug"
 )]
@@ -1524,16 +1589,19 @@ pub struct Cli {
                 file's `listen` list [default: [::]:547]"
     )]
     pub listen: Vec<SocketAddr>,
-    /// Where lease changes come from: demo, kea-csv:PATH, kea-pgsql:URI (no password in it:
-    /// password_file=PATH or LQD_PGPASSWORD), jsonl:PATH, jsonl:- (stdin) or jsonl:unix:PATH
-    /// [default: demo]
+    /// Where lease changes come from: kea-csv:PATH, kea-pgsql:URI (no password in it:
+    /// password_file=PATH or LQD_PGPASSWORD), jsonl:PATH, jsonl:- (stdin), jsonl:unix:PATH, or
+    /// demo (made-up leases, to try lqd) [default: none: lqd will not start without one]
     #[arg(long, value_name = "SPEC")]
     pub source: Option<SourceSpec>,
     /// Server DUID in hex, plain or colon-separated [default: generated once and kept in
     /// STATE_DIR/lqd-server-duid]
     #[arg(long, value_name = "HEX")]
     pub server_duid: Option<ServerDuid>,
-    /// Directory for lqd's files, such as the generated server DUID [default: .]
+    /// Directory for lqd's state, created if missing: the change journal (journal_size, 128
+    /// MiB by default), the generated server DUID, and the copies a damaged or resized journal
+    /// leaves [default: $STATE_DIRECTORY (systemd's StateDirectory=), /var/lib/lqd as root,
+    /// else $XDG_STATE_HOME/lqd or ~/.local/state/lqd]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Log filter in tracing's EnvFilter syntax, e.g. "debug" or "lqd=debug,warn" [default:

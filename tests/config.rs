@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use lqd::codec::QueryType;
 use lqd::config::{
-    Access, Cli, Config, ConfigError, DemoSettings, LogFormat, QueryTypes, Requestor, ServerDuid,
-    SourceSpec,
+    Access, Cli, Config, ConfigError, DemoSettings, LogFormat, QueryTypes, Requestor,
+    SYSTEM_STATE_DIR, ServerDuid, SourceSpec, default_state_dir, state_dir_from,
 };
 use lqd::store::LinkDef;
 use lqd::store::journal::FlushPolicy;
@@ -57,9 +57,14 @@ fn defaults_are_the_rfc_and_decision_values() {
     assert_eq!(c.listen, vec![addr("[::]:547")]);
     assert_eq!(c.source, None, "no source unless one is given (issue 13)");
     assert_eq!(c.server_duid, None);
-    assert_eq!(c.state_dir, PathBuf::from("."));
+    assert_eq!(c.state_dir, default_state_dir());
+    assert_ne!(
+        c.state_dir,
+        PathBuf::from("."),
+        "never wherever lqd is started"
+    );
     assert_eq!(c.duid_file, PathBuf::from("lqd-server-duid"));
-    assert_eq!(c.duid_path(), Path::new(".").join("lqd-server-duid"));
+    assert_eq!(c.duid_path(), c.state_dir.join("lqd-server-duid"));
     assert_eq!(c.max_connections, 10_000);
     assert_eq!(c.max_connections_per_requestor, 10);
     assert_eq!(c.max_concurrent_queries, 4);
@@ -81,7 +86,7 @@ fn defaults_are_the_rfc_and_decision_values() {
     assert_eq!(c.read_budget, 64);
     assert_eq!(c.udp_receive_buffer, 4 * 1024 * 1024);
     assert!(c.active && c.catch_up);
-    assert_eq!(c.journal_path(), PathBuf::from("./lqd-journal"));
+    assert_eq!(c.journal_path(), c.state_dir.join("lqd-journal"));
     assert_eq!(c.journal_size, 128 << 20);
     assert_eq!(c.journal_flush, FlushPolicy::Os);
     assert_eq!(c.log, "info");
@@ -820,6 +825,52 @@ fn the_stable_flags_parse() {
     }
 }
 
+/// The state directory without `state_dir` (issue 17): systemd's, the system's for root, the
+/// user's XDG state directory otherwise; never the current directory.
+#[test]
+fn the_default_state_directory_is_systemds_the_systems_or_the_users() {
+    let env = |vars: &'static [(&'static str, &'static str)]| {
+        move |key: &str| {
+            vars.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| std::ffi::OsString::from(v))
+        }
+    };
+    let home = &[("HOME", "/home/ana")];
+    assert_eq!(
+        state_dir_from(env(home), false),
+        Path::new("/home/ana/.local/state/lqd")
+    );
+    let xdg = &[("HOME", "/home/ana"), ("XDG_STATE_HOME", "/srv/ana/state")];
+    assert_eq!(
+        state_dir_from(env(xdg), false),
+        Path::new("/srv/ana/state/lqd")
+    );
+    // Relative paths are not valid in these variables.
+    let relative = &[("HOME", "/home/ana"), ("XDG_STATE_HOME", "state")];
+    assert_eq!(
+        state_dir_from(env(relative), false),
+        Path::new("/home/ana/.local/state/lqd")
+    );
+    assert_eq!(state_dir_from(env(home), true), Path::new(SYSTEM_STATE_DIR));
+    assert_eq!(state_dir_from(env(&[]), false), Path::new("/var/lib/lqd"));
+    assert_eq!(
+        state_dir_from(env(&[("HOME", "")]), false),
+        Path::new("/var/lib/lqd")
+    );
+    // systemd's StateDirectory= wins, the first of its directories.
+    let systemd = &[
+        ("HOME", "/"),
+        ("STATE_DIRECTORY", "/var/lib/lqd:/var/lib/other"),
+    ];
+    for root in [false, true] {
+        assert_eq!(
+            state_dir_from(env(systemd), root),
+            Path::new("/var/lib/lqd")
+        );
+    }
+}
+
 #[test]
 fn help_describes_lqd_and_every_flag_with_its_default() {
     Cli::command().debug_assert();
@@ -832,11 +883,15 @@ fn help_describes_lqd_and_every_flag_with_its_default() {
         "[default: [::]:547]",
         "--source <SPEC>",
         "kea-csv:PATH",
-        "[default: demo]",
+        "[default: none: lqd will not start without one]",
         "--config <FILE>",
         "--server-duid <HEX>",
         "--state-dir <DIR>",
-        "[default: .]",
+        "the change journal",
+        "server DUID",
+        "$STATE_DIRECTORY",
+        "/var/lib/lqd as root",
+        "$XDG_STATE_HOME/lqd or ~/.local/state/lqd]",
         "--log <LEVEL>",
         "[default: info]",
         "--log-format <FORMAT>",

@@ -883,7 +883,7 @@ fn two_instances_answer_alike_and_lq_watch_fails_over_between_them() {
         .filter(|e| e["server"] == b_addr.as_str())
         .collect();
     assert!(
-        at_b.iter().any(|e| e["start_time"].is_number()),
+        at_b.iter().any(|e| e["start_time_unix_s"].is_number()),
         "the watch moved to B, resuming from its base-time: {}",
         watch.transcript()
     );

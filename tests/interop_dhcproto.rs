@@ -8,7 +8,7 @@
 //! Direction 2: messages built with dhcproto's encoder parse in our codec to the expected values
 //! and re-emit byte-exact, both from the parsed repr and from a repr built from typed items.
 //!
-//! What dhcproto 0.15.0 does and does not do (see `/work/shared/peers.md`), and how these tests
+//! What dhcproto 0.15.0 does and does not do, and how these tests
 //! cope with it:
 //!
 //! - It sorts every option list by option code when decoding, so its re-encoding only equals the
@@ -1223,7 +1223,7 @@ fn truncated_messages_are_rejected() {
         );
     }
 
-    // The case of /work/shared/peers.md: cut by 5 octets, inside LQ_BASE_TIME.
+    // A message cut by 5 octets, inside LQ_BASE_TIME, which dhcproto decodes "fine".
     let short = &reply[..reply.len() - 5];
     let err = MessageRepr::parse(short).unwrap_err();
     assert_eq!(

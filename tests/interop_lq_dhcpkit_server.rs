@@ -180,7 +180,10 @@ fn lq_binding(line: &str, started: i64) -> Binding {
     };
     for l in v["leases"].as_array().unwrap() {
         let address: Ipv6Addr = l["address"].as_str().unwrap().parse().unwrap();
-        let lifetimes = (lifetime(l, "preferred_until"), lifetime(l, "valid_until"));
+        let lifetimes = (
+            lifetime(l, "preferred_until_unix_s"),
+            lifetime(l, "valid_until_unix_s"),
+        );
         match l["type"].as_str().unwrap() {
             "address" => {
                 assert_eq!(l["prefix_len"], 128, "{line}");

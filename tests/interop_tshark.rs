@@ -22,7 +22,7 @@
 //! OPTION_LQ_RELAY_DATA, which tshark shows as a string. The relayed message tshark found
 //! there is then put in a second capture as a UDP datagram and decoded as a RELAY-FORW.
 //!
-//! Known tshark 4.0 quirks the test expects (see /work/shared/peers.md):
+//! Known tshark 4.0 quirks (Debian 12's tshark) the test expects:
 //! - over TCP the 24-bit xid is shown as `reserved` (high octet) + `trans_id` (low 16 bits);
 //! - message types 22 and 23 raise a "Message Type N not allowed by DHCPv6 Bulk Leasequery"
 //!   warning;

@@ -254,7 +254,11 @@ impl KeaLab {
             is_root(),
             "the Kea end-to-end test needs root (network namespaces)"
         );
-        let tag = format!("lqk{}", std::process::id());
+        // One lab per test: the tests of this file run side by side in one process, so the
+        // process id alone would give both the same namespaces (and one would delete the other's).
+        static LABS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = LABS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tag = format!("lqk{}{n}", std::process::id() % 1_000_000);
         let lab = Self {
             tag: tag.clone(),
             dir: dir.to_owned(),
@@ -507,7 +511,7 @@ fn leases_of(v: &Value) -> BTreeSet<Lease> {
                     (
                         l["address"].as_str().unwrap().parse().unwrap(),
                         u8::try_from(l["prefix_len"].as_u64().unwrap()).unwrap(),
-                        l["valid_until"].as_i64().unwrap_or(0),
+                        l["valid_until_unix_s"].as_i64().unwrap_or(0),
                     )
                 })
                 .collect()

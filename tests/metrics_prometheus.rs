@@ -645,7 +645,7 @@ fn prometheus_scraping_lqd_under_load_sees_what_the_test_knows() {
         let (status, body) = get(metrics_addr, "/requestors");
         assert_eq!(status, 200);
         let view: Value = serde_json::from_str(&body).expect("/requestors is JSON");
-        let taken_at = view["taken_at"].as_f64().expect("taken_at");
+        let taken_at = view["taken_at_unix_s"].as_f64().unwrap_or(0.0);
         if taken_at >= fresh_after {
             break (body, view);
         }

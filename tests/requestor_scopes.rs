@@ -274,7 +274,10 @@ fn two_links_hold_exactly_their_clients_through_an_hour_of_churn() {
     assert_eq!(bases.len(), 2);
     let text = std::fs::read_to_string(&file).unwrap();
     let top: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(top["base_time"].as_u64(), bases.iter().min().copied());
+    assert_eq!(
+        top["base_time_unix_s"].as_u64(),
+        bases.iter().min().copied()
+    );
     eprintln!(
         "{HOUR_OF_DEFAULT_CHURN} changes churned by {churned_at:?}; replica: {} clients of \
          links 1 and 2 (of 10,000); {live} live changes; done in {:?}",
@@ -402,7 +405,10 @@ fn a_restarted_watch_catches_up_each_stream_from_its_own_base_time() {
     second.wait_events("catch_up_complete", 2, 20);
     let events = second.events();
     assert_eq!(events[0]["event"], "loaded", "{}", second.transcript());
-    assert_eq!(events[0]["base_time"].as_u64(), bases.iter().min().copied());
+    assert_eq!(
+        events[0]["base_time_unix_s"].as_u64(),
+        bases.iter().min().copied()
+    );
     // Each stream resumed from its own saved base-time.
     let l3 = format!("link-address={}", link(3));
     let l4 = format!("link-address={}", link(4));
@@ -412,7 +418,7 @@ fn a_restarted_watch_catches_up_each_stream_from_its_own_base_time() {
         .map(|e| {
             (
                 e["scope"].as_str().unwrap().to_owned(),
-                e["start_time"].as_u64().unwrap(),
+                e["start_time_unix_s"].as_u64().unwrap(),
             )
         })
         .collect();
@@ -475,6 +481,11 @@ fn a_state_file_of_an_lq_that_followed_every_change_is_resynced_to_the_scope() {
     );
     let loaded = w.wait_events("loaded", 1, 20);
     assert_eq!(loaded[0]["clients"].as_u64(), Some(all.len() as u64));
+    // Its base-time, server seconds since 2000 in version 1, read as the Unix time it is.
+    assert_eq!(
+        loaded[0]["base_time_unix_s"].as_u64(),
+        Some(800_000_000 + 946_684_800)
+    );
     let synced = w.wait_events("synced", 1, 20);
     assert_eq!(synced[0]["queries"], 2);
     w.wait_events("catch_up_complete", 2, 20);

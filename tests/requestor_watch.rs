@@ -93,7 +93,7 @@ fn lq_watch_survives_kill_9_of_lqd_and_ends_equal_to_its_bindings() {
             .entry(e["scope"].as_str().unwrap().to_owned())
             .or_default()
             .push(
-                e["start_time"]
+                e["start_time_unix_s"]
                     .as_u64()
                     .expect("every connect has a START_TIME"),
             );
@@ -140,7 +140,7 @@ fn a_restarted_lq_watch_resumes_from_its_state_file() {
     second.wait_events("catch_up_complete", 2, 30);
     let events = second.events();
     assert_eq!(events[0]["event"], "loaded", "{}", second.transcript());
-    assert_eq!(events[0]["base_time"].as_u64(), Some(saved));
+    assert_eq!(events[0]["base_time_unix_s"].as_u64(), Some(saved));
     // Each link's stream resumed from its own saved base-time, the earliest being `saved`.
     assert_eq!(bases.iter().flatten().min(), Some(&saved));
     for (k, base) in (1..=2).zip(&bases) {
@@ -150,7 +150,7 @@ fn a_restarted_lq_watch_resumes_from_its_state_file() {
             .filter(|e| e["event"] == "connected" && e["scope"] == scope.as_str())
             .collect();
         assert_eq!(connected.len(), 1, "{}", second.transcript());
-        assert_eq!(connected[0]["start_time"].as_u64(), *base, "resumed");
+        assert_eq!(connected[0]["start_time_unix_s"].as_u64(), *base, "resumed");
     }
     assert!(second.events_of("synced").is_empty(), "no Bulk sync needed");
     wait_for_log(&lqd, "demo: churn limit reached", 60);
@@ -194,9 +194,9 @@ fn with_a_journal_too_small_for_the_outage_data_missing_is_resynced_and_ends_equ
     first.wait_events("catch_up_complete", 2, 30);
     assert!(first.terminate().success());
     let saved = state(&file).unwrap().0.expect("a base-time");
-    let saved = u32::try_from(saved).unwrap();
+    let saved_server_time = ServerTime::from_unix(saved).0;
     assert!(
-        wait_until(60, || journal_misses(&lqd, saved)),
+        wait_until(60, || journal_misses(&lqd, saved_server_time)),
         "the 1 MiB journal wraps"
     );
 
@@ -204,8 +204,8 @@ fn with_a_journal_too_small_for_the_outage_data_missing_is_resynced_and_ends_equ
     // Each link's stream misses data and is resynced (together, or one after the other).
     let missing = second.wait_events("data_missing", 2, 30);
     for m in &missing {
-        assert_eq!(m["start"].as_u64(), Some(u64::from(saved)));
-        assert!(m["end"].as_u64().unwrap() > u64::from(saved));
+        assert_eq!(m["start_unix_s"].as_u64(), Some(saved));
+        assert!(m["end_unix_s"].as_u64().unwrap() > saved);
         assert_eq!(m["recovery"], "resync");
     }
     let resynced = |w: &LqWatch| -> Vec<String> {
@@ -248,8 +248,8 @@ fn without_links_lq_watch_syncs_by_the_catch_up_from_the_start_of_the_journal() 
     w.wait_events("catch_up_complete", 1, 30);
     let connected = w.events_of("connected");
     assert_eq!(
-        connected[0]["start_time"].as_u64(),
-        Some(1),
+        connected[0]["start_time_unix_s"].as_u64(),
+        Some(ServerTime(1).to_unix()),
         "START_TIME = 1"
     );
     assert!(w.events_of("synced").is_empty(), "no Bulk");

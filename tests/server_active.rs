@@ -622,7 +622,7 @@ fn tshark_decodes_a_captured_active_stream() {
         "lqd's frames tshark objects to: {bad}"
     );
     // tshark 4.0 knows no message type 22 in its Bulk dissector: that is the only complaint
-    // it may have about the requestors' frames (shared/peers.md).
+    // it may have about the requestors' frames.
     let theirs = decode(
         &format!(
             "tcp.dstport == {port} && (_ws.malformed || (dhcpv6.bulk_leasequery && _ws.expert.severity >= 6291456))"

@@ -49,10 +49,20 @@
 //! client (`query`, `bulk`) or per event (`watch`, field `"event"`: `added`, `updated`,
 //! `removed`, `loaded`, `connected`, `synced`, `catch_up_complete`, `data_missing`,
 //! `disconnected`; `connected`, `catch_up_complete` and `data_missing` name the stream's query
-//! in `scope`, `synced` the streams synced in `scopes`). Local times are Unix seconds (`null`: infinite lifetime); `base_time`,
-//! `start_time`, `start` and `end` are server times (seconds since 2000-01-01 UTC, the
-//! server's clock), the values `--start`/`--end` take. Client and relay DUIDs are lowercase
+//! in `scope`, `synced` the streams synced in `scopes`). Client and relay DUIDs are lowercase
 //! hex; `--client-id` and `--relay-id` also accept `:` or `-` between octets.
+//!
+//! # Times in JSON
+//!
+//! One convention in every JSON `lq` and `lqd` write (this output, the `--state` file, lqd's
+//! `/requestors`): a point in time is whole Unix seconds (UTC), in a field whose name ends in
+//! `_unix_s`; `null` is an infinite lifetime, or a time not known. A duration names its unit
+//! (`retry_in_ms`, `skew_ms`). `base_time_unix_s`, `start_time_unix_s`, `start_unix_s` and
+//! `end_unix_s` are on the server's clock (its DHCPv6 time, seconds since 2000, is that minus
+//! 946,684,800); they are what `--start`/`--end` take. The others (`valid_until_unix_s`,
+//! `preferred_until_unix_s`, `last_transaction_unix_s`, `local_time_unix_s`) are on the local
+//! clock: lifetimes counted from the message's arrival, or its base-time moved by the skew.
+//! `lq --help` says the same (`lqd::requestor::cli::JSON_TIMES`).
 //!
 //! # Exit codes
 //!
@@ -176,17 +186,22 @@ fn lease_json(l: &Lease) -> Value {
         "type": match l.kind { LeaseKind::Address => "address", LeaseKind::Prefix => "prefix" },
         "address": l.address.to_string(),
         "prefix_len": l.prefix_len,
-        "preferred_until": l.preferred_until.map(unix),
-        "valid_until": l.valid_until.map(unix),
+        "preferred_until_unix_s": l.preferred_until.map(unix),
+        "valid_until_unix_s": l.valid_until.map(unix),
     })
+}
+
+/// A server time (on the server's clock) as Unix seconds, for JSON.
+fn server_unix(t: Option<ServerTime>) -> Option<u64> {
+    t.map(ServerTime::to_unix)
 }
 
 fn client_json(d: &ClientData) -> Value {
     json!({
         "client_id": hex::encode(&d.client_id),
         "leases": d.leases.iter().map(lease_json).collect::<Vec<_>>(),
-        "last_transaction": d.last_transaction.map(unix),
-        "base_time": d.time.base_time.map(|t| t.0),
+        "last_transaction_unix_s": d.last_transaction.map(unix),
+        "base_time_unix_s": server_unix(d.time.base_time),
     })
 }
 
@@ -478,12 +493,12 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
                 "event": kind,
                 "client_id": hex::encode(change.client_id()),
                 "leases": leases,
-                "last_transaction": last,
-                "base_time": time.base_time.map(|t| t.0),
+                "last_transaction_unix_s": last,
+                "base_time_unix_s": server_unix(time.base_time),
             })
         }
         WatchEvent::Loaded { clients, base_time } => json!({
-            "event": "loaded", "clients": clients, "base_time": base_time.map(|t| t.0),
+            "event": "loaded", "clients": clients, "base_time_unix_s": server_unix(*base_time),
         }),
         WatchEvent::Connected {
             server,
@@ -492,7 +507,7 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
             scope,
         } => json!({
             "event": "connected", "server": server.to_string(), "xid": xid.to_string(),
-            "start_time": start_time.map(|t| t.0), "scope": scope_json(scope.as_ref()),
+            "start_time_unix_s": server_unix(*start_time), "scope": scope_json(scope.as_ref()),
         }),
         WatchEvent::Synced {
             recovery,
@@ -508,8 +523,8 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
         WatchEvent::CatchUpComplete { time, scope } => json!({
             "event": "catch_up_complete",
             "scope": scope_json(scope.as_ref()),
-            "base_time": time.base_time.map(|t| t.0),
-            "local_time": time.base_time.map(|t| unix(time.to_local(t))),
+            "base_time_unix_s": server_unix(time.base_time),
+            "local_time_unix_s": time.base_time.map(|t| unix(time.to_local(t))),
             "skew_ms": time.skew_ms(),
         }),
         WatchEvent::DataMissing {
@@ -521,8 +536,8 @@ fn event_json(e: &WatchEvent) -> Option<Value> {
         } => json!({
             "event": "data_missing",
             "scope": scope_json(scope.as_ref()),
-            "start": start.map(|t| t.0),
-            "end": end.map(|t| t.0),
+            "start_unix_s": server_unix(*start),
+            "end_unix_s": server_unix(*end),
             "recovery": recovery.map(|r| match r { Recovery::Resync => "resync", Recovery::Window => "window" }),
         }),
         WatchEvent::Disconnected { reason, retry_in } => json!({
@@ -543,8 +558,12 @@ fn for_scope(scope: Option<&Query>) -> String {
     scope.map_or_else(String::new, |q| format!(" for {q}"))
 }
 
+/// A time on the server's clock as RFC 3339 (what `--start` and `--end` take), `-` for none.
 fn server_time(t: Option<ServerTime>) -> String {
-    t.map_or_else(|| "-".to_owned(), |t| t.0.to_string())
+    t.map_or_else(
+        || "-".to_owned(),
+        |t| rfc3339(UNIX_EPOCH + Duration::from_secs(t.to_unix())),
+    )
 }
 
 fn event_text(e: &WatchEvent) -> Option<String> {
@@ -571,7 +590,7 @@ fn event_text(e: &WatchEvent) -> Option<String> {
             match start_time {
                 Some(t) => format!(
                     "{now} # connected to {server}{scope}, catching up from server time {}",
-                    t.0
+                    server_time(Some(*t))
                 ),
                 None => format!("{now} # connected to {server}{scope}"),
             }

@@ -47,12 +47,14 @@ fn main() -> ExitCode {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_filter_reloading();
-    // A reload replaces the filter (D31).
+        .with_writer(std::io::stderr);
+    // A reload replaces the filter (D31). The reloading layer is added last: it is typed by
+    // the formatter beneath it.
     let set_log_filter: SetLogFilter = match config.log_format {
         LogFormat::Text => {
-            let subscriber = builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+            let subscriber = builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter_reloading();
             let handle = subscriber.reload_handle();
             subscriber.init();
             Box::new(move |log: &str| {
@@ -67,7 +69,8 @@ fn main() -> ExitCode {
                 .json()
                 .flatten_event(true)
                 .with_current_span(false)
-                .with_span_list(false);
+                .with_span_list(false)
+                .with_filter_reloading();
             let handle = subscriber.reload_handle();
             subscriber.init();
             Box::new(move |log: &str| {
@@ -237,6 +240,11 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|e| format!("signal handler: {e}"))?;
     }
+    // After the flags: SIGTERM or SIGINT sets the stop flag, then wakes the loop to look at it
+    // (SIGHUP is the reload thread's, below).
+    server
+        .wake_on_signals(&[signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
+        .map_err(|e| format!("signal handler: {e}"))?;
     let mut reloader = Reloader::new(
         cli,
         config,
@@ -271,6 +279,10 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
     result?;
     drop(socket_file);
     info!("stopped");
+    // The journal is flushed and closed cleanly by `run`; what dropping the server would do
+    // now is free the store and its indexes one allocation at a time, seconds for a large
+    // population, while the process exits (and the kernel takes its memory back) at once.
+    std::mem::forget(server);
     Ok(())
 }
 
@@ -379,7 +391,9 @@ fn journal(action: &JournalAction, config: &Config) -> ExitCode {
     }
 }
 
-/// Descriptors lqd needs besides its connections: listeners, the poll, the journal, logs.
+/// Descriptors lqd needs besides its connections: listeners, the poll and its waker, the
+/// signal pipes (the loop's three, the reload thread's), the journal, logs, the metrics
+/// listener's connections, the sources'.
 const FD_HEADROOM: u64 = 64;
 
 /// Raises the open-file limit (RLIMIT_NOFILE) to what `max_connections` needs, as far as the

@@ -27,12 +27,27 @@ Exit codes:
   7  TLS: the server refused STARTTLS, or the handshake failed (certificate not accepted)";
 
 /// The forms a time argument (`--start`, `--end`) takes.
-pub const TIME_HELP: &str = "a server time: seconds since 2000-01-01 UTC on the server's clock (as \
-printed in base_time), @UNIX-SECONDS, or YYYY-MM-DDTHH:MM:SSZ (local clock, assumed to agree)";
+pub const TIME_HELP: &str = "a time on the server's clock: Unix seconds (as printed in the JSON \
+fields ending in _unix_s, such as base_time_unix_s; @UNIX-SECONDS works too), or \
+YYYY-MM-DDTHH:MM:SSZ";
+
+/// How every JSON output gives times, as `lq --help` says after the exit codes.
+pub const JSON_TIMES: &str = "\
+Times in JSON (--json, the --state file; lqd's /requestors alike):
+  every point in time is whole Unix seconds (UTC) in a field ending in _unix_s, null for an
+  infinite lifetime or a time not known; durations name their unit (retry_in_ms, skew_ms).
+  base_time_unix_s, start_time_unix_s, start_unix_s and end_unix_s are on the server's clock
+  (what --start and --end take); valid_until_unix_s, preferred_until_unix_s,
+  last_transaction_unix_s and local_time_unix_s on the local clock.";
+
+/// What `lq --help` and each subcommand's help end with: the exit codes, then the times.
+fn after_help() -> String {
+    format!("{EXIT_CODES}\n\n{JSON_TIMES}")
+}
 
 /// A DHCPv6 leasequery requestor: UDP, Bulk and Active Leasequery (RFC 5007, 5460, 7653).
 #[derive(Debug, Parser)]
-#[command(name = "lq", version, after_help = EXIT_CODES)]
+#[command(name = "lq", version, after_help = after_help())]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -43,14 +58,14 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// One UDP Leasequery: the client holding an address, or a client's bindings.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = after_help())]
     Query(QueryArgs),
     /// One Bulk Leasequery over TCP: every binding matching a key.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = after_help())]
     Bulk(BulkArgs),
     /// Keep a replica of the server's bindings in sync over Active Leasequery, printing each
     /// change, until SIGINT or SIGTERM.
-    #[command(after_help = EXIT_CODES)]
+    #[command(after_help = after_help())]
     Watch(WatchArgs),
 }
 
@@ -358,20 +373,28 @@ pub fn parse_filter(s: &str) -> Result<Query, String> {
     })
 }
 
-/// A time argument: the forms of [`TIME_HELP`].
+/// A time argument: the forms of [`TIME_HELP`]. A number is Unix seconds, as every JSON of
+/// `lq` prints times; one before 2000 (which DHCPv6 cannot express) is refused, with the Unix
+/// value it stands for when it was meant as a server time in seconds since 2000, the form `lq`
+/// took before.
 pub fn parse_time(s: &str) -> Result<ServerTime, String> {
-    if let Ok(v) = s.parse::<u32>() {
-        return Ok(ServerTime(v));
+    let unix = match s.strip_prefix('@').unwrap_or(s).parse::<u64>() {
+        Ok(unix) => unix,
+        Err(_) if s.starts_with('@') => return Err(format!("'{s}' is not @UNIX-SECONDS")),
+        Err(_) => parse_rfc3339(s)
+            .and_then(|unix| u64::try_from(unix).ok())
+            .ok_or_else(|| format!("'{s}' is not a time: {TIME_HELP}"))?,
+    };
+    if unix < ServerTime::UNIX_OFFSET {
+        return Err(format!(
+            "'{s}' is before 2000-01-01, which DHCPv6 cannot express; times are Unix seconds \
+             now (a server time in seconds since 2000 is {} in Unix seconds)",
+            unix.saturating_add(ServerTime::UNIX_OFFSET)
+        ));
     }
-    if let Some(unix) = s.strip_prefix('@') {
-        return unix
-            .parse::<u64>()
-            .map(ServerTime::from_unix)
-            .map_err(|_| format!("'{s}' is not @UNIX-SECONDS"));
-    }
-    parse_rfc3339(s)
-        .map(|unix| ServerTime::from_unix(u64::try_from(unix).unwrap_or(0)))
-        .ok_or_else(|| format!("'{s}' is not a time: {TIME_HELP}"))
+    u32::try_from(unix - ServerTime::UNIX_OFFSET)
+        .map(ServerTime)
+        .map_err(|_| format!("'{s}' is after 2136, which DHCPv6 cannot express"))
 }
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
@@ -440,8 +463,15 @@ mod tests {
             parse_rfc3339("2025-01-01T01:00:00+01:00"),
             Some(1_735_689_600)
         );
-        assert_eq!(parse_time("789004800"), Ok(ServerTime(789_004_800)));
+        // Unix seconds, as every JSON field ending in _unix_s prints them (issue 17).
+        assert_eq!(parse_time("1735689600"), Ok(ServerTime(789_004_800)));
         assert_eq!(parse_time("@1735689600"), Ok(ServerTime(789_004_800)));
+        // A DHCPv6 server time (seconds since 2000), as lq printed before: before 2000 in
+        // Unix seconds, refused with the Unix value it stands for.
+        let e = parse_time("789004800").unwrap_err();
+        assert!(e.contains("1735689600"), "{e}");
+        assert!(parse_time("@99").is_err());
+        assert!(parse_time("9999999999").is_err(), "after 2136");
         assert_eq!(
             parse_time("2025-01-01T00:00:00Z"),
             Ok(ServerTime(789_004_800))
@@ -450,6 +480,28 @@ mod tests {
         for days in [-1000, 0, 11016, 20000, 60000] {
             let (y, m, d) = civil_from_days(days);
             assert_eq!(days_from_civil(y, m, d), days);
+        }
+    }
+
+    /// `lq --help` and each subcommand's say how JSON gives times (issue 17).
+    #[test]
+    fn help_documents_the_json_time_convention() {
+        use clap::CommandFactory;
+        let mut cmd = Cli::command();
+        let mut helps = vec![cmd.render_long_help().to_string()];
+        for sub in ["query", "bulk", "watch"] {
+            let sub = cmd.find_subcommand_mut(sub).expect("subcommand");
+            helps.push(sub.render_long_help().to_string());
+        }
+        for help in helps {
+            for needle in [
+                "Unix seconds",
+                "_unix_s",
+                "base_time_unix_s",
+                "server's clock",
+            ] {
+                assert!(help.contains(needle), "{needle:?} missing:\n{help}");
+            }
         }
     }
 

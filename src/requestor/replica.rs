@@ -17,42 +17,43 @@
 //! replaces only what that stream reported. [`Replica::apply`] and [`Replica::replace_all`]
 //! use stream 0.
 //!
-//! The state file is JSON:
+//! The state file is JSON (version 2):
 //!
 //! ```text
-//! {"version":1,"server":"[::1]:547","scope":"link 2001:db8:0:1::1, link 2001:db8:0:2::1",
-//!  "base_time":789004800,
-//!  "streams":[{"base_time":789004800},{"base_time":789004812}],
-//!  "clients":[{"client_id":"000300010200000000a1","last_transaction_ms":1735689000000,
+//! {"version":2,"server":"[::1]:547","scope":"link 2001:db8:0:1::1, link 2001:db8:0:2::1",
+//!  "base_time_unix_s":1735689600,
+//!  "streams":[{"base_time_unix_s":1735689600},{"base_time_unix_s":1735689612}],
+//!  "clients":[{"client_id":"000300010200000000a1","last_transaction_unix_s":1735689000,
 //!              "leases":[{"kind":"address","address":"2001:db8:0:1::2a","prefix_len":128,
-//!                         "preferred_until_ms":1735692600000,"valid_until_ms":1735696200000}]},
+//!                         "preferred_until_unix_s":1735692600,"valid_until_unix_s":1735696200,
+//!                         "server_ends_unix_s":[1735692600,1735696200]}]},
 //!             {"client_id":"000300010200000000b2","stream":1,"leases":[...]}]}
 //! ```
 //!
-//! Local times are Unix milliseconds (`null`: infinite lifetime); base-times are the server's
-//! time (seconds since 2000), kept to be sent back as START_TIME. `streams` holds each
-//! stream's base-time, in the order of the scope; the top-level `base_time` is the earliest
-//! of them (what files without `streams` hold, for their one stream). A client's `leases`
-//! are the union of its views; `stream` names the one stream that reported it (absent: 0),
-//! and a client several streams reported has `views` instead: `[{"stream":0,"leases":[0,1],
-//! "last_transaction_ms":...}]`, each listing indexes into `leases`.
+//! Every time is Unix seconds, in a field ending in `_unix_s` (`null`: an infinite
+//! lifetime, or none known). Base-times and `server_ends_unix_s` are on the server's clock
+//! (its DHCPv6 time, seconds since 2000, is that minus 946,684,800): a base-time is sent back
+//! as START_TIME. The other times are on the local clock. `streams` holds each stream's
+//! base-time, in the order of the scope; the top-level `base_time_unix_s` is the earliest of
+//! them. A client's `leases` are the union of its views; `stream` names the one stream that
+//! reported it (absent: 0), and a client several streams reported has `views` instead:
+//! `[{"stream":0,"leases":[0,1],"last_transaction_unix_s":...}]`, each listing indexes into
+//! `leases`. Files of version 1 (server seconds since 2000 and Unix milliseconds) are still
+//! read ([`state_file`]).
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
-use std::net::Ipv6Addr;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
-
-use super::binding::{ClientData, Lease, LeaseKind};
+use super::binding::{ClientData, Lease};
 use super::error::{Error, Result};
-use super::time::{from_unix_ms, unix_ms};
+use super::time::unix_ms;
 use crate::codec::ServerTime;
+use state_file::{FileClient, FileLease, FileStream, FileView, StateFile, VERSION};
 
-/// The state file's format version.
-const VERSION: u32 = 1;
+mod state_file;
 
 /// What the replica holds for one client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -409,14 +410,7 @@ impl Replica {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Error::state(path, e)),
         };
-        let file: StateFile =
-            serde_json::from_str(&text).map_err(|e| Error::state(path, format!("{e}")))?;
-        if file.version != VERSION {
-            return Err(Error::state(
-                path,
-                format!("version {} (this lq reads {VERSION})", file.version),
-            ));
-        }
+        let file = state_file::parse(&text).map_err(|e| Error::state(path, e))?;
         if file.server != server || file.scope != scope {
             return Err(Error::state(
                 path,
@@ -428,22 +422,32 @@ impl Replica {
                 ),
             ));
         }
+        let base_time = |t: Option<u64>| {
+            t.map(state_file::server_time)
+                .transpose()
+                .map_err(|e| Error::state(path, format!("base-time {e}")))
+        };
         let mut replica = Self {
             unstreamed: file.streams.is_none(),
             base_times: match &file.streams {
                 Some(streams) => streams
                     .iter()
-                    .map(|s| s.base_time.map(ServerTime))
-                    .collect(),
-                None => vec![file.base_time.map(ServerTime)],
+                    .map(|s| base_time(s.base_time_unix_s))
+                    .collect::<Result<_>>()?,
+                None => vec![base_time(file.base_time_unix_s)?],
             },
             ..Self::default()
         };
         for c in file.clients {
             let client_id =
                 hex::decode(&c.client_id).map_err(|e| Error::state(path, format!("{e}")))?;
-            let saved: Vec<Lease> = c.leases.iter().map(FileLease::to_lease).collect();
-            let last_transaction = c.last_transaction_ms.map(from_unix_ms);
+            let saved: Vec<Lease> = c
+                .leases
+                .iter()
+                .map(FileLease::to_lease)
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::state(path, format!("client {}: {e}", c.client_id)))?;
+            let last_transaction = c.last_transaction_unix_s.map(state_file::from_unix_s);
             let views = match &c.views {
                 Some(views) => views
                     .iter()
@@ -456,7 +460,9 @@ impl Replica {
                         leases.sort_by_key(Lease::key);
                         let view = Client {
                             leases,
-                            last_transaction: v.last_transaction_ms.map(from_unix_ms),
+                            last_transaction: v
+                                .last_transaction_unix_s
+                                .map(state_file::from_unix_s),
                         };
                         (v.stream, view)
                     })
@@ -485,12 +491,12 @@ impl Replica {
             version: VERSION,
             server: server.to_owned(),
             scope: scope.to_owned(),
-            base_time: self.base_time().map(|t| t.0),
+            base_time_unix_s: self.base_time().map(ServerTime::to_unix),
             streams: Some(
                 self.base_times
                     .iter()
                     .map(|t| FileStream {
-                        base_time: t.map(|t| t.0),
+                        base_time_unix_s: t.map(ServerTime::to_unix),
                     })
                     .collect(),
             ),
@@ -531,7 +537,7 @@ impl Replica {
                     .map(|(s, v)| FileView {
                         stream: *s,
                         leases: v.leases.iter().filter_map(index).collect(),
-                        last_transaction_ms: v.last_transaction.map(unix_ms),
+                        last_transaction_unix_s: v.last_transaction.map(state_file::unix_s),
                     })
                     .collect();
                 (0, Some(views))
@@ -539,7 +545,7 @@ impl Replica {
         };
         FileClient {
             client_id: hex::encode(id),
-            last_transaction_ms: c.last_transaction.map(unix_ms),
+            last_transaction_unix_s: c.last_transaction.map(state_file::unix_s),
             stream,
             views,
             leases: c.leases.iter().map(FileLease::from_lease).collect(),
@@ -587,109 +593,19 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct StateFile {
-    version: u32,
-    server: String,
-    scope: String,
-    /// The earliest of the streams' base-times (the only one in files without `streams`).
-    base_time: Option<u32>,
-    /// Each stream's base-time, in the order of the scope; absent in files written before
-    /// streams were kept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    streams: Option<Vec<FileStream>>,
-    clients: Vec<FileClient>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct FileStream {
-    base_time: Option<u32>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct FileClient {
-    client_id: String,
-    last_transaction_ms: Option<i64>,
-    /// The one stream that reported the client (with `views` absent).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    stream: usize,
-    /// What each stream reported, when several did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    views: Option<Vec<FileView>>,
-    leases: Vec<FileLease>,
-}
-
-const fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct FileView {
-    stream: usize,
-    /// Indexes into the client's `leases`.
-    leases: Vec<usize>,
-    last_transaction_ms: Option<i64>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct FileLease {
-    kind: FileKind,
-    address: Ipv6Addr,
-    prefix_len: u8,
-    preferred_until_ms: Option<i64>,
-    valid_until_ms: Option<i64>,
-    /// The server's end times (preferred, valid), in its seconds since 2000; absent in files
-    /// of earlier versions.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    server_ends: Option<(u32, u32)>,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum FileKind {
-    Address,
-    Prefix,
-}
-
-impl FileLease {
-    fn from_lease(l: &Lease) -> Self {
-        Self {
-            kind: match l.kind {
-                LeaseKind::Address => FileKind::Address,
-                LeaseKind::Prefix => FileKind::Prefix,
-            },
-            address: l.address,
-            prefix_len: l.prefix_len,
-            preferred_until_ms: l.preferred_until.map(unix_ms),
-            valid_until_ms: l.valid_until.map(unix_ms),
-            server_ends: l.server_ends.map(|(p, v)| (p.0, v.0)),
-        }
-    }
-
-    fn to_lease(&self) -> Lease {
-        Lease {
-            kind: match self.kind {
-                FileKind::Address => LeaseKind::Address,
-                FileKind::Prefix => LeaseKind::Prefix,
-            },
-            address: self.address,
-            prefix_len: self.prefix_len,
-            preferred_until: self.preferred_until_ms.map(from_unix_ms),
-            valid_until: self.valid_until_ms.map(from_unix_ms),
-            server_ends: self
-                .server_ends
-                .map(|(p, v)| (ServerTime(p), ServerTime(v))),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
+    use crate::requestor::binding::LeaseKind;
     use crate::requestor::time::TimeBase;
 
+    /// A client's data received now, to the whole second (what the state file keeps).
     fn data(id: u8, leases: &[(&str, u32)]) -> ClientData {
-        let time = TimeBase::now(Some(ServerTime(1000)));
+        let mut time = TimeBase::now(Some(ServerTime(1000)));
+        time.received = state_file::from_unix_s(state_file::unix_s(time.received));
         let mut d = ClientData {
             client_id: vec![0, 3, 0, 1, id],
             leases: Vec::new(),
@@ -785,6 +701,113 @@ mod tests {
         std::fs::write(&path, "{").unwrap();
         let e = Replica::load(&path, "s", "").unwrap_err().to_string();
         assert!(e.starts_with("state file "), "{e}");
+    }
+
+    /// Local times are kept to the second, rounded down (issue 17: one convention, Unix
+    /// seconds, in every JSON lq writes).
+    #[test]
+    fn the_state_file_keeps_local_times_to_the_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut d = data(1, &[("2001:db8::1", 100)]);
+        let at = UNIX_EPOCH + Duration::from_millis(1_735_689_600_999);
+        d.last_transaction = Some(at);
+        d.leases[0].valid_until = Some(at);
+        let mut r = Replica::new();
+        r.apply(&d);
+        r.save(&path, "s", "").unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["clients"][0]["last_transaction_unix_s"], 1_735_689_600);
+        assert_eq!(
+            v["clients"][0]["leases"][0]["valid_until_unix_s"],
+            1_735_689_600
+        );
+        let loaded = Replica::load(&path, "s", "").unwrap().unwrap();
+        let c = &loaded.clients()[&vec![0, 3, 0, 1, 1]];
+        assert_eq!(
+            c.last_transaction,
+            Some(UNIX_EPOCH + Duration::from_secs(1_735_689_600))
+        );
+    }
+
+    /// A state file written by an earlier `lq` (version 1: server seconds since 2000, Unix
+    /// milliseconds) still loads, its times converted; the next save writes version 2.
+    #[test]
+    fn a_version_1_state_file_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(
+            &path,
+            r#"{"version":1,"server":"s","scope":"two","base_time":789004800,
+                "streams":[{"base_time":789004800},{"base_time":789004812}],
+                "clients":[{"client_id":"000300010200000000a1","last_transaction_ms":1735689000123,
+                  "leases":[{"kind":"address","address":"2001:db8:0:1::2a","prefix_len":128,
+                    "preferred_until_ms":1735692600000,"valid_until_ms":1735696200999,
+                    "server_ends":[789008400,789012000]}]},
+                  {"client_id":"000300010200000000b2","stream":1,"leases":[{"kind":"prefix",
+                    "address":"3fff::","prefix_len":56,"preferred_until_ms":null,
+                    "valid_until_ms":null}]}]}"#,
+        )
+        .unwrap();
+        let r = Replica::load(&path, "s", "two").unwrap().unwrap();
+        assert!(!r.unstreamed());
+        assert_eq!(r.stream_base_time(0), Some(ServerTime(789_004_800)));
+        assert_eq!(r.stream_base_time(1), Some(ServerTime(789_004_812)));
+        let a1 = &r.clients()[&hex::decode("000300010200000000a1").unwrap()];
+        assert_eq!(
+            a1.last_transaction,
+            Some(UNIX_EPOCH + Duration::from_secs(1_735_689_000))
+        );
+        let l = a1.leases[0];
+        assert_eq!(
+            l.valid_until,
+            Some(UNIX_EPOCH + Duration::from_secs(1_735_696_200))
+        );
+        assert_eq!(
+            l.server_ends,
+            Some((ServerTime(789_008_400), ServerTime(789_012_000)))
+        );
+        assert_eq!(
+            r.streams_of(&hex::decode("000300010200000000b2").unwrap()),
+            [1]
+        );
+        r.save(&path, "s", "two").unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(v["version"], 2);
+        assert_eq!(v["base_time_unix_s"], 1_735_689_600);
+        assert_eq!(
+            v["clients"][0]["leases"][0]["server_ends_unix_s"],
+            serde_json::json!([1_735_693_200, 1_735_696_800])
+        );
+        assert_eq!(Replica::load(&path, "s", "two").unwrap(), Some(r));
+
+        // A version 1 file written before streams were kept: its one stream, unstreamed.
+        std::fs::write(
+            &path,
+            r#"{"version":1,"server":"s","scope":"","base_time":1000,"clients":[]}"#,
+        )
+        .unwrap();
+        let r = Replica::load(&path, "s", "").unwrap().unwrap();
+        assert!(r.unstreamed());
+        assert_eq!(r.base_time(), Some(ServerTime(1000)));
+
+        // Versions this lq does not know, and times DHCPv6 cannot hold, are errors.
+        std::fs::write(
+            &path,
+            r#"{"version":3,"server":"s","scope":"","clients":[]}"#,
+        )
+        .unwrap();
+        let e = Replica::load(&path, "s", "").unwrap_err().to_string();
+        assert!(e.contains("version 3"), "{e}");
+        std::fs::write(
+            &path,
+            r#"{"version":2,"server":"s","scope":"","base_time_unix_s":789004800,"clients":[]}"#,
+        )
+        .unwrap();
+        let e = Replica::load(&path, "s", "").unwrap_err().to_string();
+        assert!(e.contains("not a DHCPv6 server time"), "{e}");
     }
 
     fn addresses(r: &Replica, id: u8) -> Vec<String> {
@@ -886,8 +909,9 @@ mod tests {
         assert_eq!(loaded.streams_of(&[0, 3, 0, 1, 3]), [0, 2]);
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(v["base_time"], 300);
-        assert_eq!(v["streams"][2]["base_time"], 700);
+        assert_eq!(v["version"], 2);
+        assert_eq!(v["base_time_unix_s"], 300 + 946_684_800);
+        assert_eq!(v["streams"][2]["base_time_unix_s"], 700 + 946_684_800);
         assert!(
             v["clients"][0].get("stream").is_none(),
             "stream 0 is implied"

@@ -30,6 +30,35 @@ const KEEP_CAPACITY: usize = 8 * 1024;
 /// output waits in `outbuf` like a plain connection's, and the send timeout sees it.
 const TLS_BUFFER: usize = 64 * 1024;
 
+/// The close reason when the requestor ended the connection with a FIN.
+pub(super) const REQUESTOR_CLOSED: &str = "requestor closed the connection";
+
+/// The close reason when the requestor went away abruptly: a reset (RST, an `SO_LINGER` 0
+/// close, a crashed or rebooted requestor), or the broken pipe a write meets after one.
+pub(super) const REQUESTOR_RESET: &str = "requestor reset the connection";
+
+/// The close reason for an I/O error met while `doing` (`read`, `write`, `connection`): a
+/// requestor that went away (reset, aborted, broken pipe) is an ordinary close; any other
+/// error is a fault, its reason starting with `"{doing} failed: "`.
+fn io_close(doing: &str, e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe => REQUESTOR_RESET.to_owned(),
+        _ => format!("{doing} failed: {e}"),
+    }
+}
+
+/// True when a close `reason` is a fault worth a warning (an I/O error other than the
+/// requestor going away), false for an ordinary close: the requestor closed or reset the
+/// connection, a protocol violation, a timeout, a refusal, shutdown. Those are logged at
+/// info, each with its reason.
+pub(super) fn is_fault(reason: &str) -> bool {
+    ["read failed: ", "write failed: ", "connection failed: "]
+        .iter()
+        .any(|p| reason.starts_with(p))
+}
+
 /// A connection's TLS, once STARTTLS was accepted (D25).
 enum Tls {
     /// Plain text.
@@ -323,18 +352,15 @@ impl Conn {
         ctx: &Ctx<'_, L>,
         cache: &mut EncodeCache,
         cfg: &ServerConfig,
-        mut obs: Option<&mut Observe<'_>>,
+        obs: Option<&mut Observe<'_>>,
     ) -> Result<bool, String> {
         let mut more = false;
         if std::mem::take(&mut self.hung_up) {
             // After the requestor's FIN a read only says EOF again: the reset that answers
             // a write to a requestor that is gone shows here.
             match self.stream.take_error() {
-                Ok(Some(e)) => return Err(format!("connection lost: {e}")),
-                Err(e) => return Err(format!("connection lost: {e}")),
-                Ok(None) if self.read_closed => {
-                    return Err("requestor closed the connection".into());
-                }
+                Ok(Some(e)) | Err(e) => return Err(io_close("connection", &e)),
+                Ok(None) if self.read_closed => return Err(REQUESTOR_CLOSED.into()),
                 Ok(None) => {}
             }
         }
@@ -414,9 +440,9 @@ impl Conn {
             }
         }
         if self.writable {
-            self.write().map_err(|e| format!("write failed: {e}"))?;
+            self.write().map_err(|e| io_close("write", &e))?;
         }
-        if let Some(o) = obs.as_deref_mut() {
+        if let Some(o) = obs {
             self.observe_written(&mut o.turn.fanout, ctx.mono);
         }
         if self.to_identify().is_some() {
@@ -431,7 +457,7 @@ impl Conn {
         if self.read_closed && idle && !self.session.holds_whole_frame(&self.inbuf) {
             // Nothing runs, nothing is left to send, and what is buffered is at most part of
             // a frame that can no longer complete.
-            return Err("requestor closed the connection".into());
+            return Err(REQUESTOR_CLOSED.into());
         }
         // Output left and the socket still writable (the fill stopped at high water), or
         // queries waiting while the session can take more: come back next turn.
@@ -539,7 +565,7 @@ impl Conn {
                     return Ok(false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("read failed: {e}")),
+                Err(e) => return Err(io_close("read", &e)),
             }
             self.absorb_tls(&mut io::empty())?;
             if self.inbuf.len() >= INBUF_CAP {
@@ -616,7 +642,7 @@ impl Conn {
                     return Ok(false);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("read failed: {e}")),
+                Err(e) => return Err(io_close("read", &e)),
             }
             // Do not buffer more than a few queries ahead of the session (D22).
             if self.inbuf.len() >= INBUF_CAP {

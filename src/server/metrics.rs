@@ -631,7 +631,7 @@ impl Metrics {
     pub fn requestors_json(&self) -> String {
         let snap = self.read_snapshot();
         serde_json::to_string_pretty(&RequestorsView {
-            taken_at: snap.taken_unix,
+            taken_at_unix_s: (snap.taken_unix > 0).then_some(snap.taken_unix),
             connections: &snap.conns,
             recently_closed: &snap.closed,
         })
@@ -639,9 +639,12 @@ impl Metrics {
     }
 }
 
+/// `/requestors`. Every point in time is Unix seconds in a field ending in `_unix_s`, the
+/// convention of every JSON lqd and `lq` write.
 #[derive(Serialize)]
 struct RequestorsView<'a> {
-    taken_at: u64,
+    /// When the snapshot was taken; `null` before the loop published its first.
+    taken_at_unix_s: Option<u64>,
     connections: &'a [ConnView],
     recently_closed: &'a VecDeque<ClosedView>,
 }
@@ -793,6 +796,7 @@ pub(super) struct ConnView {
     pub(super) requestor: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(super) tls: Option<TlsView>,
+    #[serde(rename = "connected_since_unix_s")]
     pub(super) connected_since: u64,
     pub(super) bytes_sent: u64,
     pub(super) queries: Vec<QueryView>,
@@ -810,6 +814,7 @@ pub(super) struct QueryView {
     pub(super) xid: String,
     pub(super) kind: &'static str,
     pub(super) query_type: &'static str,
+    #[serde(rename = "running_since_unix_s")]
     pub(super) running_since: u64,
     pub(super) state: &'static str,
     pub(super) lag_records: u64,
@@ -820,6 +825,7 @@ pub(super) struct QueryView {
 #[derive(Debug, Clone, Serialize)]
 pub(super) struct ClosedView {
     pub(super) peer: String,
+    #[serde(rename = "closed_at_unix_s")]
     pub(super) closed_at: u64,
     pub(super) reason: String,
 }

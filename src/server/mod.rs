@@ -16,7 +16,7 @@ pub mod tls;
 pub use reload::{Live, LiveHandle, Reloader, SetLogFilter};
 
 use std::collections::{HashMap, VecDeque};
-use std::io;
+use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,13 +143,15 @@ pub struct JournalSettings {
 }
 
 const WAKER: Token = Token(0);
+/// The read end of the signal pipe ([`Server::wake_on_signals`]).
+const SIGNALS: Token = Token(1);
 /// Closed connections the requestor view keeps.
 const CLOSED_KEPT: usize = 256;
 /// Runs of arrivals kept for the fan-out latency, and for how long: a delivery later than
 /// that is a catch-up, not fan-out.
 const ARRIVALS_KEPT: usize = 100_000;
 const ARRIVAL_AGE: Duration = Duration::from_secs(120);
-const LISTENER_BASE: usize = 1;
+const LISTENER_BASE: usize = 2;
 const FIRST_CONN: usize = 1 << 16;
 /// How often a listener whose accept failed is tried again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -201,6 +203,9 @@ pub struct Server {
     /// The journal's next sequence number when the server started (appends are counted from
     /// there).
     first_seq: u64,
+    /// The read end of the pipe the signal handlers write to, once
+    /// [`wake_on_signals`](Self::wake_on_signals) made one.
+    signals: Option<mio::net::UnixStream>,
     /// With source times (D33): the newest time the source gave (never going back).
     clock: Option<ServerTime>,
 }
@@ -303,6 +308,7 @@ impl Server {
             turn: Turn::default(),
             closed: VecDeque::new(),
             first_seq: 0,
+            signals: None,
             clock: None,
         })
     }
@@ -390,8 +396,50 @@ impl Server {
         self.feed = Some(feed);
     }
 
+    /// Wakes the loop at once when one of `signals` arrives, through a pipe the signal handler
+    /// writes a byte to (the self-pipe pattern): the flag those signals set (`stop`) is then
+    /// seen on that turn, not when the loop's poll times out (up to 250 ms later). Register
+    /// the handlers that set the flags first, so that a flag is set before the byte that wakes
+    /// the loop is written.
+    pub fn wake_on_signals(&mut self, signals: &[std::ffi::c_int]) -> io::Result<()> {
+        let (read, write) = std::os::unix::net::UnixStream::pair()?;
+        read.set_nonblocking(true)?;
+        write.set_nonblocking(true)?;
+        let mut read = mio::net::UnixStream::from_std(read);
+        self.poll
+            .registry()
+            .register(&mut read, SIGNALS, Interest::READABLE)?;
+        for &signal in signals {
+            signal_hook::low_level::pipe::register(signal, write.try_clone()?)?;
+        }
+        self.signals = Some(read);
+        Ok(())
+    }
+
+    /// Empties the signal pipe (edge-triggered: all of it); the loop then looks at the flags.
+    fn drain_signals(&mut self) {
+        let Some(pipe) = self.signals.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 64];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+
     /// Runs until `stop` is set (by SIGTERM / SIGINT), then ends every running query with
-    /// QueryTerminated (decision D9) and closes.
+    /// QueryTerminated (decision D9), closes every connection and flushes the journal, its
+    /// header made exact.
+    ///
+    /// Once it has returned, what dropping the server does is free memory: the store, its
+    /// indexes, the postings and the journal's index, millions of allocations for a large
+    /// population (freeing those of 200,000 clients took 3.5 s in a debug build). A process
+    /// that exits right after may skip it (`std::mem::forget`), as `lqd` does.
     pub fn run(&mut self, stop: &AtomicBool) -> io::Result<()> {
         self.first_seq = self.history.journal().next_seq();
         let mut events = Events::with_capacity(1024);
@@ -421,6 +469,8 @@ impl Server {
                 match event.token() {
                     // The feed is drained below, every turn.
                     WAKER => {}
+                    // The flags the signal set are read at the top of the next turn.
+                    SIGNALS => self.drain_signals(),
                     Token(t) if (LISTENER_BASE..FIRST_CONN).contains(&t) => {
                         let i = (t - LISTENER_BASE) / 2;
                         if (t - LISTENER_BASE) % 2 == 0 {
@@ -837,7 +887,7 @@ impl Server {
             mono: Instant::now(),
             active: self.cfg.active,
         };
-        let mut obs = self.cfg.metrics.is_some().then(|| Observe {
+        let mut obs = self.cfg.metrics.is_some().then_some(Observe {
             arrivals: &self.arrivals,
             turn: &mut self.turn,
         });
@@ -888,7 +938,11 @@ impl Server {
             }
         }
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        info!(peer = %conn.peer, reason, "connection closed");
+        if conn::is_fault(reason) {
+            warn!(peer = %conn.peer, reason, "connection closed");
+        } else {
+            info!(peer = %conn.peer, reason, "connection closed");
+        }
         self.release_peer(conn.peer.ip());
         if let Some(m) = &self.cfg.metrics {
             m.closed.fetch_add(1, Ordering::Relaxed);

@@ -86,7 +86,7 @@ pub(crate) fn state(path: &Path) -> Option<(Option<u64>, Bindings)> {
             ));
         }
     }
-    Some((v["base_time"].as_u64(), all))
+    Some((v["base_time_unix_s"].as_u64(), all))
 }
 
 /// A human-readable difference between two sets of bindings.
@@ -220,7 +220,7 @@ pub(crate) fn state_by_stream(path: &Path) -> Option<ByStream> {
     let bases = v["streams"]
         .as_array()?
         .iter()
-        .map(|s| s["base_time"].as_u64())
+        .map(|s| s["base_time_unix_s"].as_u64())
         .collect();
     let mut by = BTreeMap::<usize, Bindings>::new();
     for c in v["clients"].as_array()? {

@@ -75,7 +75,8 @@ struct Highest {
     requestors: usize,
     /// None when even the first step missed.
     rate: Option<f64>,
-    /// The step that missed, if one did.
+    /// The rate of the step that missed, if one did (a rate, not a time: named so).
+    #[serde(rename = "missed_rate")]
     missed_at: Option<f64>,
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::lqdlog::{End, Line, REQUESTOR_CLOSED, Said, count, ends};
+use super::lqdlog::{End, Line, Said, by_requestor, count, ends};
 use super::tracker::Conn;
 
 /// How long after being opened lqd ended the connections of one kind (`refused: why` or
@@ -75,7 +75,7 @@ pub(super) fn ended_by_lqd(conns: &[(SocketAddr, SystemTime)], lines: &[Line]) -
     ends(&peers(conns), lines)
         .iter()
         .enumerate()
-        .filter(|(_, e)| e.as_ref().is_some_and(|e| e.why != REQUESTOR_CLOSED))
+        .filter(|(_, e)| e.as_ref().is_some_and(|e| !by_requestor(&e.why)))
         .map(|(i, _)| i)
         .collect()
 }
@@ -110,7 +110,7 @@ pub(super) fn fates(
         let after_ours = c
             .closed_by_us
             .is_some_and(|t| *time >= t.checked_sub(Duration::from_millis(1)).unwrap_or(t));
-        if why == REQUESTOR_CLOSED || after_ours {
+        if by_requestor(why) || after_ours {
             f.not_closed += 1;
             if let Some(t) = c.closed_by_us {
                 freed

@@ -59,6 +59,15 @@ pub(super) struct Line {
 /// The reason lqd gives when the requestor closed first.
 pub(super) const REQUESTOR_CLOSED: &str = "requestor closed the connection";
 
+/// The reason lqd gives when the requestor reset the connection (or lqd's write met the broken
+/// pipe after a reset).
+pub(super) const REQUESTOR_RESET: &str = "requestor reset the connection";
+
+/// True when lqd's close reason `why` says the requestor ended the connection, not lqd.
+pub(super) fn by_requestor(why: &str) -> bool {
+    why == REQUESTOR_CLOSED || why == REQUESTOR_RESET
+}
+
 /// Reads the lines lqd appends to its log, from a starting point on.
 pub(super) struct LogReader {
     path: PathBuf,
