@@ -257,9 +257,17 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
         .name("lqd-reload".into())
         .spawn(move || {
             for _ in hangups.forever() {
-                if let Ok(config) = reloader.reload() {
-                    raise_fd_limit(config.max_connections);
-                }
+                // systemd shows the unit as reloading until READY=1 comes again, whether
+                // the new configuration was taken or rejected (the running one stays).
+                notify("RELOADING=1\nSTATUS=reloading the configuration");
+                let status = match reloader.reload() {
+                    Ok(config) => {
+                        raise_fd_limit(config.max_connections);
+                        "configuration reloaded"
+                    }
+                    Err(_) => "configuration rejected; the running settings stay",
+                };
+                notify(&format!("READY=1\nSTATUS={status}"));
             }
         })
         .map_err(|e| format!("reload thread: {e}"))?;
