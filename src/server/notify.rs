@@ -5,9 +5,9 @@
 //! written with a leading `@`. lqd sends `READY=1` once its TCP and UDP ports listen, its
 //! journal is open and its source runs, so `systemctl start lqd` returns when requestors can be
 //! served and units ordered after lqd start then; `RELOADING=1` when a SIGHUP starts a reload
-//! and `READY=1` again once it is done (taken or rejected); `STOPPING=1` when it begins to stop. Each
-//! message is one datagram of newline-separated `KEY=VALUE` lines. Outside systemd the variable
-//! is unset and nothing is sent.
+//! and `READY=1` again once it is done (taken or rejected); `STOPPING=1` when it begins to
+//! stop. Each message is one datagram of newline-separated `KEY=VALUE` lines. Outside systemd
+//! the variable is unset and nothing is sent.
 
 use std::ffi::OsStr;
 use std::io;
