@@ -75,53 +75,9 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Adds `other` to these counts and empties it. Called for every connection and query
-    /// when the server takes the counts, so it only moves what is there.
-    pub fn absorb(&mut self, other: &mut Self) {
-        // Destructured, so that a new count cannot be forgotten here.
-        let Self {
-            deliveries,
-            coalesced,
-            data_missing,
-            catch_ups_started,
-            catch_ups_completed,
-            starttls_accepted,
-            starttls_refused,
-            outcomes,
-            delivered,
-        } = other;
-        for (to, from) in [
-            (&mut self.deliveries, deliveries),
-            (&mut self.coalesced, coalesced),
-            (&mut self.data_missing, data_missing),
-            (&mut self.catch_ups_started, catch_ups_started),
-            (&mut self.catch_ups_completed, catch_ups_completed),
-            (&mut self.starttls_accepted, starttls_accepted),
-            (&mut self.starttls_refused, starttls_refused),
-        ] {
-            if *from != 0 {
-                *to = to.saturating_add(std::mem::take(from));
-            }
-        }
-        if !delivered.is_empty() {
-            if self.delivered.is_empty() {
-                // The usual case, one query per connection: its vector moves, nothing is
-                // copied.
-                std::mem::swap(&mut self.delivered, delivered);
-            } else {
-                self.delivered.append(delivered);
-            }
-        }
-        if !outcomes.is_empty() {
-            self.outcomes.append(outcomes);
-        }
-        // The emptied vectors keep a small capacity for the next turn, not a large one.
-        trim(outcomes);
-        trim(delivered);
-    }
-
-    /// Forgets the counts (after they were added to the metrics), keeping a small capacity.
-    pub fn clear(&mut self) {
+    /// The counts, with the two lists beside them. Destructured, so that a count added to
+    /// the struct cannot be forgotten by [`Self::absorb`] or [`Self::clear`].
+    fn parts(&mut self) -> ([&mut u64; 7], &mut Vec<Outcome>, &mut Vec<u64>) {
         let Self {
             deliveries,
             coalesced,
@@ -133,15 +89,52 @@ impl Tally {
             outcomes,
             delivered,
         } = self;
-        for n in [
-            deliveries,
-            coalesced,
-            data_missing,
-            catch_ups_started,
-            catch_ups_completed,
-            starttls_accepted,
-            starttls_refused,
-        ] {
+        (
+            [
+                deliveries,
+                coalesced,
+                data_missing,
+                catch_ups_started,
+                catch_ups_completed,
+                starttls_accepted,
+                starttls_refused,
+            ],
+            outcomes,
+            delivered,
+        )
+    }
+
+    /// Adds `other` to these counts and empties it. Called for every connection and query
+    /// when the server takes the counts, so it only moves what is there.
+    pub fn absorb(&mut self, other: &mut Self) {
+        let (to_counts, to_outcomes, to_delivered) = self.parts();
+        let (counts, outcomes, delivered) = other.parts();
+        for (to, from) in to_counts.into_iter().zip(counts) {
+            if *from != 0 {
+                *to = to.saturating_add(std::mem::take(from));
+            }
+        }
+        if !delivered.is_empty() {
+            if to_delivered.is_empty() {
+                // The usual case, one query per connection: its vector moves, nothing is
+                // copied.
+                std::mem::swap(to_delivered, delivered);
+            } else {
+                to_delivered.append(delivered);
+            }
+        }
+        if !outcomes.is_empty() {
+            to_outcomes.append(outcomes);
+        }
+        // The emptied vectors keep a small capacity for the next turn, not a large one.
+        trim(outcomes);
+        trim(delivered);
+    }
+
+    /// Forgets the counts (after they were added to the metrics), keeping a small capacity.
+    pub fn clear(&mut self) {
+        let (counts, outcomes, delivered) = self.parts();
+        for n in counts {
             *n = 0;
         }
         trim(outcomes);
@@ -160,5 +153,60 @@ impl Tally {
             query_type,
             status,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(n: u64) -> Tally {
+        let mut t = Tally {
+            deliveries: n,
+            coalesced: n + 1,
+            data_missing: n + 2,
+            catch_ups_started: n + 3,
+            catch_ups_completed: n + 4,
+            starttls_accepted: n + 5,
+            starttls_refused: n + 6,
+            outcomes: Vec::new(),
+            delivered: vec![n * 16],
+        };
+        t.outcome(QueryMessage::Active, None, Status::Success);
+        t
+    }
+
+    #[test]
+    fn absorb_moves_every_count_and_list_and_empties_the_other() {
+        let mut total = full(10);
+        let mut turn = full(100);
+        total.absorb(&mut turn);
+        assert_eq!(
+            (
+                total.deliveries,
+                total.coalesced,
+                total.data_missing,
+                total.catch_ups_started,
+                total.catch_ups_completed,
+                total.starttls_accepted,
+                total.starttls_refused
+            ),
+            (110, 112, 114, 116, 118, 120, 122)
+        );
+        assert_eq!(total.delivered, [160, 1600]);
+        assert_eq!(total.outcomes.len(), 2);
+        assert_eq!(turn.parts().0.map(|n| *n), [0; 7]);
+        assert!(turn.outcomes.is_empty() && turn.delivered.is_empty());
+        // Into an empty tally the delivered list moves whole.
+        let mut empty = Tally::default();
+        let mut turn = full(1);
+        empty.absorb(&mut turn);
+        assert_eq!(
+            (empty.deliveries, empty.delivered.as_slice()),
+            (1, &[16][..])
+        );
+        total.clear();
+        assert_eq!(total.parts().0.map(|n| *n), [0; 7]);
+        assert!(total.outcomes.is_empty() && total.delivered.is_empty());
     }
 }
