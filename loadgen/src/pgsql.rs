@@ -187,6 +187,8 @@ struct PgRun {
     postgres_cpu_us_per_change: f64,
     /// The writer's psql.
     psql_cpu_pct: f64,
+    /// WAL the run's writes made, octets per change (what a stopped follower's slot keeps).
+    wal_bytes_per_change: f64,
     /// The fan-out's figures (the lqd systems).
     summary: Option<RunSummary>,
 }
@@ -412,6 +414,7 @@ fn one(cx: &Cx<'_>, setup: Setup, rate: f64, round: u32) -> Result<(PgRun, Vec<S
             .collect::<Result<_, _>>()?
     };
     let postmaster = cluster.postmaster()?;
+    let wal_before = cluster.wal_position()?;
     let t0 = Instant::now() + Duration::from_millis(20);
     let schedule = Schedule { t0, rate, total };
     for s in &sets {
@@ -453,6 +456,7 @@ fn one(cx: &Cx<'_>, setup: Setup, rate: f64, round: u32) -> Result<(PgRun, Vec<S
     };
     let window = Instant::now().saturating_duration_since(t0);
     let pg_after = server_cpu(postmaster);
+    let wal_after = cluster.wal_position();
     let lqd_after = lqds
         .iter()
         .map(|l| proc_stats(l.pid()))
@@ -473,6 +477,7 @@ fn one(cx: &Cx<'_>, setup: Setup, rate: f64, round: u32) -> Result<(PgRun, Vec<S
     let complete = waited?;
     let inject = inject?;
     let lqd_after = lqd_after?;
+    let wal_bytes = wal_after?.saturating_sub(wal_before);
     let backend = writer.backend();
     writer.finish()?;
     let mut failures = Vec::new();
@@ -578,6 +583,7 @@ fn one(cx: &Cx<'_>, setup: Setup, rate: f64, round: u32) -> Result<(PgRun, Vec<S
         postgres_cpu_pct: pct(postgres_secs, window),
         postgres_cpu_us_per_change: us_per_change(postgres_secs, total),
         psql_cpu_pct: pct(psql_after - psql_before, window),
+        wal_bytes_per_change: wal_bytes as f64 / total as f64,
         summary,
     };
     let line = match &run.summary {
@@ -668,6 +674,8 @@ struct Cost {
     walsender_cpu_us_per_change: Option<f64>,
     /// PostgreSQL's CPU above db-only's in the same round, per follower.
     postgres_extra_cpu_pct_per_follower: Option<f64>,
+    /// WAL made per change, octets.
+    wal_bytes_per_change: Option<f64>,
 }
 
 fn costs(runs: &[PgRun], rates: &[f64]) -> Vec<Cost> {
@@ -714,6 +722,7 @@ fn costs(runs: &[PgRun], rates: &[f64]) -> Vec<Cost> {
                         .collect(),
                 ),
                 postgres_extra_cpu_pct_per_follower: median(extra),
+                wal_bytes_per_change: median(mine.iter().map(|r| r.wal_bytes_per_change).collect()),
             });
         }
     }
@@ -794,14 +803,15 @@ fn report(
     md.push_str(
         "\nThe database's CPU over each run's window (% of one CPU, from /proc): every \
          PostgreSQL process together, the writer's backend, the WAL sender of each lqd's slot \
-         (also per change), the writer's psql (loadgen's), and each lqd:\n\n\
+         (also per change), the writer's psql (loadgen's), and each lqd; and the WAL the writes \
+         made, octets per change:\n\n\
          | round | system | rate/s | PostgreSQL % | µs/change | writer backend % | WAL senders % \
-         | WAL sender µs/change | psql % | lqd % |\n\
-         |--:|---|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+         | WAL sender µs/change | psql % | lqd % | WAL octets/change |\n\
+         |--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for r in runs {
         md.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {} | {:.0} |\n",
             r.round,
             r.system,
             number(r.rate),
@@ -812,6 +822,7 @@ fn report(
             list(&r.walsender_cpu_us_per_change, 1),
             r.psql_cpu_pct,
             list(&r.lqd_cpu_pct, 0),
+            r.wal_bytes_per_change,
         ));
     }
     let cost = costs(runs, &args.rate);
@@ -820,12 +831,12 @@ fn report(
          mean over a run's instances; extra: PostgreSQL's CPU above db-only's in the same \
          round, per follower):\n\n\
          | rate/s | followers | PostgreSQL % | writer backend % | a WAL sender % | a WAL \
-         sender µs/change | extra PostgreSQL % per follower |\n\
-         |--:|--:|--:|--:|--:|--:|--:|\n",
+         sender µs/change | extra PostgreSQL % per follower | WAL octets/change |\n\
+         |--:|--:|--:|--:|--:|--:|--:|--:|\n",
     );
     for c in &cost {
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             number(c.rate),
             c.followers,
             opt(c.postgres_cpu_pct, 1),
@@ -833,6 +844,7 @@ fn report(
             opt(c.walsender_cpu_pct, 1),
             opt(c.walsender_cpu_us_per_change, 1),
             opt(c.postgres_extra_cpu_pct_per_follower, 1),
+            opt(c.wal_bytes_per_change, 0),
         ));
     }
     let released: Vec<String> = runs
@@ -851,9 +863,9 @@ fn report(
         .collect();
     if !released.is_empty() {
         md.push_str(&format!(
-            "
-Releases delivered (each release's ended lease to each requestor; one whose              return was journaled before the requestor's turn is coalesced into the return, as              RFC 7653 sends a binding's current state): {}.
-",
+            "\nReleases delivered (each release's ended lease to each requestor; one whose \
+             return was journaled before the requestor's turn is coalesced into the return, \
+             as RFC 7653 sends a binding's current state): {}.\n",
             released.join("; ")
         ));
     }

@@ -302,6 +302,17 @@ impl Cluster {
         }
     }
 
+    /// The server's current WAL position, octets from the start of WAL.
+    pub(crate) fn wal_position(&self) -> Result<u64, String> {
+        let out = self.sql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")?;
+        out.trim()
+            .parse::<f64>()
+            .ok()
+            .filter(|v| v.is_finite() && *v >= 0.0)
+            .map(|v| v as u64)
+            .ok_or_else(|| format!("pg_current_wal_lsn gave {out:?}"))
+    }
+
     /// The postmaster's process id.
     pub(crate) fn postmaster(&self) -> Result<u32, String> {
         let path = self.dir.join("data").join("postmaster.pid");
