@@ -151,6 +151,13 @@ impl Lqd {
         }
     }
 
+    /// Starts lqd on a free port of `[::1]` with a fresh state directory and `body` after
+    /// `listen`, `state_dir` and `log` in its config file (its source among them); returns at
+    /// once, lqd starting.
+    pub(crate) fn start_config(binary: &Path, keep: bool, body: &str) -> Result<Self, String> {
+        Self::spawn_with(binary, keep, false, |_, _| body.to_owned())
+    }
+
     /// Spawns lqd on a free port of `[::1]` (and of `127.0.0.1` when `ipv4`) with a fresh state
     /// directory; `body(addr, dir)` gives the config file's lines after `listen`, `state_dir`
     /// and `log`.

@@ -449,6 +449,8 @@ pub(crate) struct Merged {
     pub(crate) coalesced: u64,
     pub(crate) duplicated: u64,
     pub(crate) misdelivered: u64,
+    /// Ended leases received (releases: `loadgen pgsql`).
+    pub(crate) released: u64,
     pub(crate) errors: Vec<String>,
     pub(crate) last_delivery: Option<Instant>,
     pub(crate) last_complete: Option<Instant>,
@@ -470,6 +472,7 @@ pub(crate) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
         coalesced: 0,
         duplicated: 0,
         misdelivered: 0,
+        released: 0,
         errors: Vec::new(),
         last_delivery: None,
         last_complete: None,
@@ -490,6 +493,7 @@ pub(crate) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
             m.coalesced += c.coalesced;
             m.duplicated += c.duplicated;
             m.misdelivered += c.misdelivered;
+            m.released += c.released;
             m.errors.extend(c.error);
             m.catch_up.extend(c.catch_up);
             m.ready_after.extend(c.ready_after);
