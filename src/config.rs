@@ -254,6 +254,9 @@ pub struct Config {
     /// `log`: log filter in tracing's `EnvFilter` syntax (`info`, `lqd=debug,warn`); default
     /// `info`.
     pub log: String,
+    /// `log_format`: how log lines are written: `"text"` (default, for people) or `"json"`
+    /// (one JSON object a line, for log shippers).
+    pub log_format: LogFormat,
     /// `metrics_listen`: where to serve `GET /metrics` (Prometheus) and `GET /requestors`
     /// (JSON) over HTTP, such as `"[::1]:9547"`; off unless set (docs/metrics.md).
     pub metrics_listen: Option<SocketAddr>,
@@ -295,6 +298,7 @@ impl Default for Config {
             udp_receive_buffer: DEFAULT_UDP_RECEIVE_BUFFER,
             tcp_send_buffer: DEFAULT_TCP_SEND_BUFFER,
             log: "info".to_owned(),
+            log_format: LogFormat::Text,
             metrics_listen: None,
             metrics_requestor_series: 100,
         }
@@ -374,6 +378,9 @@ impl Config {
         }
         if let Some(log) = &cli.log {
             self.log.clone_from(log);
+        }
+        if let Some(format) = cli.log_format {
+            self.log_format = format;
         }
         if let Some(addr) = cli.metrics_listen {
             self.metrics_listen = Some(addr);
@@ -1051,6 +1058,58 @@ impl fmt::Debug for ServerDuid {
     }
 }
 
+/// How log lines are written: the `log_format` setting and `--log-format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    /// `text`: one line per event for people: time, level, target, message, then the fields
+    /// as `key=value`.
+    #[default]
+    Text,
+    /// `json`: one JSON object per line for log shippers, with the same content as `text`:
+    /// `timestamp`, `level`, `target`, `message`, and each field (such as `peer`) as a key.
+    Json,
+}
+
+impl FromStr for LogFormat {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(InvalidValue(format!(
+                "unknown log format `{other}`: expected \"text\" or \"json\""
+            ))),
+        }
+    }
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = InvalidValue;
+
+    fn try_from(s: String) -> Result<Self, InvalidValue> {
+        s.parse()
+    }
+}
+
+/// The written form, as in the file.
+impl Serialize for LogFormat {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The written form, which parses back to the same value.
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
 /// A value that does not parse, with a one-line reason naming it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidValue(pub String);
@@ -1580,6 +1639,10 @@ pub struct Cli {
     /// info]
     #[arg(long, value_name = "LEVEL")]
     pub log: Option<String>,
+    /// How log lines are written: text (for people) or json (one object a line, for log
+    /// shippers) [default: text]
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Serve GET /metrics (Prometheus) and GET /requestors (JSON) on this address, e.g.
     /// "[::1]:9547" [default: off]
     #[arg(long, value_name = "ADDR")]

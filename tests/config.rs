@@ -8,8 +8,8 @@ use std::time::Duration;
 use clap::{CommandFactory, Parser};
 use lqd::codec::QueryType;
 use lqd::config::{
-    Access, Cli, Config, ConfigError, DemoSettings, QueryTypes, Requestor, SYSTEM_STATE_DIR,
-    ServerDuid, SourceSpec, default_state_dir, state_dir_from,
+    Access, Cli, Config, ConfigError, DemoSettings, LogFormat, QueryTypes, Requestor,
+    SYSTEM_STATE_DIR, ServerDuid, SourceSpec, default_state_dir, state_dir_from,
 };
 use lqd::store::LinkDef;
 use lqd::store::journal::FlushPolicy;
@@ -94,6 +94,7 @@ fn defaults_are_the_rfc_and_decision_values() {
     assert_eq!(c.journal_flush, FlushPolicy::Os);
     assert_eq!(c.catch_up_window, Duration::from_secs(3600));
     assert_eq!(c.log, "info");
+    assert_eq!(c.log_format, LogFormat::Text);
     assert!(c.warnings().is_empty(), "{:?}", c.warnings());
 
     assert_eq!(Config::from_toml("").unwrap(), c);
@@ -129,6 +130,7 @@ read_budget = 32
 udp_receive_buffer = 1048576
 tcp_send_buffer = 65536
 log = "lqd=debug,warn"
+log_format = "json"
 
 [[requestor]]
 prefix = "2001:db8::/32"
@@ -238,6 +240,7 @@ fn a_full_file_gives_every_setting() {
         udp_receive_buffer: 1 << 20,
         tcp_send_buffer: 65536,
         log: "lqd=debug,warn".into(),
+        log_format: LogFormat::Json,
     };
     assert_eq!(c, expected);
     assert_eq!(c.duid_path(), PathBuf::from("/etc/lqd/duid"));
@@ -898,6 +901,8 @@ fn help_describes_lqd_and_every_flag_with_its_default() {
         "$XDG_STATE_HOME/lqd or ~/.local/state/lqd]",
         "--log <LEVEL>",
         "[default: info]",
+        "--log-format <FORMAT>",
+        "[default: text]",
         "--max-connections <N>",
         "[default: 10000]",
         "--max-connections-per-requestor <N>",
@@ -978,6 +983,49 @@ fn lqd_without_a_source_refuses_to_start_and_names_the_demo() {
         !dir.path().join("lqd-journal").exists(),
         "nothing was created"
     );
+}
+
+/// `log_format` and `--log-format`: text or json, the flag over the file, anything else a
+/// one-line error naming the value and the choices.
+#[test]
+fn log_format_is_text_or_json() {
+    assert_eq!(
+        Config::from_toml("log_format = \"json\"")
+            .unwrap()
+            .log_format,
+        LogFormat::Json
+    );
+    assert_eq!(
+        Config::from_toml("log_format = \"text\"")
+            .unwrap()
+            .log_format,
+        LogFormat::Text
+    );
+    for bad in ["\"JSON\"", "\"xml\"", "\"\"", "1"] {
+        let m = rejected(&format!("log_format = {bad}"));
+        assert!(m.starts_with("config, line 1"), "{bad}: {m}");
+        if bad != "1" {
+            assert!(m.contains("expected \"text\" or \"json\""), "{bad}: {m}");
+        }
+    }
+    let file = TempFile::new("json-log.toml", "log_format = \"json\"\n");
+    let path = file.path().to_str().unwrap();
+    let cli = Cli::try_parse_from(["lqd", "--config", path]).unwrap();
+    assert_eq!(Config::load(&cli).unwrap().log_format, LogFormat::Json);
+    let cli = Cli::try_parse_from(["lqd", "--config", path, "--log-format", "text"]).unwrap();
+    assert_eq!(Config::load(&cli).unwrap().log_format, LogFormat::Text);
+    let cli = Cli::try_parse_from(["lqd", "--log-format", "json"]).unwrap();
+    assert_eq!(Config::load(&cli).unwrap().log_format, LogFormat::Json);
+    let err = Cli::try_parse_from(["lqd", "--log-format", "yaml"])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown log format `yaml`: expected \"text\" or \"json\""),
+        "{err}"
+    );
+    for f in [LogFormat::Text, LogFormat::Json] {
+        assert_eq!(f.to_string().parse::<LogFormat>().unwrap(), f);
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! lqd under a `Type=notify` service manager, as the packaged `lqd.service` runs it: lqd
 //! sends READY=1 on `NOTIFY_SOCKET` only once its port answers and its journal is open (so
-//! `systemctl start lqd` returning means requestors can be served), and STOPPING=1 on SIGTERM.
+//! `systemctl start lqd` returning means requestors can be served), RELOADING=1 then READY=1
+//! around a reload on SIGHUP (`systemctl reload lqd`), and STOPPING=1 on SIGTERM.
 
 #[path = "common/lqd.rs"]
 mod common;
@@ -52,6 +53,42 @@ fn ready_once_serving_and_stopping_on_sigterm() {
     s.write_all(&by_link(7, link(1))).unwrap();
     let answers = read_answers(&mut s, &[7]);
     assert!(!answers.is_empty(), "{}", lqd.log());
+
+    // A reload: RELOADING=1 when the SIGHUP is taken, READY=1 once it is done, both for a
+    // configuration taken and for one rejected (the running settings stay, lqd serves on).
+    let hup = || {
+        let sent = std::process::Command::new("kill")
+            .args(["-HUP", &lqd.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    };
+    let config = lqd.dir.join("lqd.toml");
+    let good = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("max_connections = 500\n{good}")).unwrap();
+    hup();
+    let reloading = next(&socket);
+    assert!(reloading.starts_with("RELOADING=1\n"), "{reloading}");
+    assert_eq!(
+        next(&socket),
+        "READY=1\nSTATUS=configuration reloaded",
+        "{}",
+        lqd.log()
+    );
+    std::fs::write(&config, format!("max_connectoins = 500\n{good}")).unwrap();
+    hup();
+    let reloading = next(&socket);
+    assert!(reloading.starts_with("RELOADING=1\n"), "{reloading}");
+    assert_eq!(
+        next(&socket),
+        "READY=1\nSTATUS=configuration rejected; the running settings stay",
+        "{}",
+        lqd.log()
+    );
+    let mut s = std::net::TcpStream::connect(served).expect("lqd serves after the reloads");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&by_link(8, link(1))).unwrap();
+    assert!(!read_answers(&mut s, &[8]).is_empty(), "{}", lqd.log());
 
     let status = lqd.sigterm();
     assert_eq!(next(&socket), "STOPPING=1", "{}", lqd.log());

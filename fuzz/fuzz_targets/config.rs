@@ -41,8 +41,11 @@ fuzz_target!(|data: &[u8]| {
     .map(|a| a.parse().expect("an address"))
     .collect();
     for r in &config.requestors {
-        addrs.push(r.prefix.addr());
-        addrs.push(r.prefix.broadcast());
+        // A certificate-only table (mutual TLS) has no prefix.
+        if let Some(prefix) = r.prefix {
+            addrs.push(prefix.addr());
+            addrs.push(prefix.broadcast());
+        }
         let _ = r.query_types.to_string();
     }
     for a in addrs {

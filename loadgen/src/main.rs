@@ -20,7 +20,12 @@
 //! target/release/loadgen active --requestors 100,1000 --rate 1000 --filter relay-id --systems lqd,raw,redis
 //! target/release/loadgen hostile
 //! target/release/loadgen scale --bindings 1000000 --links 3000 --pd-percent 50
+//! target/release/loadgen pgsql --requestors 1000 --rate 500,2000 --seconds 10 --rounds 3
 //! ```
+//!
+//! `pgsql` feeds lqd through Kea's PostgreSQL lease database instead (`--source kea-pgsql`):
+//! loadgen writes lease6 rows into a temporary cluster it starts, and measures one lqd against
+//! two on the same database, and what each costs the database (module `pgsql`).
 //!
 //! `hostile` runs hostile requestors (floods, slowloris, garbage, …) against lqd, each measured
 //! against a quiet phase just before it, and reads lqd's log to see each attacking connection
@@ -33,12 +38,14 @@ mod bulk;
 mod fanout;
 mod hostile;
 mod nats;
+mod pgsql;
 mod plot;
 mod population;
 mod process;
 mod redis;
 mod report;
 mod scale;
+mod scrape;
 mod summary;
 mod tls;
 mod udp;
@@ -76,6 +83,11 @@ enum Mode {
     /// the well-behaved requestors' latency, losses and Bulk answers, lqd's memory, and what
     /// lqd did with every attacking connection (from its log).
     Hostile(hostile::Args),
+    /// Active Leasequery fan-out from Kea's PostgreSQL lease database: lease6 rows written at
+    /// a fixed rate into a temporary cluster, followed by one lqd (every requestor) or two (a
+    /// replication slot each, the requestors split), alternating in rounds; the database's
+    /// CPU with 0, 1 and 2 followers.
+    Pgsql(pgsql::Args),
     /// The raw baseline's sender process, run by loadgen itself.
     #[command(hide = true)]
     RawSender(fanout::raw::Args),
@@ -139,6 +151,10 @@ fn main() -> ExitCode {
         Mode::Hostile(args) => {
             let path = args.json.clone();
             (hostile::run(&args), path)
+        }
+        Mode::Pgsql(args) => {
+            let path = args.json.clone();
+            (pgsql::run(&args), path)
         }
         Mode::RawSender(args) => return fanout::raw::serve(&args),
     };

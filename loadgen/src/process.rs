@@ -36,6 +36,9 @@ pub(crate) struct Lqd {
     /// Its certificate and key (`[tls]`), and the requestors' client configuration, when
     /// started with TLS ([`with_tls`](Self::with_tls)).
     tls: Option<(crate::tls::Pki, std::sync::Arc<rustls::ClientConfig>)>,
+    /// The scraper of its metrics endpoint, when started with `metrics_listen`
+    /// ([`with_metrics`](Self::with_metrics)).
+    metrics: Option<Box<crate::scrape::Scraper>>,
 }
 
 /// Memory and CPU of a process, from /proc.
@@ -172,6 +175,13 @@ impl Lqd {
         Self::spawn_at(binary, keep, false, addr, dir.to_path_buf(), body)
     }
 
+    /// Starts lqd on a free port of `[::1]` with a fresh state directory and `body` after
+    /// `listen`, `state_dir` and `log` in its config file (its source among them); returns at
+    /// once, lqd starting.
+    pub(crate) fn start_config(binary: &Path, keep: bool, body: &str) -> Result<Self, String> {
+        Self::spawn_with(binary, keep, false, |_, _| body.to_owned())
+    }
+
     /// Spawns lqd on a free port of `[::1]` (and of `127.0.0.1` when `ipv4`) with a fresh state
     /// directory; `body(addr, dir)` gives the config file's lines after `listen`, `state_dir`
     /// and `log`.
@@ -228,6 +238,7 @@ impl Lqd {
             dir,
             keep,
             tls: None,
+            metrics: None,
         })
     }
 
@@ -237,6 +248,20 @@ impl Lqd {
         let config = pki.client_config()?;
         self.tls = Some((pki, config));
         Ok(self)
+    }
+
+    /// Scrapes `addr`, this lqd's `metrics_listen`, every second from now on (until
+    /// [`finish_scraping`](Self::finish_scraping) or the end).
+    pub(crate) fn with_metrics(mut self, addr: SocketAddr) -> Result<Self, String> {
+        self.metrics = Some(Box::new(crate::scrape::Scraper::start(addr)?));
+        Ok(self)
+    }
+
+    /// Stops the scraper, when there is one, and says what it saw.
+    pub(crate) fn finish_scraping(
+        &mut self,
+    ) -> Option<Result<crate::scrape::ScrapeReport, String>> {
+        self.metrics.take().map(|s| s.finish())
     }
 
     /// The requestors' TLS client configuration, when lqd runs with TLS.
@@ -464,6 +489,8 @@ pub(crate) fn proc_memory(pid: u32) -> Result<Memory, String> {
 
 impl Drop for Lqd {
     fn drop(&mut self) {
+        // The scraper first, so that it does not count lqd's end as failed scrapes.
+        drop(self.metrics.take());
         let _ = self.child.kill();
         let _ = self.child.wait();
         if self.dir.as_os_str().is_empty() {
@@ -499,6 +526,15 @@ fn cpu_secs(path: &str) -> Result<f64, String> {
 /// loadgen's own CPU time (all its threads), seconds.
 pub(crate) fn own_cpu_secs() -> f64 {
     cpu_secs("/proc/self/stat").unwrap_or(0.0)
+}
+
+/// A free TCP port on `[::1]` (for a listener of lqd's besides its own).
+pub(crate) fn fresh_port() -> Result<SocketAddr, String> {
+    let port = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("no free port on [::1]: {e}"))?
+        .port();
+    Ok(SocketAddr::from((Ipv6Addr::LOCALHOST, port)))
 }
 
 /// A free port on `[::1]` and a new temporary directory (`loadgen-NAME-PID-NANOS`) for a

@@ -9,6 +9,12 @@ use serde_json::Value;
 const LQD: &str = "lqd";
 /// lqd with its requestors on TLS.
 const LQD_TLS: &str = "lqd-tls";
+/// lqd with its metrics endpoint scraped every second.
+const LQD_METRICS: &str = "lqd-metrics";
+/// Issue 16's goal for metrics on against off: deliveries/s at least this ratio…
+const METRICS_MIN_DELIVERIES: f64 = 0.97;
+/// …and p99 at most this ratio.
+const METRICS_MAX_P99: f64 = 1.05;
 
 /// What one run measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,6 +143,118 @@ pub(crate) fn tls_ratios(runs: &[RunSummary]) -> Vec<TlsRatio> {
                 plain.server_cpu_us_per_change,
             ),
             server_peak_rss: opt(rss(tls), rss(plain)),
+        });
+    }
+    out
+}
+
+/// One round of lqd with metrics (`lqd-metrics`) against lqd without, at one load.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct MetricsRound {
+    pub(crate) deliveries_per_sec_off: f64,
+    pub(crate) deliveries_per_sec_on: f64,
+    pub(crate) p99_off_us: f64,
+    pub(crate) p99_on_us: f64,
+    /// On over off (deliveries/s above 1: on delivers more; p99 above 1: on is slower).
+    pub(crate) deliveries_per_sec: Option<f64>,
+    pub(crate) p99: Option<f64>,
+}
+
+/// lqd with its metrics scraped every second against lqd without, at one load (`--metrics`):
+/// the k-th `lqd-metrics` run of the load paired with the k-th `lqd` run (a round), and over
+/// all rounds: the mean deliveries/s on over the mean off, the median p99 on over the median
+/// off, and the mean server CPU per change on over off.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct MetricsRatio {
+    pub(crate) mode: String,
+    pub(crate) filter: Option<String>,
+    pub(crate) requestors: usize,
+    pub(crate) rate: f64,
+    pub(crate) rounds: Vec<MetricsRound>,
+    pub(crate) deliveries_per_sec: Option<f64>,
+    pub(crate) p99: Option<f64>,
+    pub(crate) server_cpu_per_change: Option<f64>,
+    /// Issue 16's goal: deliveries/s ratio at least 0.97 and p99 ratio at most 1.05.
+    pub(crate) goal_met: bool,
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => v.get(n / 2).copied(),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// One [`MetricsRatio`] per load with both `lqd` and `lqd-metrics` runs, in the order of the
+/// first `lqd-metrics` run of each.
+pub(crate) fn metrics_ratios(runs: &[RunSummary]) -> Vec<MetricsRatio> {
+    let mut out: Vec<MetricsRatio> = Vec::new();
+    for on in runs.iter().filter(|r| r.system == LQD_METRICS) {
+        if out.iter().any(|r| {
+            r.mode == on.mode
+                && r.filter == on.filter
+                && r.requestors == on.requestors
+                && r.rate.to_bits() == on.rate.to_bits()
+        }) {
+            continue;
+        }
+        let of = |system: &str| -> Vec<&RunSummary> {
+            runs.iter()
+                .filter(|r| r.system == system && same_load(r, on))
+                .collect()
+        };
+        let (ons, offs) = (of(LQD_METRICS), of(LQD));
+        let rounds: Vec<MetricsRound> = ons
+            .iter()
+            .zip(&offs)
+            .map(|(on, off)| MetricsRound {
+                deliveries_per_sec_off: off.deliveries_per_sec,
+                deliveries_per_sec_on: on.deliveries_per_sec,
+                p99_off_us: off.p99_us,
+                p99_on_us: on.p99_us,
+                deliveries_per_sec: ratio(on.deliveries_per_sec, off.deliveries_per_sec),
+                p99: ratio(on.p99_us, off.p99_us),
+            })
+            .collect();
+        if rounds.is_empty() {
+            continue;
+        }
+        let paired = rounds.len();
+        let col = |f: fn(&RunSummary) -> Option<f64>, v: &[&RunSummary]| -> Vec<f64> {
+            v.iter().take(paired).filter_map(|r| f(r)).collect()
+        };
+        let pick = |a: Option<f64>, b: Option<f64>| a.zip(b).and_then(|(a, b)| ratio(a, b));
+        let deliveries = pick(
+            mean(&col(|r| Some(r.deliveries_per_sec), &ons)),
+            mean(&col(|r| Some(r.deliveries_per_sec), &offs)),
+        );
+        let p99 = pick(
+            median(&col(|r| Some(r.p99_us), &ons)),
+            median(&col(|r| Some(r.p99_us), &offs)),
+        );
+        let cpu = pick(
+            mean(&col(|r| r.server_cpu_us_per_change, &ons)),
+            mean(&col(|r| r.server_cpu_us_per_change, &offs)),
+        );
+        out.push(MetricsRatio {
+            mode: on.mode.clone(),
+            filter: on.filter.clone(),
+            requestors: on.requestors,
+            rate: on.rate,
+            rounds,
+            deliveries_per_sec: deliveries,
+            p99,
+            server_cpu_per_change: cpu,
+            goal_met: deliveries.is_some_and(|d| d >= METRICS_MIN_DELIVERIES)
+                && p99.is_some_and(|p| p <= METRICS_MAX_P99),
         });
     }
     out
@@ -307,6 +425,53 @@ pub(crate) fn markdown(runs: &[RunSummary]) -> String {
             ));
         }
     }
+    let metrics = metrics_ratios(runs);
+    if !metrics.is_empty() {
+        out.push_str(
+            "\nlqd with its metrics endpoint scraped every second (GET /metrics and \
+             /requestors) against lqd without, round by round at the same load (on/off: \
+             deliveries/s above 1 is on delivering more; p99 above 1 is on slower):\n\n\
+             | mode | N | rate/s | round | deliveries/s off | on | on/off | p99 off | on | on/off |\n\
+             |---|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        );
+        for r in &metrics {
+            for (i, x) in r.rounds.iter().enumerate() {
+                out.push_str(&format!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                    r.mode,
+                    number(r.requestors as f64),
+                    number(r.rate),
+                    i + 1,
+                    number(x.deliveries_per_sec_off),
+                    number(x.deliveries_per_sec_on),
+                    times(x.deliveries_per_sec),
+                    latency(x.p99_off_us),
+                    latency(x.p99_on_us),
+                    times(x.p99),
+                ));
+            }
+        }
+        out.push_str(
+            "\nOver all rounds (deliveries/s: mean on over mean off; p99: median on over median \
+             off; server CPU per change: mean on over mean off). Goal (issue 16): deliveries/s \
+             at least 0.97×, p99 at most 1.05×.\n\n\
+             | mode | N | rate/s | rounds | on/off deliveries/s | on/off p99 \
+             | on/off server CPU µs/change | goal |\n|---|--:|--:|--:|--:|--:|--:|---|\n",
+        );
+        for r in &metrics {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r.mode,
+                number(r.requestors as f64),
+                number(r.rate),
+                r.rounds.len(),
+                times(r.deliveries_per_sec),
+                times(r.p99),
+                times(r.server_cpu_per_change),
+                if r.goal_met { "met" } else { "missed" },
+            ));
+        }
+    }
     let ratios = ratios(runs);
     if ratios.is_empty() {
         return out;
@@ -352,6 +517,10 @@ pub(crate) fn json(runs: &[RunSummary]) -> Value {
     doc.insert(
         "tls_ratios".to_owned(),
         serde_json::to_value(tls_ratios(runs)).unwrap_or_default(),
+    );
+    doc.insert(
+        "metrics_ratios".to_owned(),
+        serde_json::to_value(metrics_ratios(runs)).unwrap_or_default(),
     );
     Value::Object(doc)
 }
@@ -494,6 +663,44 @@ mod tests {
         );
         assert!(md.contains("lqd/nats deliveries/s"), "{md}");
         assert_eq!(json(&runs)["tls_ratios"][0]["p99"], 1.5);
+    }
+
+    #[test]
+    fn metrics_ratios_pair_rounds_in_order() {
+        let mut runs = Vec::new();
+        // Round 1: off, on; round 2: on, off (alternating), and a load with lqd alone.
+        for (system, dps, p99) in [
+            ("lqd", 1_000_000.0, 1_000.0),
+            ("lqd-metrics", 990_000.0, 1_020.0),
+            ("lqd-metrics", 970_000.0, 1_200.0),
+            ("lqd", 1_000_000.0, 1_000.0),
+        ] {
+            let mut r = run(system, "active", 1000, 2000.0);
+            r.deliveries_per_sec = dps;
+            r.p99_us = p99;
+            runs.push(r);
+        }
+        runs.push(run("lqd", "active", 1000, 5000.0));
+        let m = metrics_ratios(&runs);
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].rounds.len(), 2);
+        assert!((m[0].rounds[0].deliveries_per_sec.expect("ratio") - 0.99).abs() < 1e-12);
+        assert!((m[0].rounds[1].p99.expect("ratio") - 1.2).abs() < 1e-12);
+        assert!((m[0].deliveries_per_sec.expect("ratio") - 0.98).abs() < 1e-12);
+        // The median of two p99s is their mean: 1,110 µs over 1,000 µs.
+        assert!((m[0].p99.expect("ratio") - 1.11).abs() < 1e-12);
+        assert!(!m[0].goal_met, "p99 1.11× misses the goal");
+        let md = markdown(&runs);
+        assert!(
+            md.contains("| active | 1,000 | 2,000 | 2 | 0.98× | 1.11× | 1.00× | missed |"),
+            "{md}"
+        );
+        assert_eq!(
+            json(&runs)["metrics_ratios"][0]["rounds"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
     }
 
     #[test]

@@ -680,3 +680,97 @@ fn hostile_attackers_are_ended_by_lqd_and_nothing_is_lost() {
     }
     assert!(report.contains("| garbage |"), "{report}");
 }
+
+/// Why `loadgen pgsql` cannot run here: no PostgreSQL server binaries (Debian's, under
+/// `/usr/lib/postgresql`) or no `kea-admin`; none when both are there.
+fn postgresql_missing() -> Option<String> {
+    let server = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|v| v.path().join("bin/initdb").is_file());
+    if !server {
+        return Some("no PostgreSQL server binaries under /usr/lib/postgresql".to_owned());
+    }
+    let kea_admin = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("kea-admin").is_file()));
+    (!kea_admin).then(|| "no kea-admin on the PATH".to_owned())
+}
+
+#[test]
+fn pgsql_one_and_two_instances_follow_kea_database_and_lose_nothing() {
+    if let Some(why) = postgresql_missing() {
+        eprintln!(
+            "SKIPPED pgsql_one_and_two_instances_follow_kea_database_and_lose_nothing: {why} \
+             (Debian: apt-get install postgresql kea-admin; .ci/setup installs them)"
+        );
+        return;
+    }
+    let (report, md) = loadgen_report(
+        "pgsql",
+        &[
+            "pgsql",
+            "--requestors",
+            "5",
+            "--rate",
+            "200",
+            "--seconds",
+            "1",
+            "--rounds",
+            "1",
+            "--bindings",
+            "1000",
+            "--release-every",
+            "5",
+        ],
+    );
+    let runs = report["runs"].as_array().expect("runs");
+    let systems: Vec<&str> = runs.iter().map(|r| r["system"].as_str().unwrap()).collect();
+    assert_eq!(systems, ["db-only", "lqd-pgsql", "lqd-pgsql-2"], "{md}");
+    for r in runs {
+        assert_eq!(r["changes"], 200, "{r}");
+        assert_eq!(r["releases"], 40, "{r}");
+        assert!(r["postgres_cpu_pct"].as_f64().unwrap() > 0.0, "{r}");
+        let instances = r["instances"].as_u64().unwrap() as usize;
+        assert_eq!(
+            r["walsender_cpu_pct"].as_array().unwrap().len(),
+            instances,
+            "a WAL sender per lqd: {r}"
+        );
+        if instances == 0 {
+            assert!(r["summary"].is_null(), "{r}");
+            continue;
+        }
+        let each: Vec<u64> = r["requestors_each"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert_eq!(each, if instances == 1 { vec![5] } else { vec![3, 2] });
+        assert_eq!(r["complete"], true, "{r}");
+        let s = &r["summary"];
+        // Every change to every requestor, once: 200 changes × 5 requestors.
+        assert_eq!(s["deliveries"], 1000, "{r}");
+        assert_eq!(
+            (&s["lost"], &s["duplicated"]),
+            (&0.into(), &0.into()),
+            "{r}"
+        );
+        assert!(s["p99_us"].as_f64().unwrap() > 0.0, "{r}");
+        // Releases: at most one ended lease per release and requestor (one may be coalesced
+        // into the return that follows it).
+        assert_eq!(r["released_expected"], 200, "{r}");
+        assert!(r["released_received"].as_u64().unwrap() <= 200, "{r}");
+    }
+    let versus = report["two_against_one"]
+        .as_array()
+        .expect("two_against_one");
+    assert_eq!(versus.len(), 1, "{md}");
+    assert!(versus[0]["deliveries_ratio"].as_f64().unwrap() > 0.0);
+    assert!(
+        md.contains("Two instances (the requestors split) against one"),
+        "{md}"
+    );
+    assert!(md.contains("What each follower costs the database"), "{md}");
+}

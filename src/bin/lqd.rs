@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
-use lqd::config::{Cli, Command, Config, JournalAction, SourceSpec};
+use lqd::config::{Cli, Command, Config, JournalAction, LogFormat, SourceSpec};
 use lqd::feed::{
     BoundJsonl, JsonlInput, KeaCsvSource, PgTarget, bind_jsonl, feed, spawn_demo, spawn_kea_pgsql,
     system_time,
@@ -45,18 +45,40 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let subscriber = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_filter_reloading();
-    let filter_handle = subscriber.reload_handle();
-    subscriber.init();
-    // A reload replaces the filter (D31).
-    let set_log_filter = Box::new(move |log: &str| {
-        let filter = log_filter(log).map_err(|e| e.to_string())?;
-        filter_handle.reload(filter).map_err(|e| e.to_string())
-    });
+        .with_writer(std::io::stderr);
+    // A reload replaces the filter (D31). The reloading layer is added last: it is typed by
+    // the formatter beneath it.
+    let set_log_filter: SetLogFilter = match config.log_format {
+        LogFormat::Text => {
+            let subscriber = builder
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter_reloading();
+            let handle = subscriber.reload_handle();
+            subscriber.init();
+            Box::new(move |log: &str| {
+                let filter = log_filter(log).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }
+        // The same content as a text line, one object a line: the event's fields (message,
+        // peer, reason, ...) at the top level beside timestamp, level and target.
+        LogFormat::Json => {
+            let subscriber = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false)
+                .with_filter_reloading();
+            let handle = subscriber.reload_handle();
+            subscriber.init();
+            Box::new(move |log: &str| {
+                let filter = log_filter(log).map_err(|e| e.to_string())?;
+                handle.reload(filter).map_err(|e| e.to_string())
+            })
+        }
+    };
     for w in config.warnings() {
         warn!("{w}");
     }
@@ -236,9 +258,17 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
         .name("lqd-reload".into())
         .spawn(move || {
             for _ in hangups.forever() {
-                if let Ok(config) = reloader.reload() {
-                    raise_fd_limit(config.max_connections);
-                }
+                // systemd shows the unit as reloading until READY=1 comes again, whether
+                // the new configuration was taken or rejected (the running one stays).
+                notify("RELOADING=1\nSTATUS=reloading the configuration");
+                let status = match reloader.reload() {
+                    Ok(config) => {
+                        raise_fd_limit(config.max_connections);
+                        "configuration reloaded"
+                    }
+                    Err(_) => "configuration rejected; the running settings stay",
+                };
+                notify(&format!("READY=1\nSTATUS={status}"));
             }
         })
         .map_err(|e| format!("reload thread: {e}"))?;

@@ -261,6 +261,7 @@ impl Origins<'_> {
             "server_duid" => c.server_duid.as_ref().map(|_| "--server-duid"),
             "state_dir" => c.state_dir.as_ref().map(|_| "--state-dir"),
             "log" => c.log.as_ref().map(|_| "--log"),
+            "log_format" => c.log_format.map(|_| "--log-format"),
             "metrics_listen" => c.metrics_listen.map(|_| "--metrics-listen"),
             "max_connections" => c.max_connections.map(|_| "--max-connections"),
             "max_connections_per_requestor" => c

@@ -2,13 +2,14 @@
 //! applies the flags over it as at start, and takes every setting but those listed in
 //! [`RESTART_ONLY`], which it reports and keeps. `kea_config` names the file the `kea-csv`
 //! source reads its subnet ids from at start, so a new path takes a restart; the file itself is
-//! read again for its links (D30).
+//! read again for its links (D30). `log_format` is the shape of the log the process set up at
+//! start; the log filter (`log`) changes live.
 
 use super::Config;
 
 /// The settings lqd reads only at start: its sockets, its files, and its source. A reload that
 /// changes one says so in the log ("needs a restart") and keeps the running value.
-pub const RESTART_ONLY: [&str; 12] = [
+pub const RESTART_ONLY: [&str; 13] = [
     "listen",
     "source",
     "state_dir",
@@ -21,6 +22,7 @@ pub const RESTART_ONLY: [&str; 12] = [
     "udp_receive_buffer",
     "demo",
     "kea_config",
+    "log_format",
 ];
 
 impl Config {
@@ -40,6 +42,7 @@ impl Config {
             self.udp_receive_buffer != new.udp_receive_buffer,
             self.demo != new.demo,
             self.kea_config != new.kea_config,
+            self.log_format != new.log_format,
         ];
         RESTART_ONLY
             .iter()
@@ -63,5 +66,33 @@ impl Config {
         self.udp_receive_buffer = running.udp_receive_buffer;
         self.demo = running.demo;
         self.kea_config.clone_from(&running.kea_config);
+        self.log_format = running.log_format;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogFormat;
+
+    #[test]
+    fn every_restart_only_setting_is_reported_and_kept() {
+        let running = Config::default();
+        let mut new = Config {
+            log_format: LogFormat::Json,
+            journal_size: running.journal_size * 2,
+            log: "debug".to_owned(),
+            ..Config::default()
+        };
+        assert_eq!(
+            running.restart_only_changes(&new),
+            ["journal_size", "log_format"]
+        );
+        new.keep_restart_only(&running);
+        assert_eq!(new.log_format, LogFormat::Text);
+        assert_eq!(new.journal_size, running.journal_size);
+        // A live setting keeps its new value.
+        assert_eq!(new.log, "debug");
+        assert!(running.restart_only_changes(&new).is_empty());
     }
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use super::query::{ActiveRequest, Selector};
 use super::reply::{client_data, push_frame};
-use super::tally::Tally;
+use super::tally::{LATENCY_SAMPLE, Tally};
 use crate::codec::{
     DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode, Xid,
 };
@@ -568,8 +568,12 @@ impl ActiveQuery {
                 }
                 self.sent = self.sent.saturating_add(1);
                 self.tally.deliveries = self.tally.deliveries.saturating_add(1);
-                // Bounded, for a caller that never takes the tally.
-                if self.time_deliveries && self.tally.delivered.len() < 4096 {
+                // The sampled records only (LATENCY_SAMPLE); bounded, for a caller that never
+                // takes the tally.
+                if self.time_deliveries
+                    && seq % LATENCY_SAMPLE == 0
+                    && self.tally.delivered.len() < 4096
+                {
                     self.tally.delivered.push(seq);
                 }
             }

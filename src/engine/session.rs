@@ -190,10 +190,24 @@ impl Session {
     }
 
     /// What this session did since the last call, for the metrics; the counts start again.
+    /// The delivered sequence numbers are [`take_delivered`](Self::take_delivered)'s: those
+    /// not taken are dropped here.
     pub fn take_tally(&mut self, into: &mut Tally) {
         into.absorb(&mut self.tally);
         for q in &mut self.active {
+            q.tally.delivered.clear();
             into.absorb(&mut q.tally);
+        }
+    }
+
+    /// Moves the journal sequence numbers delivered into Active streams since the last call
+    /// (see [`Tally::delivered`]) to `into`, leaving the other counts for
+    /// [`take_tally`](Self::take_tally): what the server needs after every fill, cheaply.
+    pub fn take_delivered(&mut self, into: &mut Vec<u64>) {
+        for q in &mut self.active {
+            if !q.tally.delivered.is_empty() {
+                into.append(&mut q.tally.delivered);
+            }
         }
     }
 
@@ -450,7 +464,8 @@ impl Session {
             return Ok(());
         }
         let query_type = request.query_type;
-        let query = ActiveQuery::start(request, ctx.history, ctx.server_id, ctx.now, ctx.mono, out);
+        let mut query =
+            ActiveQuery::start(request, ctx.history, ctx.server_id, ctx.now, ctx.mono, out);
         let status = if query.tally.data_missing > 0 {
             Status::DataMissing
         } else {
@@ -461,7 +476,6 @@ impl Session {
             xid: query.xid(),
             catching_up: query.catching_up(),
         });
-        let mut query = query;
         query.time_deliveries = self.time_deliveries;
         self.active.push(query);
         Ok(())

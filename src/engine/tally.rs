@@ -4,6 +4,13 @@
 
 use crate::codec::{QueryType, Status};
 
+/// The fan-out latency is timed for one journal record in this many (those whose sequence
+/// number is a multiple of it), for every requestor it goes to: timing every delivery cost
+/// the loop a few percent of its work at 1,000 requestors (BENCHMARKS.md "Metrics"), and
+/// which records arrive is independent of their sequence numbers, so the sample's
+/// distribution is the whole's.
+pub const LATENCY_SAMPLE: u64 = 16;
+
 /// The message a query came in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueryMessage {
@@ -32,13 +39,12 @@ pub struct Outcome {
 /// nothing (the fan-out test holds an idle Active session under 8 KiB), so more is given back.
 const KEEP: usize = 64;
 
-/// `v` emptied, with its allocation kept only when it is small.
-fn trimmed<T>(mut v: Vec<T>) -> Vec<T> {
+/// Empties `v`, keeping its allocation only when it is small.
+fn trim<T>(v: &mut Vec<T>) {
     if v.capacity() > KEEP {
-        Vec::new()
+        *v = Vec::new();
     } else {
         v.clear();
-        v
     }
 }
 
@@ -62,49 +68,77 @@ pub struct Tally {
     pub starttls_refused: u64,
     /// Queries that reached their final status.
     pub outcomes: Vec<Outcome>,
-    /// The journal sequence numbers of the records delivered into Active streams, in order
-    /// (for the fan-out latency).
+    /// The journal sequence numbers of the sampled records ([`LATENCY_SAMPLE`]) delivered
+    /// into Active streams, in order (for the fan-out latency; noted only when the server asks
+    /// for them, `Session::time_deliveries`).
     pub delivered: Vec<u64>,
 }
 
 impl Tally {
-    /// Adds `other` to these counts.
+    /// The counts, with the two lists beside them. Destructured, so that a count added to
+    /// the struct cannot be forgotten by [`Self::absorb`] or [`Self::clear`].
+    fn parts(&mut self) -> ([&mut u64; 7], &mut Vec<Outcome>, &mut Vec<u64>) {
+        let Self {
+            deliveries,
+            coalesced,
+            data_missing,
+            catch_ups_started,
+            catch_ups_completed,
+            starttls_accepted,
+            starttls_refused,
+            outcomes,
+            delivered,
+        } = self;
+        (
+            [
+                deliveries,
+                coalesced,
+                data_missing,
+                catch_ups_started,
+                catch_ups_completed,
+                starttls_accepted,
+                starttls_refused,
+            ],
+            outcomes,
+            delivered,
+        )
+    }
+
+    /// Adds `other` to these counts and empties it. Called for every connection and query
+    /// when the server takes the counts, so it only moves what is there.
     pub fn absorb(&mut self, other: &mut Self) {
-        self.deliveries = self.deliveries.saturating_add(other.deliveries);
-        self.coalesced = self.coalesced.saturating_add(other.coalesced);
-        self.data_missing = self.data_missing.saturating_add(other.data_missing);
-        self.catch_ups_started = self
-            .catch_ups_started
-            .saturating_add(other.catch_ups_started);
-        self.catch_ups_completed = self
-            .catch_ups_completed
-            .saturating_add(other.catch_ups_completed);
-        self.starttls_accepted = self
-            .starttls_accepted
-            .saturating_add(other.starttls_accepted);
-        self.starttls_refused = self.starttls_refused.saturating_add(other.starttls_refused);
-        if self.delivered.is_empty() {
-            // The usual case, one query per connection: its vector moves, nothing is copied.
-            std::mem::swap(&mut self.delivered, &mut other.delivered);
-        } else {
-            self.delivered.append(&mut other.delivered);
+        let (to_counts, to_outcomes, to_delivered) = self.parts();
+        let (counts, outcomes, delivered) = other.parts();
+        for (to, from) in to_counts.into_iter().zip(counts) {
+            if *from != 0 {
+                *to = to.saturating_add(std::mem::take(from));
+            }
         }
-        self.outcomes.append(&mut other.outcomes);
+        if !delivered.is_empty() {
+            if to_delivered.is_empty() {
+                // The usual case, one query per connection: its vector moves, nothing is
+                // copied.
+                std::mem::swap(to_delivered, delivered);
+            } else {
+                to_delivered.append(delivered);
+            }
+        }
+        if !outcomes.is_empty() {
+            to_outcomes.append(outcomes);
+        }
         // The emptied vectors keep a small capacity for the next turn, not a large one.
-        *other = Self {
-            outcomes: trimmed(std::mem::take(&mut other.outcomes)),
-            delivered: trimmed(std::mem::take(&mut other.delivered)),
-            ..Self::default()
-        };
+        trim(outcomes);
+        trim(delivered);
     }
 
     /// Forgets the counts (after they were added to the metrics), keeping a small capacity.
     pub fn clear(&mut self) {
-        *self = Self {
-            outcomes: trimmed(std::mem::take(&mut self.outcomes)),
-            delivered: trimmed(std::mem::take(&mut self.delivered)),
-            ..Self::default()
-        };
+        let (counts, outcomes, delivered) = self.parts();
+        for n in counts {
+            *n = 0;
+        }
+        trim(outcomes);
+        trim(delivered);
     }
 
     /// Records a query's final status.
@@ -119,5 +153,60 @@ impl Tally {
             query_type,
             status,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(n: u64) -> Tally {
+        let mut t = Tally {
+            deliveries: n,
+            coalesced: n + 1,
+            data_missing: n + 2,
+            catch_ups_started: n + 3,
+            catch_ups_completed: n + 4,
+            starttls_accepted: n + 5,
+            starttls_refused: n + 6,
+            outcomes: Vec::new(),
+            delivered: vec![n * 16],
+        };
+        t.outcome(QueryMessage::Active, None, Status::Success);
+        t
+    }
+
+    #[test]
+    fn absorb_moves_every_count_and_list_and_empties_the_other() {
+        let mut total = full(10);
+        let mut turn = full(100);
+        total.absorb(&mut turn);
+        assert_eq!(
+            (
+                total.deliveries,
+                total.coalesced,
+                total.data_missing,
+                total.catch_ups_started,
+                total.catch_ups_completed,
+                total.starttls_accepted,
+                total.starttls_refused
+            ),
+            (110, 112, 114, 116, 118, 120, 122)
+        );
+        assert_eq!(total.delivered, [160, 1600]);
+        assert_eq!(total.outcomes.len(), 2);
+        assert_eq!(turn.parts().0.map(|n| *n), [0; 7]);
+        assert!(turn.outcomes.is_empty() && turn.delivered.is_empty());
+        // Into an empty tally the delivered list moves whole.
+        let mut empty = Tally::default();
+        let mut turn = full(1);
+        empty.absorb(&mut turn);
+        assert_eq!(
+            (empty.deliveries, empty.delivered.as_slice()),
+            (1, &[16][..])
+        );
+        total.clear();
+        assert_eq!(total.parts().0.map(|n| *n), [0; 7]);
+        assert!(total.outcomes.is_empty() && total.delivered.is_empty());
     }
 }

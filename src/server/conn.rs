@@ -11,7 +11,7 @@ use rustls::ServerConnection;
 use tracing::info;
 
 use super::ServerConfig;
-use super::metrics::{Metrics, unix_now};
+use super::metrics::{LatencyTally, unix_now};
 use crate::codec::{QueryType, ServerTime};
 use crate::config::QueryTypes;
 use crate::engine::active::{ActiveQuery, EncodeCache};
@@ -120,8 +120,8 @@ pub(super) struct Conn {
     pub(super) written: u64,
     /// Octets already added to the metrics.
     written_reported: u64,
-    /// What the session did, not yet added to the metrics.
-    tally: Tally,
+    /// The journal sequence numbers a fill just delivered (with metrics).
+    delivered: Vec<u64>,
     /// Deliveries waiting in the output: where they end (in `written` terms), when their
     /// change arrived, how many.
     in_flight: VecDeque<(u64, Instant, u32)>,
@@ -129,15 +129,47 @@ pub(super) struct Conn {
 
 /// What the server watches a connection's work with.
 pub(super) struct Observe<'a> {
-    pub(super) metrics: &'a Metrics,
     /// When each run of journal records arrived: (first sequence number, instant).
     pub(super) arrivals: &'a VecDeque<(u64, Instant)>,
+    /// What this turn of the loop's connections did so far.
+    pub(super) turn: &'a mut Turn,
 }
 
+/// What connections did, gathered by the server before it adds it to the metrics: the
+/// sessions' counts and the octets written (taken once a second and at a close), and the
+/// fan-out latencies (after each write, added once a turn). Atomic additions for each
+/// connection served were a measurable part of the fan-out's cost (BENCHMARKS.md "Metrics").
+#[derive(Debug, Default)]
+pub(super) struct Turn {
+    pub(super) tally: Tally,
+    /// Octets written to requestors over TCP.
+    pub(super) sent_tcp: u64,
+    /// Fan-out latencies of the deliveries written.
+    pub(super) fanout: LatencyTally,
+}
+
+/// How many of the newest runs of arrivals [`Observe::arrival`] looks at one by one before
+/// it searches: live fan-out sends the newest records.
+const RECENT_RUNS: usize = 8;
+
 impl Observe<'_> {
-    fn arrival(&self, seq: u64) -> Option<Instant> {
+    /// When the run of records holding `seq` arrived, and where the next run starts (the
+    /// records up to it arrived at the same instant).
+    fn arrival(&self, seq: u64) -> Option<(Instant, u64)> {
+        let len = self.arrivals.len();
+        // The newest runs first, from the back; then a binary search (a catch-up's records).
+        let mut next = u64::MAX;
+        for i in (len.saturating_sub(RECENT_RUNS)..len).rev() {
+            let (start, at) = self.arrivals.get(i)?;
+            if *start <= seq {
+                return Some((*at, next));
+            }
+            next = *start;
+        }
         let i = self.arrivals.partition_point(|(s, _)| *s <= seq);
-        self.arrivals.get(i.checked_sub(1)?).map(|(_, at)| *at)
+        let (_, at) = self.arrivals.get(i.checked_sub(1)?)?;
+        let next = self.arrivals.get(i).map_or(u64::MAX, |(s, _)| *s);
+        Some((*at, next))
     }
 }
 
@@ -175,7 +207,7 @@ impl Conn {
             connected_since: unix_now(),
             written: 0,
             written_reported: 0,
-            tally: Tally::default(),
+            delivered: Vec::new(),
             in_flight: VecDeque::new(),
         }
     }
@@ -299,23 +331,20 @@ impl Conn {
         ctx: &Ctx<'_, L>,
         cache: &mut EncodeCache,
         cfg: &ServerConfig,
-        obs: Option<&Observe<'_>>,
+        obs: Option<&mut Observe<'_>>,
     ) -> Result<bool, String> {
-        let result = self.serve_turn(ctx, cache, cfg, obs);
-        // What the session did goes to the metrics, also when the connection closes now.
-        self.session.take_tally(&mut self.tally);
-        if let Some(o) = obs {
-            o.metrics.add(&self.tally);
-            let sent = self.written.saturating_sub(self.written_reported);
-            if sent > 0 {
-                o.metrics
-                    .sent_tcp
-                    .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        // What the session counts stays in it until the server takes it
+        // ([`take_counts`](Self::take_counts)), once a second and at the close.
+        self.serve_turn(ctx, cache, cfg, obs)
+    }
+
+    /// Moves what the session counted and the octets written since the last call to `into`.
+    pub(super) fn take_counts(&mut self, into: &mut Turn) {
+        self.session.take_tally(&mut into.tally);
+        into.sent_tcp = into
+            .sent_tcp
+            .saturating_add(self.written.saturating_sub(self.written_reported));
         self.written_reported = self.written;
-        self.tally.clear();
-        result
     }
 
     fn serve_turn<L: Log>(
@@ -323,7 +352,7 @@ impl Conn {
         ctx: &Ctx<'_, L>,
         cache: &mut EncodeCache,
         cfg: &ServerConfig,
-        obs: Option<&Observe<'_>>,
+        obs: Option<&mut Observe<'_>>,
     ) -> Result<bool, String> {
         let mut more = false;
         if std::mem::take(&mut self.hung_up) {
@@ -406,7 +435,7 @@ impl Conn {
             unsent = self
                 .session
                 .fill(ctx, cache, &mut self.outbuf, cfg.high_water);
-            if let Some(o) = obs {
+            if let Some(o) = obs.as_deref() {
                 self.note_deliveries(o);
             }
         }
@@ -414,7 +443,7 @@ impl Conn {
             self.write().map_err(|e| io_close("write", &e))?;
         }
         if let Some(o) = obs {
-            self.observe_written(o.metrics);
+            self.observe_written(&mut o.turn.fanout, ctx.mono);
         }
         if self.to_identify().is_some() {
             // The server decides on the certificate before any query is read.
@@ -445,16 +474,27 @@ impl Conn {
     /// Notes where the deliveries just filled end in the output, and when their changes
     /// arrived, so that the write that sends them can time them.
     fn note_deliveries(&mut self, o: &Observe<'_>) {
-        self.session.take_tally(&mut self.tally);
-        if self.tally.delivered.is_empty() {
+        self.session.take_delivered(&mut self.delivered);
+        if self.delivered.is_empty() {
             return;
         }
         let end = self
             .written
             .saturating_add(self.outbuf.len().saturating_sub(self.out_pos) as u64);
-        for seq in self.tally.delivered.drain(..) {
-            let Some(at) = o.arrival(seq) else {
-                continue;
+        // The records a fill sends are mostly consecutive runs that arrived together: one
+        // search of the arrivals per run, not per record.
+        let mut run: Option<(u64, u64, Instant)> = None;
+        for seq in self.delivered.drain(..) {
+            let at = match run {
+                Some((from, to, at)) if (from..to).contains(&seq) => at,
+                _ => {
+                    let Some((at, next)) = o.arrival(seq) else {
+                        run = None;
+                        continue;
+                    };
+                    run = Some((seq, next, at));
+                    at
+                }
             };
             match self.in_flight.back_mut() {
                 Some((e, a, n)) if *e == end && *a == at => *n = n.saturating_add(1),
@@ -463,9 +503,10 @@ impl Conn {
         }
     }
 
-    /// Times the deliveries the writes have sent.
-    fn observe_written(&mut self, metrics: &Metrics) {
-        let now = Instant::now();
+    /// Times the deliveries the writes have sent. `now` is the clock reading the loop took
+    /// when it turned to this connection, microseconds before the write: one reading a
+    /// connection, not one more for the metrics.
+    fn observe_written(&mut self, fanout: &mut LatencyTally, now: Instant) {
         while let Some(&(end, at, n)) = self.in_flight.front() {
             if end > self.written {
                 break;
@@ -477,7 +518,7 @@ impl Conn {
             }
             let nanos =
                 u64::try_from(now.saturating_duration_since(at).as_nanos()).unwrap_or(u64::MAX);
-            metrics.fanout.observe(nanos, u64::from(n));
+            fanout.observe(nanos, u64::from(n));
         }
     }
 

@@ -2,9 +2,10 @@
 //! snapshot it publishes once a second, and the HTTP side that serves both as Prometheus text
 //! (`GET /metrics`) and JSON (`GET /requestors`) on its own thread.
 //!
-//! The loop never waits for the HTTP side: counters are atomics (relaxed: each is exact on its
-//! own, and a scrape needs no consistency between them), and the snapshot is swapped in with
-//! `try_lock`, skipped for a second in the rare turn where a scrape is cloning it.
+//! The loop never waits for the HTTP side: counters are atomics (relaxed: a scrape needs no
+//! consistency between them), which the loop adds to in batches (connections' counts once a
+//! second, fan-out latencies once a turn: see `conn::Turn`), and the snapshot is swapped in
+//! with `try_lock`, skipped for a second in the rare turn where a scrape is cloning it.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -100,6 +101,49 @@ const LATENCY_BOUNDS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// [`LATENCY_BOUNDS`] in nanoseconds, for [`LatencyTally`].
+const LATENCY_BOUNDS_NS: [u64; 16] = [
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    50_000_000,
+    100_000_000,
+    250_000_000,
+    500_000_000,
+    1_000_000_000,
+    2_500_000_000,
+    5_000_000_000,
+    10_000_000_000,
+];
+
+/// Fan-out latencies observed during one turn of the loop, in plain integers: the loop adds
+/// them to [`Metrics`]' histogram once a turn ([`AtomicHistogram::add_turn`]) instead of
+/// once a write.
+#[derive(Debug, Default)]
+pub(super) struct LatencyTally {
+    counts: [u64; LATENCY_BOUNDS_NS.len()],
+    sum_ns: u64,
+    count: u64,
+}
+
+impl LatencyTally {
+    /// Counts `n` deliveries that took `nanos`.
+    pub(super) fn observe(&mut self, nanos: u64, n: u64) {
+        if let Some(i) = LATENCY_BOUNDS_NS.iter().position(|b| nanos <= *b) {
+            if let Some(c) = self.counts.get_mut(i) {
+                *c = c.saturating_add(n);
+            }
+        }
+        self.sum_ns = self.sum_ns.saturating_add(nanos.saturating_mul(n));
+        self.count = self.count.saturating_add(n);
+    }
+}
+
 /// Upper bounds of the lag buckets, in journal records.
 const LAG_BOUNDS: [f64; 12] = [
     0.0, 1.0, 10.0, 100.0, 1_000.0, 10_000.0, 100_000.0, 1e6, 1e7, 1e8, 1e9, 1e10,
@@ -138,6 +182,23 @@ impl AtomicHistogram {
         }
         self.sum.fetch_add(raw.saturating_mul(n), Ordering::Relaxed);
         self.count.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Adds a turn's latencies (kept in nanoseconds, as this histogram's sum is) and empties
+    /// them.
+    pub(super) fn add_turn(&self, t: &mut LatencyTally) {
+        if t.count == 0 {
+            return;
+        }
+        for (c, n) in self.counts.iter().zip(&mut t.counts) {
+            if *n > 0 {
+                c.fetch_add(std::mem::take(n), Ordering::Relaxed);
+            }
+        }
+        self.sum
+            .fetch_add(std::mem::take(&mut t.sum_ns), Ordering::Relaxed);
+        self.count
+            .fetch_add(std::mem::take(&mut t.count), Ordering::Relaxed);
     }
 
     fn proto(&self) -> Histogram {
@@ -189,6 +250,10 @@ pub struct Metrics {
     /// The source's name, for the `source` label.
     source: Mutex<String>,
     pub(super) fanout: AtomicHistogram,
+    /// Every Active query's lag, observed once a second while snapshots are built: cumulative,
+    /// as a Prometheus histogram must be (`rate()` of its buckets gives the lag's distribution
+    /// over a window).
+    lag: AtomicHistogram,
     snapshot: Mutex<Arc<Snapshot>>,
     /// When a scrape last read the snapshot (milliseconds since `epoch`): the loop builds
     /// snapshots only while someone reads them.
@@ -227,6 +292,7 @@ impl Metrics {
             source_newest_time: Arc::new(AtomicU64::new(0)),
             source: Mutex::new(String::new()),
             fanout: AtomicHistogram::new(&LATENCY_BOUNDS, 1e-9),
+            lag: AtomicHistogram::new(&LAG_BOUNDS, 1.0),
             snapshot: Mutex::new(Arc::new(Snapshot::default())),
             last_read: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -435,7 +501,7 @@ impl Metrics {
         f.histogram(
             "lqd_active_lag_records",
             "Per Active query: journal records between the next one it will send and the head.",
-            snap.lag.proto(),
+            self.lag.proto(),
         );
         f.gauge(
             "lqd_active_lag_records_max",
@@ -543,7 +609,7 @@ impl Metrics {
         );
         f.histogram(
             "lqd_fanout_latency_seconds",
-            "From a change's arrival from the source to the write that puts it into an Active requestor's socket buffer.",
+            "From a change's arrival from the source to the write that puts it into an Active requestor's socket buffer (one journal record in 16 sampled).",
             self.fanout.proto(),
         );
         f.gauge(
@@ -667,13 +733,12 @@ fn resident_bytes() -> u64 {
 }
 
 /// What the loop publishes once a second.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Snapshot {
     pub(super) taken_unix: u64,
     /// Connections by state: handshake, idle, bulk, active.
     pub(super) connections: [u64; 4],
     pub(super) active_queries: u64,
-    pub(super) lag: AtomicHistogram,
     pub(super) lag_max: u64,
     pub(super) requestors: Vec<RequestorLag>,
     pub(super) requestors_dropped: u64,
@@ -682,25 +747,6 @@ pub struct Snapshot {
     pub(super) leases: (u64, u64),
     pub(super) conns: Vec<ConnView>,
     pub(super) closed: VecDeque<ClosedView>,
-}
-
-impl Default for Snapshot {
-    fn default() -> Self {
-        Self {
-            taken_unix: 0,
-            connections: [0; 4],
-            active_queries: 0,
-            lag: AtomicHistogram::new(&LAG_BOUNDS, 1.0),
-            lag_max: 0,
-            requestors: Vec::new(),
-            requestors_dropped: 0,
-            journal: JournalView::default(),
-            bindings: 0,
-            leases: (0, 0),
-            conns: Vec::new(),
-            closed: VecDeque::new(),
-        }
-    }
 }
 
 impl Snapshot {
@@ -712,8 +758,9 @@ impl Snapshot {
         }
     }
 
-    pub(super) fn observe_lag(&mut self, records: u64) {
-        self.lag.observe(records, 1);
+    /// Counts one Active query's lag into `metrics`' histogram and this snapshot's maximum.
+    pub(super) fn observe_lag(&mut self, metrics: &Metrics, records: u64) {
+        metrics.lag.observe(records, 1);
         self.lag_max = self.lag_max.max(records);
     }
 }
@@ -900,6 +947,8 @@ fn http_connection(stream: TcpStream, metrics: &Metrics) -> Result<(), String> {
     stream
         .set_write_timeout(Some(HTTP_IDLE))
         .map_err(|e| e.to_string())?;
+    // Each answer is written whole at once: nothing for Nagle's algorithm to gather.
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
     let mut writer = stream.try_clone().map_err(|e| e.to_string())?;
     let mut reader = BufReader::new(stream);
     loop {
@@ -997,5 +1046,10 @@ fn respond(w: &mut TcpStream, status: u16, kind: &str, body: &[u8], keep_alive: 
         body.len(),
         if keep_alive { "keep-alive" } else { "close" }
     );
-    w.write_all(head.as_bytes()).is_ok() && w.write_all(body).is_ok() && w.flush().is_ok()
+    // One write: a head and a body written apart would leave the body waiting for the
+    // client's delayed ACK of the head (Nagle's algorithm), some 40 ms a request.
+    let mut answer = Vec::with_capacity(head.len() + body.len());
+    answer.extend_from_slice(head.as_bytes());
+    answer.extend_from_slice(body);
+    w.write_all(&answer).is_ok() && w.flush().is_ok()
 }

@@ -35,7 +35,7 @@ use crate::engine::udp::{UdpAnswer, answer};
 use crate::feed::{Fed, FeedReceiver, Writer, Writers, system_time as server_time};
 use crate::store::journal::{FlushPolicy, JournalFile};
 use crate::store::{History, LinkMap, Store};
-use conn::{Conn, Observe};
+use conn::{Conn, Observe, Turn};
 use metrics::{ClosedView, ConnView, Metrics, QueryView, Refused, RequestorLag, Snapshot, TlsView};
 use tls::TlsServer;
 
@@ -243,6 +243,8 @@ pub struct Server {
     /// When runs of journal records arrived: (first sequence number, instant), for the
     /// fan-out latency; only with metrics.
     arrivals: VecDeque<(u64, Instant)>,
+    /// What this turn's connections did, for the metrics (added once a turn).
+    turn: Turn,
     /// The last connections closed, for the requestor view.
     closed: VecDeque<ClosedView>,
     /// The journal's next sequence number when the server started (appends are counted from
@@ -360,6 +362,7 @@ impl Server {
             live_tx,
             per_table: HashMap::new(),
             arrivals: VecDeque::new(),
+            turn: Turn::default(),
             closed: VecDeque::new(),
             first_seq: 0,
             signals: None,
@@ -568,6 +571,7 @@ impl Server {
                     pending.push(key);
                 }
             }
+            self.count_turn();
             pending.sort_unstable();
             pending.dedup();
             if !self.accept_retry.is_empty() && last_retry.elapsed() >= ACCEPT_RETRY {
@@ -587,6 +591,7 @@ impl Server {
                 let before = self.history.journal().next_seq();
                 self.housekeeping(now);
                 self.note_arrivals(before);
+                self.take_counts();
                 self.publish_snapshot();
                 self.publish_marks();
                 // The changes housekeeping journaled (expiries), and the keepalives due.
@@ -939,11 +944,11 @@ impl Server {
             mono: Instant::now(),
             active: self.cfg.active,
         };
-        let obs = self.cfg.metrics.as_deref().map(|metrics| Observe {
-            metrics,
+        let mut obs = self.cfg.metrics.is_some().then_some(Observe {
             arrivals: &self.arrivals,
+            turn: &mut self.turn,
         });
-        let served = conn.service(&ctx, &mut self.cache, &self.cfg, obs.as_ref());
+        let served = conn.service(&ctx, &mut self.cache, &self.cfg, obs.as_mut());
         if let Some(m) = self.cfg.metrics.as_deref() {
             m.encoded.store(self.cache.built(), Ordering::Relaxed);
         }
@@ -976,6 +981,7 @@ impl Server {
             return;
         }
         let mut conn = self.conns.remove(key);
+        conn.take_counts(&mut self.turn);
         conn.close_tls();
         if let Some(index) = conn.table {
             if let Some(n) = self.per_table.get_mut(&index) {
@@ -1014,6 +1020,29 @@ impl Server {
                 reason: reason.to_owned(),
             });
         }
+    }
+
+    /// Adds what the connections did since the last call to the metrics (without metrics,
+    /// forgets it).
+    fn count_turn(&mut self) {
+        if let Some(m) = &self.cfg.metrics {
+            m.add(&self.turn.tally);
+            m.fanout.add_turn(&mut self.turn.fanout);
+            if self.turn.sent_tcp > 0 {
+                m.sent_tcp.fetch_add(self.turn.sent_tcp, Ordering::Relaxed);
+            }
+        }
+        self.turn.sent_tcp = 0;
+        self.turn.tally.clear();
+    }
+
+    /// Takes every connection's counts (once a second: the counters are at most that old),
+    /// and adds them to the metrics.
+    fn take_counts(&mut self) {
+        for (_, c) in &mut self.conns {
+            c.take_counts(&mut self.turn);
+        }
+        self.count_turn();
     }
 
     fn count_refused(&self, why: Refused) {
@@ -1058,7 +1087,7 @@ impl Server {
             for q in session.active_queries() {
                 snap.active_queries += 1;
                 let (lag, oldest) = q.lag(history);
-                snap.observe_lag(lag);
+                snap.observe_lag(&metrics, lag);
                 conn_lag = conn_lag.max(lag);
                 queries.push(QueryView {
                     xid: format!("{:#08x}", q.xid().value()),

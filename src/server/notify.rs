@@ -4,9 +4,10 @@
 //! systemd names a datagram socket in `NOTIFY_SOCKET`: a path, or an abstract socket name
 //! written with a leading `@`. lqd sends `READY=1` once its TCP and UDP ports listen, its
 //! journal is open and its source runs, so `systemctl start lqd` returns when requestors can be
-//! served and units ordered after lqd start then; `STOPPING=1` when it begins to stop. Each
-//! message is one datagram of newline-separated `KEY=VALUE` lines. Outside systemd the variable
-//! is unset and nothing is sent.
+//! served and units ordered after lqd start then; `RELOADING=1` when a SIGHUP starts a reload
+//! and `READY=1` again once it is done (taken or rejected); `STOPPING=1` when it begins to
+//! stop. Each message is one datagram of newline-separated `KEY=VALUE` lines. Outside systemd
+//! the variable is unset and nothing is sent.
 
 use std::ffi::OsStr;
 use std::io;

@@ -11,7 +11,7 @@
 //! server's peak RSS.
 
 use super::progress::Progress;
-use super::run::{Ctx, Detail, connect_notes, live, preload_note, timeout_notes};
+use super::run::{Ctx, Detail, connect_notes, live, preload_note, scrape_notes, timeout_notes};
 use super::{FanoutCommon, filter_note, plots, positive};
 use crate::Outcome;
 use crate::summary::{self, RunSummary};
@@ -35,6 +35,11 @@ pub(crate) struct Args {
     /// them, a fresh server's one-time growth. Raw and Redis keep no bindings: nothing to do.
     #[arg(long)]
     pub(crate) preload: bool,
+    /// Run every system this many times at each load, the order reversed every other round
+    /// (lqd, lqd-metrics, then lqd-metrics, lqd, …), so that a drift of the machine's load
+    /// weighs on every system alike; the metrics table pairs the runs round by round.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) rounds: u32,
     #[command(flatten)]
     pub(crate) common: FanoutCommon,
 }
@@ -50,17 +55,23 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     let mut failures = Vec::new();
     for &n in &args.requestors {
         for &rate in &args.rate {
-            for system in args.common.systems() {
-                match live(&ctx, system, n as usize, rate, args.seconds, "active") {
-                    Ok(o) => {
-                        runs.push(o.summary);
-                        details.push(o.detail);
-                        failures.extend(o.failures);
-                    }
-                    Err(e) => {
-                        let f = format!("{} N={n} {rate}/s: {e}", system.name());
-                        progress.println(&format!("loadgen: error: {f}"));
-                        failures.push(f);
+            for round in 0..args.rounds {
+                let mut systems = args.common.systems();
+                if round % 2 == 1 {
+                    systems.reverse();
+                }
+                for system in systems {
+                    match live(&ctx, system, n as usize, rate, args.seconds, "active") {
+                        Ok(o) => {
+                            runs.push(o.summary);
+                            details.push(o.detail);
+                            failures.extend(o.failures);
+                        }
+                        Err(e) => {
+                            let f = format!("{} N={n} {rate}/s: {e}", system.name());
+                            progress.println(&format!("loadgen: error: {f}"));
+                            failures.push(f);
+                        }
                     }
                 }
             }
@@ -69,6 +80,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     progress.clear();
     let mut extra = serde_json::Map::new();
     extra.insert("preload".to_owned(), args.preload.into());
+    extra.insert("rounds".to_owned(), args.rounds.into());
     finish_with(
         "active",
         &args.common,
@@ -79,7 +91,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
             format!(
                 "Active Leasequery fan-out: {} s of changes per run over {} bindings, {} \
                  receiver threads; latency from each change's intended injection time{}{}\n\n\
-                 {md}{}{}",
+                 {md}{}{}{}",
                 args.seconds,
                 args.common.bindings,
                 ctx.workers,
@@ -87,6 +99,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
                 preload_note(&args.common, args.preload, &details),
                 timeout_notes(&details),
                 connect_notes(&details),
+                scrape_notes(&details),
             )
         },
         extra,

@@ -235,6 +235,18 @@ fn one(
     let usage = meter.stop()?;
     let reports = receivers.finish();
     failures.extend(server.logged_failures());
+    if let Server::Lqd(lqd, _) = &mut server {
+        if let Some(scrape) = lqd.finish_scraping().transpose()? {
+            if scrape.failures > 0 {
+                failures.push(format!(
+                    "{label}: {} of {} scrapes failed: {}",
+                    scrape.failures,
+                    scrape.scrapes,
+                    scrape.errors.join("; ")
+                ));
+            }
+        }
+    }
     if let Server::Raw(raw) = server {
         raw.finish()?;
     }

@@ -123,6 +123,9 @@ pub(crate) enum Seen {
     },
     /// LEASEQUERY-DATA with client data: change `k`.
     Change { k: u64 },
+    /// LEASEQUERY-DATA with client data whose address has valid lifetime 0: binding `b`'s
+    /// lease ended (D5), as a release in Kea's lease database reports it (`loadgen pgsql`).
+    Released { b: u32 },
     /// LEASEQUERY-DATA with a status (CatchUpComplete, DataMissing) and base-time.
     Status {
         status: Status,
@@ -317,8 +320,20 @@ impl Model {
         self.address(b)
     }
 
-    /// The change a message's OPTION_CLIENT_DATA reports.
-    fn change_of(self, cd: &Options<'_>) -> Result<u64, String> {
+    /// Change `k` as a row of Kea's `lease6` table holds it (`loadgen pgsql`).
+    pub(crate) fn kea_lease(self, k: u64) -> KeaLease {
+        let b = self.binding(k);
+        KeaLease {
+            binding: b,
+            duid: Self::duid(b),
+            address: self.address(b),
+            valid: self.valid_lifetime(k),
+            link: self.link(b),
+        }
+    }
+
+    /// What a message's OPTION_CLIENT_DATA reports: a change, or a binding's lease ended.
+    fn change_of(self, cd: &Options<'_>) -> Result<Seen, String> {
         let duid = cd.client_id().ok_or("client data without a client id")?;
         let Some(b) = Self::binding_number(duid.as_bytes()) else {
             return Err(format!(
@@ -344,18 +359,22 @@ impl Model {
             }
         }
         let valid = valid.ok_or_else(|| format!("binding {b} without its address"))?;
+        if valid == 0 {
+            return Ok(Seen::Released { b });
+        }
         let granted = valid.saturating_add(clt.ok_or("client data without CLT_TIME")?);
         let g = granted
             .checked_sub(BASE_VALID)
             .ok_or_else(|| format!("binding {b} with a lifetime of {granted} s"))?;
         let k = u64::from(g) * u64::from(self.bindings) + u64::from(b);
-        k.checked_sub(self.shift).ok_or_else(|| {
+        let k = k.checked_sub(self.shift).ok_or_else(|| {
             format!(
                 "binding {b} in generation {g}, from before the run (a preloaded change, {} \
                  generations back)",
                 self.shift / u64::from(self.bindings)
             )
-        })
+        })?;
+        Ok(Seen::Change { k })
     }
 
     /// What `message` is, checking its xid when `xid` is given.
@@ -371,9 +390,7 @@ impl Model {
         Ok(match m.msg_type() {
             MessageType::LeasequeryReply => Seen::Reply { status, base_time },
             MessageType::LeasequeryData => match m.options.get(OptionCode::ClientData) {
-                Some(DhcpOption::ClientData(cd)) => Seen::Change {
-                    k: self.change_of(&cd)?,
-                },
+                Some(DhcpOption::ClientData(cd)) => self.change_of(&cd)?,
                 _ if m.options.status().is_some() => Seen::Status { status, base_time },
                 _ => Seen::Keepalive { base_time },
             },
@@ -381,6 +398,18 @@ impl Model {
             t => return Err(format!("an unexpected {t}")),
         })
     }
+}
+
+/// One of loadgen's leases as Kea keeps it in its lease database: change `k`'s binding, its
+/// client's DUID, its IA_NA address, the valid lifetime granted and the link (its relay's
+/// link-address).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct KeaLease {
+    pub(crate) binding: u32,
+    pub(crate) duid: [u8; 10],
+    pub(crate) address: Ipv6Addr,
+    pub(crate) valid: u32,
+    pub(crate) link: Ipv6Addr,
 }
 
 /// The bindings as a Bulk answer by link reports them (unkeyed: all on `LINK`).

@@ -74,6 +74,10 @@ pub(crate) enum System {
     LqdTls,
     /// NATS 2.9 core pub/sub (Debian's nats-server), the same payloads to N subscribers.
     Nats,
+    /// lqd with its metrics endpoint on (`metrics_listen`), `GET /metrics` and
+    /// `GET /requestors` scraped every second (`--metrics` adds it beside `lqd`).
+    #[value(name = "lqd-metrics")]
+    LqdMetrics,
 }
 
 impl System {
@@ -85,12 +89,13 @@ impl System {
             Self::Redis => "redis",
             Self::LqdTls => "lqd-tls",
             Self::Nats => "nats",
+            Self::LqdMetrics => "lqd-metrics",
         }
     }
 
-    /// lqd, over TLS or not.
+    /// lqd, over TLS or not, with metrics or not.
     pub(crate) const fn is_lqd(self) -> bool {
-        matches!(self, Self::Lqd | Self::LqdTls)
+        matches!(self, Self::Lqd | Self::LqdTls | Self::LqdMetrics)
     }
 }
 
@@ -126,8 +131,9 @@ pub(crate) struct FanoutCommon {
     #[arg(long, default_value = "target/release/lqd")]
     pub(crate) lqd: PathBuf,
     /// The systems to measure, each in turn at every load: lqd, lqd-tls (lqd with every
-    /// requestor on STARTTLS), raw (loadgen's own epoll sender), redis (redis-server pub/sub),
-    /// nats (nats-server core pub/sub).
+    /// requestor on STARTTLS), lqd-metrics (lqd with its metrics endpoint scraped every
+    /// second), raw (loadgen's own epoll sender), redis (redis-server pub/sub), nats
+    /// (nats-server core pub/sub).
     #[arg(long, value_delimiter = ',', default_value = "lqd,raw")]
     pub(crate) systems: Vec<System>,
     /// Also measure lqd over TLS: `lqd-tls` right after `lqd` in `--systems` (or first, when
@@ -136,6 +142,12 @@ pub(crate) struct FanoutCommon {
     /// does a rustls handshake (TLS 1.2+) and runs its query inside TLS.
     #[arg(long)]
     pub(crate) tls: bool,
+    /// Also measure lqd with its metrics on: `lqd-metrics` right after `lqd` (issue 16: the
+    /// event loop must not slow down). lqd runs with `metrics_listen` on a free port of
+    /// `[::1]`, and a scraper thread of loadgen's does `GET /metrics` and `GET /requestors`
+    /// once a second, from lqd's start to the run's end, as Prometheus and a dashboard would.
+    #[arg(long)]
+    pub(crate) metrics: bool,
     /// Bindings the changes cycle over: change k is for binding k mod M. Keep it above the
     /// changes a requestor could fall behind by, or lqd rightly coalesces (RFC 7653 sends a
     /// binding's current state only), which counts as lost here.
@@ -169,15 +181,21 @@ pub(crate) struct FanoutCommon {
 }
 
 impl FanoutCommon {
-    /// The systems to run, in order: `--systems`, with `lqd-tls` added by `--tls`.
+    /// The systems to run, in order: `--systems`, with `lqd-tls` added by `--tls` and
+    /// `lqd-metrics` by `--metrics`, each right after `lqd` (or first, without it).
     pub(crate) fn systems(&self) -> Vec<System> {
         let mut out = self.systems.clone();
-        if self.tls && !out.contains(&System::LqdTls) {
-            let at = out
-                .iter()
-                .position(|s| *s == System::Lqd)
-                .map_or(0, |i| i + 1);
-            out.insert(at, System::LqdTls);
+        for (wanted, system) in [
+            (self.metrics, System::LqdMetrics),
+            (self.tls, System::LqdTls),
+        ] {
+            if wanted && !out.contains(&system) {
+                let at = out
+                    .iter()
+                    .position(|s| *s == System::Lqd)
+                    .map_or(0, |i| i + 1);
+                out.insert(at, system);
+            }
         }
         out.dedup();
         out

@@ -160,6 +160,8 @@ pub(crate) struct ConnReport {
     pub(crate) duplicated: u64,
     /// Changes of another requestor's key (filtered runs).
     pub(crate) misdelivered: u64,
+    /// Ended leases received (a release in Kea's lease database: `loadgen pgsql`).
+    pub(crate) released: u64,
     /// The last OPTION_LQ_BASE_TIME seen.
     pub(crate) base_time: Option<ServerTime>,
     /// From connecting to CatchUpComplete.
@@ -341,6 +343,7 @@ struct Track {
     coalesced: u64,
     duplicated: u64,
     misdelivered: u64,
+    released: u64,
     base_time: Option<ServerTime>,
     connected_at: Instant,
     caught_up: Option<Instant>,
@@ -392,6 +395,10 @@ impl Track {
         }
         match seen {
             Seen::Change { k } => self.change(k, cx),
+            Seen::Released { .. } => {
+                self.released += 1;
+                Ok(())
+            }
             Seen::Status {
                 status: Status::CatchUpComplete,
                 base_time,
@@ -742,6 +749,7 @@ impl Worker {
                     coalesced: 0,
                     duplicated: 0,
                     misdelivered: 0,
+                    released: 0,
                     base_time: None,
                     connected_at,
                     caught_up: None,
@@ -861,6 +869,7 @@ impl Worker {
                     coalesced: t.coalesced,
                     duplicated: t.duplicated,
                     misdelivered: t.misdelivered,
+                    released: t.released,
                     base_time: t.base_time,
                     catch_up: t
                         .caught_up
@@ -993,6 +1002,7 @@ mod tests {
             coalesced: 0,
             duplicated: 0,
             misdelivered: 0,
+            released: 0,
             base_time: None,
             connected_at: Instant::now(),
             caught_up: None,

@@ -131,6 +131,8 @@ pub(crate) struct Detail {
     pub(crate) ready_p99_ms: Option<f64>,
     /// The requestors spoke TLS (system `lqd-tls`).
     pub(crate) tls: bool,
+    /// What the scraper of lqd's metrics endpoint saw (system `lqd-metrics`).
+    pub(crate) scrape: Option<crate::scrape::ScrapeReport>,
 }
 
 /// The connecting of a run's requestors, measured.
@@ -212,7 +214,7 @@ impl Server {
             ));
         }
         Ok(match system {
-            System::Lqd | System::LqdTls => {
+            System::Lqd | System::LqdTls | System::LqdMetrics => {
                 let conns = n + LQD_CONN_MARGIN;
                 let journal =
                     journal_size.map_or(String::new(), |s| format!("journal_size = {s}\n"));
@@ -232,14 +234,25 @@ impl Server {
                     _ => None,
                 };
                 let tls = pki.as_ref().map_or(String::new(), |p| p.lqd_table("offer"));
+                // With metrics, a free port of [::1] for the endpoint (top-level keys go
+                // before the tables).
+                let metrics_addr = match system {
+                    System::LqdMetrics => Some(crate::process::fresh_port()?),
+                    _ => None,
+                };
+                let metrics =
+                    metrics_addr.map_or(String::new(), |a| format!("metrics_listen = \"{a}\"\n"));
                 let extra = format!(
                     "max_connections = {conns}\nmax_connections_per_requestor = {conns}\n\
-                     {journal}{links}{tls}"
+                     {metrics}{journal}{links}{tls}"
                 );
                 let (mut lqd, feed) =
                     Lqd::start_jsonl(&ctx.common.lqd, ctx.common.keep_state, &extra)?;
                 if let Some(pki) = pki {
                     lqd = lqd.with_tls(pki)?;
+                }
+                if let Some(addr) = metrics_addr {
+                    lqd = lqd.with_metrics(addr)?;
                 }
                 Self::Lqd(lqd, Some(feed))
             }
@@ -436,6 +449,8 @@ pub(crate) struct Merged {
     pub(crate) coalesced: u64,
     pub(crate) duplicated: u64,
     pub(crate) misdelivered: u64,
+    /// Ended leases received (releases: `loadgen pgsql`).
+    pub(crate) released: u64,
     pub(crate) errors: Vec<String>,
     pub(crate) last_delivery: Option<Instant>,
     pub(crate) last_complete: Option<Instant>,
@@ -457,6 +472,7 @@ pub(crate) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
         coalesced: 0,
         duplicated: 0,
         misdelivered: 0,
+        released: 0,
         errors: Vec::new(),
         last_delivery: None,
         last_complete: None,
@@ -477,6 +493,7 @@ pub(crate) fn merge(reports: Vec<WorkerReport>) -> Result<Merged, String> {
             m.coalesced += c.coalesced;
             m.duplicated += c.duplicated;
             m.misdelivered += c.misdelivered;
+            m.released += c.released;
             m.errors.extend(c.error);
             m.catch_up.extend(c.catch_up);
             m.ready_after.extend(c.ready_after);
@@ -540,6 +557,33 @@ pub(crate) fn delivery_failures(m: &Merged, expected: u64, label: &str) -> Vec<S
     out
 }
 
+/// The failures a run's scrapes show: failed requests, and (when `exact`: every delivery made,
+/// no preload's sentinel among the streams) lqd's delivery counter against what the
+/// requestors received.
+fn scrape_failures(
+    s: &crate::scrape::ScrapeReport,
+    m: &Merged,
+    exact: bool,
+    label: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if s.failures > 0 {
+        out.push(format!(
+            "{label}: {} of {} scrapes failed: {}",
+            s.failures,
+            s.scrapes,
+            s.errors.join("; ")
+        ));
+    }
+    if exact && s.deliveries_counter != Some(m.received) {
+        out.push(format!(
+            "{label}: lqd_active_deliveries_total is {:?} after the run, the requestors received {}",
+            s.deliveries_counter, m.received
+        ));
+    }
+    out
+}
+
 /// One live run: `system` with `n` requestors, changes at `rate` a second for `seconds`.
 pub(crate) fn live(
     ctx: &Ctx<'_>,
@@ -593,6 +637,10 @@ pub(crate) fn live(
         });
     let reports = receivers.finish();
     let mut failures = server.logged_failures();
+    let scrape = match &mut server {
+        Server::Lqd(lqd, _) => lqd.finish_scraping().transpose()?,
+        _ => None,
+    };
     let (mut raw_peak_backlog, mut raw_unfinished) = (None, None);
     let (connected, m) = measured?;
     let inject = match server {
@@ -616,6 +664,14 @@ pub(crate) fn live(
         .last_delivery
         .map_or(m.window, |t| t.saturating_duration_since(m.t0));
     failures.extend(delivery_failures(&merged, ctx.deliveries(total, n), &label));
+    if let Some(s) = &scrape {
+        failures.extend(scrape_failures(
+            s,
+            &merged,
+            m.complete && !preloaded,
+            &label,
+        ));
+    }
     if inject.written != total {
         failures.push(format!(
             "{label}: {} of {total} changes injected",
@@ -668,6 +724,7 @@ pub(crate) fn live(
         ready_p50_ms: quantile(&merged.ready_after, 0.5).map(|d| d.as_secs_f64() * 1e3),
         ready_p99_ms: quantile(&merged.ready_after, 0.99).map(|d| d.as_secs_f64() * 1e3),
         tls: system == System::LqdTls,
+        scrape,
     };
     let wrong = if model.keys().is_some() {
         format!(", misdelivered {}", merged.misdelivered)
@@ -890,6 +947,45 @@ pub(crate) fn connect_notes(details: &[Detail]) -> String {
             ms(d.ready_p99_ms),
             d.connect_server_cpu_secs
                 .map_or_else(|| "–".to_owned(), |c| format!("{c:.2}")),
+        ));
+    }
+    out
+}
+
+/// The scrapes of each `lqd-metrics` run, for the report: how many, how long each request
+/// took, the answers' sizes, and lqd's delivery counter after the run.
+pub(crate) fn scrape_notes(details: &[Detail]) -> String {
+    let scraped: Vec<(&Detail, &crate::scrape::ScrapeReport)> = details
+        .iter()
+        .filter_map(|d| d.scrape.as_ref().map(|s| (d, s)))
+        .collect();
+    if scraped.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\nScrapes of lqd-metrics (GET /metrics then GET /requestors every {} s over one \
+         kept-alive connection, from lqd's start to the run's end, and once after):\n\n\
+         | N | rate/s | scrapes | failed | /metrics mean / max | size | /requestors mean / max \
+         | size | connections listed (max) | lqd_active_deliveries_total after |\n\
+         |--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+        crate::scrape::INTERVAL.as_secs()
+    );
+    for (d, s) in scraped {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {:.1} / {:.1} ms | {} KiB | {:.1} / {:.1} ms | {} KiB | {} | {} |\n",
+            crate::summary::number(d.requestors as f64),
+            crate::summary::number(d.rate),
+            s.scrapes,
+            s.failures,
+            s.metrics_ms_mean,
+            s.metrics_ms_max,
+            s.metrics_bytes.div_ceil(1024),
+            s.requestors_ms_mean,
+            s.requestors_ms_max,
+            s.requestors_bytes.div_ceil(1024),
+            s.requestors_listed_max,
+            s.deliveries_counter
+                .map_or_else(|| "–".to_owned(), |v| crate::summary::number(v as f64)),
         ));
     }
     out
