@@ -26,6 +26,9 @@ use serde_json::{Value, json};
 
 const LINK: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 7, 0, 0, 0, 1);
 const JOURNAL_SIZE: u64 = 64 << 20;
+/// The most lines the full-speed writer sends in one round (seven rounds: well inside
+/// JOURNAL_SIZE at about 120 octets a record).
+const LINES_PER_ROUND: u64 = 60_000;
 
 fn now_unix() -> u64 {
     SystemTime::now()
@@ -338,6 +341,10 @@ fn write_until_gone(sock: &Path, mut w: Writer, stop: &AtomicBool, round: usize)
     let mut stream = c.stream;
     let mut batch = String::new();
     let mut resend: Vec<String> = w.unacked.iter().map(|(_, l)| l.clone()).collect();
+    // At full speed a release build writes more in a round than the ring holds; past the
+    // round's budget the writer waits for lqd to go (or for `stop`), so that every change
+    // is still in the journal at the end.
+    let budget = w.next_seq.saturating_add(LINES_PER_ROUND);
     loop {
         w.acked = acked.load(Ordering::Acquire).checked_sub(1);
         w.trim();
@@ -350,11 +357,19 @@ fn write_until_gone(sock: &Path, mut w: Writer, stop: &AtomicBool, round: usize)
             break;
         }
         // Bounded: a writer keeps only so many unacknowledged lines.
-        while batch.len() < 64 << 10 && w.unacked.len() < 200_000 {
+        while batch.len() < 64 << 10 && w.unacked.len() < 200_000 && w.next_seq < budget {
             let (seq, text) = w.generate();
             batch.push_str(&text);
             batch.push('\n');
             w.unacked.push_back((seq, text));
+        }
+        if batch.is_empty() {
+            // The budget is spent: lqd's going ends the reader.
+            if reader.is_finished() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
         }
         if stream.write_all(batch.as_bytes()).is_err() {
             break;

@@ -323,9 +323,15 @@ pub(crate) fn read_whole_answer(s: &mut TcpStream, pid: u32) -> (usize, u64) {
 
 /// A free loopback port and an empty state directory for the test `name`.
 fn fresh(name: &str) -> (SocketAddr, PathBuf) {
-    let port = {
+    // lqd listens on the port over TCP and UDP: a port whose UDP side another test's socket
+    // holds (a UDP requestor's ephemeral port, say) would stop it with "Address already in
+    // use", so both sides are tried.
+    let port = loop {
         let l = std::net::TcpListener::bind("[::1]:0").unwrap();
-        l.local_addr().unwrap().port()
+        let port = l.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("::1", port)).is_ok() {
+            break port;
+        }
     };
     let addr: SocketAddr = format!("[::1]:{port}").parse().unwrap();
     let dir = std::env::temp_dir().join(format!("lqd-e2e-{name}-{}", std::process::id()));
