@@ -431,17 +431,25 @@ impl Lqd {
     }
 }
 
+/// `/proc/PID/status` of process `pid`.
+fn proc_status(pid: u32) -> Result<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))
+}
+
+/// The figure of the line `name` (such as `VmRSS:`) of a `/proc/PID/status` text, in kB.
+fn status_kib(status: &str, pid: u32, name: &str) -> Result<u64, String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
+}
+
 /// Memory and CPU of process `pid` now.
 pub(crate) fn proc_stats(pid: u32) -> Result<ProcStats, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
-    };
+    let status = proc_status(pid)?;
+    let field = |name: &str| status_kib(&status, pid, name);
     Ok(ProcStats {
         rss_kib: field("VmRSS:")?,
         hwm_kib: field("VmHWM:")?,
@@ -470,15 +478,8 @@ pub(crate) struct Memory {
 
 /// Process `pid`'s resident memory now.
 pub(crate) fn proc_memory(pid: u32) -> Result<Memory, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .ok_or_else(|| format!("no {name} in /proc/{pid}/status"))
-    };
+    let status = proc_status(pid)?;
+    let field = |name: &str| status_kib(&status, pid, name);
     Ok(Memory {
         rss_kib: field("VmRSS:")?,
         anon_kib: field("RssAnon:")?,

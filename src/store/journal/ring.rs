@@ -519,15 +519,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
     /// the other slot is written again. A `kill -9` anywhere in between leaves a header that
     /// opens.
     fn migrate(&mut self) {
-        let slot = Slot {
-            generation: self.generation,
-            tail_off: self.durable.off as u64,
-            tail_seq: self.durable.seq,
-            head_off: self.head as u64,
-            head_seq: self.next_seq,
-            evicted: self.durable.evicted,
-        };
-        self.generation = self.generation.wrapping_add(1);
+        let slot = self.next_slot();
         if let Some(h) = self.buf.as_mut().get_mut(..HEADER_LEN) {
             if slot.write_as(h, Some(VERSION)) {
                 layout::put(h, field::VERSION, &VERSION.to_le_bytes());
@@ -536,7 +528,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
         self.write_header();
     }
 
-    fn write_header(&mut self) {
+    /// The header slot that says where the ring stands now, under the next generation.
+    fn next_slot(&mut self) -> Slot {
         let slot = Slot {
             generation: self.generation,
             tail_off: self.durable.off as u64,
@@ -546,6 +539,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Journal<B> {
             evicted: self.durable.evicted,
         };
         self.generation = self.generation.wrapping_add(1);
+        slot
+    }
+
+    fn write_header(&mut self) {
+        let slot = self.next_slot();
         if let Some(h) = self.buf.as_mut().get_mut(..HEADER_LEN) {
             slot.write(h);
         }
