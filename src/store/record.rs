@@ -465,20 +465,7 @@ pub fn encode_v2<'a>(
         put_binding(b, out)?;
     }
     out.extend_from_slice(&bindings.to_be_bytes());
-    if marks.len() > MAX_MARKS {
-        return Err(RecordError::TooLong);
-    }
-    out.push(u8::try_from(marks.len()).map_err(|_| RecordError::TooLong)?);
-    for (name, seq) in marks {
-        let n = u8::try_from(name.len()).map_err(|_| RecordError::TooLong)?;
-        if n == 0 {
-            return Err(RecordError::BadValue);
-        }
-        out.push(n);
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(&seq.to_be_bytes());
-    }
-    Ok(())
+    put_marks(marks, out)
 }
 
 /// The binding's fields, as version 1 has them after its version octet.
