@@ -356,12 +356,12 @@ impl<L: Log> History<L> {
             // Replay in batches so a large journal is not held decoded all at once.
             if replay.len() >= 4096 {
                 for (seq, b) in replay.drain(..) {
-                    h.restore(seq, &b);
+                    h.restore(seq, b);
                 }
             }
         }
         for (seq, b) in replay {
-            h.restore(seq, &b);
+            h.restore(seq, b);
         }
         restored.bindings = h.store.len();
         if !h.marks.writers.is_empty() && last_count != Some(h.binding_count()) {
@@ -379,19 +379,42 @@ impl<L: Log> History<L> {
         u32::try_from(self.store.len()).unwrap_or(u32::MAX)
     }
 
-    /// Sets the binding `b` describes to exactly its recorded state.
-    fn restore(&mut self, seq: u64, b: &Binding) {
+    /// Sets the binding `b` describes to exactly its recorded state. One [`Change`] is built and
+    /// reused for every lease: the relays go with the first active lease only (`None` keeps
+    /// what the binding has), so a record's relayed message is moved once, never copied.
+    fn restore(&mut self, seq: u64, b: Binding) {
         let now = b.last_change;
-        let (client_id, link) = (&b.key.client_id, b.key.link);
-        if let Some(id) = self.store.by_client_link(client_id, link) {
-            let stale: Vec<_> = self
+        let Binding {
+            key, leases, relay, ..
+        } = b;
+        let link = key.link;
+        let existing = self.store.by_client_link(&key.client_id, link);
+        // Any lease to start the change with; each use sets its own.
+        let first = leases.first().copied().or_else(|| {
+            existing
+                .and_then(|id| self.store.get(id))
+                .and_then(|cur| cur.leases().first().copied())
+        });
+        let Some(first) = first else {
+            // No lease in the record and none held: the binding has ended.
+            self.set_tombstone(&key.client_id, link, seq);
+            return;
+        };
+        let mut change = Change {
+            client_id: key.client_id,
+            link,
+            lease: first,
+            relay: None,
+        };
+        if let Some(id) = existing {
+            let stale: smallvec::SmallVec<[Lease; 2]> = self
                 .store
                 .get(id)
                 .map(|cur| {
                     cur.leases()
                         .iter()
                         .filter(|l| {
-                            !b.leases
+                            !leases
                                 .iter()
                                 .any(|n| n.state.is_active() && n.slot() == l.slot())
                         })
@@ -400,31 +423,20 @@ impl<L: Log> History<L> {
                 })
                 .unwrap_or_default();
             for lease in stale {
-                self.store.apply(
-                    &Change {
-                        client_id: client_id.clone(),
-                        link,
-                        lease: super::model::Lease {
-                            state: LeaseState::Deleted,
-                            ..lease
-                        },
-                        relay: None,
-                    },
-                    now,
-                );
+                change.lease = Lease {
+                    state: LeaseState::Deleted,
+                    ..lease
+                };
+                self.store.apply(&change, now);
             }
         }
-        for lease in b.leases.iter().filter(|l| l.state.is_active()) {
-            self.store.apply(
-                &Change {
-                    client_id: client_id.clone(),
-                    link,
-                    lease: *lease,
-                    relay: Some(b.relay.clone()),
-                },
-                now,
-            );
+        let mut relay = Some(relay);
+        for lease in leases.iter().filter(|l| l.state.is_active()) {
+            change.lease = *lease;
+            change.relay = relay.take();
+            self.store.apply(&change, now);
         }
+        let client_id = &change.client_id;
         match self.store.by_client_link(client_id, link) {
             Some(id) => {
                 self.set_seq(id, seq);

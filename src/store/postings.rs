@@ -75,7 +75,8 @@ impl PostingKey {
                 each(Self::RemoteId(r.clone()));
             }
         }
-        let leases: Vec<Self> = binding.leases.iter().map(Self::of_lease).collect();
+        let leases: smallvec::SmallVec<[Self; 4]> =
+            binding.leases.iter().map(Self::of_lease).collect();
         for (i, key) in leases.iter().enumerate() {
             if first(&leases, i) {
                 each(key.clone());
@@ -252,7 +253,11 @@ impl Postings {
     }
 
     fn find(&self, key: &PostingKey) -> Option<u32> {
-        let h = self.hasher.hash_one(key);
+        self.find_hashed(self.hasher.hash_one(key), key)
+    }
+
+    /// [`find`](Self::find) with the key's hash already computed.
+    fn find_hashed(&self, h: u64, key: &PostingKey) -> Option<u32> {
         self.ids
             .find(h, |&id| {
                 self.lists
@@ -264,10 +269,10 @@ impl Postings {
     }
 
     fn id_of(&mut self, key: PostingKey) -> u32 {
-        if let Some(id) = self.find(&key) {
+        let h = self.hasher.hash_one(&key);
+        if let Some(id) = self.find_hashed(h, &key) {
             return id;
         }
-        let h = self.hasher.hash_one(&key);
         let list = List {
             key,
             seqs: Seqs::Few(0, [0; 2]),
