@@ -13,7 +13,7 @@ mod json_times;
 mod lq;
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -93,10 +93,7 @@ fn as_version_1(v2: &Value) -> Value {
 
 #[test]
 fn every_json_output_gives_times_as_unix_seconds_named_so() {
-    let metrics: SocketAddr = {
-        let l = TcpListener::bind("[::1]:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let metrics = common::free_metrics_addr();
     let lqd = Lqd::start_with_demo(
         "json-times",
         &format!("metrics_listen = \"{metrics}\"\n"),

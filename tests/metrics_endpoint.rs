@@ -9,24 +9,15 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{Lqd, REQUESTOR, by_link, link, read_answers};
 use lqd::codec::{BuildOptions, MessageBuilder, QueryType};
 
-fn free_port() -> u16 {
-    TcpListener::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn start(name: &str, demo: &str) -> (Lqd, SocketAddr) {
-    let port = free_port();
-    let metrics: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let metrics = common::free_metrics_addr();
     let lqd = Lqd::start_with_demo(
         name,
         &format!("metrics_listen = \"{metrics}\"\nmetrics_requestor_series = 2\n"),

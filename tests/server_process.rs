@@ -29,13 +29,6 @@ fn running_as_root() -> bool {
         == Some("0")
 }
 
-fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("[::1]:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
 /// Waits up to `secs` for `path` to hold `needle`.
 fn wait_for_text(path: &Path, needle: &str, secs: u64) -> String {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -73,7 +66,7 @@ fn start_as_user(top: &Path, env: &[(&str, &Path)]) -> (Child, PathBuf) {
         format!(
             "listen = [\"{}\"]\nsource = \"demo\"\njournal_size = 8388608\n\n[demo]\n\
              clients = 100\nlinks = 2\n",
-            free_addr()
+            common::free_lqd_addr()
         ),
     )
     .unwrap();

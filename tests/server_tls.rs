@@ -893,10 +893,7 @@ fn tls_active_catch_up(
 #[test]
 fn tls_streams_carry_the_cached_frames_several_to_a_record() {
     let p = pki();
-    let metrics_port = {
-        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let metrics_port = common::free_metrics_addr().port();
     let extra = format!(
         "metrics_listen = \"[::1]:{metrics_port}\"\n{}",
         tls_table(&p, "offer", false)

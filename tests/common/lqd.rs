@@ -323,17 +323,7 @@ pub(crate) fn read_whole_answer(s: &mut TcpStream, pid: u32) -> (usize, u64) {
 
 /// A free loopback port and an empty state directory for the test `name`.
 fn fresh(name: &str) -> (SocketAddr, PathBuf) {
-    // lqd listens on the port over TCP and UDP: a port whose UDP side another test's socket
-    // holds (a UDP requestor's ephemeral port, say) would stop it with "Address already in
-    // use", so both sides are tried.
-    let port = loop {
-        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("::1", port)).is_ok() {
-            break port;
-        }
-    };
-    let addr: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    let addr = free_lqd_addr();
     let dir = std::env::temp_dir().join(format!("lqd-e2e-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -428,6 +418,19 @@ fn spawn_prepared(
     .spawn()
     .unwrap();
     Lqd { child, addr, dir }
+}
+
+/// A free loopback address for lqd's `listen`. lqd listens on the port over TCP and UDP: a
+/// port whose UDP side another test's socket holds (a UDP requestor's ephemeral port, say)
+/// would stop it with "Address already in use", so both sides are tried.
+pub(crate) fn free_lqd_addr() -> SocketAddr {
+    loop {
+        let l = std::net::TcpListener::bind("[::1]:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        if std::net::UdpSocket::bind(addr).is_ok() {
+            return addr;
+        }
+    }
 }
 
 /// A free loopback address for `metrics_listen`.
