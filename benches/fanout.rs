@@ -185,7 +185,7 @@ impl Filtered {
             let mut s = Session::new(4);
             s.handle_bytes(&request, &ctx, &AllowAll, &mut Vec::new(), &mut Vec::new())
                 .unwrap();
-            watchers.watch(&s.active_queries()[0], i as usize);
+            watchers.watch(&s.active_queries()[0], i as usize, h.postings());
             sessions.push(s);
         }
         Self {

@@ -448,7 +448,7 @@ fn a_change_wakes_only_the_queries_it_concerns() {
         ),
     ));
     for (token, s) in sessions.iter().enumerate() {
-        watchers.watch(&s.active_queries()[0], token);
+        watchers.watch(&s.active_queries()[0], token, h.postings());
     }
     let unfiltered: Vec<usize> = (10_000..10_100).collect();
 
@@ -494,7 +494,7 @@ fn a_change_wakes_only_the_queries_it_concerns() {
 
     // Once gone, a query is woken no more.
     for (token, s) in sessions.iter().enumerate().take(10_000) {
-        watchers.unwatch(&s.active_queries()[0], token);
+        watchers.unwatch(&s.active_queries()[0], token, h.postings());
     }
     let woken = woken_by(&mut h, &watchers, 2, 17, false);
     assert_eq!(woken, unfiltered);

@@ -858,6 +858,64 @@ fn a_file_journal_survives_reopening() {
     assert_eq!(jf.path(), path);
 }
 
+/// Resident octets of this process's mappings of files in `dir` (`Rss:` of /proc/self/smaps;
+/// the journal is mapped under the temporary name it was made under).
+fn mapped_rss(dir: &Path) -> u64 {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let name = format!("{}/", dir.to_str().expect("path"));
+    let mut inside = false;
+    let mut kib = 0;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            inside = line.contains(&name);
+        } else if inside && first == "Rss:" {
+            kib += line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    kib * 1024
+}
+
+/// Issue 19: a journal of gigabytes must not sit in lqd's resident set. Appends keep only a
+/// window of pages around the head mapped; the records read back the same, in this process
+/// and after reopening.
+#[test]
+fn a_file_journal_keeps_only_the_pages_near_its_head_resident() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("journal");
+    let size = HEADER_LEN as u64 + (256 << 20);
+    let (mut jf, _) = JournalFile::open(&path, size, FlushPolicy::Os).expect("create");
+    let mut peak = 0;
+    for s in 0..400_000u64 {
+        jf.append(ServerTime(s as u32), &payload(s, 600 + (s % 200) as usize))
+            .expect("append");
+        if s % 10_000 == 0 {
+            peak = peak.max(mapped_rss(dir.path()));
+        }
+    }
+    let written = file_records(&jf);
+    assert!(written.first().expect("records").0 > 0, "the ring wrapped");
+    // Two windows of 16 MiB, and the header, the pages of the last few appends and the
+    // pages a release rounds to.
+    let bound = 34 << 20;
+    assert!(
+        peak > 0 && peak <= bound,
+        "resident journal octets {peak}, bound {bound}"
+    );
+    assert!(
+        mapped_rss(dir.path()) >= 256 << 20,
+        "reading every record maps them again"
+    );
+    drop(jf);
+    let (jf, rec) = JournalFile::open(&path, size, FlushPolicy::Os).expect("reopen");
+    assert_eq!(rec.records, written.len() as u64);
+    assert_eq!(file_records(&jf), written);
+}
+
 #[test]
 fn flush_policies_write_the_same_journal() {
     for policy in [

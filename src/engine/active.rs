@@ -33,7 +33,7 @@ use crate::codec::{
     DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode, Xid,
 };
 use crate::store::journal::{Cursor, Record};
-use crate::store::{Binding, BindingId, History, Log, PostingKey, Postings};
+use crate::store::{Binding, BindingId, History, Log, PostingKey, Postings, Tag};
 
 /// Records a query examines per fill before it lets other connections have the loop.
 const SCAN_BUDGET: usize = 4096;
@@ -687,7 +687,8 @@ enum WatchKey {
 #[derive(Debug, Default)]
 pub struct Watchers {
     all: Vec<usize>,
-    keys: HashMap<PostingKey, Vec<usize>>,
+    /// Filtered queries by the tag of their key's list.
+    keys: HashMap<Tag, Vec<usize>>,
     addresses: BTreeMap<u128, Vec<usize>>,
 }
 
@@ -699,17 +700,22 @@ impl Watchers {
     }
 
     /// `token` runs `query`: wake it for the records the query reads.
-    pub fn watch(&mut self, query: &ActiveQuery, token: usize) {
+    pub fn watch(&mut self, query: &ActiveQuery, token: usize, postings: &Postings) {
         match query.watch_key() {
             WatchKey::All => self.all.push(token),
-            WatchKey::Key(k) => self.keys.entry(k).or_default().push(token),
+            WatchKey::Key(k) => self.keys.entry(postings.tag(&k)).or_default().push(token),
             WatchKey::Address(a) => self.addresses.entry(a).or_default().push(token),
         }
     }
 
     /// `token` no longer runs `query`. Returns the key when no query watches it any more (its
     /// list in the postings may then go).
-    pub fn unwatch(&mut self, query: &ActiveQuery, token: usize) -> Option<PostingKey> {
+    pub fn unwatch(
+        &mut self,
+        query: &ActiveQuery,
+        token: usize,
+        postings: &Postings,
+    ) -> Option<PostingKey> {
         fn remove_one(list: &mut Vec<usize>, token: usize) {
             if let Some(i) = list.iter().position(|&t| t == token) {
                 list.swap_remove(i);
@@ -721,10 +727,11 @@ impl Watchers {
                 None
             }
             WatchKey::Key(k) => {
-                let list = self.keys.get_mut(&k)?;
+                let tag = postings.tag(&k);
+                let list = self.keys.get_mut(&tag)?;
                 remove_one(list, token);
                 if list.is_empty() {
-                    self.keys.remove(&k);
+                    self.keys.remove(&tag);
                     return Some(k);
                 }
                 None
@@ -743,13 +750,13 @@ impl Watchers {
     /// True when a query watches the records filed under `key` (its list must keep the
     /// mark of what it lost).
     #[must_use]
-    pub fn watches(&self, key: &PostingKey) -> bool {
-        match key {
-            PostingKey::Lease(prefix, len) => {
-                let (lo, hi) = prefix_range(*prefix, *len);
+    pub fn watches(&self, tag: Tag) -> bool {
+        match tag.lease() {
+            Some((prefix, len)) => {
+                let (lo, hi) = prefix_range(prefix, len);
                 self.addresses.range(lo..=hi).next().is_some()
             }
-            k => self.keys.contains_key(k),
+            None => self.keys.contains_key(&tag),
         }
     }
 
@@ -778,15 +785,15 @@ impl Watchers {
         if self.keys.is_empty() && self.addresses.is_empty() {
             return;
         }
-        postings.filed_since(since, |_, key| match key {
-            PostingKey::Lease(prefix, len) => {
-                let (lo, hi) = prefix_range(*prefix, *len);
+        postings.filed_since(since, |_, tag| match tag.lease() {
+            Some((prefix, len)) => {
+                let (lo, hi) = prefix_range(prefix, len);
                 for tokens in self.addresses.range(lo..=hi).map(|(_, t)| t) {
                     woken.extend_from_slice(tokens);
                 }
             }
-            k => {
-                if let Some(tokens) = self.keys.get(k) {
+            None => {
+                if let Some(tokens) = self.keys.get(&tag) {
                     woken.extend_from_slice(tokens);
                 }
             }

@@ -964,7 +964,7 @@ impl Server {
                 // Queries started this turn: wake the connection for what they read.
                 let queries = conn.active_queries();
                 for q in queries.get(conn.watched..).unwrap_or_default() {
-                    self.watchers.watch(q, key);
+                    self.watchers.watch(q, key, self.history.postings());
                 }
                 conn.watched = queries.len();
                 more
@@ -990,7 +990,7 @@ impl Server {
         }
         let queries = conn.active_queries();
         for q in queries.get(..conn.watched).unwrap_or(queries) {
-            if let Some(k) = self.watchers.unwatch(q, key) {
+            if let Some(k) = self.watchers.unwatch(q, key, self.history.postings()) {
                 self.history.unwatched(&k);
             }
         }

@@ -58,7 +58,7 @@ use super::index::{Applied, BindingId, Store};
 use super::journal::{Hole, Journal, JournalError, JournalFile};
 use super::links::LinkMap;
 use super::model::{Binding, Change, Lease, LeaseKind, LeaseState};
-use super::postings::{PostingKey, Postings};
+use super::postings::{PostingKey, Postings, Tag};
 use super::record;
 use super::record::template::{self, Templates};
 use crate::codec::ServerTime;
@@ -73,6 +73,9 @@ pub trait Log {
     fn append(&mut self, time: ServerTime, payload: &[u8]) -> Result<u64, JournalError>;
     /// Records that the journal holds nothing from before `began` ([`Journal::mark_began`]).
     fn mark_began(&mut self, began: ServerTime);
+    /// Takes what the start's replay read out of the process's resident set, where the
+    /// buffer allows it ([`JournalFile::release_pages`]).
+    fn release_pages(&mut self) {}
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Log for Journal<B> {
@@ -104,6 +107,10 @@ impl Log for JournalFile {
 
     fn mark_began(&mut self, began: ServerTime) {
         Self::mark_began(self, began);
+    }
+
+    fn release_pages(&mut self) {
+        Self::release_pages(self);
     }
 }
 
@@ -363,6 +370,8 @@ impl<L: Log> History<L> {
         for (seq, b) in replay {
             h.restore(seq, b);
         }
+        // The replay read the whole ring: its pages need not stay in lqd's resident set.
+        h.log.release_pages();
         restored.bindings = h.store.len();
         if !h.marks.writers.is_empty() && last_count != Some(h.binding_count()) {
             h.marks.clear();
@@ -689,7 +698,7 @@ impl<L: Log> History<L> {
 
     /// Forgets tombstones whose record the ring has dropped (no cursor can read them again),
     /// and the emptied per-key lists of keys no query `watched`.
-    pub fn prune(&mut self, watched: impl Fn(&PostingKey) -> bool) {
+    pub fn prune(&mut self, watched: impl Fn(Tag) -> bool) {
         let first = self.log.journal().first_seq().unwrap_or(u64::MAX);
         self.tombstones.retain(|_, links| {
             links.retain(|(_, seq)| *seq >= first);

@@ -15,4 +15,4 @@ pub use model::{
     Binding, BindingKey, BindingView, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
     prefix_contains,
 };
-pub use postings::{PostingKey, Postings};
+pub use postings::{PostingKey, Postings, Seed, Tag};

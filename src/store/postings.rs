@@ -17,17 +17,26 @@
 //! An emptied list is kept until [`Postings::forget_emptied`] is told its key is not
 //! watched, so that a watched key's loss mark survives.
 //!
-//! Memory: a record files about five keys, 4 octets each to remember them and 8 in a list:
-//! about 60 octets a record, bounded by the ring; and each key once, with its list (about 80
-//! octets, and the key's own octets for a DUID or a remote-id).
+//! Memory (issue 19): a record files about five keys, 4 octets each to remember them and 8 in
+//! a list: about 60 octets a record, bounded by the ring. Each key is kept once, in its list of
+//! 48 octets with its first two sequence numbers inline, found through a table of 32-bit list
+//! numbers: most keys (a client's DUID, its remote-id, its address and prefix) belong to one
+//! binding and have one or two records in the ring, so most lists need no allocation. A key
+//! is kept as its [`Tag`]: a lease key whole (an address query's wake-up needs the prefix back),
+//! any other by 64 bits of a keyed SipHash of it, so a DUID or a remote-id costs no octets of
+//! its own. Two keys with one hash (about one chance in 10⁴ among 40 million keys) share a list:
+//! a reader checks every record against its filter, so the cost is a record read for nothing,
+//! never a wrong answer.
 
 use std::collections::VecDeque;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::Ipv6Addr;
 
 use hashbrown::HashTable;
+use siphasher::sip::SipHasher13;
+use smallvec::SmallVec;
 
-use super::model::{Binding, Lease, LeaseKind, RemoteIdKey};
+use super::model::{Binding, LeaseKind, RemoteIdKey};
 
 /// What a record is filed under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -53,147 +62,173 @@ impl PostingKey {
         let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
         Self::Lease(Ipv6Addr::from(u128::from(address) & mask), len)
     }
+}
 
-    /// Every key a binding's record is filed under (each once).
-    pub fn of(binding: &Binding, mut each: impl FnMut(Self)) {
-        /// True for the first of equal items.
-        fn first<T: PartialEq>(items: &[T], i: usize) -> bool {
-            items
-                .get(..i)
-                .is_none_or(|before| items.get(i).is_none_or(|x| !before.contains(x)))
-        }
-        each(Self::Link(binding.key.link));
-        each(Self::ClientId(binding.key.client_id.clone()));
-        let relay = &binding.relay;
-        for (i, r) in relay.relay_ids.iter().enumerate() {
-            if first(&relay.relay_ids, i) {
-                each(Self::RelayId(r.clone()));
-            }
-        }
-        for (i, r) in relay.remote_ids.iter().enumerate() {
-            if first(&relay.remote_ids, i) {
-                each(Self::RemoteId(r.clone()));
-            }
-        }
-        let leases: smallvec::SmallVec<[Self; 4]> =
-            binding.leases.iter().map(Self::of_lease).collect();
-        for (i, key) in leases.iter().enumerate() {
-            if first(&leases, i) {
-                each(key.clone());
-            }
-        }
+/// A key as the postings keep it: a lease key whole, any other key by 64 bits of its hash
+/// (keyed by the postings' seed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tag {
+    hi: u64,
+    lo: u64,
+    /// The lease key's prefix length (0 to 128), or [`HASHED`].
+    len: u8,
+}
+
+/// [`Tag::len`] of a hashed key.
+const HASHED: u8 = u8::MAX;
+
+impl Tag {
+    /// The lease key's prefix (host bits clear) and length, for a lease key.
+    #[must_use]
+    pub fn lease(self) -> Option<(Ipv6Addr, u8)> {
+        (self.len <= 128).then(|| {
+            (
+                Ipv6Addr::from((u128::from(self.hi) << 64) | u128::from(self.lo)),
+                self.len,
+            )
+        })
     }
 
-    /// The key of a lease: its address, or its prefix at its length.
-    fn of_lease(l: &Lease) -> Self {
-        match l.kind {
-            LeaseKind::Address => Self::lease(l.address, 128),
-            LeaseKind::Prefix => Self::lease(l.address, l.prefix_len),
+    fn of_lease(prefix: u128, len: u8) -> Self {
+        Self {
+            hi: (prefix >> 64) as u64,
+            lo: prefix as u64,
+            len: len.min(128),
         }
     }
 }
 
-/// One key's sequence numbers, oldest first: up to two inline (most keys, a client's or an
-/// address's, have one or two records in the ring), more in a deque.
-#[derive(Debug)]
-enum Seqs {
-    Few(u8, [u64; 2]),
-    Many(VecDeque<u64>),
+/// Masks `address` to `len` bits.
+fn masked(address: Ipv6Addr, len: u8) -> u128 {
+    u128::from(address)
+        & u128::MAX
+            .checked_shl(128 - u32::from(len.min(128)))
+            .unwrap_or(0)
 }
 
-impl Seqs {
-    fn len(&self) -> usize {
-        match self {
-            Self::Few(n, _) => usize::from(*n),
-            Self::Many(d) => d.len(),
+/// The keyed hash giving a non-lease key its [`Tag`]. Written octet by octet (a kind, then the
+/// key's octets), so the same key gives the same tag on every platform and build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seed(pub u64, pub u64);
+
+impl Seed {
+    /// A seed no peer can guess.
+    fn random() -> Self {
+        let r = RandomState::new();
+        Self(r.hash_one(0x6c71_6431_u64), r.hash_one(0x7365_6564_u64))
+    }
+
+    fn hashed(self, kind: u8, parts: &[&[u8]]) -> Tag {
+        let mut h = SipHasher13::new_with_keys(self.0, self.1);
+        h.write_u8(kind);
+        for p in parts {
+            h.write(p);
+        }
+        Tag {
+            hi: 0,
+            lo: h.finish(),
+            len: HASHED,
         }
     }
 
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn get(&self, i: usize) -> Option<u64> {
-        match self {
-            Self::Few(n, s) => s.get(..usize::from(*n))?.get(i).copied(),
-            Self::Many(d) => d.get(i).copied(),
-        }
-    }
-
-    fn front(&self) -> Option<u64> {
-        self.get(0)
-    }
-
-    fn push_back(&mut self, seq: u64) {
-        match self {
-            Self::Few(n, s) if usize::from(*n) < s.len() => {
-                if let Some(slot) = s.get_mut(usize::from(*n)) {
-                    *slot = seq;
-                }
-                *n += 1;
+    /// The tag of `key`.
+    fn tag(self, key: &PostingKey) -> Tag {
+        match key {
+            PostingKey::Link(l) => self.hashed(1, &[&l.octets()]),
+            PostingKey::ClientId(d) => self.hashed(2, &[d]),
+            PostingKey::RelayId(r) => self.hashed(3, &[r]),
+            PostingKey::RemoteId(r) => {
+                self.hashed(4, &[&r.enterprise_number.to_be_bytes(), &r.remote_id])
             }
-            Self::Few(n, s) => {
-                let mut d = VecDeque::with_capacity(4);
-                d.extend(s.iter().take(usize::from(*n)).copied());
-                d.push_back(seq);
-                *self = Self::Many(d);
-            }
-            Self::Many(d) => d.push_back(seq),
+            PostingKey::Lease(prefix, len) => Tag::of_lease(masked(*prefix, *len), *len),
         }
     }
 
-    fn pop_front(&mut self) {
-        match self {
-            Self::Few(n, s) => {
-                if *n > 0 {
-                    s[0] = s[1];
-                    *n -= 1;
-                }
+    /// The tags `binding`'s record is filed under, each once, in the order of
+    /// [`PostingKey::of`].
+    fn tags_of(self, binding: &Binding) -> SmallVec<[Tag; 8]> {
+        let mut tags: SmallVec<[Tag; 8]> = SmallVec::new();
+        let mut add = |t: Tag| {
+            if !tags.contains(&t) {
+                tags.push(t);
             }
-            Self::Many(d) => {
-                d.pop_front();
-                if d.len() <= 2 {
-                    let mut few = [0; 2];
-                    for (slot, v) in few.iter_mut().zip(d.iter()) {
-                        *slot = *v;
-                    }
-                    *self = Self::Few(d.len() as u8, few);
-                }
-            }
+        };
+        add(self.hashed(1, &[&binding.key.link.octets()]));
+        add(self.hashed(2, &[&binding.key.client_id]));
+        for r in &binding.relay.relay_ids {
+            add(self.hashed(3, &[r]));
         }
+        for r in &binding.relay.remote_ids {
+            add(self.hashed(4, &[&r.enterprise_number.to_be_bytes(), &r.remote_id]));
+        }
+        for l in &binding.leases {
+            let len = match l.kind {
+                LeaseKind::Address => 128,
+                LeaseKind::Prefix => l.prefix_len.min(128),
+            };
+            add(Tag::of_lease(masked(l.address, len), len));
+        }
+        tags
     }
 
-    /// The position of the first at or after `seq`.
-    fn partition_point(&self, seq: u64) -> usize {
-        match self {
-            Self::Few(n, s) => s
-                .get(..usize::from(*n))
-                .map_or(0, |s| s.partition_point(|&x| x < seq)),
-            Self::Many(d) => d.partition_point(|&x| x < seq),
+    /// The hash of `tag` in the table of lists.
+    fn table_hash(self, tag: Tag) -> u64 {
+        if tag.len == HASHED {
+            return tag.lo;
         }
+        let mut h = SipHasher13::new_with_keys(self.0, self.1);
+        h.write_u64(tag.hi);
+        h.write_u64(tag.lo);
+        h.write_u8(tag.len);
+        h.finish()
     }
 }
 
-/// One key's records.
-#[derive(Debug)]
+/// [`List::n`] of a list whose sequence numbers are in [`Postings::many`].
+const MANY: u8 = u8::MAX;
+/// [`List::n`] of a free place.
+const FREE: u8 = u8::MAX - 1;
+
+/// One key's records, oldest first: up to two inline, more in a deque of
+/// [`Postings::many`]. 48 octets.
+#[derive(Debug, Clone, Copy)]
 struct List {
-    key: PostingKey,
-    seqs: Seqs,
+    tag: Tag,
     /// The newest sequence number evicted from this list, plus one (0: none).
     lost: u64,
+    /// The first `n` sequence numbers; for [`MANY`], `seqs[0]` is the deque's place.
+    seqs: [u64; 2],
+    n: u8,
+}
+
+impl List {
+    const EMPTY: Self = Self {
+        tag: Tag {
+            hi: 0,
+            lo: 0,
+            len: HASHED,
+        },
+        lost: 0,
+        seqs: [0; 2],
+        n: FREE,
+    };
+
+    fn is_free(&self) -> bool {
+        self.n == FREE
+    }
 }
 
 /// The per-key lists of every record in the ring.
-///
-/// Memory (issue 19): a key is kept once, in its list; the table finding a key's list holds
-/// only the list's number (and compares the key it is asked for with the list's own); a list of
-/// one or two records needs no allocation of its own.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Postings {
-    hasher: RandomState,
+    seed: Seed,
+    /// List numbers, by [`Seed::table_hash`] of their tag.
     ids: HashTable<u32>,
-    lists: Vec<Option<List>>,
+    lists: Vec<List>,
     free: Vec<u32>,
+    /// The sequence numbers of lists longer than two.
+    many: Vec<VecDeque<u64>>,
+    many_free: Vec<u32>,
     /// The key ids of each record still in the ring, in sequence order, and how many each
     /// record has.
     filed: VecDeque<u32>,
@@ -206,14 +241,47 @@ pub struct Postings {
     prefix_lens: [u64; 3],
 }
 
+impl Default for Postings {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
 impl Postings {
     /// Empty lists whose first record will be `first`.
     #[must_use]
     pub fn new(first: u64) -> Self {
+        Self::with_seed(first, Seed::random())
+    }
+
+    /// Empty lists whose first record will be `first`, tagging keys with `seed`.
+    #[must_use]
+    pub fn with_seed(first: u64, seed: Seed) -> Self {
         Self {
+            seed,
+            ids: HashTable::new(),
+            lists: Vec::new(),
+            free: Vec::new(),
+            many: Vec::new(),
+            many_free: Vec::new(),
+            filed: VecDeque::new(),
+            counts: VecDeque::new(),
             first,
-            ..Self::default()
+            emptied: Vec::new(),
+            prefix_lens: [0; 3],
         }
+    }
+
+    /// The seed tagging the keys.
+    #[must_use]
+    pub fn seed(&self) -> Seed {
+        self.seed
+    }
+
+    /// The tag `key`'s list is kept under.
+    #[must_use]
+    pub fn tag(&self, key: &PostingKey) -> Tag {
+        self.seed.tag(key)
     }
 
     /// Files record `seq` (the next one: records are filed in order, each once) under the
@@ -222,84 +290,146 @@ impl Postings {
         let expected = self.first.saturating_add(self.counts.len() as u64);
         if seq != expected {
             // Only when the journal was replaced under the history: start over from here.
-            *self = Self {
-                prefix_lens: self.prefix_lens,
-                hasher: self.hasher.clone(),
-                ..Self::new(seq)
-            };
+            let prefix_lens = self.prefix_lens;
+            *self = Self::with_seed(seq, self.seed);
+            self.prefix_lens = prefix_lens;
         }
         let mut count = 0u8;
         if let Some(b) = binding {
-            PostingKey::of(b, |key| {
+            for tag in self.seed.tags_of(b) {
                 if count == u8::MAX {
-                    return;
+                    break;
                 }
-                if let PostingKey::Lease(_, len) = key {
-                    if len < 128 {
-                        if let Some(w) = self.prefix_lens.get_mut(usize::from(len / 64)) {
-                            *w |= 1 << (len % 64);
-                        }
+                if tag.len < 128 {
+                    if let Some(w) = self.prefix_lens.get_mut(usize::from(tag.len / 64)) {
+                        *w |= 1 << (tag.len % 64);
                     }
                 }
-                let id = self.id_of(key);
-                if let Some(Some(list)) = self.lists.get_mut(id as usize) {
-                    list.seqs.push_back(seq);
-                }
+                let id = self.id_of(tag);
+                self.push_back(id, seq);
                 self.filed.push_back(id);
                 count += 1;
-            });
+            }
         }
         self.counts.push_back(count);
     }
 
-    fn find(&self, key: &PostingKey) -> Option<u32> {
-        self.find_hashed(self.hasher.hash_one(key), key)
-    }
-
-    /// [`find`](Self::find) with the key's hash already computed.
-    fn find_hashed(&self, h: u64, key: &PostingKey) -> Option<u32> {
+    fn find(&self, tag: Tag) -> Option<u32> {
+        let lists = &self.lists;
         self.ids
-            .find(h, |&id| {
-                self.lists
+            .find(self.seed.table_hash(tag), |&id| {
+                lists
                     .get(id as usize)
-                    .and_then(Option::as_ref)
-                    .is_some_and(|l| l.key == *key)
+                    .is_some_and(|l| l.tag == tag && !l.is_free())
             })
             .copied()
     }
 
-    fn id_of(&mut self, key: PostingKey) -> u32 {
-        let h = self.hasher.hash_one(&key);
-        if let Some(id) = self.find_hashed(h, &key) {
+    fn id_of(&mut self, tag: Tag) -> u32 {
+        if let Some(id) = self.find(tag) {
             return id;
         }
         let list = List {
-            key,
-            seqs: Seqs::Few(0, [0; 2]),
-            lost: 0,
+            tag,
+            n: 0,
+            ..List::EMPTY
         };
         let id = match self.free.pop() {
             Some(id) => {
                 if let Some(slot) = self.lists.get_mut(id as usize) {
-                    *slot = Some(list);
+                    *slot = list;
                 }
                 id
             }
             None => {
-                self.lists.push(Some(list));
+                self.lists.push(list);
                 u32::try_from(self.lists.len().saturating_sub(1)).unwrap_or(u32::MAX)
             }
         };
         let Self {
-            hasher, ids, lists, ..
+            seed, ids, lists, ..
         } = self;
-        ids.insert_unique(h, id, |&i| {
-            lists
-                .get(i as usize)
-                .and_then(Option::as_ref)
-                .map_or(0, |l| hasher.hash_one(&l.key))
+        ids.insert_unique(seed.table_hash(tag), id, |&i| {
+            lists.get(i as usize).map_or(0, |l| seed.table_hash(l.tag))
         });
         id
+    }
+
+    fn push_back(&mut self, id: u32, seq: u64) {
+        let Some(list) = self.lists.get_mut(id as usize) else {
+            return;
+        };
+        match list.n {
+            0 | 1 => {
+                if let Some(s) = list.seqs.get_mut(usize::from(list.n)) {
+                    *s = seq;
+                }
+                list.n += 1;
+            }
+            MANY => {
+                if let Some(d) = usize::try_from(list.seqs[0])
+                    .ok()
+                    .and_then(|i| self.many.get_mut(i))
+                {
+                    d.push_back(seq);
+                }
+            }
+            _ => {
+                let mut d = VecDeque::with_capacity(4);
+                d.extend(list.seqs);
+                d.push_back(seq);
+                let place = match self.many_free.pop() {
+                    Some(p) => {
+                        if let Some(slot) = self.many.get_mut(p as usize) {
+                            *slot = d;
+                        }
+                        p as usize
+                    }
+                    None => {
+                        self.many.push(d);
+                        self.many.len() - 1
+                    }
+                };
+                list.seqs = [place as u64, 0];
+                list.n = MANY;
+            }
+        }
+    }
+
+    /// Takes the oldest sequence number off list `id` if it is `seq`; true when it did.
+    fn pop_front_if(&mut self, id: u32, seq: u64) -> bool {
+        let Some(list) = self.lists.get_mut(id as usize) else {
+            return false;
+        };
+        match list.n {
+            MANY => {
+                let place = list.seqs[0] as usize;
+                let Some(d) = self.many.get_mut(place) else {
+                    return false;
+                };
+                if d.front() != Some(&seq) {
+                    return false;
+                }
+                d.pop_front();
+                if d.len() <= 2 {
+                    let mut few = [0; 2];
+                    for (slot, v) in few.iter_mut().zip(d.iter()) {
+                        *slot = *v;
+                    }
+                    list.n = d.len() as u8;
+                    list.seqs = few;
+                    *d = VecDeque::new();
+                    self.many_free.push(place as u32);
+                }
+                true
+            }
+            1 | 2 if list.seqs[0] == seq => {
+                list.seqs[0] = list.seqs[1];
+                list.n -= 1;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Drops the entries of every record before `first_seq` (the ring evicted them).
@@ -313,11 +443,10 @@ impl Postings {
                 let Some(id) = self.filed.pop_front() else {
                     break;
                 };
-                if let Some(Some(list)) = self.lists.get_mut(id as usize) {
-                    if list.seqs.front() == Some(self.first) {
-                        list.seqs.pop_front();
+                if self.pop_front_if(id, self.first) {
+                    if let Some(list) = self.lists.get_mut(id as usize) {
                         list.lost = self.first.saturating_add(1);
-                        if list.seqs.is_empty() {
+                        if list.n == 0 {
                             self.emptied.push(id);
                         }
                     }
@@ -327,23 +456,21 @@ impl Postings {
         }
     }
 
+    fn is_empty_list(&self, id: u32) -> bool {
+        self.lists.get(id as usize).is_some_and(|l| l.n == 0)
+    }
+
     /// Drops the emptied lists whose key nobody watches (their loss mark no longer matters:
     /// a query started later reads only records the ring still holds).
-    pub fn forget_emptied(&mut self, watched: impl Fn(&PostingKey) -> bool) {
+    pub fn forget_emptied(&mut self, watched: impl Fn(Tag) -> bool) {
         for id in std::mem::take(&mut self.emptied) {
-            let drop = self
-                .lists
-                .get(id as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|l| l.seqs.is_empty() && !watched(&l.key));
-            if drop {
+            if !self.is_empty_list(id) {
+                continue;
+            }
+            let tag = self.lists.get(id as usize).map(|l| l.tag);
+            if tag.is_some_and(|t| !watched(t)) {
                 self.forget(id);
-            } else if self
-                .lists
-                .get(id as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|l| l.seqs.is_empty())
-            {
+            } else {
                 // Watched: look again once its watchers are gone (see `unwatched`).
                 self.emptied.push(id);
             }
@@ -352,13 +479,8 @@ impl Postings {
 
     /// Drops `key`'s list if it is empty: its last watcher has gone.
     pub fn unwatched(&mut self, key: &PostingKey) {
-        if let Some(id) = self.find(key) {
-            if self
-                .lists
-                .get(id as usize)
-                .and_then(Option::as_ref)
-                .is_some_and(|l| l.seqs.is_empty())
-            {
+        if let Some(id) = self.find(self.tag(key)) {
+            if self.is_empty_list(id) {
                 self.emptied.retain(|&e| e != id);
                 self.forget(id);
             }
@@ -366,27 +488,47 @@ impl Postings {
     }
 
     fn forget(&mut self, id: u32) {
-        let Some(list) = self.lists.get_mut(id as usize).and_then(Option::take) else {
+        let Some(list) = self.lists.get_mut(id as usize) else {
             return;
         };
-        let h = self.hasher.hash_one(&list.key);
-        if let Ok(e) = self.ids.find_entry(h, |&i| i == id) {
+        if list.is_free() {
+            return;
+        }
+        let tag = list.tag;
+        *list = List::EMPTY;
+        if let Ok(e) = self.ids.find_entry(self.seed.table_hash(tag), |&i| i == id) {
             e.remove();
         }
         self.free.push(id);
     }
 
     fn list(&self, key: &PostingKey) -> Option<&List> {
-        let id = self.find(key)?;
-        self.lists.get(id as usize)?.as_ref()
+        let id = self.find(self.tag(key))?;
+        self.lists.get(id as usize)
+    }
+
+    /// The sequence numbers of `list`, oldest first, as one or two sorted slices.
+    fn seqs_of<'a>(&'a self, list: &'a List) -> (&'a [u64], &'a [u64]) {
+        match list.n {
+            MANY => self
+                .many
+                .get(usize::try_from(list.seqs[0]).unwrap_or(usize::MAX))
+                .map_or((&[][..], &[][..]), VecDeque::as_slices),
+            n => (list.seqs.get(..usize::from(n)).unwrap_or_default(), &[]),
+        }
     }
 
     /// The first record at or after `seq` filed under `key`.
     #[must_use]
     pub fn next_at_or_after(&self, key: &PostingKey, seq: u64) -> Option<u64> {
         let list = self.list(key)?;
-        let i = list.seqs.partition_point(seq);
-        list.seqs.get(i)
+        let (a, b) = self.seqs_of(list);
+        let i = a.partition_point(|&x| x < seq);
+        if let Some(&s) = a.get(i) {
+            return Some(s);
+        }
+        let j = b.partition_point(|&x| x < seq);
+        b.get(j).copied()
     }
 
     /// True when a record at or after `seq` filed under `key` has been evicted: a reader
@@ -399,7 +541,10 @@ impl Postings {
     /// The records filed under `key` (for tests and metrics).
     #[must_use]
     pub fn len_of(&self, key: &PostingKey) -> usize {
-        self.list(key).map_or(0, |l| l.seqs.len())
+        self.list(key).map_or(0, |l| {
+            let (a, b) = self.seqs_of(l);
+            a.len() + b.len()
+        })
     }
 
     /// Keys with a list.
@@ -423,8 +568,8 @@ impl Postings {
         }
     }
 
-    /// The keys filed for each record from `seq` on (the newest records), in order.
-    pub fn filed_since(&self, seq: u64, mut each: impl FnMut(u64, &PostingKey)) {
+    /// The tags filed for each record from `seq` on (the newest records), in order.
+    pub fn filed_since(&self, seq: u64, mut each: impl FnMut(u64, Tag)) {
         let skip = usize::try_from(seq.saturating_sub(self.first)).unwrap_or(usize::MAX);
         // Counted from the back: the records asked for are the newest few.
         let skip = skip.min(self.counts.len());
@@ -433,14 +578,12 @@ impl Postings {
         for (i, &n) in self.counts.range(skip..).enumerate() {
             let s = self.first.saturating_add((skip + i) as u64);
             for _ in 0..n {
-                if let Some(key) = self
+                if let Some(l) = self
                     .filed
                     .get(at)
                     .and_then(|&id| self.lists.get(id as usize))
-                    .and_then(Option::as_ref)
-                    .map(|l| &l.key)
                 {
-                    each(s, key);
+                    each(s, l.tag);
                 }
                 at += 1;
             }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fs4::{FileExt, TryLockError};
-use memmap2::MmapMut;
+use memmap2::{MmapMut, UncheckedAdvice};
 
 use super::layout::{self, HEADER_LEN};
 use super::{Journal, JournalError, Recovered};
@@ -56,7 +56,17 @@ pub struct JournalFile {
     dirty_bytes: u64,
     /// Forced writes to disk so far (msync of records, and of the header before an eviction).
     flushes: u64,
+    /// Octets the head moved since the map's pages were last released.
+    unreleased: usize,
 }
+
+/// The mapped pages kept in lqd's resident set on each side of the head: the records just
+/// written (what a live or briefly-lagging Active query reads) and those about to be
+/// overwritten. The rest of the ring stays in the kernel's page cache, which may drop it under
+/// pressure (it is written back first), and not in lqd's RSS: at carrier scale the journal is
+/// gigabytes (issue 19). A catch-up reading older records maps their pages again until the next
+/// release.
+const RESIDENT_WINDOW: usize = 16 << 20;
 
 pub(super) fn io_err(what: &str, path: &Path, source: io::Error) -> JournalError {
     JournalError::Io {
@@ -193,6 +203,50 @@ impl JournalFile {
             last_flush: Instant::now(),
             dirty_bytes: 0,
             flushes: 0,
+            unreleased: 0,
+        }
+    }
+
+    /// Takes the ring's pages out of lqd's resident set, except [`RESIDENT_WINDOW`] octets
+    /// behind the head and as many ahead of it. Done after the start's replay (which reads the
+    /// whole ring) and each time the head has moved by the window since. Errors are ignored:
+    /// the pages then simply stay mapped.
+    pub fn release_pages(&mut self) {
+        self.unreleased = 0;
+        let n = self.journal.capacity();
+        let keep = RESIDENT_WINDOW.saturating_mul(2);
+        if n <= keep {
+            return;
+        }
+        let head = self.journal.head_offset();
+        // The window is [head - RESIDENT_WINDOW, head + RESIDENT_WINDOW), modulo n; release
+        // the rest: from the window's end to its start, going round the ring.
+        let start = (head + n - RESIDENT_WINDOW) % n;
+        let end = (head + RESIDENT_WINDOW) % n;
+        let ranges = if end <= start {
+            [(end, start), (0, 0)]
+        } else {
+            [(end, n), (0, start)]
+        };
+        let map = self.journal.buffer();
+        for (from, to) in ranges {
+            if to > from {
+                // SAFETY: the map is a shared mapping of lqd's journal file (`map` below), so
+                // MADV_DONTNEED only removes the range's pages from this process's page tables:
+                // their contents stay in the file and the page cache (a dirty page is marked
+                // dirty there first) and the next access maps them again with the same octets
+                // (madvise(2): "shared file mappings ... repopulating the memory contents from the
+                // up-to-date contents of the underlying mapped file"). No reference into the map
+                // sees other octets, and the range is inside the map.
+                #[allow(unsafe_code)]
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        UncheckedAdvice::DontNeed,
+                        HEADER_LEN.saturating_add(from),
+                        to - from,
+                    )
+                };
+            }
         }
     }
 
@@ -240,6 +294,10 @@ impl JournalFile {
                 .saturating_add(after)
         };
         self.dirty_bytes = self.dirty_bytes.saturating_add(moved as u64);
+        self.unreleased = self.unreleased.saturating_add(moved);
+        if self.unreleased >= RESIDENT_WINDOW {
+            self.release_pages();
+        }
         if self.policy == FlushPolicy::Always {
             self.flush_dirty()
                 .map_err(|e| io_err("flush of", &self.path, e))?;
