@@ -218,13 +218,56 @@ impl List {
     }
 }
 
+/// Items in pages of [`PAGE`], so a table of tens of millions grows a page at a time instead of
+/// doubling a vector (up to half of its largest allocation unused, and twice the memory while
+/// it copies).
+#[derive(Debug)]
+struct Paged<T> {
+    pages: Vec<Vec<T>>,
+}
+
+impl<T> Default for Paged<T> {
+    fn default() -> Self {
+        Self { pages: Vec::new() }
+    }
+}
+
+/// Items in a page of [`Paged`].
+const PAGE: usize = 4096;
+
+impl<T> Paged<T> {
+    fn get(&self, i: usize) -> Option<&T> {
+        self.pages.get(i / PAGE)?.get(i % PAGE)
+    }
+
+    fn get_mut(&mut self, i: usize) -> Option<&mut T> {
+        self.pages.get_mut(i / PAGE)?.get_mut(i % PAGE)
+    }
+
+    fn push(&mut self, item: T) {
+        match self.pages.last_mut() {
+            Some(page) if page.len() < PAGE => page.push(item),
+            _ => {
+                let mut page = Vec::with_capacity(PAGE);
+                page.push(item);
+                self.pages.push(page);
+            }
+        }
+    }
+
+    /// Every page but the last is full.
+    fn len(&self) -> usize {
+        self.pages.len().saturating_sub(1) * PAGE + self.pages.last().map_or(0, Vec::len)
+    }
+}
+
 /// The per-key lists of every record in the ring.
 #[derive(Debug)]
 pub struct Postings {
     seed: Seed,
     /// List numbers, by [`Seed::table_hash`] of their tag.
     ids: HashTable<u32>,
-    lists: Vec<List>,
+    lists: Paged<List>,
     free: Vec<u32>,
     /// The sequence numbers of lists longer than two.
     many: Vec<VecDeque<u64>>,
@@ -260,7 +303,7 @@ impl Postings {
         Self {
             seed,
             ids: HashTable::new(),
-            lists: Vec::new(),
+            lists: Paged::default(),
             free: Vec::new(),
             many: Vec::new(),
             many_free: Vec::new(),
@@ -342,8 +385,9 @@ impl Postings {
                 id
             }
             None => {
+                let id = u32::try_from(self.lists.len()).unwrap_or(u32::MAX);
                 self.lists.push(list);
-                u32::try_from(self.lists.len().saturating_sub(1)).unwrap_or(u32::MAX)
+                id
             }
         };
         let Self {
