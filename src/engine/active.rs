@@ -541,7 +541,8 @@ impl ActiveQuery {
             if frame_slot.is_none() {
                 let mut frame = Vec::new();
                 let mut inner = Vec::new();
-                client_data(binding, None, stamp, self.want_relay_data, &mut inner);
+                let relay = binding.relay_message().filter(|_| self.want_relay_data);
+                client_data(binding, None, stamp, relay, &mut inner);
                 let mut top = Vec::with_capacity(2);
                 if self.want_base_time {
                     top.push(DhcpOption::LqBaseTime(stamp));

@@ -16,7 +16,7 @@
 use std::net::Ipv6Addr;
 
 use super::query::{Query, Selector};
-use super::reply::{client_data, push_frame};
+use super::reply::{client_data, push_frame, recycle};
 use crate::codec::{
     DhcpOption, Duid, MessageRepr, MessageType, Options, ServerTime, Status, StatusCode,
 };
@@ -106,16 +106,25 @@ impl BulkAnswer {
         high_water: usize,
     ) -> Fill {
         let mut scratch = Vec::new();
+        let mut relay = Vec::new();
         while out.len() < high_water {
             if self.position == Position::Finished {
                 return Fill::Finished;
             }
             match self.next_binding(store) {
                 Some((id, binding)) => {
-                    scratch.clear();
-                    client_data(binding, None, now, self.query.want_relay_data, &mut scratch);
+                    let mut opts = recycle(std::mem::take(&mut scratch));
+                    relay.clear();
+                    let from = if self.query.want_relay_data {
+                        binding.relay_message_into(&mut relay)
+                    } else {
+                        None
+                    };
+                    let message = from.map(|f| (f, &relay[..]));
+                    client_data(binding, None, now, message, &mut opts);
                     let first = self.position == Position::Start;
-                    self.write(first, server_id, now, Some(&scratch), None, out);
+                    self.write(first, server_id, now, Some(&opts), None, out);
+                    scratch = recycle(opts);
                     self.position = Position::After(id, binding.link());
                     self.sent = self.sent.saturating_add(1);
                 }

@@ -4,6 +4,8 @@
 //! the client's last transaction, never below zero; infinity stays infinity), and
 //! OPTION_CLT_TIME is the time since that last transaction.
 
+use std::net::Ipv6Addr;
+
 use crate::codec::{
     DhcpOption, Duid, Embedded, IaAddr, IaPrefix, LqRelayData, MessageRepr, Options, ServerTime,
     StatusCode, encode_frame,
@@ -43,30 +45,42 @@ pub fn lease_option(lease: &Lease, now: ServerTime) -> DhcpOption<'static> {
 
 /// The options of one OPTION_CLIENT_DATA for `binding` at `now`, appended to `out`: the client's
 /// DUID, every lease (then `ended`, a lease the change being reported ended, at zero lifetimes),
-/// OPTION_CLT_TIME, and OPTION_LQ_RELAY_DATA when asked for and known. `out` is the caller's
-/// scratch, reused from reply to reply.
+/// OPTION_CLT_TIME, and OPTION_LQ_RELAY_DATA of `relay` (the relayed message and the address it
+/// came from) when the requestor asked for it and the binding has one. `out` is the caller's
+/// scratch, reused from reply to reply (see [`recycle`]).
 pub fn client_data<'b>(
     binding: impl BindingView<'b>,
     ended: Option<&Lease>,
     now: ServerTime,
-    with_relay_data: bool,
+    relay: Option<(Ipv6Addr, &'b [u8])>,
     out: &mut Vec<DhcpOption<'b>>,
 ) {
     out.push(DhcpOption::ClientId(Duid(binding.client_id())));
     out.extend(binding.leases().iter().map(|l| lease_option(l, now)));
     out.extend(ended.map(|l| lease_option(l, now)));
     out.push(DhcpOption::CltTime(now.0.saturating_sub(binding.cltt().0)));
-    if with_relay_data {
-        if let Some(data) = relay_data(binding) {
-            out.push(data);
-        }
+    if let Some((peer, message)) = relay {
+        out.extend(relay_data(peer, message));
     }
 }
 
-/// OPTION_LQ_RELAY_DATA for `binding`, when the relays sent one (never otherwise, §4.14).
+/// `v` emptied, for options of another lifetime: its allocation is kept (the collect reuses
+/// it in place), so a scratch vector can hold each reply's options in turn even when they
+/// borrow from a buffer the caller refills between replies.
 #[must_use]
-pub fn relay_data<'b>(binding: impl BindingView<'b>) -> Option<DhcpOption<'b>> {
-    let (peer, message) = binding.relay_message()?;
+#[expect(
+    clippy::unnecessary_filter_map,
+    reason = "an empty vector changes its items' lifetime in place; no item is ever mapped"
+)]
+pub fn recycle<'x, 'y>(mut v: Vec<DhcpOption<'x>>) -> Vec<DhcpOption<'y>> {
+    v.clear();
+    v.into_iter().filter_map(|_| None).collect()
+}
+
+/// OPTION_LQ_RELAY_DATA of a relayed `message` received from `peer` (a binding has one only
+/// when its relays sent one, §4.14).
+#[must_use]
+pub fn relay_data(peer: Ipv6Addr, message: &[u8]) -> Option<DhcpOption<'_>> {
     let relay_message = Embedded::parse(message).ok()?;
     Some(DhcpOption::LqRelayData(LqRelayData {
         relay_message,
@@ -108,6 +122,17 @@ pub fn push_frame(msg: &MessageRepr<'_>, out: &mut Vec<u8>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Bulk answer refills one scratch vector per binding: its allocation must survive.
+    #[test]
+    fn recycle_keeps_the_allocation() {
+        let mut v: Vec<DhcpOption<'_>> = Vec::with_capacity(16);
+        v.push(DhcpOption::CltTime(1));
+        let (ptr, cap) = (v.as_ptr() as usize, v.capacity());
+        let w: Vec<DhcpOption<'static>> = recycle(v);
+        assert!(w.is_empty());
+        assert_eq!((w.as_ptr() as usize, w.capacity()), (ptr, cap));
+    }
     use crate::store::{Binding, BindingKey, LeaseState, RelayInfo};
 
     #[test]
@@ -151,7 +176,13 @@ mod tests {
             last_change: ServerTime(1030),
         };
         let mut out = Vec::new();
-        client_data(&binding, None, ServerTime(1060), true, &mut out);
+        client_data(
+            &binding,
+            None,
+            ServerTime(1060),
+            binding.relay_message(),
+            &mut out,
+        );
         assert_eq!(out.len(), 4, "no relay data when none is known: {out:?}");
         assert_eq!(out[0], DhcpOption::ClientId(Duid(&[0, 3, 0, 1, 7])));
         let DhcpOption::IaAddr(a) = out[1] else {

@@ -112,6 +112,7 @@ pub fn answer(
     let reply = match query {
         Ok(query) => {
             let found = find(store, &query.selector);
+            let mut relay = Vec::new();
             let mut top = vec![DhcpOption::ServerId(Duid(server_id))];
             if let Some(r) = &query.requestor_id {
                 top.push(DhcpOption::ClientId(Duid(r)));
@@ -125,9 +126,11 @@ pub fn answer(
                 [] => {}
                 [id] => {
                     if let Some(b) = store.get(*id) {
-                        client_data(b, None, now, false, &mut inner);
+                        client_data(b, None, now, None, &mut inner);
                         if query.want_relay_data {
-                            top.extend(relay_data(b));
+                            if let Some(from) = b.relay_message_into(&mut relay) {
+                                top.extend(relay_data(from, &relay));
+                            }
                         }
                     }
                 }

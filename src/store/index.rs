@@ -37,6 +37,7 @@ use super::links::LinkMap;
 use super::model::{
     Binding, BindingKey, BindingView, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
 };
+use super::record::template;
 use crate::codec::ServerTime;
 
 /// A binding's handle in the store; stable for as long as the binding exists.
@@ -104,9 +105,38 @@ struct Slot {
 /// | DUID length, DUID | 2 + n |
 /// | relay-id count, then each relay-id's number in the interner | 2 + 4 × n |
 /// | remote-id count, then each: enterprise number, length, octets | 2 + (4 + 2 + n) × n |
-/// | relayed message: 0, or 1, the relay's address and the message (to the end) | 1 (+ 16 + n) |
+/// | relayed message: 0, or 1, the relay's address and the message (to the end), or 2, the number of its relay template (D42) in [`Store::templates`], the innermost peer-address and each hole's length and octets (to the end) | 1 (+ 16 + n, or + 4 + 16 + (2 + n) × n) |
+///
+/// Most relayed messages are kept as a template and holes (issue 19): the RELAY-FORW chain is
+/// the same for every client behind the same relays, so a binding keeps only its client's
+/// link-local address and the per-line part of its remote-id, about 20 octets instead of the
+/// 100 to 200 of the chain.
 #[derive(Clone, Copy)]
 struct Blob<'a>(&'a [u8]);
+
+/// A blob's relayed message, as kept.
+#[derive(Clone, Copy)]
+enum RelayMsg<'a> {
+    /// The address the message came from, and the message.
+    Whole(Ipv6Addr, &'a [u8]),
+    /// A relay template's number, the innermost peer-address, and the holes (each a 16-bit
+    /// length and its octets).
+    Templated(u32, Ipv6Addr, &'a [u8]),
+}
+
+/// The holes of a templated message: each a 16-bit length and its octets.
+fn holes(mut b: &[u8]) -> SmallVec<[&[u8]; 4]> {
+    let mut out = SmallVec::new();
+    while let Some((len, rest)) = b.split_first_chunk::<2>() {
+        let n = usize::from(u16::from_le_bytes(*len));
+        let Some((hole, rest)) = rest.split_at_checked(n) else {
+            break;
+        };
+        out.push(hole);
+        b = rest;
+    }
+    out
+}
 
 impl<'a> Blob<'a> {
     fn u16_at(&self, at: usize) -> usize {
@@ -148,15 +178,29 @@ impl<'a> Blob<'a> {
         }
     }
 
-    fn relay_message(self) -> Option<(Ipv6Addr, &'a [u8])> {
+    fn relay_message(self) -> Option<RelayMsg<'a>> {
         let mut it = self.remote_ids();
         for _ in it.by_ref() {}
         let at = it.at;
-        if self.0.get(at) != Some(&1) {
-            return None;
+        match self.0.get(at) {
+            Some(1) => {
+                let peer: [u8; 16] = self.0.get(at + 1..at + 17)?.try_into().ok()?;
+                Some(RelayMsg::Whole(
+                    Ipv6Addr::from(peer),
+                    self.0.get(at + 17..)?,
+                ))
+            }
+            Some(2) => {
+                let t: [u8; 4] = self.0.get(at + 1..at + 5)?.try_into().ok()?;
+                let peer: [u8; 16] = self.0.get(at + 5..at + 21)?.try_into().ok()?;
+                Some(RelayMsg::Templated(
+                    u32::from_le_bytes(t),
+                    Ipv6Addr::from(peer),
+                    self.0.get(at + 21..)?,
+                ))
+            }
+            _ => None,
         }
-        let peer: [u8; 16] = self.0.get(at + 1..at + 17)?.try_into().ok()?;
-        Some((Ipv6Addr::from(peer), self.0.get(at + 17..)?))
     }
 }
 
@@ -298,10 +342,10 @@ impl<'s> BindingRef<'s> {
         Blob(&self.slot.data).remote_ids()
     }
 
-    /// The relayed message for OPTION_LQ_RELAY_DATA, with the relay's address.
-    #[must_use]
-    pub fn relay_message(&self) -> Option<(Ipv6Addr, &'s [u8])> {
-        Blob(&self.slot.data).relay_message()
+    /// Appends the relayed message for OPTION_LQ_RELAY_DATA to `out`; the address it came
+    /// from, or `None` (nothing appended) when the relays sent none.
+    pub fn relay_message_into(&self, out: &mut Vec<u8>) -> Option<Ipv6Addr> {
+        self.store.message_into(Blob(&self.slot.data), out)
     }
 
     /// What the relays told the server, as the model has it.
@@ -316,7 +360,11 @@ impl<'s> BindingRef<'s> {
                     remote_id: r.into(),
                 })
                 .collect(),
-            relay_message: self.relay_message().map(|(p, m)| (p, m.into())),
+            relay_message: {
+                let mut m = Vec::new();
+                self.relay_message_into(&mut m)
+                    .map(|from| (from, m.into_boxed_slice()))
+            },
         }
     }
 
@@ -352,8 +400,8 @@ impl<'s> BindingView<'s> for BindingRef<'s> {
         Self::last_change(self)
     }
 
-    fn relay_message(&self) -> Option<(Ipv6Addr, &'s [u8])> {
-        Self::relay_message(self)
+    fn relay_message_into(&self, out: &mut Vec<u8>) -> Option<Ipv6Addr> {
+        Self::relay_message_into(self, out)
     }
 
     fn has_relay_id(&self, relay_id: &[u8]) -> bool {
@@ -459,6 +507,8 @@ pub struct Store {
     links: Vec<Ipv6Addr>,
     link_numbers: HashMap<Ipv6Addr, u32>,
     relay_ids: Interner,
+    /// The relay templates of the bindings' relayed messages (D42), by number.
+    templates: Interner,
     by_link: BTreeSet<(u32, BindingId)>,
     by_relay_id: BTreeSet<(u32, BindingId)>,
     /// Remote-ids by 32 bits of their hash (enterprise number and value), checked on each hit.
@@ -666,19 +716,54 @@ impl Store {
         }
         match &r.relay_message {
             None => out.push(0),
-            Some((peer, m)) => {
-                out.push(1);
-                out.extend_from_slice(&peer.octets());
-                out.extend_from_slice(m);
-            }
+            Some((from, m)) => match template::split(*from, m) {
+                Some(split) if split.holes.iter().all(|h| u16::try_from(h.len()).is_ok()) => {
+                    out.push(2);
+                    out.extend_from_slice(&self.templates.intern(&split.body).to_le_bytes());
+                    out.extend_from_slice(&split.peer.octets());
+                    for h in &split.holes {
+                        put_u16(&mut out, h.len());
+                        out.extend_from_slice(h);
+                    }
+                }
+                _ => {
+                    out.push(1);
+                    out.extend_from_slice(&from.octets());
+                    out.extend_from_slice(m);
+                }
+            },
         }
         Some(out.into_boxed_slice())
     }
 
-    /// Releases the interned relay-ids of a blob that is going.
+    /// Releases the interned relay-ids and template of a blob that is going.
     fn release_blob(&mut self, data: &[u8]) {
-        for n in Blob(data).relay_ids() {
+        let b = Blob(data);
+        for n in b.relay_ids() {
             self.relay_ids.release(n);
+        }
+        if let Some(RelayMsg::Templated(t, _, _)) = b.relay_message() {
+            self.templates.release(t);
+        }
+    }
+
+    /// Appends a blob's relayed message to `out`; the address it came from.
+    fn message_into(&self, b: Blob<'_>, out: &mut Vec<u8>) -> Option<Ipv6Addr> {
+        match b.relay_message()? {
+            RelayMsg::Whole(from, m) => {
+                out.extend_from_slice(m);
+                Some(from)
+            }
+            RelayMsg::Templated(t, peer, h) => {
+                let start = out.len();
+                match template::rebuild(self.templates.get(t), peer, &holes(h), out) {
+                    Some((from, _)) => Some(from),
+                    None => {
+                        out.truncate(start);
+                        None
+                    }
+                }
+            }
         }
     }
 
@@ -695,7 +780,11 @@ impl Store {
                 .all(|((e, v), x)| e == x.enterprise_number && v == &x.remote_id[..]);
         let message_same = match (b.relay_message(), &r.relay_message) {
             (None, None) => true,
-            (Some((p, m)), Some((q, n))) => p == *q && m == &n[..],
+            (Some(RelayMsg::Whole(p, m)), Some((q, n))) => p == *q && m == &n[..],
+            (Some(RelayMsg::Templated(..)), Some((q, n))) => {
+                let mut m = Vec::with_capacity(n.len());
+                self.message_into(b, &mut m) == Some(*q) && m == n[..]
+            }
             _ => false,
         };
         ids_same && remote_same && message_same
@@ -1307,6 +1396,99 @@ mod tests {
             last_change: ServerTime(0),
             next: NONE,
         }
+    }
+
+    /// A change of client `n` behind the access relay of `port`, relayed as a carrier's relay
+    /// sends it (the remote-id's per-line part after the `/`).
+    fn relayed(n: u8, port: &str, message_whole: bool) -> Change {
+        use crate::codec::{BuildOptions, MessageBuilder, MessageType};
+        let link: Ipv6Addr = "2001:db8:0:1::1".parse().unwrap();
+        let peer = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, u16::from(n));
+        let remote = format!("ge-0/{port}/{n}").into_bytes();
+        let mut m = MessageBuilder::relay(MessageType::RelayForw, 0, link, peer)
+            .remote_id(9, &remote)
+            .relay_id(&[0, 2, 0, 0, 0, 9, 1])
+            .build()
+            .unwrap();
+        if message_whole {
+            // Not a chain the split rebuilds octet for octet: kept whole.
+            m.push(0);
+        }
+        Change {
+            client_id: vec![0, 3, 0, 1, n].into(),
+            link,
+            lease: Lease {
+                kind: LeaseKind::Address,
+                address: Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, u16::from(n)),
+                prefix_len: 128,
+                iaid: 1,
+                preferred_lifetime: 3600,
+                valid_lifetime: 7200,
+                cltt: ServerTime(100),
+                state: LeaseState::Active,
+            },
+            relay: Some(RelayInfo {
+                relay_ids: vec![vec![0, 2, 0, 0, 0, 9, 1].into()],
+                remote_ids: vec![RemoteIdKey {
+                    enterprise_number: 9,
+                    remote_id: remote.into(),
+                }],
+                relay_message: Some(("2001:db8:ffff::1".parse().unwrap(), m.into())),
+            }),
+        }
+    }
+
+    /// Issue 19: bindings behind the same relays keep one relay template and their holes; the
+    /// message comes back octet for octet, an identical re-send changes nothing, a message the
+    /// split cannot rebuild is kept whole, and the template goes with its last binding.
+    #[test]
+    fn relayed_messages_are_kept_as_a_shared_template_and_holes() {
+        let mut store = Store::new();
+        let changes: Vec<Change> = (1..=20u8)
+            .map(|n| relayed(n, if n % 2 == 0 { "0" } else { "1" }, n == 20))
+            .collect();
+        let mut ids = Vec::new();
+        for c in &changes {
+            let Applied::Updated { id, .. } = store.apply(c, ServerTime(100)).applied else {
+                panic!("not kept: {c:?}");
+            };
+            ids.push(id);
+        }
+        // One chain for all: the per-line parts are holes, so one template.
+        assert_eq!(store.templates.numbers.len(), 1);
+        for (c, id) in changes.iter().zip(&ids) {
+            let b = store.get(*id).unwrap();
+            let mut m = Vec::new();
+            let from = b.relay_message_into(&mut m);
+            let (want_from, want) = c.relay.as_ref().unwrap().relay_message.clone().unwrap();
+            assert_eq!((from, &m[..]), (Some(want_from), &want[..]));
+            let kept = Blob(&store.bindings.get(id.index()).unwrap().data).relay_message();
+            let whole = c.client_id[4] == 20;
+            assert_eq!(matches!(kept, Some(RelayMsg::Whole(..))), whole);
+            assert!(
+                whole || b.slot.data.len() < 60,
+                "{} octets",
+                b.slot.data.len()
+            );
+            assert_eq!(b.to_binding().relay, *c.relay.as_ref().unwrap());
+            assert_eq!(
+                store.apply(c, ServerTime(101)).applied,
+                Applied::Unchanged,
+                "an identical re-send"
+            );
+        }
+        for c in &changes {
+            let end = Change {
+                lease: Lease {
+                    state: LeaseState::Released,
+                    ..c.lease
+                },
+                ..c.clone()
+            };
+            store.apply(&end, ServerTime(102));
+        }
+        assert!(store.is_empty());
+        assert!(store.templates.numbers.is_empty() && store.relay_ids.numbers.is_empty());
     }
 
     /// Slots grow a page at a time, reuse the place freed last, and iterate in place order.

@@ -168,8 +168,9 @@ pub trait BindingView<'a> {
     fn leases(&self) -> &'a [Lease];
     /// When the binding last changed.
     fn last_change(&self) -> ServerTime;
-    /// The relayed message for OPTION_LQ_RELAY_DATA, with the relay's address.
-    fn relay_message(&self) -> Option<(Ipv6Addr, &'a [u8])>;
+    /// Appends the relayed message for OPTION_LQ_RELAY_DATA to `out`; the address of the relay
+    /// it came from, or `None` (nothing appended) when the relays sent none.
+    fn relay_message_into(&self, out: &mut Vec<u8>) -> Option<Ipv6Addr>;
     /// True when one of its relays sent this OPTION_RELAY_ID.
     fn has_relay_id(&self, relay_id: &[u8]) -> bool;
     /// True when one of its relays sent this OPTION_REMOTE_ID.
@@ -201,8 +202,10 @@ impl<'a> BindingView<'a> for &'a Binding {
         self.last_change
     }
 
-    fn relay_message(&self) -> Option<(Ipv6Addr, &'a [u8])> {
-        self.relay.relay_message.as_ref().map(|(p, m)| (*p, &m[..]))
+    fn relay_message_into(&self, out: &mut Vec<u8>) -> Option<Ipv6Addr> {
+        let (from, m) = self.relay.relay_message.as_ref()?;
+        out.extend_from_slice(m);
+        Some(*from)
     }
 
     fn has_relay_id(&self, relay_id: &[u8]) -> bool {
@@ -215,6 +218,13 @@ impl<'a> BindingView<'a> for &'a Binding {
 }
 
 impl Binding {
+    /// The relayed message for OPTION_LQ_RELAY_DATA, with the address of the relay it came
+    /// from.
+    #[must_use]
+    pub fn relay_message(&self) -> Option<(Ipv6Addr, &[u8])> {
+        self.relay.relay_message.as_ref().map(|(p, m)| (*p, &m[..]))
+    }
+
     /// The client's last transaction time over all its leases (OPTION_CLT_TIME is `now` minus
     /// this).
     #[must_use]

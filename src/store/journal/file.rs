@@ -221,8 +221,15 @@ impl JournalFile {
         let head = self.journal.head_offset();
         // The window is [head - RESIDENT_WINDOW, head + RESIDENT_WINDOW), modulo n; release
         // the rest: from the window's end to its start, going round the ring.
-        let start = (head + n - RESIDENT_WINDOW) % n;
-        let end = (head + RESIDENT_WINDOW) % n;
+        // n > 2 × RESIDENT_WINDOW here, and head < n.
+        let start = head
+            .saturating_add(n.saturating_sub(RESIDENT_WINDOW))
+            .checked_rem(n)
+            .unwrap_or(0);
+        let end = head
+            .saturating_add(RESIDENT_WINDOW)
+            .checked_rem(n)
+            .unwrap_or(0);
         let ranges = if end <= start {
             [(end, start), (0, 0)]
         } else {
@@ -243,7 +250,7 @@ impl JournalFile {
                     map.unchecked_advise_range(
                         UncheckedAdvice::DontNeed,
                         HEADER_LEN.saturating_add(from),
-                        to - from,
+                        to.saturating_sub(from),
                     )
                 };
             }
