@@ -91,6 +91,10 @@ pub const DEFAULT_JOURNAL_FILE: &str = "lqd-journal";
 pub const DEFAULT_JOURNAL_SIZE: u64 = 128 * 1024 * 1024;
 /// The smallest journal lqd accepts (1 MiB).
 pub const MIN_JOURNAL_SIZE: u64 = 1024 * 1024;
+/// The largest journal lqd accepts (64 GiB, about 750 million changes of a carrier's mix): the
+/// per-key lists keep sequence numbers in 32 bits against the oldest record's, so the ring
+/// must hold fewer than 2³² records (a record takes at least 24 octets).
+pub const MAX_JOURNAL_SIZE: u64 = 64 << 30;
 /// File name, inside the state directory, of the generated server DUID.
 pub const DEFAULT_DUID_FILE: &str = "lqd-server-duid";
 /// The state directory of lqd run as a system service (root, or systemd's `StateDirectory=`).
@@ -537,6 +541,15 @@ impl Config {
                 "journal_size",
                 format!(
                     "journal_size is {}, below the minimum of {MIN_JOURNAL_SIZE} octets",
+                    self.journal_size
+                ),
+            );
+        }
+        if self.journal_size > MAX_JOURNAL_SIZE {
+            return invalid(
+                "journal_size",
+                format!(
+                    "journal_size is {}, above the maximum of {MAX_JOURNAL_SIZE} octets (64 GiB)",
                     self.journal_size
                 ),
             );

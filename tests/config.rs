@@ -473,6 +473,12 @@ fn journal_flush_policies() {
         m,
         "config, line 1, column 1: journal_size is 4096, below the minimum of 1048576 octets"
     );
+    let m = rejected("journal_size = 68719476737\n");
+    assert_eq!(
+        m,
+        "config, line 1, column 1: journal_size is 68719476737, above the maximum of \
+         68719476736 octets (64 GiB)"
+    );
 }
 
 /// D16: `[[link]]` tables name the links served; the demo source brings its own.

@@ -189,29 +189,64 @@ const MANY: u8 = u8::MAX;
 /// [`List::n`] of a free place.
 const FREE: u8 = u8::MAX - 1;
 
+/// A sequence number as the lists keep it: its low 32 bits. Every number in a list lies in
+/// `[first, first + 2³²)`, `first` the oldest record filed (the ring holds fewer than 2³²
+/// records: `MAX_JOURNAL_SIZE`), so the low bits and `first` give it back.
+type Short = u32;
+
+/// The low 32 bits of `seq`.
+const fn short(seq: u64) -> Short {
+    seq as Short
+}
+
 /// One key's records, oldest first: up to two inline, more in a deque of
-/// [`Postings::many`]. 48 octets.
+/// [`Postings::many`]. 32 octets.
 #[derive(Debug, Clone, Copy)]
 struct List {
-    tag: Tag,
-    /// The newest sequence number evicted from this list, plus one (0: none).
-    lost: u64,
+    /// The key's [`Tag`], its parts side by side (keeping the list at 32 octets).
+    hi: u64,
+    lo: u64,
     /// The first `n` sequence numbers; for [`MANY`], `seqs[0]` is the deque's place.
-    seqs: [u64; 2],
+    seqs: [Short; 2],
+    /// The newest sequence number evicted from this list, plus one, as [`Short`]; meaningful
+    /// when `has_lost`.
+    lost: Short,
+    /// The tag's length ([`Tag::len`]).
+    len: u8,
     n: u8,
+    has_lost: bool,
 }
+
+const _: () = assert!(std::mem::size_of::<List>() == 32);
 
 impl List {
     const EMPTY: Self = Self {
-        tag: Tag {
-            hi: 0,
-            lo: 0,
-            len: HASHED,
-        },
-        lost: 0,
+        hi: 0,
+        lo: 0,
         seqs: [0; 2],
+        lost: 0,
+        len: HASHED,
         n: FREE,
+        has_lost: false,
     };
+
+    fn new(tag: Tag) -> Self {
+        Self {
+            hi: tag.hi,
+            lo: tag.lo,
+            len: tag.len,
+            n: 0,
+            ..Self::EMPTY
+        }
+    }
+
+    fn tag(&self) -> Tag {
+        Tag {
+            hi: self.hi,
+            lo: self.lo,
+            len: self.len,
+        }
+    }
 
     fn is_free(&self) -> bool {
         self.n == FREE
@@ -270,7 +305,7 @@ pub struct Postings {
     lists: Paged<List>,
     free: Vec<u32>,
     /// The sequence numbers of lists longer than two.
-    many: Vec<VecDeque<u64>>,
+    many: Vec<VecDeque<Short>>,
     many_free: Vec<u32>,
     /// The key ids of each record still in the ring, in sequence order, and how many each
     /// record has.
@@ -363,7 +398,7 @@ impl Postings {
             .find(self.seed.table_hash(tag), |&id| {
                 lists
                     .get(id as usize)
-                    .is_some_and(|l| l.tag == tag && !l.is_free())
+                    .is_some_and(|l| l.tag() == tag && !l.is_free())
             })
             .copied()
     }
@@ -372,11 +407,7 @@ impl Postings {
         if let Some(id) = self.find(tag) {
             return id;
         }
-        let list = List {
-            tag,
-            n: 0,
-            ..List::EMPTY
-        };
+        let list = List::new(tag);
         let id = match self.free.pop() {
             Some(id) => {
                 if let Some(slot) = self.lists.get_mut(id as usize) {
@@ -394,7 +425,9 @@ impl Postings {
             seed, ids, lists, ..
         } = self;
         ids.insert_unique(seed.table_hash(tag), id, |&i| {
-            lists.get(i as usize).map_or(0, |l| seed.table_hash(l.tag))
+            lists
+                .get(i as usize)
+                .map_or(0, |l| seed.table_hash(l.tag()))
         });
         id
     }
@@ -403,6 +436,7 @@ impl Postings {
         let Some(list) = self.lists.get_mut(id as usize) else {
             return;
         };
+        let seq = short(seq);
         match list.n {
             0 | 1 => {
                 if let Some(s) = list.seqs.get_mut(usize::from(list.n)) {
@@ -411,10 +445,7 @@ impl Postings {
                 list.n += 1;
             }
             MANY => {
-                if let Some(d) = usize::try_from(list.seqs[0])
-                    .ok()
-                    .and_then(|i| self.many.get_mut(i))
-                {
+                if let Some(d) = self.many.get_mut(list.seqs[0] as usize) {
                     d.push_back(seq);
                 }
             }
@@ -434,7 +465,7 @@ impl Postings {
                         self.many.len() - 1
                     }
                 };
-                list.seqs = [place as u64, 0];
+                list.seqs = [u32::try_from(place).unwrap_or(u32::MAX), 0];
                 list.n = MANY;
             }
         }
@@ -442,6 +473,7 @@ impl Postings {
 
     /// Takes the oldest sequence number off list `id` if it is `seq`; true when it did.
     fn pop_front_if(&mut self, id: u32, seq: u64) -> bool {
+        let seq = short(seq);
         let Some(list) = self.lists.get_mut(id as usize) else {
             return false;
         };
@@ -489,7 +521,8 @@ impl Postings {
                 };
                 if self.pop_front_if(id, self.first) {
                     if let Some(list) = self.lists.get_mut(id as usize) {
-                        list.lost = self.first.saturating_add(1);
+                        list.lost = short(self.first.saturating_add(1));
+                        list.has_lost = true;
                         if list.n == 0 {
                             self.emptied.push(id);
                         }
@@ -511,7 +544,7 @@ impl Postings {
             if !self.is_empty_list(id) {
                 continue;
             }
-            let tag = self.lists.get(id as usize).map(|l| l.tag);
+            let tag = self.lists.get(id as usize).map(List::tag);
             if tag.is_some_and(|t| !watched(t)) {
                 self.forget(id);
             } else {
@@ -538,7 +571,7 @@ impl Postings {
         if list.is_free() {
             return;
         }
-        let tag = list.tag;
+        let tag = list.tag();
         *list = List::EMPTY;
         if let Ok(e) = self.ids.find_entry(self.seed.table_hash(tag), |&i| i == id) {
             e.remove();
@@ -551,15 +584,21 @@ impl Postings {
         self.lists.get(id as usize)
     }
 
-    /// The sequence numbers of `list`, oldest first, as one or two sorted slices.
-    fn seqs_of<'a>(&'a self, list: &'a List) -> (&'a [u64], &'a [u64]) {
+    /// The sequence numbers of `list` ([`Short`]), oldest first, as one or two slices.
+    fn seqs_of<'a>(&'a self, list: &'a List) -> (&'a [Short], &'a [Short]) {
         match list.n {
             MANY => self
                 .many
-                .get(usize::try_from(list.seqs[0]).unwrap_or(usize::MAX))
+                .get(list.seqs[0] as usize)
                 .map_or((&[][..], &[][..]), VecDeque::as_slices),
             n => (list.seqs.get(..usize::from(n)).unwrap_or_default(), &[]),
         }
+    }
+
+    /// The whole sequence number of `s`, a list's [`Short`].
+    fn full(&self, s: Short) -> u64 {
+        self.first
+            .saturating_add(u64::from(s.wrapping_sub(short(self.first))))
     }
 
     /// The first record at or after `seq` filed under `key`.
@@ -567,19 +606,29 @@ impl Postings {
     pub fn next_at_or_after(&self, key: &PostingKey, seq: u64) -> Option<u64> {
         let list = self.list(key)?;
         let (a, b) = self.seqs_of(list);
-        let i = a.partition_point(|&x| x < seq);
+        // In order of distance from `first`, which is the order of the whole numbers.
+        let from = |x: &Short| self.full(*x) < seq;
+        let i = a.partition_point(from);
         if let Some(&s) = a.get(i) {
-            return Some(s);
+            return Some(self.full(s));
         }
-        let j = b.partition_point(|&x| x < seq);
-        b.get(j).copied()
+        let j = b.partition_point(from);
+        b.get(j).map(|&s| self.full(s))
     }
 
     /// True when a record at or after `seq` filed under `key` has been evicted: a reader
     /// that has not read past `seq` missed it.
     #[must_use]
     pub fn lost_since(&self, key: &PostingKey, seq: u64) -> bool {
-        self.list(key).is_some_and(|l| l.lost > seq)
+        // The mark is at most `first`, and taken as the newest number at or below `first`
+        // with its low bits (a reader 2³² records behind is not possible: the ring is smaller).
+        self.list(key).is_some_and(|l| {
+            l.has_lost
+                && self
+                    .first
+                    .saturating_sub(u64::from(short(self.first).wrapping_sub(l.lost)))
+                    > seq
+        })
     }
 
     /// The records filed under `key` (for tests and metrics).
@@ -627,7 +676,7 @@ impl Postings {
                     .get(at)
                     .and_then(|&id| self.lists.get(id as usize))
                 {
-                    each(s, l.tag);
+                    each(s, l.tag());
                 }
                 at += 1;
             }
@@ -660,6 +709,33 @@ mod tests {
             relay: RelayInfo::default(),
             last_change: ServerTime(1),
         }
+    }
+
+    /// Sequence numbers are kept in 32 bits against the oldest record's: lists across a
+    /// 2³² boundary read back whole, in order, and so do their loss marks.
+    #[test]
+    fn sequence_numbers_read_back_whole_across_a_32_bit_boundary() {
+        let first = (5u64 << 32) - 3;
+        let mut p = Postings::new(first);
+        let link = PostingKey::Link(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1));
+        let client = PostingKey::ClientId(vec![0, 3, 0, 1, 1].into());
+        for i in 0..6u64 {
+            p.file(first + i, Some(&binding(if i % 2 == 0 { 1 } else { 2 }, 1)));
+        }
+        assert_eq!(p.len_of(&link), 6);
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while let Some(s) = p.next_at_or_after(&link, at) {
+            seen.push(s);
+            at = s + 1;
+        }
+        assert_eq!(seen, (first..first + 6).collect::<Vec<_>>());
+        assert_eq!(p.next_at_or_after(&client, first + 1), Some(first + 2));
+        assert_eq!(p.next_at_or_after(&client, first + 3), Some(first + 4));
+        p.evict_before(first + 4);
+        assert_eq!(p.next_at_or_after(&link, 0), Some(first + 4));
+        assert!(p.lost_since(&link, first + 3) && !p.lost_since(&link, first + 4));
+        assert!(p.lost_since(&client, first + 2) && !p.lost_since(&client, first + 3));
     }
 
     /// A list grows past its two inline places and shrinks back as the ring evicts, and keeps
