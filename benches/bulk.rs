@@ -73,7 +73,10 @@ fn bench(c: &mut Criterion) {
     let mut out = Vec::with_capacity(128 * 1024);
     let with = answer(&store, &relay, &mut out);
     let without = answer(&store, &plain, &mut out);
-    assert!(with > without + bindings * 50, "relay data sent: {with} {without}");
+    assert!(
+        with > without + bindings * 50,
+        "relay data sent: {with} {without}"
+    );
     let mut g = c.benchmark_group("bulk_by_link");
     g.throughput(Throughput::Elements(bindings as u64));
     g.measurement_time(Duration::from_secs(8));

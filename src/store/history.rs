@@ -888,6 +888,11 @@ impl<L: Log> History<L> {
     fn set_seq(&mut self, id: BindingId, seq: u64) {
         let i = id.index();
         if self.seqs.len() <= i {
+            // Grown a million at a time, not doubled: ten million bindings would leave up to
+            // 50 MB unused (issue 19); a large block grows in place (mremap) without a copy.
+            let want = i.saturating_add(1).next_multiple_of(1 << 20);
+            self.seqs
+                .reserve_exact(want.saturating_sub(self.seqs.len()));
             self.seqs.resize(i.saturating_add(1), 0);
         }
         if let Some(s) = self.seqs.get_mut(i) {

@@ -296,6 +296,63 @@ impl<T> Paged<T> {
     }
 }
 
+/// A queue of list numbers in chunks of [`CHUNK`]: the records' keys, pushed at the back as
+/// records are filed and popped at the front as the ring evicts them. Tens of millions at
+/// carrier scale: a `VecDeque` would double (up to half of it unused, issue 19).
+#[derive(Debug, Default)]
+struct Chunked {
+    chunks: VecDeque<Vec<u32>>,
+    /// The place of the first item in the first chunk.
+    head: usize,
+    len: usize,
+    /// An emptied chunk kept for the next push (the queue moves through chunks steadily).
+    spare: Option<Vec<u32>>,
+}
+
+/// Items in a chunk of [`Chunked`].
+const CHUNK: usize = 16 * 1024;
+
+impl Chunked {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push_back(&mut self, item: u32) {
+        match self.chunks.back_mut() {
+            Some(c) if c.len() < CHUNK => c.push(item),
+            _ => {
+                let mut c = self
+                    .spare
+                    .take()
+                    .unwrap_or_else(|| Vec::with_capacity(CHUNK));
+                c.push(item);
+                self.chunks.push_back(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn pop_front(&mut self) -> Option<u32> {
+        let first = self.chunks.front()?;
+        let item = *first.get(self.head)?;
+        self.head += 1;
+        self.len -= 1;
+        if self.head == first.len() && (first.len() == CHUNK || self.len == 0) {
+            if let Some(mut c) = self.chunks.pop_front() {
+                c.clear();
+                self.spare = Some(c);
+            }
+            self.head = 0;
+        }
+        Some(item)
+    }
+
+    fn get(&self, i: usize) -> Option<u32> {
+        let i = i.checked_add(self.head)?;
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK).copied()
+    }
+}
+
 /// The per-key lists of every record in the ring.
 #[derive(Debug)]
 pub struct Postings {
@@ -309,7 +366,7 @@ pub struct Postings {
     many_free: Vec<u32>,
     /// The key ids of each record still in the ring, in sequence order, and how many each
     /// record has.
-    filed: VecDeque<u32>,
+    filed: Chunked,
     counts: VecDeque<u8>,
     /// The sequence number of `counts[0]` (of the next record when `counts` is empty).
     first: u64,
@@ -342,7 +399,7 @@ impl Postings {
             free: Vec::new(),
             many: Vec::new(),
             many_free: Vec::new(),
-            filed: VecDeque::new(),
+            filed: Chunked::default(),
             counts: VecDeque::new(),
             first,
             emptied: Vec::new(),
@@ -674,7 +731,7 @@ impl Postings {
                 if let Some(l) = self
                     .filed
                     .get(at)
-                    .and_then(|&id| self.lists.get(id as usize))
+                    .and_then(|id| self.lists.get(id as usize))
                 {
                     each(s, l.tag());
                 }
@@ -709,6 +766,32 @@ mod tests {
             relay: RelayInfo::default(),
             last_change: ServerTime(1),
         }
+    }
+
+    /// The chunked queue of the records' keys behaves as a deque across its chunks.
+    #[test]
+    fn the_chunked_queue_is_a_deque() {
+        let mut q = Chunked::default();
+        let mut model = VecDeque::new();
+        for round in 0..3u32 {
+            for i in 0..(CHUNK as u32 * 2 + 7) {
+                q.push_back(i ^ round);
+                model.push_back(i ^ round);
+            }
+            for _ in 0..(CHUNK + 3 + round as usize * 5000) {
+                assert_eq!(q.pop_front(), model.pop_front());
+            }
+            assert_eq!(q.len(), model.len());
+            for i in [0, 1, CHUNK - 1, CHUNK, model.len() - 1, model.len()] {
+                assert_eq!(q.get(i), model.get(i).copied(), "{i}");
+            }
+        }
+        while let Some(x) = model.pop_front() {
+            assert_eq!(q.pop_front(), Some(x));
+        }
+        assert_eq!((q.pop_front(), q.len(), q.chunks.len()), (None, 0, 0));
+        q.push_back(5);
+        assert_eq!((q.get(0), q.len()), (Some(5), 1));
     }
 
     /// Sequence numbers are kept in 32 bits against the oldest record's: lists across a
