@@ -59,15 +59,16 @@ fn answer(store: &Store, request: &[u8], out: &mut Vec<u8>) -> usize {
 
 fn bench(c: &mut Criterion) {
     let (store, bindings) = population();
-    let link = DemoSource::link_address(0);
+    let link = DemoSource::link_address(1);
     let plain = MessageBuilder::leasequery(1)
+        .client_id(&[0, 3, 0, 1, 1, 2, 3, 4, 5, 6])
         .lq_query(QueryType::ByLinkAddress, link, |q| q)
         .build()
         .expect("query");
     let relay = MessageBuilder::leasequery(2)
-        .lq_query(QueryType::ByLinkAddress, link, |q| {
-            q.oro(&[OptionCode::LqRelayData])
-        })
+        .client_id(&[0, 3, 0, 1, 1, 2, 3, 4, 5, 6])
+        .oro(&[OptionCode::LqRelayData])
+        .lq_query(QueryType::ByLinkAddress, link, |q| q)
         .build()
         .expect("query");
     let mut out = Vec::with_capacity(128 * 1024);

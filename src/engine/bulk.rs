@@ -106,6 +106,7 @@ impl BulkAnswer {
         high_water: usize,
     ) -> Fill {
         let mut scratch = Vec::new();
+        let mut with_relay = Vec::new();
         let mut relay = Vec::new();
         while out.len() < high_water {
             if self.position == Position::Finished {
@@ -113,18 +114,22 @@ impl BulkAnswer {
             }
             match self.next_binding(store) {
                 Some((id, binding)) => {
-                    let mut opts = recycle(std::mem::take(&mut scratch));
-                    relay.clear();
-                    let from = if self.query.want_relay_data {
-                        binding.relay_message_into(&mut relay)
-                    } else {
-                        None
-                    };
-                    let message = from.map(|f| (f, &relay[..]));
-                    client_data(binding, None, now, message, &mut opts);
                     let first = self.position == Position::Start;
-                    self.write(first, server_id, now, Some(&opts), None, out);
-                    scratch = recycle(opts);
+                    if self.query.want_relay_data {
+                        // The relayed message is rebuilt from its relay template into `relay`,
+                        // which the options borrow: they take a vector of their own lifetime.
+                        let mut opts = recycle(std::mem::take(&mut with_relay));
+                        relay.clear();
+                        let from = binding.relay_message_into(&mut relay);
+                        let message = from.map(|f| (f, &relay[..]));
+                        client_data(binding, None, now, message, &mut opts);
+                        self.write(first, server_id, now, Some(&opts), None, out);
+                        with_relay = recycle(opts);
+                    } else {
+                        scratch.clear();
+                        client_data(binding, None, now, None, &mut scratch);
+                        self.write(first, server_id, now, Some(&scratch), None, out);
+                    }
                     self.position = Position::After(id, binding.link());
                     self.sent = self.sent.saturating_add(1);
                 }
