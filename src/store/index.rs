@@ -283,17 +283,19 @@ impl Interner {
         n
     }
 
-    /// One reference fewer to number `n`; forgotten at none.
-    fn release(&mut self, n: u32) {
+    /// One reference fewer to number `n`; forgotten at none (then true).
+    fn release(&mut self, n: u32) -> bool {
         let Some((value, refs)) = self.values.get_mut(n as usize) else {
-            return;
+            return false;
         };
         *refs = refs.saturating_sub(1);
         if *refs == 0 {
             let value = std::mem::take(value);
             self.numbers.remove(&value);
             self.free.push(n);
+            return true;
         }
+        false
     }
 }
 
@@ -507,8 +509,10 @@ pub struct Store {
     links: Vec<Ipv6Addr>,
     link_numbers: HashMap<Ipv6Addr, u32>,
     relay_ids: Interner,
-    /// The relay templates of the bindings' relayed messages (D42), by number.
+    /// The relay templates of the bindings' relayed messages (D42), by number, and each
+    /// compiled for rebuilding.
     templates: Interner,
+    compiled: Vec<Option<template::Compiled>>,
     by_link: BTreeSet<(u32, BindingId)>,
     by_relay_id: BTreeSet<(u32, BindingId)>,
     /// Remote-ids by 32 bits of their hash (enterprise number and value), checked on each hit.
@@ -719,7 +723,15 @@ impl Store {
             Some((from, m)) => match template::split(*from, m) {
                 Some(split) if split.holes.iter().all(|h| u16::try_from(h.len()).is_ok()) => {
                     out.push(2);
-                    out.extend_from_slice(&self.templates.intern(&split.body).to_le_bytes());
+                    let t = self.templates.intern(&split.body);
+                    let place = t as usize;
+                    if self.compiled.len() <= place {
+                        self.compiled.resize(place + 1, None);
+                    }
+                    if let Some(c @ None) = self.compiled.get_mut(place) {
+                        *c = template::Compiled::of(&split.body);
+                    }
+                    out.extend_from_slice(&t.to_le_bytes());
                     out.extend_from_slice(&split.peer.octets());
                     for h in &split.holes {
                         put_u16(&mut out, h.len());
@@ -743,7 +755,11 @@ impl Store {
             self.relay_ids.release(n);
         }
         if let Some(RelayMsg::Templated(t, _, _)) = b.relay_message() {
-            self.templates.release(t);
+            if self.templates.release(t) {
+                if let Some(c) = self.compiled.get_mut(t as usize) {
+                    *c = None;
+                }
+            }
         }
     }
 
@@ -755,14 +771,10 @@ impl Store {
                 Some(from)
             }
             RelayMsg::Templated(t, peer, h) => {
-                let start = out.len();
-                match template::rebuild(self.templates.get(t), peer, &holes(h), out) {
-                    Some((from, _)) => Some(from),
-                    None => {
-                        out.truncate(start);
-                        None
-                    }
-                }
+                self.compiled
+                    .get(t as usize)?
+                    .as_ref()?
+                    .rebuild(peer, &holes(h), out)
             }
         }
     }
@@ -1489,6 +1501,10 @@ mod tests {
         }
         assert!(store.is_empty());
         assert!(store.templates.numbers.is_empty() && store.relay_ids.numbers.is_empty());
+        assert!(
+            store.compiled.iter().all(Option::is_none),
+            "compiled forms freed"
+        );
     }
 
     /// Slots grow a page at a time, reuse the place freed last, and iterate in place order.
