@@ -34,7 +34,7 @@ use crate::engine::session::{ActiveSettings, Ctx};
 use crate::engine::udp::{UdpAnswer, answer};
 use crate::feed::{Fed, FeedReceiver, Writer, Writers, system_time as server_time};
 use crate::store::journal::{FlushPolicy, JournalFile};
-use crate::store::{History, LinkMap, Store};
+use crate::store::{History, LinkMap, SnapshotStart, Store, snapshot};
 use conn::{Conn, Observe, Turn};
 use metrics::{ClosedView, ConnView, Metrics, QueryView, Refused, RequestorLag, Snapshot, TlsView};
 use tls::TlsServer;
@@ -293,14 +293,31 @@ impl Server {
                  catch-up from before the damage gets DataMissing"
             );
         }
-        let (mut history, restored) = History::open(store, file);
+        let started = Instant::now();
+        let snapshot_path = snapshot::path_for(&j.path);
+        let (mut history, restored, from) =
+            History::open_with_snapshot(store, file, &snapshot_path);
         history.set_source_times(cfg.source_times);
+        match &from {
+            SnapshotStart::None => {}
+            SnapshotStart::Loaded { covered } => info!(
+                snapshot = %snapshot_path.display(),
+                covered,
+                "snapshot loaded: the journal's records after {covered} replayed on it"
+            ),
+            SnapshotStart::Refused(why) => warn!(
+                snapshot = %snapshot_path.display(),
+                "snapshot not used, {why}; the whole journal is replayed"
+            ),
+        }
         info!(
             journal = %j.path.display(),
             records = restored.records,
+            replayed = restored.replayed,
             unreadable = restored.unreadable,
             bindings = restored.bindings,
             writers = restored.marks,
+            seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
             "journal opened"
         );
         if let Some(window) = j.catch_up_window {
@@ -1241,8 +1258,32 @@ impl Server {
         }
         if let Err(e) = self.history.log_mut().flush() {
             warn!("journal flush at shutdown failed: {e}");
+            return Ok(());
         }
+        self.write_snapshot();
         Ok(())
+    }
+
+    /// Writes the snapshot of the mirror beside the journal (D43), so that the next start
+    /// replays only the records after it; logs how long it took and its size.
+    fn write_snapshot(&self) {
+        let path = snapshot::path_for(&self.cfg.journal.path);
+        let started = Instant::now();
+        match self.history.write_snapshot(&path) {
+            Ok(Some(w)) => info!(
+                snapshot = %path.display(),
+                covered = w.covered,
+                bindings = w.bindings,
+                octets = w.octets,
+                seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                "snapshot written"
+            ),
+            Ok(None) => {}
+            Err(e) => warn!(
+                snapshot = %path.display(),
+                "snapshot not written ({e}); the next start replays the whole journal"
+            ),
+        }
     }
 }
 

@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
+use std::io::{self, Read, Write};
 use std::net::Ipv6Addr;
 use std::ops::Bound;
 
@@ -37,6 +38,7 @@ use super::links::LinkMap;
 use super::model::{
     Binding, BindingKey, BindingView, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
 };
+use super::snapshot::{self, SnapshotError, damaged};
 use crate::codec::ServerTime;
 
 /// A binding's handle in the store; stable for as long as the binding exists.
@@ -157,6 +159,35 @@ impl<'a> Blob<'a> {
         }
         let peer: [u8; 16] = self.0.get(at + 1..at + 17)?.try_into().ok()?;
         Some((Ipv6Addr::from(peer), self.0.get(at + 17..)?))
+    }
+}
+
+impl Blob<'_> {
+    /// True when the blob is one [`Store::blob`] makes, naming relay-ids below `relay_ids`:
+    /// every length inside it, and the relayed message's flag and address, fit (a snapshot's
+    /// blob is checked so before it is used, D43).
+    fn valid(self, relay_ids: impl Fn(u32) -> bool) -> bool {
+        let b = self.0;
+        let Some(at) = 2usize.checked_add(self.u16_at(0)) else {
+            return false;
+        };
+        if b.len() < at.saturating_add(2) {
+            return false;
+        }
+        let ids_end = at + 2 + 4 * self.u16_at(at);
+        if b.len() < ids_end.saturating_add(2) || !self.relay_ids().all(relay_ids) {
+            return false;
+        }
+        let mut it = self.remote_ids();
+        let count = it.left;
+        if it.by_ref().count() != count {
+            return false;
+        }
+        match b.get(it.at) {
+            Some(0) => it.at + 1 == b.len(),
+            Some(1) => b.len() >= it.at + 17,
+            _ => false,
+        }
     }
 }
 
@@ -488,6 +519,11 @@ fn lease_hash(hasher: &RandomState, l: &Lease) -> u64 {
     }
 }
 
+/// A remote-id's key in its index (see [`Store::hash_remote`]).
+fn remote_key(hasher: &RandomState, enterprise: u32, value: &[u8]) -> u32 {
+    (hasher.hash_one((enterprise, value)) >> 32) as u32
+}
+
 fn masked(addr: Ipv6Addr, len: u8) -> u128 {
     let len = u32::from(len.min(128));
     u128::from(addr) & u128::MAX.checked_shl(128 - len).unwrap_or(0)
@@ -596,7 +632,7 @@ impl Store {
     /// A remote-id's key in its index: 32 bits of its hash (a remote-id is one subscriber's
     /// line, so keys are many and each is checked against the binding on a hit).
     fn hash_remote(&self, enterprise: u32, value: &[u8]) -> u32 {
-        (self.hasher.hash_one((enterprise, value)) >> 32) as u32
+        remote_key(&self.hasher, enterprise, value)
     }
 
     fn lease_at(&self, (id, i): LeaseEntry) -> Option<&Lease> {
@@ -1292,6 +1328,202 @@ impl Store {
     #[must_use]
     pub fn relay(&self, id: BindingId) -> Option<RelayInfo> {
         self.get(id).map(|b| b.relay())
+    }
+}
+
+// ---- snapshot (D43) ----------------------------------------------------------------------
+
+impl Store {
+    /// Writes the bindings into a snapshot: the links and relay-ids by number, then each slot
+    /// in [`iter`](Self::iter)'s order (its leases and its variable part, opaque). The indexes
+    /// are not written: [`load_snapshot`](Self::load_snapshot) rebuilds them.
+    pub(crate) fn save_snapshot<W: Write>(&self, w: &mut snapshot::Writer<W>) -> io::Result<()> {
+        w.len32(self.links.len())?;
+        for a in &self.links {
+            w.addr(*a)?;
+        }
+        w.len32(self.relay_ids.values.len())?;
+        for (value, refs) in &self.relay_ids.values {
+            w.u8(u8::from(*refs > 0))?;
+            if *refs > 0 {
+                w.blob(value)?;
+            }
+        }
+        w.u64(self.bindings.len() as u64)?;
+        for (_, slot) in self.bindings.iter() {
+            w.u32(slot.link)?;
+            w.u32(slot.last_change.0)?;
+            let n = u8::try_from(slot.leases.len())
+                .map_err(|_| io::Error::other("a binding with over 255 leases"))?;
+            w.u8(n)?;
+            for l in &slot.leases {
+                w.lease(l)?;
+            }
+            w.blob(&slot.data)?;
+        }
+        Ok(())
+    }
+
+    /// The store a snapshot holds, filing changes from now on under `link_map`; its bindings
+    /// numbered in the order they were written, from 0. Every number and length is checked.
+    pub(crate) fn load_snapshot<R: Read>(
+        link_map: LinkMap,
+        r: &mut snapshot::Reader<R>,
+    ) -> Result<Self, SnapshotError> {
+        let mut store = Self::with_links(link_map);
+        let links = r.count32(16)?;
+        store.links.reserve_exact(links);
+        for n in 0..links {
+            let a = r.addr()?;
+            let n = u32::try_from(n).map_err(|_| damaged("too many links"))?;
+            if store.link_numbers.insert(a, n).is_some() {
+                return Err(damaged(format!("link {a} twice")));
+            }
+            store.links.push(a);
+        }
+        let relays = r.count32(1)?;
+        let mut present = Vec::with_capacity(relays);
+        store.relay_ids.values.reserve_exact(relays);
+        for n in 0..relays {
+            let n = u32::try_from(n).map_err(|_| damaged("too many relay-ids"))?;
+            let value = if r.flag()? {
+                let v = r.blob()?;
+                if store.relay_ids.numbers.insert(v.clone(), n).is_some() {
+                    return Err(damaged("a relay-id twice"));
+                }
+                present.push(true);
+                v
+            } else {
+                present.push(false);
+                Box::default()
+            };
+            store.relay_ids.values.push((value, 0));
+        }
+        let count = r.count64(4 + 4 + 1 + snapshot::LEASE_LEN as u64 + 4)?;
+        if count > (u32::MAX as usize).saturating_sub(PAGE) {
+            return Err(damaged(format!("{count} bindings")));
+        }
+        for _ in 0..count {
+            let link = r.u32()?;
+            if link as usize >= store.links.len() {
+                return Err(damaged(format!("a binding on link number {link}")));
+            }
+            let last_change = ServerTime(r.u32()?);
+            let n = r.u8()?;
+            if n == 0 {
+                return Err(damaged("a binding without a lease"));
+            }
+            let mut leases = SmallVec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                let l = r.lease()?;
+                if !l.state.is_active() {
+                    return Err(damaged("a binding holding an ended lease"));
+                }
+                leases.push(l);
+            }
+            let data = r.blob()?;
+            let known = |n: u32| present.get(n as usize).copied().unwrap_or(false);
+            if !Blob(&data).valid(known) {
+                return Err(damaged("a binding's variable part"));
+            }
+            for n in Blob(&data).relay_ids() {
+                if let Some((_, refs)) = store.relay_ids.values.get_mut(n as usize) {
+                    *refs = refs.saturating_add(1);
+                }
+            }
+            let slot = Slot {
+                data,
+                leases,
+                link,
+                last_change,
+                next: NONE,
+            };
+            if store.bindings.insert(slot).is_err() {
+                return Err(damaged("too many bindings"));
+            }
+        }
+        // A relay-id no binding names is free again.
+        for (n, (value, refs)) in store.relay_ids.values.iter_mut().enumerate() {
+            if *refs == 0 {
+                let value = std::mem::take(value);
+                store.relay_ids.numbers.remove(&value);
+                store
+                    .relay_ids
+                    .free
+                    .push(u32::try_from(n).unwrap_or(u32::MAX));
+            }
+        }
+        store.relay_ids.free.reverse();
+        store.rebuild_indexes();
+        Ok(store)
+    }
+
+    /// Builds every index from the slots: the hash tables reserved once, the B-trees in bulk
+    /// from their entries sorted.
+    fn rebuild_indexes(&mut self) {
+        let n = self.bindings.len();
+        let mut by_link = Vec::with_capacity(n);
+        let mut by_change = Vec::with_capacity(n);
+        let mut by_relay_id = Vec::with_capacity(n);
+        let mut by_remote_id = Vec::with_capacity(n);
+        let mut expiries = Vec::with_capacity(n);
+        {
+            let Self {
+                bindings,
+                hasher,
+                addresses,
+                prefixes,
+                ..
+            } = self;
+            let rehash = |&(b, i): &LeaseEntry| {
+                bindings
+                    .get(b as usize)
+                    .and_then(|s| s.leases.get(i as usize))
+                    .map_or(0, |l| lease_hash(hasher, l))
+            };
+            addresses.reserve(n, rehash);
+            for (i, slot) in bindings.iter() {
+                let id = BindingId(u32::try_from(i).unwrap_or(u32::MAX));
+                by_link.push((slot.link, id));
+                by_change.push((slot.last_change, id));
+                let b = Blob(&slot.data);
+                by_relay_id.extend(b.relay_ids().map(|r| (r, id)));
+                by_remote_id.extend(b.remote_ids().map(|(e, v)| (remote_key(hasher, e, v), id)));
+                for (at, lease) in slot.leases.iter().enumerate() {
+                    let entry = (id.0, u32::try_from(at).unwrap_or(u32::MAX));
+                    let h = lease_hash(hasher, lease);
+                    match lease.kind {
+                        LeaseKind::Address => addresses.insert_unique(h, entry, rehash),
+                        LeaseKind::Prefix => prefixes
+                            .entry(lease.prefix_len)
+                            .or_default()
+                            .insert_unique(h, entry, rehash),
+                    };
+                    if let Some(t) = lease.expires() {
+                        expiries.push((t, id));
+                    }
+                }
+            }
+        }
+        self.by_link = BTreeSet::from_iter(by_link);
+        self.by_change = BTreeSet::from_iter(by_change);
+        self.by_relay_id = BTreeSet::from_iter(by_relay_id);
+        self.by_remote_id = BTreeSet::from_iter(by_remote_id);
+        self.expiries = BTreeSet::from_iter(expiries);
+        let Self {
+            bindings,
+            hasher,
+            clients,
+            ..
+        } = self;
+        clients.reserve(n, |&e| {
+            bindings
+                .get(e as usize)
+                .map_or(0, |s| hasher.hash_one(Blob(&s.data).client_id()))
+        });
+        for i in 0..n {
+            self.chain_client(BindingId(u32::try_from(i).unwrap_or(u32::MAX)));
+        }
     }
 }
 

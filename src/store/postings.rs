@@ -23,11 +23,13 @@
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, RandomState};
+use std::io::{self, Read, Write};
 use std::net::Ipv6Addr;
 
 use hashbrown::HashTable;
 
 use super::model::{Binding, Lease, LeaseKind, RemoteIdKey};
+use super::snapshot::{self, SnapshotError, damaged};
 
 /// What a record is filed under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -445,6 +447,156 @@ impl Postings {
                 at += 1;
             }
         }
+    }
+}
+
+// ---- snapshot (D43) ----------------------------------------------------------------------
+
+impl Postings {
+    /// Writes the lists into a snapshot: the first record's sequence number, the prefix
+    /// lengths, each list's key and lost mark by its number (an emptied list is left out: no
+    /// query watches it after a restart), then each record's key count and key numbers.
+    pub(crate) fn save_snapshot<W: Write>(&self, w: &mut snapshot::Writer<W>) -> io::Result<()> {
+        w.u64(self.first)?;
+        for word in self.prefix_lens {
+            w.u64(word)?;
+        }
+        w.len32(self.lists.len())?;
+        for list in &self.lists {
+            match list.as_ref().filter(|l| !l.seqs.is_empty()) {
+                Some(l) => {
+                    w.u8(1)?;
+                    w.key(&l.key)?;
+                    w.u64(l.lost)?;
+                }
+                None => w.u8(0)?,
+            }
+        }
+        w.u64(self.counts.len() as u64)?;
+        let (a, b) = self.counts.as_slices();
+        w.bytes(a)?;
+        w.bytes(b)?;
+        w.u64(self.filed.len() as u64)?;
+        for id in &self.filed {
+            w.u32(*id)?;
+        }
+        Ok(())
+    }
+
+    /// The lists a snapshot holds, each key's sequence numbers rebuilt from the records' key
+    /// numbers in one pass. Every key number is checked against the lists, and the counts
+    /// against the key numbers.
+    pub(crate) fn load_snapshot<R: Read>(
+        r: &mut snapshot::Reader<R>,
+    ) -> Result<Self, SnapshotError> {
+        let mut p = Self::new(r.u64()?);
+        for word in &mut p.prefix_lens {
+            *word = r.u64()?;
+        }
+        let n = r.count32(1)?;
+        p.lists.reserve_exact(n);
+        for i in 0..n {
+            if r.flag()? {
+                let key = r.key()?;
+                let lost = r.u64()?;
+                p.lists.push(Some(List {
+                    key,
+                    seqs: Seqs::Few(0, [0; 2]),
+                    lost,
+                }));
+            } else {
+                p.lists.push(None);
+                p.free
+                    .push(u32::try_from(i).map_err(|_| damaged("too many lists"))?);
+            }
+        }
+        p.free.reverse();
+        let records = r.count64(1)?;
+        let mut counts = vec![0u8; records];
+        r.take(&mut counts)?;
+        p.counts = VecDeque::from(counts);
+        let filed = r.count64(4)?;
+        let total: usize = p.counts.iter().map(|&c| usize::from(c)).sum();
+        if filed != total {
+            return Err(damaged(format!(
+                "{filed} posting entries for records that file {total}"
+            )));
+        }
+        p.filed.reserve_exact(filed);
+        let mut seq = p.first;
+        let mut in_record = 0u8;
+        let mut record = 0usize;
+        for _ in 0..filed {
+            while p.counts.get(record).is_some_and(|&c| in_record >= c) {
+                record += 1;
+                in_record = 0;
+                seq = seq.saturating_add(1);
+            }
+            let id = r.u32()?;
+            let Some(Some(list)) = p.lists.get_mut(id as usize) else {
+                return Err(damaged(format!(
+                    "a record filed under list {id}, which is none"
+                )));
+            };
+            if list.seqs.len() > 0 && list.seqs.get(list.seqs.len() - 1) == Some(seq) {
+                return Err(damaged("a record filed twice under one key"));
+            }
+            list.seqs.push_back(seq);
+            p.filed.push_back(id);
+            in_record += 1;
+        }
+        let Self {
+            hasher, ids, lists, ..
+        } = &mut p;
+        ids.reserve(lists.len(), |_| 0);
+        for (i, list) in lists.iter().enumerate() {
+            let Some(list) = list else { continue };
+            if list.seqs.is_empty() {
+                return Err(damaged("a list no record is filed under"));
+            }
+            let h = hasher.hash_one(&list.key);
+            let same = ids
+                .find(h, |&id| {
+                    lists
+                        .get(id as usize)
+                        .and_then(Option::as_ref)
+                        .is_some_and(|l| l.key == list.key)
+                })
+                .is_some();
+            if same {
+                return Err(damaged("a posting key twice"));
+            }
+            let id = u32::try_from(i).map_err(|_| damaged("too many lists"))?;
+            ids.insert_unique(h, id, |&i| {
+                lists
+                    .get(i as usize)
+                    .and_then(Option::as_ref)
+                    .map_or(0, |l| hasher.hash_one(&l.key))
+            });
+        }
+        Ok(p)
+    }
+
+    /// The sequence number the next record filed must have.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.first.saturating_add(self.counts.len() as u64)
+    }
+
+    /// Every list: its key, its sequence numbers and its lost mark (for tests comparing two
+    /// postings).
+    #[cfg(test)]
+    pub(crate) fn all_lists(&self) -> Vec<(PostingKey, Vec<u64>, u64)> {
+        let mut out: Vec<_> = self
+            .lists
+            .iter()
+            .flatten()
+            .map(|l| {
+                let seqs = (0..l.seqs.len()).filter_map(|i| l.seqs.get(i)).collect();
+                (l.key.clone(), seqs, l.lost)
+            })
+            .collect();
+        out.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
+        out
     }
 }
 
