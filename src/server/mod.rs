@@ -317,7 +317,7 @@ impl Server {
             unreadable = restored.unreadable,
             bindings = restored.bindings,
             writers = restored.marks,
-            seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+            seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
             "journal opened"
         );
         if let Some(window) = j.catch_up_window {
@@ -1275,7 +1275,7 @@ impl Server {
                 covered = w.covered,
                 bindings = w.bindings,
                 octets = w.octets,
-                seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
+                seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
                 "snapshot written"
             ),
             Ok(None) => {}
