@@ -134,7 +134,7 @@ struct Restart {
     rss_kib: u64,
     hwm_kib: u64,
     /// With `--full-replay`: the restart after `kill -9` without the snapshot.
-    full: Option<Box<Restart>>,
+    full: Option<Box<Self>>,
 }
 
 /// A sampled binding: its client's DUID and one of its leases' addresses.
