@@ -424,8 +424,48 @@ fn read_snapshot<R: Read>(
     next: u64,
 ) -> Result<Parts, SnapshotError> {
     let store = Store::load_snapshot(link_map, r)?;
-    let mut seqs = Vec::with_capacity(store.len());
-    for _ in 0..store.len() {
+    let bindings = store.len();
+    // The store's indexes are built on another thread while the rest is read.
+    std::thread::scope(|scope| {
+        let indexing = scope.spawn(move || {
+            let mut store = store;
+            store.rebuild_indexes();
+            store
+        });
+        let rest = read_rest(r, bindings, next);
+        let store = indexing
+            .join()
+            .map_err(|_| snapshot::damaged("rebuilding the store's indexes failed"))?;
+        let (seqs, tombstones, marks, templates, postings) = rest?;
+        Ok(Parts {
+            store,
+            seqs,
+            tombstones,
+            last_count: Some(u32::try_from(bindings).unwrap_or(u32::MAX)),
+            marks,
+            templates,
+            postings,
+        })
+    })
+}
+
+/// What a snapshot holds after the store.
+type Rest = (
+    Vec<u64>,
+    HashMap<Box<[u8]>, Vec<(Ipv6Addr, u64)>>,
+    Marks,
+    Templates,
+    Postings,
+);
+
+/// Reads the parts of a snapshot after its store of `bindings` bindings, to its end mark.
+fn read_rest<R: Read>(
+    r: &mut snapshot::Reader<R>,
+    bindings: usize,
+    next: u64,
+) -> Result<Rest, SnapshotError> {
+    let mut seqs = Vec::with_capacity(bindings);
+    for _ in 0..bindings {
         let seq = r.u64()?;
         if seq >= next {
             return Err(snapshot::damaged(
@@ -447,7 +487,6 @@ fn read_snapshot<R: Read>(
             return Err(snapshot::damaged("a client's tombstones twice"));
         }
     }
-    let last_count = Some(u32::try_from(store.len()).unwrap_or(u32::MAX));
     let marks = Marks::load_snapshot(r)?;
     let templates = Templates::load_snapshot(r)?;
     let postings = Postings::load_snapshot(r)?;
@@ -458,15 +497,7 @@ fn read_snapshot<R: Read>(
         )));
     }
     r.finish()?;
-    Ok(Parts {
-        store,
-        seqs,
-        tombstones,
-        last_count,
-        marks,
-        templates,
-        postings,
-    })
+    Ok((seqs, tombstones, marks, templates, postings))
 }
 
 /// The store, the journal, and which record is each binding's newest.

@@ -1366,6 +1366,8 @@ impl Store {
 
     /// The store a snapshot holds, filing changes from now on under `link_map`; its bindings
     /// numbered in the order they were written, from 0. Every number and length is checked.
+    /// Its indexes are empty until [`rebuild_indexes`](Self::rebuild_indexes) (which another
+    /// thread may run while the rest of the snapshot is read).
     pub(crate) fn load_snapshot<R: Read>(
         link_map: LinkMap,
         r: &mut snapshot::Reader<R>,
@@ -1454,13 +1456,12 @@ impl Store {
             }
         }
         store.relay_ids.free.reverse();
-        store.rebuild_indexes();
         Ok(store)
     }
 
     /// Builds every index from the slots: the hash tables reserved once, the B-trees in bulk
     /// from their entries sorted.
-    fn rebuild_indexes(&mut self) {
+    pub(crate) fn rebuild_indexes(&mut self) {
         let n = self.bindings.len();
         let mut by_link = Vec::with_capacity(n);
         let mut by_change = Vec::with_capacity(n);

@@ -538,7 +538,13 @@ impl Postings {
                     "a record filed under list {id}, which is none"
                 )));
             };
-            if list.seqs.len().checked_sub(1).and_then(|i| list.seqs.get(i)) == Some(seq) {
+            if list
+                .seqs
+                .len()
+                .checked_sub(1)
+                .and_then(|i| list.seqs.get(i))
+                == Some(seq)
+            {
                 return Err(damaged("a record filed twice under one key"));
             }
             list.seqs.push_back(seq);
