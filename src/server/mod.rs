@@ -262,8 +262,10 @@ impl Server {
     pub fn bind(mut cfg: ServerConfig) -> io::Result<Self> {
         let store = Store::with_links(std::mem::take(&mut cfg.links));
         let j = &cfg.journal;
+        let opening = Instant::now();
         let (mut file, recovered) = JournalFile::open(&j.path, j.size, j.flush)
             .map_err(|e| io::Error::other(format!("journal {}: {e}", j.path.display())))?;
+        let recovery = opening.elapsed();
         // Nothing from before the journal began can be caught up (D19, issue 13). With source
         // times an empty journal begins at the source's first snapshot (D33).
         match file.journal().oldest_time() {
@@ -300,9 +302,10 @@ impl Server {
         history.set_source_times(cfg.source_times);
         match &from {
             SnapshotStart::None => {}
-            SnapshotStart::Loaded { covered } => info!(
+            SnapshotStart::Loaded { covered, read } => info!(
                 snapshot = %snapshot_path.display(),
                 covered,
+                read_seconds = %format!("{:.2}", read.as_secs_f64()),
                 "snapshot loaded: the journal's records after {covered} replayed on it"
             ),
             SnapshotStart::Refused(why) => warn!(
@@ -317,6 +320,7 @@ impl Server {
             unreadable = restored.unreadable,
             bindings = restored.bindings,
             writers = restored.marks,
+            recovery_seconds = %format!("{:.2}", recovery.as_secs_f64()),
             seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
             "journal opened"
         );

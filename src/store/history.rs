@@ -373,6 +373,8 @@ pub enum SnapshotStart {
     Loaded {
         /// The record it covers.
         covered: u64,
+        /// How long reading it took (the replay after it not included).
+        read: std::time::Duration,
     },
     /// Refused, for this reason: every record was replayed.
     Refused(SnapshotError),
@@ -617,11 +619,13 @@ impl<L: Log> History<L> {
         path: &Path,
     ) -> (Self, Restored, SnapshotStart) {
         let link_map = store.link_map().clone();
+        let started = std::time::Instant::now();
         match Self::load_snapshot(link_map, log, path) {
             Ok(loaded) => {
                 let covered = loaded.from.seq().saturating_sub(1);
+                let read = started.elapsed();
                 let (h, restored) = loaded.history.replay(loaded.from, loaded.last_count);
-                (h, restored, SnapshotStart::Loaded { covered })
+                (h, restored, SnapshotStart::Loaded { covered, read })
             }
             Err((log, None)) => {
                 let (h, restored) = Self::open(store, log);

@@ -182,7 +182,7 @@ fn a_snapshot_and_the_records_after_it_rebuild_what_the_whole_journal_does() {
     let (full, all) = History::open(Store::new(), reopen(&s.bytes));
     let (snap, restored, start) = with_snapshot(&s.bytes, &s.path, Store::new());
     assert!(
-        matches!(start, SnapshotStart::Loaded { covered } if covered == s.covered),
+        matches!(start, SnapshotStart::Loaded { covered, .. } if covered == s.covered),
         "{start:?}"
     );
     let next = snap.journal().next_seq();
