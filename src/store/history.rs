@@ -425,19 +425,28 @@ fn read_snapshot<R: Read>(
     r: &mut snapshot::Reader<R>,
     next: u64,
 ) -> Result<Parts, SnapshotError> {
+    let started = std::time::Instant::now();
     let store = Store::load_snapshot(link_map, r)?;
     let bindings = store.len();
+    let slots = started.elapsed();
     // The store's indexes are built on another thread while the rest is read.
     std::thread::scope(|scope| {
         let indexing = scope.spawn(move || {
             let mut store = store;
             store.rebuild_indexes();
-            store
+            (store, started.elapsed())
         });
         let rest = read_rest(r, bindings, next);
-        let store = indexing
+        let rest_read = started.elapsed();
+        let (store, indexed) = indexing
             .join()
             .map_err(|_| snapshot::damaged("rebuilding the store's indexes failed"))?;
+        tracing::debug!(
+            slots_s = slots.as_secs_f64(),
+            indexes_s = indexed.as_secs_f64(),
+            rest_s = rest_read.as_secs_f64(),
+            "snapshot read: the store's slots, then its indexes and the rest on two threads              (seconds from the start of the read)"
+        );
         let (seqs, tombstones, marks, templates, postings) = rest?;
         Ok(Parts {
             store,
