@@ -454,23 +454,14 @@ impl Postings {
 
 impl Postings {
     /// Writes the lists into a snapshot: the first record's sequence number, the prefix
-    /// lengths, each list's key and lost mark by its number (an emptied list is left out: no
-    /// query watches it after a restart), then each record's key count and key numbers.
+    /// lengths, each record's key count and key numbers, then each list by its number (an
+    /// emptied list is left out: no query watches it after a restart) with its key, its lost
+    /// mark and its sequence numbers (the first from `first`, each next from the one before,
+    /// as LEB128 numbers).
     pub(crate) fn save_snapshot<W: Write>(&self, w: &mut snapshot::Writer<W>) -> io::Result<()> {
         w.u64(self.first)?;
         for word in self.prefix_lens {
             w.u64(word)?;
-        }
-        w.len32(self.lists.len())?;
-        for list in &self.lists {
-            match list.as_ref().filter(|l| !l.seqs.is_empty()) {
-                Some(l) => {
-                    w.u8(1)?;
-                    w.key(&l.key)?;
-                    w.u64(l.lost)?;
-                }
-                None => w.u8(0)?,
-            }
         }
         w.u64(self.counts.len() as u64)?;
         let (a, b) = self.counts.as_slices();
@@ -480,12 +471,29 @@ impl Postings {
         for id in &self.filed {
             w.u32(*id)?;
         }
+        w.len32(self.lists.len())?;
+        for list in &self.lists {
+            match list.as_ref().filter(|l| !l.seqs.is_empty()) {
+                Some(l) => {
+                    w.u8(1)?;
+                    w.key(&l.key)?;
+                    w.u64(l.lost)?;
+                    w.varint(l.seqs.len() as u64)?;
+                    let mut before = self.first;
+                    for seq in (0..l.seqs.len()).filter_map(|i| l.seqs.get(i)) {
+                        w.varint(seq.saturating_sub(before))?;
+                        before = seq;
+                    }
+                }
+                None => w.u8(0)?,
+            }
+        }
         Ok(())
     }
 
-    /// The lists a snapshot holds, each key's sequence numbers rebuilt from the records' key
-    /// numbers in one pass. Every key number is checked against the lists, and the counts
-    /// against the key numbers.
+    /// The lists a snapshot holds. The key numbers are checked against the lists, the counts
+    /// against the key numbers, each list's sequence numbers against the records (in the
+    /// ring, rising).
     pub(crate) fn load_snapshot<R: Read>(
         r: &mut snapshot::Reader<R>,
     ) -> Result<Self, SnapshotError> {
@@ -493,24 +501,6 @@ impl Postings {
         for word in &mut p.prefix_lens {
             *word = r.u64()?;
         }
-        let n = r.count32(1)?;
-        p.lists.reserve_exact(n);
-        for i in 0..n {
-            if r.flag()? {
-                let key = r.key()?;
-                let lost = r.u64()?;
-                p.lists.push(Some(List {
-                    key,
-                    seqs: Seqs::Few(0, [0; 2]),
-                    lost,
-                }));
-            } else {
-                p.lists.push(None);
-                p.free
-                    .push(u32::try_from(i).map_err(|_| damaged("too many lists"))?);
-            }
-        }
-        p.free.reverse();
         let records = r.count64(1)?;
         let mut counts = vec![0u8; records];
         r.take(&mut counts)?;
@@ -523,33 +513,62 @@ impl Postings {
             )));
         }
         p.filed.reserve_exact(filed);
-        let mut seq = p.first;
-        let mut in_record = 0u8;
-        let mut record = 0usize;
         for _ in 0..filed {
-            while p.counts.get(record).is_some_and(|&c| in_record >= c) {
-                record += 1;
-                in_record = 0;
-                seq = seq.saturating_add(1);
+            p.filed.push_back(r.u32()?);
+        }
+        let next = p.next_seq();
+        let n = r.count32(1)?;
+        p.lists.reserve_exact(n);
+        let mut present = vec![0u64; n.div_ceil(64)];
+        let mut entries = 0usize;
+        for i in 0..n {
+            if !r.flag()? {
+                p.lists.push(None);
+                p.free
+                    .push(u32::try_from(i).map_err(|_| damaged("too many lists"))?);
+                continue;
             }
-            let id = r.u32()?;
-            let Some(Some(list)) = p.lists.get_mut(id as usize) else {
-                return Err(damaged(format!(
-                    "a record filed under list {id}, which is none"
-                )));
-            };
-            if list
-                .seqs
-                .len()
-                .checked_sub(1)
-                .and_then(|i| list.seqs.get(i))
-                == Some(seq)
-            {
-                return Err(damaged("a record filed twice under one key"));
+            let key = r.key()?;
+            let lost = r.u64()?;
+            let len = r.varint()?;
+            let len = r.count(len, 1)?;
+            if len == 0 {
+                return Err(damaged("a list no record is filed under"));
             }
-            list.seqs.push_back(seq);
-            p.filed.push_back(id);
-            in_record += 1;
+            let mut seqs = Seqs::Few(0, [0; 2]);
+            let mut seq = p.first;
+            for k in 0..len {
+                let step = r.varint()?;
+                if k > 0 && step == 0 {
+                    return Err(damaged("a record filed twice under one key"));
+                }
+                seq = seq
+                    .checked_add(step)
+                    .filter(|&s| s < next)
+                    .ok_or_else(|| damaged("a list naming a record not in the ring"))?;
+                seqs.push_back(seq);
+            }
+            entries = entries.saturating_add(len);
+            if let Some(w) = present.get_mut(i / 64) {
+                *w |= 1 << (i % 64);
+            }
+            p.lists.push(Some(List { key, seqs, lost }));
+        }
+        p.free.reverse();
+        if entries != filed {
+            return Err(damaged(format!(
+                "lists of {entries} records for {filed} posting entries"
+            )));
+        }
+        let known = |id: u32| {
+            present
+                .get(id as usize / 64)
+                .is_some_and(|w| w & (1 << (id % 64)) != 0)
+        };
+        if let Some(id) = p.filed.iter().find(|&&id| !known(id)) {
+            return Err(damaged(format!(
+                "a record filed under list {id}, which is none"
+            )));
         }
         let Self {
             hasher, ids, lists, ..
@@ -557,9 +576,6 @@ impl Postings {
         ids.reserve(lists.len(), |_| 0);
         for (i, list) in lists.iter().enumerate() {
             let Some(list) = list else { continue };
-            if list.seqs.is_empty() {
-                return Err(damaged("a list no record is filed under"));
-            }
             let h = hasher.hash_one(&list.key);
             let same = ids
                 .find(h, |&id| {

@@ -38,7 +38,7 @@
 //! | history | each binding's newest record (8 each, in the store's order); tombstones (count 8, each: DUID length 4 and octets, count 4, each link 16 and seq 8); the size the last record gave (1 + 4) |
 //! | marks | reset (1); writers (count 4, each: name length 4 and octets, taken 8, recorded 1 + 8, at 8, pending 1); pending order (count 4, 4 each) |
 //! | templates | entries (count 4, each: present 1, then body length 4 and octets, defined 1 + 8, used 8) |
-//! | postings | first sequence number (8), prefix lengths (3 × 8); lists (count 4, each: present 1, then key, lost 8); per-record key counts (count 8, 1 each); filed key ids (count 8, 4 each) |
+//! | postings | first sequence number (8), prefix lengths (3 × 8); per-record key counts (count 8, 1 each); the key numbers filed, in record order (count 8, 4 each); lists by number (count 4, each: present 1, then key, lost 8, record count and each record's sequence number less the one before, the first less the first sequence number, as LEB128) |
 //! | end | `SNAPEND\0` |
 //!
 //! A lease is kind (1), address (16), prefix length (1), IAID (4), preferred and valid
@@ -272,6 +272,19 @@ impl<W: Write> Writer<W> {
         self.bytes(&v.to_le_bytes())
     }
 
+    /// A number in LEB128: 7 bits an octet, low first, the high bit set on all but the last.
+    pub(crate) fn varint(&mut self, mut v: u64) -> io::Result<()> {
+        let mut b = [0u8; 10];
+        let mut n = 0;
+        while v >= 0x80 {
+            b[n] = (v as u8) | 0x80;
+            v >>= 7;
+            n += 1;
+        }
+        b[n] = v as u8;
+        self.bytes(&b[..=n])
+    }
+
     /// A count or length (at most `u32::MAX`).
     pub(crate) fn len32(&mut self, n: usize) -> io::Result<()> {
         let n = u32::try_from(n)
@@ -464,6 +477,22 @@ impl<R: Read> Reader<R> {
         let mut b = [0u8; 8];
         self.take(&mut b)?;
         Ok(u64::from_le_bytes(b))
+    }
+
+    /// A LEB128 number (see [`Writer::varint`]); at most 10 octets and 64 bits.
+    pub(crate) fn varint(&mut self) -> Result<u64, SnapshotError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.u8()?;
+            v |= u64::from(b & 0x7f)
+                .checked_shl(shift)
+                .filter(|x| x >> shift == u64::from(b & 0x7f))
+                .ok_or_else(|| damaged("a number over 64 bits"))?;
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(damaged("a number over 64 bits"))
     }
 
     pub(crate) fn flag(&mut self) -> Result<bool, SnapshotError> {
