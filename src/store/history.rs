@@ -441,7 +441,7 @@ fn read_snapshot<R: Read>(
         let (store, indexed) = indexing
             .join()
             .map_err(|_| snapshot::damaged("rebuilding the store's indexes failed"))?;
-        tracing::debug!(
+        tracing::info!(
             slots_s = slots.as_secs_f64(),
             indexes_s = indexed.as_secs_f64(),
             rest_s = rest_read.as_secs_f64(),
