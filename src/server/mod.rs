@@ -34,7 +34,7 @@ use crate::engine::session::{ActiveSettings, Ctx};
 use crate::engine::udp::{UdpAnswer, answer};
 use crate::feed::{Fed, FeedReceiver, Writer, Writers, system_time as server_time};
 use crate::store::journal::{FlushPolicy, JournalFile};
-use crate::store::{History, LinkMap, SnapshotStart, Store, snapshot};
+use crate::store::{History, LinkMap, SnapshotRead, SnapshotStart, Store, read_snapshot, snapshot};
 use conn::{Conn, Observe, Turn};
 use metrics::{ClosedView, ConnView, Metrics, QueryView, Refused, RequestorLag, Snapshot, TlsView};
 use tls::TlsServer;
@@ -262,6 +262,16 @@ impl Server {
     pub fn bind(mut cfg: ServerConfig) -> io::Result<Self> {
         let store = Store::with_links(std::mem::take(&mut cfg.links));
         let j = &cfg.journal;
+        // The snapshot beside the journal (D43) is read on a thread of its own while the
+        // journal is recovered, and checked against it once both are done.
+        let snapshot_path = snapshot::path_for(&j.path);
+        let reading = {
+            let path = snapshot_path.clone();
+            let link_map = store.link_map().clone();
+            std::thread::Builder::new()
+                .name("lqd-snapshot".into())
+                .spawn(move || read_snapshot(&path, link_map))?
+        };
         let opening = Instant::now();
         let (mut file, recovered) = JournalFile::open(&j.path, j.size, j.flush)
             .map_err(|e| io::Error::other(format!("journal {}: {e}", j.path.display())))?;
@@ -295,10 +305,13 @@ impl Server {
                  catch-up from before the damage gets DataMissing"
             );
         }
+        let read = reading.join().unwrap_or_else(|_| {
+            SnapshotRead::failed(snapshot::SnapshotError::Damaged(
+                "its reader stopped (a panic)".into(),
+            ))
+        });
         let started = Instant::now();
-        let snapshot_path = snapshot::path_for(&j.path);
-        let (mut history, restored, from) =
-            History::open_with_snapshot(store, file, &snapshot_path);
+        let (mut history, restored, from) = History::open_from_snapshot(store, file, read);
         history.set_source_times(cfg.source_times);
         match &from {
             SnapshotStart::None => {}
@@ -321,7 +334,8 @@ impl Server {
             bindings = restored.bindings,
             writers = restored.marks,
             recovery_seconds = %format!("{:.2}", recovery.as_secs_f64()),
-            seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
+            replay_seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
+            seconds = %format!("{:.2}", (opening.elapsed()).as_secs_f64()),
             "journal opened"
         );
         if let Some(window) = j.catch_up_window {

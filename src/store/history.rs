@@ -344,16 +344,8 @@ pub(crate) struct RebuiltForTest {
     pub(crate) postings: Vec<(PostingKey, Vec<u64>, u64)>,
 }
 
-/// A history read from a snapshot, before the records after it are replayed.
-struct Loaded<L: Log> {
-    history: History<L>,
-    /// The record after the one the snapshot covers.
-    from: Cursor,
-    /// The store's size as the snapshot gives it.
-    last_count: Option<u32>,
-}
-
 /// What a snapshot holds besides the log.
+#[derive(Debug)]
 struct Parts {
     store: Store,
     seqs: Vec<u64>,
@@ -380,14 +372,57 @@ pub enum SnapshotStart {
     Refused(SnapshotError),
 }
 
-/// Reads a snapshot's header and checks it against `journal` and the configured links; a
-/// cursor at the first record after the one it covers.
-fn check_snapshot<B: AsRef<[u8]> + AsMut<[u8]>, R: Read>(
-    link_map: &LinkMap,
+/// A snapshot read from its file by [`read_snapshot`], not yet checked against the journal.
+#[derive(Debug)]
+pub struct SnapshotRead {
+    /// Its header and parts; `None`: there is none.
+    result: Result<Option<(snapshot::Header, Parts)>, SnapshotError>,
+    /// How long reading it took.
+    took: std::time::Duration,
+}
+
+impl SnapshotRead {
+    /// A read that failed: `why`.
+    #[must_use]
+    pub fn failed(why: SnapshotError) -> Self {
+        Self {
+            result: Err(why),
+            took: std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// Reads the snapshot at `path` (D43) for a store filing under `link_map`: every part, checked
+/// for damage and against the links, but not yet against the journal
+/// ([`History::open_from_snapshot`] does that), so that it may be read while the journal is
+/// recovered.
+#[must_use]
+pub fn read_snapshot(path: &Path, link_map: LinkMap) -> SnapshotRead {
+    let started = std::time::Instant::now();
+    let result = (|| {
+        let Some(mut r) = snapshot::open_file(path)? else {
+            return Ok(None);
+        };
+        let header = snapshot::Header::read(&mut r)?;
+        if header.links != snapshot::links_fingerprint(&link_map) {
+            return Err(SnapshotError::Links);
+        }
+        let next = header.covered.seq.saturating_add(1);
+        let parts = read_parts(link_map, &mut r, next)?;
+        Ok(Some((header, parts)))
+    })();
+    SnapshotRead {
+        result,
+        took: started.elapsed(),
+    }
+}
+
+/// Checks a snapshot's header against `journal`: a cursor at the first record after the one
+/// it covers.
+fn check_journal<B: AsRef<[u8]> + AsMut<[u8]>>(
+    header: &snapshot::Header,
     journal: &Journal<B>,
-    r: &mut snapshot::Reader<R>,
 ) -> Result<Cursor, SnapshotError> {
-    let header = snapshot::Header::read(r)?;
     let covered = header.covered;
     let next = journal.next_seq();
     if covered.seq >= next {
@@ -411,16 +446,13 @@ fn check_snapshot<B: AsRef<[u8]> + AsMut<[u8]>, R: Read>(
     if record != Some(covered) {
         return Err(SnapshotError::OtherJournal(covered.seq));
     }
-    if header.links != snapshot::links_fingerprint(link_map) {
-        return Err(SnapshotError::Links);
-    }
     journal
         .cursor_at(covered.seq.saturating_add(1))
         .map_err(|_| SnapshotError::OtherJournal(covered.seq))
 }
 
 /// Reads the rest of a snapshot whose next record is `next`, to its end mark.
-fn read_snapshot<R: Read>(
+fn read_parts<R: Read>(
     link_map: LinkMap,
     r: &mut snapshot::Reader<R>,
     next: u64,
@@ -627,45 +659,38 @@ impl<L: Log> History<L> {
         log: L,
         path: &Path,
     ) -> (Self, Restored, SnapshotStart) {
-        let link_map = store.link_map().clone();
-        let started = std::time::Instant::now();
-        match Self::load_snapshot(link_map, log, path) {
-            Ok(loaded) => {
-                let covered = loaded.from.seq().saturating_sub(1);
-                let read = started.elapsed();
-                let (h, restored) = loaded.history.replay(loaded.from, loaded.last_count);
-                (h, restored, SnapshotStart::Loaded { covered, read })
-            }
-            Err((log, None)) => {
-                let (h, restored) = Self::open(store, log);
-                (h, restored, SnapshotStart::None)
-            }
-            Err((log, Some(e))) => {
-                let (h, restored) = Self::open(store, log);
-                (h, restored, SnapshotStart::Refused(e))
-            }
-        }
+        let read = read_snapshot(path, store.link_map().clone());
+        Self::open_from_snapshot(store, log, read)
     }
 
-    /// The history a snapshot holds, over `log`; the log back with why not (`None`: there is
-    /// no snapshot).
-    fn load_snapshot(
-        link_map: LinkMap,
+    /// [`open_with_snapshot`](Self::open_with_snapshot) with the snapshot already read (by
+    /// [`read_snapshot`], which may run while the journal is recovered): it is checked against
+    /// `log`'s journal here, and used or refused.
+    pub fn open_from_snapshot(
+        store: Store,
         log: L,
-        path: &Path,
-    ) -> Result<Loaded<L>, (L, Option<SnapshotError>)> {
-        let mut r = match snapshot::open_file(path) {
-            Ok(Some(r)) => r,
-            Ok(None) => return Err((log, None)),
-            Err(e) => return Err((log, Some(e))),
+        read: SnapshotRead,
+    ) -> (Self, Restored, SnapshotStart) {
+        let SnapshotRead { result, took } = read;
+        let (header, parts) = match result {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                let (h, restored) = Self::open(store, log);
+                return (h, restored, SnapshotStart::None);
+            }
+            Err(e) => {
+                let (h, restored) = Self::open(store, log);
+                return (h, restored, SnapshotStart::Refused(e));
+            }
         };
-        let from = match check_snapshot(&link_map, log.journal(), &mut r) {
+        let from = match check_journal(&header, log.journal()) {
             Ok(from) => from,
-            Err(e) => return Err((log, Some(e))),
-        };
-        let parts = match read_snapshot(link_map, &mut r, from.seq()) {
-            Ok(parts) => parts,
-            Err(e) => return Err((log, Some(e))),
+            Err(e) => {
+                // Freed on another thread: millions of allocations the start need not wait for.
+                std::thread::spawn(move || drop(parts));
+                let (h, restored) = Self::open(store, log);
+                return (h, restored, SnapshotStart::Refused(e));
+            }
         };
         let Parts {
             store,
@@ -676,21 +701,23 @@ impl<L: Log> History<L> {
             templates,
             postings,
         } = parts;
-        Ok(Loaded {
-            history: Self {
-                store,
-                log,
-                seqs,
-                tombstones,
-                postings,
-                marks,
-                source_times: false,
-                templates,
-                scratch: Vec::new(),
-            },
-            from,
-            last_count,
-        })
+        let h = Self {
+            store,
+            log,
+            seqs,
+            tombstones,
+            postings,
+            marks,
+            source_times: false,
+            templates,
+            scratch: Vec::new(),
+        };
+        let (h, restored) = h.replay(from, last_count);
+        let start = SnapshotStart::Loaded {
+            covered: header.covered.seq,
+            read: took,
+        };
+        (h, restored, start)
     }
 
     /// Writes a snapshot of the history (D43) to `path`, covering the journal's newest record;

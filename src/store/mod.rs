@@ -9,7 +9,7 @@ mod postings;
 pub mod record;
 pub mod snapshot;
 
-pub use history::{History, Log, Restored, SnapshotStart};
+pub use history::{History, Log, Restored, SnapshotRead, SnapshotStart, read_snapshot};
 pub use index::{Applied, BindingId, BindingRef, Outcome, Store};
 pub use links::{LinkDef, LinkMap, LinkMapError};
 pub use model::{
