@@ -1506,6 +1506,12 @@ impl Store {
                 }
             }
         }
+        // Sorted in place first: the B-tree's own (stable) sort then finds one run.
+        by_link.sort_unstable();
+        by_change.sort_unstable();
+        by_relay_id.sort_unstable();
+        by_remote_id.sort_unstable();
+        expiries.sort_unstable();
         self.by_link = BTreeSet::from_iter(by_link);
         self.by_change = BTreeSet::from_iter(by_change);
         self.by_relay_id = BTreeSet::from_iter(by_relay_id);
@@ -1523,7 +1529,38 @@ impl Store {
                 .map_or(0, |s| hasher.hash_one(Blob(&s.data).client_id()))
         });
         for i in 0..n {
-            self.chain_client(BindingId(u32::try_from(i).unwrap_or(u32::MAX)));
+            let id = BindingId(u32::try_from(i).unwrap_or(u32::MAX));
+            // The client's first binding, found without copying its DUID (as `chain_client`).
+            let found = self.bindings.get(i).map(|s| {
+                let client_id = Blob(&s.data).client_id();
+                let h = self.hasher.hash_one(client_id);
+                let head = self
+                    .clients
+                    .find(h, |&e| {
+                        self.bindings
+                            .get(e as usize)
+                            .is_some_and(|o| Blob(&o.data).client_id() == client_id)
+                    })
+                    .copied();
+                (h, head)
+            });
+            match found {
+                Some((h, None)) => {
+                    let Self {
+                        bindings,
+                        hasher,
+                        clients,
+                        ..
+                    } = self;
+                    clients.insert_unique(h, id.0, |&e| {
+                        bindings
+                            .get(e as usize)
+                            .map_or(0, |s| hasher.hash_one(Blob(&s.data).client_id()))
+                    });
+                }
+                Some((_, Some(_))) => self.chain_client(id),
+                None => {}
+            }
         }
     }
 }

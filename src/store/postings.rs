@@ -513,9 +513,8 @@ impl Postings {
             )));
         }
         p.filed.reserve_exact(filed);
-        for _ in 0..filed {
-            p.filed.push_back(r.u32()?);
-        }
+        let list = &mut p.filed;
+        r.u32s(filed, |id| list.push_back(id))?;
         let next = p.next_seq();
         let n = r.count32(1)?;
         p.lists.reserve_exact(n);

@@ -479,6 +479,26 @@ impl<R: Read> Reader<R> {
         Ok(u64::from_le_bytes(b))
     }
 
+    /// `n` numbers of 4 octets, each handed to `each` (read in blocks, not one by one).
+    pub(crate) fn u32s(
+        &mut self,
+        n: usize,
+        mut each: impl FnMut(u32),
+    ) -> Result<(), SnapshotError> {
+        let mut block = [0u8; 4096];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(block.len() / 4);
+            let b = block.get_mut(..4 * k).unwrap_or_default();
+            self.take(b)?;
+            for c in b.chunks_exact(4) {
+                each(u32::from_le_bytes([c[0], c[1], c[2], c[3]]));
+            }
+            left -= k;
+        }
+        Ok(())
+    }
+
     /// A LEB128 number (see [`Writer::varint`]); at most 10 octets and 64 bits.
     pub(crate) fn varint(&mut self) -> Result<u64, SnapshotError> {
         let mut v = 0u64;
