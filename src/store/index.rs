@@ -1483,6 +1483,20 @@ impl Store {
                     .map_or(0, |l| lease_hash(hasher, l))
             };
             addresses.reserve(n, rehash);
+            // Each prefix length's table at its size at once (no rehash as it grows).
+            let mut per_len = [0usize; 129];
+            for (_, slot) in bindings.iter() {
+                for l in slot.leases.iter().filter(|l| l.kind == LeaseKind::Prefix) {
+                    if let Some(c) = per_len.get_mut(usize::from(l.prefix_len)) {
+                        *c += 1;
+                    }
+                }
+            }
+            for (len, &count) in per_len.iter().enumerate() {
+                if let (Ok(len), true) = (u8::try_from(len), count > 0) {
+                    prefixes.entry(len).or_default().reserve(count, rehash);
+                }
+            }
             for (i, slot) in bindings.iter() {
                 let id = BindingId(u32::try_from(i).unwrap_or(u32::MAX));
                 by_link.push((slot.link, id));
@@ -1530,36 +1544,41 @@ impl Store {
         });
         for i in 0..n {
             let id = BindingId(u32::try_from(i).unwrap_or(u32::MAX));
-            // The client's first binding, found without copying its DUID (as `chain_client`).
-            let found = self.bindings.get(i).map(|s| {
-                let client_id = Blob(&s.data).client_id();
-                let h = self.hasher.hash_one(client_id);
-                let head = self
-                    .clients
-                    .find(h, |&e| {
-                        self.bindings
+            // The client's first binding, found or filed in one probe without copying its DUID;
+            // a client's second binding goes into its chain (as `chain_client`).
+            let second = {
+                let Self {
+                    bindings,
+                    hasher,
+                    clients,
+                    ..
+                } = &mut *self;
+                let Some(client_id) = bindings.get(i).map(|s| Blob(&s.data).client_id()) else {
+                    continue;
+                };
+                let entry = clients.entry(
+                    hasher.hash_one(client_id),
+                    |&e| {
+                        bindings
                             .get(e as usize)
                             .is_some_and(|o| Blob(&o.data).client_id() == client_id)
-                    })
-                    .copied();
-                (h, head)
-            });
-            match found {
-                Some((h, None)) => {
-                    let Self {
-                        bindings,
-                        hasher,
-                        clients,
-                        ..
-                    } = self;
-                    clients.insert_unique(h, id.0, |&e| {
+                    },
+                    |&e| {
                         bindings
                             .get(e as usize)
                             .map_or(0, |s| hasher.hash_one(Blob(&s.data).client_id()))
-                    });
+                    },
+                );
+                match entry {
+                    hashbrown::hash_table::Entry::Occupied(_) => true,
+                    hashbrown::hash_table::Entry::Vacant(v) => {
+                        v.insert(id.0);
+                        false
+                    }
                 }
-                Some((_, Some(_))) => self.chain_client(id),
-                None => {}
+            };
+            if second {
+                self.chain_client(id);
             }
         }
     }

@@ -575,25 +575,31 @@ impl Postings {
         ids.reserve(lists.len(), |_| 0);
         for (i, list) in lists.iter().enumerate() {
             let Some(list) = list else { continue };
-            let h = hasher.hash_one(&list.key);
-            let same = ids
-                .find(h, |&id| {
+            let id = u32::try_from(i).map_err(|_| damaged("too many lists"))?;
+            // Found or filed in one probe.
+            let entry = ids.entry(
+                hasher.hash_one(&list.key),
+                |&other| {
                     lists
-                        .get(id as usize)
+                        .get(other as usize)
                         .and_then(Option::as_ref)
                         .is_some_and(|l| l.key == list.key)
-                })
-                .is_some();
-            if same {
-                return Err(damaged("a posting key twice"));
+                },
+                |&other| {
+                    lists
+                        .get(other as usize)
+                        .and_then(Option::as_ref)
+                        .map_or(0, |l| hasher.hash_one(&l.key))
+                },
+            );
+            match entry {
+                hashbrown::hash_table::Entry::Occupied(_) => {
+                    return Err(damaged("a posting key twice"));
+                }
+                hashbrown::hash_table::Entry::Vacant(v) => {
+                    v.insert(id);
+                }
             }
-            let id = u32::try_from(i).map_err(|_| damaged("too many lists"))?;
-            ids.insert_unique(h, id, |&i| {
-                lists
-                    .get(i as usize)
-                    .and_then(Option::as_ref)
-                    .map_or(0, |l| hasher.hash_one(&l.key))
-            });
         }
         Ok(p)
     }
