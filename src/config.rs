@@ -173,7 +173,8 @@ pub struct Config {
     /// absolute; default `lqd-server-duid`.
     pub duid_file: PathBuf,
     /// `state_dir`: the directory lqd keeps its state in, created if missing: the change
-    /// journal (`journal_file`, `journal_size` octets, 128 MiB by default), the generated
+    /// journal (`journal_file`, `journal_size` octets, 128 MiB by default), the snapshot of the
+    /// mirror a clean stop writes beside it (`lqd-journal.snapshot`, D43), the generated
     /// server DUID (`duid_file`), and the copies `lqd journal` and a damaged journal's
     /// recovery keep beside the journal (`lqd-journal.damaged-*`, `lqd-journal.before-resize-*`).
     /// Default: [`default_state_dir`] (`$STATE_DIRECTORY` under systemd, `/var/lib/lqd` for
@@ -1643,8 +1644,8 @@ pub struct Cli {
     #[arg(long, value_name = "HEX")]
     pub server_duid: Option<ServerDuid>,
     /// Directory for lqd's state, created if missing: the change journal (journal_size, 128
-    /// MiB by default), the generated server DUID, and the copies a damaged or resized journal
-    /// leaves [default: $STATE_DIRECTORY (systemd's StateDirectory=), /var/lib/lqd as root,
+    /// MiB by default), the snapshot of the mirror a clean stop writes beside it, the generated
+    /// server DUID, and the copies a damaged or resized journal leaves [default: $STATE_DIRECTORY (systemd's StateDirectory=), /var/lib/lqd as root,
     /// else $XDG_STATE_HOME/lqd or ~/.local/state/lqd]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,

@@ -385,6 +385,15 @@ impl Lqd {
         Ok(())
     }
 
+    /// Kills lqd with SIGKILL (`kill -9`), keeping its state directory.
+    pub(crate) fn kill9(mut self) -> Result<(), String> {
+        self.child.kill().map_err(|e| format!("kill -9 lqd: {e}"))?;
+        self.child.wait().map_err(|e| format!("lqd: {e}"))?;
+        self.keep = true;
+        self.dir = PathBuf::new();
+        Ok(())
+    }
+
     /// An error, with the log's end, if lqd has exited.
     pub(crate) fn check_alive(&mut self) -> Result<(), String> {
         match self.child.try_wait() {

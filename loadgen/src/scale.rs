@@ -14,11 +14,15 @@
 //!   journal), per binding;
 //! - **journal density:** lqd is stopped cleanly (SIGTERM) and `lqd journal check` reads the
 //!   journal: octets of ring used by the records over the records, framing included;
-//! - **restart:** lqd is started again on the same state directory with a source that sends
-//!   nothing (a JSON-lines socket nobody writes to), so that what it serves comes from what it
-//!   kept; loadgen asks over UDP, every 10 ms, for the population's last address, and the
-//!   time from spawning lqd to the first right answer is the restart time. Then every sampled
-//!   binding (`--samples`, spread over the population) must be answered with its client.
+//! - **restart:** the clean stop writes the snapshot of the mirror beside the journal (D43;
+//!   loadgen reads how long it took and its size from lqd's log); lqd is started again on the
+//!   same state directory with a source that sends nothing (a JSON-lines socket nobody writes
+//!   to), so that what it serves comes from what it kept; loadgen asks over UDP, every 10 ms,
+//!   for the population's last address, and the time from spawning lqd to the first right
+//!   answer is the restart time. Then every sampled binding (`--samples`, spread over the
+//!   population) must be answered with its client. With `--full-replay`, that lqd is then
+//!   killed (`kill -9`, so it writes no snapshot), the snapshot removed, and lqd started once
+//!   more: the restart that replays the whole journal, timed and checked the same way.
 //!
 //! loadgen regenerates the population from the same seed with lqd's own `DemoSource`, so it
 //! knows the last initial lease and the sampled ones; with the churn, a sampled client the
@@ -64,6 +68,10 @@ pub(crate) struct Args {
     /// Skip the restart.
     #[arg(long)]
     pub(crate) no_restart: bool,
+    /// After the restart from the snapshot, `kill -9` lqd, remove the snapshot and time a
+    /// restart that replays the whole journal too.
+    #[arg(long)]
+    pub(crate) full_replay: bool,
     /// Bindings checked after the restart, spread evenly over the population.
     #[arg(long, default_value_t = 1000)]
     pub(crate) samples: usize,
@@ -104,6 +112,15 @@ struct Report {
 /// The restart on the same state directory.
 #[derive(Debug, Clone, Serialize)]
 struct Restart {
+    /// The snapshot the clean stop wrote: seconds it took and octets (from lqd's log).
+    snapshot_write_seconds: Option<f64>,
+    snapshot_octets: Option<u64>,
+    /// The start loaded the snapshot.
+    from_snapshot: bool,
+    /// Records replayed at the start (those after the snapshot's, or all).
+    replayed: Option<u64>,
+    /// Seconds lqd took to open the journal and rebuild the mirror (from its log).
+    opened_seconds: Option<f64>,
     /// From spawning lqd to the first right answer for the population's last address.
     serving_seconds: f64,
     /// lqd's CPU time (user and system) by then: the machine is shared, so the wall time
@@ -116,6 +133,8 @@ struct Restart {
     samples_right: usize,
     rss_kib: u64,
     hwm_kib: u64,
+    /// With `--full-replay`: the restart after `kill -9` without the snapshot.
+    full: Option<Box<Self>>,
 }
 
 /// A sampled binding: its client's DUID and one of its leases' addresses.
@@ -126,6 +145,7 @@ struct Sample {
 
 /// The population loadgen needs to know: its size, its last initial lease, and samples.
 struct Known {
+    settings: DemoSettings,
     leases: u64,
     last: Sample,
     samples: Vec<Sample>,
@@ -135,6 +155,7 @@ fn regenerate(settings: &DemoSettings, samples: usize) -> Result<Known, String> 
     let mut source = DemoSource::new(settings.demo_config());
     let every = (settings.clients / samples.max(1)).max(1);
     let mut known = Known {
+        settings: *settings,
         leases: 0,
         last: Sample {
             duid: Box::default(),
@@ -269,6 +290,27 @@ fn number_after_at(text: &str, at: usize) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// How a restart began: the snapshot written at the stop and loaded, or the whole journal.
+fn restart_note(x: &Restart) -> String {
+    let write = match (x.snapshot_write_seconds, x.snapshot_octets) {
+        (Some(s), Some(o)) => format!(
+            "; snapshot written at the stop in {s:.1} s, {:.0} MiB",
+            mib(o / 1024)
+        ),
+        _ => String::new(),
+    };
+    let how = if x.from_snapshot {
+        "from the snapshot"
+    } else {
+        "whole journal replayed"
+    };
+    format!(
+        "; {how}, {} records replayed, journal opened in {} s{write}",
+        x.replayed.map_or("?".into(), |v| v.to_string()),
+        x.opened_seconds.map_or("?".into(), |v| format!("{v:.1}"))
+    )
+}
+
 /// The machine's load averages, as /proc/loadavg gives them.
 pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -281,6 +323,100 @@ fn logged(log: &str, key: &str) -> Option<u64> {
     let line = log.lines().rev().find(|l| l.contains("journal opened"))?;
     let at = line.find(&format!("{key}="))? + key.len() + 1;
     number_after_at(line, at)
+}
+
+/// Starts lqd again on `dir` with a source that sends nothing; times it to its first right
+/// answer and checks the samples. The running lqd is handed back.
+fn restart(
+    args: &Args,
+    dir: &Path,
+    known: &Known,
+    failures: &mut Vec<String>,
+) -> Result<(Restart, Lqd), String> {
+    // The demo's links, as the first lqd had them: a snapshot is used only under the links it
+    // was made with (D16, D43).
+    let mut links = String::new();
+    for l in DemoSource::link_defs(&known.settings.demo_config()) {
+        fn list<T: std::fmt::Display>(v: &[T]) -> String {
+            v.iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+        links.push_str(&format!(
+            "[[link]]\naddress = \"{}\"\nprefixes = [{}]\npd_pools = [{}]\n",
+            l.address,
+            list(&l.prefixes),
+            list(&l.pd_pools)
+        ));
+    }
+    let spawned = Instant::now();
+    let mut again = Lqd::spawn_in(&args.common.lqd, dir, args.common.keep_state, |_, dir| {
+        format!(
+            "source = \"jsonl:unix:{}\"\njournal_size = {}\n{links}",
+            dir.join("feed.sock").display(),
+            args.journal_size
+        )
+    })?;
+    let serving = wait_answer(&mut again, &known.last, spawned, Duration::from_secs(1800))?;
+    let serving_cpu = again.stats()?.cpu_secs;
+    let sock = udp_to(again.addr)?;
+    let mut buf = vec![0u8; 65_536];
+    let mut right = 0usize;
+    for s in &known.samples {
+        let mut answered = None;
+        for _ in 0..3 {
+            answered = who_leases(&sock, s.address, &mut buf);
+            if answered.is_some() {
+                break;
+            }
+        }
+        if answered.as_deref() == Some(&s.duid[..]) {
+            right += 1;
+        }
+    }
+    let mem = proc_memory(again.pid())?;
+    let log = again.log();
+    // The churn replaces at most a few sampled clients; more missing is a loss.
+    let tolerated = (known.samples.len() as f64 * args.churn_changes as f64 / args.bindings as f64)
+        .ceil() as usize
+        + 1;
+    if known.samples.len() - right > tolerated {
+        failures.push(format!(
+            "after the restart, {} of {} sampled bindings were not answered with their client",
+            known.samples.len() - right,
+            known.samples.len()
+        ));
+    }
+    let restart = Restart {
+        snapshot_write_seconds: None,
+        snapshot_octets: None,
+        from_snapshot: log.contains("snapshot loaded"),
+        replayed: logged(&log, "replayed"),
+        opened_seconds: logged_f64(&log, "journal opened", "seconds"),
+        serving_seconds: serving.as_secs_f64(),
+        serving_cpu_seconds: serving_cpu,
+        records: logged(&log, "records"),
+        bindings: logged(&log, "bindings"),
+        samples: known.samples.len(),
+        samples_right: right,
+        rss_kib: mem.rss_kib,
+        hwm_kib: mem.hwm_kib,
+        full: None,
+    };
+    Ok((restart, again))
+}
+
+/// A number from the last log line containing `line`, after `key=`.
+fn logged_f64(log: &str, line: &str, key: &str) -> Option<f64> {
+    let line = log.lines().rev().find(|l| l.contains(line))?;
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    let text: String = line
+        .get(at..)?
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    text.parse().ok()
 }
 
 /// Runs `loadgen scale`.
@@ -353,61 +489,29 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     );
     let dir = lqd.state_dir().to_path_buf();
     let journal = dir.join("lqd-journal");
-    lqd.terminate(Duration::from_secs(120))?;
+    let log_path = lqd.log_path();
+    // The clean stop writes the snapshot: minutes at most, even at ten million bindings.
+    lqd.terminate(Duration::from_secs(1200))?;
+    let stop_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let (records, used, ring) = journal_check(&args.common.lqd, &journal)?;
     let mut failures = Vec::new();
     let restart = if args.no_restart {
         None
     } else {
-        let spawned = Instant::now();
-        let mut again = Lqd::spawn_in(&args.common.lqd, &dir, args.common.keep_state, |_, dir| {
-            format!(
-                "source = \"jsonl:unix:{}\"\njournal_size = {}\n",
-                dir.join("feed.sock").display(),
-                args.journal_size
-            )
-        })?;
-        let serving = wait_answer(&mut again, &known.last, spawned, Duration::from_secs(1800))?;
-        let serving_cpu = again.stats()?.cpu_secs;
-        let sock = udp_to(again.addr)?;
-        let mut buf = vec![0u8; 65_536];
-        let mut right = 0usize;
-        for s in &known.samples {
-            let mut answered = None;
-            for _ in 0..3 {
-                answered = who_leases(&sock, s.address, &mut buf);
-                if answered.is_some() {
-                    break;
-                }
-            }
-            if answered.as_deref() == Some(&s.duid[..]) {
-                right += 1;
-            }
+        let (mut first, again) = restart(args, &dir, &known, &mut failures)?;
+        first.snapshot_write_seconds = logged_f64(&stop_log, "snapshot written", "seconds");
+        first.snapshot_octets =
+            logged_f64(&stop_log, "snapshot written", "octets").map(|v| v as u64);
+        if args.full_replay {
+            again.kill9()?;
+            let _ = std::fs::remove_file(dir.join("lqd-journal.snapshot"));
+            let (full, again) = restart(args, &dir, &known, &mut failures)?;
+            drop(again);
+            first.full = Some(Box::new(full));
+        } else {
+            drop(again);
         }
-        let mem = proc_memory(again.pid())?;
-        let log = again.log();
-        // The churn replaces at most a few sampled clients; more missing is a loss.
-        let tolerated = (known.samples.len() as f64 * args.churn_changes as f64
-            / args.bindings as f64)
-            .ceil() as usize
-            + 1;
-        if known.samples.len() - right > tolerated {
-            failures.push(format!(
-                "after the restart, {} of {} sampled bindings were not answered with their client",
-                known.samples.len() - right,
-                known.samples.len()
-            ));
-        }
-        Some(Restart {
-            serving_seconds: serving.as_secs_f64(),
-            serving_cpu_seconds: serving_cpu,
-            records: logged(&log, "records"),
-            bindings: logged(&log, "bindings"),
-            samples: known.samples.len(),
-            samples_right: right,
-            rss_kib: mem.rss_kib,
-            hwm_kib: mem.hwm_kib,
-        })
+        Some(first)
     };
     if !args.common.keep_state {
         let _ = std::fs::remove_dir_all(&dir);
@@ -442,7 +546,12 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     let r = &report;
     let (serving, restored, samples, rss2) = match &r.restart {
         Some(x) => (
-            format!("{:.1} ({:.1})", x.serving_seconds, x.serving_cpu_seconds),
+            format!(
+                "{:.1} ({:.1}){}",
+                x.serving_seconds,
+                x.serving_cpu_seconds,
+                restart_note(x)
+            ),
             format!(
                 "{}, {}",
                 x.records.map_or("?".into(), |v| v.to_string()),
@@ -469,6 +578,17 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
         r.journal_octets_per_record,
         r.load_average,
     ));
+    if let Some(full) = r.restart.as_ref().and_then(|x| x.full.as_ref()) {
+        md.push_str(&format!(
+            "\nAfter `kill -9`, without the snapshot: serving after {:.1} s (lqd CPU {:.1} s){}, {} records replayed, {}/{} samples right.\n",
+            full.serving_seconds,
+            full.serving_cpu_seconds,
+            restart_note(full),
+            full.replayed.map_or("?".into(), |v| v.to_string()),
+            full.samples_right,
+            full.samples,
+        ));
+    }
     let json = serde_json::to_value(&report).map_err(|e| e.to_string())?;
     Ok(Outcome {
         markdown: md,

@@ -34,7 +34,7 @@ use crate::engine::session::{ActiveSettings, Ctx};
 use crate::engine::udp::{UdpAnswer, answer};
 use crate::feed::{Fed, FeedReceiver, Writer, Writers, system_time as server_time};
 use crate::store::journal::{FlushPolicy, JournalFile};
-use crate::store::{History, LinkMap, Store};
+use crate::store::{History, LinkMap, SnapshotRead, SnapshotStart, Store, read_snapshot, snapshot};
 use conn::{Conn, Observe, Turn};
 use metrics::{ClosedView, ConnView, Metrics, QueryView, Refused, RequestorLag, Snapshot, TlsView};
 use tls::TlsServer;
@@ -262,8 +262,20 @@ impl Server {
     pub fn bind(mut cfg: ServerConfig) -> io::Result<Self> {
         let store = Store::with_links(std::mem::take(&mut cfg.links));
         let j = &cfg.journal;
+        // The snapshot beside the journal (D43) is read on a thread of its own while the
+        // journal is recovered, and checked against it once both are done.
+        let snapshot_path = snapshot::path_for(&j.path);
+        let reading = {
+            let path = snapshot_path.clone();
+            let link_map = store.link_map().clone();
+            std::thread::Builder::new()
+                .name("lqd-snapshot".into())
+                .spawn(move || read_snapshot(&path, link_map))?
+        };
+        let opening = Instant::now();
         let (mut file, recovered) = JournalFile::open(&j.path, j.size, j.flush)
             .map_err(|e| io::Error::other(format!("journal {}: {e}", j.path.display())))?;
+        let recovery = opening.elapsed();
         // Nothing from before the journal began can be caught up (D19, issue 13). With source
         // times an empty journal begins at the source's first snapshot (D33).
         match file.journal().oldest_time() {
@@ -293,14 +305,37 @@ impl Server {
                  catch-up from before the damage gets DataMissing"
             );
         }
-        let (mut history, restored) = History::open(store, file);
+        let read = reading.join().unwrap_or_else(|_| {
+            SnapshotRead::failed(snapshot::SnapshotError::Damaged(
+                "its reader stopped (a panic)".into(),
+            ))
+        });
+        let started = Instant::now();
+        let (mut history, restored, from) = History::open_from_snapshot(store, file, read);
         history.set_source_times(cfg.source_times);
+        match &from {
+            SnapshotStart::None => {}
+            SnapshotStart::Loaded { covered, read } => info!(
+                snapshot = %snapshot_path.display(),
+                covered,
+                read_seconds = %format!("{:.2}", read.as_secs_f64()),
+                "snapshot loaded: the journal's records after {covered} replayed on it"
+            ),
+            SnapshotStart::Refused(why) => warn!(
+                snapshot = %snapshot_path.display(),
+                "snapshot not used, {why}; the whole journal is replayed"
+            ),
+        }
         info!(
             journal = %j.path.display(),
             records = restored.records,
+            replayed = restored.replayed,
             unreadable = restored.unreadable,
             bindings = restored.bindings,
             writers = restored.marks,
+            recovery_seconds = %format!("{:.2}", recovery.as_secs_f64()),
+            replay_seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
+            seconds = %format!("{:.2}", (opening.elapsed()).as_secs_f64()),
             "journal opened"
         );
         if let Some(window) = j.catch_up_window {
@@ -1241,8 +1276,32 @@ impl Server {
         }
         if let Err(e) = self.history.log_mut().flush() {
             warn!("journal flush at shutdown failed: {e}");
+            return Ok(());
         }
+        self.write_snapshot();
         Ok(())
+    }
+
+    /// Writes the snapshot of the mirror beside the journal (D43), so that the next start
+    /// replays only the records after it; logs how long it took and its size.
+    fn write_snapshot(&self) {
+        let path = snapshot::path_for(&self.cfg.journal.path);
+        let started = Instant::now();
+        match self.history.write_snapshot(&path) {
+            Ok(Some(w)) => info!(
+                snapshot = %path.display(),
+                covered = w.covered,
+                bindings = w.bindings,
+                octets = w.octets,
+                seconds = %format!("{:.2}", started.elapsed().as_secs_f64()),
+                "snapshot written"
+            ),
+            Ok(None) => {}
+            Err(e) => warn!(
+                snapshot = %path.display(),
+                "snapshot not written ({e}); the next start replays the whole journal"
+            ),
+        }
     }
 }
 

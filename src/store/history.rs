@@ -52,15 +52,18 @@
 //! a later start.
 
 use std::collections::HashMap;
+use std::io::{self, Read, Write};
 use std::net::Ipv6Addr;
+use std::path::Path;
 
 use super::index::{Applied, BindingId, Store};
-use super::journal::{Hole, Journal, JournalError, JournalFile};
+use super::journal::{Cursor, Hole, Journal, JournalError, JournalFile};
 use super::links::LinkMap;
 use super::model::{Binding, Change, Lease, LeaseKind, LeaseState};
 use super::postings::{PostingKey, Postings, Tag};
 use super::record;
 use super::record::template::{self, Templates};
+use super::snapshot::{self, Covered, SnapshotError};
 use crate::codec::ServerTime;
 
 /// Where the journal's records go: a ring in memory, or one in a mapped file.
@@ -117,8 +120,10 @@ impl Log for JournalFile {
 /// What [`History::open`] found in the journal.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Restored {
-    /// Records read.
+    /// Records the journal holds: what the store was rebuilt from.
     pub records: u64,
+    /// Records read and replayed at this start: every one, or those after a snapshot's.
+    pub replayed: u64,
     /// Records whose payload could not be read (skipped).
     pub unreadable: u64,
     /// Bindings in the store afterwards.
@@ -284,6 +289,265 @@ impl Marks {
         self.pending.clear();
         self.recorded.clear();
     }
+
+    /// Writes the marks some record carries into a snapshot (D43), and whether the next record
+    /// voids the marks before it. A mark taken but not yet carried is left out, as a replay
+    /// of the journal leaves it out: its lines are taken again, and change nothing again.
+    fn save_snapshot<W: Write>(&self, w: &mut snapshot::Writer<W>) -> io::Result<()> {
+        w.u8(u8::from(self.reset))?;
+        let recorded: Vec<(&str, u64, u64)> = self
+            .writers
+            .iter()
+            .filter_map(|(name, m)| Some((&**name, m.recorded?, m.at)))
+            .collect();
+        w.len32(recorded.len())?;
+        for (name, seq, at) in recorded {
+            w.blob(name.as_bytes())?;
+            w.u64(seq)?;
+            w.u64(at)?;
+        }
+        Ok(())
+    }
+
+    /// The marks a snapshot holds.
+    fn load_snapshot<R: Read>(r: &mut snapshot::Reader<R>) -> Result<Self, SnapshotError> {
+        let mut marks = Self {
+            reset: r.flag()?,
+            ..Self::default()
+        };
+        let n = r.count32(4 + 8 + 8)?;
+        for _ in 0..n {
+            let name = String::from_utf8(r.blob()?.into_vec())
+                .map_err(|_| snapshot::damaged("a writer's name that is not UTF-8"))?;
+            let seq = r.u64()?;
+            let at = r.u64()?;
+            if marks.index.contains_key(name.as_str()) {
+                return Err(snapshot::damaged("a writer twice"));
+            }
+            marks.place(
+                &name,
+                Mark {
+                    taken: seq,
+                    recorded: Some(seq),
+                    at,
+                    pending: false,
+                    unpublished: false,
+                },
+            );
+        }
+        Ok(marks)
+    }
+}
+
+/// What [`History::rebuilt_for_test`] gives.
+#[cfg(test)]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct RebuiltForTest {
+    pub(crate) bindings: Vec<(Binding, u64)>,
+    pub(crate) tombstones: Vec<(Box<[u8]>, Ipv6Addr, u64)>,
+    pub(crate) marks: Vec<(String, u64, Option<u64>, u64)>,
+    pub(crate) marks_reset: bool,
+    pub(crate) templates: Vec<(u32, Box<[u8]>, Option<u64>)>,
+    pub(crate) postings: Vec<(Tag, Vec<u64>, Option<u64>)>,
+}
+
+/// What a snapshot holds besides the log.
+#[derive(Debug)]
+struct Parts {
+    store: Store,
+    seqs: Vec<u64>,
+    tombstones: HashMap<Box<[u8]>, Vec<(Ipv6Addr, u64)>>,
+    last_count: Option<u32>,
+    marks: Marks,
+    templates: Templates,
+    postings: Postings,
+}
+
+/// What a start did with the snapshot beside the journal (D43).
+#[derive(Debug)]
+pub enum SnapshotStart {
+    /// There was none: every record was replayed.
+    None,
+    /// Loaded; the records after `covered` were replayed.
+    Loaded {
+        /// The record it covers.
+        covered: u64,
+        /// How long reading it took (the replay after it not included).
+        read: std::time::Duration,
+    },
+    /// Refused, for this reason: every record was replayed.
+    Refused(SnapshotError),
+}
+
+/// A snapshot read from its file by [`read_snapshot`], not yet checked against the journal.
+#[derive(Debug)]
+pub struct SnapshotRead {
+    /// Its header and parts; `None`: there is none.
+    result: Result<Option<(snapshot::Header, Parts)>, SnapshotError>,
+    /// How long reading it took.
+    took: std::time::Duration,
+}
+
+impl SnapshotRead {
+    /// A read that failed: `why`.
+    #[must_use]
+    pub fn failed(why: SnapshotError) -> Self {
+        Self {
+            result: Err(why),
+            took: std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// Reads the snapshot at `path` (D43) for a store filing under `link_map`: every part, checked
+/// for damage and against the links, but not yet against the journal
+/// ([`History::open_from_snapshot`] does that), so that it may be read while the journal is
+/// recovered.
+#[must_use]
+pub fn read_snapshot(path: &Path, link_map: LinkMap) -> SnapshotRead {
+    let started = std::time::Instant::now();
+    let result = (|| {
+        let Some(mut r) = snapshot::open_file(path)? else {
+            return Ok(None);
+        };
+        let header = snapshot::Header::read(&mut r)?;
+        if header.links != snapshot::links_fingerprint(&link_map) {
+            return Err(SnapshotError::Links);
+        }
+        let next = header.covered.seq.saturating_add(1);
+        let parts = read_parts(link_map, &mut r, next)?;
+        Ok(Some((header, parts)))
+    })();
+    SnapshotRead {
+        result,
+        took: started.elapsed(),
+    }
+}
+
+/// Checks a snapshot's header against `journal`: a cursor at the first record after the one
+/// it covers.
+fn check_journal<B: AsRef<[u8]> + AsMut<[u8]>>(
+    header: &snapshot::Header,
+    journal: &Journal<B>,
+) -> Result<Cursor, SnapshotError> {
+    let covered = header.covered;
+    let next = journal.next_seq();
+    if covered.seq >= next {
+        return Err(SnapshotError::Ahead {
+            covered: covered.seq,
+            next,
+        });
+    }
+    let first = journal.first_seq();
+    if first.is_none_or(|f| covered.seq < f) {
+        return Err(SnapshotError::Dropped {
+            covered: covered.seq,
+            first,
+        });
+    }
+    let record = journal
+        .cursor_at(covered.seq)
+        .ok()
+        .and_then(|mut c| journal.read(&mut c).ok().flatten())
+        .map(|r| Covered::of(r.seq, r.time, r.payload));
+    if record != Some(covered) {
+        return Err(SnapshotError::OtherJournal(covered.seq));
+    }
+    journal
+        .cursor_at(covered.seq.saturating_add(1))
+        .map_err(|_| SnapshotError::OtherJournal(covered.seq))
+}
+
+/// Reads the rest of a snapshot whose next record is `next`, to its end mark.
+fn read_parts<R: Read>(
+    link_map: LinkMap,
+    r: &mut snapshot::Reader<R>,
+    next: u64,
+) -> Result<Parts, SnapshotError> {
+    let started = std::time::Instant::now();
+    let store = Store::load_snapshot(link_map, r)?;
+    let bindings = store.len();
+    let slots = started.elapsed();
+    // The store's indexes are built on another thread while the rest is read.
+    std::thread::scope(|scope| {
+        let indexing = scope.spawn(move || {
+            let mut store = store;
+            store.rebuild_indexes();
+            (store, started.elapsed())
+        });
+        let rest = read_rest(r, bindings, next);
+        let rest_read = started.elapsed();
+        let (store, indexed) = indexing
+            .join()
+            .map_err(|_| snapshot::damaged("rebuilding the store's indexes failed"))?;
+        tracing::info!(
+            slots_s = slots.as_secs_f64(),
+            indexes_s = indexed.as_secs_f64(),
+            rest_s = rest_read.as_secs_f64(),
+            "snapshot read: the store's slots, then its indexes and the rest on two threads              (seconds from the start of the read)"
+        );
+        let (seqs, tombstones, marks, templates, postings) = rest?;
+        Ok(Parts {
+            store,
+            seqs,
+            tombstones,
+            last_count: Some(u32::try_from(bindings).unwrap_or(u32::MAX)),
+            marks,
+            templates,
+            postings,
+        })
+    })
+}
+
+/// What a snapshot holds after the store.
+type Rest = (
+    Vec<u64>,
+    HashMap<Box<[u8]>, Vec<(Ipv6Addr, u64)>>,
+    Marks,
+    Templates,
+    Postings,
+);
+
+/// Reads the parts of a snapshot after its store of `bindings` bindings, to its end mark.
+fn read_rest<R: Read>(
+    r: &mut snapshot::Reader<R>,
+    bindings: usize,
+    next: u64,
+) -> Result<Rest, SnapshotError> {
+    let mut seqs = Vec::with_capacity(bindings);
+    for _ in 0..bindings {
+        let seq = r.u64()?;
+        if seq >= next {
+            return Err(snapshot::damaged(
+                "a binding's record after the covered one",
+            ));
+        }
+        seqs.push(seq);
+    }
+    let n = r.count64(4 + 4)?;
+    let mut tombstones = HashMap::with_capacity(n);
+    for _ in 0..n {
+        let client = r.blob()?;
+        let links = r.count32(16 + 8)?;
+        let mut v = Vec::with_capacity(links);
+        for _ in 0..links {
+            v.push((r.addr()?, r.u64()?));
+        }
+        if tombstones.insert(client, v).is_some() {
+            return Err(snapshot::damaged("a client's tombstones twice"));
+        }
+    }
+    let marks = Marks::load_snapshot(r)?;
+    let templates = Templates::load_snapshot(r)?;
+    let postings = Postings::load_snapshot(r)?;
+    if postings.next_seq() != next {
+        return Err(snapshot::damaged(format!(
+            "its postings end before record {}, not {next}",
+            postings.next_seq()
+        )));
+    }
+    r.finish()?;
+    Ok((seqs, tombstones, marks, templates, postings))
 }
 
 /// The store, the journal, and which record is each binding's newest.
@@ -311,7 +575,7 @@ impl<L: Log> History<L> {
     /// rebuilt from every record in the log.
     pub fn open(store: Store, log: L) -> (Self, Restored) {
         let first = log.journal().tail().seq();
-        let mut h = Self {
+        let h = Self {
             store,
             log,
             seqs: Vec::new(),
@@ -322,21 +586,29 @@ impl<L: Log> History<L> {
             templates: Templates::new(),
             scratch: Vec::new(),
         };
+        let from = h.log.journal().tail();
+        h.replay(from, None)
+    }
+
+    /// Replays the records from `from` on into the history: the store, the postings, the
+    /// marks and the templates; `last_count` is the store's size as the last record before
+    /// `from` gave it, if it did. Then voids the marks when the store holds another number of
+    /// bindings than the last record says.
+    fn replay(mut self, from: Cursor, mut last_count: Option<u32>) -> (Self, Restored) {
         let mut restored = Restored::default();
+        let h = &mut self;
         // The relay templates first: a record may be older than the newest definition of the
         // template it names (the ring dropped the one before it).
-        let mut cursor = h.log.journal().tail();
+        let mut cursor = from;
         while let Ok(Some(r)) = h.log.journal().read(&mut cursor) {
             if let Some((id, body)) = record::definition_of(r.payload) {
                 h.templates.learn(id, body, r.seq);
             }
         }
-        let mut cursor = h.log.journal().tail();
+        let mut cursor = from;
         let mut replay = Vec::new();
-        // The store's size the last record gives (none for a version-1 or unreadable one).
-        let mut last_count = None;
         while let Ok(Some(r)) = h.log.journal().read(&mut cursor) {
-            restored.records = restored.records.saturating_add(1);
+            restored.replayed = restored.replayed.saturating_add(1);
             if Hole::from_marker(r.payload).is_some() {
                 // A gap or hole marker: no binding, no marks.
                 h.postings.file(r.seq, None);
@@ -370,6 +642,11 @@ impl<L: Log> History<L> {
         for (seq, b) in replay {
             h.restore(seq, b);
         }
+        // The ring may have dropped records a snapshot still filed.
+        if let Some(first) = h.log.journal().first_seq() {
+            h.postings.evict_before(first);
+        }
+        restored.records = h.log.journal().len();
         // The replay read the whole ring: its pages need not stay in lqd's resident set.
         h.log.release_pages();
         restored.bindings = h.store.len();
@@ -380,7 +657,170 @@ impl<L: Log> History<L> {
         }
         restored.marks = h.marks.writers.len();
         h.marks.oldest_at = h.marks.writers.iter().map(|(_, m)| m.at).min().unwrap_or(0);
-        (h, restored)
+        (self, restored)
+    }
+
+    /// A history over `store` and `log` from the snapshot at `path` (D43) and the records after
+    /// the one it covers; from every record in the log when there is no snapshot, or it is
+    /// refused (what [`SnapshotStart`] says, with why).
+    pub fn open_with_snapshot(
+        store: Store,
+        log: L,
+        path: &Path,
+    ) -> (Self, Restored, SnapshotStart) {
+        let read = read_snapshot(path, store.link_map().clone());
+        Self::open_from_snapshot(store, log, read)
+    }
+
+    /// [`open_with_snapshot`](Self::open_with_snapshot) with the snapshot already read (by
+    /// [`read_snapshot`], which may run while the journal is recovered): it is checked against
+    /// `log`'s journal here, and used or refused.
+    pub fn open_from_snapshot(
+        store: Store,
+        log: L,
+        read: SnapshotRead,
+    ) -> (Self, Restored, SnapshotStart) {
+        let SnapshotRead { result, took } = read;
+        let (header, parts) = match result {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                let (h, restored) = Self::open(store, log);
+                return (h, restored, SnapshotStart::None);
+            }
+            Err(e) => {
+                let (h, restored) = Self::open(store, log);
+                return (h, restored, SnapshotStart::Refused(e));
+            }
+        };
+        let from = match check_journal(&header, log.journal()) {
+            Ok(from) => from,
+            Err(e) => {
+                // Freed on another thread: millions of allocations the start need not wait for.
+                std::thread::spawn(move || drop(parts));
+                let (h, restored) = Self::open(store, log);
+                return (h, restored, SnapshotStart::Refused(e));
+            }
+        };
+        let Parts {
+            store,
+            seqs,
+            tombstones,
+            last_count,
+            marks,
+            templates,
+            postings,
+        } = parts;
+        let h = Self {
+            store,
+            log,
+            seqs,
+            tombstones,
+            postings,
+            marks,
+            source_times: false,
+            templates,
+            scratch: Vec::new(),
+        };
+        let (h, restored) = h.replay(from, last_count);
+        let start = SnapshotStart::Loaded {
+            covered: header.covered.seq,
+            read: took,
+        };
+        (h, restored, start)
+    }
+
+    /// Writes a snapshot of the history (D43) to `path`, covering the journal's newest record;
+    /// `None` when the journal holds no record (there is nothing a snapshot would save).
+    pub fn write_snapshot(&self, path: &Path) -> io::Result<Option<snapshot::Written>> {
+        let journal = self.log.journal();
+        let Some(last) = journal
+            .next_seq()
+            .checked_sub(1)
+            .filter(|_| !journal.is_empty())
+        else {
+            return Ok(None);
+        };
+        let covered = journal
+            .cursor_at(last)
+            .ok()
+            .and_then(|mut c| journal.read(&mut c).ok().flatten())
+            .map(|r| Covered::of(r.seq, r.time, r.payload))
+            .ok_or_else(|| io::Error::other("the journal's newest record cannot be read"))?;
+        if self.postings.next_seq() != journal.next_seq() {
+            return Err(io::Error::other(
+                "the postings do not follow the journal; no snapshot",
+            ));
+        }
+        let header = snapshot::Header {
+            covered,
+            records: journal.len(),
+            links: snapshot::links_fingerprint(self.store.link_map()),
+        };
+        let octets = snapshot::write_file(path, |w| {
+            header.write(w)?;
+            self.store.save_snapshot(w)?;
+            for (id, _) in self.store.iter() {
+                w.u64(self.seqs.get(id.index()).copied().unwrap_or(0))?;
+            }
+            w.u64(self.tombstones.len() as u64)?;
+            for (client, links) in &self.tombstones {
+                w.blob(client)?;
+                w.len32(links.len())?;
+                for (link, seq) in links {
+                    w.addr(*link)?;
+                    w.u64(*seq)?;
+                }
+            }
+            self.marks.save_snapshot(w)?;
+            self.templates.save_snapshot(w)?;
+            self.postings.save_snapshot(w)
+        })?;
+        Ok(Some(snapshot::Written {
+            covered: last,
+            octets,
+            bindings: self.store.len(),
+        }))
+    }
+
+    /// Everything a start rebuilds, in a form two histories can be compared by (tests of the
+    /// snapshot, D43): each binding with its newest record, the tombstones, the marks, the
+    /// templates and the posting lists.
+    #[cfg(test)]
+    pub(crate) fn rebuilt_for_test(&self) -> RebuiltForTest {
+        let mut bindings: Vec<(Binding, u64)> = self
+            .store
+            .iter()
+            .map(|(id, b)| {
+                (
+                    b.to_binding(),
+                    self.seqs.get(id.index()).copied().unwrap_or(0),
+                )
+            })
+            .collect();
+        bindings.sort_by(|a, b| {
+            (&a.0.key.client_id, a.0.key.link).cmp(&(&b.0.key.client_id, b.0.key.link))
+        });
+        let mut tombstones: Vec<(Box<[u8]>, Ipv6Addr, u64)> = self
+            .tombstones
+            .iter()
+            .flat_map(|(c, links)| links.iter().map(move |(l, s)| (c.clone(), *l, *s)))
+            .collect();
+        tombstones.sort();
+        let mut marks: Vec<(String, u64, Option<u64>, u64)> = self
+            .marks
+            .writers
+            .iter()
+            .map(|(w, m)| (w.to_string(), m.taken, m.recorded, m.at))
+            .collect();
+        marks.sort();
+        RebuiltForTest {
+            bindings,
+            tombstones,
+            marks,
+            marks_reset: self.marks.reset,
+            templates: self.templates.entries_for_test(),
+            postings: self.postings.all_lists(),
+        }
     }
 
     /// The store's size as a record gives it.

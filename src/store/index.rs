@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
+use std::io::{self, Read, Write};
 use std::net::Ipv6Addr;
 use std::ops::Bound;
 
@@ -38,6 +39,7 @@ use super::model::{
     Binding, BindingKey, BindingView, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
 };
 use super::record::template;
+use super::snapshot::{self, SnapshotError, damaged};
 use crate::codec::ServerTime;
 
 /// A binding's handle in the store; stable for as long as the binding exists.
@@ -200,6 +202,43 @@ impl<'a> Blob<'a> {
                 ))
             }
             _ => None,
+        }
+    }
+}
+
+impl Blob<'_> {
+    /// True when the blob is one [`Store::blob`] makes, naming relay-ids below `relay_ids`:
+    /// every length inside it, and the relayed message's flag and address, fit (a snapshot's
+    /// blob is checked so before it is used, D43).
+    fn valid(self, relay_ids: impl Fn(u32) -> bool, templates: impl Fn(u32) -> bool) -> bool {
+        let b = self.0;
+        let Some(at) = 2usize.checked_add(self.u16_at(0)) else {
+            return false;
+        };
+        if b.len() < at.saturating_add(2) {
+            return false;
+        }
+        let ids_end = at + 2 + 4 * self.u16_at(at);
+        if b.len() < ids_end.saturating_add(2) || !self.relay_ids().all(relay_ids) {
+            return false;
+        }
+        let mut it = self.remote_ids();
+        let count = it.left;
+        if it.by_ref().count() != count {
+            return false;
+        }
+        match b.get(it.at) {
+            Some(0) => it.at + 1 == b.len(),
+            Some(1) => b.len() >= it.at + 17,
+            Some(2) => match self.relay_message() {
+                Some(RelayMsg::Templated(t, _, h)) => {
+                    // The holes cover the rest exactly.
+                    let n: usize = holes(h).iter().map(|x| 2 + x.len()).sum();
+                    templates(t) && n == h.len()
+                }
+                _ => false,
+            },
+            _ => false,
         }
     }
 }
@@ -542,6 +581,11 @@ fn lease_hash(hasher: &RandomState, l: &Lease) -> u64 {
     }
 }
 
+/// A remote-id's key in its index (see [`Store::hash_remote`]).
+fn remote_key(hasher: &RandomState, enterprise: u32, value: &[u8]) -> u32 {
+    (hasher.hash_one((enterprise, value)) >> 32) as u32
+}
+
 fn masked(addr: Ipv6Addr, len: u8) -> u128 {
     let len = u32::from(len.min(128));
     u128::from(addr) & u128::MAX.checked_shl(128 - len).unwrap_or(0)
@@ -650,7 +694,7 @@ impl Store {
     /// A remote-id's key in its index: 32 bits of its hash (a remote-id is one subscriber's
     /// line, so keys are many and each is checked against the binding on a hit).
     fn hash_remote(&self, enterprise: u32, value: &[u8]) -> u32 {
-        (self.hasher.hash_one((enterprise, value)) >> 32) as u32
+        remote_key(&self.hasher, enterprise, value)
     }
 
     fn lease_at(&self, (id, i): LeaseEntry) -> Option<&Lease> {
@@ -1393,6 +1437,309 @@ impl Store {
     #[must_use]
     pub fn relay(&self, id: BindingId) -> Option<RelayInfo> {
         self.get(id).map(|b| b.relay())
+    }
+}
+
+// ---- snapshot (D43) ----------------------------------------------------------------------
+
+impl Store {
+    /// Writes the bindings into a snapshot: the links and relay-ids by number, then each slot
+    /// in [`iter`](Self::iter)'s order (its leases and its variable part, opaque). The indexes
+    /// are not written: [`load_snapshot`](Self::load_snapshot) rebuilds them.
+    pub(crate) fn save_snapshot<W: Write>(&self, w: &mut snapshot::Writer<W>) -> io::Result<()> {
+        w.len32(self.links.len())?;
+        for a in &self.links {
+            w.addr(*a)?;
+        }
+        w.len32(self.relay_ids.values.len())?;
+        for (value, refs) in &self.relay_ids.values {
+            w.u8(u8::from(*refs > 0))?;
+            if *refs > 0 {
+                w.blob(value)?;
+            }
+        }
+        // The relay templates (D44), each a body the bindings' relayed messages name.
+        w.len32(self.templates.values.len())?;
+        for (value, refs) in &self.templates.values {
+            w.u8(u8::from(*refs > 0))?;
+            if *refs > 0 {
+                w.blob(value)?;
+            }
+        }
+        w.u64(self.bindings.len() as u64)?;
+        for (_, slot) in self.bindings.iter() {
+            w.u32(slot.link)?;
+            w.u32(slot.last_change.0)?;
+            let n = u8::try_from(slot.leases.len())
+                .map_err(|_| io::Error::other("a binding with over 255 leases"))?;
+            w.u8(n)?;
+            for l in &slot.leases {
+                w.lease(l)?;
+            }
+            w.blob(&slot.data)?;
+        }
+        Ok(())
+    }
+
+    /// The store a snapshot holds, filing changes from now on under `link_map`; its bindings
+    /// numbered in the order they were written, from 0. Every number and length is checked.
+    /// Its indexes are empty until [`rebuild_indexes`](Self::rebuild_indexes) (which another
+    /// thread may run while the rest of the snapshot is read).
+    pub(crate) fn load_snapshot<R: Read>(
+        link_map: LinkMap,
+        r: &mut snapshot::Reader<R>,
+    ) -> Result<Self, SnapshotError> {
+        let mut store = Self::with_links(link_map);
+        let links = r.count32(16)?;
+        store.links.reserve_exact(links);
+        for n in 0..links {
+            let a = r.addr()?;
+            let n = u32::try_from(n).map_err(|_| damaged("too many links"))?;
+            if store.link_numbers.insert(a, n).is_some() {
+                return Err(damaged(format!("link {a} twice")));
+            }
+            store.links.push(a);
+        }
+        let relays = r.count32(1)?;
+        let mut present = Vec::with_capacity(relays);
+        store.relay_ids.values.reserve_exact(relays);
+        for n in 0..relays {
+            let n = u32::try_from(n).map_err(|_| damaged("too many relay-ids"))?;
+            let value = if r.flag()? {
+                let v = r.blob()?;
+                if store.relay_ids.numbers.insert(v.clone(), n).is_some() {
+                    return Err(damaged("a relay-id twice"));
+                }
+                present.push(true);
+                v
+            } else {
+                present.push(false);
+                Box::default()
+            };
+            store.relay_ids.values.push((value, 0));
+        }
+        let templates = r.count32(1)?;
+        let mut compiled = Vec::with_capacity(templates);
+        store.templates.values.reserve_exact(templates);
+        for n in 0..templates {
+            let n = u32::try_from(n).map_err(|_| damaged("too many relay templates"))?;
+            let value = if r.flag()? {
+                let v = r.blob()?;
+                let c = template::Compiled::of(&v)
+                    .ok_or_else(|| damaged("a relay template that does not read"))?;
+                if store.templates.numbers.insert(v.clone(), n).is_some() {
+                    return Err(damaged("a relay template twice"));
+                }
+                compiled.push(Some(c));
+                v
+            } else {
+                compiled.push(None);
+                Box::default()
+            };
+            store.templates.values.push((value, 0));
+        }
+        let count = r.count64(4 + 4 + 1 + snapshot::LEASE_LEN as u64 + 4)?;
+        if count > (u32::MAX as usize).saturating_sub(PAGE) {
+            return Err(damaged(format!("{count} bindings")));
+        }
+        for _ in 0..count {
+            let link = r.u32()?;
+            if link as usize >= store.links.len() {
+                return Err(damaged(format!("a binding on link number {link}")));
+            }
+            let last_change = ServerTime(r.u32()?);
+            let n = r.u8()?;
+            if n == 0 {
+                return Err(damaged("a binding without a lease"));
+            }
+            let mut leases = SmallVec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                let l = r.lease()?;
+                if !l.state.is_active() {
+                    return Err(damaged("a binding holding an ended lease"));
+                }
+                leases.push(l);
+            }
+            let data = r.blob()?;
+            let known = |n: u32| present.get(n as usize).copied().unwrap_or(false);
+            let template = |n: u32| compiled.get(n as usize).is_some_and(Option::is_some);
+            if !Blob(&data).valid(known, template) {
+                return Err(damaged("a binding's variable part"));
+            }
+            for n in Blob(&data).relay_ids() {
+                if let Some((_, refs)) = store.relay_ids.values.get_mut(n as usize) {
+                    *refs = refs.saturating_add(1);
+                }
+            }
+            if let Some(RelayMsg::Templated(t, _, _)) = Blob(&data).relay_message() {
+                if let Some((_, refs)) = store.templates.values.get_mut(t as usize) {
+                    *refs = refs.saturating_add(1);
+                }
+            }
+            let slot = Slot {
+                data,
+                leases,
+                link,
+                last_change,
+                next: NONE,
+            };
+            if store.bindings.insert(slot).is_err() {
+                return Err(damaged("too many bindings"));
+            }
+        }
+        // A relay-id no binding names is free again.
+        for (n, (value, refs)) in store.relay_ids.values.iter_mut().enumerate() {
+            if *refs == 0 {
+                let value = std::mem::take(value);
+                store.relay_ids.numbers.remove(&value);
+                store
+                    .relay_ids
+                    .free
+                    .push(u32::try_from(n).unwrap_or(u32::MAX));
+            }
+        }
+        store.relay_ids.free.reverse();
+        // Likewise a template no binding names.
+        for (n, (value, refs)) in store.templates.values.iter_mut().enumerate() {
+            if *refs == 0 {
+                let value = std::mem::take(value);
+                store.templates.numbers.remove(&value);
+                store
+                    .templates
+                    .free
+                    .push(u32::try_from(n).unwrap_or(u32::MAX));
+                if let Some(c) = compiled.get_mut(n) {
+                    *c = None;
+                }
+            }
+        }
+        store.templates.free.reverse();
+        store.compiled = compiled;
+        Ok(store)
+    }
+
+    /// Builds every index from the slots: the hash tables reserved once, the B-trees in bulk
+    /// from their entries sorted.
+    pub(crate) fn rebuild_indexes(&mut self) {
+        let n = self.bindings.len();
+        let mut by_link = Vec::with_capacity(n);
+        let mut by_change = Vec::with_capacity(n);
+        let mut by_relay_id = Vec::with_capacity(n);
+        let mut by_remote_id = Vec::with_capacity(n);
+        let mut expiries = Vec::with_capacity(n);
+        {
+            let Self {
+                bindings,
+                hasher,
+                addresses,
+                prefixes,
+                ..
+            } = self;
+            let rehash = |&(b, i): &LeaseEntry| {
+                bindings
+                    .get(b as usize)
+                    .and_then(|s| s.leases.get(i as usize))
+                    .map_or(0, |l| lease_hash(hasher, l))
+            };
+            addresses.reserve(n, rehash);
+            // Each prefix length's table at its size at once (no rehash as it grows).
+            let mut per_len = [0usize; 129];
+            for (_, slot) in bindings.iter() {
+                for l in slot.leases.iter().filter(|l| l.kind == LeaseKind::Prefix) {
+                    if let Some(c) = per_len.get_mut(usize::from(l.prefix_len)) {
+                        *c += 1;
+                    }
+                }
+            }
+            for (len, &count) in per_len.iter().enumerate() {
+                if let (Ok(len), true) = (u8::try_from(len), count > 0) {
+                    prefixes.entry(len).or_default().reserve(count, rehash);
+                }
+            }
+            for (i, slot) in bindings.iter() {
+                let id = BindingId(u32::try_from(i).unwrap_or(u32::MAX));
+                by_link.push((slot.link, id));
+                by_change.push((slot.last_change, id));
+                let b = Blob(&slot.data);
+                by_relay_id.extend(b.relay_ids().map(|r| (r, id)));
+                by_remote_id.extend(b.remote_ids().map(|(e, v)| (remote_key(hasher, e, v), id)));
+                for (at, lease) in slot.leases.iter().enumerate() {
+                    let entry = (id.0, u32::try_from(at).unwrap_or(u32::MAX));
+                    let h = lease_hash(hasher, lease);
+                    match lease.kind {
+                        LeaseKind::Address => addresses.insert_unique(h, entry, rehash),
+                        LeaseKind::Prefix => prefixes
+                            .entry(lease.prefix_len)
+                            .or_default()
+                            .insert_unique(h, entry, rehash),
+                    };
+                    if let Some(t) = lease.expires() {
+                        expiries.push((t, id));
+                    }
+                }
+            }
+        }
+        // Sorted in place first: the B-tree's own (stable) sort then finds one run.
+        by_link.sort_unstable();
+        by_change.sort_unstable();
+        by_relay_id.sort_unstable();
+        by_remote_id.sort_unstable();
+        expiries.sort_unstable();
+        self.by_link = BTreeSet::from_iter(by_link);
+        self.by_change = BTreeSet::from_iter(by_change);
+        self.by_relay_id = BTreeSet::from_iter(by_relay_id);
+        self.by_remote_id = BTreeSet::from_iter(by_remote_id);
+        self.expiries = BTreeSet::from_iter(expiries);
+        let Self {
+            bindings,
+            hasher,
+            clients,
+            ..
+        } = self;
+        clients.reserve(n, |&e| {
+            bindings
+                .get(e as usize)
+                .map_or(0, |s| hasher.hash_one(Blob(&s.data).client_id()))
+        });
+        for i in 0..n {
+            let id = BindingId(u32::try_from(i).unwrap_or(u32::MAX));
+            // The client's first binding, found or filed in one probe without copying its DUID;
+            // a client's second binding goes into its chain (as `chain_client`).
+            let second = {
+                let Self {
+                    bindings,
+                    hasher,
+                    clients,
+                    ..
+                } = &mut *self;
+                let Some(client_id) = bindings.get(i).map(|s| Blob(&s.data).client_id()) else {
+                    continue;
+                };
+                let entry = clients.entry(
+                    hasher.hash_one(client_id),
+                    |&e| {
+                        bindings
+                            .get(e as usize)
+                            .is_some_and(|o| Blob(&o.data).client_id() == client_id)
+                    },
+                    |&e| {
+                        bindings
+                            .get(e as usize)
+                            .map_or(0, |s| hasher.hash_one(Blob(&s.data).client_id()))
+                    },
+                );
+                match entry {
+                    hashbrown::hash_table::Entry::Occupied(_) => true,
+                    hashbrown::hash_table::Entry::Vacant(v) => {
+                        v.insert(id.0);
+                        false
+                    }
+                }
+            };
+            if second {
+                self.chain_client(id);
+            }
+        }
     }
 }
 

@@ -116,6 +116,18 @@ impl LinkMap {
             .map(|(_, link)| *link)
     }
 
+    /// Hands `each` what decides the link a binding is filed under, in the map's order: each
+    /// link's address (with no prefix), then each link prefix (network and length) with its
+    /// link's address. A snapshot of the store names its links by these (D43).
+    pub(crate) fn for_each_filing(&self, mut each: impl FnMut(Ipv6Addr, Option<(Ipv6Addr, u8)>)) {
+        for a in &self.addresses {
+            each(*a, None);
+        }
+        for (p, link) in &self.prefixes {
+            each(*link, Some((p.network(), p.prefix_len())));
+        }
+    }
+
     /// True when `addr` lies in address space lqd answers for: a link's prefix or a pool.
     #[must_use]
     pub fn manages(&self, addr: Ipv6Addr) -> bool {

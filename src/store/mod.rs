@@ -7,8 +7,9 @@ mod links;
 pub mod model;
 mod postings;
 pub mod record;
+pub mod snapshot;
 
-pub use history::{History, Log, Restored};
+pub use history::{History, Log, Restored, SnapshotRead, SnapshotStart, read_snapshot};
 pub use index::{Applied, BindingId, BindingRef, Outcome, Store};
 pub use links::{LinkDef, LinkMap, LinkMapError};
 pub use model::{

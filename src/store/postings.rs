@@ -30,6 +30,7 @@
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::io::{self, Read, Write};
 use std::net::Ipv6Addr;
 
 use hashbrown::HashTable;
@@ -37,6 +38,7 @@ use siphasher::sip::SipHasher13;
 use smallvec::SmallVec;
 
 use super::model::{Binding, LeaseKind, RemoteIdKey};
+use super::snapshot::{self, SnapshotError, damaged};
 
 /// What a record is filed under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -738,6 +740,212 @@ impl Postings {
                 at += 1;
             }
         }
+    }
+}
+
+// ---- snapshot (D43) ----------------------------------------------------------------------
+
+impl Chunked {
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.chunks
+            .iter()
+            .enumerate()
+            .flat_map(move |(i, c)| {
+                c.get(if i == 0 { self.head } else { 0 }..)
+                    .unwrap_or_default()
+            })
+            .copied()
+    }
+}
+
+impl Postings {
+    /// Writes the lists into a snapshot: the tags' seed (D44), the first record's sequence
+    /// number, the prefix lengths, each record's key count and key numbers, then each list by
+    /// its number (an emptied list is left out: no query watches it after a restart) with its
+    /// tag, its loss mark and its sequence numbers (the first from `first`, each next from the
+    /// one before, as LEB128 numbers).
+    pub(crate) fn save_snapshot<W: Write>(&self, w: &mut snapshot::Writer<W>) -> io::Result<()> {
+        w.u64(self.seed.0)?;
+        w.u64(self.seed.1)?;
+        w.u64(self.first)?;
+        for word in self.prefix_lens {
+            w.u64(word)?;
+        }
+        w.u64(self.counts.len() as u64)?;
+        let (a, b) = self.counts.as_slices();
+        w.bytes(a)?;
+        w.bytes(b)?;
+        w.u64(self.filed.len() as u64)?;
+        for id in self.filed.iter() {
+            w.u32(id)?;
+        }
+        let n = self.lists.len();
+        w.len32(n)?;
+        for i in 0..n {
+            let list = self.lists.get(i).filter(|l| !l.is_free() && l.n != 0);
+            match list {
+                Some(l) => {
+                    w.u8(1)?;
+                    w.u64(l.hi)?;
+                    w.u64(l.lo)?;
+                    w.u8(l.len)?;
+                    w.u8(u8::from(l.has_lost))?;
+                    w.u32(l.lost)?;
+                    let (x, y) = self.seqs_of(l);
+                    w.varint((x.len() + y.len()) as u64)?;
+                    let mut before = self.first;
+                    for &s in x.iter().chain(y) {
+                        let seq = self.full(s);
+                        w.varint(seq.saturating_sub(before))?;
+                        before = seq;
+                    }
+                }
+                None => w.u8(0)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The lists a snapshot holds. The key numbers are checked against the lists, the counts
+    /// against the key numbers, each list's sequence numbers against the records (in the
+    /// ring, rising), and no tag twice.
+    pub(crate) fn load_snapshot<R: Read>(
+        r: &mut snapshot::Reader<R>,
+    ) -> Result<Self, SnapshotError> {
+        let seed = Seed(r.u64()?, r.u64()?);
+        let mut p = Self::with_seed(r.u64()?, seed);
+        for word in &mut p.prefix_lens {
+            *word = r.u64()?;
+        }
+        let records = r.count64(1)?;
+        if u32::try_from(records).is_err() {
+            return Err(damaged("more records than a ring holds"));
+        }
+        let mut counts = vec![0u8; records];
+        r.take(&mut counts)?;
+        p.counts = VecDeque::from(counts);
+        let filed = r.count64(4)?;
+        let total: usize = p.counts.iter().map(|&c| usize::from(c)).sum();
+        if filed != total {
+            return Err(damaged(format!(
+                "{filed} posting entries for records that file {total}"
+            )));
+        }
+        let mut ids = Chunked::default();
+        r.u32s(filed, |id| ids.push_back(id))?;
+        let next = p.next_seq();
+        let n = r.count32(1)?;
+        let mut present = vec![0u64; n.div_ceil(64)];
+        let mut entries = 0usize;
+        for i in 0..n {
+            let id = u32::try_from(i).map_err(|_| damaged("too many lists"))?;
+            if !r.flag()? {
+                p.lists.push(List::EMPTY);
+                p.free.push(id);
+                continue;
+            }
+            let (hi, lo, len) = (r.u64()?, r.u64()?, r.u8()?);
+            if len > 128 && len != HASHED {
+                return Err(damaged("a posting tag of no kind"));
+            }
+            let has_lost = r.flag()?;
+            let lost = r.u32()?;
+            let count = r.varint()?;
+            let count = r.count(count, 1)?;
+            if count == 0 {
+                return Err(damaged("a list no record is filed under"));
+            }
+            p.lists.push(List {
+                lost,
+                has_lost,
+                ..List::new(Tag { hi, lo, len })
+            });
+            let mut seq = p.first;
+            for k in 0..count {
+                let step = r.varint()?;
+                if k > 0 && step == 0 {
+                    return Err(damaged("a record filed twice under one key"));
+                }
+                seq = seq
+                    .checked_add(step)
+                    .filter(|&s| s < next)
+                    .ok_or_else(|| damaged("a list naming a record not in the ring"))?;
+                p.push_back(id, seq);
+            }
+            entries = entries.saturating_add(count);
+            if let Some(w) = present.get_mut(i / 64) {
+                *w |= 1 << (i % 64);
+            }
+        }
+        p.free.reverse();
+        if entries != filed {
+            return Err(damaged(format!(
+                "lists of {entries} records for {filed} posting entries"
+            )));
+        }
+        let known = |id: u32| {
+            present
+                .get(id as usize / 64)
+                .is_some_and(|w| w & (1 << (id % 64)) != 0)
+        };
+        if let Some(id) = ids.iter().find(|&id| !known(id)) {
+            return Err(damaged(format!(
+                "a record filed under list {id}, which is none"
+            )));
+        }
+        p.filed = ids;
+        let Self {
+            seed, ids, lists, ..
+        } = &mut p;
+        ids.reserve(lists.len(), |_| 0);
+        for i in 0..lists.len() {
+            let Some(list) = lists.get(i).filter(|l| !l.is_free()) else {
+                continue;
+            };
+            let tag = list.tag();
+            let h = seed.table_hash(tag);
+            let same = ids
+                .find(h, |&id| {
+                    lists.get(id as usize).is_some_and(|l| l.tag() == tag)
+                })
+                .is_some();
+            if same {
+                return Err(damaged("a posting key twice"));
+            }
+            let id = u32::try_from(i).map_err(|_| damaged("too many lists"))?;
+            ids.insert_unique(h, id, |&i| {
+                lists
+                    .get(i as usize)
+                    .map_or(0, |l| seed.table_hash(l.tag()))
+            });
+        }
+        Ok(p)
+    }
+
+    /// The sequence number the next record filed must have.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.first.saturating_add(self.counts.len() as u64)
+    }
+
+    /// Every list: its tag, its sequence numbers and its loss mark, whole (for tests comparing
+    /// two postings).
+    #[cfg(test)]
+    pub(crate) fn all_lists(&self) -> Vec<(Tag, Vec<u64>, Option<u64>)> {
+        let mut out: Vec<_> = (0..self.lists.len())
+            .filter_map(|i| self.lists.get(i))
+            .filter(|l| !l.is_free())
+            .map(|l| {
+                let (x, y) = self.seqs_of(l);
+                let seqs = x.iter().chain(y).map(|&s| self.full(s)).collect();
+                let lost = l.has_lost.then(|| {
+                    self.first
+                        .saturating_sub(u64::from(short(self.first).wrapping_sub(l.lost)))
+                });
+                (l.tag(), seqs, lost)
+            })
+            .collect();
+        out.sort_by_key(|(t, _, _)| (t.hi, t.lo, t.len));
+        out
     }
 }
 

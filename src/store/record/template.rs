@@ -621,6 +621,87 @@ impl Templates {
     }
 }
 
+// ---- snapshot (D43) ----------------------------------------------------------------------
+
+impl Templates {
+    /// Writes every template into a snapshot: its body, the newest record defining it and the
+    /// newest using it, by number.
+    pub(crate) fn save_snapshot<W: std::io::Write>(
+        &self,
+        w: &mut crate::store::snapshot::Writer<W>,
+    ) -> std::io::Result<()> {
+        w.len32(self.entries.len())?;
+        for e in &self.entries {
+            let Some(e) = e else {
+                w.u8(0)?;
+                continue;
+            };
+            w.u8(1)?;
+            w.blob(&e.body)?;
+            w.u8(u8::from(e.defined.is_some()))?;
+            w.u64(e.defined.unwrap_or(0))?;
+            w.u64(e.used)?;
+        }
+        Ok(())
+    }
+
+    /// The templates a snapshot holds; a body that is not a template refuses it.
+    pub(crate) fn load_snapshot<R: std::io::Read>(
+        r: &mut crate::store::snapshot::Reader<R>,
+    ) -> Result<Self, crate::store::snapshot::SnapshotError> {
+        use crate::store::snapshot::damaged;
+        let n = r.count32(1)?;
+        if n > MAX_TEMPLATES {
+            return Err(damaged(format!("{n} relay templates")));
+        }
+        let mut t = Self::new();
+        t.entries.reserve_exact(n);
+        for i in 0..n {
+            if !r.flag()? {
+                t.entries.push(None);
+                continue;
+            }
+            let body = r.blob()?;
+            let defined = r.flag()?;
+            let at = r.u64()?;
+            let used = r.u64()?;
+            let Some((link, holes)) = shape(&body) else {
+                return Err(damaged("a relay template that is none"));
+            };
+            let id = u32::try_from(i).map_err(|_| damaged("too many relay templates"))?;
+            if t.by_body.insert(body.clone(), id).is_some() {
+                return Err(damaged("a relay template twice"));
+            }
+            t.entries.push(Some(Entry {
+                body,
+                link,
+                holes,
+                defined: defined.then_some(at),
+                used,
+            }));
+        }
+        // Looked at again by the next `due`.
+        t.oldest_pending = 0;
+        Ok(t)
+    }
+
+    /// Each template's number, body and newest definition (tests comparing two journals').
+    #[cfg(test)]
+    pub(crate) fn entries_for_test(&self) -> Vec<(u32, Box<[u8]>, Option<u64>)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| {
+                Some((
+                    u32::try_from(i).ok()?,
+                    e.as_ref()?.body.clone(),
+                    e.as_ref()?.defined,
+                ))
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
