@@ -66,7 +66,7 @@ pub(crate) struct Args {
     #[command(flatten)]
     pub(crate) common: FanoutCommon,
     #[command(flatten)]
-    pub(crate) carrier: super::carrier::Args,
+    pub(crate) carrier: super::carrier::CarrierArgs,
 }
 
 /// What a catch-up run found besides its summary.
