@@ -204,7 +204,7 @@ const FIRST_CONN: usize = 1 << 16;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// How much of a turn the connections that do not stream live (catch-ups, Bulk answers, new
 /// connections) may take before the rest of them wait for the next turn.
-const TURN_SLICE: Duration = Duration::from_millis(5);
+const TURN_SLICE: Duration = Duration::from_millis(20);
 /// How long, at most, a named writer's mark waits for a record to carry it before a record of
 /// marks alone is written: a line that changed nothing is acknowledged this late at most, and
 /// such records are written at most this often.
