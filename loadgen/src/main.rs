@@ -188,3 +188,15 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    /// clap checks a command's definition only in debug builds, when it is parsed: two
+    /// flattened argument structs of one name broke `catch-up` there, and only there.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

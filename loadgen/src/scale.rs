@@ -194,7 +194,7 @@ fn regenerate(settings: &DemoSettings, samples: usize) -> Result<Known, String> 
 }
 
 /// Asks lqd over UDP who leases `address`; the DUID answered, if any.
-fn who_leases(sock: &UdpSocket, address: Ipv6Addr, buf: &mut [u8]) -> Option<Vec<u8>> {
+pub(crate) fn who_leases(sock: &UdpSocket, address: Ipv6Addr, buf: &mut [u8]) -> Option<Vec<u8>> {
     let query = MessageBuilder::leasequery(0x0019_0019)
         .client_id(&REQUESTOR)
         .lq_query(QueryType::ByAddress, Ipv6Addr::UNSPECIFIED, |q| {
@@ -211,7 +211,7 @@ fn who_leases(sock: &UdpSocket, address: Ipv6Addr, buf: &mut [u8]) -> Option<Vec
     }
 }
 
-fn udp_to(addr: SocketAddr) -> Result<UdpSocket, String> {
+pub(crate) fn udp_to(addr: SocketAddr) -> Result<UdpSocket, String> {
     let sock = UdpSocket::bind("[::1]:0").map_err(|e| format!("UDP socket: {e}"))?;
     sock.connect(addr)
         .and_then(|()| sock.set_read_timeout(Some(Duration::from_millis(200))))

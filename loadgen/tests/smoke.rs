@@ -299,6 +299,58 @@ fn catch_up_delivers_every_change_once_then_catch_up_complete() {
 }
 
 #[test]
+fn catch_up_at_carrier_scale_catches_everyone_up_while_live_changes_flow() {
+    // A carrier population (every client relayed, half with a prefix), churn for the whole
+    // run, 50 gateways away for 5 s reconnecting at once with START_TIME, 50 live beside
+    // them. loadgen checks every delivery against the churn it injected (the run fails
+    // otherwise); here, what the report must show.
+    let r = loadgen(
+        "catch-up-carrier",
+        &[
+            "catch-up",
+            "--carrier",
+            "--bindings",
+            "20000",
+            "--links",
+            "100",
+            "--requestors",
+            "50",
+            "--live-requestors",
+            "50",
+            "--away-seconds",
+            "5",
+            "--churn",
+            "500",
+            "--baseline-seconds",
+            "2",
+        ],
+    );
+    assert_eq!(r["bindings"], 20_000);
+    assert!(
+        r["leases"].as_u64().unwrap() > 25_000,
+        "half hold a prefix: {r}"
+    );
+    assert_eq!(r["caught_up"], 50, "{r}");
+    assert!(r["all_caught_up_seconds"].as_f64().unwrap() > 0.0, "{r}");
+    // 500 changes/s over 100 links for 5 s away: about 25 per link, some coalesced.
+    let records = &r["records_caught_up"];
+    assert!(records["min"].as_f64().unwrap() >= 5.0, "{r}");
+    let total = r["records_caught_up_total"].as_u64().unwrap();
+    assert!((50 * 15..=50 * 40).contains(&total), "{r}");
+    // Each caught up with its link's bindings changed while it was away, each once (the
+    // bindings changed again after the reconnect may come before CatchUpComplete too).
+    assert!(records["p50"].as_f64().unwrap() >= r["changed_while_away"]["p50"].as_f64().unwrap());
+    for phase in ["live_before", "live_during", "live_after"] {
+        let l = &r[phase];
+        assert!(l["deliveries"].as_u64().unwrap() > 0, "{phase}: {r}");
+        assert!(l["p99_ms"].as_f64().unwrap() > 0.0, "{phase}: {r}");
+    }
+    assert!(r["churn_changes"].as_u64().unwrap() >= 500 * 5, "{r}");
+    assert!(r["rss_end_kib"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["live_p99_goal_met"].is_boolean(), "{r}");
+}
+
+#[test]
 fn ramp_steps_up_until_the_bound_or_the_last_step() {
     // A bound no debug build misses at these rates: both steps must pass.
     let r = loadgen(

@@ -772,6 +772,19 @@ impl Conn {
         self.session.has_active()
     }
 
+    /// True when the connection only streams live: Active queries, none catching up, and no
+    /// Bulk answer. Serving it sends the newest changes and costs little; the server serves
+    /// these first when catch-ups crowd a turn (issue 19).
+    pub(super) fn streams_live(&self) -> bool {
+        self.session.has_active()
+            && self.session.bulk_running() == 0
+            && self
+                .session
+                .active_queries()
+                .iter()
+                .all(|q| !q.catching_up())
+    }
+
     /// When the first of this connection's Active keepalives is due (`None` without one).
     pub(super) fn keepalive_due(&self, idle_timeout: Duration) -> Option<Instant> {
         self.session

@@ -202,6 +202,9 @@ const LISTENER_BASE: usize = 2;
 const FIRST_CONN: usize = 1 << 16;
 /// How often a listener whose accept failed is tried again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How much of a turn the connections that do not stream live (catch-ups, Bulk answers, new
+/// connections) may take before the rest of them wait for the next turn.
+const TURN_SLICE: Duration = Duration::from_millis(20);
 /// How long, at most, a named writer's mark waits for a record to carry it before a record of
 /// marks alone is written: a line that changed nothing is acknowledged this late at most, and
 /// such records are written at most this often.
@@ -600,9 +603,16 @@ impl Server {
                     udp_pending.push(i);
                 }
             }
+            // The connections that stream live are served every turn; the others (catch-ups,
+            // Bulk answers, new connections) within a slice of the turn, the rest of them on
+            // the next turn, which comes at once. A reconnect storm of catch-ups then delays
+            // the live changes by about a slice, not by all of their work (issue 19).
             let keys = std::mem::take(&mut pending);
+            let slice_end = Instant::now() + TURN_SLICE;
             for key in keys {
-                if self.service(key, now) {
+                let defer = self.conns.get(key).is_some_and(|c| !c.streams_live())
+                    && Instant::now() >= slice_end;
+                if defer || self.service(key, now) {
                     pending.push(key);
                 }
             }

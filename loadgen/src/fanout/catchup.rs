@@ -17,6 +17,10 @@
 //! alone, and must receive exactly the changes of its key (`i`, `i + N`, …, about K / N of
 //! them) before its CatchUpComplete; the sentinel still asks for every change. The raw sender
 //! writes each connection its key's frames only.
+//!
+//! With `--carrier`, the catch-up at carrier scale instead (issue 19): a carrier population in
+//! one lqd, steady churn, gateways away for minutes reconnecting at once while others stay
+//! live; see [`super::carrier`].
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -61,6 +65,8 @@ pub(crate) struct Args {
     pub(crate) timeout_seconds: f64,
     #[command(flatten)]
     pub(crate) common: FanoutCommon,
+    #[command(flatten)]
+    pub(crate) carrier: super::carrier::CarrierArgs,
 }
 
 /// What a catch-up run found besides its summary.
@@ -79,6 +85,9 @@ struct Detail {
 
 /// Runs `loadgen catch-up`.
 pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
+    if args.carrier.carrier {
+        return super::carrier::run(args);
+    }
     if args.changes > u64::from(args.common.bindings) {
         return Err(format!(
             "--changes {} is above --bindings {}: changes to the same binding would coalesce",

@@ -45,6 +45,7 @@
 //! ```
 
 pub(crate) mod active;
+pub(crate) mod carrier;
 pub(crate) mod catchup;
 pub(crate) mod changes;
 pub(crate) mod inject;

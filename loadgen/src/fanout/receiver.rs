@@ -929,7 +929,7 @@ fn starttls_answer(conn: &mut Conn, bytes: &[u8], plan: &Plan) -> Result<(), Str
 
 /// Connects to `addr` (retrying briefly: a full accept queue or ephemeral ports in
 /// TIME_WAIT), sends `hello`, and makes the socket non-blocking.
-fn connect(addr: SocketAddr, hello: &[u8]) -> io::Result<std::net::TcpStream> {
+pub(crate) fn connect(addr: SocketAddr, hello: &[u8]) -> io::Result<std::net::TcpStream> {
     let started = Instant::now();
     let mut s = loop {
         match std::net::TcpStream::connect(addr) {
