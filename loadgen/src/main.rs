@@ -20,6 +20,7 @@
 //! target/release/loadgen active --requestors 100,1000 --rate 1000 --filter relay-id --systems lqd,raw,redis
 //! target/release/loadgen hostile
 //! target/release/loadgen scale --bindings 1000000 --links 3000 --pd-percent 50
+//! target/release/loadgen catch-up --carrier --bindings 10000000 --requestors 1000 --away-seconds 600
 //! target/release/loadgen pgsql --requestors 1000 --rate 500,2000 --seconds 10 --rounds 3
 //! ```
 //!
