@@ -34,9 +34,9 @@
 //! | part | contents |
 //! |---|---|
 //! | header | covered sequence number (8), its record's time (4), payload length (4) and payload CRC32C (4); the records in the ring then (8); the configured links' fingerprint (length 4, octets) |
-//! | store | links (count 4, 16 each); relay-ids (count 4, each length 4 and octets); bindings (count 8, each: link number 4, last change 4, lease count 1, the leases at 35 octets each, the slot's variable part: length 4 and octets) |
-//! | history | each binding's newest record (8 each, in the store's order); tombstones (count 8, each: DUID length 4 and octets, count 4, each link 16 and seq 8); the size the last record gave (1 + 4) |
-//! | marks | reset (1); writers (count 4, each: name length 4 and octets, taken 8, recorded 1 + 8, at 8, pending 1); pending order (count 4, 4 each) |
+//! | store | links (count 4, 16 each); relay-ids by number (count 4, each: present 1, then length 4 and octets); bindings (count 8, each: link number 4, last change 4, lease count 1, the leases at 35 octets each, the slot's variable part: length 4 and octets) |
+//! | history | each binding's newest record (8 each, in the store's order); tombstones (count 8, each: DUID length 4 and octets, count 4, each link 16 and seq 8) |
+//! | marks | the next record voids the marks before it (1); the marks a record carries (count 4, each: writer's name length 4 and octets, the line 8, the record carrying it 8) |
 //! | templates | entries (count 4, each: present 1, then body length 4 and octets, defined 1 + 8, used 8) |
 //! | postings | first sequence number (8), prefix lengths (3 × 8); per-record key counts (count 8, 1 each); the key numbers filed, in record order (count 8, 4 each); lists by number (count 4, each: present 1, then key, lost 8, record count and each record's sequence number less the one before, the first less the first sequence number, as LEB128) |
 //! | end | `SNAPEND\0` |
