@@ -581,6 +581,39 @@ fn lease_hash(hasher: &RandomState, l: &Lease) -> u64 {
     }
 }
 
+/// A lease entry's hash, read where it points: the lease tables rehash with it as they grow.
+fn entry_hash<'a>(
+    bindings: &'a Slots,
+    hasher: &'a RandomState,
+) -> impl Fn(&LeaseEntry) -> u64 + 'a {
+    move |&(b, i)| {
+        bindings
+            .get(b as usize)
+            .and_then(|s| s.leases.get(i as usize))
+            .map_or(0, |l| lease_hash(hasher, l))
+    }
+}
+
+/// Files `lease`, at `entry`, in its table: the addresses', or its prefix length's.
+fn file_lease(
+    bindings: &Slots,
+    hasher: &RandomState,
+    addresses: &mut HashTable<LeaseEntry>,
+    prefixes: &mut BTreeMap<u8, HashTable<LeaseEntry>>,
+    entry: LeaseEntry,
+    lease: &Lease,
+) {
+    let h = lease_hash(hasher, lease);
+    let rehash = entry_hash(bindings, hasher);
+    match lease.kind {
+        LeaseKind::Address => addresses.insert_unique(h, entry, rehash),
+        LeaseKind::Prefix => prefixes
+            .entry(lease.prefix_len)
+            .or_default()
+            .insert_unique(h, entry, rehash),
+    };
+}
+
 /// A remote-id's key in its index (see [`Store::hash_remote`]).
 fn remote_key(hasher: &RandomState, enterprise: u32, value: &[u8]) -> u32 {
     (hasher.hash_one((enterprise, value)) >> 32) as u32
@@ -1096,7 +1129,6 @@ impl Store {
             return;
         };
         let entry = (id.0, u32::try_from(at).unwrap_or(u32::MAX));
-        let h = lease_hash(&self.hasher, &lease);
         let Self {
             bindings,
             hasher,
@@ -1104,20 +1136,7 @@ impl Store {
             prefixes,
             ..
         } = self;
-        // When a table grows, each entry's hash is its lease's, read where it points.
-        let rehash = |&(b, i): &LeaseEntry| {
-            bindings
-                .get(b as usize)
-                .and_then(|s| s.leases.get(i as usize))
-                .map_or(0, |l| lease_hash(hasher, l))
-        };
-        match lease.kind {
-            LeaseKind::Address => addresses.insert_unique(h, entry, rehash),
-            LeaseKind::Prefix => prefixes
-                .entry(lease.prefix_len)
-                .or_default()
-                .insert_unique(h, entry, rehash),
-        };
+        file_lease(bindings, hasher, addresses, prefixes, entry, &lease);
         if let Some(t) = lease.expires() {
             self.expiries.insert((t, id));
         }
@@ -1635,13 +1654,8 @@ impl Store {
                 prefixes,
                 ..
             } = self;
-            let rehash = |&(b, i): &LeaseEntry| {
-                bindings
-                    .get(b as usize)
-                    .and_then(|s| s.leases.get(i as usize))
-                    .map_or(0, |l| lease_hash(hasher, l))
-            };
-            addresses.reserve(n, rehash);
+            let rehash = entry_hash(bindings, hasher);
+            addresses.reserve(n, &rehash);
             // Each prefix length's table at its size at once (no rehash as it grows).
             let mut per_len = [0usize; 129];
             for (_, slot) in bindings.iter() {
@@ -1653,7 +1667,7 @@ impl Store {
             }
             for (len, &count) in per_len.iter().enumerate() {
                 if let (Ok(len), true) = (u8::try_from(len), count > 0) {
-                    prefixes.entry(len).or_default().reserve(count, rehash);
+                    prefixes.entry(len).or_default().reserve(count, &rehash);
                 }
             }
             for (i, slot) in bindings.iter() {
@@ -1665,14 +1679,7 @@ impl Store {
                 by_remote_id.extend(b.remote_ids().map(|(e, v)| (remote_key(hasher, e, v), id)));
                 for (at, lease) in slot.leases.iter().enumerate() {
                     let entry = (id.0, u32::try_from(at).unwrap_or(u32::MAX));
-                    let h = lease_hash(hasher, lease);
-                    match lease.kind {
-                        LeaseKind::Address => addresses.insert_unique(h, entry, rehash),
-                        LeaseKind::Prefix => prefixes
-                            .entry(lease.prefix_len)
-                            .or_default()
-                            .insert_unique(h, entry, rehash),
-                    };
+                    file_lease(bindings, hasher, addresses, prefixes, entry, lease);
                     if let Some(t) = lease.expires() {
                         expiries.push((t, id));
                     }
