@@ -257,7 +257,8 @@ pub struct Config {
     /// requestor that stopped reading still gets once it reads again.
     pub tcp_send_buffer: usize,
     /// `log`: log filter in tracing's `EnvFilter` syntax (`info`, `lqd=debug,warn`); default
-    /// `info`.
+    /// `info`. A span field's value in a directive is matched as text, not as a regular
+    /// expression (see [`log_filter`]).
     pub log: String,
     /// `log_format`: how log lines are written: `"text"` (default, for people) or `"json"`
     /// (one JSON object a line, for log shippers).
@@ -308,6 +309,31 @@ impl Default for Config {
             metrics_requestor_series: 100,
         }
     }
+}
+
+/// The log filter of `log` (tracing's `EnvFilter` syntax), at start, on a reload and when a
+/// configuration is checked.
+///
+/// A span's field value in a directive (`lqd[conn{peer=...}]=debug`) is matched as the text of
+/// the value, not as a regular expression: the filter is built from a file or a flag, and a
+/// pattern such as a long run of `.` would take tracing's regular-expression engine seconds to
+/// minutes to compile, stalling a start or a reload.
+///
+/// The kea-pgsql source reports its connection's failures itself, once per outage; the
+/// replication client's own error line at each failed attempt would repeat it, so it is off
+/// unless `log` names it.
+pub fn log_filter(log: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_regex(false)
+        .parse(log)
+        .map_err(|e| e.to_string())?;
+    if log.contains("pgwire_replication") {
+        return Ok(filter);
+    }
+    Ok(match "pgwire_replication=off".parse() {
+        Ok(d) => filter.add_directive(d),
+        Err(_) => filter,
+    })
 }
 
 impl Config {
@@ -464,7 +490,7 @@ impl Config {
         if self.log.trim().is_empty() {
             return invalid("log", "log must not be empty (try \"info\")".to_owned());
         }
-        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log) {
+        if let Err(e) = log_filter(&self.log) {
             return invalid("log", format!("log filter `{}`: {e}", self.log));
         }
         for (i, a) in self.requestors.iter().enumerate() {

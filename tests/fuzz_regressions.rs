@@ -279,3 +279,38 @@ fn the_newer_header_slot_wins_across_the_generation_wrap() {
     let (j, rec) = Journal::open(j.into_inner()).unwrap();
     assert_eq!(contents(&j), before, "a clean close lost records: {rec:?}");
 }
+
+/// Found by the `config` target: a `log` filter whose span field value is a long pattern of
+/// `.` took tracing's regular-expression engine over 5 s to compile in a release build (71 s in
+/// the fuzz build), so `lqd --check-config`, a start or a reload stalled on 243 octets of
+/// configuration. Field values are now matched as text (`lqd::config::log_filter`); checking the
+/// same configuration takes microseconds. The bound is 10 s on its own thread so that a
+/// regression fails the test rather than hanging it; without the fix a debug build takes far
+/// longer than that.
+#[test]
+fn a_log_filter_with_a_long_field_pattern_is_checked_at_once() {
+    let text = format!(
+        "log=\"1<[\\tj={{g=st{}{}{}` d{}ate_dirgggs={{l=0}} U#\u{7784}:\"",
+        "F".repeat(38),
+        ".".repeat(126),
+        "F".repeat(10),
+        "F".repeat(25),
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = text.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            lqd::config::Config::from_toml(&worker)
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        );
+    });
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("checking {text:?} took over 10 s"));
+    let err = result.expect_err("that filter is not valid");
+    assert!(err.contains("log filter"), "{err}");
+
+    // A field value in a directive is still accepted, as text.
+    lqd::config::log_filter("lqd[conn{peer=a.b}]=debug,info").expect("a span field filter");
+}

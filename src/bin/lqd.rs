@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::Parser;
-use lqd::config::{Cli, Command, Config, JournalAction, LogFormat, SourceSpec};
+use lqd::config::{Cli, Command, Config, JournalAction, LogFormat, SourceSpec, log_filter};
 use lqd::feed::{
     BoundJsonl, JsonlInput, KeaCsvSource, PgTarget, bind_jsonl, feed, spawn_demo, spawn_kea_pgsql,
     system_time,
@@ -293,21 +293,6 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
     // population, while the process exits (and the kernel takes its memory back) at once.
     std::mem::forget(server);
     Ok(())
-}
-
-/// The log filter of `log` (tracing's `EnvFilter` syntax), at start and on a reload. The
-/// kea-pgsql source reports its connection's failures itself, once per outage; the replication
-/// client's own error line at each failed attempt would repeat it, so it is off unless `log`
-/// names it.
-fn log_filter(log: &str) -> Result<tracing_subscriber::EnvFilter, String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(log).map_err(|e| e.to_string())?;
-    if log.contains("pgwire_replication") {
-        return Ok(filter);
-    }
-    Ok(match "pgwire_replication=off".parse() {
-        Ok(d) => filter.add_directive(d),
-        Err(_) => filter,
-    })
 }
 
 /// `lqd --check-config [FILE]`: prints the settings lqd would run with and where each came
