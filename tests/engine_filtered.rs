@@ -213,7 +213,9 @@ fn expected(b: &Binding) -> Seen {
 }
 
 /// The brute-force reader: every record since `pos`, the newest of its binding and matching
-/// the filter; DataMissing when a matching record was evicted before it was read.
+/// the filter; DataMissing when a matching record was evicted before it was read: any, for a
+/// link or a Relay-ID; for a key of one binding (D46), one that would have been sent (its
+/// binding's newest) or that ended the key.
 struct Reference {
     pos: u64,
     /// Every record ever written: its binding.
@@ -230,11 +232,30 @@ impl Reference {
         }
     }
 
+    /// True when the loss of record `s`, which matches `f`, is told (DataMissing).
+    fn told(&self, f: &Selector, s: u64) -> bool {
+        let s = s as usize;
+        let b = &self.log[s];
+        let newest = !self.log[s + 1..].iter().any(|o| o.key == b.key);
+        match f {
+            Selector::LinkAddress(_) | Selector::RelayId { .. } => true,
+            Selector::Address { address, .. } => {
+                newest
+                    || b.leases
+                        .iter()
+                        .any(|l| l.covers(*address) && l.state != LeaseState::Active)
+            }
+            Selector::ClientId { .. } | Selector::RemoteId { .. } => {
+                newest || b.leases.iter().all(|l| l.state != LeaseState::Active)
+            }
+        }
+    }
+
     fn read(&mut self, h: &Hist, f: &Selector, catch_up_until: &mut Option<u64>) -> Vec<Seen> {
         let j = h.journal();
         let first = j.first_seq().unwrap_or(j.next_seq());
         let mut out = Vec::new();
-        let lost = (self.pos..first).any(|s| f.matches(&self.log[s as usize]));
+        let lost = (self.pos..first).any(|s| f.matches(&self.log[s as usize]) && self.told(f, s));
         if lost {
             out.push(Seen::Status(Status::DataMissing));
             *catch_up_until = None;

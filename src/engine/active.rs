@@ -348,21 +348,21 @@ impl ActiveQuery {
         }
     }
 
-    /// The next record filed under this query's keys at or after `seq`.
-    fn next_filed(&self, postings: &Postings, seq: u64) -> Peek {
+    /// The next record this query reads at or after `seq` ([`History::next_filed`]).
+    fn next_filed<L: Log>(&self, history: &History<L>, seq: u64) -> Peek {
         let mut first: Option<u64> = None;
-        self.each_key(postings, |k| {
-            if let Some(s) = postings.next_at_or_after(k, seq) {
+        self.each_key(history.postings(), |k| {
+            if let Some(s) = history.next_filed(k, seq) {
                 first = Some(first.map_or(s, |f| f.min(s)));
             }
         });
         first.map_or(Peek::Head, Peek::Record)
     }
 
-    /// True when the ring evicted a record of this query's keys at or after `seq`.
-    fn lost_since(&self, postings: &Postings, seq: u64) -> bool {
+    /// True when the ring evicted a record this query would read at or after `seq`.
+    fn lost_since<L: Log>(&self, history: &History<L>, seq: u64) -> bool {
         let mut lost = false;
-        self.each_key(postings, |k| lost |= postings.lost_since(k, seq));
+        self.each_key(history.postings(), |k| lost |= history.lost_since(k, seq));
         lost
     }
 
@@ -377,13 +377,12 @@ impl ActiveQuery {
             Reader::All(cursor) => journal.read(cursor).map_err(|_| ()),
             Reader::Keys(next) => {
                 let seq = *next;
-                let postings = history.postings();
                 if journal.first_seq().is_some_and(|first| seq < first)
-                    && self.lost_since(postings, seq)
+                    && self.lost_since(history, seq)
                 {
                     return Err(());
                 }
-                match self.next_filed(postings, seq) {
+                match self.next_filed(history, seq) {
                     Peek::Head => {
                         if let Reader::Keys(next) = &mut self.reader {
                             *next = journal.next_seq().max(seq);
@@ -408,7 +407,7 @@ impl ActiveQuery {
         let journal = history.journal();
         match &self.reader {
             Reader::All(c) => (c.seq() < journal.next_seq()).then_some(c.seq()),
-            Reader::Keys(next) => match self.next_filed(history.postings(), *next) {
+            Reader::Keys(next) => match self.next_filed(history, *next) {
                 Peek::Record(s) => Some(s),
                 Peek::Head => None,
             },
@@ -786,7 +785,7 @@ impl Watchers {
         if self.keys.is_empty() && self.addresses.is_empty() {
             return;
         }
-        postings.filed_since(since, |_, tag| match tag.lease() {
+        let complete = postings.filed_since(since, |_, tag| match tag.lease() {
             Some((prefix, len)) => {
                 let (lo, hi) = prefix_range(prefix, len);
                 for tokens in self.addresses.range(lo..=hi).map(|(_, t)| t) {
@@ -799,6 +798,14 @@ impl Watchers {
                 }
             }
         });
+        if !complete {
+            // The keys of one binding the oldest of those records hold are no longer kept
+            // (D46): every filtered query may be concerned; one with nothing to read finds so
+            // at once.
+            for tokens in self.keys.values().chain(self.addresses.values()) {
+                woken.extend_from_slice(tokens);
+            }
+        }
     }
 }
 

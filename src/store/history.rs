@@ -1153,6 +1153,49 @@ impl<L: Log> History<L> {
         &self.postings
     }
 
+    /// The first record at or after `seq` that a query filtering on `key` reads: the next one
+    /// in `key`'s list, or, for a key of one binding (D46), the newest record of a binding
+    /// holding it now when that comes first. Every record a filtered query sends is its
+    /// binding's newest and carries its key, so it is one of these: held by the binding now,
+    /// or ended by that record (listed).
+    #[must_use]
+    pub fn next_filed(&self, key: &PostingKey, seq: u64) -> Option<u64> {
+        let mut next = self.postings.next_at_or_after(key, seq);
+        if key.of_binding() {
+            let first = self.log.journal().first_seq().unwrap_or(u64::MAX);
+            let floor = seq.max(first);
+            self.store.holders(key, |id| {
+                if let Some(&s) = self.seqs.get(id.index()) {
+                    if s >= floor && next.is_none_or(|n| s < n) {
+                        next = Some(s);
+                    }
+                }
+            });
+        }
+        next
+    }
+
+    /// True when a record at or after `seq` that a query filtering on `key` would read has
+    /// been evicted: one of its list, or the newest record of a binding holding it (a ring
+    /// too small for the live state).
+    #[must_use]
+    pub fn lost_since(&self, key: &PostingKey, seq: u64) -> bool {
+        if self.postings.lost_since(key, seq) {
+            return true;
+        }
+        let first = self.log.journal().first_seq().unwrap_or(u64::MAX);
+        let mut lost = false;
+        if key.of_binding() && seq < first {
+            self.store.holders(key, |id| {
+                lost |= self
+                    .seqs
+                    .get(id.index())
+                    .is_some_and(|&s| s >= seq && s < first);
+            });
+        }
+        lost
+    }
+
     /// The last query watching `key` has ended: its list may go once empty.
     pub fn unwatched(&mut self, key: &PostingKey) {
         self.postings.unwatched(key);

@@ -38,6 +38,7 @@ use super::links::LinkMap;
 use super::model::{
     Binding, BindingKey, BindingView, Change, Lease, LeaseKind, LeaseState, RelayInfo, RemoteIdKey,
 };
+use super::postings::PostingKey;
 use super::record::template;
 use super::snapshot::{self, SnapshotError, damaged};
 use crate::codec::ServerTime;
@@ -1304,6 +1305,32 @@ impl Store {
             .iter()
             .rev()
             .find_map(|(len, t)| self.prefix_holder(t, *len, masked(addr, *len)))
+    }
+
+    /// The bindings holding `key` now, a key of one binding
+    /// ([`PostingKey::of_binding`]): the client's bindings on every link, those whose relays
+    /// sent the Remote-ID, the holder of the address or of exactly that prefix. None for a
+    /// link or a Relay-ID.
+    pub fn holders(&self, key: &PostingKey, mut each: impl FnMut(BindingId)) {
+        match key {
+            PostingKey::ClientId(d) => self.by_client(d).for_each(each),
+            PostingKey::RemoteId(r) => self.by_remote_id(r, None).for_each(each),
+            PostingKey::Lease(p, len) => {
+                if *len == 128 {
+                    if let Some(id) = self.address_holder(*p) {
+                        each(id);
+                    }
+                }
+                let id = self
+                    .prefixes
+                    .get(len)
+                    .and_then(|t| self.prefix_holder(t, *len, masked(*p, *len)));
+                if let Some(id) = id {
+                    each(id);
+                }
+            }
+            PostingKey::Link(_) | PostingKey::RelayId(_) => {}
+        }
     }
 
     /// The first binding of a client, in link order.

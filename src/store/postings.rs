@@ -17,16 +17,19 @@
 //! An emptied list is kept until [`Postings::forget_emptied`] is told its key is not
 //! watched, so that a watched key's loss mark survives.
 //!
-//! Memory (issue 19): a record files about five keys, 4 octets each to remember them and 8 in
-//! a list: about 60 octets a record, bounded by the ring. Each key is kept once, in its list of
-//! 48 octets with its first two sequence numbers inline, found through a table of 32-bit list
-//! numbers: most keys (a client's DUID, its remote-id, its address and prefix) belong to one
-//! binding and have one or two records in the ring, so most lists need no allocation. A key
-//! is kept as its [`Tag`]: a lease key whole (an address query's wake-up needs the prefix back),
-//! any other by 64 bits of a keyed SipHash of it, so a DUID or a remote-id costs no octets of
-//! its own. Two keys with one hash (about one chance in 10⁴ among 40 million keys) share a list:
-//! a reader checks every record against its filter, so the cost is a record read for nothing,
-//! never a wrong answer.
+//! Memory (issue 19): a key is kept as its [`Tag`]: a lease key whole (an address query's
+//! wake-up needs the prefix back), any other by 64 bits of a keyed SipHash of it, so a DUID or a
+//! remote-id costs no octets of its own. Two keys with one hash (about one chance in 10⁴ among
+//! 40 million keys) share a list: a reader checks every record against its filter, so the cost
+//! is a record read for nothing, never a wrong answer. Each list is 32 octets with its first
+//! two sequence numbers inline, found through a table of 32-bit list numbers.
+//!
+//! Most keys belong to one binding (its client's DUID, its Remote-ID, its address and prefix):
+//! a record is listed under such a key only when it ends it (D46). The bindings holding it now
+//! are found through the store, their newest records through the history
+//! ([`History::next_filed`](super::History::next_filed)); the records those superseded are never
+//! sent. So a record files about two keys (its link and Relay-IDs) and a list exists for each
+//! link, each Relay-ID and each key recently ended, not for every key of every binding.
 
 use std::collections::VecDeque;
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -37,7 +40,7 @@ use hashbrown::HashTable;
 use siphasher::sip::SipHasher13;
 use smallvec::SmallVec;
 
-use super::model::{Binding, LeaseKind, RemoteIdKey};
+use super::model::{Binding, LeaseKind, LeaseState, RemoteIdKey};
 use super::snapshot::{self, SnapshotError, damaged};
 
 /// What a record is filed under.
@@ -57,6 +60,17 @@ pub enum PostingKey {
 }
 
 impl PostingKey {
+    /// True for a key of one binding (its client's DUID, a Remote-ID, an address or prefix):
+    /// a record is listed under it only when it ends it; the bindings holding it now are the
+    /// store's to find ([`History::next_filed`](super::History::next_filed)).
+    #[must_use]
+    pub const fn of_binding(&self) -> bool {
+        matches!(
+            self,
+            Self::ClientId(_) | Self::RemoteId(_) | Self::Lease(..)
+        )
+    }
+
     /// The lease key of `address` inside a prefix of length `len`.
     #[must_use]
     pub fn lease(address: Ipv6Addr, len: u8) -> Self {
@@ -146,29 +160,38 @@ impl Seed {
         }
     }
 
-    /// The tags `binding`'s record is filed under, each once, in the order of
-    /// [`PostingKey::of`].
-    fn tags_of(self, binding: &Binding) -> SmallVec<[Tag; 8]> {
-        let mut tags: SmallVec<[Tag; 8]> = SmallVec::new();
-        let mut add = |t: Tag| {
-            if !tags.contains(&t) {
-                tags.push(t);
+    /// The tags `binding`'s record is filed under, each once: each with true when the record
+    /// goes in its list (a link, a Relay-ID, a key of one binding that the record ends), false
+    /// for a key of one binding it holds (see [`Postings::file`]).
+    fn filings_of(self, binding: &Binding) -> SmallVec<[(Tag, bool); 8]> {
+        let mut tags: SmallVec<[(Tag, bool); 8]> = SmallVec::new();
+        let mut add = |t: Tag, listed: bool| {
+            if !tags.iter().any(|(u, _)| *u == t) {
+                tags.push((t, listed));
             }
         };
-        add(self.hashed(1, &[&binding.key.link.octets()]));
-        add(self.hashed(2, &[&binding.key.client_id]));
+        // A binding with no active lease left is ended: its record is its final one.
+        let ended = binding.leases.iter().all(|l| l.state != LeaseState::Active);
+        add(self.hashed(1, &[&binding.key.link.octets()]), true);
+        add(self.hashed(2, &[&binding.key.client_id]), ended);
         for r in &binding.relay.relay_ids {
-            add(self.hashed(3, &[r]));
+            add(self.hashed(3, &[r]), true);
         }
         for r in &binding.relay.remote_ids {
-            add(self.hashed(4, &[&r.enterprise_number.to_be_bytes(), &r.remote_id]));
+            add(
+                self.hashed(4, &[&r.enterprise_number.to_be_bytes(), &r.remote_id]),
+                ended,
+            );
         }
         for l in &binding.leases {
             let len = match l.kind {
                 LeaseKind::Address => 128,
                 LeaseKind::Prefix => l.prefix_len.min(128),
             };
-            add(Tag::of_lease(masked(l.address, len), len));
+            add(
+                Tag::of_lease(masked(l.address, len), len),
+                l.state != LeaseState::Active,
+            );
         }
         tags
     }
@@ -376,7 +399,16 @@ pub struct Postings {
     emptied: Vec<u32>,
     /// The delegated prefix lengths ever filed (bit `len`), for address queries.
     prefix_lens: [u64; 3],
+    /// The keys of one binding that the newest records hold (not listed), for the wake-ups
+    /// of the queries watching them: at most [`RECENT`], oldest first.
+    recent: VecDeque<(u64, Tag)>,
+    /// `recent` holds every such key of the records from this one on.
+    recent_from: u64,
 }
+
+/// The most keys [`Postings::recent`] holds: the records since the loop last woke its queries
+/// are a turn's changes, far fewer.
+const RECENT: usize = 1 << 16;
 
 impl Default for Postings {
     fn default() -> Self {
@@ -406,6 +438,8 @@ impl Postings {
             first,
             emptied: Vec::new(),
             prefix_lens: [0; 3],
+            recent: VecDeque::new(),
+            recent_from: first,
         }
     }
 
@@ -423,6 +457,13 @@ impl Postings {
 
     /// Files record `seq` (the next one: records are filed in order, each once) under the
     /// keys of `binding`, or under none when its payload could not be read.
+    ///
+    /// A key of one binding (its DUID, a Remote-ID, an address or prefix: most of the keys,
+    /// each with one or two records in the ring) is listed only by a record that ends it: a
+    /// lease ended, or the binding's final record. The record of a binding that holds it is
+    /// not listed: the binding's newest record is found through the store (D46), and the
+    /// records before it are superseded, never sent. The key is kept in [`Self::recent`]
+    /// for the wake-ups instead.
     pub fn file(&mut self, seq: u64, binding: Option<&Binding>) {
         let expected = self.first.saturating_add(self.counts.len() as u64);
         if seq != expected {
@@ -433,7 +474,7 @@ impl Postings {
         }
         let mut count = 0u8;
         if let Some(b) = binding {
-            for tag in self.seed.tags_of(b) {
+            for (tag, listed) in self.seed.filings_of(b) {
                 if count == u8::MAX {
                     break;
                 }
@@ -441,6 +482,15 @@ impl Postings {
                     if let Some(w) = self.prefix_lens.get_mut(usize::from(tag.len / 64)) {
                         *w |= 1 << (tag.len % 64);
                     }
+                }
+                if !listed {
+                    if self.recent.len() == RECENT {
+                        if let Some((s, _)) = self.recent.pop_front() {
+                            self.recent_from = s.saturating_add(1);
+                        }
+                    }
+                    self.recent.push_back((seq, tag));
+                    continue;
                 }
                 let id = self.id_of(tag);
                 self.push_back(id, seq);
@@ -720,8 +770,11 @@ impl Postings {
         }
     }
 
-    /// The tags filed for each record from `seq` on (the newest records), in order.
-    pub fn filed_since(&self, seq: u64, mut each: impl FnMut(u64, Tag)) {
+    /// The tags of each record from `seq` on (the newest records): those it is listed under,
+    /// then the keys of one binding it holds. False when some of the latter are no longer kept
+    /// (more than [`RECENT`] since `seq`): the caller must then take every key of one binding
+    /// as concerned.
+    pub fn filed_since(&self, seq: u64, mut each: impl FnMut(u64, Tag)) -> bool {
         let skip = usize::try_from(seq.saturating_sub(self.first)).unwrap_or(usize::MAX);
         // Counted from the back: the records asked for are the newest few.
         let skip = skip.min(self.counts.len());
@@ -740,6 +793,11 @@ impl Postings {
                 at += 1;
             }
         }
+        let from = self.recent.partition_point(|(s, _)| *s < seq);
+        for &(s, tag) in self.recent.range(from..) {
+            each(s, tag);
+        }
+        seq >= self.recent_from
     }
 }
 
@@ -894,6 +952,7 @@ impl Postings {
             )));
         }
         p.filed = ids;
+        p.recent_from = p.next_seq();
         let Self {
             seed, ids, lists, ..
         } = &mut p;
@@ -976,6 +1035,16 @@ mod tests {
         }
     }
 
+    /// The final record of `binding(client, link)`: its lease released.
+    fn ended(client: u8, link: u16) -> Binding {
+        let mut b = binding(client, link);
+        for l in &mut b.leases {
+            (l.preferred_lifetime, l.valid_lifetime) = (0, 0);
+            l.state = LeaseState::Released;
+        }
+        b
+    }
+
     /// The chunked queue of the records' keys behaves as a deque across its chunks.
     #[test]
     fn the_chunked_queue_is_a_deque() {
@@ -1011,7 +1080,7 @@ mod tests {
         let link = PostingKey::Link(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1));
         let client = PostingKey::ClientId(vec![0, 3, 0, 1, 1].into());
         for i in 0..6u64 {
-            p.file(first + i, Some(&binding(if i % 2 == 0 { 1 } else { 2 }, 1)));
+            p.file(first + i, Some(&ended(if i % 2 == 0 { 1 } else { 2 }, 1)));
         }
         assert_eq!(p.len_of(&link), 6);
         let mut at = 0;
@@ -1036,9 +1105,9 @@ mod tests {
         let mut p = Postings::new(10);
         let link = PostingKey::Link(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1));
         for (i, client) in (1..=5u8).enumerate() {
-            p.file(10 + i as u64, Some(&binding(client, 1)));
+            p.file(10 + i as u64, Some(&ended(client, 1)));
         }
-        p.file(15, Some(&binding(9, 2)));
+        p.file(15, Some(&ended(9, 2)));
         assert_eq!(p.len_of(&link), 5);
         assert_eq!(p.next_at_or_after(&link, 0), Some(10));
         assert_eq!(p.next_at_or_after(&link, 12), Some(12));
@@ -1057,11 +1126,50 @@ mod tests {
         let other = PostingKey::ClientId(vec![0, 3, 0, 1, 9].into());
         assert_eq!(p.next_at_or_after(&other, 0), Some(15));
         // A forgotten key's number is reused for a new key, which starts empty.
-        p.file(16, Some(&binding(7, 3)));
+        p.file(16, Some(&ended(7, 3)));
         let new = PostingKey::ClientId(vec![0, 3, 0, 1, 7].into());
         assert_eq!((p.len_of(&new), p.next_at_or_after(&new, 0)), (1, Some(16)));
         p.evict_before(17);
         assert_eq!(p.len_of(&link), 0);
         assert!(p.lost_since(&link, 14));
+    }
+
+    /// A record is listed under the keys of one binding (DUID, address) only when it ends
+    /// them (D46); those it holds are kept for the wake-ups, the newest [`RECENT`] of them,
+    /// and a wake-up asking for older ones is told they are gone.
+    #[test]
+    fn keys_a_binding_holds_are_kept_for_the_wake_ups_only() {
+        let mut p = Postings::new(0);
+        let link = PostingKey::Link(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1));
+        let client = PostingKey::ClientId(vec![0, 3, 0, 1, 1].into());
+        let address = PostingKey::Lease(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, 1), 128);
+        p.file(0, Some(&binding(1, 1)));
+        p.file(1, Some(&binding(1, 1)));
+        assert_eq!(
+            (p.len_of(&link), p.len_of(&client), p.len_of(&address)),
+            (2, 0, 0)
+        );
+        assert_eq!(p.keys(), 1, "only the link has a list");
+        let mut seen = Vec::new();
+        assert!(p.filed_since(1, |s, t| seen.push((s, t))));
+        let (tc, ta) = (p.tag(&client), p.tag(&address));
+        assert_eq!(seen, vec![(1, p.tag(&link)), (1, tc), (1, ta)]);
+        // The final record lists them.
+        p.file(2, Some(&ended(1, 1)));
+        assert_eq!(
+            (p.len_of(&client), p.next_at_or_after(&address, 0)),
+            (1, Some(2))
+        );
+        // Past RECENT held keys, a wake-up from an older record is told they are gone.
+        let mut seq = 3;
+        for _ in 0..RECENT / 2 - 1 {
+            p.file(seq, Some(&binding(2, 1)));
+            seq += 1;
+        }
+        // Record 0's two keys made room: record 1's are still there.
+        assert!(!p.filed_since(0, |_, _| {}) && p.filed_since(1, |_, _| {}));
+        p.file(seq, Some(&binding(2, 1)));
+        assert!(!p.filed_since(1, |_, _| {}) && p.filed_since(2, |_, _| {}));
+        assert_eq!(p.len_of(&link), seq as usize + 1);
     }
 }
