@@ -7,7 +7,11 @@ use std::collections::BTreeMap;
 use lqd::codec::ServerTime;
 use lqd::feed::{DemoConfig, DemoSource};
 use lqd::store::journal::Journal;
-use lqd::store::{Binding, BindingKey, Change, History, LeaseState, Store, record};
+use std::net::Ipv6Addr;
+
+use lqd::store::{
+    Binding, BindingKey, Change, History, Lease, LeaseKind, LeaseState, Store, record,
+};
 
 type Hist = History<Journal<Vec<u8>>>;
 
@@ -155,4 +159,65 @@ fn relay_templates_outlive_the_ring_wrapping_many_times() {
     let (h, restored) = History::open(Store::new(), journal);
     assert_eq!(restored.unreadable, 0);
     assert_eq!(snapshot(h.store()), before, "the mirror as it was");
+}
+
+#[test]
+fn a_full_replay_keeps_the_templates_of_the_records_it_read_defined() {
+    // Relayed records, a restart that replays them all, then changes with no relayed message
+    // until the ring has dropped the older half of those records and their templates' first
+    // definitions: the records left still find their templates' definitions at the next
+    // start. The replay must note each record's template as used (D42), or the definitions
+    // are not written again and those records cannot be read.
+    let mut h: Hist = History::open(Store::new(), Journal::format(vec![0; 96 << 10]).unwrap()).0;
+    let mut relayed = DemoSource::new(DemoConfig {
+        clients: 300,
+        links: 6,
+        seed: 5,
+        relay_share: 1.0,
+        two_hop_share: 0.5,
+        ..DemoConfig::default()
+    });
+    let t0 = 800_000_000u32;
+    for k in 0..300u32 {
+        let now = ServerTime(t0 + k);
+        h.apply(&relayed.next_change(now), now).unwrap();
+    }
+    let (p0, p1) = (h.journal().first_seq().unwrap(), h.journal().next_seq());
+    assert_eq!(p0, 0, "the relayed records all fit");
+    assert!(definitions(h.journal()) >= 6, "templates were defined");
+    let (_, journal) = h.into_parts();
+    let (journal, _) = Journal::open(journal.into_inner()).unwrap();
+    let (mut h, restored) = History::open(Store::new(), journal);
+    assert_eq!(restored.unreadable, 0);
+
+    // Clients of their own, directly on a link: their records name no template.
+    let mut k = 0u32;
+    while h.journal().first_seq().unwrap() < p0 + (p1 - p0) / 2 {
+        let now = ServerTime(t0 + 1_000 + k / 10);
+        let lease = Lease {
+            kind: LeaseKind::Address,
+            address: Ipv6Addr::from(0x2001_0db8_0fff_u128 << 80 | u128::from(k)),
+            prefix_len: 128,
+            iaid: 1,
+            preferred_lifetime: 3600,
+            valid_lifetime: 7200,
+            cltt: now,
+            state: LeaseState::Active,
+        };
+        let change = Change {
+            client_id: [&[0, 3, 0, 1, 0xee][..], &k.to_be_bytes()].concat().into(),
+            link: Ipv6Addr::new(0x2001, 0xdb8, 0xfff, 0, 0, 0, 0, 1),
+            lease,
+            relay: None,
+        };
+        h.apply(&change, now).unwrap();
+        k += 1;
+    }
+    let (_, journal) = h.into_parts();
+    let (journal, _) = Journal::open(journal.into_inner()).unwrap();
+    let (_, restored) = History::open(Store::new(), journal);
+    assert_eq!(
+        restored.unreadable, 0,
+        "records whose template was not defined again"
+    );
 }

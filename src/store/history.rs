@@ -618,6 +618,11 @@ impl<L: Log> History<L> {
                 Ok(p) if p.definition.is_some() => h.postings.file(r.seq, None),
                 Ok(p) => {
                     h.postings.file(r.seq, p.binding.as_ref());
+                    // The template's newest use, so that its definition is written again
+                    // before the ring drops it while this record still names it.
+                    if let Some(id) = p.template {
+                        h.templates.used(id, r.seq);
+                    }
                     if let Some(b) = p.binding {
                         replay.push((r.seq, b));
                     }

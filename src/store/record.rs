@@ -207,6 +207,8 @@ pub struct Payload {
     pub trailer: Option<Trailer>,
     /// A relay template's definition: its number and body (version 3).
     pub definition: Option<(u32, Vec<u8>)>,
+    /// The relay template the binding's relayed message is written with (version 3).
+    pub template: Option<u32>,
 }
 
 /// Appends a version-3 payload to `out`: `binding` (or none, for a record of marks only), its
@@ -671,12 +673,16 @@ fn read_with(payload: &[u8], templates: Option<&Templates>) -> Result<Payload, R
             binding: None,
             trailer: None,
             definition: Some((id, body)),
+            template: None,
         });
     }
-    let binding = match (flags & HAS_BINDING != 0, version) {
-        (false, _) => None,
-        (true, RECORD_VERSION) => Some(binding_fields_v3(&mut r, templates)?),
-        (true, _) => Some(binding_fields(&mut r)?),
+    let (binding, template) = match (flags & HAS_BINDING != 0, version) {
+        (false, _) => (None, None),
+        (true, RECORD_VERSION) => {
+            let (b, t) = binding_fields_v3(&mut r, templates)?;
+            (Some(b), t)
+        }
+        (true, _) => (Some(binding_fields(&mut r)?), None),
     };
     let trailer = match version {
         RECORD_VERSION_2 => {
@@ -715,6 +721,7 @@ fn read_with(payload: &[u8], templates: Option<&Templates>) -> Result<Payload, R
         binding,
         trailer,
         definition: None,
+        template,
     })
 }
 
@@ -736,11 +743,11 @@ fn read_marks(r: &mut Reader<'_>) -> Result<Vec<(Box<str>, u64)>, RecordError> {
     Ok(marks)
 }
 
-/// The binding's fields in version 3.
+/// The binding's fields in version 3, and the relay template it names.
 fn binding_fields_v3(
     r: &mut Reader<'_>,
     templates: Option<&Templates>,
-) -> Result<Binding, RecordError> {
+) -> Result<(Binding, Option<u32>), RecordError> {
     let form = r.u8()?;
     if form & 0xc0 != 0 {
         return Err(RecordError::BadValue);
@@ -872,12 +879,15 @@ fn binding_fields_v3(
         }
         _ => return Err(RecordError::BadValue),
     }
-    Ok(Binding {
-        key: BindingKey { client_id, link },
-        leases,
-        relay,
-        last_change,
-    })
+    Ok((
+        Binding {
+            key: BindingKey { client_id, link },
+            leases,
+            relay,
+            last_change,
+        },
+        template.map(|(id, _, _)| id),
+    ))
 }
 
 /// The binding's fields (version 1 after its version octet).
@@ -1002,6 +1012,7 @@ mod tests {
                     ..Trailer::default()
                 }),
                 definition: None,
+                template: None,
             })
         );
         let bare = Binding {
@@ -1023,6 +1034,7 @@ mod tests {
                 binding: Some(binding()),
                 trailer: None,
                 definition: None,
+                template: None,
             })
         );
         let b = binding();
