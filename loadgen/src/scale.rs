@@ -5,9 +5,13 @@
 //! (one binding each) over `--links` links, every link behind its own access relay (relay-id,
 //! a remote-id per subscriber line, the relayed message), a share of them behind aggregation
 //! relays too, and `--pd-percent` of the clients holding a delegated prefix beside their
-//! address. lqd's demo source loads it as fast as lqd takes it, then churns `--churn-changes`
-//! changes at `--churn` a second (renewals, releases, new clients, expiries: the demo's mix),
-//! and stops. loadgen then measures:
+//! address. loadgen runs the demo's generator and writes each change to lqd's JSON-lines
+//! source (`--feed jsonl`, the default: a lease store's feed is another process in a
+//! deployment, so lqd's memory is lqd's own), as fast as lqd takes them, then churns
+//! `--churn-changes` changes at `--churn` a second (renewals, releases, new clients, expiries:
+//! the demo's mix), then one client of its own, which lqd answers once it has applied every
+//! line before it. With `--feed demo`, lqd's own demo source does the same inside lqd, and its
+//! generator's state (about 100 octets a client) counts in lqd's RSS. loadgen then measures:
 //!
 //! - **memory:** lqd's VmRSS once it holds every binding and the churn is done, split into
 //!   anonymous memory (the store, its indexes, the postings) and file pages (the mapped
@@ -28,7 +32,9 @@
 //! knows the last initial lease and the sampled ones; with the churn, a sampled client the
 //! churn may have touched is not held against lqd (the demo's churn picks few of millions).
 
+use std::io::Write;
 use std::net::{Ipv6Addr, SocketAddr, UdpSocket};
+use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,6 +42,7 @@ use std::time::{Duration, Instant};
 use lqd::codec::{BuildOptions, DhcpOption, MessageBuilder, MessageRepr, OptionCode, QueryType};
 use lqd::config::DemoSettings;
 use lqd::feed::{DemoSource, system_time};
+use lqd::store::{Change, Lease, LeaseKind, LeaseState};
 use serde::Serialize;
 
 use crate::process::{Lqd, REQUESTOR, proc_memory};
@@ -75,13 +82,30 @@ pub(crate) struct Args {
     /// Bindings checked after the restart, spread evenly over the population.
     #[arg(long, default_value_t = 1000)]
     pub(crate) samples: usize,
+    /// How the population reaches lqd: `jsonl`, loadgen runs the demo's generator and writes
+    /// each change to lqd's JSON-lines source, as a lease store's feed does in a deployment
+    /// (lqd's memory is then lqd's own); `demo`, lqd's own demo source generates it inside
+    /// lqd (its generator's state, about 100 octets a client, counts in lqd's RSS).
+    #[arg(long, value_enum, default_value_t = Feed::Jsonl)]
+    pub(crate) feed: Feed,
     #[command(flatten)]
     pub(crate) common: Common,
+}
+
+/// How the population reaches lqd (`--feed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Feed {
+    /// loadgen writes the demo's changes to lqd's JSON-lines source.
+    Jsonl,
+    /// lqd's own demo source.
+    Demo,
 }
 
 /// Everything `loadgen scale` measured.
 #[derive(Debug, Clone, Serialize)]
 struct Report {
+    feed: Feed,
     bindings: usize,
     leases: u64,
     links: u16,
@@ -325,6 +349,192 @@ fn logged(log: &str, key: &str) -> Option<u64> {
     number_after_at(line, at)
 }
 
+/// The demo's links as `[[link]]` tables of lqd's configuration.
+fn link_tables(settings: &DemoSettings) -> String {
+    fn list<T: std::fmt::Display>(v: &[T]) -> String {
+        v.iter()
+            .map(|p| format!("\"{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+    let mut links = String::new();
+    for l in DemoSource::link_defs(&settings.demo_config()) {
+        links.push_str(&format!(
+            "[[link]]\naddress = \"{}\"\nprefixes = [{}]\npd_pools = [{}]\n",
+            l.address,
+            list(&l.prefixes),
+            list(&l.pd_pools)
+        ));
+    }
+    links
+}
+
+/// A lease change as lqd's JSON-lines source reads it (`schema/lease-change.schema.json`).
+#[derive(Serialize)]
+struct Line {
+    client_id: String,
+    link: Ipv6Addr,
+    kind: &'static str,
+    address: Ipv6Addr,
+    prefix_len: u8,
+    iaid: u32,
+    preferred_lifetime: u32,
+    valid_lifetime: u32,
+    cltt: u64,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay: Option<LineRelay>,
+}
+
+#[derive(Serialize)]
+struct LineRelay {
+    relay_ids: Vec<String>,
+    remote_ids: Vec<LineRemoteId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay_message: Option<LineMessage>,
+}
+
+#[derive(Serialize)]
+struct LineRemoteId {
+    enterprise: u32,
+    id: String,
+}
+
+#[derive(Serialize)]
+struct LineMessage {
+    peer: Ipv6Addr,
+    message: String,
+}
+
+fn hex(octets: &[u8]) -> String {
+    octets.iter().map(|o| format!("{o:02x}")).collect()
+}
+
+/// Appends `change` to `out` as one JSON line.
+fn change_line(change: &Change, out: &mut Vec<u8>) -> Result<(), String> {
+    let l = &change.lease;
+    let line = Line {
+        client_id: hex(&change.client_id),
+        link: change.link,
+        kind: match l.kind {
+            LeaseKind::Address => "na",
+            LeaseKind::Prefix => "pd",
+        },
+        address: l.address,
+        prefix_len: l.prefix_len,
+        iaid: l.iaid,
+        preferred_lifetime: l.preferred_lifetime,
+        valid_lifetime: l.valid_lifetime,
+        cltt: l.cltt.to_unix(),
+        state: match l.state {
+            LeaseState::Active => "active",
+            LeaseState::Released => "released",
+            LeaseState::Declined => "declined",
+            LeaseState::Expired => "expired",
+            LeaseState::Deleted => "deleted",
+        },
+        relay: change.relay.as_ref().map(|r| LineRelay {
+            relay_ids: r.relay_ids.iter().map(|i| hex(i)).collect(),
+            remote_ids: r
+                .remote_ids
+                .iter()
+                .map(|x| LineRemoteId {
+                    enterprise: x.enterprise_number,
+                    id: hex(&x.remote_id),
+                })
+                .collect(),
+            relay_message: r.relay_message.as_ref().map(|(peer, m)| LineMessage {
+                peer: *peer,
+                message: hex(m),
+            }),
+        }),
+    };
+    serde_json::to_writer(&mut *out, &line).map_err(|e| e.to_string())?;
+    out.push(b'\n');
+    Ok(())
+}
+
+/// Writes `buf` to lqd's feed socket and empties it.
+fn send(feed: &mut UnixStream, buf: &mut Vec<u8>) -> Result<(), String> {
+    feed.write_all(buf)
+        .map_err(|e| format!("writing to lqd's feed socket: {e}"))?;
+    buf.clear();
+    Ok(())
+}
+
+/// The client loadgen adds after the churn: once lqd answers for it, it has applied every
+/// line written before it.
+fn sentinel() -> (Change, Sample) {
+    let link = DemoSource::link_address(1);
+    let address = Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0xffff, 0xfffe, 0xfffe, 0xfffe);
+    let duid: Box<[u8]> = vec![0, 4, 0x6c, 0x71, 0x64, 0x73, 0x63, 0x61, 0x6c, 0x65].into();
+    let now = system_time();
+    let change = Change {
+        client_id: duid.clone(),
+        link,
+        lease: Lease {
+            kind: LeaseKind::Address,
+            address,
+            prefix_len: 128,
+            iaid: 1,
+            preferred_lifetime: 3600,
+            valid_lifetime: 7200,
+            cltt: now,
+            state: LeaseState::Active,
+        },
+        relay: None,
+    };
+    (change, Sample { duid, address })
+}
+
+/// `--feed jsonl`: lqd with a JSON-lines source; loadgen writes the demo's population, waits
+/// until lqd holds it, writes the churn at `--churn` a second, then the [`sentinel`] and
+/// waits for it. The time lqd took to hold the population, lqd, its feed, and when it was
+/// spawned.
+fn load_jsonl(args: &Args, known: &Known) -> Result<(Duration, Lqd, UnixStream, Instant), String> {
+    let extra = format!(
+        "journal_size = {}\n{}",
+        args.journal_size,
+        link_tables(&known.settings)
+    );
+    let (mut lqd, mut feed) = Lqd::start_jsonl(&args.common.lqd, args.common.keep_state, &extra)?;
+    let spawned = Instant::now();
+    let mut source = DemoSource::new(known.settings.demo_config());
+    let mut buf = Vec::with_capacity(1 << 20);
+    let now = system_time();
+    while !source.initial_done() {
+        change_line(&source.next_change(now), &mut buf)?;
+        if buf.len() >= 1 << 20 {
+            send(&mut feed, &mut buf)?;
+        }
+    }
+    send(&mut feed, &mut buf)?;
+    let limit = Duration::from_secs(120) + Duration::from_micros(known.leases * 200);
+    let load = wait_answer(&mut lqd, &known.last, spawned, limit)?;
+    eprintln!(
+        "loadgen: lqd holds the initial population after {:.1} s",
+        load.as_secs_f64()
+    );
+    let rate = f64::from(args.common.churn.max(1));
+    let churning = Instant::now();
+    let mut sent = 0u64;
+    while sent < args.churn_changes {
+        let due = ((churning.elapsed().as_secs_f64() * rate) as u64).min(args.churn_changes);
+        while sent < due {
+            change_line(&source.next_change(system_time()), &mut buf)?;
+            sent += 1;
+        }
+        send(&mut feed, &mut buf)?;
+        lqd.check_alive()?;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (change, sample) = sentinel();
+    change_line(&change, &mut buf)?;
+    send(&mut feed, &mut buf)?;
+    wait_answer(&mut lqd, &sample, churning, Duration::from_secs(600))?;
+    Ok((load, lqd, feed, spawned))
+}
+
 /// Starts lqd again on `dir` with a source that sends nothing; times it to its first right
 /// answer and checks the samples. The running lqd is handed back.
 fn restart(
@@ -335,21 +545,7 @@ fn restart(
 ) -> Result<(Restart, Lqd), String> {
     // The demo's links, as the first lqd had them: a snapshot is used only under the links it
     // was made with (D16, D43).
-    let mut links = String::new();
-    for l in DemoSource::link_defs(&known.settings.demo_config()) {
-        fn list<T: std::fmt::Display>(v: &[T]) -> String {
-            v.iter()
-                .map(|p| format!("\"{p}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-        links.push_str(&format!(
-            "[[link]]\naddress = \"{}\"\nprefixes = [{}]\npd_pools = [{}]\n",
-            l.address,
-            list(&l.prefixes),
-            list(&l.pd_pools)
-        ));
-    }
+    let links = link_tables(&known.settings);
     let spawned = Instant::now();
     let mut again = Lqd::spawn_in(&args.common.lqd, dir, args.common.keep_state, |_, dir| {
         format!(
@@ -419,26 +615,10 @@ fn logged_f64(log: &str, line: &str, key: &str) -> Option<f64> {
     text.parse().ok()
 }
 
-/// Runs `loadgen scale`.
-pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
-    let settings = DemoSettings {
-        clients: args.bindings,
-        links: args.links,
-        changes_per_sec: args.common.churn,
-        seed: args.common.seed,
-        churn_limit: Some(args.churn_changes),
-        pd_percent: args.pd_percent,
-        relayed_percent: 100,
-        two_hop_percent: args.two_hop_percent,
-    };
-    let t = Instant::now();
-    let known = regenerate(&settings, args.samples)?;
-    eprintln!(
-        "loadgen: population regenerated: {} clients, {} leases, in {:.1} s",
-        args.bindings,
-        known.leases,
-        t.elapsed().as_secs_f64()
-    );
+/// `--feed demo`: lqd with its demo source, which sends the population then the churn. The
+/// time lqd took to hold the population, lqd, and when it was spawned.
+fn load_demo(args: &Args, known: &Known) -> Result<(Duration, Lqd, Instant), String> {
+    let settings = &known.settings;
     let body = format!(
         "source = \"demo\"\njournal_size = {}\n[demo]\nclients = {}\nlinks = {}\nchanges_per_sec = {}\nseed = {}\nchurn_limit = {}\npd_percent = {}\nrelayed_percent = 100\ntwo_hop_percent = {}\n",
         args.journal_size,
@@ -475,7 +655,40 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The last churn change is applied within a loop turn of being sent.
+    Ok((load, lqd, spawned))
+}
+
+/// Runs `loadgen scale`.
+pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
+    let settings = DemoSettings {
+        clients: args.bindings,
+        links: args.links,
+        changes_per_sec: args.common.churn,
+        seed: args.common.seed,
+        churn_limit: Some(args.churn_changes),
+        pd_percent: args.pd_percent,
+        relayed_percent: 100,
+        two_hop_percent: args.two_hop_percent,
+    };
+    let t = Instant::now();
+    let known = regenerate(&settings, args.samples)?;
+    eprintln!(
+        "loadgen: population regenerated: {} clients, {} leases, in {:.1} s",
+        args.bindings,
+        known.leases,
+        t.elapsed().as_secs_f64()
+    );
+    let (load, lqd, feed, spawned) = match args.feed {
+        Feed::Jsonl => {
+            let (load, lqd, feed, spawned) = load_jsonl(args, &known)?;
+            (load, lqd, Some(feed), spawned)
+        }
+        Feed::Demo => {
+            let (load, lqd, spawned) = load_demo(args, &known)?;
+            (load, lqd, None, spawned)
+        }
+    };
+    // The last change is applied within a loop turn of being sent.
     std::thread::sleep(Duration::from_millis(500));
     let settled = spawned.elapsed();
     let mem = proc_memory(lqd.pid())?;
@@ -492,6 +705,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
     let log_path = lqd.log_path();
     // The clean stop writes the snapshot: minutes at most, even at ten million bindings.
     lqd.terminate(Duration::from_secs(1200))?;
+    drop(feed);
     let stop_log = std::fs::read_to_string(&log_path).unwrap_or_default();
     let (records, used, ring) = journal_check(&args.common.lqd, &journal)?;
     let mut failures = Vec::new();
@@ -517,6 +731,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let report = Report {
+        feed: args.feed,
         bindings: args.bindings,
         leases: known.leases,
         links: args.links,
@@ -540,7 +755,12 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
         restart,
         load_average: load_average(),
     };
-    let mut md = String::new();
+    let mut md = match args.feed {
+        Feed::Jsonl => "Fed through lqd's JSON-lines source by loadgen.\n\n".to_owned(),
+        Feed::Demo => {
+            "Fed by lqd's own demo source (its generator's state is in lqd's RSS).\n\n".to_owned()
+        }
+    };
     md.push_str("| bindings | leases | load s (lqd CPU s, to the churn's end) | RSS MiB (anon + file) | peak MiB | RSS octets/binding (anon) | journal records | octets/record | restart: serving after s (lqd CPU s) | restored records, bindings | samples right | RSS after restart MiB | load average |\n");
     md.push_str("|---:|---:|---|---|---:|---|---:|---:|---|---|---:|---:|---|\n");
     let r = &report;
