@@ -131,6 +131,8 @@ struct Report {
     journal_octets_per_record: f64,
     restart: Option<Restart>,
     load_average: String,
+    /// What went wrong (a sample answered wrongly after a restart): the run fails.
+    failures: Vec<String>,
 }
 
 /// The restart on the same state directory.
@@ -754,6 +756,7 @@ pub(crate) fn run(args: &Args) -> Result<Outcome, String> {
         journal_octets_per_record: used as f64 / records.max(1) as f64,
         restart,
         load_average: load_average(),
+        failures: failures.clone(),
     };
     let mut md = match args.feed {
         Feed::Jsonl => "Fed through lqd's JSON-lines source by loadgen.\n\n".to_owned(),

@@ -826,3 +826,46 @@ fn pgsql_one_and_two_instances_follow_kea_database_and_lose_nothing() {
     );
     assert!(md.contains("What each follower costs the database"), "{md}");
 }
+
+#[test]
+fn scale_measures_memory_density_and_restart_with_either_feed() {
+    // A small carrier population through lqd's JSON-lines source (the default) and through
+    // its own demo source: each holds every binding, writes records of under 100 octets, and
+    // serves the samples again after a restart from its snapshot and after `kill -9` without
+    // it (a sample the churn touched is tolerated by loadgen, not a loss).
+    for feed in ["jsonl", "demo"] {
+        let r = loadgen(
+            &format!("scale-{feed}"),
+            &[
+                "scale",
+                "--feed",
+                feed,
+                "--bindings",
+                "20000",
+                "--links",
+                "100",
+                "--churn",
+                "2000",
+                "--churn-changes",
+                "2000",
+                "--journal-size",
+                "33554432",
+                "--samples",
+                "200",
+                "--full-replay",
+            ],
+        );
+        assert_eq!(r["feed"], feed, "{r}");
+        assert!(r["leases"].as_u64().unwrap() > 25_000, "{r}");
+        assert!(r["rss_anon_kib"].as_u64().unwrap() > 0, "{r}");
+        let density = r["journal_octets_per_record"].as_f64().unwrap();
+        assert!((40.0..100.0).contains(&density), "{r}");
+        let restart = &r["restart"];
+        assert_eq!(restart["from_snapshot"], true, "{r}");
+        assert!(restart["bindings"].as_u64().unwrap() >= 19_000, "{r}");
+        assert!(restart["samples_right"].as_u64().unwrap() >= 195, "{r}");
+        let full = &restart["full"];
+        assert_eq!(full["from_snapshot"], false, "{r}");
+        assert_eq!(full["bindings"], restart["bindings"], "{r}");
+    }
+}
