@@ -521,6 +521,76 @@ fn a_change_wakes_only_the_queries_it_concerns() {
     assert_eq!(woken, unfiltered);
 }
 
+/// A query on a key of one binding (its client, D46) is woken by that binding's change, though
+/// the record is not listed under the key; when the keys the records since a wake-up hold are
+/// no longer all kept (more than the postings keep), every filtered query is woken, and each
+/// still sends exactly its own.
+#[test]
+fn a_query_on_a_key_of_one_binding_is_woken_by_its_change() {
+    let mut h: Hist = History::open(Store::new(), Journal::format(vec![0; 32 << 20]).unwrap()).0;
+    let mut watchers = Watchers::new();
+    let mut session = Session::new(4);
+    let ctx = Ctx {
+        history: &h,
+        server_id: &SERVER,
+        now: T0,
+        mono: Instant::now(),
+        active: ActiveSettings::default(),
+    };
+    let (_, req) = filter(3, 5);
+    session
+        .handle_bytes(
+            &req.build_frame().unwrap(),
+            &ctx,
+            &AllowAll,
+            &mut Vec::new(),
+            &mut Vec::new(),
+        )
+        .unwrap();
+    watchers.watch(&session.active_queries()[0], 7, h.postings());
+    let mut cache = EncodeCache::new();
+    let op = |n, l| Op {
+        n,
+        l,
+        r: 0,
+        prefix: false,
+        release: false,
+    };
+    let woken = |h: &Hist, since: u64| {
+        let mut w = Vec::new();
+        watchers.woken(h.postings(), since, h.journal().next_seq(), &mut w);
+        w.dedup();
+        w
+    };
+    let before = h.journal().next_seq();
+    h.apply(&change(op(6, 1), T0), T0).unwrap();
+    assert_eq!(woken(&h, before), Vec::<usize>::new(), "another client");
+    let before = h.journal().next_seq();
+    h.apply(&change(op(5, 1), T0), T0).unwrap();
+    assert_eq!(woken(&h, before), vec![7]);
+    assert_eq!(seen(&drain(&h, &mut cache, &mut session, T0)).len(), 1);
+
+    // Client 5 changes again, then 40,000 changes of others: more keys than are kept.
+    let before = h.journal().next_seq();
+    h.apply(&change(op(5, 2), T0), T0).unwrap();
+    for i in 0..40_000u32 {
+        let mut c = change(op(6 + (i % 30) as u16, 3), T0);
+        c.lease.cltt = ServerTime(T0.0 + i);
+        h.apply(&c, T0).unwrap();
+    }
+    assert_eq!(
+        woken(&h, before),
+        vec![7],
+        "woken though its key is no longer kept"
+    );
+    let got = seen(&drain(&h, &mut cache, &mut session, T0));
+    let id = h.store().by_client_link(&client(5), link(2)).unwrap();
+    assert_eq!(
+        got,
+        vec![expected(&h.store().get(id).unwrap().to_binding())]
+    );
+}
+
 /// A filtered query whose key had no change is not told DataMissing when the ring wraps
 /// under other keys' churn; one whose record was evicted before it read it is.
 #[test]
