@@ -205,7 +205,7 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Connections a listener accepts in one turn; the rest of its backlog waits for the next
 /// turn, which comes at once. A thousand requestors reconnecting together (a gateway estate
 /// back after an outage) are then accepted over a few turns, the live streams served between
-/// them, not in one turn that holds every live change back (issue 19).
+/// them, not in one turn that holds every live change back (issue 19, D46).
 const ACCEPT_BUDGET: usize = 64;
 /// How much of a turn the connections that do not stream live (catch-ups, Bulk answers, new
 /// connections) may take before the rest of them wait for the next turn.
@@ -1432,7 +1432,7 @@ mod tests {
 
     /// A reconnect storm is accepted over several turns, at most [`ACCEPT_BUDGET`] connections
     /// a turn, so the live streams are served between them (issue 19); the listener says when
-    /// its backlog is not empty yet, and nothing is lost.
+    /// its backlog is not empty yet, and nothing is lost (D46).
     #[test]
     fn a_reconnect_storm_is_accepted_a_budget_a_turn() {
         let dir = tempfile::tempdir().expect("tempdir");
