@@ -202,6 +202,11 @@ const LISTENER_BASE: usize = 2;
 const FIRST_CONN: usize = 1 << 16;
 /// How often a listener whose accept failed is tried again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Connections a listener accepts in one turn; the rest of its backlog waits for the next
+/// turn, which comes at once. A thousand requestors reconnecting together (a gateway estate
+/// back after an outage) are then accepted over a few turns, the live streams served between
+/// them, not in one turn that holds every live change back (issue 19, D47).
+const ACCEPT_BUDGET: usize = 64;
 /// How much of a turn the connections that do not stream live (catch-ups, Bulk answers, new
 /// connections) may take before the rest of them wait for the next turn.
 const TURN_SLICE: Duration = Duration::from_millis(20);
@@ -540,11 +545,17 @@ impl Server {
         let mut events = Events::with_capacity(1024);
         let mut pending: Vec<usize> = Vec::new();
         let mut udp_pending: Vec<usize> = Vec::new();
+        // Listeners whose backlog the accept budget left behind.
+        let mut accept_pending: Vec<usize> = Vec::new();
         let mut last_sweep = Instant::now();
         let mut last_retry = Instant::now();
         let mut feed_more = false;
         while !stop.load(Ordering::Relaxed) {
-            let timeout = if !pending.is_empty() || !udp_pending.is_empty() || feed_more {
+            let timeout = if !pending.is_empty()
+                || !udp_pending.is_empty()
+                || !accept_pending.is_empty()
+                || feed_more
+            {
                 Duration::ZERO
             } else if !self.accept_retry.is_empty() {
                 ACCEPT_RETRY
@@ -560,6 +571,11 @@ impl Server {
                 return Err(e);
             }
             let wall = server_time();
+            for i in std::mem::take(&mut accept_pending) {
+                if self.accept(i) {
+                    accept_pending.push(i);
+                }
+            }
             for event in &events {
                 match event.token() {
                     // The feed is drained below, every turn.
@@ -569,7 +585,9 @@ impl Server {
                     Token(t) if (LISTENER_BASE..FIRST_CONN).contains(&t) => {
                         let i = (t - LISTENER_BASE) / 2;
                         if (t - LISTENER_BASE) % 2 == 0 {
-                            self.accept(i);
+                            if !accept_pending.contains(&i) && self.accept(i) {
+                                accept_pending.push(i);
+                            }
                         } else {
                             udp_pending.push(i);
                         }
@@ -622,7 +640,9 @@ impl Server {
             if !self.accept_retry.is_empty() && last_retry.elapsed() >= ACCEPT_RETRY {
                 last_retry = Instant::now();
                 for i in std::mem::take(&mut self.accept_retry) {
-                    self.accept(i);
+                    if self.accept(i) && !accept_pending.contains(&i) {
+                        accept_pending.push(i);
+                    }
                 }
                 if self.accept_retry.is_empty() && self.accept_stalled {
                     self.accept_stalled = false;
@@ -831,14 +851,17 @@ impl Server {
         }
     }
 
-    fn accept(&mut self, i: usize) {
-        loop {
+    /// Accepts up to [`ACCEPT_BUDGET`] connections from listener `i`; true when the budget ran
+    /// out before the backlog was empty (no new readiness will be reported for what is left:
+    /// accept again next turn).
+    fn accept(&mut self, i: usize) -> bool {
+        for _ in 0..ACCEPT_BUDGET {
             let Some(listener) = self.tcp.get(i) else {
-                return;
+                return false;
             };
             let (stream, peer) = match listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
                 Err(e) => {
                     if !self.accept_stalled {
                         warn!(error = %e, "accept failed; retrying every {ACCEPT_RETRY:?}");
@@ -847,7 +870,7 @@ impl Server {
                     if !self.accept_retry.contains(&i) {
                         self.accept_retry.push(i);
                     }
-                    return;
+                    return false;
                 }
             };
             let ip = peer.ip();
@@ -912,6 +935,7 @@ impl Server {
             }
             entry.insert(conn);
         }
+        true
     }
 
     /// Answers datagrams on UDP socket `i` up to the budget; true when the budget ran out
@@ -1382,4 +1406,57 @@ fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
     }
     socket.bind(&addr.into())?;
     Ok(UdpSocket::from_std(socket.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server on a free port of `[::1]` with a small journal in `dir`.
+    fn server(dir: &std::path::Path) -> Server {
+        let config = crate::config::Config::default();
+        let live = Live::from_config(&config, LinkMap::default()).expect("default settings");
+        let journal = JournalSettings {
+            path: dir.join("journal"),
+            size: 1 << 20,
+            flush: FlushPolicy::Os,
+            catch_up_window: None,
+        };
+        let listen = vec![SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))];
+        let mut cfg =
+            ServerConfig::new(listen, vec![0, 3, 0, 1, 1, 2, 3, 4, 5, 6], 0, journal, live);
+        cfg.max_connections = 1000;
+        cfg.max_connections_per_requestor = 1000;
+        Server::bind(cfg).expect("bind")
+    }
+
+    /// A reconnect storm is accepted over several turns, at most [`ACCEPT_BUDGET`] connections
+    /// a turn, so the live streams are served between them (issue 19); the listener says when
+    /// its backlog is not empty yet, and nothing is lost (D47).
+    #[test]
+    fn a_reconnect_storm_is_accepted_a_budget_a_turn() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut server = server(dir.path());
+        let addr = server.local_addrs().expect("addrs")[0];
+        let storm = ACCEPT_BUDGET * 3 + 5;
+        let clients: Vec<_> = (0..storm)
+            .map(|_| std::net::TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let mut turns = Vec::new();
+        loop {
+            let before = server.conns.len();
+            let more = server.accept(0);
+            turns.push(server.conns.len() - before);
+            if !more {
+                break;
+            }
+            assert!(turns.len() <= 10, "accepting did not end: {turns:?}");
+        }
+        assert_eq!(
+            turns,
+            [ACCEPT_BUDGET, ACCEPT_BUDGET, ACCEPT_BUDGET, 5],
+            "connections accepted each turn"
+        );
+        assert_eq!(server.conns.len(), clients.len());
+    }
 }
