@@ -135,6 +135,9 @@ pub struct Restored {
     pub marks_void: bool,
 }
 
+/// The start's replay releases the journal pages it has read every this many records.
+const RELEASE_EVERY: u64 = 1 << 20;
+
 /// A record carrying a mark older than this share of the ring's records (its oldest eighth) has
 /// the mark carried again, well before the ring drops it.
 const MARK_REFRESH: u64 = 8;
@@ -605,6 +608,10 @@ impl<L: Log> History<L> {
                 h.templates.learn(id, body, r.seq);
             }
         }
+        // Each pass reads the ring's pages once: what it has read leaves the resident set as
+        // it goes, so that a full replay's peak is the mirror's, not the mirror and the
+        // journal's whole size.
+        h.log.release_pages();
         let mut cursor = from;
         let mut replay = Vec::new();
         while let Ok(Some(r)) = h.log.journal().read(&mut cursor) {
@@ -642,6 +649,9 @@ impl<L: Log> History<L> {
                 for (seq, b) in replay.drain(..) {
                     h.restore(seq, b);
                 }
+            }
+            if restored.replayed % RELEASE_EVERY == 0 {
+                h.log.release_pages();
             }
         }
         for (seq, b) in replay {
