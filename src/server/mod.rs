@@ -284,10 +284,6 @@ impl Server {
         let (mut file, recovered) = JournalFile::open(&j.path, j.size, j.flush)
             .map_err(|e| io::Error::other(format!("journal {}: {e}", j.path.display())))?;
         let recovery = opening.elapsed();
-        // The recovery read the whole ring: its pages need not stay in lqd's resident set
-        // while the snapshot is read and the mirror rebuilt (they add the journal's size to
-        // the start's peak otherwise).
-        file.release_pages();
         // Nothing from before the journal began can be caught up (D19, issue 13). With source
         // times an empty journal begins at the source's first snapshot (D33).
         match file.journal().oldest_time() {

@@ -135,6 +135,10 @@ impl JournalFile {
         if policy != FlushPolicy::Os {
             jf.flush().map_err(|e| io_err("flush of", path, e))?;
         }
+        // The recovery read the whole ring: its pages need not stay in lqd's resident set
+        // while a snapshot is read and the mirror rebuilt (they add the journal's size to the
+        // start's peak otherwise).
+        jf.release_pages();
         Ok((jf, recovered))
     }
 
