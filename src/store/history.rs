@@ -1179,15 +1179,22 @@ impl<L: Log> History<L> {
         if key.of_binding() {
             let first = self.log.journal().first_seq().unwrap_or(u64::MAX);
             let floor = seq.max(first);
-            self.store.holders(key, |id| {
-                if let Some(&s) = self.seqs.get(id.index()) {
-                    if s >= floor && next.is_none_or(|n| s < n) {
-                        next = Some(s);
-                    }
+            self.holders_newest(key, |s| {
+                if s >= floor && next.is_none_or(|n| s < n) {
+                    next = Some(s);
                 }
             });
         }
         next
+    }
+
+    /// The newest record of each binding holding `key` now, a key of one binding (D46).
+    fn holders_newest(&self, key: &PostingKey, mut each: impl FnMut(u64)) {
+        self.store.holders(key, |id| {
+            if let Some(&s) = self.seqs.get(id.index()) {
+                each(s);
+            }
+        });
     }
 
     /// True when a record at or after `seq` that a query filtering on `key` would read has
@@ -1201,12 +1208,7 @@ impl<L: Log> History<L> {
         let first = self.log.journal().first_seq().unwrap_or(u64::MAX);
         let mut lost = false;
         if key.of_binding() && seq < first {
-            self.store.holders(key, |id| {
-                lost |= self
-                    .seqs
-                    .get(id.index())
-                    .is_some_and(|&s| s >= seq && s < first);
-            });
+            self.holders_newest(key, |s| lost |= s >= seq && s < first);
         }
         lost
     }

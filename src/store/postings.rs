@@ -40,7 +40,7 @@ use hashbrown::HashTable;
 use siphasher::sip::SipHasher13;
 use smallvec::SmallVec;
 
-use super::model::{Binding, LeaseKind, LeaseState, RemoteIdKey};
+use super::model::{Binding, LeaseKind, RemoteIdKey};
 use super::snapshot::{self, SnapshotError, damaged};
 
 /// What a record is filed under.
@@ -171,7 +171,7 @@ impl Seed {
             }
         };
         // A binding with no active lease left is ended: its record is its final one.
-        let ended = binding.leases.iter().all(|l| l.state != LeaseState::Active);
+        let ended = binding.leases.iter().all(|l| !l.state.is_active());
         add(self.hashed(1, &[&binding.key.link.octets()]), true);
         add(self.hashed(2, &[&binding.key.client_id]), ended);
         for r in &binding.relay.relay_ids {
@@ -190,7 +190,7 @@ impl Seed {
             };
             add(
                 Tag::of_lease(masked(l.address, len), len),
-                l.state != LeaseState::Active,
+                !l.state.is_active(),
             );
         }
         tags
