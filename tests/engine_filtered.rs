@@ -283,16 +283,21 @@ impl Reference {
     }
 }
 
+/// The engine's context over `h` at `now`.
+fn ctx(h: &Hist, now: ServerTime) -> Ctx<'_, Journal<Vec<u8>>> {
+    Ctx {
+        history: h,
+        server_id: &SERVER,
+        now,
+        mono: Instant::now(),
+        active: ActiveSettings::default(),
+    }
+}
+
 fn drain(h: &Hist, cache: &mut EncodeCache, s: &mut Session, now: ServerTime) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let ctx = Ctx {
-            history: h,
-            server_id: &SERVER,
-            now,
-            mono: Instant::now(),
-            active: ActiveSettings::default(),
-        };
+        let ctx = ctx(h, now);
         if !s.fill(&ctx, cache, &mut out, usize::MAX) {
             return out;
         }
@@ -343,13 +348,7 @@ proptest! {
         let builder = if catch_up { builder.start_time(T0) } else { builder };
         let mut session = Session::new(4);
         let mut out = Vec::new();
-        let ctx = Ctx {
-            history: &h,
-            server_id: &SERVER,
-            now,
-            mono: Instant::now(),
-            active: ActiveSettings::default(),
-        };
+        let ctx = ctx(&h, now);
         session
             .handle_bytes(&builder.build_frame().unwrap(), &ctx, &AllowAll, &mut out, &mut Vec::new())
             .unwrap();
@@ -398,13 +397,7 @@ fn a_filtered_catch_up_reads_only_the_records_of_its_key() {
     }
     assert_eq!(h.journal().len(), 100_000);
     let mut s = Session::new(4);
-    let ctx = Ctx {
-        history: &h,
-        server_id: &SERVER,
-        now: T0,
-        mono: Instant::now(),
-        active: ActiveSettings::default(),
-    };
+    let ctx = ctx(&h, T0);
     let req = MessageBuilder::active_leasequery(3)
         .lq_query(QueryType::ByLinkAddress, link(7), |q| q)
         .start_time(T0)
@@ -430,13 +423,7 @@ fn a_change_wakes_only_the_queries_it_concerns() {
     let mut sessions = Vec::new();
     let start = |h: &Hist, req: MessageBuilder| {
         let mut s = Session::new(4);
-        let ctx = Ctx {
-            history: h,
-            server_id: &SERVER,
-            now: T0,
-            mono: Instant::now(),
-            active: ActiveSettings::default(),
-        };
+        let ctx = ctx(h, T0);
         s.handle_bytes(
             &req.build_frame().unwrap(),
             &ctx,
@@ -530,13 +517,7 @@ fn a_query_on_a_key_of_one_binding_is_woken_by_its_change() {
     let mut h: Hist = History::open(Store::new(), Journal::format(vec![0; 32 << 20]).unwrap()).0;
     let mut watchers = Watchers::new();
     let mut session = Session::new(4);
-    let ctx = Ctx {
-        history: &h,
-        server_id: &SERVER,
-        now: T0,
-        mono: Instant::now(),
-        active: ActiveSettings::default(),
-    };
+    let ctx = ctx(&h, T0);
     let (_, req) = filter(3, 5);
     session
         .handle_bytes(
@@ -598,13 +579,7 @@ fn data_missing_only_for_a_query_that_lost_a_record_of_its_own() {
     let mut h: Hist = History::open(Store::new(), Journal::format(vec![0; 32 * 1024]).unwrap()).0;
     let start = |h: &Hist, l: u16| {
         let mut s = Session::new(4);
-        let ctx = Ctx {
-            history: h,
-            server_id: &SERVER,
-            now: T0,
-            mono: Instant::now(),
-            active: ActiveSettings::default(),
-        };
+        let ctx = ctx(h, T0);
         let req = MessageBuilder::active_leasequery(1)
             .lq_query(QueryType::ByLinkAddress, link(l), |q| q)
             .build_frame()
