@@ -408,15 +408,11 @@ struct LineMessage {
     message: String,
 }
 
-fn hex(octets: &[u8]) -> String {
-    octets.iter().map(|o| format!("{o:02x}")).collect()
-}
-
 /// Appends `change` to `out` as one JSON line.
 fn change_line(change: &Change, out: &mut Vec<u8>) -> Result<(), String> {
     let l = &change.lease;
     let line = Line {
-        client_id: hex(&change.client_id),
+        client_id: hex::encode(&change.client_id),
         link: change.link,
         kind: match l.kind {
             LeaseKind::Address => "na",
@@ -436,18 +432,18 @@ fn change_line(change: &Change, out: &mut Vec<u8>) -> Result<(), String> {
             LeaseState::Deleted => "deleted",
         },
         relay: change.relay.as_ref().map(|r| LineRelay {
-            relay_ids: r.relay_ids.iter().map(|i| hex(i)).collect(),
+            relay_ids: r.relay_ids.iter().map(hex::encode).collect(),
             remote_ids: r
                 .remote_ids
                 .iter()
                 .map(|x| LineRemoteId {
                     enterprise: x.enterprise_number,
-                    id: hex(&x.remote_id),
+                    id: hex::encode(&x.remote_id),
                 })
                 .collect(),
             relay_message: r.relay_message.as_ref().map(|(peer, m)| LineMessage {
                 peer: *peer,
-                message: hex(m),
+                message: hex::encode(m),
             }),
         }),
     };
