@@ -229,6 +229,13 @@ fn metrics_and_the_requestor_view_say_what_happened() {
         "{body}"
     );
     assert!(conns.iter().all(|c| c["bytes_sent"].as_u64().unwrap() > 0));
+    // Live requestors that read keep up: lqd holds at most the high water for each.
+    assert!(
+        conns
+            .iter()
+            .all(|c| c["bytes_buffered"].as_u64().unwrap() <= 65_536 + 4096),
+        "{body}"
+    );
     let closed = v["recently_closed"].as_array().unwrap();
     assert_eq!(closed.len(), 1, "{body}");
     assert_eq!(closed[0]["reason"], "requestor closed the connection");

@@ -762,6 +762,13 @@ impl Conn {
         }
     }
 
+    /// Octets lqd holds for this connection that its socket has not taken yet: at most about
+    /// `high_water` and one message, however far behind the requestor reads (coalescing keeps
+    /// the rest in the journal, not here).
+    pub(super) fn buffered(&self) -> usize {
+        self.outbuf.len().saturating_sub(self.out_pos)
+    }
+
     /// The connection's protocol state (for the requestor view).
     pub(super) fn session(&self) -> &Session {
         &self.session

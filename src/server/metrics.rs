@@ -799,6 +799,8 @@ pub(super) struct ConnView {
     #[serde(rename = "connected_since_unix_s")]
     pub(super) connected_since: u64,
     pub(super) bytes_sent: u64,
+    /// Octets written into lqd's buffer for the connection that its socket has not taken yet.
+    pub(super) bytes_buffered: u64,
     pub(super) queries: Vec<QueryView>,
 }
 

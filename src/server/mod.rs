@@ -1196,6 +1196,7 @@ impl Server {
                 }),
                 connected_since: c.connected_since,
                 bytes_sent: c.written,
+                bytes_buffered: u64::try_from(c.buffered()).unwrap_or(u64::MAX),
                 queries,
             });
         }
