@@ -208,8 +208,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// them, not in one turn that holds every live change back (issue 19, D47).
 const ACCEPT_BUDGET: usize = 64;
 /// How much of a turn the connections that do not stream live (catch-ups, Bulk answers, new
-/// connections) may take before the rest of them wait for the next turn.
-const TURN_SLICE: Duration = Duration::from_millis(20);
+/// connections) may take before the rest of them wait for the next turn. A live change waits
+/// about a turn during a catch-up storm: this slice, the fill that crosses it, the live streams
+/// and the feed (D45, D48).
+const TURN_SLICE: Duration = Duration::from_millis(5);
 /// How long, at most, a named writer's mark waits for a record to carry it before a record of
 /// marks alone is written: a line that changed nothing is acknowledged this late at most, and
 /// such records are written at most this often.
