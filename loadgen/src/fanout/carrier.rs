@@ -301,11 +301,15 @@ impl Churn {
 }
 
 /// What the churn thread did.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct ChurnReport {
     written: u64,
     /// The worst delay between a change's intended time and the end of its write, µs.
     max_late_us: u64,
+    /// When each change's write to lqd's socket ended, µs after `t0`: a live delivery's
+    /// latency is taken from the change's intended time, and this says how much of it the
+    /// injector's own lateness was.
+    written_us: Vec<u64>,
 }
 
 /// Writes the churn until `stop`; `written` counts the changes written so far.
@@ -322,7 +326,11 @@ fn spawn_churn(
         .spawn(move || {
             let mut sent = 0u64;
             let mut max_late_us = 0u64;
+            let mut written_us = Vec::new();
             let mut buf = Vec::with_capacity(1 << 20);
+            // No change before its time, the first included: a catch-up requestor whose sync
+            // came before `t0` is then owed every change (the check counts from the sync).
+            std::thread::sleep(t0.saturating_duration_since(Instant::now()));
             while !stop.load(Ordering::Acquire) {
                 let now_us = since_us(t0, Instant::now());
                 let due = churn.due(now_us);
@@ -335,8 +343,10 @@ fn spawn_churn(
                     }
                     feed.write_all(&buf)
                         .map_err(|e| format!("writing the churn to lqd's feed socket: {e}"))?;
-                    let late = since_us(t0, Instant::now()).saturating_sub(churn.at_us(sent));
+                    let done_us = since_us(t0, Instant::now());
+                    let late = done_us.saturating_sub(churn.at_us(sent));
                     max_late_us = max_late_us.max(late);
+                    written_us.resize(usize::try_from(end).unwrap_or(usize::MAX), done_us);
                     sent = end;
                     written.store(sent, Ordering::Release);
                 } else {
@@ -350,6 +360,7 @@ fn spawn_churn(
             Ok(ChurnReport {
                 written: sent,
                 max_late_us,
+                written_us,
             })
         })
         .map_err(|e| format!("cannot start the churn thread: {e}"))
@@ -1175,6 +1186,11 @@ struct Report {
     /// Live requestors' latency, from each change's intended injection time.
     live_before: Latency,
     live_during: Latency,
+    /// The same deliveries, from the end of their change's write to lqd's socket.
+    live_during_from_write: Latency,
+    /// How late the injector wrote the changes due in the catch-up window (the part of
+    /// `live_during` that is loadgen's).
+    churn_late_during: Latency,
     live_after: Latency,
     live_whole_run: Latency,
     live_p99_goal_met: bool,
@@ -1623,6 +1639,10 @@ fn measure(
         hist().map_err(hist_err)?,
         hist().map_err(hist_err)?,
     );
+    // The same deliveries during the catch-up, from the end of their change's write; and the
+    // injector's lateness for the changes due in the window.
+    let (mut during_written, mut late_during) =
+        (hist().map_err(hist_err)?, hist().map_err(hist_err)?);
     // Live latency by when each change was due: during the catch-up window (at least a
     // second long, so that a quick catch-up still has live changes in it), and the baselines
     // before and after it.
@@ -1635,6 +1655,9 @@ fn measure(
             let h = if due < first_reconnect {
                 (due + base >= first_reconnect).then_some(&mut before)
             } else if due <= window_end {
+                if let Some(&w) = churned.written_us.get(d.c as usize) {
+                    during_written.saturating_record(d.at_us.saturating_sub(w).max(1));
+                }
                 Some(&mut during)
             } else {
                 (due <= window_end + base).then_some(&mut after)
@@ -1642,6 +1665,15 @@ fn measure(
             if let Some(h) = h {
                 h.saturating_record(lat);
             }
+        }
+    }
+    let first_due = churn.due(first_reconnect);
+    for c in first_due..churn.due(window_end) {
+        if let Some(&w) = churned
+            .written_us
+            .get(usize::try_from(c).unwrap_or(usize::MAX))
+        {
+            late_during.saturating_record(w.saturating_sub(churn.at_us(c)).max(1));
         }
     }
     let live_during = Latency::of(&during);
@@ -1678,6 +1710,8 @@ fn measure(
         live_coalesced,
         live_before: Latency::of(&before),
         live_during,
+        live_during_from_write: Latency::of(&during_written),
+        churn_late_during: Latency::of(&late_during),
         live_after: Latency::of(&after),
         live_whole_run: Latency::of(&whole),
         live_p99_goal_met: live_during.deliveries > 0 && live_during.p99_ms < 100.0,
@@ -1760,7 +1794,8 @@ fn markdown(r: &Report) -> String {
         md,
         "\nLoad {:.1} s (lqd CPU {:.1} s, RSS {:.0} MiB after it); churn {} changes, worst \
          lateness {:.1} ms; coalesced: {} (catch-up), {} (live); lqd CPU away {:.0} %, after \
-         {:.0} %; load average {}.",
+         {:.0} %; load average {}. During the catch-up, live p50 / p99 / max from the end of \
+         each change's write {}; the injector's lateness for the changes due then {}.",
         r.load_seconds,
         r.cpu.load_seconds,
         mib(r.rss_after_load_kib),
@@ -1771,6 +1806,8 @@ fn markdown(r: &Report) -> String {
         r.cpu.away_percent,
         r.cpu.after_percent,
         r.load_average,
+        r.live_during_from_write.cell(),
+        r.churn_late_during.cell(),
     );
     md
 }
