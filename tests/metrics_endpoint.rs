@@ -194,6 +194,13 @@ fn metrics_and_the_requestor_view_say_what_happened() {
         "{timed} deliveries timed of {deliveries}"
     );
     assert!(value(&m, "lqd_fanout_latency_seconds_bucket{le=\"1\"}") > 0.0);
+    // Every turn of the loop is counted, most of them short.
+    let turns = value(&m, "lqd_loop_turn_seconds_count");
+    assert!(turns > 10.0, "{turns} turns");
+    assert!(
+        value(&m, "lqd_loop_turn_seconds_bucket{le=\"0.025\"}") > turns / 2.0,
+        "{turns} turns"
+    );
     // 300 clients, a few of them between a release and their next lease.
     let bindings = value(&m, "lqd_bindings");
     assert!((250.0..=300.0).contains(&bindings), "{bindings}");

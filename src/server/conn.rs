@@ -146,6 +146,8 @@ pub(super) struct Turn {
     pub(super) sent_tcp: u64,
     /// Fan-out latencies of the deliveries written.
     pub(super) fanout: LatencyTally,
+    /// The loop's turns, by how long each took (the poll's wait excluded).
+    pub(super) loop_turns: LatencyTally,
 }
 
 /// How many of the newest runs of arrivals [`Observe::arrival`] looks at one by one before

@@ -250,6 +250,8 @@ pub struct Metrics {
     /// The source's name, for the `source` label.
     source: Mutex<String>,
     pub(super) fanout: AtomicHistogram,
+    /// The loop's turns, by how long each took.
+    pub(super) loop_turns: AtomicHistogram,
     /// Every Active query's lag, observed once a second while snapshots are built: cumulative,
     /// as a Prometheus histogram must be (`rate()` of its buckets gives the lag's distribution
     /// over a window).
@@ -292,6 +294,7 @@ impl Metrics {
             source_newest_time: Arc::new(AtomicU64::new(0)),
             source: Mutex::new(String::new()),
             fanout: AtomicHistogram::new(&LATENCY_BOUNDS, 1e-9),
+            loop_turns: AtomicHistogram::new(&LATENCY_BOUNDS, 1e-9),
             lag: AtomicHistogram::new(&LAG_BOUNDS, 1.0),
             snapshot: Mutex::new(Arc::new(Snapshot::default())),
             last_read: AtomicU64::new(0),
@@ -611,6 +614,11 @@ impl Metrics {
             "lqd_fanout_latency_seconds",
             "From a change's arrival from the source to the write that puts it into an Active requestor's socket buffer (one journal record in 16 sampled).",
             self.fanout.proto(),
+        );
+        f.histogram(
+            "lqd_loop_turn_seconds",
+            "How long each turn of the event loop took, its wait for events excluded: a live change that arrives during a turn waits for it to end.",
+            self.loop_turns.proto(),
         );
         f.gauge(
             "process_resident_memory_bytes",

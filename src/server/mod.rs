@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod notify;
 mod reload;
 pub mod tls;
+mod turns;
 
 pub use reload::{Live, LiveHandle, Reloader, SetLogFilter};
 
@@ -38,6 +39,7 @@ use crate::store::{History, LinkMap, SnapshotRead, SnapshotStart, Store, read_sn
 use conn::{Conn, Observe, Turn};
 use metrics::{ClosedView, ConnView, Metrics, QueryView, Refused, RequestorLag, Snapshot, TlsView};
 use tls::TlsServer;
+use turns::{LongTurns, Step, TurnClock, TurnWork};
 
 /// Who may connect, and what they may ask (decisions D23, D27).
 pub trait Access: Send {
@@ -185,6 +187,25 @@ fn check_window<B: AsRef<[u8]> + AsMut<[u8]>>(
             holds_secs = holds.as_secs(),
             catch_up_window_secs = window.as_secs(),
             "the journal holds catch_up_window at the churn its records show"
+        );
+    }
+}
+
+/// Logs the long turns since the last report, if any: how many, the longest, and the step
+/// their time went to.
+fn report_long_turns(long: &mut LongTurns) {
+    if let Some(r) = long.take_report() {
+        info!(
+            turns = r.turns,
+            longest_ms = r.longest.as_millis(),
+            steps = %r.steps,
+            longest_steps = %r.longest_steps,
+            longest_changes = r.longest_work.changes,
+            longest_served = r.longest_work.served,
+            longest_deferred = r.longest_work.deferred,
+            "event loop turns of {} ms or more: the live changes that arrived during one waited \
+             as long",
+            turns::LONG_TURN.as_millis()
         );
     }
 }
@@ -552,6 +573,8 @@ impl Server {
         let mut last_sweep = Instant::now();
         let mut last_retry = Instant::now();
         let mut feed_more = false;
+        let mut long_turns = LongTurns::default();
+        let mut long_reported = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let timeout = if !pending.is_empty()
                 || !udp_pending.is_empty()
@@ -572,6 +595,8 @@ impl Server {
                 }
                 return Err(e);
             }
+            let mut clock = TurnClock::start();
+            let mut work = TurnWork::default();
             let wall = server_time();
             for i in std::mem::take(&mut accept_pending) {
                 if self.accept(i) {
@@ -606,6 +631,7 @@ impl Server {
                     }
                 }
             }
+            clock.mark(Step::Events);
             // Changes keep arriving while requestors are served: take a budget each turn.
             let before = self.history.journal().next_seq();
             feed_more = self.drain_feed(wall);
@@ -614,6 +640,8 @@ impl Server {
             if self.history.marks_pending() && self.marks_flushed.elapsed() >= MARKS_INTERVAL {
                 self.flush_marks(now);
             }
+            work.changes = self.history.journal().next_seq().saturating_sub(before);
+            clock.mark(Step::Feed);
             self.wake_concerned(before, &mut pending);
             udp_pending.sort_unstable();
             udp_pending.dedup();
@@ -627,16 +655,19 @@ impl Server {
             // Bulk answers, new connections) within a slice of the turn, the rest of them on
             // the next turn, which comes at once. A reconnect storm of catch-ups then delays
             // the live changes by about a slice, not by all of their work (issue 19).
+            clock.mark(Step::Wake);
             let keys = std::mem::take(&mut pending);
             let slice_end = Instant::now() + TURN_SLICE;
             for key in keys {
                 let defer = self.conns.get(key).is_some_and(|c| !c.streams_live())
                     && Instant::now() >= slice_end;
+                work.served += usize::from(!defer);
+                work.deferred += usize::from(defer);
                 if defer || self.service(key, now) {
                     pending.push(key);
                 }
             }
-            self.count_turn();
+            clock.mark(Step::Conns);
             pending.sort_unstable();
             pending.dedup();
             if !self.accept_retry.is_empty() && last_retry.elapsed() >= ACCEPT_RETRY {
@@ -664,7 +695,18 @@ impl Server {
                 // The changes housekeeping journaled (expiries), and the keepalives due.
                 self.wake_concerned(before, &mut pending);
                 self.wake_keepalives(&mut pending);
+                if long_reported.elapsed() >= turns::REPORT_EVERY {
+                    long_reported = Instant::now();
+                    report_long_turns(&mut long_turns);
+                }
             }
+            clock.mark(Step::Rest);
+            long_turns.note_clock(&clock, work);
+            self.turn.loop_turns.observe(
+                u64::try_from(clock.total().as_nanos()).unwrap_or(u64::MAX),
+                1,
+            );
+            self.count_turn();
         }
         self.shutdown()
     }
@@ -1099,6 +1141,7 @@ impl Server {
         if let Some(m) = &self.cfg.metrics {
             m.add(&self.turn.tally);
             m.fanout.add_turn(&mut self.turn.fanout);
+            m.loop_turns.add_turn(&mut self.turn.loop_turns);
             if self.turn.sent_tcp > 0 {
                 m.sent_tcp.fetch_add(self.turn.sent_tcp, Ordering::Relaxed);
             }
