@@ -278,6 +278,71 @@ impl Drop for Scraper {
     }
 }
 
+/// `lqd_loop_turn_seconds`' buckets from one `GET /metrics` (a connection of its own): each
+/// bucket's upper bound in seconds and its cumulative count, `+Inf` last; empty when this lqd
+/// does not time its turns.
+pub(crate) fn loop_turn_buckets(addr: SocketAddr) -> Result<Vec<(f64, u64)>, String> {
+    let mut state = State {
+        addr,
+        conn: None,
+        report: ScrapeReport::default(),
+        metrics: PathStats::default(),
+        requestors: PathStats::default(),
+    };
+    let body = state.get("/metrics")?;
+    let text = String::from_utf8(body).map_err(|e| format!("/metrics: {e}"))?;
+    Ok(turn_buckets(&text))
+}
+
+fn turn_buckets(exposition: &str) -> Vec<(f64, u64)> {
+    exposition
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("lqd_loop_turn_seconds_bucket{le=\"")?;
+            let (le, count) = rest.split_once("\"} ")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            let count: f64 = count.trim().parse().ok()?;
+            Some((le, count as u64))
+        })
+        .collect()
+}
+
+/// lqd's turns between two readings of `lqd_loop_turn_seconds`: how many, and how many took
+/// longer than 10, 25, 50 and 100 ms (by the histogram's bucket bounds).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub(crate) struct TurnsBetween {
+    pub(crate) turns: u64,
+    pub(crate) over_10_ms: u64,
+    pub(crate) over_25_ms: u64,
+    pub(crate) over_50_ms: u64,
+    pub(crate) over_100_ms: u64,
+}
+
+impl TurnsBetween {
+    /// From the cumulative buckets read before and after; `None` when either has none.
+    pub(crate) fn of(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<Self> {
+        let at = |b: &[(f64, u64)], le: f64| {
+            b.iter()
+                .find(|(bound, _)| bound.total_cmp(&le).is_eq() || (*bound - le).abs() < 1e-12)
+                .map(|(_, c)| *c)
+        };
+        let between = |le: f64| Some(at(after, le)?.saturating_sub(at(before, le)?));
+        let turns = between(f64::INFINITY)?;
+        let over = |le: f64| between(le).map(|n| turns.saturating_sub(n));
+        Some(Self {
+            turns,
+            over_10_ms: over(0.01)?,
+            over_25_ms: over(0.025)?,
+            over_50_ms: over(0.05)?,
+            over_100_ms: over(0.1)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,5 +356,30 @@ mod tests {
         assert_eq!(deliveries_counter(text), Some(2_000_000));
         assert_eq!(deliveries_counter(b"lqd_bindings 3\n"), None);
         assert_eq!(deliveries_counter(b"lqd_active_deliveries_total x\n"), None);
+    }
+
+    #[test]
+    fn turns_between_two_readings_count_the_long_ones() {
+        let exposition = |counts: [u64; 6]| {
+            let bounds = ["0.005", "0.01", "0.025", "0.05", "0.1", "+Inf"];
+            bounds
+                .iter()
+                .zip(counts)
+                .map(|(le, n)| format!("lqd_loop_turn_seconds_bucket{{le=\"{le}\"}} {n}\n"))
+                .collect::<String>()
+        };
+        let before = turn_buckets(&exposition([100, 110, 115, 118, 119, 120]));
+        let after = turn_buckets(&exposition([400, 450, 470, 475, 477, 480]));
+        assert_eq!(before.len(), 6);
+        let t = TurnsBetween::of(&before, &after).unwrap();
+        assert_eq!(t.turns, 360);
+        assert_eq!(t.over_10_ms, 360 - 340);
+        assert_eq!(t.over_25_ms, 360 - 355);
+        assert_eq!(t.over_50_ms, 360 - 357);
+        assert_eq!(t.over_100_ms, 360 - 358);
+        assert!(
+            TurnsBetween::of(&[], &after).is_none(),
+            "an lqd without the histogram"
+        );
     }
 }

@@ -332,6 +332,8 @@ fn catch_up_at_carrier_scale_catches_everyone_up_while_live_changes_flow() {
     );
     assert_eq!(r["caught_up"], 50, "{r}");
     assert!(r["all_caught_up_seconds"].as_f64().unwrap() > 0.0, "{r}");
+    // lqd's turns over the catch-up, from its metrics.
+    assert!(r["lqd_turns_during"]["turns"].as_u64().unwrap() > 0, "{r}");
     // 500 changes/s over 100 links for 5 s away: about 25 per link, some coalesced.
     let records = &r["records_caught_up"];
     assert!(records["min"].as_f64().unwrap() >= 5.0, "{r}");

@@ -65,6 +65,7 @@ use crate::Outcome;
 use crate::process::{Lqd, REQUESTOR, proc_memory, proc_stats};
 use crate::redis::raise_nofile;
 use crate::report::mib;
+use crate::scrape::TurnsBetween;
 
 /// Valid lifetime of every lease of the population, seconds (ten days: nothing expires in a
 /// run); change `c` grants `BASE + 1 + c`.
@@ -1191,6 +1192,9 @@ struct Report {
     /// How late the injector wrote the changes due in the catch-up window (the part of
     /// `live_during` that is loadgen's).
     churn_late_during: Latency,
+    /// lqd's turns from the reconnect to the last CatchUpComplete (its
+    /// `lqd_loop_turn_seconds`), when it times them.
+    lqd_turns_during: Option<TurnsBetween>,
     live_after: Latency,
     live_whole_run: Latency,
     live_p99_goal_met: bool,
@@ -1379,13 +1383,17 @@ pub(crate) fn run(args: &super::catchup::Args) -> Result<Outcome, String> {
     let journal = a
         .journal_size
         .unwrap_or_else(|| ((records * 128.0) as u64).max(128 << 20).div_ceil(1 << 20) << 20);
+    // lqd's metrics, read twice: its turns over the catch-up.
+    let metrics = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map_err(|e| format!("a free port for lqd's metrics: {e}"))?;
     let (mut lqd, mut feed) = Lqd::start_jsonl(
         &common.lqd,
         common.keep_state,
         // Every requestor is [::1]: one requestor to lqd's per-requestor limit.
         &format!(
             "journal_size = {journal}\nmax_connections = {conns}\n\
-             max_connections_per_requestor = {conns}\n",
+             max_connections_per_requestor = {conns}\nmetrics_listen = \"{metrics}\"\n",
             conns = live + cu + 1000
         ),
     )?;
@@ -1437,8 +1445,7 @@ pub(crate) fn run(args: &super::catchup::Args) -> Result<Outcome, String> {
         &links,
         live,
         (load, loaded),
-        leases,
-        journal,
+        (leases, journal, metrics),
         (&stop_churn, &written, churn_thread),
     );
     stop_churn.store(true, Ordering::Release);
@@ -1456,8 +1463,7 @@ fn measure(
     links: &[u16],
     live: usize,
     (load, loaded): (Duration, crate::process::ProcStats),
-    leases: u64,
-    journal: u64,
+    (leases, journal, metrics): (u64, u64, SocketAddr),
     (stop_churn, written, churn_thread): (
         &AtomicBool,
         &AtomicU64,
@@ -1513,6 +1519,7 @@ fn measure(
         }
         std::thread::sleep(Duration::from_millis(50).min(Duration::from_secs_f64(left.max(0.0))));
     }
+    let turns_before = crate::scrape::loop_turn_buckets(metrics);
     let cpu_reconnect = proc_stats(lqd.pid())?.cpu_secs;
     let reconnect_at = Instant::now();
     let _ = shared
@@ -1528,6 +1535,7 @@ fn measure(
     )?;
     let caught_at = Instant::now();
     let cpu_caught = proc_stats(lqd.pid())?.cpu_secs;
+    let turns_after = crate::scrape::loop_turn_buckets(metrics);
     eprintln!(
         "loadgen: {} of {cu} caught up in {:.3} s (as seen by the driver); {} s more of churn",
         shared.caught_up.load(Ordering::Acquire),
@@ -1712,6 +1720,10 @@ fn measure(
         live_during,
         live_during_from_write: Latency::of(&during_written),
         churn_late_during: Latency::of(&late_during),
+        lqd_turns_during: match (&turns_before, &turns_after) {
+            (Ok(b), Ok(a)) => TurnsBetween::of(b, a),
+            _ => None,
+        },
         live_after: Latency::of(&after),
         live_whole_run: Latency::of(&whole),
         live_p99_goal_met: live_during.deliveries > 0 && live_during.p99_ms < 100.0,
@@ -1809,6 +1821,14 @@ fn markdown(r: &Report) -> String {
         r.live_during_from_write.cell(),
         r.churn_late_during.cell(),
     );
+    if let Some(t) = r.lqd_turns_during {
+        let _ = writeln!(
+            md,
+            "\nlqd's turns during the catch-up: {}, of them over 10 ms {}, over 25 ms {}, over \
+             50 ms {}, over 100 ms {}.",
+            t.turns, t.over_10_ms, t.over_25_ms, t.over_50_ms, t.over_100_ms
+        );
+    }
     md
 }
 
