@@ -574,6 +574,8 @@ impl Server {
         let mut last_retry = Instant::now();
         let mut feed_more = false;
         let mut long_turns = LongTurns::default();
+        // The connections to serve this turn, live streams apart (kept for their capacity).
+        let (mut live_keys, mut other_keys): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
         let mut long_reported = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let timeout = if !pending.is_empty()
@@ -651,22 +653,39 @@ impl Server {
                     udp_pending.push(i);
                 }
             }
-            // The connections that stream live are served every turn; the others (catch-ups,
-            // Bulk answers, new connections) within a slice of the turn, the rest of them on
-            // the next turn, which comes at once. A reconnect storm of catch-ups then delays
-            // the live changes by about a slice, not by all of their work (issue 19).
+            // The connections that stream live are served first, every turn; the others
+            // (catch-ups, Bulk answers, new connections) then, within a slice of the turn, the
+            // rest of them on the next turn, which comes at once. A reconnect storm of
+            // catch-ups then delays a live change by about a turn, not by all of their work
+            // (issue 19, D45, D48).
             clock.mark(Step::Wake);
-            let keys = std::mem::take(&mut pending);
+            let (mut live, mut others) = (
+                std::mem::take(&mut live_keys),
+                std::mem::take(&mut other_keys),
+            );
+            for key in pending.drain(..) {
+                if self.conns.get(key).is_some_and(Conn::streams_live) {
+                    live.push(key);
+                } else {
+                    others.push(key);
+                }
+            }
+            for key in live.drain(..) {
+                work.served += 1;
+                if self.service(key, now) {
+                    pending.push(key);
+                }
+            }
             let slice_end = Instant::now() + TURN_SLICE;
-            for key in keys {
-                let defer = self.conns.get(key).is_some_and(|c| !c.streams_live())
-                    && Instant::now() >= slice_end;
+            for key in others.drain(..) {
+                let defer = Instant::now() >= slice_end;
                 work.served += usize::from(!defer);
                 work.deferred += usize::from(defer);
                 if defer || self.service(key, now) {
                     pending.push(key);
                 }
             }
+            (live_keys, other_keys) = (live, others);
             clock.mark(Step::Conns);
             pending.sort_unstable();
             pending.dedup();
