@@ -222,11 +222,14 @@ impl ActiveQuery {
         let (cursor, catch_up_until, status) = match request.start {
             None => (journal.head(), None, StatusCode::new(Status::Success, "")),
             Some(t) => match journal.seek_time(t) {
-                Ok(c) => (
-                    c,
-                    Some(journal.next_seq()),
-                    StatusCode::new(Status::Success, "catching up"),
-                ),
+                Ok(c) => {
+                    history.log().prefetch_from(&c);
+                    (
+                        c,
+                        Some(journal.next_seq()),
+                        StatusCode::new(Status::Success, "catching up"),
+                    )
+                }
                 // D19: START_TIME before the journal began, nothing lost since: what ended
                 // before it is unknown (DataMissing), but every change since is there, every
                 // live binding's newest state among them: the catch-up of all of it follows.

@@ -79,6 +79,9 @@ pub trait Log {
     /// Takes what the start's replay read out of the process's resident set, where the
     /// buffer allows it ([`JournalFile::release_pages`]).
     fn release_pages(&mut self) {}
+    /// Asks for the records from `from` to the head to be read into memory ahead of a catch-up
+    /// reading them, where the buffer is a file ([`JournalFile::prefetch_from`]).
+    fn prefetch_from(&self, _from: &Cursor) {}
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Log for Journal<B> {
@@ -114,6 +117,10 @@ impl Log for JournalFile {
 
     fn release_pages(&mut self) {
         Self::release_pages(self);
+    }
+
+    fn prefetch_from(&self, from: &Cursor) {
+        Self::prefetch_from(self, from);
     }
 }
 
@@ -930,6 +937,11 @@ impl<L: Log> History<L> {
     #[must_use]
     pub fn journal(&self) -> &Journal<L::Buf> {
         self.log.journal()
+    }
+
+    /// The log.
+    pub fn log(&self) -> &L {
+        &self.log
     }
 
     /// The log, for its owner's housekeeping (flushing a file).

@@ -1,16 +1,17 @@
 //! The journal in a file: lqd's own journal file, locked against other processes and mapped
 //! into memory. The map is the project's only `unsafe`.
 
+use std::cell::Cell;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use fs4::{FileExt, TryLockError};
-use memmap2::{MmapMut, UncheckedAdvice};
+use memmap2::{Advice, MmapMut, UncheckedAdvice};
 
 use super::layout::{self, HEADER_LEN};
-use super::{Journal, JournalError, Recovered};
+use super::{Cursor, Journal, JournalError, Recovered};
 use crate::codec::ServerTime;
 
 /// When appended records are forced to disk.
@@ -58,6 +59,11 @@ pub struct JournalFile {
     flushes: u64,
     /// Octets the head moved since the map's pages were last released.
     unreleased: usize,
+    /// Octets the head moved since the pages ahead of it were last asked for.
+    unprefetched: usize,
+    /// The oldest record a catch-up last asked to be read in ([`Self::prefetch_from`]), and
+    /// when.
+    prefetched: Cell<Option<(u64, Instant)>>,
 }
 
 /// The mapped pages kept in lqd's resident set on each side of the head: the records just
@@ -67,6 +73,27 @@ pub struct JournalFile {
 /// gigabytes (issue 19). A catch-up reading older records maps their pages again until the next
 /// release.
 const RESIDENT_WINDOW: usize = 16 << 20;
+
+/// How far ahead of the head the kernel is asked to read the ring's pages in, and how often.
+/// Writing a record into a page the page cache no longer holds (the kernel dropped it: cold
+/// for a while, the journal written out at its creation or a lap ago) first reads the page
+/// from disk, in the event loop: a turn that stalls for as long as the disk takes, and with it
+/// every live change (issue 19: turns of 180–220 ms for one change on a VM that pages cold
+/// file pages out after a minute). Asked ahead (`MADV_WILLNEED`, which starts the reads and
+/// returns), the pages are in memory when the head reaches them.
+const PREFETCH_AHEAD: usize = 1 << 20;
+const PREFETCH_STEP: usize = 256 << 10;
+/// How long a catch-up's request to read the ring in stands for the catch-ups after it.
+const PREFETCH_REUSE: Duration = Duration::from_secs(10);
+
+/// The ring's `len` octets after `head` in a ring of `n`, as (offset, length) ranges: one, or
+/// two when they go round the ring's end (the second then starts at 0); lengths may be 0.
+fn ahead(head: usize, n: usize, len: usize) -> [(usize, usize); 2] {
+    let len = len.min(n);
+    let head = head.min(n);
+    let first = len.min(n.saturating_sub(head));
+    [(head, first), (0, len.saturating_sub(first))]
+}
 
 pub(super) fn io_err(what: &str, path: &Path, source: io::Error) -> JournalError {
     JournalError::Io {
@@ -208,6 +235,54 @@ impl JournalFile {
             dirty_bytes: 0,
             flushes: 0,
             unreleased: 0,
+            unprefetched: PREFETCH_STEP,
+            prefetched: Cell::new(None),
+        }
+    }
+
+    /// Asks the kernel to read in the ring from `from` to the head, without waiting: a
+    /// catch-up is about to read those records, and the page cache may have dropped their
+    /// pages (they are minutes old), which each fill would otherwise read from disk one page
+    /// at a time, in the event loop. A reconnect storm asks once: a catch-up from a record the
+    /// last request covered, within [`PREFETCH_REUSE`], asks nothing. Errors are ignored.
+    pub fn prefetch_from(&self, from: &Cursor) {
+        let now = Instant::now();
+        if self.prefetched.get().is_some_and(|(seq, at)| {
+            from.seq() >= seq && now.saturating_duration_since(at) < PREFETCH_REUSE
+        }) {
+            return;
+        }
+        self.prefetched.set(Some((from.seq(), now)));
+        let n = self.journal.capacity();
+        let head = self.journal.head_offset();
+        let len = if head >= from.off {
+            head.saturating_sub(from.off)
+        } else {
+            n.saturating_sub(from.off).saturating_add(head)
+        };
+        let map = self.journal.buffer();
+        for (start, len) in ahead(from.off, n, len) {
+            if len > 0 {
+                let _ = map.advise_range(Advice::WillNeed, HEADER_LEN.saturating_add(start), len);
+            }
+        }
+    }
+
+    /// Asks the kernel to read in the [`PREFETCH_AHEAD`] octets of the ring after the head
+    /// (round the ring's end), without waiting. Errors are ignored: the pages are then read
+    /// when written, as without it.
+    fn prefetch_ahead(&mut self) {
+        self.unprefetched = 0;
+        let ranges = ahead(
+            self.journal.head_offset(),
+            self.journal.capacity(),
+            PREFETCH_AHEAD,
+        );
+        let map = self.journal.buffer();
+        for (from, len) in ranges {
+            if len > 0 {
+                let _ = map.advise_range(Advice::WillNeed, HEADER_LEN.saturating_add(from), len);
+            }
         }
     }
 
@@ -308,6 +383,10 @@ impl JournalFile {
         self.unreleased = self.unreleased.saturating_add(moved);
         if self.unreleased >= RESIDENT_WINDOW {
             self.release_pages();
+        }
+        self.unprefetched = self.unprefetched.saturating_add(moved);
+        if self.unprefetched >= PREFETCH_STEP {
+            self.prefetch_ahead();
         }
         if self.policy == FlushPolicy::Always {
             self.flush_dirty()
@@ -444,4 +523,48 @@ pub(super) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{FlushPolicy, JournalFile, ahead};
+    use crate::codec::ServerTime;
+
+    #[test]
+    fn a_reconnect_storm_asks_for_the_ring_once() {
+        let dir = std::env::temp_dir().join(format!("lqd-prefetch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (mut jf, _) =
+            JournalFile::open(&dir.join("journal"), 1 << 20, FlushPolicy::Os).unwrap();
+        for i in 0..100u32 {
+            jf.append(ServerTime(1000 + i), &[7; 64]).unwrap();
+        }
+        let old = jf.journal().seek_time(ServerTime(1010)).unwrap();
+        let newer = jf.journal().seek_time(ServerTime(1050)).unwrap();
+        jf.prefetch_from(&old);
+        assert_eq!(jf.prefetched.get().map(|(s, _)| s), Some(old.seq()));
+        // A later start is covered by the request just made.
+        jf.prefetch_from(&newer);
+        assert_eq!(jf.prefetched.get().map(|(s, _)| s), Some(old.seq()));
+        // An earlier one asks again, from itself.
+        let oldest = jf.journal().tail();
+        jf.prefetch_from(&oldest);
+        assert_eq!(jf.prefetched.get().map(|(s, _)| s), Some(oldest.seq()));
+        drop(jf);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_range_ahead_of_the_head_goes_round_the_ring() {
+        // Within the ring.
+        assert_eq!(ahead(100, 1000, 50), [(100, 50), (0, 0)]);
+        // Round its end: the rest of the ring, then from its start.
+        assert_eq!(ahead(980, 1000, 50), [(980, 20), (0, 30)]);
+        // At its very end.
+        assert_eq!(ahead(1000, 1000, 50), [(1000, 0), (0, 50)]);
+        // No more than the ring.
+        assert_eq!(ahead(400, 1000, 5000), [(400, 600), (0, 400)]);
+        assert_eq!(ahead(0, 0, 50), [(0, 0), (0, 0)]);
+    }
 }
