@@ -283,6 +283,8 @@ fn run(cli: Cli, config: Config, set_log_filter: SetLogFilter) -> Result<(), Str
         })
         .unwrap_or_default();
     notify(&format!("READY=1\nSTATUS=serving on {serving}"));
+    // Held until the loop has stopped.
+    let _code = lock_code();
     let result = server.run(&stop).map_err(|e| format!("event loop: {e}"));
     notify("STOPPING=1");
     result?;
@@ -389,6 +391,34 @@ fn journal(action: &JournalAction, config: &Config) -> ExitCode {
 /// signal pipes (the loop's three, the reload thread's), the journal, logs, the metrics
 /// listener's connections, the sources'.
 const FD_HEADROOM: u64 = 64;
+
+/// Locks lqd's code in memory ([`lqd::server::code_lock`]), the soft `RLIMIT_MEMLOCK` raised to
+/// the hard one first; says what it did.
+fn lock_code() -> Option<lqd::server::code_lock::CodeLock> {
+    if let Ok((soft, hard)) = rlimit::Resource::MEMLOCK.get() {
+        if soft < hard {
+            let _ = rlimit::Resource::MEMLOCK.set(hard, hard);
+        }
+    }
+    match lqd::server::code_lock::lock_code() {
+        Ok(lock) => {
+            info!(
+                kib = lock.bytes() / 1024,
+                "lqd's code is locked in memory: the event loop never waits for it to be read \
+                 back from disk"
+            );
+            Some(lock)
+        }
+        Err(e) => {
+            warn!(
+                "{e}: a page of lqd's code the kernel drops is read back from disk when it next \
+                 runs, and the event loop waits for it (give lqd CAP_IPC_LOCK or a larger \
+                 LimitMEMLOCK)"
+            );
+            None
+        }
+    }
+}
 
 /// Raises the open-file limit (RLIMIT_NOFILE) to what `max_connections` needs, as far as the
 /// hard limit allows, and says so when that is not enough.

@@ -6,6 +6,7 @@
 //! busy requestor cannot starve the others (style habits 8–11). Protocol rules live in
 //! [`crate::engine`]; this module only moves bytes, counts connections and keeps time.
 
+pub mod code_lock;
 mod conn;
 pub mod duid;
 pub mod metrics;
