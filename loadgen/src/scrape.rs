@@ -88,6 +88,17 @@ struct State {
 }
 
 impl State {
+    /// A scraper of `addr`, not connected yet.
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            conn: None,
+            report: ScrapeReport::default(),
+            metrics: PathStats::default(),
+            requestors: PathStats::default(),
+        }
+    }
+
     fn fail(&mut self, what: String) {
         self.report.failures += 1;
         if self.report.errors.len() < 5 {
@@ -224,13 +235,7 @@ impl Scraper {
         let thread = std::thread::Builder::new()
             .name("loadgen-scraper".to_owned())
             .spawn(move || {
-                let mut state = State {
-                    addr,
-                    conn: None,
-                    report: ScrapeReport::default(),
-                    metrics: PathStats::default(),
-                    requestors: PathStats::default(),
-                };
+                let mut state = State::new(addr);
                 let mut next = Instant::now();
                 while !flag.load(Ordering::Relaxed) {
                     let now = Instant::now();
@@ -282,13 +287,7 @@ impl Drop for Scraper {
 /// bucket's upper bound in seconds and its cumulative count, `+Inf` last; empty when this lqd
 /// does not time its turns.
 pub(crate) fn loop_turn_buckets(addr: SocketAddr) -> Result<Vec<(f64, u64)>, String> {
-    let mut state = State {
-        addr,
-        conn: None,
-        report: ScrapeReport::default(),
-        metrics: PathStats::default(),
-        requestors: PathStats::default(),
-    };
+    let mut state = State::new(addr);
     let body = state.get("/metrics")?;
     let text = String::from_utf8(body).map_err(|e| format!("/metrics: {e}"))?;
     Ok(turn_buckets(&text))
