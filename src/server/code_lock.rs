@@ -3,9 +3,10 @@
 //! The kernel may drop a page of an executable's code that has not run for a while: under
 //! memory pressure, or sooner where proactive reclaim runs (DAMON's `pageout` on many cloud
 //! VMs drops file pages cold for a minute). The next time that code runs, its page is read
-//! back from disk, in the event loop. A catch-up storm after minutes of quiet runs code that
-//! quiet did not: on such a VM the loop stalled 100–120 ms at the reconnect, in nine reads of
-//! its own code, and every live change waited as long (issue 19). lqd's code and read-only
+//! back from disk, in the event loop, and every live change waits as long. A catch-up storm
+//! after minutes of quiet runs code that the quiet did not (issue 19: on such a VM the loop
+//! stalled 116 ms at the reconnect while lqd took nine major faults; which pages they were is
+//! not known, the journal's read-ahead came in the same change, D49). lqd's code and read-only
 //! data are a few MiB: they are locked (`mlock`) at start, as latency-sensitive daemons do
 //! (chronyd `-m`, keepalived). Without the privilege or the `RLIMIT_MEMLOCK` room for it, lqd
 //! says so and runs as before.
