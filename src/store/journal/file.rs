@@ -86,13 +86,13 @@ const PREFETCH_STEP: usize = 256 << 10;
 /// How long a catch-up's request to read the ring in stands for the catch-ups after it.
 const PREFETCH_REUSE: Duration = Duration::from_secs(10);
 
-/// The ring's `len` octets after `head` in a ring of `n`, as (offset, length) ranges: one, or
-/// two when they go round the ring's end (the second then starts at 0); lengths may be 0.
-fn ahead(head: usize, n: usize, len: usize) -> [(usize, usize); 2] {
+/// The ring's `len` octets from offset `from` in a ring of `n`, as (offset, length) ranges: one,
+/// or two when they go round the ring's end (the second then starts at 0); lengths may be 0.
+fn ahead(from: usize, n: usize, len: usize) -> [(usize, usize); 2] {
     let len = len.min(n);
-    let head = head.min(n);
-    let first = len.min(n.saturating_sub(head));
-    [(head, first), (0, len.saturating_sub(first))]
+    let from = from.min(n);
+    let first = len.min(n.saturating_sub(from));
+    [(from, first), (0, len.saturating_sub(first))]
 }
 
 pub(super) fn io_err(what: &str, path: &Path, source: io::Error) -> JournalError {
@@ -260,12 +260,7 @@ impl JournalFile {
         } else {
             n.saturating_sub(from.off).saturating_add(head)
         };
-        let map = self.journal.buffer();
-        for (start, len) in ahead(from.off, n, len) {
-            if len > 0 {
-                let _ = map.advise_range(Advice::WillNeed, HEADER_LEN.saturating_add(start), len);
-            }
-        }
+        self.will_need(from.off, len);
     }
 
     /// Asks the kernel to read in the [`PREFETCH_AHEAD`] octets of the ring after the head
@@ -273,15 +268,16 @@ impl JournalFile {
     /// when written, as without it.
     fn prefetch_ahead(&mut self) {
         self.unprefetched = 0;
-        let ranges = ahead(
-            self.journal.head_offset(),
-            self.journal.capacity(),
-            PREFETCH_AHEAD,
-        );
+        self.will_need(self.journal.head_offset(), PREFETCH_AHEAD);
+    }
+
+    /// `MADV_WILLNEED` for the ring's `len` octets from offset `from`, round the ring's end;
+    /// errors ignored (the pages are then read when touched).
+    fn will_need(&self, from: usize, len: usize) {
         let map = self.journal.buffer();
-        for (from, len) in ranges {
+        for (start, len) in ahead(from, self.journal.capacity(), len) {
             if len > 0 {
-                let _ = map.advise_range(Advice::WillNeed, HEADER_LEN.saturating_add(from), len);
+                let _ = map.advise_range(Advice::WillNeed, HEADER_LEN.saturating_add(start), len);
             }
         }
     }
@@ -297,26 +293,18 @@ impl JournalFile {
         if n <= keep {
             return;
         }
-        let head = self.journal.head_offset();
         // The window is [head - RESIDENT_WINDOW, head + RESIDENT_WINDOW), modulo n; release
-        // the rest: from the window's end to its start, going round the ring.
-        // n > 2 × RESIDENT_WINDOW here, and head < n.
-        let start = head
-            .saturating_add(n.saturating_sub(RESIDENT_WINDOW))
-            .checked_rem(n)
-            .unwrap_or(0);
-        let end = head
+        // the rest: the n - 2 × RESIDENT_WINDOW octets from the window's end, going round the
+        // ring. n > 2 × RESIDENT_WINDOW here, and head < n.
+        let end = self
+            .journal
+            .head_offset()
             .saturating_add(RESIDENT_WINDOW)
             .checked_rem(n)
             .unwrap_or(0);
-        let ranges = if end <= start {
-            [(end, start), (0, 0)]
-        } else {
-            [(end, n), (0, start)]
-        };
         let map = self.journal.buffer();
-        for (from, to) in ranges {
-            if to > from {
+        for (from, len) in ahead(end, n, n.saturating_sub(keep)) {
+            if len > 0 {
                 // SAFETY: the map is a shared mapping of lqd's journal file (`map` below), so
                 // MADV_DONTNEED only removes the range's pages from this process's page tables:
                 // their contents stay in the file and the page cache (a dirty page is marked
@@ -329,7 +317,7 @@ impl JournalFile {
                     map.unchecked_advise_range(
                         UncheckedAdvice::DontNeed,
                         HEADER_LEN.saturating_add(from),
-                        to.saturating_sub(from),
+                        len,
                     )
                 };
             }
