@@ -8,6 +8,8 @@
 
 #[path = "common/lqd.rs"]
 mod common;
+#[path = "common/prometheus.rs"]
+mod prometheus;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
@@ -450,14 +452,8 @@ const ENCODE_CACHE_MIB: u64 = 20;
 /// The octets lqd holds for the connection from `peer`, from `/requestors`; `None` before the
 /// loop's first view or when the connection is not in it.
 fn buffered_for(metrics: SocketAddr, peer: &str) -> Option<u64> {
-    let mut s = TcpStream::connect(metrics).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(b"GET /requestors HTTP/1.1\r\nHost: lqd\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut all = String::new();
-    s.read_to_string(&mut all).ok()?;
-    let (_, body) = all.split_once("\r\n\r\n")?;
-    let v: serde_json::Value = serde_json::from_str(body).ok()?;
+    let (_, body) = prometheus::try_get(metrics, "/requestors").ok()?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
     v["connections"]
         .as_array()?
         .iter()
