@@ -301,16 +301,28 @@ impl Churn {
     }
 }
 
-/// What the churn thread did.
+/// What the churn thread did: when each change's write to lqd's socket ended, µs after `t0`
+/// (change `c` at `written_us[c]`). A live delivery's latency is taken from the change's
+/// intended time; this says how much of it the injector's own lateness was.
 #[derive(Debug, Clone)]
 struct ChurnReport {
-    written: u64,
-    /// The worst delay between a change's intended time and the end of its write, µs.
-    max_late_us: u64,
-    /// When each change's write to lqd's socket ended, µs after `t0`: a live delivery's
-    /// latency is taken from the change's intended time, and this says how much of it the
-    /// injector's own lateness was.
     written_us: Vec<u64>,
+}
+
+impl ChurnReport {
+    /// The changes written (`0..written`).
+    fn written(&self) -> u64 {
+        self.written_us.len() as u64
+    }
+
+    /// The worst delay between a change's intended time and the end of its write, µs.
+    fn max_late_us(&self, churn: Churn) -> u64 {
+        (0u64..)
+            .zip(&self.written_us)
+            .map(|(c, &w)| w.saturating_sub(churn.at_us(c)))
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// Writes the churn until `stop`; `written` counts the changes written so far.
@@ -326,7 +338,6 @@ fn spawn_churn(
         .name("loadgen-churn".into())
         .spawn(move || {
             let mut sent = 0u64;
-            let mut max_late_us = 0u64;
             let mut written_us = Vec::new();
             let mut buf = Vec::with_capacity(1 << 20);
             // No change before its time, the first included: a catch-up requestor whose sync
@@ -345,8 +356,6 @@ fn spawn_churn(
                     feed.write_all(&buf)
                         .map_err(|e| format!("writing the churn to lqd's feed socket: {e}"))?;
                     let done_us = since_us(t0, Instant::now());
-                    let late = done_us.saturating_sub(churn.at_us(sent));
-                    max_late_us = max_late_us.max(late);
                     written_us.resize(usize::try_from(end).unwrap_or(usize::MAX), done_us);
                     sent = end;
                     written.store(sent, Ordering::Release);
@@ -358,11 +367,7 @@ fn spawn_churn(
                     );
                 }
             }
-            Ok(ChurnReport {
-                written: sent,
-                max_late_us,
-                written_us,
-            })
+            Ok(ChurnReport { written_us })
         })
         .map_err(|e| format!("cannot start the churn thread: {e}"))
 }
@@ -1384,9 +1389,7 @@ pub(crate) fn run(args: &super::catchup::Args) -> Result<Outcome, String> {
         .journal_size
         .unwrap_or_else(|| ((records * 128.0) as u64).max(128 << 20).div_ceil(1 << 20) << 20);
     // lqd's metrics, read twice: its turns over the catch-up.
-    let metrics = std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0))
-        .and_then(|l| l.local_addr())
-        .map_err(|e| format!("a free port for lqd's metrics: {e}"))?;
+    let metrics = crate::process::fresh_port()?;
     let (mut lqd, mut feed) = Lqd::start_jsonl(
         &common.lqd,
         common.keep_state,
@@ -1589,10 +1592,10 @@ fn measure(
         ));
     }
     let bounds = Bounds {
-        max_late_us: churned.max_late_us,
-        written: churned.written,
+        max_late_us: churned.max_late_us(churn),
+        written: churned.written(),
     };
-    let by_link = ByLink::new(churn, clients, churned.written);
+    let by_link = ByLink::new(churn, clients, churned.written());
     let mut cu_records = Vec::new();
     let mut cu_times = Vec::new();
     let mut cu_changed = Vec::new();
@@ -1705,8 +1708,8 @@ fn measure(
         away_seconds: a.away_seconds,
         journal_size: journal,
         load_seconds: load.as_secs_f64(),
-        churn_changes: churned.written,
-        churn_max_late_ms: churned.max_late_us as f64 / 1e3,
+        churn_changes: churned.written(),
+        churn_max_late_ms: bounds.max_late_us as f64 / 1e3,
         all_caught_up_seconds: window.as_secs_f64(),
         caught_up,
         catch_up_per_requestor: TimeSpread::of(cu_times),
